@@ -1,0 +1,9 @@
+"""`lumen` subcommands of the model area (filled in by its owner)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    pass
