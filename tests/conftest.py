@@ -21,3 +21,11 @@ ARTIFACTS = ROOT / "artifacts" / "tests"  # screenshots and plots kept for peopl
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+# Each area keeps its fixtures in its own module so parallel work does not collide.
+pytest_plugins = [
+    "tests.fixtures_data",
+    "tests.fixtures_model",
+    "tests.fixtures_review",
+    "tests.fixtures_dagster",
+]
