@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command: set-up (idempotent), the browser the UI tests drive, then the whole suite.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/setup.sh
+bash scripts/install_browser.sh || echo "[test] no chromium: the browser tests will be skipped" >&2
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export MPLBACKEND=Agg
+set +e
+"$ROOT/.venv/bin/python" -m pytest -ra --durations=15 "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "[test] pytest collected no tests" >&2
+fi
+exit "$rc"
