@@ -1,0 +1,74 @@
+"""LLaVA instruction json: conversations kept turn by turn.
+
+Records are human->gpt turns (`llava:<id>/turn:<k>`). The `<image>` marker is stripped from the
+instruction; the image itself is the sample's image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from pipelines.sources.common import Draft, ReadResult, load_json
+
+
+def _turns(conv) -> list[tuple[str | None, str | None]]:
+    """Pair each human message with the gpt reply that follows it."""
+    pairs = []
+    msgs = conv if isinstance(conv, list) else []
+    i = 0
+    while i < len(msgs):
+        m = msgs[i] if isinstance(msgs[i], dict) else {}
+        if m.get("from") == "human":
+            nxt = msgs[i + 1] if i + 1 < len(msgs) and isinstance(msgs[i + 1], dict) else {}
+            reply = nxt.get("value") if nxt.get("from") == "gpt" else None
+            pairs.append((m.get("value"), reply))
+            i += 2 if reply is not None else 1
+        else:
+            pairs.append((None, m.get("value")))
+            i += 1
+    return pairs
+
+
+def read_llava(path, *, images_dir=None) -> ReadResult:
+    data = load_json(path, list, "llava")
+    images_dir = Path(images_dir) if images_dir else None
+    if images_dir is None and (Path(path).parent.parent / "coco" / "images").is_dir():
+        images_dir = Path(path).parent.parent / "coco" / "images"
+    src = str(path)
+    drafts, quarantine, read, sizes = [], [], 0, {}
+    for pos, item in enumerate(data):
+        cid = item.get("id", f"#{pos}") if isinstance(item, dict) else f"#{pos}"
+        turns = _turns(item.get("conversations")) if isinstance(item, dict) else []
+        if not turns:
+            read += 1
+            quarantine.append((src, f"llava:{cid}", "record has no conversation"))
+            continue
+        image = item.get("image") if isinstance(item, dict) else None
+        size = None
+        if image and images_dir is not None:
+            if image not in sizes:
+                f = images_dir / image
+                sizes[image] = None
+                if f.is_file():
+                    with Image.open(f) as im:
+                        sizes[image] = (str(f.resolve()), im.width, im.height)
+            size = sizes[image]
+        for k, (question, answer) in enumerate(turns):
+            read += 1
+            rid = f"llava:{cid}/turn:{k}"
+            if not image:
+                quarantine.append((src, rid, "conversation without an image"))
+            elif images_dir is not None and size is None:
+                quarantine.append((src, rid, f"image file not found: {image}"))
+            elif not question or not str(question).replace("<image>", "").strip():
+                quarantine.append((src, rid, "turn without a human question"))
+            elif not answer or not str(answer).strip():
+                quarantine.append((src, rid, "turn without a gpt answer"))
+            else:
+                p, w, h = size or (image, 0, 0)
+                drafts.append(Draft(task="vqa", image_id=None, image_path=p, width=w, height=h,
+                                    instruction=str(question).replace("<image>", "").strip(),
+                                    answer=str(answer).strip(), source_ids=[rid]))
+    return ReadResult(drafts, quarantine, read)
