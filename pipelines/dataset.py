@@ -1,0 +1,126 @@
+"""Shards -> model-ready tensors (a torch Dataset), and the same shards through `datasets`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import cv2
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from pycocotools import mask as mask_utils
+from torch.utils.data import Dataset
+
+from pipelines.geometry import SquarePad, pad_image
+from pipelines.heatmaps import decode_png, gaussian_radius, render_heatmap
+from pipelines.schema import HEATMAP_TASKS
+from pipelines.shards import read_table, shard_files
+
+# Everything but the heavy heatmap column is held in memory; heatmaps decode per item.
+_FIXED = ("pixel_values", "heatmap", "has_heatmap")
+
+
+@lru_cache(maxsize=4096)
+def _read_image(path: str) -> np.ndarray:
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(f"image not readable: {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+class ShardDataset(Dataset):
+    """Samples of one or more shard folders.
+
+    `input_size` (S) defaults to the shards' own; a different S re-renders the heatmap targets
+    from the boxes with the same renderer, so one set of shards serves several model sizes.
+    """
+
+    def __init__(self, shard_dirs, input_size: int | None = None, tasks=None, split=None, cache_images: bool = True):
+        table = read_table(shard_dirs)
+        if tasks:
+            table = table.filter(pc.is_in(table["task"], value_set=__import__("pyarrow").array(list(tasks))))
+        if split:
+            table = table.filter(pc.equal(table["split"], split))
+        self.table = table
+        self.rows = table.drop_columns(["heatmap"]).to_pylist()
+        self._heatmaps = table["heatmap"]
+        self.input_size = input_size
+        self.cache_images = cache_images
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx: int) -> dict:
+        row = self.rows[idx]
+        s = self.input_size or row["input_size"]
+        m = s // 4 if self.input_size else row["heatmap_size"]
+        w, h = row["image_width"], row["image_height"]
+        img = _read_image(row["image_path"]) if self.cache_images else _read_image.__wrapped__(row["image_path"])
+        if not w or not h:  # VQA rows converted without an images folder
+            h, w = img.shape[:2]
+        geo = SquarePad(w, h, s, m)
+        pixel = torch.from_numpy(pad_image(img, s)).permute(2, 0, 1).float().div_(255.0)
+        boxes = np.asarray(row["boxes"] or [], dtype=np.float32).reshape(-1, 4)
+        has_heatmap = row["task"] in HEATMAP_TASKS
+        if has_heatmap and self.input_size in (None, row["input_size"]):
+            heat = decode_png(self._heatmaps[idx].as_py())
+            centers = np.asarray(row["centers"] or [], dtype=np.int64).reshape(-1, 2)
+            sizes = np.asarray(row["sizes"] or [], dtype=np.float32).reshape(-1, 2)
+        elif has_heatmap:
+            centers = geo.center_pixels(boxes)
+            sizes = geo.sizes_normalized(boxes).astype(np.float32)
+            wh = boxes[:, 2:] * geo.scale / geo.heatmap_stride
+            heat = render_heatmap(centers, gaussian_radius(np.ceil(wh[:, 1]), np.ceil(wh[:, 0])), m)
+        else:
+            heat = np.zeros((m, m), np.float32)
+            centers = np.zeros((0, 2), np.int64)
+            sizes = np.zeros((0, 2), np.float32)
+        xy0 = geo.to_input(boxes[:, :2]) if len(boxes) else np.zeros((0, 2))
+        xy1 = geo.to_input(boxes[:, :2] + boxes[:, 2:]) if len(boxes) else np.zeros((0, 2))
+        kps = np.asarray(row["keypoints"] or [], dtype=np.float32).reshape(-1, 17, 3)
+        if len(kps):
+            kps = kps.copy()
+            kps[..., :2] = geo.to_input(kps[..., :2])
+        masks = row["masks"] or []
+        masks_input = np.zeros((len(masks), s, s), np.uint8)
+        for i, rle in enumerate(masks):
+            mk = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+            masks_input[i] = pad_image(np.repeat(mk[..., None] * 255, 3, axis=2), s)[..., 0] > 127
+        return {
+            "pixel_values": pixel,
+            "heatmap": torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32)),
+            "has_heatmap": has_heatmap,
+            "centers": torch.from_numpy(centers),
+            "sizes": torch.from_numpy(sizes),
+            "boxes_input": torch.from_numpy(np.concatenate([xy0, xy1], 1).astype(np.float32)),
+            "masks_input": torch.from_numpy(masks_input),
+            "keypoints_input": torch.from_numpy(kps),
+            "instruction": row["instruction"],
+            "answer": row["answer"],
+            "task": row["task"],
+            "sample_id": row["sample_id"],
+            "image_id": row["image_id"],
+            "category_id": row["category_id"],
+            "image_width": w,
+            "image_height": h,
+        }
+
+
+def collate_samples(items: list[dict]) -> dict:
+    """Stack the fixed-size tensors; keep per-instance ones and strings as lists."""
+    out = {}
+    for key in items[0]:
+        vals = [it[key] for it in items]
+        if key in _FIXED:
+            out[key] = torch.stack(vals) if key != "has_heatmap" else torch.tensor(vals)
+        else:
+            out[key] = vals
+    return out
+
+
+def load_hf_dataset(shard_dirs, split: str = "train"):
+    """The shards as a Hugging Face `datasets.Dataset` (parquet loader, local files)."""
+    import datasets
+
+    files = [f for d in ([shard_dirs] if isinstance(shard_dirs, str) else shard_dirs) for f in shard_files(d)]
+    return datasets.load_dataset("parquet", data_files={split: files}, split=split)
