@@ -1,9 +1,92 @@
-"""`lumen` subcommands of the data area (filled in by its owner)."""
+"""`lumen sample-data`, `lumen convert`, `lumen catalog`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    _register_sample_data(sub)
+    _register_convert(sub)
+    _register_catalog(sub)
+
+
+def _register_sample_data(sub) -> None:
+    p = sub.add_parser("sample-data", help="write the bundled demo sources (COCO, RefCOCO, VQAv2, LLaVA layouts)",
+                       description="Write a small deterministic demo data set in the sources' real on-disk layouts.")
+    p.add_argument("--out", required=True, help="folder to write into (created)")
+    p.add_argument("--images", type=int, default=400, help="number of images (default: 400)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed -> identical files (default: 0)")
+    p.set_defaults(func=_sample_data)
+
+
+def _sample_data(args) -> int:
+    from pipelines.sample_data import write_sample_data
+
+    counts = write_sample_data(args.out, n_images=args.images, seed=args.seed)
+    print(json.dumps(counts, indent=2))
+    return 0
+
+
+def _register_convert(sub) -> None:
+    from pipelines.convert import FORMATS
+
+    p = sub.add_parser("convert", help="convert one source into instruction + heatmap shards",
+                       description="Convert a COCO / COCO keypoints / RefCOCO / VQAv2 / LLaVA source into zstd Parquet "
+                                   "shards with manifest.json and quarantine.parquet. Re-running replaces the folder.")
+    p.add_argument("format", choices=FORMATS, help="source format")
+    p.add_argument("--input", required=True, help="annotation file (refcoco: the folder with refs(<split_by>).p and instances.json)")
+    p.add_argument("--images", help="image folder (default: <root>/coco/images or a sibling 'images' folder when present)")
+    p.add_argument("--annotations", help="vqav2: the annotations json that goes with --input questions")
+    p.add_argument("--split", help="split name (default: from the file name); refcoco: which refs' split to convert")
+    p.add_argument("--split-by", default="unc", choices=("unc", "google", "umd"), help="refcoco: refs(<split_by>).p")
+    p.add_argument("--source-name", help="partition name written in the `source` column (default: the format)")
+    p.add_argument("--input-size", type=int, default=448, help="model input side S (default: 448; tiny preset: 128)")
+    p.add_argument("--heatmap-size", type=int, help="heatmap side M (default: S/4)")
+    p.add_argument("--negative-ratio", type=float, default=0.5, help="coco: negative (absent category) samples per positive")
+    p.add_argument("--paraphrase", action="store_true", help="draw seeded paraphrases of the instructions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows-per-shard", type=int, default=2048)
+    p.add_argument("--out", required=True, help="partition folder to write (replaced atomically)")
+    p.set_defaults(func=_convert)
+
+
+def _convert(args) -> int:
+    from pipelines.convert import convert_source
+
+    manifest = convert_source(args.format, args.input, args.out, images_dir=args.images, annotations=args.annotations,
+                              split=args.split, split_by=args.split_by, source_name=args.source_name,
+                              input_size=args.input_size, heatmap_size=args.heatmap_size,
+                              negative_ratio=args.negative_ratio, seed=args.seed, rows_per_shard=args.rows_per_shard,
+                              paraphrase=args.paraphrase)
+    print(json.dumps({"out": args.out, "counts": manifest["counts"], "quarantine_reasons": manifest["quarantine_reasons"]},
+                     indent=2))
+    return 0
+
+
+def _register_catalog(sub) -> None:
+    p = sub.add_parser("catalog", help="build/refresh the DuckDB catalog over shard folders and print counts",
+                       description="Create or refresh DuckDB views (samples, quarantine, manifests) over shard folders.")
+    p.add_argument("dirs", nargs="+", help="shard partition folders")
+    p.add_argument("--db", default="var/catalog.duckdb", help="DuckDB file (default: var/catalog.duckdb)")
+    p.set_defaults(func=_catalog)
+
+
+def _catalog(args) -> int:
+    from pathlib import Path
+
+    from pipelines.catalog import build_catalog, format_table, quarantine_summary
+    from pipelines.errors import InputError
+
+    missing = [d for d in args.dirs if not (Path(d) / "manifest.json").is_file() and "://" not in d]
+    if missing:
+        raise InputError(f"not a shard folder (no manifest.json): {missing[0]}")
+    rows = build_catalog(args.db, args.dirs)
+    print(format_table(rows))
+    q = quarantine_summary(args.db)
+    if q:
+        print("\nquarantine:")
+        print(format_table(q))
+    print(f"\ncatalog: {args.db}  (try: duckdb {args.db} \"SELECT * FROM samples LIMIT 5\")")
+    return 0
