@@ -1,0 +1,73 @@
+"""Where each source partition's files live in a sources folder, and how each is converted.
+
+The bundled demo (`lumen sample-data`) and a real download share this layout, so the same
+partition names work for both:
+
+    coco            coco/annotations/instances_{train,val}.json
+    coco-keypoints  coco/annotations/person_keypoints_{train,val}.json
+    refcoco         refcoco/refs(unc).p + refcoco/instances.json (split chosen per ref)
+    vqav2           vqa/v2_OpenEnded_mscoco_{split}_questions.json + v2_mscoco_{split}_annotations.json
+    llava           llava/llava_instruct.json (one split: all)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SOURCES = ("coco", "coco-keypoints", "refcoco", "vqav2", "llava")
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class ConvertSpec:
+    source: str
+    split: str
+    fmt: str
+    input_path: Path
+    options: dict = field(default_factory=dict)
+
+    def shard_dir(self, shards_root) -> Path:
+        return Path(shards_root) / self.source / self.split
+
+
+def source_specs(source: str, root) -> list[ConvertSpec]:
+    """The conversions of one source partition (one per split)."""
+    root = Path(root)
+    ann, vqa = root / "coco" / "annotations", root / "vqa"
+    if source == "coco":
+        return [ConvertSpec(source, s, "coco", ann / f"instances_{s}.json", {"split": s}) for s in SPLITS]
+    if source == "coco-keypoints":
+        return [ConvertSpec(source, s, "coco-keypoints", ann / f"person_keypoints_{s}.json", {"split": s}) for s in SPLITS]
+    if source == "refcoco":
+        return [ConvertSpec(source, s, "refcoco", root / "refcoco", {"split": s, "split_by": "unc"}) for s in SPLITS]
+    if source == "vqav2":
+        return [ConvertSpec(source, s, "vqav2", vqa / f"v2_OpenEnded_mscoco_{s}_questions.json",
+                            {"split": s, "annotations": vqa / f"v2_mscoco_{s}_annotations.json"}) for s in SPLITS]
+    if source == "llava":
+        return [ConvertSpec(source, "all", "llava", root / "llava" / "llava_instruct.json", {"split": "all"})]
+    raise ValueError(f"unknown source partition {source!r}; expected one of {', '.join(SOURCES)}")
+
+
+def source_files(source: str, root) -> list[Path]:
+    """The files a partition reads (what the watched-folder sensor looks at)."""
+    files = []
+    for spec in source_specs(source, root):
+        if spec.fmt == "refcoco":
+            files += [spec.input_path / f"refs({spec.options['split_by']}).p", spec.input_path / "instances.json"]
+        else:
+            files.append(spec.input_path)
+        if "annotations" in spec.options:
+            files.append(Path(spec.options["annotations"]))
+    return sorted(set(files))
+
+
+def convert_partition(source: str, sources_root, shards_root, *, input_size: int, progress: bool = False) -> list[dict]:
+    """Convert every split of one source partition; returns their manifests."""
+    from pipelines.convert import convert_source
+
+    manifests = []
+    for spec in source_specs(source, sources_root):
+        manifests.append(convert_source(spec.fmt, spec.input_path, spec.shard_dir(shards_root), source_name=source,
+                                        input_size=input_size, progress=progress, **spec.options))
+    return manifests
