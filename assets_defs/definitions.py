@@ -1,0 +1,21 @@
+"""The one Dagster code location (`workspace.yaml` loads `defs` from here)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets_defs.assets import sources
+from assets_defs.checks import heatmap_peaks_at_centers, records_accounted
+from assets_defs.jobs import JOBS
+from assets_defs.resources import FiftyOneSettings, LumenPaths
+from assets_defs.schedules import SCHEDULES
+from assets_defs.sensors import SENSORS
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([sources]),
+    asset_checks=[records_accounted, heatmap_peaks_at_centers],
+    jobs=JOBS,
+    schedules=SCHEDULES,
+    sensors=SENSORS,
+    resources={"paths": LumenPaths(), "fiftyone": FiftyOneSettings()},
+)
