@@ -1,0 +1,88 @@
+"""Checkpoints in the Hugging Face layout: model.safetensors + config.json + tokenizer files.
+
+The same `load_model` path loads a trained tiny model and a full-size model whose LLaVA / SAM
+weights come from local folders (`--weights DIR` or LUMEN_WEIGHTS_DIR); nothing is fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lumen_model.config import LumenConfig, get_preset
+from lumen_model.model import LumenModel
+from lumen_model.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def save_checkpoint(model: LumenModel, tokenizer, out_dir, extra: dict | None = None) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "module", model)
+    # .clone(): SAM shares one positional-embedding tensor between two modules; safetensors wants copies
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    tmp = out / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(out / WEIGHTS)
+    config = {"model_type": "lumen", "lumen": model.cfg.to_dict(), "vocab_size": model.vocab_size,
+              "image_token_id": model.image_token_id, "pad_token_id": model.pad_token_id, **(extra or {})}
+    (out / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def build_model(cfg: LumenConfig, tokenizer) -> LumenModel:
+    return LumenModel(cfg, vocab_size=len(tokenizer), image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                      pad_token_id=tokenizer.pad_token_id)
+
+
+def load_model(folder, device: str = "cpu") -> tuple[LumenModel, object]:
+    """A checkpoint folder -> (model in eval mode, tokenizer)."""
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file():
+        raise FileNotFoundError(f"not a Lumen checkpoint (no {CONFIG}): {folder}")
+    config = json.loads((folder / CONFIG).read_text())
+    tokenizer = load_tokenizer(folder)
+    model = LumenModel(LumenConfig.from_dict(config["lumen"]), config["vocab_size"], config["image_token_id"],
+                       config["pad_token_id"])
+    state = load_file(str(folder / WEIGHTS))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        log.warning("checkpoint %s: %d missing, %d unexpected tensors", folder, len(missing), len(unexpected))
+    return model.to(device).eval(), tokenizer
+
+
+def load_pretrained_parts(model: LumenModel, weights_dir) -> dict:
+    """Load full-size LLaVA (and optional SAM) weights from local HF folders into a built model.
+
+    Layout: WEIGHTS_DIR/llava/ (a LlavaForConditionalGeneration folder: config.json + *.safetensors)
+    and optionally WEIGHTS_DIR/sam/ (a SamModel folder). Returns counts of loaded tensors.
+    """
+    weights_dir = Path(weights_dir or os.environ.get("LUMEN_WEIGHTS_DIR", ""))
+    loaded = {}
+    for part, module in (("llava", model.llava), ("sam", model.masks.sam)):
+        files = sorted((weights_dir / part).glob("*.safetensors"))
+        if not files:
+            continue
+        state = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        loaded[part] = len(state) - len(unexpected)
+        log.info("%s: loaded %d tensors from %s (%d missing)", part, loaded[part], weights_dir / part, len(missing))
+    return loaded
+
+
+def meta_model(preset: str = "lumen-7b") -> LumenModel:
+    """The full-size architecture on the meta device: shapes and parameter counts, no memory."""
+    cfg = get_preset(preset)
+    with torch.device("meta"):
+        return LumenModel(cfg, vocab_size=cfg.text["vocab_size"], image_token_id=32000, pad_token_id=0)

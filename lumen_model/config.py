@@ -1,0 +1,103 @@
+"""Presets: every adopted value of LUMEN_SPEC.md lives here, in one place.
+
+`tiny` runs on a CPU (tests, the demo); `lumen-7b` has LLaVA-1.5-7B's shapes (CLIP ViT-L/14 at
+448, Vicuna/LLaMA 32x4096) and SAM ViT-H's mask decoder. Both build the same transformers
+classes (LLaVA = CLIP + LLaMA, SAM), so one code path serves both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LumenConfig:
+    preset: str
+    input_size: int  # S
+    heatmap_size: int  # M = S / 4
+    vision: dict  # transformers CLIPVisionConfig kwargs
+    text: dict  # transformers LlamaConfig kwargs
+    sam_vision: dict  # SamVisionConfig kwargs (the SAM image encoder is unused: Lumen feeds its own features)
+    sam_prompt: dict
+    sam_mask_decoder: dict
+    aligner_dim: int = 128
+    aligner_layers: int = 2
+    aligner_heads: int = 4
+    pose_dim: int = 64
+    pose_crop: int = 16  # per-person feature crop side for the pose decoder
+    num_keypoints: int = 17
+    # decoding (spec: 3x3 max-pool peaks, top-K, configurable threshold)
+    top_k: int = 100
+    score_threshold: float = 0.05
+    # losses (spec: Gaussian focal loss alpha 2, beta 4; L1 sizes; token CE)
+    focal_alpha: float = 2.0
+    focal_beta: float = 4.0
+    size_weight: float = 1.0
+    offset_weight: float = 1.0
+    text_weight: float = 1.0
+    max_text_tokens: int = 48
+    image_mean: tuple = (0.48145466, 0.4578275, 0.40821073)  # CLIP's
+    image_std: tuple = (0.26862954, 0.26130258, 0.27577711)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.vision["image_size"] // self.vision["patch_size"]) ** 2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LumenConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = dict(d)
+        for k in ("image_mean", "image_std"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _tiny() -> LumenConfig:
+    s = 128
+    return LumenConfig(
+        preset="tiny", input_size=s, heatmap_size=s // 4,
+        vision=dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                    image_size=s, patch_size=8),
+        text=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=4, max_position_embeddings=512, vocab_size=1024),
+        sam_vision=dict(hidden_size=32, output_channels=64, num_hidden_layers=1, num_attention_heads=2, image_size=s,
+                        patch_size=8, num_pos_feats=32, mlp_dim=64, global_attn_indexes=[0]),
+        sam_prompt=dict(hidden_size=64, image_size=s, patch_size=8, image_embedding_size=s // 8),
+        sam_mask_decoder=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, mlp_dim=128,
+                              iou_head_hidden_dim=64),
+        aligner_dim=128, aligner_layers=2, aligner_heads=4, pose_dim=64,
+    )
+
+
+def _lumen_7b() -> LumenConfig:
+    s = 448  # paper: 448x448 input; CLIP ViT-L/14-336 position embeddings interpolated to 448
+    return LumenConfig(
+        preset="lumen-7b", input_size=s, heatmap_size=s // 4,
+        vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                    image_size=s, patch_size=14, projection_dim=768),
+        text=dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                  num_key_value_heads=32, max_position_embeddings=4096, vocab_size=32064, rms_norm_eps=1e-5),
+        # SAM ViT-H: the encoder shapes are listed for completeness; its mask decoder is the part used (frozen).
+        sam_vision=dict(hidden_size=1280, output_channels=256, num_hidden_layers=32, num_attention_heads=16,
+                        image_size=1024, patch_size=16, num_pos_feats=128, mlp_dim=5120,
+                        global_attn_indexes=[7, 15, 23, 31]),
+        sam_prompt=dict(hidden_size=256, image_size=1024, patch_size=16, image_embedding_size=64),
+        sam_mask_decoder=dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=8, mlp_dim=2048,
+                              iou_head_hidden_dim=256),
+        aligner_dim=256, aligner_layers=2, aligner_heads=8, pose_dim=256, max_text_tokens=256,
+    )
+
+
+PRESETS = {"tiny": _tiny, "lumen-7b": _lumen_7b}
+
+
+def get_preset(name: str) -> LumenConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+    return PRESETS[name]()

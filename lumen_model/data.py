@@ -1,0 +1,65 @@
+"""Shard items -> model batches: the chat-formatted token sequence, labels and [LOC] position."""
+
+from __future__ import annotations
+
+import torch
+
+from pipelines.dataset import collate_samples
+from pipelines.instructions import LOC_TOKEN
+
+
+def prompt_text(instruction: str) -> str:
+    return f"user : {instruction} assistant :"
+
+
+class Collator:
+    """Tokenizes `<s> <image>*N user: ... assistant: {answer} </s>`; only answer tokens carry labels."""
+
+    def __init__(self, tokenizer, num_image_tokens: int, max_text_tokens: int = 48, heatmap_size: int = 32,
+                 input_size: int = 128):
+        self.tok = tokenizer
+        self.n_img = num_image_tokens
+        self.max_text = max_text_tokens
+        self.image_id = tokenizer.convert_tokens_to_ids("<image>")
+        self.loc_id = tokenizer.convert_tokens_to_ids(LOC_TOKEN)
+        self.stride = input_size / heatmap_size
+
+    def encode(self, instruction: str, answer: str | None):
+        prompt = self.tok(prompt_text(instruction), add_special_tokens=False)["input_ids"][: self.max_text]
+        ids = [self.tok.bos_token_id] + [self.image_id] * self.n_img + prompt
+        labels = [-100] * len(ids)
+        if answer is not None:
+            ans = self.tok(answer, add_special_tokens=False)["input_ids"][: self.max_text] + [self.tok.eos_token_id]
+            ids += ans
+            labels += ans
+        return ids, labels
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = collate_samples(items)
+        seqs = [self.encode(it["instruction"], it["answer"]) for it in items]
+        length = max(len(s[0]) for s in seqs)
+        input_ids = torch.full((len(items), length), self.tok.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(items), length), -100, dtype=torch.long)
+        attn = torch.zeros((len(items), length), dtype=torch.long)
+        loc = torch.full((len(items),), -1, dtype=torch.long)
+        for i, (ids, lab) in enumerate(seqs):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            labels[i, : len(lab)] = torch.tensor(lab)
+            attn[i, : len(ids)] = 1
+            where = (input_ids[i, : len(ids)] == self.loc_id).nonzero()
+            if len(where):
+                loc[i] = where[0, 0]
+        batch.update(input_ids=input_ids, labels=labels, attention_mask=attn, loc_index=loc)
+        # sub-pixel offset targets: continuous box center in heatmap pixels minus its floor
+        batch["offsets"] = []
+        for it in items:
+            b = it["boxes_input"]
+            if len(b) and it["has_heatmap"]:
+                c = (b[:, :2] + b[:, 2:]) / 2 / self.stride
+                batch["offsets"].append((c - torch.floor(c)).clamp(0, 0.999))
+            else:
+                batch["offsets"].append(torch.zeros((0, 2)))
+        # Negatives ("Sure, there is none.") have no [LOC]: the LLM's words teach 'none'; the heatmap
+        # is supervised only where [LOC] is said, which is also how inference reads it.
+        batch["has_heatmap"] = batch["has_heatmap"] & (batch["loc_index"] >= 0)
+        return batch

@@ -1,0 +1,70 @@
+"""Pose decoder (adopted): a small top-down keypoint head on the features inside each person box."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def crop_features(dense: torch.Tensor, boxes: list[torch.Tensor], input_size: int, crop: int) -> torch.Tensor:
+    """Bilinear crops (n, C, crop, crop) of each xyxy input-pixel box from (b, C, M, M) maps."""
+    grids, batch = [], []
+    lin = (torch.arange(crop, dtype=dense.dtype, device=dense.device) + 0.5) / crop
+    for i, bx in enumerate(boxes):
+        for x0, y0, x1, y1 in bx.tolist():
+            xs = (x0 + (x1 - x0) * lin) / input_size * 2 - 1
+            ys = (y0 + (y1 - y0) * lin) / input_size * 2 - 1
+            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+            grids.append(torch.stack([gx, gy], -1))
+            batch.append(i)
+    if not grids:
+        return dense.new_zeros((0, dense.shape[1], crop, crop))
+    return F.grid_sample(dense[batch], torch.stack(grids), align_corners=False)
+
+
+class PoseHead(nn.Module):
+    def __init__(self, in_dim: int, dim: int, num_keypoints: int, crop: int, input_size: int):
+        super().__init__()
+        self.crop, self.input_size = crop, input_size
+        self.net = nn.Sequential(nn.Conv2d(in_dim, dim, 3, 1, 1), nn.GELU(), nn.Conv2d(dim, dim, 3, 1, 1), nn.GELU(),
+                                 nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(dim, dim, 3, 1, 1), nn.GELU(),
+                                 nn.Conv2d(dim, num_keypoints, 1))
+
+    @property
+    def out_size(self) -> int:
+        return 2 * self.crop
+
+    def forward(self, dense, boxes):
+        return self.net(crop_features(dense, boxes, self.input_size, self.crop))  # (n, K, 2c, 2c)
+
+
+def keypoint_targets(kps: torch.Tensor, box: torch.Tensor, size: int, sigma: float = 1.5):
+    """Gaussian targets (K, size, size) for one person's keypoints (K, 3) inside its xyxy box."""
+    x0, y0, x1, y1 = box.tolist()
+    u = (kps[:, 0] - x0) / max(x1 - x0, 1e-3) * size - 0.5
+    v = (kps[:, 1] - y0) / max(y1 - y0, 1e-3) * size - 0.5
+    grid = torch.arange(size, dtype=torch.float32)
+    g = torch.exp(-((grid[None, None, :] - u[:, None, None]) ** 2 + (grid[None, :, None] - v[:, None, None]) ** 2)
+                  / (2 * sigma**2))
+    weight = (kps[:, 2] > 0).float()
+    return g, weight
+
+
+def decode_keypoints(maps: np.ndarray, box_xyxy: np.ndarray) -> tuple[np.ndarray, float]:
+    """Argmax per channel with a quarter-pixel step towards the higher neighbour -> (K, 3), score."""
+    k, h, w = maps.shape
+    out = np.zeros((k, 3))
+    x0, y0, x1, y1 = box_xyxy
+    for j in range(k):
+        m = maps[j]
+        y, x = np.unravel_index(np.argmax(m), m.shape)
+        fx, fy = float(x), float(y)
+        if 0 < x < w - 1:
+            fx += 0.25 * np.sign(m[y, x + 1] - m[y, x - 1])
+        if 0 < y < h - 1:
+            fy += 0.25 * np.sign(m[y + 1, x] - m[y - 1, x])
+        out[j] = [x0 + (fx + 0.5) / w * (x1 - x0), y0 + (fy + 0.5) / h * (y1 - y0), 2]
+    score = float(1 / (1 + np.exp(-maps.reshape(k, -1).max(1))).mean())
+    return out, score

@@ -1,0 +1,137 @@
+"""LumenModel: LLaVA (CLIP + LLaMA) + the V-L dense aligner + task decoders.
+
+Stage 1 (task-agnostic): the LLM reads the image and the instruction and answers with a sentence
+holding [LOC] and a task token; the [LOC] hidden state drives the aligner's heatmap.
+Stage 2 (task-specific): boxes from peaks + sizes, masks from SAM prompted with boxes, keypoints
+from a top-down head. VQA answers come from the LLM's generation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from lumen_model.aligner import DenseAligner
+from lumen_model.config import LumenConfig
+from lumen_model.decoders.masks import BoxPromptedMasks
+from lumen_model.decoders.pose import PoseHead, keypoint_targets
+from lumen_model.losses import gather_at, gaussian_focal_loss, mask_loss
+
+STAGE1_PARTS = ("llava", "aligner")
+STAGE2_PARTS = ("masks", "pose")
+
+
+def build_llava(cfg: LumenConfig, vocab_size: int, image_token_id: int, pad_token_id: int) -> LlavaForConditionalGeneration:
+    text = dict(cfg.text, vocab_size=vocab_size, pad_token_id=pad_token_id)
+    return LlavaForConditionalGeneration(LlavaConfig(
+        vision_config=CLIPVisionConfig(**cfg.vision).to_dict(), text_config=LlamaConfig(**text).to_dict(),
+        image_token_id=image_token_id, vision_feature_layer=-2 if cfg.preset != "tiny" else -1,
+        vision_feature_select_strategy="default", image_seq_length=cfg.num_image_tokens,
+        projector_hidden_act="gelu"))
+
+
+class LumenModel(nn.Module):
+    def __init__(self, cfg: LumenConfig, vocab_size: int, image_token_id: int, pad_token_id: int):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size, self.image_token_id, self.pad_token_id = vocab_size, image_token_id, pad_token_id
+        self.llava = build_llava(cfg, vocab_size, image_token_id, pad_token_id)
+        text_dim = cfg.text["hidden_size"]
+        self.aligner = DenseAligner(text_dim, text_dim, cfg.aligner_dim, cfg.aligner_layers, cfg.aligner_heads,
+                                    cfg.heatmap_size)
+        self.masks = BoxPromptedMasks(cfg)
+        self.pose = PoseHead(cfg.aligner_dim, cfg.pose_dim, cfg.num_keypoints, cfg.pose_crop, cfg.input_size)
+        self.register_buffer("pixel_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
+
+    # ---- stage 1 -------------------------------------------------------------------------------
+    def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """CLIP patch features (CLS dropped) through LLaVA's projector: (b, N, text_dim)."""
+        m = self.llava.model
+        x = (pixel_values - self.pixel_mean) / self.pixel_std
+        hidden = m.vision_tower(x, output_hidden_states=True).hidden_states[self.llava.config.vision_feature_layer]
+        return m.multi_modal_projector(hidden[:, 1:])
+
+    def language(self, input_ids, attention_mask, image_feats):
+        embeds = self.llava.get_input_embeddings()(input_ids)
+        mask = input_ids == self.image_token_id
+        embeds = embeds.masked_scatter(mask.unsqueeze(-1), image_feats.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
+        out = self.llava.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask)
+        hidden = out.last_hidden_state
+        return hidden, self.llava.lm_head(hidden)
+
+    def stage1(self, batch: dict) -> dict:
+        image_feats = self.image_tokens(batch["pixel_values"])
+        hidden, logits = self.language(batch["input_ids"], batch["attention_mask"], image_feats)
+        loc = batch["loc_index"].clamp(min=0)
+        loc_state = hidden[torch.arange(hidden.shape[0]), loc]
+        dense = self.aligner(image_feats, loc_state, batch["pixel_values"])
+        return {"logits": logits, "hidden": hidden, **dense}
+
+    def stage1_losses(self, out: dict, batch: dict) -> dict:
+        cfg = self.cfg
+        labels = batch["labels"]
+        text = F.cross_entropy(out["logits"][:, :-1].reshape(-1, out["logits"].shape[-1]), labels[:, 1:].reshape(-1),
+                               ignore_index=-100)
+        has = batch["has_heatmap"]
+        zero = out["heatmap_logits"].sum() * 0
+        if has.any():
+            heat = gaussian_focal_loss(out["heatmap_logits"][has], batch["heatmap"][has], cfg.focal_alpha, cfg.focal_beta)
+            centers = [c for c, h in zip(batch["centers"], has.tolist()) if h]
+            sizes_t = [s for s, h in zip(batch["sizes"], has.tolist()) if h]
+            pred, _ = gather_at(out["sizes"][has], centers)
+            size = F.l1_loss(pred, torch.cat(sizes_t), reduction="sum") / max(1, len(pred)) if len(pred) else zero
+            offs_t = [o for o, h in zip(batch["offsets"], has.tolist()) if h]
+            pred_o, _ = gather_at(out["offsets"][has], centers)
+            offset = F.l1_loss(pred_o, torch.cat(offs_t), reduction="sum") / max(1, len(pred_o)) if len(pred_o) else zero
+        else:
+            heat = size = offset = zero
+        total = cfg.text_weight * text + heat + cfg.size_weight * size + cfg.offset_weight * offset
+        return {"loss": total, "text": text.detach(), "heatmap": heat.detach(), "size": size.detach(),
+                "offset": offset.detach()}
+
+    # ---- stage 2 -------------------------------------------------------------------------------
+    def stage2_losses(self, out: dict, batch: dict) -> dict:
+        dense = out["dense"].detach()  # stage-1 features are frozen in stage 2
+        tasks = batch["task"]
+        zero = dense.sum() * 0
+        seg_idx = [i for i, t in enumerate(tasks) if t in ("instance_segmentation", "referring_segmentation")
+                   and len(batch["masks_input"][i])]
+        mask_l = zero
+        if seg_idx:
+            logits = self.masks(dense[seg_idx], [batch["boxes_input"][i] for i in seg_idx])
+            target = torch.cat([batch["masks_input"][i].float() for i in seg_idx])
+            mask_l = mask_loss(torch.cat(logits), target)
+        pose_idx = [i for i, t in enumerate(tasks) if t == "pose" and len(batch["keypoints_input"][i])]
+        pose_l = zero
+        if pose_idx:
+            boxes = [batch["boxes_input"][i] for i in pose_idx]
+            maps = self.pose(dense[pose_idx], boxes)
+            targets, weights = [], []
+            for i in pose_idx:
+                for kp, bx in zip(batch["keypoints_input"][i], batch["boxes_input"][i]):
+                    t, w = keypoint_targets(kp, bx, self.pose.out_size)
+                    targets.append(t)
+                    weights.append(w)
+            t, w = torch.stack(targets), torch.stack(weights)
+            pose_l = ((torch.sigmoid(maps) - t) ** 2 * w[:, :, None, None]).sum() / w.sum().clamp(min=1) * 10
+        return {"loss": mask_l + pose_l, "mask": mask_l.detach(), "pose": pose_l.detach()}
+
+    def forward(self, batch: dict, stage: int = 1) -> dict:
+        """Training losses of one stage (DistributedDataParallel wraps this call)."""
+        if stage == 1:
+            return self.stage1_losses(self.stage1(batch), batch)
+        with torch.no_grad():
+            out = self.stage1(batch)
+        return self.stage2_losses(out, batch)
+
+    def trainable_parts(self, stage: int) -> tuple[str, ...]:
+        return STAGE1_PARTS if stage == 1 else STAGE2_PARTS
+
+    def set_stage(self, stage: int) -> None:
+        """Stage 1 trains the LMM and aligner; stage 2 freezes them and trains the task decoders."""
+        for name, module in self.named_children():
+            module.requires_grad_(name in self.trainable_parts(stage))
+        self.masks.sam.vision_encoder.requires_grad_(False)

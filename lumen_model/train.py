@@ -1,0 +1,280 @@
+"""Stage-wise training on the shards (`lumen train`, the model assets).
+
+    python -m lumen_model.train --stage 1 --preset tiny --shards var/shards/coco/train ... --out var/models/s1
+    torchrun --nproc_per_node 2 -m lumen_model.train ...   # DistributedDataParallel (gloo on CPU, nccl on GPU)
+
+Stage 1: mixed tasks, answer-token CE + Gaussian focal loss + L1 sizes. Stage 2: stage-1 weights
+frozen, the mask and pose decoders trained. `--resume` continues exactly: model, optimizer,
+scheduler, step, RNG states and data position come back from the checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from lumen_model.checkpoint import build_model, load_model, save_checkpoint
+from lumen_model.config import get_preset
+from lumen_model.data import Collator
+from lumen_model.tokenizer import train_tokenizer
+
+log = logging.getLogger(__name__)
+STAGE_TASKS = {
+    1: ("detection", "instance_segmentation", "pose", "grounding", "referring_segmentation", "vqa"),
+    2: ("instance_segmentation", "referring_segmentation", "pose"),
+}
+TRAIN_SPLITS = ("train", "all")
+
+
+@dataclass
+class TrainConfig:
+    stage: int
+    preset: str
+    shards: list[str]
+    out: str
+    init: str | None = None
+    max_steps: int = 200
+    lr: float = 1e-3
+    batch_size: int = 16
+    seed: int = 0
+    resume: bool = False
+    tasks: list[str] | None = None
+    num_workers: int = 0
+    save_every: int = 0  # 0: only at the end
+    warmup_steps: int = 20
+    weights: str | None = None  # local folder with full-size pretrained parts (lumen-7b)
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _init_distributed() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def _set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _batches_from(n: int, seed: int, batch: int, start_step: int):
+    """(step, global indices) from start_step on: the data position is a pure function of the step."""
+    per_epoch = max(1, n // batch)
+    step = start_step
+    while True:
+        epoch, k = divmod(step, per_epoch)
+        order = _order(n, seed, epoch)
+        yield step, order[k * batch:(k + 1) * batch]
+        step += 1
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _loss_curve(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in history[0] if k not in ("step", "samples_per_s")] if history else []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [h["step"] for h in history]
+    for k in keys:
+        ax.plot(steps, [h[k] for h in history], label=k, linewidth=1.2 if k == "loss" else 0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig) -> dict:
+    _init_distributed()
+    rank, world = _dist_info()
+    device = f"cuda:{rank % max(1, torch.cuda.device_count())}" if torch.cuda.is_available() else "cpu"
+    preset = get_preset(cfg.preset)
+    out = Path(cfg.out)
+    tasks = cfg.tasks or STAGE_TASKS[cfg.stage]
+    from pipelines.dataset import ShardDataset
+
+    dataset = ShardDataset(cfg.shards, input_size=preset.input_size, tasks=tasks)
+    keep = [i for i, r in enumerate(dataset.rows) if r["split"] in TRAIN_SPLITS]
+    if not keep:
+        raise ValueError(f"no training samples for tasks {tasks} in {cfg.shards}")
+
+    state_file = out / "trainer_state.json"
+    resume = cfg.resume and state_file.is_file()
+    if resume:
+        model, tokenizer = load_model(out, device)
+    elif cfg.init:
+        model, tokenizer = load_model(cfg.init, device)
+    else:
+        texts = [t for r in dataset.rows for t in (r["instruction"], r["answer"])]
+        texts.append("user : assistant :")
+        tokenizer = train_tokenizer(texts, vocab_size=preset.text["vocab_size"])
+        _set_seed(cfg.seed)
+        model = build_model(preset, tokenizer).to(device)
+        if cfg.weights:
+            from lumen_model.checkpoint import load_pretrained_parts
+
+            load_pretrained_parts(model, cfg.weights)
+    model.train()
+    model.set_stage(cfg.stage)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    start, history = 0, []
+    if resume:
+        state = json.loads(state_file.read_text())
+        start, history = state["step"], state["history"]
+        optimizer.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(out / "scheduler.pt", weights_only=True))
+        rng = json.loads((out / f"rng_state_{rank}.json").read_text())
+        random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+        torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+        log.info("resuming %s at step %d", out, start)
+    else:
+        _set_seed(cfg.seed + rank)
+
+    ddp = world > 1
+    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if ddp else model
+    collate = Collator(tokenizer, preset.num_image_tokens, preset.max_text_tokens, preset.heatmap_size, preset.input_size)
+    per_rank = cfg.batch_size // world
+    use_bf16 = device.startswith("cuda")
+    t0, seen = time.perf_counter(), 0
+    bar = tqdm(total=cfg.max_steps, initial=start, desc=f"stage {cfg.stage}", unit="step",
+               disable=not cfg.progress or rank != 0, dynamic_ncols=True)
+    for step, idx in _batches_from(len(keep), cfg.seed, cfg.batch_size, start):
+        if step >= cfg.max_steps:
+            break
+        mine = idx[rank * per_rank:(rank + 1) * per_rank]
+        batch = collate([dataset[keep[i]] for i in mine])
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            losses = net(batch, stage=cfg.stage)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()  # DDP averages the gradients across ranks here
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        seen += len(idx)
+        rec = {k: float(_mean_across(v.detach(), ddp)) for k, v in losses.items()}
+        rate = seen / (time.perf_counter() - t0)
+        history.append({"step": step + 1, **rec, "samples_per_s": rate})
+        bar.set_postfix(loss=f"{rec['loss']:.3f}", samples_s=f"{rate:.1f}")
+        bar.update(1)
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps:
+            _save(model, tokenizer, optimizer, scheduler, out, step + 1, history, cfg, rank)
+    bar.close()
+    result = _save(model, tokenizer, optimizer, scheduler, out, min(cfg.max_steps, max(start, len(history))), history,
+                   cfg, rank)
+    result["samples_per_s"] = seen / max(1e-9, time.perf_counter() - t0)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _mean_across(v: torch.Tensor, ddp: bool) -> float:
+    if ddp:
+        v = v.clone()
+        dist.all_reduce(v)
+        v /= dist.get_world_size()
+    return v.item()
+
+
+def _save(model, tokenizer, optimizer, scheduler, out: Path, step: int, history: list, cfg: TrainConfig, rank: int) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    rng = _rng_state()
+    py = rng["python"]
+    (out / f"rng_state_{rank}.json").write_text(json.dumps({"python": [py[0], list(py[1]), py[2]],
+                                                            "torch": rng["torch"].tolist()}))
+    if rank != 0:
+        return {}
+    save_checkpoint(model, tokenizer, out, extra={"stage": cfg.stage, "step": step})
+    torch.save(optimizer.state_dict(), out / "optimizer.pt")
+    torch.save(scheduler.state_dict(), out / "scheduler.pt")
+    state = {"step": step, "history": history, "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}}
+    (out / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    curve = out / "loss_curve.png"
+    if history:
+        _loss_curve(history, curve, f"stage {cfg.stage} ({cfg.preset})")
+    last = history[-1] if history else {}
+    return {"checkpoint_dir": str(out), "step": step, "metrics": {k: v for k, v in last.items() if k != "step"},
+            "loss_curve_png": str(curve)}
+
+
+def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="lumen train", description=__doc__,
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: heatmaps (LMM + aligner); 2: decoders")
+    p.add_argument("--preset", default="tiny", help="model preset: tiny (CPU) or lumen-7b")
+    p.add_argument("--shards", nargs="+", required=True, help="shard partition folders (train/all splits are used)")
+    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--init", help="start from this checkpoint (stage 2: the stage-1 checkpoint)")
+    p.add_argument("--weights", help="local folder with pretrained full-size parts (llava/, sam/)")
+    p.add_argument("--max-steps", type=int, default=200)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=16, help="global batch size (split across processes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the checkpoint in --out")
+    return p
+
+
+def config_from_args(args) -> TrainConfig:
+    return TrainConfig(stage=args.stage, preset=args.preset, shards=args.shards, out=args.out, init=args.init,
+                       max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                       resume=args.resume, save_every=args.save_every, weights=args.weights)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_arg_parser().parse_args(argv)
+    result = train(config_from_args(args))
+    if _dist_info()[0] == 0:
+        print(json.dumps(result, indent=2))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
