@@ -1,4 +1,4 @@
-"""Blocking checks: bad shards never reach training."""
+"""Blocking checks: bad shards never reach training (downstream steps of the run are skipped)."""
 
 
 import dagster as dg
@@ -6,17 +6,19 @@ import dagster as dg
 from assets_defs.assets.sources import shards
 from assets_defs.resources import LumenPaths
 from pipelines.checks import check_accounting, check_heatmap_peaks
-from pipelines.layout import source_specs
 
 
-def _run(check, context, paths: LumenPaths) -> dg.AssetCheckResult:
-    source = context.partition_key if context.has_partition_key else None
+def _run(check, context: dg.AssetCheckExecutionContext, paths: LumenPaths) -> dg.AssetCheckResult:
     results = {}
-    for spec in source_specs(source, paths.sources):
-        passed, meta = check(spec.shard_dir(paths.shards))
-        results[spec.split] = {"passed": passed, **meta}
-    return dg.AssetCheckResult(passed=all(r["passed"] for r in results.values()),
-                               metadata={"per_split": dg.MetadataValue.json(results)})
+    for source in context.op_execution_context.partition_keys:
+        for spec in paths.specs(source):
+            passed, meta = check(spec.shard_dir)
+            results[f"{source}/{spec.shard_dir.name}"] = {"passed": passed, **meta}
+    failed = sorted(k for k, r in results.items() if not r["passed"])
+    return dg.AssetCheckResult(passed=not failed, metadata={
+        "per_folder": dg.MetadataValue.json(results),
+        "failed_folders": dg.MetadataValue.json(failed),
+    })
 
 
 @dg.asset_check(asset=shards, blocking=True, description="Every source record is in a sample or in the quarantine.")

@@ -1,13 +1,31 @@
-"""Jobs the three users launch from the UI."""
+"""Jobs the three users launch from the UI (and the main command runs)."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from assets_defs.assets.sources import source_partitions
 
 ingest = dg.define_asset_job(
-    "ingest", selection=dg.AssetSelection.groups("data"), partitions_def=source_partitions,
-    description="Data engineers: source files -> shards (with blocking checks) -> catalog, per source partition.")
+    "ingest", selection=dg.AssetSelection.groups("data"),
+    description="Data engineers: source files -> shards (blocking checks) -> catalog, per source partition.")
 
-JOBS = [ingest]
+retrain = dg.define_asset_job(
+    "retrain", selection=dg.AssetSelection.assets("stage1_model", "stage2_model", "evaluation"),
+    description="ML engineers: stage 1 -> stage 2 -> evaluation vs the previous model version. "
+                "Edit stage, preset, steps, learning rate and partitions in the Launchpad.")
+
+pull_corrections_job = dg.define_asset_job(
+    "pull_corrections", selection=dg.AssetSelection.assets("corrections"),
+    description="Labelers' reviewed labels -> a new corrections version and source partition.")
+
+label = dg.define_asset_job(
+    "label", selection=dg.AssetSelection.assets("pseudo_labels", "review_dataset"),
+    description="Pseudo-label with the latest stage-2 model and refresh the FiftyOne review dataset.")
+
+main = dg.define_asset_job(
+    "main", selection=dg.AssetSelection.all(),
+    description="The whole loop: sources -> shards -> catalog -> stage 1 -> stage 2 -> evaluation -> "
+                "pseudo-labels -> review dataset -> corrections. Launch it over all source partitions "
+                "(one run; `python -m assets_defs.main` does that).")
+
+JOBS = [ingest, retrain, pull_corrections_job, label, main]

@@ -1,4 +1,9 @@
-"""Resources as config: where the project's data lives, and the FiftyOne database to use."""
+"""Resources as config: where the project's data lives, the compute device, the FiftyOne database.
+
+Every default can be changed in the Launchpad (`resources:` block) or through the environment
+variables named below, so the same definitions run the demo, a test at a smaller size, or a
+deployment with its data on shared storage.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,17 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets_defs.layout import PartitionSpec, partition_specs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 
 class LumenPaths(dg.ConfigurableResource):
-    """Every folder the pipeline reads and writes, under one data root (a local path)."""
+    """Every folder the pipeline reads and writes, under one project data root."""
 
-    root: str = os.environ.get("LUMEN_DATA_ROOT", "var")
+    root: str = os.environ.get("LUMEN_DATA_ROOT", str(REPO_ROOT / "var"))
     demo_images: int = int(os.environ.get("LUMEN_DEMO_IMAGES", "400"))  # size of the bundled demo sources
-    input_size: int = 128  # S of the shards; the tiny preset's input size
+    input_size: int = int(os.environ.get("LUMEN_INPUT_SIZE", "128"))  # S of the shards; the tiny preset's size
 
     @property
     def base(self) -> Path:
@@ -21,6 +30,7 @@ class LumenPaths(dg.ConfigurableResource):
 
     @property
     def sources(self) -> Path:
+        """The watched folder: source files in the layout of `pipelines.layout`."""
         return self.base / "sources"
 
     @property
@@ -43,19 +53,42 @@ class LumenPaths(dg.ConfigurableResource):
     def corrections(self) -> Path:
         return self.base / "corrections"
 
+    @property
+    def images(self) -> Path:
+        return self.sources / "coco" / "images"
+
+    def specs(self, partition: str) -> list[PartitionSpec]:
+        return partition_specs(partition, self.sources, self.shards, self.corrections)
+
     def shard_dirs(self, include_corrections: bool = True) -> list[Path]:
         """Every partition folder with a manifest (sources, and pulled corrections versions)."""
         dirs = sorted(p.parent for p in self.shards.glob("*/*/manifest.json"))
-        return [d for d in dirs if include_corrections or d.parent.name != "corrections"]
+        return [d for d in dirs if include_corrections or not d.parent.name.startswith("corrections-")]
+
+
+class Compute(dg.ConfigurableResource):
+    """Where training and inference run: `auto` picks the GPU when there is one."""
+
+    device: str = os.environ.get("LUMEN_DEVICE", "auto")
+
+    def resolved(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class FiftyOneSettings(dg.ConfigurableResource):
     """FiftyOne's database: the embedded one (a folder) by default, a shared MongoDB via a URI."""
 
-    dataset: str = "lumen-review"
+    dataset: str = os.environ.get("LUMEN_REVIEW_DATASET", "lumen-review")
     database_uri: str = os.environ.get("FIFTYONE_DATABASE_URI", "")
     database_dir: str = os.environ.get("FIFTYONE_DATABASE_DIR", "")
+    app_address: str = "127.0.0.1"
     app_port: int = 5151
+    # the corrections sensor requests a pull + retrain once this many labels were reviewed
+    min_reviewed_labels: int = int(os.environ.get("LUMEN_MIN_REVIEWED_LABELS", "20"))
 
     def apply(self) -> None:
         """Set FiftyOne's environment before it is imported in this process."""
@@ -63,3 +96,9 @@ class FiftyOneSettings(dg.ConfigurableResource):
             os.environ["FIFTYONE_DATABASE_URI"] = self.database_uri
         if self.database_dir:
             os.environ["FIFTYONE_DATABASE_DIR"] = self.database_dir
+
+    def app_url(self, view: str | None = None) -> str:
+        from urllib.parse import quote
+
+        url = f"http://{self.app_address}:{self.app_port}/datasets/{quote(self.dataset)}"
+        return f"{url}?view={quote(view)}" if view else url

@@ -17,16 +17,8 @@ def test_definitions_validate():
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-@pytest.fixture
-def dagster_instance(tmp_path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with dg.DagsterInstance.local_temp(str(home)) as instance:  # a real sqlite-backed instance
-        yield instance
-
-
 def test_ingest_partition_with_blocking_checks(tmp_path, dagster_instance):
-    job = defs.get_job_def("ingest")
+    job = defs.resolve_job_def("ingest")
     paths = LumenPaths(root=str(tmp_path / "data"), demo_images=24)
     result = job.execute_in_process(partition_key="refcoco", instance=dagster_instance, resources={"paths": paths})
     assert result.success
@@ -50,7 +42,7 @@ def test_accounting_check_fails_on_an_unaccounted_record(tmp_path, dagster_insta
     from pipelines.checks import check_accounting
 
     paths = LumenPaths(root=str(tmp_path / "data"), demo_images=24)
-    job = defs.get_job_def("ingest")
+    job = defs.resolve_job_def("ingest")
     assert job.execute_in_process(partition_key="vqav2", instance=dagster_instance, resources={"paths": paths}).success
     manifest = paths.shards / "vqav2" / "train" / "manifest.json"
     data = json.loads(manifest.read_text())

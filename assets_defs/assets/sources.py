@@ -1,85 +1,97 @@
-"""Source files (one static partition per source) -> shards per partition -> the DuckDB catalog."""
+"""Source files (one partition per source) -> shards per partition -> the DuckDB catalog.
 
+Partitioned assets take a single-run backfill policy: one run can cover every partition (the
+main job does), and a sensor or a person can still launch a single partition.
+"""
 
-import base64
 
 import dagster as dg
 
+from assets_defs.layout import fingerprint, partition_files
+from assets_defs.metadata import md_table, png_markdown
+from assets_defs.partitions import is_corrections, source_partitions
 from assets_defs.resources import LumenPaths
 from pipelines.catalog import build_catalog, quarantine_summary
-from pipelines.layout import SOURCES, convert_partition, source_files, source_specs
 from pipelines.shards import read_table
 
-source_partitions = dg.StaticPartitionsDefinition(list(SOURCES))
+_POLICY = dg.BackfillPolicy.single_run()
 
 
-@dg.asset(partitions_def=source_partitions, group_name="data",
-          description="Source files of one partition. With no files present, the bundled demo sources are written.")
+@dg.asset(partitions_def=source_partitions, backfill_policy=_POLICY, group_name="data",
+          description="Source files of one partition (a built-in source, or a pulled corrections version). "
+                      "With no built-in source files present, the bundled demo sources are written.")
 def source_data(context: dg.AssetExecutionContext, paths: LumenPaths) -> dg.MaterializeResult:
-    source = context.partition_key
-    files = source_files(source, paths.sources)
-    if not all(f.exists() for f in files):
-        from pipelines.sample_data import write_sample_data
+    rows, fingerprints = [], {}
+    for source in context.partition_keys:
+        files = partition_files(paths.specs(source))
+        if not is_corrections(source) and not all(f.exists() for f in files):
+            from pipelines.sample_data import write_sample_data
 
-        context.log.info("no %s files under %s: writing the demo sources (%d images)", source, paths.sources, paths.demo_images)
-        write_sample_data(paths.sources, n_images=paths.demo_images)
-    missing = [str(f) for f in files if not f.exists()]
-    if missing:
-        raise dg.Failure(f"missing source files for {source}: {missing}")
-    return dg.MaterializeResult(metadata={
-        "files": dg.MetadataValue.json([str(f) for f in files]),
-        "bytes": sum(f.stat().st_size for f in files),
-    })
+            context.log.info("no %s files under %s: writing the demo sources (%d images)",
+                             source, paths.sources, paths.demo_images)
+            write_sample_data(paths.sources, n_images=paths.demo_images)
+        missing = [str(f) for f in files if not f.exists()]
+        if not files or missing:
+            raise dg.Failure(f"missing source files for partition {source}: {missing or 'no input json found'}")
+        rows += [{"partition": source, "file": str(f), "bytes": f.stat().st_size} for f in files]
+        fingerprints[source] = fingerprint(files)
+    return dg.MaterializeResult(metadata={"files": md_table(rows), "bytes": sum(r["bytes"] for r in rows),
+                                          # what the watched-folder sensor compares against
+                                          "fingerprints": dg.MetadataValue.json(fingerprints)})
 
 
-@dg.asset(partitions_def=source_partitions, deps=[source_data], group_name="data",
+@dg.asset(partitions_def=source_partitions, backfill_policy=_POLICY, deps=[source_data], group_name="data",
           description="Instruction + heatmap Parquet shards of one source partition, one folder per split.")
 def shards(context: dg.AssetExecutionContext, paths: LumenPaths) -> dg.MaterializeResult:
-    source = context.partition_key
-    manifests = convert_partition(source, paths.sources, paths.shards, input_size=paths.input_size)
-    reasons: dict[str, int] = {}
-    for m in manifests:
-        for r, n in m["quarantine_reasons"].items():
-            reasons[r] = reasons.get(r, 0) + n
-    counts = {k: sum(m["counts"][k] for m in manifests) for k in ("records_read", "samples_written", "records_quarantined")}
-    per_task: dict[str, int] = {}
-    for m in manifests:
-        for t, n in m["counts"]["per_task"].items():
-            per_task[t] = per_task.get(t, 0) + n
-    preview = _preview_markdown(source_specs(source, paths.sources)[0].shard_dir(paths.shards))
+    from pipelines.convert import convert_source
+
+    counts_rows, reason_rows, previews, folders = [], [], [], []
+    for source in context.partition_keys:
+        for spec in paths.specs(source):
+            m = convert_source(spec.fmt, spec.input_path, spec.shard_dir, source_name=source,
+                               input_size=paths.input_size, progress=False, **spec.options)
+            c = m["counts"]
+            counts_rows.append({"partition": source, "split": spec.split, "format": spec.fmt,
+                                "records_read": c["records_read"], "samples_written": c["samples_written"],
+                                "records_quarantined": c["records_quarantined"],
+                                "per_task": ", ".join(f"{t}={n}" for t, n in c["per_task"].items())})
+            reason_rows += [{"partition": source, "split": spec.split, "reason": r, "records": n}
+                            for r, n in m["quarantine_reasons"].items()]
+            folders.append(str(spec.shard_dir))
+        previews.append(_preview_markdown(source, paths.specs(source)[0].shard_dir))
+    total = {k: sum(r[k] for r in counts_rows) for k in ("records_read", "samples_written", "records_quarantined")}
     return dg.MaterializeResult(metadata={
-        **counts,
-        "per_task": dg.MetadataValue.json(per_task),
-        "quarantine_reasons": dg.MetadataValue.md(
-            "| reason | records |\n|---|---|\n" + "".join(f"| {r} | {n} |\n" for r, n in reasons.items())
-            if reasons else "no record quarantined"),
-        "folders": dg.MetadataValue.json([str(s.shard_dir(paths.shards)) for s in source_specs(source, paths.sources)]),
-        "preview": dg.MetadataValue.md(preview),
+        **total,
+        "counts": md_table(counts_rows),
+        "quarantine_reasons": md_table(reason_rows) if reason_rows else dg.MetadataValue.md("no record quarantined"),
+        "folders": dg.MetadataValue.json(folders),
+        "preview": dg.MetadataValue.md("\n\n".join(previews)),
     })
 
 
-def _preview_markdown(shard_dir) -> str:
+def _preview_markdown(source: str, shard_dir) -> str:
     """One instruction with its heatmap over the image, inline in the asset's metadata."""
     from pipelines.preview import render_preview
 
     table = read_table(shard_dir)
     rows = [r for r in table.slice(0, 64).to_pylist() if r["heatmap"] and r["boxes"]] or table.slice(0, 1).to_pylist()
     if not rows:
-        return "(no samples)"
-    png = render_preview(rows[0])
-    return f"![preview](data:image/png;base64,{base64.b64encode(png).decode()})"
+        return f"**{source}**: (no samples)"
+    return f"**{source}**\n\n" + png_markdown(render_preview(rows[0]), f"{source} preview")
 
 
 @dg.asset(deps=[shards], group_name="data", pool="catalog_writer",
-          description="DuckDB catalog: views `samples`, `quarantine`, `manifests` over every shard folder.")
+          description="DuckDB catalog: views `samples`, `quarantine`, `manifests` over every shard folder. "
+                      "Pool `catalog_writer` (limit 1): one writer at a time.")
 def catalog(context: dg.AssetExecutionContext, paths: LumenPaths) -> dg.MaterializeResult:
     rows = build_catalog(paths.catalog_db, paths.shard_dirs())
     q = quarantine_summary(paths.catalog_db)
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(paths.catalog_db)),
         "samples": sum(r["samples"] for r in rows),
-        "samples_per_source_split_task": dg.MetadataValue.md(
-            "| source | split | task | samples |\n|---|---|---|---|\n"
-            + "".join(f"| {r['source']} | {r['split']} | {r['task']} | {r['samples']} |\n" for r in rows)),
+        "samples_per_source_split_task": md_table(rows),
         "quarantined": sum(r["records"] for r in q),
+        "quarantine_reasons": md_table(q),
+        "query": dg.MetadataValue.md(f"```\nduckdb {paths.catalog_db} \"SELECT source, split, task, count(*) "
+                                     "FROM samples GROUP BY ALL\"\n```"),
     })

@@ -1,0 +1,85 @@
+"""The main command: the whole graph on the bundled sample data, recorded in a project-local instance.
+
+    .venv/bin/python -m assets_defs.main [--images 400] [--stage1-steps N] [--stage2-steps N]
+
+Runs the `main` job over every source partition in one run with DAGSTER_HOME inside the project
+(default `var/dagster_home`), so the run is there when the UI is opened afterwards; ends by
+printing the evaluation metrics and the commands that open the Dagster UI and the FiftyOne App.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from assets_defs.instance import prepare_dagster_home
+from assets_defs.resources import REPO_ROOT, FiftyOneSettings, LumenPaths
+
+
+def build_run_config(args) -> dict:
+    train = {"preset": args.preset}
+    if args.stage1_steps is not None:
+        train["stage1_steps"] = args.stage1_steps
+    if args.stage2_steps is not None:
+        train["stage2_steps"] = args.stage2_steps
+    return {"ops": {"models": {"config": train}}}
+
+
+def run_main(*, data_root: str, dagster_home: str | None, images: int, run_config: dict,
+             fiftyone: FiftyOneSettings | None = None):
+    """Materialize the whole graph in one run; returns (result, DagsterInstance)."""
+    home = prepare_dagster_home(dagster_home)
+    import dagster as dg
+
+    from assets_defs.definitions import defs
+    from assets_defs.partitions import all_partitions_tags, ensure_source_partitions
+
+    instance = dg.DagsterInstance.get()
+    ensure_source_partitions(instance)
+    resources = {"paths": LumenPaths(root=data_root, demo_images=images)}
+    if fiftyone is not None:
+        resources["fiftyone"] = fiftyone
+    print(f"[main] DAGSTER_HOME={home}  data root={LumenPaths(root=data_root).base}", flush=True)
+    result = defs.resolve_job_def("main").execute_in_process(
+        run_config=run_config, instance=instance, tags=all_partitions_tags(instance), resources=resources,
+        raise_on_error=False)
+    return result, instance
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m assets_defs.main", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", default=str(LumenPaths().base), help="project data root (default: %(default)s)")
+    ap.add_argument("--dagster-home", default=None, help="DAGSTER_HOME (default: $DAGSTER_HOME or var/dagster_home)")
+    ap.add_argument("--images", type=int, default=LumenPaths().demo_images, help="demo images (default: %(default)s)")
+    ap.add_argument("--preset", default="tiny", help="model preset (default: %(default)s)")
+    ap.add_argument("--stage1-steps", type=int, default=None, help="stage-1 steps (default: the retrain config's)")
+    ap.add_argument("--stage2-steps", type=int, default=None, help="stage-2 steps (default: the retrain config's)")
+    args = ap.parse_args(argv)
+
+    t0 = time.time()
+    result, instance = run_main(data_root=args.data_root, dagster_home=args.dagster_home, images=args.images,
+                                run_config=build_run_config(args))
+    from assets_defs.metadata import latest_metadata
+
+    minutes = (time.time() - t0) / 60
+    if not result.success:
+        failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        print(f"[main] FAILED after {minutes:.1f} min in step(s) {failed}; run id {result.run_id}. "
+              "Open the Dagster UI (command below) for the logs.", file=sys.stderr)
+    ev = latest_metadata(instance, "evaluation")
+    if ev:
+        print(f"[main] evaluation of model {ev['model_version']} on the val split:")
+        print(json.dumps(json.loads(ev["metrics_json"]), indent=2))
+    fo = FiftyOneSettings()
+    print(f"[main] done in {minutes:.1f} min (run {result.run_id})")
+    print("[main] Dagster UI:    DAGSTER_HOME=%s %s/.venv/bin/dagster dev -w %s/workspace.yaml -h 127.0.0.1 -p 3000"
+          % (instance.root_directory, REPO_ROOT, REPO_ROOT))
+    print(f"[main] FiftyOne App: {REPO_ROOT}/.venv/bin/lumen review app --dataset {fo.dataset} --port {fo.app_port}")
+    return 0 if result.success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

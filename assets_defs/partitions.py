@@ -1,0 +1,41 @@
+"""Source partitions: the five bundled sources plus one per pulled corrections version.
+
+A DynamicPartitionsDefinition, so that each corrections version pulled from FiftyOne becomes one
+more source partition (`corrections-v0001`, ...) that the same shard asset converts. The five
+built-in sources are seeded into the instance by the main command, the watched-folder sensor
+and `ensure_source_partitions` (the UI shows no partitions before that).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pipelines.layout import SOURCES
+
+source_partitions = dg.DynamicPartitionsDefinition(name="sources")
+
+CORRECTIONS_PREFIX = "corrections-"
+
+
+def corrections_partition(version_dir_name: str) -> str:
+    """`v0003` (a folder written by `pull_corrections`) -> partition key `corrections-v0003`."""
+    return f"{CORRECTIONS_PREFIX}{version_dir_name}"
+
+
+def is_corrections(partition_key: str) -> bool:
+    return partition_key.startswith(CORRECTIONS_PREFIX)
+
+
+def ensure_source_partitions(instance: dg.DagsterInstance, extra: list[str] = ()) -> list[str]:
+    """Add the built-in source partitions (and `extra`) that the instance does not have yet."""
+    have = set(instance.get_dynamic_partitions(source_partitions.name))
+    missing = [k for k in [*SOURCES, *extra] if k not in have]
+    if missing:
+        instance.add_dynamic_partitions(source_partitions.name, missing)
+    return instance.get_dynamic_partitions(source_partitions.name)
+
+
+def all_partitions_tags(instance: dg.DagsterInstance) -> dict[str, str]:
+    """Run tags that make one run cover every source partition (single-run backfill policy)."""
+    keys = instance.get_dynamic_partitions(source_partitions.name)
+    return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
