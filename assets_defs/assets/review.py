@@ -40,7 +40,7 @@ def pseudo_labels(context: dg.AssetExecutionContext, config: PseudoLabelConfig, 
     annotations = config.annotations or str(paths.sources / "coco" / "annotations" / "instances_val.json")
     out = paths.predictions / "pseudo" / version / f"{config.task}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = predict(model["checkpoint_dir"], config.task, images, str(out), annotations=annotations,
+    result = predict(model["checkpoint_dir"], config.task, images, str(out), annotations=annotations, progress=False,
                      batch_size=config.batch_size)
     heatmaps = out.parent / f"{out.stem}_heatmaps"
     return dg.MaterializeResult(metadata={

@@ -68,6 +68,8 @@ def train_shard_dirs(context, paths: LumenPaths, partitions: list[str]) -> tuple
 def _train(context, stage: int, cfg: RetrainConfig, paths: LumenPaths, compute: Compute, shard_dirs, init=None):
     from dataclasses import fields
 
+    if compute.device == "cpu":  # hide GPUs from torch (effective before CUDA is first initialised)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     from lumen_model.train import TrainConfig, train
 
     parent = paths.models / f"stage{stage}"
@@ -75,9 +77,10 @@ def _train(context, stage: int, cfg: RetrainConfig, paths: LumenPaths, compute: 
     wanted = dict(stage=stage, preset=cfg.preset, shards=[str(d) for d in shard_dirs], out=str(parent / version),
                   init=str(init) if init else None, max_steps=cfg.stage1_steps if stage == 1 else cfg.stage2_steps,
                   lr=cfg.learning_rate, batch_size=cfg.batch_size, seed=cfg.seed, resume=cfg.resume,
-                  device=compute.resolved(), progress=False)
+                  progress=False)
     names = {f.name for f in fields(TrainConfig)}
-    context.log.info("training stage %d -> %s (%d shard folders)", stage, parent / version, len(shard_dirs))
+    context.log.info("training stage %d -> %s (%d shard folders, device %s)", stage, parent / version,
+                     len(shard_dirs), compute.resolved())
     result = train(TrainConfig(**{k: v for k, v in wanted.items() if k in names}))
     return version, result
 
@@ -129,24 +132,33 @@ def models(context: dg.AssetExecutionContext, config: RetrainConfig, paths: Lume
         yield dg.MaterializeResult(asset_key="stage2_model", metadata=meta)
 
 
+EVAL_TASKS = ["bbox", "segm", "keypoints", "grounding", "refseg", "vqa"]
+
+
 class EvaluationConfig(dg.Config):
     tolerance: float = Field(0.05, description="largest allowed drop of any metric vs the previous model version")
-    tasks: list[str] = Field(default_factory=lambda: ["bbox", "segm", "keypoints"],
-                             description="evaluation tasks: bbox, segm, keypoints")
+    tasks: list[str] = Field(default_factory=lambda: list(EVAL_TASKS), description=f"evaluation tasks, of {EVAL_TASKS}")
     batch_size: int = 16
 
 
-def evaluation_plan(task: str, paths: LumenPaths) -> tuple[str, dict, Path]:
+def evaluation_plan(task: str, paths: LumenPaths, work_dir: Path) -> tuple[str, dict, Path]:
     """(predict task, predict kwargs, ground truth file) of one evaluation task on the val split."""
-    ann = paths.sources / "coco" / "annotations"
-    plans = {
-        "bbox": ("detection", ann / "instances_val.json"),
-        "segm": ("instance_segmentation", ann / "instances_val.json"),
-        "keypoints": ("pose", ann / "person_keypoints_val.json"),
-    }
-    if task not in plans:
-        raise dg.Failure(f"unknown evaluation task {task!r}; expected one of {sorted(plans)}")
-    predict_task, gt = plans[task]
+    ann, vqa = paths.sources / "coco" / "annotations", paths.sources / "vqa"
+    if task in ("grounding", "refseg"):
+        from pipelines.evaluation import refcoco_expressions
+
+        gt = work_dir / "refcoco_val_expressions.json"
+        if not gt.exists():
+            gt.write_text(json.dumps(refcoco_expressions(paths.sources / "refcoco", "val")))
+        return ("grounding" if task == "grounding" else "referring_segmentation"), {"expressions": str(gt)}, gt
+    if task == "vqa":
+        return "vqa", {"questions": str(vqa / "v2_OpenEnded_mscoco_val_questions.json")}, vqa / "v2_mscoco_val_annotations.json"
+    coco = {"bbox": ("detection", ann / "instances_val.json"),
+            "segm": ("instance_segmentation", ann / "instances_val.json"),
+            "keypoints": ("pose", ann / "person_keypoints_val.json")}
+    if task not in coco:
+        raise dg.Failure(f"unknown evaluation task {task!r}; expected one of {EVAL_TASKS}")
+    predict_task, gt = coco[task]
     return predict_task, {"annotations": str(gt)}, gt
 
 
@@ -164,10 +176,12 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, path
     version, ckpt = model["model_version"], model["checkpoint_dir"]
     out_dir = paths.predictions / "eval" / version
     metrics = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
     for task in config.tasks:
-        predict_task, kwargs, gt = evaluation_plan(task, paths)
+        predict_task, kwargs, gt = evaluation_plan(task, paths, out_dir)
         pred = out_dir / f"{task}.json"
-        predict(ckpt, predict_task, str(paths.images), str(pred), batch_size=config.batch_size, **kwargs)
+        context.log.info("evaluating %s on the val split (%s)", task, predict_task)
+        predict(ckpt, predict_task, str(paths.images), str(pred), batch_size=config.batch_size, progress=False, **kwargs)
         metrics[task] = evaluate(task, str(gt), str(pred))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     previous = latest_metadata(context.instance, "evaluation")
