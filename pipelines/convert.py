@@ -62,50 +62,111 @@ def sample_id(source: str, split: str, d: Draft) -> str:
 
 
 def render_targets(d: Draft, input_size: int, heatmap_size: int):
-    """(heatmap PNG, centers, sizes) of a draft; (None, [], []) for tasks without a heatmap."""
-    if d.task not in HEATMAP_TASKS:
-        return None, [], []
-    geo = SquarePad(d.width, d.height, input_size, heatmap_size)
-    boxes = np.asarray(d.boxes, dtype=np.float64).reshape(-1, 4)
-    centers = geo.center_pixels(boxes)
-    sizes = geo.sizes_normalized(boxes)
-    wh_hm = boxes[:, 2:] * geo.scale / geo.heatmap_stride
-    radii = gaussian_radius(np.ceil(wh_hm[:, 1]), np.ceil(wh_hm[:, 0]))
-    heat = render_heatmap(centers, radii, heatmap_size)
-    return encode_png(heat), centers.tolist(), sizes.astype(np.float32).tolist()
+    """(heatmap PNG, centers, sizes) of one draft; (None, [], []) for tasks without a heatmap."""
+    pngs, centers, sizes = render_all([d], input_size, heatmap_size)
+    return pngs[0], centers[0].tolist(), sizes[0].tolist()
+
+
+def render_all(drafts: list[Draft], input_size: int, heatmap_size: int, progress: bool = False):
+    """Heatmap PNGs, center pixels [n, 2] and size targets [n, 2] of every draft.
+
+    The geometry runs once per distinct image size over all its boxes (vectorized, through
+    `SquarePad`), and drafts that share a boxes list (a category's detection and segmentation
+    samples) share one rendered heatmap.
+    """
+    empty_c, empty_s = np.zeros((0, 2), np.int32), np.zeros((0, 2), np.float32)
+    slot_of: dict[int, int] = {}  # id(boxes list) -> index into `groups`
+    groups: list[tuple[int, int, list]] = []
+    for d in drafts:
+        if d.task in HEATMAP_TASKS and d.boxes and id(d.boxes) not in slot_of:
+            slot_of[id(d.boxes)] = len(groups)
+            groups.append((d.width, d.height, d.boxes))
+    counts = np.fromiter((len(g[2]) for g in groups), np.int64, len(groups))
+    ends = np.cumsum(counts)
+    boxes = np.asarray([b for g in groups for b in g[2]], dtype=np.float64).reshape(-1, 4)
+    img_wh = np.repeat(np.asarray([g[:2] for g in groups], dtype=np.int64).reshape(-1, 2), counts, axis=0)
+    centers = np.zeros((len(boxes), 2), np.int64)
+    sizes = np.zeros((len(boxes), 2), np.float64)
+    wh_heat = np.zeros((len(boxes), 2), np.float64)  # box (w, h) in heatmap pixels
+    if len(boxes):
+        uniq, inverse = np.unique(img_wh, axis=0, return_inverse=True)
+        order = np.argsort(inverse.reshape(-1), kind="stable")
+        bounds = np.searchsorted(inverse.reshape(-1)[order], np.arange(len(uniq) + 1))
+        for k, (w, h) in enumerate(uniq.tolist()):
+            idx = order[bounds[k]:bounds[k + 1]]
+            geo = SquarePad(w, h, input_size, heatmap_size)
+            centers[idx] = geo.center_pixels(boxes[idx])
+            sizes[idx] = geo.sizes_normalized(boxes[idx])
+            wh_heat[idx] = boxes[idx, 2:] * geo.scale / geo.heatmap_stride
+    radii = gaussian_radius(np.ceil(wh_heat[:, 1]), np.ceil(wh_heat[:, 0]))
+    zero_png = encode_png(np.zeros((heatmap_size, heatmap_size), np.uint8))
+    group_pngs = []
+    for g in tqdm(range(len(groups)), desc="render heatmaps", unit="map", disable=not progress, mininterval=1.0):
+        lo, hi = ends[g] - counts[g], ends[g]
+        group_pngs.append(encode_png(render_heatmap(centers[lo:hi], radii[lo:hi], heatmap_size)))
+    pngs, out_c, out_s = [], [], []
+    for d in drafts:
+        if d.task not in HEATMAP_TASKS:
+            pngs.append(None), out_c.append(empty_c), out_s.append(empty_s)
+        elif not d.boxes:  # a negative: nothing there, an all-zero map
+            pngs.append(zero_png), out_c.append(empty_c), out_s.append(empty_s)
+        else:
+            g = slot_of[id(d.boxes)]
+            lo, hi = ends[g] - counts[g], ends[g]
+            pngs.append(group_pngs[g])
+            out_c.append(centers[lo:hi].astype(np.int32))
+            out_s.append(sizes[lo:hi].astype(np.float32))
+    return pngs, out_c, out_s
+
+
+def _pairs_column(arrays: list[np.ndarray], value_type) -> pa.Array:
+    """A list<fixed_size_list<k>> column built from per-row [n, k] arrays without Python lists."""
+    k = value_type.list_size
+    lengths = np.fromiter((len(a) for a in arrays), np.int64, len(arrays))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    flat = np.concatenate([a.reshape(-1, k) for a in arrays]) if arrays else np.zeros((0, k))
+    values = pa.array(flat.reshape(-1).astype(value_type.value_type.to_pandas_dtype()), value_type.value_type)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.FixedSizeListArray.from_arrays(values, k))
 
 
 def drafts_to_table(drafts: list[Draft], source: str, split: str, input_size: int, heatmap_size: int,
                     progress: bool = True) -> pa.Table:
-    cols: dict[str, list] = {name: [] for name in SAMPLE_SCHEMA.names}
-    for d in tqdm(drafts, desc=f"render {source}/{split}", unit="sample", disable=not progress, mininterval=1.0):
-        png, centers, sizes = render_targets(d, input_size, heatmap_size)
-        cols["sample_id"].append(sample_id(source, split, d))
-        cols["source"].append(source)
-        cols["split"].append(split)
-        cols["task"].append(d.task)
-        cols["image_id"].append(d.image_id)
-        cols["image_path"].append(d.image_path)
-        cols["image_width"].append(d.width)
-        cols["image_height"].append(d.height)
-        cols["input_size"].append(input_size)
-        cols["heatmap_size"].append(heatmap_size)
-        cols["instruction"].append(d.instruction)
-        cols["answer"].append(d.answer)
-        cols["category"].append(d.category)
-        cols["category_id"].append(d.category_id)
-        cols["expression"].append(d.expression)
-        cols["boxes"].append(d.boxes)
-        cols["masks"].append(d.masks)
-        cols["keypoints"].append(d.keypoints)
-        cols["ignore_boxes"].append(d.ignore_boxes)
-        cols["ignore_masks"].append(d.ignore_masks)
-        cols["source_ids"].append(d.source_ids)
-        cols["heatmap"].append(png)
-        cols["centers"].append(centers)
-        cols["sizes"].append(sizes)
-    return pa.table({name: pa.array(cols[name], type=SAMPLE_SCHEMA.field(name).type) for name in SAMPLE_SCHEMA.names},
-                    schema=SAMPLE_SCHEMA)
+    pngs, centers, sizes = render_all(drafts, input_size, heatmap_size, progress)
+    n = len(drafts)
+
+    def col(name, values):
+        return pa.array(values, type=SAMPLE_SCHEMA.field(name).type)
+
+    def box_arrays(attr):
+        return [np.asarray(getattr(d, attr) or [], dtype=np.float32).reshape(-1, 4) for d in drafts]
+
+    columns = {
+        "sample_id": col("sample_id", [sample_id(source, split, d) for d in drafts]),
+        "source": col("source", [source] * n),
+        "split": col("split", [split] * n),
+        "task": col("task", [d.task for d in drafts]),
+        "image_id": col("image_id", [d.image_id for d in drafts]),
+        "image_path": col("image_path", [d.image_path for d in drafts]),
+        "image_width": col("image_width", [d.width for d in drafts]),
+        "image_height": col("image_height", [d.height for d in drafts]),
+        "input_size": col("input_size", [input_size] * n),
+        "heatmap_size": col("heatmap_size", [heatmap_size] * n),
+        "instruction": col("instruction", [d.instruction for d in drafts]),
+        "answer": col("answer", [d.answer for d in drafts]),
+        "category": col("category", [d.category for d in drafts]),
+        "category_id": col("category_id", [d.category_id for d in drafts]),
+        "expression": col("expression", [d.expression for d in drafts]),
+        "boxes": _pairs_column(box_arrays("boxes"), SAMPLE_SCHEMA.field("boxes").type.value_type),
+        "masks": col("masks", [d.masks for d in drafts]),
+        "keypoints": col("keypoints", [d.keypoints for d in drafts]),
+        "ignore_boxes": _pairs_column(box_arrays("ignore_boxes"), SAMPLE_SCHEMA.field("ignore_boxes").type.value_type),
+        "ignore_masks": col("ignore_masks", [d.ignore_masks for d in drafts]),
+        "source_ids": col("source_ids", [d.source_ids for d in drafts]),
+        "heatmap": col("heatmap", pngs),
+        "centers": _pairs_column(centers, SAMPLE_SCHEMA.field("centers").type.value_type),
+        "sizes": _pairs_column(sizes, SAMPLE_SCHEMA.field("sizes").type.value_type),
+    }
+    return pa.table(columns, schema=SAMPLE_SCHEMA)
 
 
 def account(result: ReadResult) -> dict:

@@ -1,183 +1,312 @@
 """COCO instances (detection, instance segmentation) and person keypoints (pose).
 
-Records are annotations (`ann:<id>`). Crowd regions (iscrowd=1) are not instances: they travel as
-ignore regions on every sample of their image, and are accounted on the first sample of that image.
+Records (what `records_read` counts and the accounting proves):
+- instances file: every entry of `annotations` (`ann:<id>`, `ann:#<position>` when it has no id),
+  plus every entry of `images` that no annotation refers to (`img:<id>`): such an image yields
+  negative samples only.
+- keypoints file: every entry of `annotations`. Images without people are no pose input (the
+  keypoints file lists every image), so they are not records there.
+
+Crowd regions (iscrowd=1) are not instances: they travel as ignore regions (`ignore_boxes`,
+`ignore_masks`) on every sample of their image, and are accounted on its first sample.
+Negatives never name a category that any annotation of the image has (crowd or quarantined
+ones included), so "there is none" is never said of something that is there.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from pipelines.instructions import answer_for, instruction_for
-from pipelines.sources.common import (Draft, ReadResult, bad_box, bad_segmentation, load_json,
-                                      require_keys, split_from_name)
+from pipelines.sources.common import (Draft, ReadResult, bad_box, load_json, polygon_area_problems,
+                                      polygon_structure_problem, require_keys, rle_problem)
 
 NUM_KEYPOINTS = 17
 
 
-def index_coco(path: str | Path, what: str):
-    """Load a COCO json: (data, images by id, categories by id)."""
+@dataclass
+class CocoIndex:
+    """A loaded COCO json with its images and categories by id, and the ids that are unusable."""
+
+    data: dict
+    images: dict[int, dict]
+    cats: dict[int, dict]
+    bad_images: dict[int, str] = field(default_factory=dict)  # id -> why no annotation on it can be used
+    bad_cats: dict[int, str] = field(default_factory=dict)
+
+
+def index_coco(path: str | Path, what: str) -> CocoIndex:
     data = load_json(path, dict, what)
     require_keys(data, ("images", "annotations", "categories"), path, what)
-    images = {}
+    image_ids = Counter(im.get("id") for im in data["images"] if isinstance(im, dict))
+    cat_ids = Counter(c.get("id") for c in data["categories"] if isinstance(c, dict))
+    index = CocoIndex(data, {}, {})
     for im in data["images"]:
-        if isinstance(im, dict) and isinstance(im.get("id"), int):
-            images[im["id"]] = im
-    cats = {c["id"]: c for c in data["categories"] if isinstance(c, dict) and "id" in c and "name" in c}
-    return data, images, cats
+        if not isinstance(im, dict) or not isinstance(im.get("id"), int):
+            continue
+        index.images[im["id"]] = im
+        if image_ids[im["id"]] > 1:  # a dict would silently keep one of them
+            index.bad_images[im["id"]] = f"image id {im['id']} appears {image_ids[im['id']]} times in 'images'"
+        elif not (_positive_int(im.get("width")) and _positive_int(im.get("height"))):
+            index.bad_images[im["id"]] = f"image {im['id']} has no valid width/height"
+        elif not isinstance(im.get("file_name"), str) or not im["file_name"]:
+            index.bad_images[im["id"]] = f"image {im['id']} has no file_name"
+    for c in data["categories"]:
+        if isinstance(c, dict) and "id" in c and isinstance(c.get("name"), str):
+            index.cats[c["id"]] = c
+            if cat_ids[c["id"]] > 1:
+                index.bad_cats[c["id"]] = f"category id {c['id']} appears {cat_ids[c['id']]} times in 'categories'"
+    return index
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _rle_dict(rle: dict) -> dict:
+    counts = rle["counts"]
+    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
 
 
 def to_rle(seg, height: int, width: int) -> dict:
     """Polygons or (un)compressed RLE -> one compressed RLE with a str `counts`."""
-    if isinstance(seg, dict) and isinstance(seg.get("counts"), str):
-        rle = dict(seg)
-    else:
-        rles = mask_utils.frPyObjects(seg, height, width)
-        rle = mask_utils.merge(rles) if isinstance(rles, list) else rles
-    counts = rle["counts"]
-    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    return to_rles([seg], height, width)[0]
+
+
+def to_rles(segs: list, height: int, width: int) -> list[dict | None]:
+    """Segmentations of one image -> compressed RLEs (None where there is none).
+
+    All polygons of the image go through pycocotools in one call, then merge per annotation.
+    """
+    out: list[dict | None] = [None] * len(segs)
+    polys, owner = [], []
+    for i, seg in enumerate(segs):
+        if not seg:
+            continue
+        if isinstance(seg, list):
+            polys += seg
+            owner += [i] * len(seg)
+        elif isinstance(seg.get("counts"), str):
+            out[i] = _rle_dict(seg)
+        else:  # uncompressed RLE (counts as a list of run lengths)
+            out[i] = _rle_dict(mask_utils.frPyObjects(seg, height, width))
+    if polys:
+        rles = mask_utils.frPyObjects(polys, height, width)
+        parts: dict[int, list] = defaultdict(list)
+        for i, rle in zip(owner, rles):
+            parts[i].append(rle)
+        for i, group in parts.items():
+            out[i] = _rle_dict(group[0] if len(group) == 1 else mask_utils.merge(group))
+    return out
 
 
 def image_path(images_dir: Path | None, file_name: str) -> str:
     return str((images_dir / file_name).resolve()) if images_dir is not None else file_name
 
 
-def valid_annotations(data, images, cats, source_file: str, images_dir: Path | None, *, need_keypoints=False):
-    """Split annotations into usable ones (grouped by image) and quarantine rows with reasons."""
+class _ImageFiles:
+    """Whether each image's file exists (checked once per image; always true without images_dir)."""
+
+    def __init__(self, images_dir: Path | None):
+        self.images_dir = images_dir
+        self._seen: dict[str, bool] = {}
+
+    def missing(self, file_name: str) -> bool:
+        if self.images_dir is None:
+            return False
+        if file_name not in self._seen:
+            self._seen[file_name] = not (self.images_dir / file_name).is_file()
+        return self._seen[file_name]
+
+
+def valid_annotations(index: CocoIndex, source_file: str, files: _ImageFiles, *, need_keypoints=False):
+    """Usable annotations grouped by image, quarantine rows, and every category seen per image."""
     quarantine: list[tuple[str, str, str]] = []
-    anns = [a for a in data["annotations"]]
+    anns = index.data["annotations"]
     id_counts = Counter(a.get("id") for a in anns if isinstance(a, dict))
     by_image: dict[int, list[dict]] = defaultdict(list)
-    missing_files: dict[int, bool] = {}
-    for pos, a in enumerate(anns):
+    seen_cats: dict[int, set] = defaultdict(set)  # categories an image has, even in rejected annotations
+    reasons = [_annotation_problem(a, index, id_counts, need_keypoints) for a in anns]
+    # polygon areas of every otherwise-valid annotation in one vectorized pass
+    poly_pos = [i for i, (a, r) in enumerate(zip(anns, reasons)) if r is None and isinstance(a.get("segmentation"), list)
+                and a["segmentation"]]
+    for i, problem in zip(poly_pos, polygon_area_problems([anns[i]["segmentation"] for i in poly_pos])):
+        reasons[i] = problem
+    for pos, (a, reason) in enumerate(zip(anns, reasons)):
         rid = f"ann:{a.get('id')}" if isinstance(a, dict) and a.get("id") is not None else f"ann:#{pos}"
-        reason = _annotation_problem(a, images, cats, id_counts, need_keypoints)
-        if reason is None and images_dir is not None:
-            im_id = a["image_id"]
-            if im_id not in missing_files:
-                missing_files[im_id] = not (images_dir / images[im_id]["file_name"]).is_file()
-            if missing_files[im_id]:
-                reason = f"image file not found: {images[im_id]['file_name']}"
+        if reason is None and files.missing(index.images[a["image_id"]]["file_name"]):
+            reason = f"image file not found: {index.images[a['image_id']]['file_name']}"
+        if isinstance(a, dict) and isinstance(a.get("image_id"), int):
+            seen_cats[a["image_id"]].add(a.get("category_id"))
         if reason is not None:
             quarantine.append((source_file, rid, reason))
         else:
             by_image[a["image_id"]].append(a)
-    return by_image, quarantine
+    return by_image, quarantine, seen_cats
 
 
-def _annotation_problem(a, images, cats, id_counts, need_keypoints) -> str | None:
+def _annotation_problem(a, index: CocoIndex, id_counts: Counter, need_keypoints: bool) -> str | None:
     if not isinstance(a, dict):
         return "annotation is not an object"
     if a.get("id") is None:
         return "annotation has no id"
-    if id_counts[a["id"]] > 1:
+    if id_counts[a["id"]] > 1:  # every copy is rejected: which one is right is unknowable
         return f"duplicate annotation id {a['id']} ({id_counts[a['id']]} copies)"
-    if a.get("image_id") not in images:
+    if a.get("image_id") not in index.images:
         return f"unknown image id {a.get('image_id')}"
-    im = images[a["image_id"]]
-    if not (isinstance(im.get("width"), int) and isinstance(im.get("height"), int) and im["width"] > 0 and im["height"] > 0):
-        return f"image {im['id']} has no valid width/height"
-    if a.get("category_id") not in cats:
+    if a["image_id"] in index.bad_images:
+        return index.bad_images[a["image_id"]]
+    if a.get("category_id") not in index.cats:
         return f"unknown category id {a.get('category_id')}"
+    if a["category_id"] in index.bad_cats:
+        return index.bad_cats[a["category_id"]]
     problem = bad_box(a.get("bbox"))
     if problem:
         return problem
-    if "segmentation" in a and a["segmentation"] not in (None, []):
-        problem = bad_segmentation(a["segmentation"])
+    im = index.images[a["image_id"]]
+    x, y, w, h = (float(v) for v in a["bbox"])
+    if x >= im["width"] or y >= im["height"] or x + w <= 0 or y + h <= 0:
+        return f"bbox {list(a['bbox'])} lies outside the {im['width']}x{im['height']} image"
+    seg = a.get("segmentation")
+    if seg not in (None, []):
+        problem = rle_problem(seg, im["height"], im["width"]) if isinstance(seg, dict) else polygon_structure_problem(seg)
         if problem:
             return problem
+    elif a.get("iscrowd"):
+        return "crowd region without a segmentation"
     if need_keypoints and not a.get("iscrowd"):
         kps = a.get("keypoints")
         if not isinstance(kps, list) or len(kps) != 3 * NUM_KEYPOINTS:
             n = len(kps) if isinstance(kps, list) else 0
             return f"keypoints must have {3 * NUM_KEYPOINTS} numbers, found {n}"
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in kps):
+            return "keypoints hold non-numeric or non-finite values"
     return None
 
 
-def read_coco_instances(path, *, images_dir=None, split=None, negative_ratio=0.5, seed=0,
-                        paraphrase=False) -> ReadResult:
+def _box(a: dict) -> list[float]:
+    return [float(v) for v in a["bbox"]]
+
+
+def negatives_for(n_positive: int, ratio: float, *, image_only: bool) -> int:
+    """How many absent categories to ask about (half-up rounding; at least one on an empty image)."""
+    if ratio <= 0:
+        return 0
+    n = int(math.floor(ratio * max(1, n_positive) + 0.5))
+    return max(1, n) if image_only else n
+
+
+def read_coco_instances(path, *, images_dir=None, negative_ratio=0.5, seed=0, paraphrase=False) -> ReadResult:
     """Detection + instance segmentation drafts: one per (image, category present), plus negatives."""
     src = str(path)
-    data, images, cats = index_coco(path, "coco")
-    images_dir = Path(images_dir) if images_dir else None
-    split = split or split_from_name(path)
-    by_image, quarantine = valid_annotations(data, images, cats, src, images_dir)
+    index = index_coco(path, "coco")
+    files = _ImageFiles(Path(images_dir) if images_dir else None)
+    by_image, quarantine, seen_cats = valid_annotations(index, src, files)
+    image_only = _image_only_records(index, seen_cats, files, negative_ratio, src, quarantine)
     drafts: list[Draft] = []
-    cat_ids = sorted(cats)
-    for im_id in sorted(by_image):
-        im = images[im_id]
+    cat_ids = sorted(c for c in index.cats if c not in index.bad_cats)
+    for im_id in sorted(set(by_image) | set(image_only)):
+        im = index.images[im_id]
         w, h = im["width"], im["height"]
-        anns = sorted(by_image[im_id], key=lambda a: a["id"])
-        crowd = [a for a in anns if a.get("iscrowd")]
-        ignore_boxes = [[float(v) for v in a["bbox"]] for a in crowd]
-        ignore_masks = [to_rle(a["segmentation"], h, w) for a in crowd if a.get("segmentation")]
-        per_cat: dict[int, list[dict]] = defaultdict(list)
-        for a in anns:
+        anns = sorted(by_image.get(im_id, []), key=lambda a: a["id"])
+        rles = to_rles([a.get("segmentation") for a in anns], h, w)
+        crowd = [(a, m) for a, m in zip(anns, rles) if a.get("iscrowd")]
+        ignore_boxes = [_box(a) for a, _ in crowd]
+        ignore_masks = [m for _, m in crowd if m is not None]
+        per_cat: dict[int, list] = defaultdict(list)
+        for a, m in zip(anns, rles):
             if not a.get("iscrowd"):
-                per_cat[a["category_id"]].append(a)
-        path_str = image_path(images_dir, im["file_name"])
+                per_cat[a["category_id"]].append((a, m))
+        path_str = image_path(files.images_dir, im["file_name"])
+        absent = [c for c in cat_ids if c not in seen_cats.get(im_id, ())]
+        n_neg = min(len(absent), negatives_for(len(per_cat), negative_ratio, image_only=im_id in image_only))
         rng = np.random.default_rng([seed, im_id])
-        absent = [c for c in cat_ids if c not in per_cat]
-        n_neg = min(len(absent), int(round(negative_ratio * max(1, len(per_cat)))))
         negatives = sorted(rng.choice(absent, size=n_neg, replace=False).tolist()) if n_neg else []
+        # one boxes/masks object per (image, category), shared by the detection and the segmentation
+        # draft, so rendering can reuse the heatmap
+        groups = {c: ([_box(a) for a, _ in g], [m for _, m in g], [f"ann:{a['id']}" for a, _ in g])
+                  for c, g in sorted(per_cat.items())}
+        no_boxes: list = []
         first = len(drafts)
         for task in ("detection", "instance_segmentation"):
-            for c in sorted(per_cat):
-                group = per_cat[c]
-                name = cats[c]["name"]
-                masks = [to_rle(a["segmentation"], h, w) if a.get("segmentation") else None for a in group]
-                drafts.append(Draft(
-                    task=task, image_id=im_id, image_path=path_str, width=w, height=h,
-                    instruction=instruction_for(task, category=name, paraphrase=paraphrase, key=f"{im_id}/{c}", seed=seed),
-                    answer=answer_for(task, True), source_ids=[f"ann:{a['id']}" for a in group],
-                    category=name, category_id=c, boxes=[[float(v) for v in a["bbox"]] for a in group],
-                    masks=masks if all(m is not None for m in masks) else None,
-                    ignore_boxes=ignore_boxes, ignore_masks=ignore_masks))
+            for c, (boxes, masks, ids) in groups.items():
+                drafts.append(_category_draft(task, im, path_str, index.cats[c], True, boxes,
+                                              masks if all(m is not None for m in masks) else None, list(ids),
+                                              ignore_boxes, ignore_masks, paraphrase, seed))
             for c in negatives:
-                name = cats[c]["name"]
-                drafts.append(Draft(
-                    task=task, image_id=im_id, image_path=path_str, width=w, height=h,
-                    instruction=instruction_for(task, category=name, paraphrase=paraphrase, key=f"{im_id}/{c}", seed=seed),
-                    answer=answer_for(task, False), source_ids=[], category=name, category_id=c,
-                    masks=[] , ignore_boxes=ignore_boxes, ignore_masks=ignore_masks))
-        crowd_ids = [f"ann:{a['id']}" for a in crowd]
-        if crowd_ids:
+                drafts.append(_category_draft(task, im, path_str, index.cats[c], False, no_boxes, [], [],
+                                              ignore_boxes, ignore_masks, paraphrase, seed))
+        extra = [f"ann:{a['id']}" for a, _ in crowd] + ([f"img:{im_id}"] if im_id in image_only else [])
+        if extra:
             if len(drafts) > first:
-                drafts[first].source_ids = drafts[first].source_ids + crowd_ids
+                drafts[first].source_ids = drafts[first].source_ids + extra
             else:
-                quarantine += [(src, rid, "crowd region in an image with no instances or negatives to attach it to")
-                               for rid in crowd_ids]
-    return ReadResult(drafts, quarantine, len(data["annotations"]))
+                quarantine += [(src, rid, "no sample to carry it: the image has no instance and no absent category to ask about")
+                               for rid in extra]
+    n_records = len(index.data["annotations"]) + sum(
+        1 for im in index.data["images"] if not (isinstance(im, dict) and im.get("id") in seen_cats))
+    return ReadResult(drafts, quarantine, n_records)
 
 
-def read_coco_keypoints(path, *, images_dir=None, split=None, paraphrase=False, seed=0) -> ReadResult:
+def _image_only_records(index: CocoIndex, seen_cats, files: _ImageFiles, negative_ratio: float, src: str,
+                        quarantine: list) -> set[int]:
+    """Images no annotation refers to: usable ones (returned) yield negatives, the rest are quarantined."""
+    usable = set()
+    for pos, im in enumerate(index.data["images"]):
+        if isinstance(im, dict) and im.get("id") in seen_cats:
+            continue
+        if not isinstance(im, dict) or not isinstance(im.get("id"), int):
+            quarantine.append((src, f"img:#{pos}", "image entry without an integer id"))
+        elif im["id"] in index.bad_images:
+            quarantine.append((src, f"img:{im['id']}", index.bad_images[im["id"]]))
+        elif files.missing(im["file_name"]):
+            quarantine.append((src, f"img:{im['id']}", f"image file not found: {im['file_name']}"))
+        elif negatives_for(0, negative_ratio, image_only=True) == 0:
+            quarantine.append((src, f"img:{im['id']}", "image without annotations, and negatives are off (negative_ratio=0)"))
+        else:
+            usable.add(im["id"])
+    return usable
+
+
+def _category_draft(task, im, path_str, cat, found, boxes, masks, ids, ignore_boxes, ignore_masks, paraphrase, seed):
+    return Draft(task=task, image_id=im["id"], image_path=path_str, width=im["width"], height=im["height"],
+                 instruction=instruction_for(task, category=cat["name"], paraphrase=paraphrase,
+                                             key=f"{im['id']}/{cat['id']}", seed=seed),
+                 answer=answer_for(task, found), source_ids=ids, category=cat["name"], category_id=cat["id"],
+                 boxes=boxes, masks=masks, ignore_boxes=ignore_boxes, ignore_masks=ignore_masks)
+
+
+def read_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0) -> ReadResult:
     """Pose drafts: one per image with people; boxes and 17 keypoints per person."""
     src = str(path)
-    data, images, cats = index_coco(path, "coco-keypoints")
-    images_dir = Path(images_dir) if images_dir else None
-    by_image, quarantine = valid_annotations(data, images, cats, src, images_dir, need_keypoints=True)
+    index = index_coco(path, "coco-keypoints")
+    files = _ImageFiles(Path(images_dir) if images_dir else None)
+    by_image, quarantine, _ = valid_annotations(index, src, files, need_keypoints=True)
     drafts: list[Draft] = []
     for im_id in sorted(by_image):
-        im = images[im_id]
+        im = index.images[im_id]
         w, h = im["width"], im["height"]
         anns = sorted(by_image[im_id], key=lambda a: a["id"])
-        people = [a for a in anns if not a.get("iscrowd")]
-        crowd = [a for a in anns if a.get("iscrowd")]
+        rles = to_rles([a.get("segmentation") for a in anns], h, w)
+        people = [(a, m) for a, m in zip(anns, rles) if not a.get("iscrowd")]
+        crowd = [(a, m) for a, m in zip(anns, rles) if a.get("iscrowd")]
         if not people:
-            quarantine += [(src, f"ann:{a['id']}", "crowd region in an image without people") for a in crowd]
+            quarantine += [(src, f"ann:{a['id']}", "crowd region in an image without people") for a, _ in crowd]
             continue
+        masks = [m for _, m in people]
         drafts.append(Draft(
-            task="pose", image_id=im_id, image_path=image_path(images_dir, im["file_name"]), width=w, height=h,
+            task="pose", image_id=im_id, image_path=image_path(files.images_dir, im["file_name"]), width=w, height=h,
             instruction=instruction_for("pose", paraphrase=paraphrase, key=str(im_id), seed=seed),
-            answer=answer_for("pose", True), source_ids=[f"ann:{a['id']}" for a in people + crowd],
-            category="person", category_id=people[0]["category_id"],
-            boxes=[[float(v) for v in a["bbox"]] for a in people],
-            masks=[to_rle(a["segmentation"], h, w) for a in people] if all(a.get("segmentation") for a in people) else None,
-            keypoints=[[float(v) for v in a["keypoints"]] for a in people],
-            ignore_boxes=[[float(v) for v in a["bbox"]] for a in crowd],
-            ignore_masks=[to_rle(a["segmentation"], h, w) for a in crowd if a.get("segmentation")]))
-    return ReadResult(drafts, quarantine, len(data["annotations"]))
+            answer=answer_for("pose", True), source_ids=[f"ann:{a['id']}" for a, _ in people + crowd],
+            category="person", category_id=people[0][0]["category_id"],
+            boxes=[_box(a) for a, _ in people],
+            masks=masks if all(m is not None for m in masks) else None,
+            keypoints=[[float(v) for v in a["keypoints"]] for a, _ in people],
+            ignore_boxes=[_box(a) for a, _ in crowd], ignore_masks=[m for _, m in crowd if m is not None]))
+    return ReadResult(drafts, quarantine, len(index.data["annotations"]))

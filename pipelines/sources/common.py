@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pipelines.errors import InputError
 
@@ -76,28 +79,77 @@ def bad_box(bbox) -> str | None:
     return None
 
 
-def polygon_area(flat: list[float]) -> float:
-    xs, ys = flat[0::2], flat[1::2]
-    n = len(xs)
-    return 0.5 * abs(sum(xs[i] * ys[(i + 1) % n] - xs[(i + 1) % n] * ys[i] for i in range(n)))
+def polygon_area(flat) -> float:
+    """Shoelace area of one flat [x0, y0, x1, y1, ...] polygon."""
+    return float(polygon_areas([flat])[0])
 
 
-def bad_segmentation(seg) -> str | None:
-    """Why a COCO segmentation cannot form an area, or None."""
-    if isinstance(seg, dict):
-        if "counts" not in seg or "size" not in seg:
-            return "RLE segmentation without 'counts' and 'size'"
-        return None
+def polygon_areas(polys: list) -> np.ndarray:
+    """Shoelace areas of many flat polygons in one vectorized pass (NaN where a value is not finite)."""
+    if not polys:
+        return np.zeros(0)
+    lengths = np.fromiter((len(p) // 2 for p in polys), np.int64, len(polys))
+    flat = np.fromiter(itertools.chain.from_iterable(polys), np.float64, int(lengths.sum()) * 2)
+    x, y = flat[0::2], flat[1::2]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    nxt = np.arange(1, len(x) + 1)
+    nxt[np.cumsum(lengths) - 1] = starts  # each polygon closes on its own first point
+    cross = x * y[nxt] - x[nxt] * y
+    return 0.5 * np.abs(np.add.reduceat(cross, starts))
+
+
+def polygon_structure_problem(seg) -> str | None:
+    """Cheap per-annotation checks of a polygon list (the area check runs in bulk)."""
     if not isinstance(seg, list) or not seg:
         return "segmentation is empty"
     for poly in seg:
         if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
             return "polygon has fewer than 3 points or an odd number of coordinates"
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in poly):
-            return "polygon has non-finite coordinates"
-    if max(polygon_area(p) for p in seg) <= 0:
-        return "polygons have zero area"
     return None
+
+
+def polygon_area_problems(segs: list) -> list[str | None]:
+    """For structurally valid polygon lists: which are non-numeric, non-finite or without area."""
+    polys = [p for seg in segs for p in seg]
+    try:
+        areas = polygon_areas(polys)
+    except (TypeError, ValueError):  # some value is not a number: find which, one by one
+        return [_numeric_problem(seg) or polygon_area_problems([seg])[0] for seg in segs]
+    out, k = [], 0
+    for seg in segs:
+        a = areas[k:k + len(seg)]
+        k += len(seg)
+        out.append("polygon has non-finite coordinates" if not np.isfinite(a).all()
+                   else "polygons have zero area" if a.max() <= 0 else None)
+    return out
+
+
+def _numeric_problem(seg) -> str | None:
+    try:
+        polygon_areas(seg)
+    except (TypeError, ValueError):
+        return "polygon has non-numeric coordinates"
+    return None
+
+
+def rle_problem(seg: dict, height: int | None = None, width: int | None = None) -> str | None:
+    if "counts" not in seg or "size" not in seg:
+        return "RLE segmentation without 'counts' and 'size'"
+    size = seg["size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+        return "RLE 'size' is not [height, width]"
+    if height is not None and list(size) != [height, width]:
+        return f"RLE size {size} does not match the image ({height}x{width})"
+    if not isinstance(seg["counts"], (str, list)):
+        return "RLE 'counts' is neither a string nor a list"
+    return None
+
+
+def bad_segmentation(seg, height: int | None = None, width: int | None = None) -> str | None:
+    """Why one COCO segmentation (polygons or RLE) cannot form an area, or None."""
+    if isinstance(seg, dict):
+        return rle_problem(seg, height, width)
+    return polygon_structure_problem(seg) or polygon_area_problems([seg])[0]
 
 
 def split_from_name(path: str | Path) -> str:

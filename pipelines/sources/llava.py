@@ -1,11 +1,13 @@
 """LLaVA instruction json: conversations kept turn by turn.
 
-Records are human->gpt turns (`llava:<id>/turn:<k>`). The `<image>` marker is stripped from the
+Records are human->gpt turns (`llava:<id>/turn:<k>`; an entry without any turn is one record
+`llava:<id>`; `<id>` is `#<position>` when the entry has no id). The `<image>` marker is stripped from the
 instruction; the image itself is the sample's image.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from PIL import Image
@@ -38,8 +40,9 @@ def read_llava(path, *, images_dir=None) -> ReadResult:
         images_dir = Path(path).parent.parent / "coco" / "images"
     src = str(path)
     drafts, quarantine, read, sizes = [], [], 0, {}
+    id_counts = Counter(str(item["id"]) for item in data if isinstance(item, dict) and item.get("id") is not None)
     for pos, item in enumerate(data):
-        cid = item.get("id", f"#{pos}") if isinstance(item, dict) else f"#{pos}"
+        cid = str(item["id"]) if isinstance(item, dict) and item.get("id") is not None else f"#{pos}"
         turns = _turns(item.get("conversations")) if isinstance(item, dict) else []
         if not turns:
             read += 1
@@ -47,21 +50,26 @@ def read_llava(path, *, images_dir=None) -> ReadResult:
             continue
         image = item.get("image") if isinstance(item, dict) else None
         size = None
-        if image and images_dir is not None:
+        if isinstance(image, str) and image and images_dir is not None:
             if image not in sizes:
                 f = images_dir / image
                 sizes[image] = None
                 if f.is_file():
-                    with Image.open(f) as im:
-                        sizes[image] = (str(f.resolve()), im.width, im.height)
+                    try:
+                        with Image.open(f) as im:
+                            sizes[image] = (str(f.resolve()), im.width, im.height)
+                    except OSError:  # not an image: quarantined below like a missing one
+                        pass
             size = sizes[image]
         for k, (question, answer) in enumerate(turns):
             read += 1
             rid = f"llava:{cid}/turn:{k}"
-            if not image:
+            if id_counts.get(cid, 0) > 1:  # turn ids would collide: no copy is kept silently
+                quarantine.append((src, rid, f"duplicate conversation id {cid} ({id_counts[cid]} copies)"))
+            elif not isinstance(image, str) or not image:
                 quarantine.append((src, rid, "conversation without an image"))
             elif images_dir is not None and size is None:
-                quarantine.append((src, rid, f"image file not found: {image}"))
+                quarantine.append((src, rid, f"image file not found or unreadable: {image}"))
             elif not question or not str(question).replace("<image>", "").strip():
                 quarantine.append((src, rid, "turn without a human question"))
             elif not answer or not str(answer).strip():

@@ -6,6 +6,7 @@ one grounding and one referring-segmentation sample.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from pipelines.errors import InputError
@@ -27,12 +28,11 @@ def read_refcoco(folder, *, split_by="unc", split=None, images_dir=None, paraphr
     refs = load_plain_pickle(refs_path)
     if not isinstance(refs, list):
         raise InputError(f"refcoco: {refs_path.name} must hold a list of refs, found {type(refs).__name__}")
-    data, images, cats = index_coco(folder / "instances.json", "refcoco")
-    anns, dup = {}, set()
-    for a in data["annotations"]:
-        if isinstance(a, dict) and "id" in a:
-            (dup.add(a["id"]) if a["id"] in anns else None)
-            anns[a["id"]] = a
+    index = index_coco(folder / "instances.json", "refcoco")
+    ann_counts = Counter(a.get("id") for a in index.data["annotations"] if isinstance(a, dict))
+    anns = {a["id"]: a for a in index.data["annotations"] if isinstance(a, dict) and ann_counts[a.get("id")] == 1}
+    dup_anns = {i for i, n in ann_counts.items() if n > 1}
+    ref_counts = Counter(r.get("ref_id") for r in refs if isinstance(r, dict))
     if images_dir is None and (folder.parent / "coco" / "images").is_dir():
         images_dir = folder.parent / "coco" / "images"
     images_dir = Path(images_dir) if images_dir else None
@@ -53,45 +53,72 @@ def read_refcoco(folder, *, split_by="unc", split=None, images_dir=None, paraphr
             read += 1
             quarantine.append((src, f"ref:{rid}", "ref has no sentences"))
             continue
-        reason = _ref_problem(ref, anns, dup, images, cats)
+        reason = _ref_problem(ref, anns, dup_anns, ref_counts, index, images_dir)
+        sent_counts = Counter(s.get("sent_id") if isinstance(s, dict) else None for s in sentences)
         for s in sentences:
             read += 1
             sid = s.get("sent_id") if isinstance(s, dict) else None
             record = f"ref:{rid}/sent:{sid}"
-            text = (s.get("sent") or s.get("raw") or "").strip() if isinstance(s, dict) else ""
-            why = reason or (None if text else "sentence is empty")
-            if why is None and images_dir is not None and not (images_dir / images[ref["image_id"]]["file_name"]).is_file():
-                why = f"image file not found: {images[ref['image_id']]['file_name']}"
+            text = _sentence_text(s)
+            why = reason
+            if why is None and sid is None:
+                why = "sentence has no sent_id"
+            if why is None and sent_counts[sid] > 1:
+                why = f"duplicate sent_id {sid} in ref {rid} ({sent_counts[sid]} copies)"
+            if why is None and not text:
+                why = "sentence is empty"
             if why:
                 quarantine.append((src, record, why))
                 continue
             ann = anns[ref["ann_id"]]
-            im = images[ref["image_id"]]
+            im = index.images[ref["image_id"]]
             mask = to_rle(ann["segmentation"], im["height"], im["width"]) if ann.get("segmentation") else None
+            box = [[float(v) for v in ann["bbox"]]]  # shared by both drafts: rendered once
             for task in ("grounding", "referring_segmentation"):
                 drafts.append(Draft(
                     task=task, image_id=im["id"], image_path=image_path(images_dir, im["file_name"]),
                     width=im["width"], height=im["height"],
                     instruction=instruction_for(task, expression=text, paraphrase=paraphrase, key=record, seed=seed),
-                    answer=answer_for(task, True), source_ids=[record], category=cats[ann["category_id"]]["name"],
-                    category_id=ann["category_id"], expression=text, boxes=[[float(v) for v in ann["bbox"]]],
+                    answer=answer_for(task, True), source_ids=[record], category=index.cats[ann["category_id"]]["name"],
+                    category_id=ann["category_id"], expression=text, boxes=box,
                     masks=[mask] if mask is not None else None))
     return ReadResult(drafts, quarantine, read)
 
 
-def _ref_problem(ref, anns, dup, images, cats) -> str | None:
+def _sentence_text(s) -> str:
+    if not isinstance(s, dict):
+        return ""
+    text = s.get("sent") or s.get("raw") or ""
+    return " ".join(text.split()) if isinstance(text, str) else ""
+
+
+def _ref_problem(ref, anns, dup_anns, ref_counts, index, images_dir) -> str | None:
+    """Why no sentence of this ref can be used, or None."""
+    if ref.get("ref_id") is None:
+        return "ref has no ref_id"
+    if ref_counts[ref["ref_id"]] > 1:
+        return f"duplicate ref id {ref['ref_id']} ({ref_counts[ref['ref_id']]} copies)"
+    if ref.get("ann_id") in dup_anns:
+        return f"duplicate annotation id {ref['ann_id']} in instances.json"
     if ref.get("ann_id") not in anns:
         return f"unknown annotation id {ref.get('ann_id')}"
-    if ref["ann_id"] in dup:
-        return f"duplicate annotation id {ref['ann_id']} in instances.json"
     ann = anns[ref["ann_id"]]
-    if ref.get("image_id") not in images or ann.get("image_id") != ref.get("image_id"):
+    if ref.get("image_id") not in index.images or ann.get("image_id") != ref.get("image_id"):
         return f"unknown image id {ref.get('image_id')} (or not the annotation's image)"
-    if ann.get("category_id") not in cats:
+    if ref["image_id"] in index.bad_images:
+        return index.bad_images[ref["image_id"]]
+    if ann.get("category_id") not in index.cats or ann["category_id"] in index.bad_cats:
         return f"unknown category id {ann.get('category_id')}"
+    if ann.get("iscrowd"):
+        return f"annotation {ann['id']} is a crowd region, not one object"
     problem = bad_box(ann.get("bbox"))
     if problem:
         return problem
+    im = index.images[ref["image_id"]]
     if ann.get("segmentation"):
-        return bad_segmentation(ann["segmentation"])
+        problem = bad_segmentation(ann["segmentation"], im["height"], im["width"])
+        if problem:
+            return problem
+    if images_dir is not None and not (images_dir / im["file_name"]).is_file():
+        return f"image file not found: {im['file_name']}"
     return None

@@ -21,8 +21,11 @@ def find_image(images_dir: Path | None, image_id: int, cache: dict) -> tuple[str
         candidates = [images_dir / name] + sorted(images_dir.glob(f"COCO_*_{name}"))
         for c in candidates:
             if c.is_file():
-                with Image.open(c) as im:
-                    found = (str(c.resolve()), im.width, im.height)
+                try:
+                    with Image.open(c) as im:
+                        found = (str(c.resolve()), im.width, im.height)
+                except OSError:  # unreadable: treated as missing, the question is quarantined
+                    pass
                 break
     cache[image_id] = found
     return found
@@ -30,7 +33,7 @@ def find_image(images_dir: Path | None, image_id: int, cache: dict) -> tuple[str
 
 def vqa_answer(answers) -> str | None:
     """The most common human answer (ties: alphabetical, so the choice is stable)."""
-    texts = [a.get("answer", "").strip().lower() for a in answers or [] if isinstance(a, dict)]
+    texts = [_text(a.get("answer")) for a in (answers if isinstance(answers, list) else []) if isinstance(a, dict)]
     texts = [t for t in texts if t]
     if not texts:
         return None
@@ -46,35 +49,56 @@ def read_vqav2(questions_path, *, annotations=None, images_dir=None) -> ReadResu
     require_keys(qdata, ("questions",), questions_path, "vqav2 questions")
     adata = load_json(annotations, dict, "vqav2 annotations")
     require_keys(adata, ("annotations",), annotations, "vqav2 annotations")
-    by_qid = {}
-    for a in adata["annotations"]:
-        if isinstance(a, dict) and "question_id" in a:
-            by_qid[a["question_id"]] = a
+    ann_counts = Counter(_key(a.get("question_id")) for a in adata["annotations"] if isinstance(a, dict))
+    by_qid = {_key(a.get("question_id")): a for a in adata["annotations"] if isinstance(a, dict)}
     images_dir = Path(images_dir) if images_dir else None
     src = str(questions_path)
     drafts, quarantine, cache = [], [], {}
-    qid_counts = Counter(q.get("question_id") for q in qdata["questions"] if isinstance(q, dict))
+    qid_counts = Counter(_key(q.get("question_id")) for q in qdata["questions"] if isinstance(q, dict))
     for pos, q in enumerate(qdata["questions"]):
-        rid = f"q:{q.get('question_id')}" if isinstance(q, dict) else f"q:#{pos}"
-        if not isinstance(q, dict) or not isinstance(q.get("question"), str) or not q["question"].strip():
-            quarantine.append((src, rid, "question has no text"))
+        qid = _key(q.get("question_id")) if isinstance(q, dict) else None
+        rid = f"q:{qid}" if qid is not None else f"q:#{pos}"
+        reason = _question_problem(q, qid, qid_counts, ann_counts)
+        if reason:
+            quarantine.append((src, rid, reason))
             continue
-        if qid_counts[q["question_id"]] > 1:
-            quarantine.append((src, rid, f"duplicate question id {q['question_id']}"))
-            continue
-        ann = by_qid.get(q["question_id"])
-        if ann is None:
-            quarantine.append((src, rid, "question without annotations"))
-            continue
-        answer = vqa_answer(ann.get("answers")) or (ann.get("multiple_choice_answer") or "").strip() or None
+        ann = by_qid[qid]
+        answer = vqa_answer(ann.get("answers")) or _text(ann.get("multiple_choice_answer")) or None
         if answer is None:
             quarantine.append((src, rid, "annotation has no answers"))
             continue
-        image = find_image(images_dir, q.get("image_id"), cache) if isinstance(q.get("image_id"), int) else None
+        image = find_image(images_dir, q["image_id"], cache)
         if images_dir is not None and image is None:
-            quarantine.append((src, rid, f"image {q.get('image_id')} not found in {images_dir}"))
+            quarantine.append((src, rid, f"image {q['image_id']} not found in {images_dir}"))
             continue
-        path, w, h = image or (f"{q.get('image_id', 0):012d}.jpg", 0, 0)
-        drafts.append(Draft(task="vqa", image_id=q.get("image_id"), image_path=path, width=w, height=h,
+        path, w, h = image or (f"{q['image_id']:012d}.jpg", 0, 0)
+        drafts.append(Draft(task="vqa", image_id=q["image_id"], image_path=path, width=w, height=h,
                             instruction=q["question"].strip(), answer=answer, source_ids=[rid]))
     return ReadResult(drafts, quarantine, len(qdata["questions"]))
+
+
+def _key(qid):
+    """Question ids as hashable keys (None for missing or unusable ones)."""
+    return qid if isinstance(qid, (int, str)) and not isinstance(qid, bool) else None
+
+
+def _text(v) -> str:
+    return v.strip().lower() if isinstance(v, str) else ""
+
+
+def _question_problem(q, qid, qid_counts, ann_counts) -> str | None:
+    if not isinstance(q, dict):
+        return "question is not an object"
+    if qid is None:
+        return "question has no question_id"
+    if not isinstance(q.get("question"), str) or not q["question"].strip():
+        return "question has no text"
+    if qid_counts[qid] > 1:
+        return f"duplicate question id {qid} ({qid_counts[qid]} copies)"
+    if not isinstance(q.get("image_id"), int) or isinstance(q.get("image_id"), bool):
+        return "question has no integer image_id"
+    if ann_counts[qid] == 0:
+        return "question without annotations"
+    if ann_counts[qid] > 1:
+        return f"question has {ann_counts[qid]} annotation entries (which one is right is unknowable)"
+    return None
