@@ -1,9 +1,69 @@
-"""`lumen` subcommands of the model area (filled in by its owner)."""
+"""`lumen train`, `lumen predict`, `lumen evaluate`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    from lumen_model.train import build_arg_parser
+
+    p = sub.add_parser("train", help="train stage 1 (heatmaps) or stage 2 (decoders) on shard folders",
+                       description="Stage-wise Lumen training. Multi-process: torchrun --nproc_per_node N -m lumen_model.train ...")
+    build_arg_parser(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("predict", help="run a checkpoint over images; COCO results json + heatmap PNGs",
+                       description="Predict boxes / masks / keypoints / grounding boxes / VQA answers.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (stage 2 for masks and keypoints)")
+    p.add_argument("--task", required=True, choices=("detection", "instance_segmentation", "pose", "grounding",
+                                                      "referring_segmentation", "vqa"))
+    p.add_argument("--images", required=True, help="image folder")
+    p.add_argument("--annotations", help="COCO json: which images (ids) and categories to predict")
+    p.add_argument("--categories", nargs="+", help="category names, when there is no --annotations")
+    p.add_argument("--expressions", help="grounding/refseg: JSON list of {sent_id, image_id, file_name, expression}")
+    p.add_argument("--questions", help="vqa: VQAv2 questions json")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--score-threshold", type=float, help="drop detections below this score (default: the preset's)")
+    p.add_argument("--out", required=True, help="results json (heatmaps go to <out stem>_heatmaps/)")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("evaluate", help="metrics JSON for predictions against ground truth",
+                       description="bbox/segm/keypoints: COCO AP via pycocotools; grounding: acc@0.5; "
+                                   "refseg: cIoU and gIoU; vqa: VQAv2 accuracy.")
+    p.add_argument("--task", required=True, choices=("bbox", "segm", "keypoints", "grounding", "refseg", "vqa"))
+    p.add_argument("--gt", required=True, help="ground truth (COCO json, expressions json, or VQAv2 annotations json)")
+    p.add_argument("--pred", required=True, help="predictions json")
+    p.add_argument("--out", help="also write the metrics here")
+    p.set_defaults(func=_evaluate)
+
+
+def _train(args) -> int:
+    from lumen_model.train import config_from_args, train
+
+    print(json.dumps(train(config_from_args(args)), indent=2))
+    return 0
+
+
+def _predict(args) -> int:
+    from lumen_model.predict import predict
+
+    res = predict(args.checkpoint, args.task, args.images, args.out, annotations=args.annotations,
+                  categories=args.categories, expressions=args.expressions, questions=args.questions,
+                  batch_size=args.batch_size, score_threshold=args.score_threshold)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from pathlib import Path
+
+    from pipelines.evaluation import evaluate
+
+    metrics = evaluate(args.task, args.gt, args.pred)
+    text = json.dumps(metrics, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0

@@ -1,0 +1,265 @@
+"""Inference: images + instructions -> COCO results json + one heatmap PNG per instruction.
+
+Heatmap tasks read the [LOC] hidden state of the answer "Sure, the location is [LOC]"; the LLM's
+own choice between "the location" and "there is none" weights every detection (p_none), so an
+absent category yields low scores rather than boxes. The task token routes to the decoder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from lumen_model.checkpoint import load_model
+from lumen_model.data import Collator
+from lumen_model.decoders.boxes import decode_boxes
+from lumen_model.decoders.pose import decode_keypoints
+from pipelines.errors import InputError
+from pipelines.geometry import SquarePad, pad_image
+from pipelines.heatmaps import encode_png
+from pipelines.instructions import instruction_for
+
+log = logging.getLogger(__name__)
+TASKS = ("detection", "instance_segmentation", "pose", "grounding", "referring_segmentation", "vqa")
+LOC_PREFIX = "Sure, the location is [LOC]"
+
+
+def _image_id(name: str, fallback: int) -> int:
+    digits = re.findall(r"\d+", Path(name).stem)
+    return int(digits[-1]) if digits else fallback
+
+
+def list_images(images_dir, annotations=None) -> list[dict]:
+    images_dir = Path(images_dir)
+    if annotations:
+        data = json.loads(Path(annotations).read_text())
+        return [{"id": im["id"], "path": str(images_dir / im["file_name"]), "file_name": im["file_name"]}
+                for im in data["images"]]
+    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise InputError(f"predict: no images in {images_dir}")
+    return [{"id": _image_id(p.name, i + 1), "path": str(p), "file_name": p.name} for i, p in enumerate(files)]
+
+
+class Predictor:
+    def __init__(self, checkpoint, device: str | None = None, batch_size: int = 16, score_threshold: float | None = None):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.tok = load_model(checkpoint, self.device)
+        cfg = self.model.cfg
+        self.cfg, self.batch_size = cfg, batch_size
+        self.threshold = cfg.score_threshold if score_threshold is None else score_threshold
+        self.collate = Collator(self.tok, cfg.num_image_tokens, cfg.max_text_tokens, cfg.heatmap_size, cfg.input_size)
+        self.the_id = self.tok.convert_tokens_to_ids("the")
+        self.there_id = self.tok.convert_tokens_to_ids("there")
+        self._images: dict[str, np.ndarray] = {}
+
+    def _image(self, path: str) -> np.ndarray:
+        if path not in self._images:
+            img = cv2.imread(path, cv2.IMREAD_COLOR)
+            if img is None:
+                raise InputError(f"predict: image not readable: {path}")
+            self._images = {path: cv2.cvtColor(img, cv2.COLOR_BGR2RGB)} if len(self._images) > 256 else self._images
+            self._images[path] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        return self._images[path]
+
+    def _batch(self, paths: list[str], instructions: list[str], answer_prefix: str | None):
+        s = self.cfg.input_size
+        pix = torch.stack([torch.from_numpy(pad_image(self._image(p), s)).permute(2, 0, 1).float() / 255 for p in paths])
+        seqs = []
+        for ins in instructions:
+            ids, _ = self.collate.encode(ins, None)
+            if answer_prefix:
+                ids += self.tok(answer_prefix, add_special_tokens=False)["input_ids"]
+            seqs.append(ids)
+        length = max(len(x) for x in seqs)
+        input_ids = torch.full((len(seqs), length), self.tok.pad_token_id, dtype=torch.long)
+        attn = torch.zeros_like(input_ids)
+        last = torch.zeros(len(seqs), dtype=torch.long)
+        for i, ids in enumerate(seqs):
+            input_ids[i, :len(ids)] = torch.tensor(ids)
+            attn[i, :len(ids)] = 1
+            last[i] = len(ids) - 1
+        return {"pixel_values": pix.to(self.device), "input_ids": input_ids.to(self.device),
+                "attention_mask": attn.to(self.device), "loc_index": last.to(self.device)}
+
+    @torch.no_grad()
+    def locate(self, paths: list[str], instructions: list[str]) -> dict:
+        """Stage-1 outputs for (image, instruction) pairs, read at the [LOC] of the forced answer."""
+        batch = self._batch(paths, instructions, LOC_PREFIX)
+        out = self.model.stage1(batch)
+        # p_none: at "Sure ," the LLM chooses between "the (location ...)" and "there (is none)"
+        comma = batch["loc_index"] - 4  # ... sure , the location is [LOC]
+        logits = out["logits"][torch.arange(len(paths)), comma]
+        pair = torch.softmax(logits[:, [self.the_id, self.there_id]], -1)
+        out["p_none"] = pair[:, 1]
+        out["heat"] = torch.sigmoid(out["heatmap_logits"])
+        return out
+
+    @torch.no_grad()
+    def answer(self, paths: list[str], questions: list[str], max_new_tokens: int = 12) -> list[str]:
+        """Greedy generation of the LLM's answer (VQA)."""
+        batch = self._batch(paths, questions, None)
+        image_feats = self.model.image_tokens(batch["pixel_values"])
+        ids, attn = batch["input_ids"], batch["attention_mask"]
+        lengths = attn.sum(1)
+        done = torch.zeros(len(paths), dtype=torch.bool, device=ids.device)
+        outs = [[] for _ in paths]
+        for _ in range(max_new_tokens):
+            _, logits = self.model.language(ids, attn, image_feats)
+            nxt = logits[torch.arange(len(paths)), lengths - 1].argmax(-1)
+            ids = torch.cat([ids, torch.full_like(nxt[:, None], self.tok.pad_token_id)], 1)
+            attn = torch.cat([attn, torch.zeros_like(attn[:, :1])], 1)
+            for i in range(len(paths)):
+                if not done[i]:
+                    if nxt[i].item() == self.tok.eos_token_id:
+                        done[i] = True
+                    else:
+                        outs[i].append(nxt[i].item())
+                ids[i, lengths[i]] = nxt[i]
+                attn[i, lengths[i]] = 1
+            lengths = lengths + 1
+            if done.all():
+                break
+        return [self.tok.decode(o, skip_special_tokens=True).strip() for o in outs]
+
+    def geometry(self, path: str) -> SquarePad:
+        h, w = self._image(path).shape[:2]
+        return SquarePad(w, h, self.cfg.input_size, self.cfg.heatmap_size)
+
+    @torch.no_grad()
+    def masks_for(self, dense: torch.Tensor, boxes_xywh: np.ndarray, geo: SquarePad) -> list[dict]:
+        if not len(boxes_xywh):
+            return []
+        xy0 = geo.to_input(boxes_xywh[:, :2])
+        xy1 = geo.to_input(boxes_xywh[:, :2] + boxes_xywh[:, 2:])
+        bx = torch.tensor(np.concatenate([xy0, xy1], 1), dtype=torch.float32, device=dense.device)
+        logits = self.model.masks(dense[None], [bx])[0].cpu().numpy()
+        x0, y0, x1, y1 = geo.content_box_input()
+        rles = []
+        for lg in logits:
+            crop = (lg[y0:y1, x0:x1] > 0).astype(np.uint8)
+            full = cv2.resize(crop, (geo.width, geo.height), interpolation=cv2.INTER_NEAREST)
+            rle = mask_utils.encode(np.asfortranarray(full))
+            rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")})
+        return rles
+
+    @torch.no_grad()
+    def keypoints_for(self, dense: torch.Tensor, boxes_xywh: np.ndarray, geo: SquarePad) -> list[tuple]:
+        if not len(boxes_xywh):
+            return []
+        xy0 = geo.to_input(boxes_xywh[:, :2])
+        xy1 = geo.to_input(boxes_xywh[:, :2] + boxes_xywh[:, 2:])
+        bx = np.concatenate([xy0, xy1], 1)
+        maps = self.model.pose(dense[None], [torch.tensor(bx, dtype=torch.float32, device=dense.device)]).cpu().numpy()
+        out = []
+        for m, b in zip(maps, bx):
+            kps, score = decode_keypoints(m, b)
+            kps[:, :2] = geo.from_input(kps[:, :2])
+            out.append((kps, score))
+        return out
+
+
+def _write_heatmap(folder: Path, name: str, heat: np.ndarray) -> str:
+    (folder / name).write_bytes(encode_png(heat))
+    return name
+
+
+def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, categories=None, expressions=None,
+            questions=None, batch_size: int = 16, score_threshold: float | None = None, progress: bool = True,
+            max_images: int | None = None) -> dict:
+    """Run one task over images; writes COCO results json (or answers) and the heatmaps folder."""
+    if task not in TASKS:
+        raise InputError(f"predict: unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    p = Predictor(checkpoint, batch_size=batch_size, score_threshold=score_threshold)
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    heat_dir = out_file.with_name(out_file.stem + "_heatmaps")
+    heat_dir.mkdir(exist_ok=True)
+    cfg = p.cfg
+    results, index = [], []
+    jobs = []  # (image dict, instruction, meta)
+    if task in ("detection", "instance_segmentation", "pose"):
+        images = list_images(images_dir, annotations)[:max_images]
+        if task == "pose":
+            cats = [{"id": 1, "name": "person"}]
+            if annotations:
+                cats = [c for c in json.loads(Path(annotations).read_text())["categories"] if c["name"] == "person"] or cats
+        elif annotations:
+            cats = json.loads(Path(annotations).read_text())["categories"]
+        elif categories:
+            cats = [{"id": i + 1, "name": n} for i, n in enumerate(categories)]
+        else:
+            raise InputError("predict: give --annotations (COCO json with categories) or --categories NAME ...")
+        for im in images:
+            for c in cats:
+                jobs.append((im, instruction_for(task, category=c["name"]), {"category_id": c["id"]}))
+    elif task in ("grounding", "referring_segmentation"):
+        if not expressions:
+            raise InputError("predict: --expressions FILE is required for grounding / referring segmentation")
+        for e in json.loads(Path(expressions).read_text()):
+            im = {"id": e["image_id"], "path": str(Path(images_dir) / e["file_name"])}
+            jobs.append((im, instruction_for(task, expression=e["expression"]),
+                         {"sent_id": e["sent_id"], "ref_id": e.get("ref_id"), "expression": e["expression"]}))
+    else:
+        if not questions:
+            raise InputError("predict: --questions FILE (VQAv2 questions json) is required for vqa")
+        data = json.loads(Path(questions).read_text())
+        for q in data["questions"] if isinstance(data, dict) else data:
+            path = Path(images_dir) / f"{q['image_id']:012d}.jpg"
+            jobs.append(({"id": q["image_id"], "path": str(path)}, q["question"], {"question_id": q["question_id"]}))
+
+    bar = tqdm(total=len(jobs), desc=f"predict {task}", unit="instr", disable=not progress)
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        paths = [j[0]["path"] for j in chunk]
+        if task == "vqa":
+            for (im, _, meta), ans in zip(chunk, p.answer(paths, [j[1] for j in chunk])):
+                results.append({"question_id": meta["question_id"], "image_id": im["id"], "answer": ans})
+            bar.update(len(chunk))
+            continue
+        out = p.locate(paths, [j[1] for j in chunk])
+        heat = out["heat"].cpu().numpy()
+        sizes, offsets = out["sizes"].cpu().numpy(), out["offsets"].cpu().numpy()
+        for i, (im, _, meta) in enumerate(chunk):
+            geo = p.geometry(im["path"])
+            keep = 1 - float(out["p_none"][i])
+            single = task in ("grounding", "referring_segmentation")
+            boxes, scores = decode_boxes(heat[i], sizes[i], offsets[i], geo, k=1 if single else cfg.top_k,
+                                         threshold=0.0 if single else p.threshold)
+            scores = scores * (1.0 if single else keep)
+            name = f"{im['id']}_{meta.get('category_id', meta.get('sent_id'))}.png"
+            index.append({"image_id": im["id"], "task": task, "category_id": meta.get("category_id"),
+                          "expression": meta.get("expression"), "sent_id": meta.get("sent_id"),
+                          "file": _write_heatmap(heat_dir, name, heat[i]), "input_size": cfg.input_size,
+                          "heatmap_size": cfg.heatmap_size, "p_none": round(1 - keep, 4)})
+            if task in ("instance_segmentation", "referring_segmentation"):
+                masks = p.masks_for(out["dense"][i], boxes, geo)
+            if task == "pose":
+                kps = p.keypoints_for(out["dense"][i], boxes, geo)
+            for j, (b, s) in enumerate(zip(boxes, scores)):
+                r = {"image_id": im["id"], "bbox": [round(float(v), 2) for v in b], "score": round(float(s), 5)}
+                if single:
+                    r.update(sent_id=meta["sent_id"], ref_id=meta.get("ref_id"), category_id=1)
+                else:
+                    r["category_id"] = meta["category_id"]
+                if task in ("instance_segmentation", "referring_segmentation"):
+                    r["segmentation"] = masks[j]
+                if task == "pose":
+                    k, ks = kps[j]
+                    r["keypoints"] = [round(float(v), 2) for v in k.reshape(-1)]
+                    r["score"] = round(float(s) * ks, 5)
+                results.append(r)
+        bar.update(len(chunk))
+    bar.close()
+    out_file.write_text(json.dumps(results))
+    (heat_dir / "index.json").write_text(json.dumps(index, indent=1))
+    log.info("%s: %d results -> %s (heatmaps: %s)", task, len(results), out_file, heat_dir)
+    return {"task": task, "results": len(results), "out_file": str(out_file), "heatmaps_dir": str(heat_dir)}

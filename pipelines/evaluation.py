@@ -1,0 +1,167 @@
+"""Metrics: COCO AP (pycocotools COCOeval), grounding Acc@0.5, referring-seg cIoU/gIoU, VQAv2 accuracy.
+
+Grounding / referring-segmentation ground truth is a JSON list, one entry per sentence:
+    {"sent_id", "ref_id", "image_id", "expression", "bbox": [x, y, w, h], "segmentation", "width", "height"}
+`refcoco_expressions` writes it from a RefCOCO folder; the same file is `lumen predict --expressions`.
+Predictions are a JSON list with the same `sent_id` and a `bbox` (and `segmentation` RLE for refseg).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from pipelines.errors import InputError
+
+COCO_TASKS = {"bbox": "bbox", "segm": "segm", "keypoints": "keypoints"}
+TASKS = ("bbox", "segm", "keypoints", "grounding", "refseg", "vqa")
+
+
+def _load(x):
+    if isinstance(x, (str, Path)):
+        p = Path(x)
+        if not p.is_file():
+            raise InputError(f"evaluate: file not found: {p}")
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"evaluate: {p} is not valid JSON ({exc})") from None
+    return x
+
+
+def coco_metrics(task: str, gt, pred) -> dict:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt_data, preds = _load(gt), _load(pred)
+    names = ["AP", "AP50", "AP75", "APs", "APm", "APl"] if task != "keypoints" else ["AP", "AP50", "AP75", "APm", "APl"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = gt_data
+        coco.createIndex()
+        if not preds:
+            return {n: 0.0 for n in names} | {"detections": 0}
+        dt = coco.loadRes(preds)
+        ev = COCOeval(coco, dt, COCO_TASKS[task])
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {n: float(max(0.0, v)) for n, v in zip(names, ev.stats)} | {"detections": len(preds)}
+
+
+def box_iou(a, b) -> float:
+    ax0, ay0, aw, ah = a
+    bx0, by0, bw, bh = b
+    iw = max(0.0, min(ax0 + aw, bx0 + bw) - max(ax0, bx0))
+    ih = max(0.0, min(ay0 + ah, by0 + bh) - max(ay0, by0))
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+def grounding_accuracy(gt, pred) -> dict:
+    gt_list, preds = _load(gt), {p["sent_id"]: p for p in _load(pred)}
+    hits = [box_iou(g["bbox"], preds[g["sent_id"]]["bbox"]) >= 0.5 if g["sent_id"] in preds else False for g in gt_list]
+    return {"acc@0.5": float(np.mean(hits)) if hits else 0.0, "sentences": len(gt_list),
+            "predicted": sum(g["sent_id"] in preds for g in gt_list)}
+
+
+def _mask(seg, h, w) -> np.ndarray:
+    if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    elif isinstance(seg.get("counts"), list):
+        rle = mask_utils.frPyObjects(seg, h, w)
+    else:
+        rle = {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]}
+    return mask_utils.decode(rle).astype(bool)
+
+
+def refseg_iou(gt, pred) -> dict:
+    gt_list, preds = _load(gt), {p["sent_id"]: p for p in _load(pred)}
+    inter_sum = union_sum = 0
+    ious = []
+    for g in gt_list:
+        gm = _mask(g["segmentation"], g["height"], g["width"])
+        p = preds.get(g["sent_id"])
+        pm = _mask(p["segmentation"], g["height"], g["width"]) if p and p.get("segmentation") else np.zeros_like(gm)
+        inter, union = np.logical_and(gm, pm).sum(), np.logical_or(gm, pm).sum()
+        inter_sum += inter
+        union_sum += union
+        ious.append(inter / union if union else 1.0)
+    return {"cIoU": float(inter_sum / union_sum) if union_sum else 0.0, "gIoU": float(np.mean(ious)) if ious else 0.0,
+            "sentences": len(gt_list)}
+
+
+_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+            "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_ARTICLES = {"a", "an", "the"}
+
+
+def normalize_answer(text: str) -> str:
+    """VQAv2's answer normalization (lower case, punctuation, number words, articles)."""
+    t = text.lower().replace("\n", " ").replace("\t", " ").strip()
+    t = re.sub(r"(?<=\d),(?=\d)", "", t)
+    t = re.sub(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$]", " ", t)
+    t = re.sub(r"(?<!\d)\.(?!\d)", "", t)
+    words = [_NUMBERS.get(w, w) for w in t.split() if w not in _ARTICLES]
+    return " ".join(words)
+
+
+def vqa_accuracy(gt, pred) -> dict:
+    """min(#humans who gave the answer / 3, 1), averaged over the 10-choose-9 subsets as VQAv2 does."""
+    data = _load(gt)
+    anns = {a["question_id"]: a for a in (data["annotations"] if isinstance(data, dict) else data)}
+    preds = {p["question_id"]: normalize_answer(p["answer"]) for p in _load(pred)}
+    scores = []
+    for qid, a in anns.items():
+        humans = [normalize_answer(x["answer"]) for x in a["answers"]]
+        ans = preds.get(qid)
+        if ans is None:
+            scores.append(0.0)
+            continue
+        accs = [min(1.0, sum(h == ans for j, h in enumerate(humans) if j != i) / 3) for i in range(len(humans))]
+        scores.append(float(np.mean(accs)))
+    return {"accuracy": float(np.mean(scores)) if scores else 0.0, "questions": len(anns), "answered": len(preds)}
+
+
+def evaluate(task: str, gt, pred) -> dict:
+    if task in COCO_TASKS:
+        return coco_metrics(task, gt, pred)
+    if task == "grounding":
+        return grounding_accuracy(gt, pred)
+    if task == "refseg":
+        return refseg_iou(gt, pred)
+    if task == "vqa":
+        return vqa_accuracy(gt, pred)
+    raise InputError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+
+
+def refcoco_expressions(folder, split: str = "val", split_by: str = "unc") -> list[dict]:
+    """One ground-truth entry per sentence of a RefCOCO split (the grounding/refseg GT format)."""
+    from pipelines.sources.safe_pickle import load_plain_pickle
+
+    folder = Path(folder)
+    refs = load_plain_pickle(folder / f"refs({split_by}).p")
+    inst = _load(folder / "instances.json")
+    anns = {a["id"]: a for a in inst["annotations"]}
+    images = {im["id"]: im for im in inst["images"]}
+    out = []
+    for ref in refs:
+        if ref.get("split") != split or ref.get("ann_id") not in anns:
+            continue
+        a, im = anns[ref["ann_id"]], images.get(ref["image_id"])
+        if im is None:
+            continue
+        for s in ref["sentences"]:
+            out.append({"sent_id": s["sent_id"], "ref_id": ref["ref_id"], "image_id": ref["image_id"],
+                        "file_name": im["file_name"], "expression": s["sent"], "bbox": a["bbox"],
+                        "segmentation": a.get("segmentation"), "width": im["width"], "height": im["height"],
+                        "category_id": a["category_id"]})
+    return out
