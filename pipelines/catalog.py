@@ -8,44 +8,67 @@ refresh. Data engineers query it with plain SQL:
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import duckdb
 
-from pipelines.shards import MANIFEST, QUARANTINE, shard_files
+from pipelines.errors import InputError
+from pipelines.shards import MANIFEST, PART_GLOB, QUARANTINE, shard_files
 
 
 def _sql_str(s: str) -> str:
     return "'" + str(s).replace("'", "''") + "'"
 
 
+def partition_names(shard_dirs) -> list[str]:
+    """A readable, unique name per folder: its path below the folders' common parent
+    (`coco-train` for flat folders, `coco/train` for the source/split layout)."""
+    parts = [PurePosixPath(str(d).rstrip("/").split("://")[-1]).parts for d in shard_dirs]
+    if len(parts) == 1:
+        return [parts[0][-1]]
+    common = 0
+    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    return ["/".join(p[common:]) for p in parts]
+
+
 def build_catalog(db_path: str | Path, shard_dirs) -> list[dict]:
-    """Create or refresh the views `samples`, `quarantine`, `manifests`; returns `summary()`."""
-    dirs = [str(d) for d in shard_dirs]
-    sample_parts, quarantine_parts, manifest_files = [], [], []
-    for d in dirs:
-        files = shard_files(d)
-        name = Path(d.rstrip("/")).name
-        if files:
-            sample_parts.append(f"SELECT {_sql_str(name)} AS partition, * FROM read_parquet([{', '.join(map(_sql_str, files))}])")
-        quarantine_parts.append(f"SELECT {_sql_str(name)} AS partition, * FROM read_parquet({_sql_str(d.rstrip('/') + '/' + QUARANTINE)})")
-        manifest_files.append(d.rstrip("/") + "/" + MANIFEST)
+    """Create or refresh the views `samples`, `quarantine`, `manifests`; returns `summary()`.
+
+    The views read `<dir>/part-*.parquet` by glob, so a re-converted folder shows its new files
+    without a refresh; re-running picks up added or removed folders.
+    """
+    dirs = [str(d).rstrip("/") for d in shard_dirs]
+    names = partition_names(dirs)
+    if len(set(names)) != len(names):
+        raise InputError(f"shard folders given twice: {sorted(n for n in names if names.count(n) > 1)[0]}")
+    sample_parts, quarantine_parts = [], []
+    for d, name in zip(dirs, names):
+        if shard_files(d):
+            sample_parts.append(f"SELECT {_sql_str(name)} AS partition, * FROM read_parquet({_sql_str(d + '/' + PART_GLOB)})")
+        quarantine_parts.append(f"SELECT {_sql_str(name)} AS partition, * FROM read_parquet({_sql_str(d + '/' + QUARANTINE)})")
     Path(db_path).parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(db_path))
     try:
         con.execute("BEGIN")
-        empty = ("SELECT NULL::VARCHAR AS partition, NULL::VARCHAR AS sample_id, NULL::VARCHAR AS source, "
-                 "NULL::VARCHAR AS split, NULL::VARCHAR AS task WHERE false")
-        con.execute("CREATE OR REPLACE VIEW samples AS " + (" UNION ALL BY NAME ".join(sample_parts) or empty))
-        con.execute("CREATE OR REPLACE VIEW quarantine AS " + (" UNION ALL ".join(quarantine_parts) or
-                    "SELECT NULL::VARCHAR AS partition, NULL::VARCHAR AS source_file, NULL::VARCHAR AS record_id, NULL::VARCHAR AS reason WHERE false"))
-        if manifest_files:
-            con.execute("CREATE OR REPLACE VIEW manifests AS SELECT * FROM read_json_auto(["
-                        + ", ".join(map(_sql_str, manifest_files)) + "], union_by_name = true, filename = true)")
+        con.execute("CREATE OR REPLACE VIEW samples AS " + (" UNION ALL BY NAME ".join(sample_parts) or _EMPTY_SAMPLES))
+        con.execute("CREATE OR REPLACE VIEW quarantine AS " + (" UNION ALL ".join(quarantine_parts) or _EMPTY_QUARANTINE))
+        if dirs:
+            files = ", ".join(_sql_str(d + "/" + MANIFEST) for d in dirs)
+            con.execute(f"CREATE OR REPLACE VIEW manifests AS SELECT * FROM read_json_auto([{files}], "
+                        "union_by_name = true, filename = true)")
+        else:
+            con.execute("CREATE OR REPLACE VIEW manifests AS SELECT NULL::VARCHAR AS source WHERE false")
         con.execute("COMMIT")
     finally:
         con.close()
     return summary(db_path)
+
+
+_EMPTY_SAMPLES = ("SELECT NULL::VARCHAR AS partition, NULL::VARCHAR AS sample_id, NULL::VARCHAR AS source, "
+                  "NULL::VARCHAR AS split, NULL::VARCHAR AS task WHERE false")
+_EMPTY_QUARANTINE = ("SELECT NULL::VARCHAR AS partition, NULL::VARCHAR AS source_file, NULL::VARCHAR AS record_id, "
+                     "NULL::VARCHAR AS reason WHERE false")
 
 
 def summary(db_path: str | Path) -> list[dict]:

@@ -6,6 +6,7 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from pycocotools import mask as mask_utils
@@ -20,7 +21,7 @@ from pipelines.shards import read_table, shard_files
 _FIXED = ("pixel_values", "heatmap", "has_heatmap")
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=256)  # an image serves many samples (one per category and task); bounded memory
 def _read_image(path: str) -> np.ndarray:
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None:
@@ -38,7 +39,7 @@ class ShardDataset(Dataset):
     def __init__(self, shard_dirs, input_size: int | None = None, tasks=None, split=None, cache_images: bool = True):
         table = read_table(shard_dirs)
         if tasks:
-            table = table.filter(pc.is_in(table["task"], value_set=__import__("pyarrow").array(list(tasks))))
+            table = table.filter(pc.is_in(table["task"], value_set=pa.array(list(tasks), pa.string())))
         if split:
             table = table.filter(pc.equal(table["split"], split))
         self.table = table
@@ -83,9 +84,10 @@ class ShardDataset(Dataset):
             kps[..., :2] = geo.to_input(kps[..., :2])
         masks = row["masks"] or []
         masks_input = np.zeros((len(masks), s, s), np.uint8)
-        for i, rle in enumerate(masks):
-            mk = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
-            masks_input[i] = pad_image(np.repeat(mk[..., None] * 255, 3, axis=2), s)[..., 0] > 127
+        if masks:
+            decoded = mask_utils.decode([{"size": r["size"], "counts": r["counts"].encode()} for r in masks])
+            for i in range(len(masks)):  # same resize + pad as the image, so mask and pixels line up
+                masks_input[i] = pad_image(np.repeat(decoded[..., i : i + 1] * 255, 3, axis=2), s)[..., 0] > 127
         return {
             "pixel_values": pixel,
             "heatmap": torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32)),

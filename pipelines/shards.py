@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import fsspec
@@ -38,8 +39,28 @@ def sha256_file(path: Path) -> str:
 
 def write_partition(table: pa.Table, quarantine: pa.Table, manifest: dict, out_dir: str | Path,
                     rows_per_shard: int = 2048) -> dict:
-    """Write one partition folder atomically; returns the manifest with shard hashes filled in."""
-    out = Path(out_dir)
+    """Write one partition folder, replacing the old one; returns the manifest with shard hashes.
+
+    Locally the folder is written beside the target and swapped in by rename, so readers see the
+    old or the new partition, never a mix. An fsspec URL (object storage has no rename) gets the
+    new files uploaded under a temporary prefix first, then moved over the old ones.
+    """
+    fs, path = _fs_and_path(out_dir)
+    if _is_local(fs):
+        return _write_local(table, quarantine, manifest, Path(path), rows_per_shard)
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = _write_local(table, quarantine, manifest, Path(tmp) / "partition", rows_per_shard)
+        staging = f"{path.rstrip('/')}.tmp-{os.getpid()}"
+        fs.put(str(Path(tmp) / "partition"), staging, recursive=True)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        fs.mv(staging, path, recursive=True)
+    return manifest
+
+
+def _write_local(table: pa.Table, quarantine: pa.Table, manifest: dict, out: Path, rows_per_shard: int) -> dict:
+    if rows_per_shard < 1:
+        raise ValueError("rows_per_shard must be at least 1")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -49,10 +70,11 @@ def write_partition(table: pa.Table, quarantine: pa.Table, manifest: dict, out_d
     n_parts = max(1, -(-table.num_rows // rows_per_shard))
     for i in range(n_parts):
         name = f"part-{i:05d}.parquet"
-        _write_parquet(table.slice(i * rows_per_shard, rows_per_shard), tmp / name)
+        part = table.slice(i * rows_per_shard, rows_per_shard)
+        _write_parquet(part, tmp / name)
         digest = sha256_file(tmp / name)
         total.update(digest.encode())
-        shards.append({"file": name, "rows": min(rows_per_shard, table.num_rows - i * rows_per_shard), "sha256": digest})
+        shards.append({"file": name, "rows": part.num_rows, "sha256": digest})
     _write_parquet(quarantine.cast(QUARANTINE_SCHEMA), tmp / QUARANTINE)
     manifest = dict(manifest, shards=shards, content_hash=total.hexdigest())
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -62,6 +84,22 @@ def write_partition(table: pa.Table, quarantine: pa.Table, manifest: dict, out_d
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
     return manifest
+
+
+def write_shards(rows, out_dir: str | Path, *, quarantine=None, manifest: dict | None = None,
+                 rows_per_shard: int = 2048) -> dict:
+    """Write sample rows (an Arrow table or a list of dicts in SAMPLE_SCHEMA) as a partition."""
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(list(rows), schema=SAMPLE_SCHEMA)
+    if quarantine is None:
+        quarantine = QUARANTINE_SCHEMA.empty_table()
+    elif not isinstance(quarantine, pa.Table):
+        quarantine = pa.Table.from_pylist(list(quarantine), schema=QUARANTINE_SCHEMA)
+    return write_partition(table, quarantine, dict(manifest or {}), out_dir, rows_per_shard)
+
+
+def _is_local(fs) -> bool:
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    return protocol in ("file", "local")
 
 
 def _fs_and_path(path: str | Path):
@@ -80,7 +118,7 @@ def shard_files(out_dir: str | Path) -> list[str]:
     fs, p = _fs_and_path(out_dir)
     files = sorted(fs.glob(f"{p.rstrip('/')}/{PART_GLOB}"))
     protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-    return files if protocol in ("file", "local") else [f"{protocol}://{f}" for f in files]
+    return files if _is_local(fs) else [f"{protocol}://{f}" for f in files]
 
 
 def read_table(out_dirs, columns: list[str] | None = None) -> pa.Table:
