@@ -1,35 +1,19 @@
 import json
-import pickle
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from pipelines.checks import check_accounting, check_heatmap_peaks
+from pipelines.cli import main
 from pipelines.convert import convert_source
 from pipelines.errors import InputError
 from pipelines.heatmaps import decode_png
 from pipelines.schema import SAMPLE_SCHEMA, TASKS
 from pipelines.shards import read_manifest, read_quarantine, read_table, shard_files
-
-
-def _coco(images, anns, cats=None):
-    cats = cats or [{"id": 1, "name": "person", "supercategory": "person"}, {"id": 2, "name": "circle", "supercategory": "shape"}]
-    return {"images": images, "annotations": anns, "categories": cats}
-
-
-def _img(i, w=100, h=80):
-    return {"id": i, "file_name": f"{i:012d}.jpg", "width": w, "height": h}
-
-
-def _ann(i, image_id=1, cat=2, bbox=(10, 10, 20, 20), **kw):
-    x, y, w, h = bbox
-    a = {"id": i, "image_id": image_id, "category_id": cat, "bbox": list(bbox), "iscrowd": 0, "area": 1.0,
-         "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
-    a.update(kw)
-    return a
 
 
 def test_every_sample_source_converts_with_full_accounting(sample_shards_dir):
@@ -93,89 +77,122 @@ def test_rerun_replaces_without_duplicates(sample_data_dir, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_bad_coco_records_are_quarantined_with_reasons(tmp_path):
-    anns = [
-        _ann(1), _ann(2, bbox=(5, 5, 0, 10)), _ann(3, bbox=(5, 5, float("nan"), 4)),
-        _ann(4, image_id=99), _ann(5, cat=42), _ann(6), _ann(6, bbox=(1, 1, 5, 5)),
-        _ann(7, segmentation=[[1, 1, 2, 2]]), _ann(8, segmentation=[[0, 0, 5, 0, 10, 0]]),
-        _ann(9, iscrowd=1, segmentation={"size": [80, 100], "counts": [100, 20, 7880]}),
-    ]
-    path = tmp_path / "instances_val.json"
-    path.write_text(json.dumps(_coco([_img(1), _img(2)], anns)).replace("NaN", "NaN"))
-    m = convert_source("coco", path, tmp_path / "out", progress=False)
-    q = {r["record_id"]: r["reason"] for r in read_quarantine(tmp_path / "out").to_pylist()}
-    assert "non-positive size" in q["ann:2"]
-    assert "non-finite" in q["ann:3"]
-    assert "unknown image id 99" in q["ann:4"]
-    assert "unknown category id 42" in q["ann:5"]
-    assert "duplicate annotation id 6" in q["ann:6"]
-    assert len(read_quarantine(tmp_path / "out")) == 8  # both copies of id 6
-    assert "fewer than 3 points" in q["ann:7"]
-    assert "zero area" in q["ann:8"]
-    assert "ann:1" not in q and "ann:9" not in q
-    c = m["counts"]
-    # 10 annotations + image 2, which no annotation refers to (it yields negatives only)
-    assert c["records_read"] == 11 == c["records_in_samples"] + c["records_quarantined"]
-    rows = read_table(tmp_path / "out").to_pylist()
-    crowd_rows = [r for r in rows if r["ignore_boxes"]]
-    assert crowd_rows and all(len(r["boxes"]) <= 1 for r in rows)  # the crowd region is no instance
-    assert any("ann:9" in r["source_ids"] for r in rows)
-
-
-def test_bad_keypoints_questions_and_conversations(tmp_path):
-    kp = _coco([_img(1)], [_ann(1, cat=1, keypoints=[1.0] * 51, num_keypoints=17),
-                           _ann(2, cat=1, keypoints=[1.0] * 50, num_keypoints=17)])
-    (tmp_path / "kp.json").write_text(json.dumps(kp))
-    convert_source("coco-keypoints", tmp_path / "kp.json", tmp_path / "kp", progress=False)
-    q = {r["record_id"]: r["reason"] for r in read_quarantine(tmp_path / "kp").to_pylist()}
-    assert list(q) == ["ann:2"] and "51" in q["ann:2"]
-
-    (tmp_path / "q.json").write_text(json.dumps({"questions": [
-        {"image_id": 1, "question": "What?", "question_id": 1}, {"image_id": 1, "question": "Who?", "question_id": 2}]}))
-    (tmp_path / "a.json").write_text(json.dumps({"annotations": [
-        {"question_id": 1, "image_id": 1, "multiple_choice_answer": "yes", "answers": [{"answer": "yes"}] * 10}]}))
-    m = convert_source("vqav2", tmp_path / "q.json", tmp_path / "vqa", annotations=tmp_path / "a.json", progress=False)
-    q = {r["record_id"]: r["reason"] for r in read_quarantine(tmp_path / "vqa").to_pylist()}
-    assert q == {"q:2": "question without annotations"} and m["counts"]["samples_written"] == 1
-
-    (tmp_path / "llava.json").write_text(json.dumps([
-        {"id": "a", "image": "x.jpg", "conversations": [{"from": "human", "value": "<image>\nHi?"}, {"from": "gpt", "value": "Hello."}]},
-        {"id": "b", "conversations": [{"from": "human", "value": "No image?"}, {"from": "gpt", "value": "Right."}]}]))
-    m = convert_source("llava", tmp_path / "llava.json", tmp_path / "llava", progress=False)
-    q = {r["record_id"]: r["reason"] for r in read_quarantine(tmp_path / "llava").to_pylist()}
-    assert q == {"llava:b/turn:0": "conversation without an image"}
-    assert read_table(tmp_path / "llava")["instruction"].to_pylist() == ["Hi?"]
-
-
-class _Evil:
-    def __reduce__(self):
-        return (print, ("pwned",))
-
-
-def test_crafted_refs_pickle_is_refused(sample_data_dir, tmp_path):
-    folder = tmp_path / "refcoco"
-    folder.mkdir()
-    (folder / "instances.json").write_bytes((sample_data_dir / "refcoco" / "instances.json").read_bytes())
-    (folder / "refs(unc).p").write_bytes(pickle.dumps([{"ref_id": 1, "payload": _Evil()}]))
-    with pytest.raises(InputError, match=r"refused global builtins\.print"):
-        convert_source("refcoco", folder, tmp_path / "out", progress=False)
-
-
 @pytest.mark.parametrize("content, message", [
     (None, "input not found"), ("{not json", "not valid JSON"), ("[1, 2]", "must hold a JSON dict"),
+    ('{"images": []}', "has no list 'annotations', 'categories'"),
 ])
-def test_unreadable_input_is_one_clear_line(tmp_path, content, message):
+def test_unreadable_input_is_one_clear_line(tmp_path, capsys, content, message):
     path = tmp_path / "instances_train.json"
     if content is not None:
         path.write_text(content)
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "convert", "coco", "--input", str(path),
+    assert main(["convert", "coco", "--input", str(path), "--out", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("lumen convert: error:")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_exits_non_zero_without_traceback(tmp_path):
+    """The installed-command path: a real process, its exit status and its stderr."""
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "convert", "coco", "--input", str(tmp_path / "nope.json"),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+    assert len(lines) == 1 and "input not found" in lines[0] and "Traceback" not in proc.stderr
 
 
 def test_shards_are_zstd_parquet(sample_shards_dir):
     f = shard_files(sample_shards_dir / "coco-train")[0]
     meta = pq.ParquetFile(f).metadata
     assert meta.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_manifest_records_counts_options_and_hash(sample_shards_dir):
+    m = read_manifest(sample_shards_dir / "coco-train")
+    assert m["schema_version"] == 1 and m["format"] == "coco" and m["source"] == "coco" and m["split"] == "train"
+    assert m["options"]["input_size"] == 128 and m["options"]["heatmap_size"] == 32
+    assert sum(m["counts"]["per_task"].values()) == m["counts"]["samples_written"] == read_table(sample_shards_dir / "coco-train").num_rows
+    assert m["inputs"]["input"].endswith("instances_train.json") and len(m["content_hash"]) == 64
+    assert sum(s["rows"] for s in m["shards"]) == m["counts"]["samples_written"]
+    assert read_quarantine(sample_shards_dir / "coco-train").schema.names == ["source_file", "record_id", "reason"]
+
+
+def test_checks_fail_on_broken_partitions(sample_data_dir, tmp_path):
+    """The accounting and peak checks are not always-true: break a partition and they say so."""
+    import pyarrow as pa
+
+    src = sample_data_dir / "coco" / "annotations" / "instances_val.json"
+    out = tmp_path / "p"
+    convert_source("coco", src, out, input_size=128, progress=False)
+    assert check_accounting(out)[0] and check_heatmap_peaks(out)[0]
+    table = read_table(out)
+    # 1) a sample lost: its records are now unaccounted for
+    with_ids = [i for i, ids in enumerate(table["source_ids"].to_pylist()) if ids]
+    dropped = set(table["source_ids"][with_ids[0]].as_py())
+    keep = [i for i, ids in enumerate(table["source_ids"].to_pylist()) if not dropped & set(ids or [])]
+    pq.write_table(table.take(keep), shard_files(out)[0])
+    ok, meta = check_accounting(out)
+    assert not ok and meta["unaccounted"] == len(dropped)
+    # 2) centers that are not the heatmap's peaks
+    convert_source("coco", src, out, input_size=128, progress=False)
+    table = read_table(out)
+    shifted = [[[min(x + 3, 31), y] for x, y in c] if c else c for c in table["centers"].to_pylist()]
+    table = table.set_column(table.schema.get_field_index("centers"), "centers",
+                             pa.array(shifted, table.schema.field("centers").type))
+    pq.write_table(table, shard_files(out)[0])
+    ok, meta = check_heatmap_peaks(out)
+    assert not ok and meta["bad"] > 0
+
+
+def test_paraphrases_are_seeded_and_canonical_by_default(sample_data_dir, tmp_path):
+    from pipelines.instructions import TEMPLATES
+
+    src = sample_data_dir / "coco" / "annotations" / "instances_val.json"
+    convert_source("coco", src, tmp_path / "c", input_size=128, progress=False)
+    canon = read_table(tmp_path / "c")
+    assert all(i == TEMPLATES[t][0].format(category=c) for i, t, c in
+               zip(canon["instruction"].to_pylist(), canon["task"].to_pylist(), canon["category"].to_pylist()))
+    runs = []
+    for name, seed in (("a", 1), ("b", 1), ("c2", 2)):
+        convert_source("coco", src, tmp_path / name, input_size=128, paraphrase=True, seed=seed, progress=False)
+        runs.append(read_table(tmp_path / name)["instruction"].to_pylist())
+    assert runs[0] == runs[1] and len(set(runs[0])) > len(set(canon["instruction"].to_pylist()))
+    allowed = {tpl.format(category=c) for tpl in TEMPLATES["detection"] for c in set(canon["category"].to_pylist())}
+    det = [i for i, t in zip(runs[0], canon["task"].to_pylist()) if t == "detection"]
+    assert det and set(det) <= allowed
+    assert runs[2] != runs[0]  # another seed, another draw
+
+
+def test_sample_ids_are_stable_and_unique(sample_data_dir, tmp_path):
+    src = sample_data_dir / "coco" / "annotations" / "instances_train.json"
+    convert_source("coco", src, tmp_path / "a", input_size=128, rows_per_shard=7, progress=False)
+    convert_source("coco", src, tmp_path / "b", input_size=256, progress=False)
+    a, b = read_table(tmp_path / "a")["sample_id"].to_pylist(), read_table(tmp_path / "b")["sample_id"].to_pylist()
+    assert len(set(a)) == len(a) and a == b  # the id names the sample, not how it was rendered
+
+
+def test_partitions_can_live_behind_an_fsspec_url(sample_data_dir):
+    import fsspec
+
+    src = sample_data_dir / "coco" / "annotations" / "instances_val.json"
+    url = "memory://lumen-test/shards/coco/val"
+    try:
+        for _ in range(2):  # the second run replaces the first
+            m = convert_source("coco", src, url, input_size=128, rows_per_shard=5, progress=False)
+        files = shard_files(url)
+        assert files and all(f.startswith("memory://") for f in files) and len(files) == len(m["shards"])
+        assert read_table(url).num_rows == m["counts"]["samples_written"] and read_manifest(url) == m
+        assert check_accounting(url)[0] and check_heatmap_peaks(url)[0]
+    finally:
+        fsspec.filesystem("memory").rm("/lumen-test", recursive=True)
+
+
+def test_preview_is_a_png_of_image_heatmap_and_text(sample_shards_dir):
+    from pipelines.preview import render_preview
+
+    row = next(r for r in read_table(sample_shards_dir / "coco-val").to_pylist() if r["boxes"])
+    png = render_preview(row)
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape[1] == 384 and img.shape[0] > 384 * row["image_height"] / row["image_width"]
+    # the text band under the picture has dark (text) pixels on white
+    band = img[int(384 * row["image_height"] / row["image_width"]) + 2:]
+    assert (band < 100).any() and (band == 255).mean() > 0.5
