@@ -14,17 +14,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _register_sample_data(sub) -> None:
     p = sub.add_parser("sample-data", help="write the bundled demo sources (COCO, RefCOCO, VQAv2, LLaVA layouts)",
-                       description="Write a small deterministic demo data set in the sources' real on-disk layouts.")
-    p.add_argument("--out", required=True, help="folder to write into (created)")
-    p.add_argument("--images", type=int, default=400, help="number of images (default: 400)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed -> identical files (default: 0)")
+                       description="Write a small deterministic demo data set in the sources' real on-disk layouts: "
+                                   "DIR/coco/images, DIR/coco/annotations/{instances,person_keypoints}_{train,val}.json, "
+                                   "DIR/refcoco/refs(unc).p + instances.json, DIR/vqa/v2_*_{train,val}_*.json, "
+                                   "DIR/llava/llava_instruct.json. Same seed -> byte-identical files; re-running "
+                                   "into the same folder replaces the previous demo set. Prints the counts as JSON.")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write into (created)")
+    p.add_argument("--images", type=int, default=400, metavar="N", help="number of images, about 20%% of them val (default: 400)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed; same seed -> identical files (default: 0)")
     p.set_defaults(func=_sample_data)
 
 
 def _sample_data(args) -> int:
     from pipelines.sample_data import write_sample_data
 
-    counts = write_sample_data(args.out, n_images=args.images, seed=args.seed)
+    counts = write_sample_data(args.out, n_images=args.images, seed=args.seed, progress=True)
     print(json.dumps(counts, indent=2))
     return 0
 
