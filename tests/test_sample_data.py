@@ -17,6 +17,9 @@ from pycocotools.coco import COCO
 from pipelines.cli import main
 from pipelines.sample_data import AREA_THRESHOLDS, COLORS, KEYPOINT_NAMES, SHAPES, size_label, write_sample_data
 from pipelines.sample_data.language import POSITION_GAP
+from pipelines.sample_data.scene import CAT_ID, PERSON_GRAY
+
+PERSON_ID = CAT_ID["person"]
 
 SPLITS = ("train", "val")
 PALETTE = np.array(list(COLORS.values()), float)
@@ -39,8 +42,11 @@ def _measured_color(coco, root, ann, cache={}):
     key = (str(root), im["file_name"])
     if key not in cache:
         cache[key] = cv2.cvtColor(cv2.imread(str(root / "coco" / "images" / im["file_name"])), cv2.COLOR_BGR2RGB)
-    mask = cv2.erode(coco.annToMask(ann), np.ones((3, 3), np.uint8))
-    rgb = np.median(cache[key][mask > 0], axis=0)
+    mask = coco.annToMask(ann)
+    inner = cv2.erode(mask, np.ones((3, 3), np.uint8))  # away from anti-aliased / JPEG-blurred edges
+    rgb = np.median(cache[key][(inner if inner.any() else mask) > 0], axis=0)
+    if ann["category_id"] == PERSON_ID:
+        return "person gray", float(np.linalg.norm(rgb - PERSON_GRAY))
     d = np.linalg.norm(PALETTE - rgb, axis=1)
     return list(COLORS)[int(d.argmin())], float(d.min())
 
@@ -54,9 +60,10 @@ def _objects(coco, root, names):
             continue
         o = {"ann": a, "category": cat_name[a["category_id"]], "size": size_label(a["area"]),
              "cx": a["bbox"][0] + a["bbox"][2] / 2, "color": None}
+        color, dist = _measured_color(coco, root, a)
+        assert dist < 40, f"annotation {a['id']}: pixels under the mask are not its colour"
         if o["category"] != "person":
-            o["color"], dist = _measured_color(coco, root, a)
-            assert dist < 40, f"annotation {a['id']}: pixels under the mask are not a palette colour"
+            o["color"] = color
         per_image.setdefault(a["image_id"], []).append(o)
     return per_image
 
