@@ -69,7 +69,11 @@ def render_from_boxes(boxes_hm_wh: np.ndarray, centers: np.ndarray, size: int, m
 
 
 def to_uint8(heat: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(heat * 255.0), 0, 255).astype(np.uint8)
+    """[0, 1] floats -> uint8, rounding half up (1.0 -> 255 exactly)."""
+    out = np.multiply(heat, 255.0, dtype=np.float32)
+    np.clip(out, 0.0, 255.0, out=out)
+    out += 0.5
+    return out.astype(np.uint8)
 
 
 def encode_png(heat: np.ndarray) -> bytes:
