@@ -1,1 +1,133 @@
-"""Fixtures of the review area."""
+"""Fixtures of the review area: an isolated FiftyOne database and prediction INPUT files.
+
+The FiftyOne database must be chosen before anything imports fiftyone, so this module (loaded
+as a pytest plugin by conftest.py, before any test module) points the embedded MongoDB at a temp
+folder for the whole session unless an external `FIFTYONE_DATABASE_URI` was given on purpose.
+
+`write_prediction_input` writes what `lumen predict` writes (COCO results json + heatmap PNGs
+with index.json) from the demo ground truth, perturbed the way a model errs: boxes jittered,
+some objects dropped (misses), some extra boxes (false positives), scores spread over [0.2, 1].
+It is test input data, clearly named, not a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_DB_PREFIX = "lumen-test-fiftyone-db-"
+
+
+def _remove_stale_databases() -> None:
+    """Earlier sessions' database folders. Not removed at exit: FiftyOne stops mongod only after
+    this process ends. A folder whose mongod.lock is non-empty belongs to a running mongod."""
+    for d in Path(tempfile.gettempdir()).glob(_DB_PREFIX + "*"):
+        lock = d / "mongod.lock"
+        if not (lock.exists() and lock.stat().st_size > 0):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+if not os.environ.get("FIFTYONE_DATABASE_URI"):
+    _remove_stale_databases()
+    os.environ["FIFTYONE_DATABASE_DIR"] = tempfile.mkdtemp(prefix=_DB_PREFIX)
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+
+INPUT_SIZE, HEATMAP_SIZE = 128, 32  # the tiny preset's S and M
+
+
+def write_prediction_input(coco_dir, out_file, *, split="val", seed=0, drop=0.2, extra=0.3, jitter=0.05,
+                           masks=True, keypoints=False, heatmaps=True, score_range=(0.2, 1.0)) -> dict:
+    """Write a COCO results file (+ `<stem>_heatmaps/`) derived from the demo GT; returns what was done:
+    which GT annotations were dropped (misses) and how many extra boxes were added."""
+    from pipelines.geometry import SquarePad
+    from pipelines.heatmaps import encode_png, render_from_boxes
+    from pipelines.sources.coco import to_rles
+
+    rng = np.random.default_rng(seed)
+    coco_dir, out_file = Path(coco_dir), Path(out_file)
+    name = f"person_keypoints_{split}.json" if keypoints else f"instances_{split}.json"
+    gt = json.loads((coco_dir / "annotations" / name).read_text())
+    images = {im["id"]: im for im in gt["images"]}
+    cat_ids = [c["id"] for c in gt["categories"]]
+    by_image = defaultdict(list)
+    for a in gt["annotations"]:
+        by_image[a["image_id"]].append(a)
+    results, dropped, index = [], [], []
+    heat_dir = out_file.with_name(out_file.stem + "_heatmaps")
+    if heatmaps:
+        heat_dir.mkdir(parents=True, exist_ok=True)
+    for image_id, im in sorted(images.items()):
+        w, h = im["width"], im["height"]
+        anns = by_image.get(image_id, [])
+        rles = to_rles([a.get("segmentation") for a in anns], h, w)
+        for a, rle in zip(anns, rles):
+            if rng.random() < drop:
+                dropped.append(a["id"])
+                continue
+            x, y, bw, bh = a["bbox"]
+            dx, dy = rng.normal(0, jitter) * bw, rng.normal(0, jitter) * bh
+            box = [round(max(0.0, x + dx), 2), round(max(0.0, y + dy), 2), round(bw, 2), round(bh, 2)]
+            r = {"image_id": image_id, "category_id": a["category_id"], "bbox": box,
+                 "score": round(float(rng.uniform(*score_range)), 5)}
+            if masks and not keypoints and rle is not None:
+                r["segmentation"] = rle
+            if keypoints:
+                kp = np.asarray(a["keypoints"], dtype=float).reshape(-1, 3)
+                kp[:, :2] += rng.normal(0, 1.0, (len(kp), 2))
+                r["keypoints"] = [round(float(v), 2) for v in kp.reshape(-1)]
+            results.append(r)
+        if not keypoints and rng.random() < extra:  # a false positive somewhere in the image
+            bw, bh = w * 0.2, h * 0.2
+            results.append({"image_id": image_id, "category_id": int(rng.choice(cat_ids)),
+                            "bbox": [round(float(rng.uniform(0, w - bw)), 2), round(float(rng.uniform(0, h - bh)), 2),
+                                     round(bw, 2), round(bh, 2)],
+                            "score": round(float(rng.uniform(*score_range)), 5)})
+        if heatmaps:  # evidence for every GT object, dropped ones included: those become uncovered peaks
+            geo = SquarePad(w, h, INPUT_SIZE, HEATMAP_SIZE)
+            for cid in sorted({a["category_id"] for a in anns}):
+                boxes = np.array([a["bbox"] for a in anns if a["category_id"] == cid], dtype=float)
+                centers = geo.center_pixels(boxes)
+                heat = render_from_boxes(boxes[:, 2:] * geo.scale / geo.heatmap_stride, centers, HEATMAP_SIZE)
+                fname = f"{image_id}_{cid}.png"
+                (heat_dir / fname).write_bytes(encode_png(heat))
+                index.append({"image_id": image_id, "task": "pose" if keypoints else "instance_segmentation",
+                              "category_id": cid, "expression": None, "file": fname,
+                              "input_size": INPUT_SIZE, "heatmap_size": HEATMAP_SIZE})
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(json.dumps(results))
+    if heatmaps:
+        (heat_dir / "index.json").write_text(json.dumps(index))
+    return {"results": len(results), "dropped": dropped, "heatmaps_dir": heat_dir if heatmaps else None,
+            "gt_file": coco_dir / "annotations" / name}
+
+
+@pytest.fixture(scope="session")
+def review_sources(tmp_path_factory):
+    """A small demo COCO source of its own (16 images), so review tests need not wait for others."""
+    from pipelines.sample_data import write_sample_data
+
+    root = tmp_path_factory.mktemp("review-sources")
+    write_sample_data(root, n_images=16, seed=3)
+    return root / "coco"
+
+
+@pytest.fixture
+def fo_dataset_name(request):
+    """A unique dataset name per test, deleted afterwards."""
+    import re
+    import uuid
+
+    name = f"test-{re.sub(r'[^a-z0-9]+', '-', request.node.name.lower())[:40]}-{uuid.uuid4().hex[:6]}"
+    yield name
+    import fiftyone as fo
+
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)

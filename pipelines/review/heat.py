@@ -1,0 +1,66 @@
+"""Instruction heatmaps for labelers: one map per image, and the peaks no predicted box explains.
+
+`lumen predict` writes one M x M heatmap per (image, instruction) over the square-padded model
+input. Labelers get, per image, the maximum over its instructions mapped back onto the image
+(`fo.Heatmap`), so they see where the model looked; and every heatmap peak of a category that no
+predicted box of that category contains, as a point: a likely missed object.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.geometry import SquarePad
+from pipelines.heatmaps import decode_png, find_peaks
+
+STORED_MAX_SIDE = 128  # the map is a low-resolution signal; the App stretches it over the image
+
+
+@dataclass
+class ImageHeat:
+    heat: np.ndarray | None  # uint8, image aspect, long side <= STORED_MAX_SIDE
+    peaks: list[tuple[int | None, float, float, float]]  # (category_id, x px, y px, value), not covered
+    problems: Counter
+
+
+def image_heat(entries, width: int, height: int, boxes_by_cat: dict, peak_threshold: float) -> ImageHeat:
+    problems: Counter = Counter()
+    maps: list[np.ndarray] = []
+    peaks = []
+    f = min(1.0, STORED_MAX_SIDE / max(width, height))
+    small_w, small_h = max(1, round(width * f)), max(1, round(height * f))
+    for e in entries:
+        try:
+            heat = decode_png(e.file.read_bytes())
+        except (OSError, ValueError):
+            problems["heatmap file missing or not a PNG"] += 1
+            continue
+        if heat.ndim != 2 or heat.shape[0] != heat.shape[1]:
+            problems["heatmap is not a square grayscale map"] += 1
+            continue
+        m = e.heatmap_size or heat.shape[0]
+        s = e.input_size or 4 * m  # the spec's M = S / 4 when the index does not say
+        if m != heat.shape[0]:
+            problems["heatmap size differs from its index entry"] += 1
+            continue
+        # proportional sizes share the transform's scale and offset, so this lands on the image
+        maps.append(SquarePad(small_w, small_h, s, m).heatmap_to_image(heat))
+        geo = SquarePad(width, height, s, m)
+        xy, values = find_peaks(heat, threshold=peak_threshold)
+        if len(values):
+            centers = geo.from_heatmap(xy.astype(np.float64) + 0.5)
+            boxes = np.asarray(boxes_by_cat.get(e.category_id, []), dtype=np.float64).reshape(-1, 4)
+            for (x, y), v in zip(centers, values):
+                if not (0 <= x < width and 0 <= y < height):
+                    continue  # a peak on the padding is no object in the image
+                if boxes.size and np.any((boxes[:, 0] <= x) & (x <= boxes[:, 0] + boxes[:, 2])
+                                         & (boxes[:, 1] <= y) & (y <= boxes[:, 1] + boxes[:, 3])):
+                    continue
+                peaks.append((e.category_id, float(x), float(y), float(v)))
+    if not maps:
+        return ImageHeat(None, peaks, problems)
+    top = np.max(np.stack(maps), axis=0)
+    return ImageHeat(np.clip(np.round(top * 255), 0, 255).astype(np.uint8), peaks, problems)

@@ -1,0 +1,171 @@
+"""The files a push reads: ground truth (COCO), predictions (COCO results), heatmap index.
+
+Nothing here touches FiftyOne. Every prediction record either resolves to an image and category
+or is skipped with a reason that the push reports (never dropped silently).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.errors import InputError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+@dataclass
+class ImageRow:
+    image_id: int
+    file_name: str  # relative to the images folder: what the pulled COCO json names
+    path: str  # absolute: FiftyOne's sample key
+    width: int
+    height: int
+
+
+@dataclass
+class GroundTruth:
+    images: dict[int, ImageRow] = field(default_factory=dict)
+    annotations: dict[int, list[dict]] = field(default_factory=lambda: defaultdict(list))
+    categories: list[dict] = field(default_factory=list)
+    keypoints: bool = False  # a person_keypoints file: its labels go to the keypoints field
+    skipped: Counter = field(default_factory=Counter)
+
+
+def read_json(path, what: str):
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what} not found: {p}")
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{what} {p} is not valid JSON: {exc}") from None
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def read_ground_truth(gt_file, images_dir: Path) -> GroundTruth:
+    data = read_json(gt_file, "ground-truth COCO json")
+    if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
+        raise InputError(f"{gt_file}: a COCO json needs 'images', 'annotations' and 'categories'")
+    gt = GroundTruth(categories=[c for c in data["categories"] if isinstance(c, dict) and "id" in c and "name" in c])
+    gt.keypoints = any(isinstance(c.get("keypoints"), list) for c in gt.categories) and any(
+        isinstance(a, dict) and a.get("keypoints") for a in data["annotations"])
+    for im in data["images"]:
+        if not (isinstance(im, dict) and isinstance(im.get("id"), int) and isinstance(im.get("file_name"), str)
+                and _positive_int(im.get("width")) and _positive_int(im.get("height"))):
+            gt.skipped["ground-truth image without a valid id/file_name/width/height"] += 1
+            continue
+        path = images_dir / im["file_name"]
+        if not path.is_file():
+            gt.skipped["image file not found"] += 1
+            continue
+        gt.images[im["id"]] = ImageRow(im["id"], im["file_name"], str(path.resolve()), im["width"], im["height"])
+    cats = {c["id"] for c in gt.categories}
+    for a in data["annotations"]:
+        if not isinstance(a, dict) or a.get("image_id") not in gt.images:
+            gt.skipped["ground-truth annotation on an unknown or skipped image"] += 1
+        elif a.get("category_id") not in cats:
+            gt.skipped["ground-truth annotation with an unknown category"] += 1
+        elif _bad_box(a.get("bbox")):
+            gt.skipped[f"ground-truth annotation: {_bad_box(a.get('bbox'))}"] += 1
+        else:
+            gt.annotations[a["image_id"]].append(a)
+    return gt
+
+
+def image_id_from_name(name: str, fallback: int) -> int:
+    """The id `lumen predict` gives an image when it has no annotations file: the name's last number."""
+    digits = re.findall(r"\d+", Path(name).stem)
+    return int(digits[-1]) if digits else fallback
+
+
+def list_folder_images(images_dir: Path) -> dict[int, ImageRow]:
+    """Every image in the folder, by the id `lumen predict` gives it; sizes read from the headers."""
+    from PIL import Image
+
+    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    rows: dict[int, ImageRow] = {}
+    for i, p in enumerate(files):
+        image_id = image_id_from_name(p.name, i + 1)
+        if image_id in rows:
+            log.warning("image id %d of %s is already used by %s: skipped", image_id, p.name, rows[image_id].file_name)
+            continue
+        with Image.open(p) as img:  # reads the header only
+            w, h = img.size
+        rows[image_id] = ImageRow(image_id, p.name, str(p.resolve()), w, h)
+    return rows
+
+
+def _bad_box(bbox) -> str | None:
+    from pipelines.review.labels import bad_result_box
+
+    return bad_result_box(bbox)
+
+
+def read_predictions(pred_file) -> list:
+    data = read_json(pred_file, "predictions file")
+    if not isinstance(data, list):
+        raise InputError(f"{pred_file}: a COCO results file is a JSON list of predictions")
+    return data
+
+
+def prediction_problem(r, images: dict, categories: dict | None) -> str | None:
+    """Why a prediction record cannot be pushed, or None."""
+    if not isinstance(r, dict):
+        return "prediction is not an object"
+    if "sent_id" in r or "question_id" in r:
+        return "grounding / VQA results are not reviewed here (detection, segmentation, pose only)"
+    if r.get("image_id") not in images:
+        return "image_id not among the images"
+    if categories is not None and r.get("category_id") not in categories:
+        return "unknown category_id"
+    problem = _bad_box(r.get("bbox"))
+    if problem:
+        return problem
+    score = r.get("score")
+    if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
+        return "score missing or not a finite number"
+    kps = r.get("keypoints")
+    if kps is not None and (not isinstance(kps, list) or len(kps) != 51
+                            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in kps)):
+        return "keypoints must be 51 finite numbers"
+    seg = r.get("segmentation")
+    if seg is not None:
+        from pipelines.sources.common import bad_segmentation
+
+        im = images[r["image_id"]]
+        problem = bad_segmentation(seg, im.height, im.width)
+        if problem:
+            return f"segmentation: {problem}"
+    return None
+
+
+@dataclass
+class HeatmapEntry:
+    category_id: int | None
+    file: Path
+    input_size: int | None
+    heatmap_size: int | None
+
+
+def read_heatmap_index(heatmaps_dir) -> dict[int, list[HeatmapEntry]]:
+    folder = Path(heatmaps_dir)
+    index = read_json(folder / "index.json", "heatmap index")
+    if not isinstance(index, list):
+        raise InputError(f"{folder / 'index.json'}: expected a list of heatmap entries")
+    by_image: dict[int, list[HeatmapEntry]] = defaultdict(list)
+    for e in index:
+        if isinstance(e, dict) and isinstance(e.get("image_id"), int) and isinstance(e.get("file"), str):
+            by_image[e["image_id"]].append(HeatmapEntry(e.get("category_id"), folder / e["file"],
+                                                        e.get("input_size"), e.get("heatmap_size")))
+    return by_image

@@ -1,0 +1,361 @@
+"""Push: images + ground truth + a model version's predictions + heatmaps -> a FiftyOne dataset.
+
+One sample per image, keyed by its absolute file path. Writes are batched (`add_samples` for
+new images, `set_values` keyed by sample id for existing ones), never a save per sample.
+Re-pushing is idempotent: every label carries a stable `label_key`, an existing label with the
+same key is kept as it is (its id, tags and attributes survive), and a label that a labeler has
+touched (tagged, or already pulled) is never dropped even when a newer file lacks it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from pipelines.errors import InputError
+from pipelines.review import fields as F
+from pipelines.review.fo_env import describe_database, fiftyone
+from pipelines.review.heat import image_heat
+from pipelines.review.inputs import (list_folder_images, prediction_problem, read_ground_truth, read_heatmap_index,
+                                     read_json, read_predictions)
+from pipelines.review.labels import keypoints_to_points, relative_box, stable_key
+
+log = logging.getLogger(__name__)
+
+PULLED_ATTR = "lumen_pulled"  # set by pull: the label's review state when it was last pulled
+
+
+def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_file=None, heatmaps_dir=None,
+                     field="predictions", batch_size=500, categories_file=None, peak_threshold=0.5,
+                     progress=True) -> dict:
+    """Create or update the review dataset; returns counts of everything read, written and skipped."""
+    fo = fiftyone()
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise InputError(f"images folder not found: {images_dir}")
+    if not isinstance(model_version, str) or not model_version.strip():
+        raise InputError("a model version is required (e.g. the checkpoint's version folder name)")
+    F.version_slug(model_version)
+    det_field, kp_field = F.check_field_name(field), F.keypoints_field(field)
+
+    gt = read_ground_truth(gt_file, images_dir) if gt_file else None
+    results = read_predictions(pred_file)
+    images = dict(gt.images) if gt else list_folder_images(images_dir)
+    if gt:  # predictions on images outside the GT file: pseudo-labels of unlabeled images
+        extra = {r.get("image_id") for r in results if isinstance(r, dict)} - set(images)
+        if extra:
+            folder = list_folder_images(images_dir)
+            images.update({i: folder[i] for i in extra if i in folder})
+
+    dataset = fo.load_dataset(dataset_name) if fo.dataset_exists(dataset_name) else fo.Dataset(dataset_name,
+                                                                                                persistent=True)
+    info = F.review_info(dataset)
+    categories = _merge_categories(info.get("categories", []), gt.categories if gt else [],
+                                   _categories_from(categories_file))
+    cat_by_id = {c["id"]: c for c in categories}
+
+    skipped: Counter = Counter()
+    dets, kps = defaultdict(list), defaultdict(list)
+    for r in results:
+        problem = prediction_problem(r, images, cat_by_id or None)
+        if problem:
+            skipped[problem] += 1
+        else:
+            (kps if r.get("keypoints") is not None else dets)[r["image_id"]].append(r)
+    if not cat_by_id:
+        log.warning("no categories known (give --gt or --categories): labels are named by category id")
+        for cid in sorted({r["category_id"] for rs in (*dets.values(), *kps.values()) for r in rs}):
+            cat_by_id[cid] = {"id": cid, "name": f"category_{cid}"}
+        categories = list(cat_by_id.values())
+    write_det = bool(dets) or not kps  # an empty results file still says "nothing found" per image
+    write_kp = bool(kps)
+    heat_index = read_heatmap_index(heatmaps_dir) if heatmaps_dir else None
+
+    archived = []
+    if write_det:
+        archived += _take_over_field(dataset, det_field, "detections", model_version)
+    if write_kp:
+        archived += _take_over_field(dataset, kp_field, "keypoints", model_version)
+
+    info["categories"] = categories
+    info["images_dir"] = str(images_dir.resolve())
+    info["latest_version"] = model_version
+    info["versions"] = sorted(set(info.get("versions", [])) | {model_version})
+    F.save_review_info(dataset, info)
+
+    builder = _LabelBuilder(model_version, cat_by_id, peak_threshold)
+    existing = dict(zip(*dataset.values(["filepath", "id"]))) if len(dataset) else {}
+    counts = Counter()
+    ids = sorted(images)
+    bar = tqdm(total=len(ids), desc=f"push {dataset_name}", unit="img", disable=not progress)
+    for start in range(0, len(ids), batch_size):
+        new_samples, updates = [], defaultdict(dict)
+        chunk = [images[i] for i in ids[start:start + batch_size]]
+        content = {}
+        for im in chunk:
+            c = {}
+            if gt:
+                gt_field = F.keypoints_field(F.GROUND_TRUTH) if gt.keypoints else F.GROUND_TRUTH
+                c[gt_field] = builder.ground_truth(im, gt.annotations.get(im.image_id, []), gt.keypoints)
+            if write_det:
+                c[det_field] = builder.detections(im, dets.get(im.image_id, []))
+            if write_kp:
+                c[kp_field] = builder.keypoints(im, kps.get(im.image_id, []))
+            if heat_index is not None:
+                boxes = defaultdict(list)
+                for r in dets.get(im.image_id, []) + kps.get(im.image_id, []):
+                    boxes[r["category_id"]].append(r["bbox"])
+                h = image_heat(heat_index.get(im.image_id, []), im.width, im.height, boxes, peak_threshold)
+                skipped.update(h.problems)
+                c[F.HEATMAP] = fo.Heatmap(map=h.heat, range=[0, 255], model_version=model_version) \
+                    if h.heat is not None else None
+                c[F.PEAKS] = builder.peaks(im, h.peaks)
+                counts["heatmaps"] += h.heat is not None
+                counts["uncovered_peaks"] += len(h.peaks)
+            content[im.path] = c
+        old = {im.path: existing[im.path] for im in chunk if im.path in existing}
+        current = _current_labels(dataset, list(old.values()), {k for c in content.values() for k in c})
+        for im in chunk:
+            c = content[im.path]
+            if im.path not in old:
+                sample = fo.Sample(filepath=im.path, image_id=im.image_id, file_name=im.file_name,
+                                   metadata=fo.ImageMetadata(width=im.width, height=im.height))
+                for k, v in c.items():
+                    sample[k] = v
+                new_samples.append(sample)
+                continue
+            sid = old[im.path]
+            for k, v in c.items():
+                merged, kept = _merge(current.get((sid, k)), v)
+                counts["reviewed_labels_kept"] += kept
+                updates[k][sid] = merged
+        if new_samples:
+            dataset.add_samples(new_samples, progress=False)
+        for k, values in updates.items():
+            dataset.set_values(k, values, key_field="id", progress=False)
+        counts["samples_added"] += len(new_samples)
+        counts["samples_updated"] += len(old)
+        bar.update(len(chunk))
+    bar.close()
+    dataset.add_dynamic_sample_fields()  # label attributes (model_version, ...) become filterable in the App
+
+    n_det = sum(len(v) for v in dets.values()) if write_det else 0
+    n_kp = sum(len(v) for v in kps.values())
+    out = {
+        "dataset": dataset_name,
+        "database": describe_database(),
+        "model_version": model_version,
+        "images": len(images),
+        "samples_added": counts["samples_added"],
+        "samples_updated": counts["samples_updated"],
+        "samples_total": len(dataset),
+        "results_read": len(results),
+        "predictions_pushed": n_det,
+        "keypoint_predictions_pushed": n_kp,
+        "results_skipped": sum(v for k, v in skipped.items() if not k.startswith("heatmap")),
+        "skip_reasons": dict(skipped.most_common()),
+        "ground_truth_labels": sum(len(v) for v in gt.annotations.values()) if gt else 0,
+        "ground_truth_skipped": dict(gt.skipped) if gt else {},
+        "heatmaps": counts["heatmaps"],
+        "uncovered_peaks": counts["uncovered_peaks"],
+        "reviewed_labels_kept": counts["reviewed_labels_kept"],
+        "fields": [f for f, on in ((det_field, write_det), (kp_field, write_kp)) if on],
+        "archived_fields": archived,
+    }
+    assert out["predictions_pushed"] + out["keypoint_predictions_pushed"] + out["results_skipped"] == len(results)
+    log.info("pushed %s to %s (%s): %d samples added, %d updated, %d predictions, %d skipped %s",
+             model_version, dataset_name, describe_database(), out["samples_added"], out["samples_updated"],
+             n_det + n_kp, out["results_skipped"], out["skip_reasons"] or "")
+    return out
+
+
+def _categories_from(path) -> list[dict]:
+    if not path:
+        return []
+    data = read_json(path, "categories file")
+    cats = data.get("categories") if isinstance(data, dict) else data
+    if not isinstance(cats, list):
+        raise InputError(f"{path}: expected a COCO json with 'categories' or a list of categories")
+    return [c for c in cats if isinstance(c, dict) and "id" in c and "name" in c]
+
+
+def _merge_categories(*lists) -> list[dict]:
+    by_id = {}
+    for cats in lists:
+        for c in cats:
+            by_id[c["id"]] = {**by_id.get(c["id"], {}), **c}
+    return [by_id[k] for k in sorted(by_id)]
+
+
+def _field_versions(dataset, field: str, kind: str) -> list[str]:
+    if field not in dataset.get_field_schema():
+        return []
+    return [v for v in dataset.distinct(f"{field}.{kind}.model_version") if v]
+
+
+def _take_over_field(dataset, field: str, kind: str, version: str) -> list[str]:
+    """Make `field` the home of `version`: the version it holds moves to its archive field, and
+    an archived copy of `version` (pushed before, then superseded) comes back. Renames keep
+    label ids and tags; a re-run after a crash between the steps finds a consistent state."""
+    moved = []
+    schema = dataset.get_field_schema()
+    held = _field_versions(dataset, field, kind)
+    if held and held != [version]:
+        old = [v for v in held if v != version]
+        target = F.archive_field(field, old[0])
+        if target in schema:
+            raise InputError(f"cannot archive {field} ({old[0]}): field {target} already exists")
+        dataset.rename_sample_field(field, target)
+        moved.append(target)
+        log.info("kept %s's labels for comparison in field %s", old[0], target)
+        schema = dataset.get_field_schema()
+    archive = F.archive_field(field, version)
+    if archive in schema:  # this version was pushed before, then superseded: it is the latest again
+        if field in schema:  # holds no labels of any version (else it was archived just above)
+            dataset.delete_sample_field(field)
+        dataset.rename_sample_field(archive, field)
+    return moved
+
+
+def _current_labels(dataset, sample_ids: list[str], names: set[str]) -> dict:
+    if not sample_ids:
+        return {}
+    schema = dataset.get_field_schema()
+    names = [n for n in sorted(names) if n in schema]
+    view = dataset.select(sample_ids, ordered=True)
+    values = view.values(["id", *names])
+    out = {}
+    for i, sid in enumerate(values[0]):
+        for name, col in zip(names, values[1:]):
+            out[(sid, name)] = col[i]
+    return out
+
+
+def _touched(label) -> bool:
+    """Tagged by a labeler, or already part of a pull: such a label is never dropped."""
+    return bool(label.tags) or (label.has_field(PULLED_ATTR) and label.get_field(PULLED_ATTR) is not None)
+
+
+def _merge(old, new):
+    """New labels, but an existing label with the same key stays as it is, and labels a labeler
+    touched stay even when the new file lacks them. Returns (value, number of touched kept)."""
+    if new is None or old is None or not hasattr(new, "_LABEL_LIST_FIELD") or not hasattr(old, "_LABEL_LIST_FIELD"):
+        if old is not None and hasattr(old, "tags") and old.tags and new is not None:
+            return old, 1  # e.g. a tagged heatmap stays
+        return new, 0
+    name = new._LABEL_LIST_FIELD
+    have = {lab.get_field("label_key"): lab for lab in getattr(old, name) if lab.has_field("label_key")}
+    out, used = [], set()
+    for lab in getattr(new, name):
+        key = lab.get_field("label_key")
+        if key in have and key not in used:
+            out.append(have[key])
+            used.add(key)
+        else:
+            out.append(lab)
+    kept = 0
+    for lab in getattr(old, name):
+        key = lab.get_field("label_key") if lab.has_field("label_key") else None
+        if key not in used and _touched(lab):
+            out.append(lab)
+            kept += 1
+    setattr(new, name, out)
+    return new, kept
+
+
+class _LabelBuilder:
+    """COCO records of one image -> FiftyOne labels, each with a stable `label_key`."""
+
+    def __init__(self, version: str, cats: dict, peak_threshold: float):
+        self.fo = fiftyone()
+        self.version, self.cats, self.peak_threshold = version, cats, peak_threshold
+
+    def _name(self, cid) -> str:
+        return self.cats[cid]["name"] if cid in self.cats else f"category_{cid}"
+
+    @staticmethod
+    def _keys(parts: list[tuple]) -> list[str]:
+        seen: Counter = Counter()
+        keys = []
+        for p in parts:
+            seen[p] += 1
+            keys.append(stable_key(*p, seen[p]))  # identical duplicates in a file stay distinct
+        return keys
+
+    def _masks(self, im, records) -> list[np.ndarray | None]:
+        from pipelines.review.labels import crop_window
+        from pipelines.sources.coco import to_rles
+
+        rles = to_rles([r.get("segmentation") for r in records], im.height, im.width)
+        have = [i for i, rle in enumerate(rles) if rle is not None]
+        out: list[np.ndarray | None] = [None] * len(records)
+        if have:
+            full = mask_utils.decode([{"size": rles[i]["size"], "counts": rles[i]["counts"].encode("ascii")}
+                                      for i in have])  # H x W x n, one call per image
+            for j, i in enumerate(have):
+                x0, y0, x1, y1 = crop_window(records[i]["bbox"], im.width, im.height)
+                out[i] = full[y0:y1, x0:x1, j].astype(bool)
+        return out
+
+    def detections(self, im, records):
+        fo = self.fo
+        keys = self._keys([(self.version, im.image_id, "det", r["category_id"], *(round(v, 2) for v in r["bbox"]),
+                            round(r["score"], 5)) for r in records])
+        masks = self._masks(im, records)
+        labels = []
+        for r, key, mask in zip(records, keys, masks):
+            d = fo.Detection(label=self._name(r["category_id"]), bounding_box=relative_box(r["bbox"], im.width, im.height),
+                             confidence=float(r["score"]), model_version=self.version, label_key=key,
+                             category_id=r["category_id"])
+            if mask is not None:
+                d.mask = mask
+            labels.append(d)
+        return fo.Detections(detections=labels)
+
+    def keypoints(self, im, records):
+        fo = self.fo
+        keys = self._keys([(self.version, im.image_id, "kp", r["category_id"], *(round(v, 2) for v in r["bbox"]),
+                            round(r["score"], 5)) for r in records])
+        labels = []
+        for r, key in zip(records, keys):
+            points, vis = keypoints_to_points(r["keypoints"], im.width, im.height)
+            labels.append(fo.Keypoint(label=self._name(r["category_id"]), points=points, score=float(r["score"]),
+                                      visibility=vis, box=relative_box(r["bbox"], im.width, im.height),
+                                      model_version=self.version, label_key=key, category_id=r["category_id"]))
+        return fo.Keypoints(keypoints=labels)
+
+    def ground_truth(self, im, anns, keypoints: bool):
+        fo = self.fo
+        if keypoints:
+            labels = []
+            for a in anns:
+                if not a.get("keypoints"):
+                    continue
+                points, vis = keypoints_to_points(a["keypoints"], im.width, im.height)
+                labels.append(fo.Keypoint(label=self._name(a["category_id"]), points=points, visibility=vis,
+                                          box=relative_box(a["bbox"], im.width, im.height),
+                                          label_key=f"gt:{a.get('id')}", category_id=a["category_id"]))
+            return fo.Keypoints(keypoints=labels)
+        masks = self._masks(im, anns)
+        labels = []
+        for a, mask in zip(anns, masks):
+            d = fo.Detection(label=self._name(a["category_id"]), bounding_box=relative_box(a["bbox"], im.width, im.height),
+                             iscrowd=int(bool(a.get("iscrowd"))), label_key=f"gt:{a.get('id')}",
+                             category_id=a["category_id"])
+            if mask is not None:
+                d.mask = mask
+            labels.append(d)
+        return fo.Detections(detections=labels)
+
+    def peaks(self, im, peaks):
+        fo = self.fo
+        keys = self._keys([(self.version, im.image_id, "peak", cid, round(x, 1), round(y, 1)) for cid, x, y, _ in peaks])
+        return fo.Keypoints(keypoints=[
+            fo.Keypoint(label=self._name(cid), points=[[x / im.width, y / im.height]], confidence=[round(v, 4)],
+                        heat=round(v, 4), model_version=self.version, label_key=key, category_id=cid)
+            for (cid, x, y, v), key in zip(peaks, keys)])
