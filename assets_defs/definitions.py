@@ -11,11 +11,19 @@ from assets_defs.resources import Compute, FiftyOneSettings, LumenPaths
 from assets_defs.schedules import SCHEDULES
 from assets_defs.sensors import SENSORS
 
-defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([sources, training, review]),
-    asset_checks=[records_accounted, heatmap_peaks_at_centers],
-    jobs=JOBS,
-    schedules=SCHEDULES,
-    sensors=SENSORS,
-    resources={"paths": LumenPaths(), "compute": Compute(), "fiftyone": FiftyOneSettings()},
-)
+
+def build_defs(paths: LumenPaths | None = None, compute: Compute | None = None,
+               fiftyone: FiftyOneSettings | None = None) -> dg.Definitions:
+    """The definitions with these resources (the main command and tests run the same graph smaller)."""
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([sources, training, review]),
+        asset_checks=[records_accounted, heatmap_peaks_at_centers],
+        jobs=JOBS,
+        schedules=SCHEDULES,
+        sensors=SENSORS,
+        resources={"paths": paths or LumenPaths(), "compute": compute or Compute(),
+                   "fiftyone": fiftyone or FiftyOneSettings()},
+    )
+
+
+defs = build_defs()

@@ -28,23 +28,21 @@ def build_run_config(args) -> dict:
 
 
 def run_main(*, data_root: str, dagster_home: str | None, images: int, run_config: dict,
-             fiftyone: FiftyOneSettings | None = None):
-    """Materialize the whole graph in one run; returns (result, DagsterInstance)."""
+             fiftyone: FiftyOneSettings | None = None, asset_selection: list[str] | None = None):
+    """Materialize the whole graph (or `asset_selection` of it) in one run; returns (result, DagsterInstance)."""
     home = prepare_dagster_home(dagster_home)
     import dagster as dg
 
-    from assets_defs.definitions import defs
+    from assets_defs.definitions import build_defs
     from assets_defs.partitions import all_partitions_tags, ensure_source_partitions
 
     instance = dg.DagsterInstance.get()
     ensure_source_partitions(instance)
-    resources = {"paths": LumenPaths(root=data_root, demo_images=images)}
-    if fiftyone is not None:
-        resources["fiftyone"] = fiftyone
+    defs = build_defs(paths=LumenPaths(root=data_root, demo_images=images), fiftyone=fiftyone)
     print(f"[main] DAGSTER_HOME={home}  data root={LumenPaths(root=data_root).base}", flush=True)
     result = defs.resolve_job_def("main").execute_in_process(
-        run_config=run_config, instance=instance, tags=all_partitions_tags(instance), resources=resources,
-        raise_on_error=False)
+        run_config=run_config, instance=instance, tags=all_partitions_tags(instance),
+        raise_on_error=False, asset_selection=[dg.AssetKey(a) for a in asset_selection] if asset_selection else None)
     return result, instance
 
 

@@ -7,6 +7,8 @@ model version folder and the init checkpoint, and put metrics and loss curves in
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -17,7 +19,7 @@ from assets_defs.metadata import image_file_markdown, latest_metadata, md_table
 from assets_defs.partitions import source_partitions
 from assets_defs.regression import find_regressions, flatten_metrics
 from assets_defs.resources import Compute, LumenPaths
-from assets_defs.versions import next_version
+from assets_defs.versions import next_version, versions
 from pipelines.checks import check_accounting, check_heatmap_peaks
 
 STAGES = ("1+2", "1", "2")
@@ -29,7 +31,7 @@ class RetrainConfig(dg.Config):
     stage: str = Field("1+2", description="stages to train: '1+2', '1', or '2' (from the latest stage-1 checkpoint)")
     preset: str = Field("tiny", description="model preset: 'tiny' (CPU) or 'lumen-7b' (local weights)")
     stage1_steps: int = Field(int(os.environ.get("LUMEN_STAGE1_STEPS", "600")), description="stage-1 optimizer steps")
-    stage2_steps: int = Field(int(os.environ.get("LUMEN_STAGE2_STEPS", "300")), description="stage-2 optimizer steps")
+    stage2_steps: int = Field(int(os.environ.get("LUMEN_STAGE2_STEPS", "150")), description="stage-2 optimizer steps")
     learning_rate: float = Field(1e-3, description="peak learning rate")
     batch_size: int = Field(16, description="global batch size")
     partitions: list[str] = Field(default_factory=list, description=(
@@ -37,6 +39,8 @@ class RetrainConfig(dg.Config):
         "empty = every partition that has shards, corrections included"))
     seed: int = 0
     resume: bool = Field(False, description="continue the latest checkpoint of the stage exactly where it stopped")
+    weights: str = Field("", description="lumen-7b: local folder with the pretrained parts (llava/, sam/); never a hub")
+    nproc_per_node: int = Field(1, description="processes (GPUs) for training; > 1 runs torchrun with DDP")
 
 
 def train_shard_dirs(context, paths: LumenPaths, partitions: list[str]) -> tuple[list[str], list[Path]]:
@@ -66,23 +70,44 @@ def train_shard_dirs(context, paths: LumenPaths, partitions: list[str]) -> tuple
 
 
 def _train(context, stage: int, cfg: RetrainConfig, paths: LumenPaths, compute: Compute, shard_dirs, init=None):
-    from dataclasses import fields
-
-    if compute.device == "cpu":  # hide GPUs from torch (effective before CUDA is first initialised)
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    from lumen_model.train import TrainConfig, train
-
     parent = paths.models / f"stage{stage}"
     version = next_version(parent)
-    wanted = dict(stage=stage, preset=cfg.preset, shards=[str(d) for d in shard_dirs], out=str(parent / version),
-                  init=str(init) if init else None, max_steps=cfg.stage1_steps if stage == 1 else cfg.stage2_steps,
-                  lr=cfg.learning_rate, batch_size=cfg.batch_size, seed=cfg.seed, resume=cfg.resume,
-                  progress=False)
-    names = {f.name for f in fields(TrainConfig)}
-    context.log.info("training stage %d -> %s (%d shard folders, device %s)", stage, parent / version,
-                     len(shard_dirs), compute.resolved())
-    result = train(TrainConfig(**{k: v for k, v in wanted.items() if k in names}))
-    return version, result
+    out = parent / version
+    if cfg.resume:  # continue the latest checkpoint of this stage in its own folder
+        have = versions(parent)
+        if have:
+            version, out = have[-1], parent / have[-1]
+    if compute.device == "cpu":  # hide GPUs from torch (effective before CUDA is first initialised)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
+    context.log.info("training stage %d -> %s (%d shard folders, device %s, %d process(es))", stage, out,
+                     len(shard_dirs), compute.resolved(), cfg.nproc_per_node)
+    if cfg.nproc_per_node > 1:
+        return version, _torchrun(context, stage, cfg, shard_dirs, out, init, steps)
+    from lumen_model.train import TrainConfig, train
+
+    return version, train(TrainConfig(
+        stage=stage, preset=cfg.preset, shards=[str(d) for d in shard_dirs], out=str(out),
+        init=str(init) if init else None, max_steps=steps, lr=cfg.learning_rate, batch_size=cfg.batch_size,
+        seed=cfg.seed, resume=cfg.resume, weights=cfg.weights or None, progress=False))
+
+
+def _torchrun(context, stage, cfg: RetrainConfig, shard_dirs, out, init, steps) -> dict:
+    """Multi-process (DDP) training: the same `lumen_model.train` module under torchrun."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc_per_node}",
+           "-m", "lumen_model.train", "--stage", str(stage), "--preset", cfg.preset, "--out", str(out),
+           "--max-steps", str(steps), "--lr", str(cfg.learning_rate), "--batch-size", str(cfg.batch_size),
+           "--seed", str(cfg.seed), "--shards", *map(str, shard_dirs)]
+    cmd += ["--init", str(init)] if init else []
+    cmd += ["--weights", cfg.weights] if cfg.weights else []
+    cmd += ["--resume"] if cfg.resume else []
+    context.log.info("running %s", " ".join(cmd))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise dg.Failure(f"torchrun failed (exit {proc.returncode})", metadata={"stderr": proc.stderr[-4000:]})
+    lines = proc.stdout.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")  # rank 0 prints the result json last
+    return json.loads("\n".join(lines[start:]))
 
 
 def _model_metadata(version: str, result: dict, partitions: list[str], cfg: RetrainConfig, stage: int) -> dict:
