@@ -2,12 +2,26 @@
 
 read (pipelines.sources) -> render targets (pipelines.geometry + pipelines.heatmaps) -> write
 (pipelines.shards). Same input and options give byte-identical shards.
+
+What a *record* is, per format (the unit `records_read` counts; each one ends up in the
+`source_ids` of a sample or in a quarantine row, and `account` proves the sum before writing):
+
+    coco            annotation `ann:<id>`; image no annotation refers to `img:<id>` (negatives only)
+    coco-keypoints  annotation `ann:<id>`
+    refcoco         sentence `ref:<ref_id>/sent:<sent_id>` of a ref in the split; a ref without
+                    sentences `ref:<ref_id>`
+    vqav2           question `q:<question_id>`
+    llava           human->gpt turn `llava:<id>/turn:<k>`; an entry without turns `llava:<id>`
+
+`sample_id` hashes source, split, task, image and category id, the sorted source_ids and the
+instruction (image and category tell negatives apart, which have no source record).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -227,5 +241,6 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
 
 
 def _reason_kind(reason: str) -> str:
-    """Group quarantine reasons without their ids/numbers, for summaries."""
-    return "".join(ch for ch in reason.split(":")[0].split("(")[0] if not ch.isdigit()).strip()
+    """Group quarantine reasons without their ids, numbers and values, for summaries."""
+    head = re.sub(r"\[[^\]]*\]|\([^)]*\)|'[^']*'", "", reason.split(":")[0])
+    return " ".join(re.sub(r"\d+(?:\.\d+)?(?:x\d+)?", "", head).split())

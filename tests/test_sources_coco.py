@@ -64,6 +64,8 @@ def test_bad_records_are_quarantined_with_reasons(tmp_path):
     # 12 annotation entries + image 2, which no annotation refers to (it yields negatives only)
     assert c["records_read"] == 14 == c["records_in_samples"] + c["records_quarantined"]
     assert check_accounting(out)[0]
+    assert m["quarantine_reasons"]["duplicate annotation id"] == 2
+    assert m["quarantine_reasons"]["bbox lies outside the image"] == 1
     crowd_rows = [r for r in rows if r["ignore_boxes"]]
     assert crowd_rows and all(len(r["boxes"]) <= 1 for r in rows)  # the crowd region is no instance
     assert all(r["ignore_masks"][0]["size"] == [80, 100] for r in crowd_rows)
