@@ -206,12 +206,14 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
     if not input_path.exists():
         raise InputError(f"{fmt}: input not found: {input_path}")
     heatmap_size = heatmap_size or input_size // 4
+    _check_options(input_size, heatmap_size, negative_ratio, rows_per_shard)
     if images_dir is None:
         images_dir = _default_images_dir(fmt, input_path)
-    split = split or ("all" if fmt == "llava" else split_from_name(input_path if fmt != "vqav2" else input_path))
+    # llava has no splits; refcoco without --split converts the refs of every split
+    split = split or ("all" if fmt in ("llava", "refcoco") else split_from_name(input_path))
     source = source_name or fmt
     result = read_source(fmt, input_path, images_dir=images_dir, annotations=annotations,
-                         split=split if fmt == "refcoco" else None, split_by=split_by,
+                         split=split if fmt == "refcoco" and split != "all" else None, split_by=split_by,
                          negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase)
     counts = account(result)
     table = drafts_to_table(result.drafts, source, split, input_size, heatmap_size, progress)
@@ -238,6 +240,17 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
     log.info("%s -> %s: %d records read, %d samples, %d quarantined", input_path, out_dir,
              counts["records_read"], counts["samples_written"], counts["records_quarantined"])
     return manifest
+
+
+def _check_options(input_size, heatmap_size, negative_ratio, rows_per_shard) -> None:
+    if not (isinstance(input_size, int) and input_size >= 4):
+        raise InputError(f"input size must be an integer >= 4, got {input_size!r}")
+    if not (isinstance(heatmap_size, int) and 1 <= heatmap_size <= input_size):
+        raise InputError(f"heatmap size must be an integer in 1..{input_size}, got {heatmap_size!r}")
+    if not negative_ratio >= 0:
+        raise InputError(f"negative ratio must be >= 0, got {negative_ratio!r}")
+    if not (isinstance(rows_per_shard, int) and rows_per_shard >= 1):
+        raise InputError(f"rows per shard must be an integer >= 1, got {rows_per_shard!r}")
 
 
 def _reason_kind(reason: str) -> str:

@@ -196,3 +196,31 @@ def test_preview_is_a_png_of_image_heatmap_and_text(sample_shards_dir):
     # the text band under the picture has dark (text) pixels on white
     band = img[int(384 * row["image_height"] / row["image_width"]) + 2:]
     assert (band < 100).any() and (band == 255).mean() > 0.5
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--input-size", "2", "input size"), ("--negative-ratio", "-1", "negative ratio"), ("--rows-per-shard", "0", "rows per shard"),
+])
+def test_bad_options_are_one_clear_line(sample_data_dir, tmp_path, capsys, option, value, message):
+    src = sample_data_dir / "coco" / "annotations" / "instances_val.json"
+    assert main(["convert", "coco", "--input", str(src), "--out", str(tmp_path / "o"), option, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_write_shards_round_trips_rows(sample_shards_dir, tmp_path):
+    from pipelines.shards import write_shards
+
+    rows = read_table(sample_shards_dir / "refcoco-val").to_pylist()
+    m = write_shards(rows, tmp_path / "copy", quarantine=[{"source_file": "f", "record_id": "r", "reason": "why"}],
+                     manifest={"source": "copy"}, rows_per_shard=4)
+    assert read_table(tmp_path / "copy").to_pylist() == rows and len(m["shards"]) == -(-len(rows) // 4)
+    assert read_quarantine(tmp_path / "copy").to_pylist() == [{"source_file": "f", "record_id": "r", "reason": "why"}]
+    assert read_manifest(tmp_path / "copy")["source"] == "copy"
+
+
+def test_refcoco_without_split_converts_every_split(sample_data_dir, tmp_path):
+    m_all = convert_source("refcoco", sample_data_dir / "refcoco", tmp_path / "all", input_size=128, progress=False)
+    per_split = [convert_source("refcoco", sample_data_dir / "refcoco", tmp_path / s, split=s, input_size=128,
+                                progress=False)["counts"]["records_read"] for s in ("train", "val")]
+    assert m_all["split"] == "all" and m_all["counts"]["records_read"] == sum(per_split) > 0
