@@ -6,6 +6,7 @@ import dagster as dg
 
 from assets_defs.assets import review, sources, training
 from assets_defs.checks import heatmap_peaks_at_centers, records_accounted
+from assets_defs.executors import executor_from_env
 from assets_defs.jobs import JOBS
 from assets_defs.resources import Compute, FiftyOneSettings, LumenPaths
 from assets_defs.schedules import SCHEDULES
@@ -23,6 +24,7 @@ def build_defs(paths: LumenPaths | None = None, compute: Compute | None = None,
         sensors=SENSORS,
         resources={"paths": paths or LumenPaths(), "compute": compute or Compute(),
                    "fiftyone": fiftyone or FiftyOneSettings()},
+        executor=executor_from_env(),
     )
 
 

@@ -91,11 +91,10 @@ class FiftyOneSettings(dg.ConfigurableResource):
     min_reviewed_labels: int = int(os.environ.get("LUMEN_MIN_REVIEWED_LABELS", "20"))
 
     def apply(self) -> None:
-        """Set FiftyOne's environment before it is imported in this process."""
-        if self.database_uri:
-            os.environ["FIFTYONE_DATABASE_URI"] = self.database_uri
-        if self.database_dir:
-            os.environ["FIFTYONE_DATABASE_DIR"] = self.database_dir
+        """Choose FiftyOne's database for this process (takes effect before fiftyone is first imported)."""
+        from pipelines.review.fo_env import configure
+
+        configure(database_uri=self.database_uri or None, database_dir=self.database_dir or None)
 
     def app_url(self, view: str | None = None) -> str:
         from urllib.parse import quote

@@ -4,7 +4,6 @@ then a labeler's review -> corrections partition -> shards again, and the sensor
 
 import importlib.util
 import json
-import sys
 import uuid
 
 import dagster as dg
@@ -33,9 +32,8 @@ def _checks(result) -> dict:
 def test_main_graph_small_then_review_loop(tmp_path, dagster_home, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     data = tmp_path / "data"
-    fo = FiftyOneSettings(dataset=f"lumen-e2e-{uuid.uuid4().hex[:8]}",
-                          # the embedded database in a temp folder, unless FiftyOne is already up in this process
-                          database_dir="" if "fiftyone" in sys.modules else str(tmp_path / "fiftyone-db"))
+    # the database is the session's temp one (tests/fixtures_review.py); a dataset of our own in it
+    fo = FiftyOneSettings(dataset=f"lumen-e2e-{uuid.uuid4().hex[:8]}")
     selection = None if HAVE_REVIEW else TRAINING + ["pseudo_labels"]
     result, instance = run_main(data_root=str(data), dagster_home=str(dagster_home), images=24, run_config=SMALL,
                                 fiftyone=fo, asset_selection=selection)

@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from assets_defs.executors import GPU_OP_TAGS
 from assets_defs.metadata import latest_metadata, md_table
 from assets_defs.partitions import corrections_partition, source_partitions
 from assets_defs.resources import FiftyOneSettings, LumenPaths
@@ -27,7 +28,7 @@ class PseudoLabelConfig(dg.Config):
     batch_size: int = 16
 
 
-@dg.asset(deps=["evaluation"], group_name="review", pool="gpu",
+@dg.asset(deps=["evaluation"], group_name="review", pool="gpu", op_tags=GPU_OP_TAGS,
           description="The latest stage-2 model's predictions (COCO results json + instruction heatmaps).")
 def pseudo_labels(context: dg.AssetExecutionContext, config: PseudoLabelConfig, paths: LumenPaths):
     from lumen_model.predict import predict
@@ -65,7 +66,8 @@ def review_dataset(context: dg.AssetExecutionContext, paths: LumenPaths, fiftyon
         raise dg.Failure("no pseudo-labels yet: materialize pseudo_labels first")
     pushed = push_predictions(fiftyone.dataset, labels["images_dir"], labels["predictions_file"],
                               labels["model_version"], gt_file=labels["annotations"],
-                              heatmaps_dir=labels["heatmaps_dir"] if Path(labels["heatmaps_dir"]).is_dir() else None)
+                              heatmaps_dir=labels["heatmaps_dir"] if Path(labels["heatmaps_dir"]).is_dir() else None,
+                              progress=False)
     queue = build_review_queue(fiftyone.dataset)
     views = list(queue.get("views", REVIEW_VIEWS)) if isinstance(queue, dict) else list(REVIEW_VIEWS)
     links = "\n".join(f"- [{v}]({fiftyone.app_url(v)})" for v in views)

@@ -15,6 +15,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets_defs.assets.sources import catalog
+from assets_defs.executors import GPU_OP_TAGS
 from assets_defs.metadata import image_file_markdown, latest_metadata, md_table
 from assets_defs.partitions import source_partitions
 from assets_defs.regression import find_regressions, flatten_metrics
@@ -133,7 +134,7 @@ def _model_metadata(version: str, result: dict, partitions: list[str], cfg: Retr
         dg.AssetSpec("stage2_model", deps=["stage1_model"], skippable=True, group_name="model",
                      description="Stage-2 checkpoint: stage 1 frozen, task decoders (boxes, masks, pose) trained."),
     ],
-    can_subset=True, pool="gpu",
+    can_subset=True, pool="gpu", op_tags=GPU_OP_TAGS,
     description="Pool `gpu` (limit 1): one training or inference step at a time.")
 def models(context: dg.AssetExecutionContext, config: RetrainConfig, paths: LumenPaths, compute: Compute):
     if config.stage not in STAGES:
@@ -187,7 +188,7 @@ def evaluation_plan(task: str, paths: LumenPaths, work_dir: Path) -> tuple[str, 
     return predict_task, {"annotations": str(gt)}, gt
 
 
-@dg.asset(deps=["stage2_model"], group_name="model", pool="gpu",
+@dg.asset(deps=["stage2_model"], group_name="model", pool="gpu", op_tags=GPU_OP_TAGS,
           check_specs=[dg.AssetCheckSpec("no_regression", asset="evaluation", blocking=True,
                                          description="No metric dropped more than the tolerance vs the previous model version.")],
           description="Val-split metrics of the latest stage-2 model, compared with the previous model version.")
