@@ -55,6 +55,7 @@ class TrainConfig:
     tasks: list[str] | None = None
     num_workers: int = 0
     save_every: int = 0  # 0: only at the end
+    stop_at_step: int | None = None  # stop (and checkpoint) early, as an interrupted run would; resume later
     warmup_steps: int = 20
     weights: str | None = None  # local folder with full-size pretrained parts (lumen-7b)
     progress: bool = True
@@ -184,7 +185,7 @@ def train(cfg: TrainConfig) -> dict:
     bar = tqdm(total=cfg.max_steps, initial=start, desc=f"stage {cfg.stage}", unit="step",
                disable=not cfg.progress or rank != 0, dynamic_ncols=True)
     for step, idx in _batches_from(len(keep), cfg.seed, cfg.batch_size, start):
-        if step >= cfg.max_steps:
+        if step >= cfg.max_steps or (cfg.stop_at_step is not None and step >= cfg.stop_at_step):
             break
         mine = idx[rank * per_rank:(rank + 1) * per_rank]
         batch = collate([dataset[keep[i]] for i in mine])
@@ -199,14 +200,13 @@ def train(cfg: TrainConfig) -> dict:
         seen += len(idx)
         rec = {k: float(_mean_across(v.detach(), ddp)) for k, v in losses.items()}
         rate = seen / (time.perf_counter() - t0)
-        history.append({"step": step + 1, **rec, "samples_per_s": rate})
+        history.append({"step": step + 1, **rec, "samples_per_s": rate, "lr": scheduler.get_last_lr()[0]})
         bar.set_postfix(loss=f"{rec['loss']:.3f}", samples_s=f"{rate:.1f}")
         bar.update(1)
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps:
             _save(model, tokenizer, optimizer, scheduler, out, step + 1, history, cfg, rank)
     bar.close()
-    result = _save(model, tokenizer, optimizer, scheduler, out, min(cfg.max_steps, max(start, len(history))), history,
-                   cfg, rank)
+    result = _save(model, tokenizer, optimizer, scheduler, out, len(history), history, cfg, rank)
     result["samples_per_s"] = seen / max(1e-9, time.perf_counter() - t0)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result

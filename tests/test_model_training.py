@@ -1,0 +1,87 @@
+"""The Lumen model: full-size shapes on the meta device, a real tiny training run, save/load, resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lumen_model.checkpoint import load_model, meta_model, save_checkpoint
+from lumen_model.config import get_preset
+from lumen_model.train import TrainConfig, train
+from lumen_model.tokenizer import ALL_SPECIALS
+
+LLAVA_15_7B_PARAMS = 7_063_427_072  # llava-1.5-7b-hf: CLIP ViT-L/14-336 + Vicuna-7B + projector
+
+
+def test_lumen_7b_has_llava_15_7b_shapes_on_meta_device():
+    model = meta_model("lumen-7b")
+    n = sum(p.numel() for p in model.llava.parameters())
+    # the vision tower runs at 448 (interpolated position embeddings: 32x32+1 instead of 24x24+1 rows of 1024)
+    assert n == LLAVA_15_7B_PARAMS + (32 * 32 - 24 * 24) * 1024
+    assert sum(p.numel() for p in model.masks.sam.mask_decoder.parameters()) == 4_058_340  # SAM's mask decoder
+    assert all(p.device.type == "meta" for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def stage1_checkpoint(tiny_stage1, model_shard_dirs):
+    out, result = tiny_stage1
+    return out, result, model_shard_dirs
+
+
+def test_stage1_loss_goes_down_and_writes_a_checkpoint(stage1_checkpoint):
+    out, result, _ = stage1_checkpoint
+    history = json.loads((out / "trainer_state.json").read_text())["history"]
+    first = np.mean([h["loss"] for h in history[:4]])
+    last = np.mean([h["loss"] for h in history[-4:]])
+    assert last < first * 0.8, (first, last)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "optimizer.pt", "loss_curve.png"):
+        assert (out / name).is_file(), name
+    assert result["samples_per_s"] > 0
+
+
+def test_checkpoint_round_trip_through_the_hf_layout(stage1_checkpoint, tmp_path):
+    out, _, _ = stage1_checkpoint
+    model, tok = load_model(out)
+    copy = save_checkpoint(model, tok, tmp_path / "copy")
+    again, tok2 = load_model(copy)
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert tok2.convert_tokens_to_ids("[LOC]") == tok.convert_tokens_to_ids("[LOC]") != tok.unk_token_id
+
+
+def test_resume_continues_exactly(stage1_checkpoint, tmp_path):
+    """6 steps in one go == a run stopped after 3 steps, then --resume: same weights, same losses."""
+    _, _, shards = stage1_checkpoint
+    common = dict(stage=1, preset="tiny", shards=shards, batch_size=4, lr=2e-4, warmup_steps=2, progress=False)
+    train(TrainConfig(out=str(tmp_path / "a"), max_steps=6, **common))
+    train(TrainConfig(out=str(tmp_path / "b"), max_steps=6, stop_at_step=3, **common))
+    train(TrainConfig(out=str(tmp_path / "b"), max_steps=6, resume=True, **common))
+    ha = json.loads((tmp_path / "a" / "trainer_state.json").read_text())["history"]
+    hb = json.loads((tmp_path / "b" / "trainer_state.json").read_text())["history"]
+    assert [h["step"] for h in hb] == [1, 2, 3, 4, 5, 6]
+    assert [h["loss"] for h in ha] == pytest.approx([h["loss"] for h in hb], rel=1e-5)
+    a, _ = load_model(tmp_path / "a")
+    b, _ = load_model(tmp_path / "b")
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.allclose(x, y, atol=1e-6), k
+
+
+def test_stage2_freezes_stage1_and_trains_decoders(stage1_checkpoint, tiny_stage2):
+    out, _, _ = stage1_checkpoint
+    before, _ = load_model(out)
+    after, _ = load_model(tiny_stage2[0])
+    sb, sa = before.state_dict(), after.state_dict()
+    assert all(torch.equal(sb[k], sa[k]) for k in sb if k.startswith(("llava.", "aligner.")))
+    assert any(not torch.equal(sb[k], sa[k]) for k in sb if k.startswith(("masks.", "pose.")))
+    history = json.loads((tiny_stage2[0] / "trainer_state.json").read_text())["history"]
+    assert all(np.isfinite(h["loss"]) and h["loss"] < 20 for h in history), history
+
+
+def test_special_tokens_are_single_ids_in_tokenizer_and_embeddings(stage1_checkpoint):
+    model, tok = load_model(stage1_checkpoint[0])
+    ids = [tok.convert_tokens_to_ids(t) for t in ALL_SPECIALS]
+    assert len(set(ids)) == len(ids) and tok.unk_token_id not in ids[2:]
+    assert tok("Sure, the location is [LOC]. [DET]", add_special_tokens=False)["input_ids"][-3:] == [
+        tok.convert_tokens_to_ids("[LOC]"), tok.convert_tokens_to_ids("."), tok.convert_tokens_to_ids("[DET]")]
+    assert model.llava.get_input_embeddings().num_embeddings >= max(ids) + 1
