@@ -53,8 +53,11 @@ class DenseAligner(nn.Module):
         self.queries = nn.Parameter(torch.randn(3, dim) * 0.02)  # [M], [H], [W]
         self.layers = nn.ModuleList(TwoWayLayer(dim, heads) for _ in range(layers))
         # a light stride-4 stem on the raw pixels keeps detail the stride-8 ViT tokens lose
-        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.GELU(), nn.Conv2d(32, dim, 3, 2, 1), nn.GELU())
-        self.fuse = nn.Sequential(nn.Conv2d(2 * dim, dim, 3, 1, 1), nn.GELU(), nn.Conv2d(dim, dim, 3, 1, 1))
+        # (kept narrow, and the fuse is 1x1 + depthwise 3x3: full 3x3 convs here cost more than the LLM on a CPU)
+        stem_dim = dim // 2
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.GELU(), nn.Conv2d(16, stem_dim, 3, 2, 1), nn.GELU())
+        self.fuse = nn.Sequential(nn.Conv2d(dim + stem_dim, dim, 1), nn.GELU(),
+                                  nn.Conv2d(dim, dim, 3, 1, 1, groups=dim), nn.GELU(), nn.Conv2d(dim, dim, 1))
         self.offset_head = nn.Conv2d(dim, 2, 1)  # sub-pixel center offset (adopted; see config)
         self.heat_bias = nn.Parameter(torch.tensor(-4.0))  # start near 'no object' so focal loss is stable
 

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from lumen_model.config import LumenConfig, get_preset
 from lumen_model.model import LumenModel
 from lumen_model.tokenizer import load_tokenizer
+from pipelines.errors import InputError
 
 log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
@@ -48,7 +49,7 @@ def load_model(folder, device: str = "cpu") -> tuple[LumenModel, object]:
     """A checkpoint folder -> (model in eval mode, tokenizer)."""
     folder = Path(folder)
     if not (folder / CONFIG).is_file():
-        raise FileNotFoundError(f"not a Lumen checkpoint (no {CONFIG}): {folder}")
+        raise InputError(f"not a Lumen checkpoint (no {CONFIG}): {folder}")
     config = json.loads((folder / CONFIG).read_text())
     tokenizer = load_tokenizer(folder)
     model = LumenModel(LumenConfig.from_dict(config["lumen"]), config["vocab_size"], config["image_token_id"],

@@ -16,7 +16,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 from lumen_model.aligner import DenseAligner
 from lumen_model.config import LumenConfig
 from lumen_model.decoders.masks import BoxPromptedMasks
-from lumen_model.decoders.pose import PoseHead, keypoint_targets
+from lumen_model.decoders.pose import PoseHead, keypoint_loss, keypoint_targets
 from lumen_model.losses import gather_at, gaussian_focal_loss, mask_loss
 
 STAGE1_PARTS = ("llava", "aligner")
@@ -115,8 +115,7 @@ class LumenModel(nn.Module):
                     t, w = keypoint_targets(kp, bx, self.pose.out_size)
                     targets.append(t)
                     weights.append(w)
-            t, w = torch.stack(targets), torch.stack(weights)
-            pose_l = ((torch.sigmoid(maps) - t) ** 2 * w[:, :, None, None]).sum() / w.sum().clamp(min=1) * 10
+            pose_l = keypoint_loss(maps, torch.stack(targets).to(maps.device), torch.stack(weights).to(maps.device))
         return {"loss": mask_l + pose_l, "mask": mask_l.detach(), "pose": pose_l.detach()}
 
     def forward(self, batch: dict, stage: int = 1) -> dict:

@@ -32,6 +32,16 @@ TASKS = ("detection", "instance_segmentation", "pose", "grounding", "referring_s
 LOC_PREFIX = "Sure, the location is [LOC]"
 
 
+def _read_json(path):
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"predict: file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"predict: {path} is not valid JSON ({exc})") from None
+
+
 def _image_id(name: str, fallback: int) -> int:
     digits = re.findall(r"\d+", Path(name).stem)
     return int(digits[-1]) if digits else fallback
@@ -40,9 +50,11 @@ def _image_id(name: str, fallback: int) -> int:
 def list_images(images_dir, annotations=None) -> list[dict]:
     images_dir = Path(images_dir)
     if annotations:
-        data = json.loads(Path(annotations).read_text())
+        data = _read_json(annotations)
         return [{"id": im["id"], "path": str(images_dir / im["file_name"]), "file_name": im["file_name"]}
                 for im in data["images"]]
+    if not images_dir.is_dir():
+        raise InputError(f"predict: image folder not found: {images_dir}")
     files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
         raise InputError(f"predict: no images in {images_dir}")
@@ -178,12 +190,7 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
     """Run one task over images; writes COCO results json (or answers) and the heatmaps folder."""
     if task not in TASKS:
         raise InputError(f"predict: unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    p = Predictor(checkpoint, batch_size=batch_size, score_threshold=score_threshold)
     out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    heat_dir = out_file.with_name(out_file.stem + "_heatmaps")
-    heat_dir.mkdir(exist_ok=True)
-    cfg = p.cfg
     results, index = [], []
     jobs = []  # (image dict, instruction, meta)
     if task in ("detection", "instance_segmentation", "pose"):
@@ -191,9 +198,9 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
         if task == "pose":
             cats = [{"id": 1, "name": "person"}]
             if annotations:
-                cats = [c for c in json.loads(Path(annotations).read_text())["categories"] if c["name"] == "person"] or cats
+                cats = [c for c in _read_json(annotations)["categories"] if c["name"] == "person"] or cats
         elif annotations:
-            cats = json.loads(Path(annotations).read_text())["categories"]
+            cats = _read_json(annotations)["categories"]
         elif categories:
             cats = [{"id": i + 1, "name": n} for i, n in enumerate(categories)]
         else:
@@ -204,18 +211,24 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
     elif task in ("grounding", "referring_segmentation"):
         if not expressions:
             raise InputError("predict: --expressions FILE is required for grounding / referring segmentation")
-        for e in json.loads(Path(expressions).read_text()):
+        for e in _read_json(expressions):
             im = {"id": e["image_id"], "path": str(Path(images_dir) / e["file_name"])}
             jobs.append((im, instruction_for(task, expression=e["expression"]),
                          {"sent_id": e["sent_id"], "ref_id": e.get("ref_id"), "expression": e["expression"]}))
     else:
         if not questions:
             raise InputError("predict: --questions FILE (VQAv2 questions json) is required for vqa")
-        data = json.loads(Path(questions).read_text())
+        data = _read_json(questions)
         for q in data["questions"] if isinstance(data, dict) else data:
             path = Path(images_dir) / f"{q['image_id']:012d}.jpg"
             jobs.append(({"id": q["image_id"], "path": str(path)}, q["question"], {"question_id": q["question_id"]}))
 
+    # inputs are checked above before the (slow) model load
+    p = Predictor(checkpoint, batch_size=batch_size, score_threshold=score_threshold)
+    cfg = p.cfg
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    heat_dir = out_file.with_name(out_file.stem + "_heatmaps")
+    heat_dir.mkdir(exist_ok=True)
     bar = tqdm(total=len(jobs), desc=f"predict {task}", unit="instr", disable=not progress)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]

@@ -31,6 +31,7 @@ class PoseHead(nn.Module):
         self.net = nn.Sequential(nn.Conv2d(in_dim, dim, 3, 1, 1), nn.GELU(), nn.Conv2d(dim, dim, 3, 1, 1), nn.GELU(),
                                  nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(dim, dim, 3, 1, 1), nn.GELU(),
                                  nn.Conv2d(dim, num_keypoints, 1))
+        nn.init.constant_(self.net[-1].bias, -4.0)  # start at 'no keypoint here' so early BCE is small
 
     @property
     def out_size(self) -> int:
@@ -50,6 +51,13 @@ def keypoint_targets(kps: torch.Tensor, box: torch.Tensor, size: int, sigma: flo
                   / (2 * sigma**2))
     weight = (kps[:, 2] > 0).float()
     return g, weight
+
+
+def keypoint_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """BCE against the Gaussian maps, summed per map and normalized by its Gaussian mass, visible only."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum((2, 3))
+    per_map = bce / target.sum((2, 3)).clamp(min=1.0)
+    return (per_map * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def decode_keypoints(maps: np.ndarray, box_xyxy: np.ndarray) -> tuple[np.ndarray, float]:
