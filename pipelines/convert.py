@@ -89,11 +89,12 @@ def render_all(drafts: list[Draft], input_size: int, heatmap_size: int, progress
     samples) share one rendered heatmap.
     """
     empty_c, empty_s = np.zeros((0, 2), np.int32), np.zeros((0, 2), np.float32)
-    slot_of: dict[int, int] = {}  # id(boxes list) -> index into `groups`
+    slot_of: dict[tuple, int] = {}  # (id(boxes list), image size) -> index into `groups`
     groups: list[tuple[int, int, list]] = []
     for d in drafts:
-        if d.task in HEATMAP_TASKS and d.boxes and id(d.boxes) not in slot_of:
-            slot_of[id(d.boxes)] = len(groups)
+        key = (id(d.boxes), d.width, d.height)
+        if d.task in HEATMAP_TASKS and d.boxes and key not in slot_of:
+            slot_of[key] = len(groups)
             groups.append((d.width, d.height, d.boxes))
     counts = np.fromiter((len(g[2]) for g in groups), np.int64, len(groups))
     ends = np.cumsum(counts)
@@ -125,7 +126,7 @@ def render_all(drafts: list[Draft], input_size: int, heatmap_size: int, progress
         elif not d.boxes:  # a negative: nothing there, an all-zero map
             pngs.append(zero_png), out_c.append(empty_c), out_s.append(empty_s)
         else:
-            g = slot_of[id(d.boxes)]
+            g = slot_of[(id(d.boxes), d.width, d.height)]
             lo, hi = ends[g] - counts[g], ends[g]
             pngs.append(group_pngs[g])
             out_c.append(centers[lo:hi].astype(np.int32))
@@ -209,6 +210,8 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
     _check_options(input_size, heatmap_size, negative_ratio, rows_per_shard)
     if images_dir is None:
         images_dir = _default_images_dir(fmt, input_path)
+        if images_dir is not None:
+            log.info("images folder not given: using %s (records whose image is not there are quarantined)", images_dir)
     # llava has no splits; refcoco without --split converts the refs of every split
     split = split or ("all" if fmt in ("llava", "refcoco") else split_from_name(input_path))
     source = source_name or fmt
