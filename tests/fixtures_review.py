@@ -27,10 +27,13 @@ _DB_PREFIX = "lumen-test-fiftyone-db-"
 
 def _remove_stale_databases() -> None:
     """Earlier sessions' database folders. Not removed at exit: FiftyOne stops mongod only after
-    this process ends. A folder whose mongod.lock is non-empty belongs to a running mongod."""
+    this process ends. A folder whose mongod.lock is non-empty belongs to a running mongod; a
+    young one may belong to a session that has not started its mongod yet."""
+    import time
+
     for d in Path(tempfile.gettempdir()).glob(_DB_PREFIX + "*"):
         lock = d / "mongod.lock"
-        if not (lock.exists() and lock.stat().st_size > 0):
+        if time.time() - d.stat().st_mtime > 3 * 3600 and not (lock.exists() and lock.stat().st_size > 0):
             shutil.rmtree(d, ignore_errors=True)
 
 

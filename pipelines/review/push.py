@@ -85,6 +85,9 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
     info["categories"] = categories
     info["images_dir"] = str(images_dir.resolve())
     info["latest_version"] = model_version
+    info["field"] = det_field
+    info["current_fields"] = sorted(set(info.get("current_fields", [])) | {f for f, on in ((det_field, write_det),
+                                                                                            (kp_field, write_kp)) if on})
     info["versions"] = sorted(set(info.get("versions", [])) | {model_version})
     F.save_review_info(dataset, info)
 

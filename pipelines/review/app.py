@@ -1,0 +1,72 @@
+"""The FiftyOne App for labelers, served on 127.0.0.1 unless told otherwise.
+
+`launch_app` starts FiftyOne's App server (a child process) and returns its URL; the server keeps
+running until `close_app` (or the end of this process). `lumen review app` waits until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.request
+
+from pipelines.errors import InputError
+from pipelines.review.fo_env import describe_database, fiftyone, load_dataset
+
+log = logging.getLogger(__name__)
+
+_sessions: dict[int, object] = {}  # port -> fiftyone Session
+
+
+def app_url(address: str, port: int, dataset_name: str | None = None) -> str:
+    host = "127.0.0.1" if address in ("0.0.0.0", "", None) else address
+    return f"http://{host}:{port}/" + (f"datasets/{dataset_name}" if dataset_name else "")
+
+
+def launch_app(dataset_name=None, port=5151, address="127.0.0.1", *, wait_ready_s: float = 90.0) -> str:
+    """Start the App (on the dataset if given) and return its URL once it answers HTTP."""
+    fo = fiftyone()
+    dataset = load_dataset(dataset_name) if dataset_name else None
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise InputError(f"port must be 1-65535, got {port!r}")
+    session = fo.launch_app(dataset, port=port, address=address, remote=True)
+    _sessions[port] = session
+    url = app_url(address, port, dataset_name)
+    deadline = time.monotonic() + wait_ready_s
+    while True:
+        try:
+            with urllib.request.urlopen(app_url(address, port), timeout=5) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            close_app(port)
+            raise InputError(f"the FiftyOne App did not answer on {app_url(address, port)} within {wait_ready_s:.0f} s")
+        time.sleep(0.5)
+    log.info("FiftyOne App at %s (database: %s)", url, describe_database())
+    return url
+
+
+def close_app(port: int | None = None) -> None:
+    """Close the session(s) this process started and stop their App server."""
+    from fiftyone.core.session import session as fos
+
+    for p in [port] if port is not None else list(_sessions):
+        session = _sessions.pop(p, None)
+        if session is not None:
+            session.close()
+        server = fos._server_services.pop(p, None)  # the child process serving the App
+        if server is not None:
+            server.stop()
+
+
+def wait_app(port: int) -> None:
+    """Block until Ctrl-C, then stop the App."""
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        close_app(port)

@@ -1,0 +1,246 @@
+"""Pull: labelers' review -> a new numbered corrections version (COCO json), never overwriting.
+
+`out_dir/vNNNN/` holds
+- `instances_train.json`: per reviewed image, the accepted predictions and the corrections (boxes,
+  masks as RLE), never the rejected or unreviewed ones; an image whose predictions were all
+  rejected stays in with no annotation (a true negative);
+- `person_keypoints_train.json` where accepted or corrected labels carry keypoints;
+- `rejections.json`: rejected predictions, for hard-negative mining;
+- `provenance.json`: per annotation its origin (model version or correction) and the labeler's
+  action; the same two facts also sit on each annotation (`model_version`, `review_action`);
+- `skipped.json`: reviewed labels that could not become COCO (e.g. an unknown class), with why;
+- `manifest.json`: counts and a hash of the content.
+Both json files are valid inputs of `lumen convert coco` / `coco-keypoints` (split `train`).
+
+Pulling again without new review work writes no new version: it returns the latest one, whose
+content is identical. The version is written to a hidden temp folder and renamed into place, so a
+pull that dies part way leaves nothing half-written; a re-run simply pulls again. A pull never
+modifies a label except for the `lumen_pulled` mark that counts review work (queue.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from pipelines.review import fields as F
+from pipelines.review.fo_env import fiftyone, load_dataset
+from pipelines.review.labels import absolute_box, box_of_points, crop_to_rle, points_to_keypoints
+from pipelines.review.reviewed import CONFLICT, CORRECT, PULLED_ATTR, action_of, scan
+
+log = logging.getLogger(__name__)
+
+INSTANCES_FILE = "instances_train.json"
+KEYPOINTS_FILE = "person_keypoints_train.json"
+COCO_KEYPOINT_NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+                       "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+                       "right_knee", "left_ankle", "right_ankle"]
+
+
+def pull_corrections(dataset_name, out_dir, *, progress=True) -> dict:
+    """Write the review state as a new version under out_dir (or return the latest, if unchanged)."""
+    fiftyone()
+    dataset = load_dataset(dataset_name)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_partial(out_dir)
+
+    states = scan(dataset)
+    content, counts = _collect(dataset, {s.sample_id for s in states if s.action})
+    digest = _content_hash(content)
+    latest = _latest_version(out_dir)
+    if latest and _manifest(latest).get("content_hash") == digest:
+        version_dir, new = latest, False
+        log.info("no new review work in %s since %s: no new version", dataset_name, latest.name)
+    else:
+        version_dir, new = _write_version(out_dir, content, digest, dataset_name, counts), True
+        log.info("pulled %s -> %s: %s", dataset_name, version_dir, counts)
+    _mark_pulled(dataset, states)
+    info = F.review_info(dataset)
+    info["last_pull"] = {"version_dir": str(version_dir), "content_hash": digest,
+                         "pulled_at": datetime.now(timezone.utc).isoformat(),
+                         "marked": sum(1 for s in states if s.action)}
+    F.save_review_info(dataset, info)
+    return {"dataset": dataset_name, "version": version_dir.name, "version_dir": str(version_dir),
+            "new_version": new, "content_hash": digest, **counts}
+
+
+def _remove_partial(out_dir: Path) -> None:
+    for d in out_dir.glob(".partial-*"):
+        shutil.rmtree(d, ignore_errors=True)  # a pull that died part way
+
+
+def _latest_version(out_dir: Path) -> Path | None:
+    versions = sorted((d for d in out_dir.iterdir() if d.is_dir() and d.name[:1] == "v" and d.name[1:].isdigit()),
+                      key=lambda d: int(d.name[1:]))
+    return versions[-1] if versions else None
+
+
+def _manifest(version_dir: Path) -> dict:
+    try:
+        return json.loads((version_dir / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _content_hash(content: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(content):
+        h.update(name.encode())
+        h.update(json.dumps(content[name], sort_keys=True).encode())
+    return h.hexdigest()[:20]
+
+
+def _write_version(out_dir: Path, content: dict, digest: str, dataset_name: str, counts: dict) -> Path:
+    tmp = out_dir / f".partial-{os.getpid()}-{digest[:8]}"
+    tmp.mkdir()
+    for name, data in content.items():
+        (tmp / name).write_text(json.dumps(data, indent=None if name.endswith("train.json") else 1))
+    manifest = {"dataset": dataset_name, "content_hash": digest, "pulled_at": datetime.now(timezone.utc).isoformat(),
+                "files": sorted(content), "counts": counts}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    while True:  # the next free number; a concurrent pull that took it makes the rename fail
+        latest = _latest_version(out_dir)
+        target = out_dir / f"v{(int(latest.name[1:]) + 1) if latest else 1:04d}"
+        try:
+            os.rename(tmp, target)
+            return target
+        except OSError:
+            if not target.exists():
+                raise
+
+
+def _mark_pulled(dataset, states) -> None:
+    """Store each reviewed label's state as pulled; clear the mark of labels no longer reviewed."""
+    by_path = defaultdict(list)
+    for s in states:
+        if s.signature != s.pulled:
+            by_path[s.list_path].append({"sample_id": s.sample_id, "label_id": s.label_id, "value": s.signature})
+    for path, values in by_path.items():
+        dataset.set_label_values(f"{path}.{PULLED_ATTR}", values, dynamic=True)
+
+
+def _collect(dataset, reviewed_ids: set[str]) -> tuple[dict, dict]:
+    """Build the files' content from every reviewed image, in a deterministic order."""
+    from fiftyone import ViewField as FF
+
+    info = F.review_info(dataset)
+    categories = info.get("categories", [])
+    cat_ids = {c["id"] for c in categories}
+    cat_by_name = {c["name"]: c["id"] for c in categories}
+    kp_cats = [c for c in categories if isinstance(c.get("keypoints"), list)] or \
+        [{"id": cat_by_name.get("person", 1), "name": "person", "supercategory": "person",
+          "keypoints": COCO_KEYPOINT_NAMES, "skeleton": []}]
+    pred_fields = F.prediction_fields(dataset)
+    current = set(info.get("current_fields", []))
+    corr_fields = F.correction_fields(dataset)
+    tagged = set(dataset.match_tags(F.REVIEWED_SAMPLE_TAG).values("id"))
+    ids = sorted(reviewed_ids | tagged)
+    view = dataset.select(ids).select_fields([*pred_fields, *corr_fields, "image_id", "file_name"])
+
+    images, kp_images, anns, kp_anns, prov, rejections, skipped = [], [], [], [], [], [], []
+    counts = Counter()
+    for sample in sorted(view, key=lambda s: (s.image_id, s.id)):
+        w, h = sample.metadata.width, sample.metadata.height
+        image = {"id": sample.image_id, "file_name": sample.file_name, "width": w, "height": h}
+        det_out, kp_out = [], []
+        touched = {"det": False, "kp": False}
+        for field in sorted(pred_fields) + sorted(corr_fields):
+            container = sample[field]
+            if container is None:
+                continue
+            is_corr = field in corr_fields
+            for lab in getattr(container, container._LABEL_LIST_FIELD):
+                action = action_of(lab.tags, is_corr)
+                if action is None:
+                    counts["unreviewed_predictions"] += field in current  # older versions are not nagged about
+                    continue
+                touched["kp" if hasattr(lab, "points") else "det"] = True
+                where = {"image_id": sample.image_id, "file_name": sample.file_name, "field": field,
+                         "label_id": lab.id, "label": lab.label,
+                         "model_version": lab.get_field("model_version") if lab.has_field("model_version") else None}
+                if action == CONFLICT:
+                    skipped.append({**where, "reason": "tagged both accept and reject"})
+                    continue
+                cid = _category_id(lab, cat_ids, cat_by_name)
+                if cid is None:
+                    skipped.append({**where, "reason": f"unknown class {lab.label!r}"})
+                    continue
+                is_kp = hasattr(lab, "points")
+                ann = _keypoint_annotation(lab, w, h) if is_kp else _box_annotation(lab, w, h)
+                if ann is None:
+                    skipped.append({**where, "reason": "keypoints without any labeled point"})
+                    continue
+                ann.update(image_id=sample.image_id, category_id=cid)
+                if action == F.REJECT:
+                    rejections.append({**where, "category_id": cid, "bbox": ann["bbox"],
+                                       "score": lab.get_field("confidence") if lab.has_field("confidence") else None,
+                                       "keypoints": ann.get("keypoints")})
+                    continue
+                ann.update(model_version=where["model_version"], review_action=action)
+                (kp_out if is_kp else det_out).append((ann, where, action))
+        if touched["det"] or sample.id in tagged:  # all rejected: still an image, with no objects
+            images.append(image)
+        if touched["kp"]:
+            kp_images.append(image)
+        for out_list, entries in ((anns, det_out), (kp_anns, kp_out)):
+            for ann, where, action in entries:
+                ann["id"] = len(anns) + len(kp_anns) + 1  # unique over both files
+                out_list.append(ann)
+                prov.append({"annotation_id": ann["id"], "file": KEYPOINTS_FILE if out_list is kp_anns else INSTANCES_FILE,
+                             "action": action, "source": "correction" if action == CORRECT else "prediction",
+                             **where})
+    content = {
+        INSTANCES_FILE: {"info": {"description": f"corrections pulled from FiftyOne dataset {dataset.name}"},
+                         "images": images, "annotations": anns, "categories": categories},
+        "rejections.json": rejections,
+        "provenance.json": prov,
+        "skipped.json": skipped,
+    }
+    if kp_anns:
+        content[KEYPOINTS_FILE] = {"info": content[INSTANCES_FILE]["info"], "images": kp_images,
+                                   "annotations": kp_anns, "categories": kp_cats}
+    counts.update(images=len(images), annotations=len(anns), keypoint_annotations=len(kp_anns),
+                  accepted=sum(p["action"] == F.ACCEPT for p in prov),
+                  corrections=sum(p["action"] == CORRECT for p in prov),
+                  rejections=len(rejections), skipped=len(skipped))
+    if counts["unreviewed_predictions"]:
+        log.warning("%d predictions on reviewed images are neither accepted nor rejected: left out of training "
+                    "data; settle them (or tag the image only when done)", counts["unreviewed_predictions"])
+    return content, dict(counts)
+
+
+def _category_id(lab, cat_ids: set, cat_by_name: dict):
+    cid = lab.get_field("category_id") if lab.has_field("category_id") else None
+    if cid in cat_ids and (lab.label is None or cat_by_name.get(lab.label, cid) == cid):
+        return cid
+    return cat_by_name.get(lab.label)  # a correction names its class; a relabeled prediction too
+
+
+def _box_annotation(lab, w: int, h: int) -> dict:
+    bbox = absolute_box(lab.bounding_box, w, h)
+    ann = {"bbox": bbox, "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0}
+    if lab.mask is not None:
+        rle = crop_to_rle(np.asarray(lab.mask), bbox, w, h)
+        ann["segmentation"] = rle
+        ann["area"] = float(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
+    return ann
+
+
+def _keypoint_annotation(lab, w: int, h: int) -> dict | None:
+    vis = lab.get_field("visibility") if lab.has_field("visibility") else None
+    kps, n = points_to_keypoints(lab.points, w, h, vis)
+    if n == 0:
+        return None
+    box = lab.get_field("box") if lab.has_field("box") else None
+    bbox = absolute_box(box, w, h) if box else box_of_points(lab.points, w, h)
+    return {"bbox": bbox, "area": round(bbox[2] * bbox[3], 2), "iscrowd": 0, "keypoints": kps, "num_keypoints": n}
