@@ -12,10 +12,9 @@ import dagster as dg
 from pydantic import Field
 
 from assets_defs.executors import GPU_OP_TAGS
-from assets_defs.metadata import latest_metadata, md_table
+from assets_defs.metadata import latest_metadata
 from assets_defs.partitions import corrections_partition, source_partitions
 from assets_defs.resources import FiftyOneSettings, LumenPaths
-from assets_defs.versions import versions
 
 REVIEW_VIEWS = ("review/likely-wrong", "review/possible-missed", "review/low-confidence")
 
@@ -70,7 +69,10 @@ def review_dataset(context: dg.AssetExecutionContext, paths: LumenPaths, fiftyon
                               progress=False)
     queue = build_review_queue(fiftyone.dataset)
     views = list(queue.get("views", REVIEW_VIEWS)) if isinstance(queue, dict) else list(REVIEW_VIEWS)
-    links = "\n".join(f"- [{v}]({fiftyone.app_url(v)})" for v in views)
+    from fiftyone.core.utils import to_slug  # the App addresses a saved view by its slug
+
+    counts = queue.get("view_counts", {}) if isinstance(queue, dict) else {}
+    links = "\n".join(f"- [{v}]({fiftyone.app_url(to_slug(v))}) ({counts.get(v, '?')} samples)" for v in views)
     return dg.MaterializeResult(metadata={
         "dataset": fiftyone.dataset,
         "model_version": labels["model_version"],
@@ -104,18 +106,16 @@ def corrections(context: dg.AssetExecutionContext, config: CorrectionsConfig, pa
     since = datetime.fromisoformat(last["pulled_at"]) if last else None
     reviewed = count_review_work(fiftyone.dataset, since=since)
     if reviewed == 0 and not config.force:
-        context.log.info("no label reviewed in %s since %s: nothing to pull", fiftyone.dataset, since)
+        context.log.info("no label reviewed in %s since the last pull: nothing to pull", fiftyone.dataset)
         return  # no materialization: no empty corrections partition
     pulled_at = datetime.now(timezone.utc).isoformat()
-    before = set(versions(paths.corrections))
-    result = pull_corrections(fiftyone.dataset, str(paths.corrections))
-    new = [v for v in versions(paths.corrections) if v not in before]
-    if not new:
-        raise dg.Failure(f"pull_corrections wrote no new version folder under {paths.corrections}: {result}")
-    partition = corrections_partition(new[-1])
-    context.instance.add_dynamic_partitions(source_partitions.name, [partition])
+    result = pull_corrections(fiftyone.dataset, str(paths.corrections), progress=False)
+    partition = corrections_partition(result["version"])
+    if partition not in context.instance.get_dynamic_partitions(source_partitions.name):
+        context.instance.add_dynamic_partitions(source_partitions.name, [partition])
     yield dg.MaterializeResult(asset_key="corrections", metadata={
-        "version_dir": dg.MetadataValue.path(str(paths.corrections / new[-1])),
+        "version_dir": dg.MetadataValue.path(result["version_dir"]),
+        "new_version": bool(result.get("new_version")),
         "source_partition": partition,
         "reviewed_labels": reviewed,
         "pulled_at": pulled_at,
