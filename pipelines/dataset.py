@@ -21,12 +21,20 @@ from pipelines.shards import read_table, shard_files
 _FIXED = ("pixel_values", "heatmap", "has_heatmap")
 
 
-@lru_cache(maxsize=256)  # an image serves many samples (one per category and task); bounded memory
 def _read_image(path: str) -> np.ndarray:
     img = cv2.imread(path, cv2.IMREAD_COLOR)
     if img is None:
         raise FileNotFoundError(f"image not readable: {path}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+@lru_cache(maxsize=256)  # an image serves many samples (one per category and task); bounded memory
+def _padded_image(path: str, size: int) -> tuple[np.ndarray, int, int]:
+    """(S x S x 3 uint8 padded image, original width, height); read-only, shared by the cache."""
+    img = _read_image(path)
+    padded = pad_image(img, size)
+    padded.flags.writeable = False
+    return padded, img.shape[1], img.shape[0]
 
 
 class ShardDataset(Dataset):
@@ -56,11 +64,13 @@ class ShardDataset(Dataset):
         s = self.input_size or row["input_size"]
         m = s // 4 if self.input_size else row["heatmap_size"]
         w, h = row["image_width"], row["image_height"]
-        img = _read_image(row["image_path"]) if self.cache_images else _read_image.__wrapped__(row["image_path"])
+        load = _padded_image if self.cache_images else _padded_image.__wrapped__
+        padded, img_w, img_h = load(row["image_path"], s)
         if not w or not h:  # VQA rows converted without an images folder
-            h, w = img.shape[:2]
+            w, h = img_w, img_h
         geo = SquarePad(w, h, s, m)
-        pixel = torch.from_numpy(pad_image(img, s)).permute(2, 0, 1).float().div_(255.0)
+        # astype copies, so the cached uint8 array is never written to
+        pixel = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0))
         boxes = np.asarray(row["boxes"] or [], dtype=np.float32).reshape(-1, 4)
         has_heatmap = row["task"] in HEATMAP_TASKS
         if has_heatmap and self.input_size in (None, row["input_size"]):
