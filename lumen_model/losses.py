@@ -7,13 +7,25 @@ import torch.nn.functional as F
 
 
 def gaussian_focal_loss(logits, target, alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
-    """CenterNet's focal loss, normalized by the number of centers (per batch)."""
+    """CenterNet's focal loss per sample (b,), each normalized by that sample's number of centers.
+
+    Per-sample terms (then summed / global batch by the caller) make a 2-process run average to the
+    same loss and gradients as one process with the same global batch.
+    """
     pred = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
     pos = target.eq(1).float()
     neg = 1 - pos
     pos_loss = torch.log(pred) * (1 - pred).pow(alpha) * pos
     neg_loss = torch.log(1 - pred) * pred.pow(alpha) * (1 - target).pow(beta) * neg
-    return -(pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1.0)
+    return -(pos_loss + neg_loss).flatten(1).sum(1) / pos.flatten(1).sum(1).clamp(min=1.0)
+
+
+def per_sample_l1(pred: torch.Tensor, target: torch.Tensor, batch_index: torch.Tensor, batch: int) -> torch.Tensor:
+    """L1 (summed over coordinates) averaged over each sample's centers -> (batch,), 0 where none."""
+    per_center = (pred - target).abs().sum(1)
+    total = per_center.new_zeros(batch).index_add(0, batch_index.to(per_center.device), per_center)
+    count = per_center.new_zeros(batch).index_add(0, batch_index.to(per_center.device), torch.ones_like(per_center))
+    return total / count.clamp(min=1.0)
 
 
 def gather_at(maps: torch.Tensor, centers: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

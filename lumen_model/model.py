@@ -17,7 +17,7 @@ from lumen_model.aligner import DenseAligner
 from lumen_model.config import LumenConfig
 from lumen_model.decoders.masks import BoxPromptedMasks
 from lumen_model.decoders.pose import PoseHead, keypoint_loss, keypoint_targets
-from lumen_model.losses import gather_at, gaussian_focal_loss, mask_loss
+from lumen_model.losses import gather_at, gaussian_focal_loss, mask_loss, per_sample_l1
 
 STAGE1_PARTS = ("llava", "aligner")
 STAGE2_PARTS = ("masks", "pose")
@@ -71,23 +71,24 @@ class LumenModel(nn.Module):
         return {"logits": logits, "hidden": hidden, **dense}
 
     def stage1_losses(self, out: dict, batch: dict) -> dict:
+        """Every term is a per-sample value summed and divided by the batch size (DDP-consistent)."""
         cfg = self.cfg
-        labels = batch["labels"]
-        text = F.cross_entropy(out["logits"][:, :-1].reshape(-1, out["logits"].shape[-1]), labels[:, 1:].reshape(-1),
-                               ignore_index=-100)
-        has = batch["has_heatmap"]
-        zero = out["heatmap_logits"].sum() * 0
-        if has.any():
-            heat = gaussian_focal_loss(out["heatmap_logits"][has], batch["heatmap"][has], cfg.focal_alpha, cfg.focal_beta)
-            centers = [c for c, h in zip(batch["centers"], has.tolist()) if h]
-            sizes_t = [s for s, h in zip(batch["sizes"], has.tolist()) if h]
-            pred, _ = gather_at(out["sizes"][has], centers)
-            size = F.l1_loss(pred, torch.cat(sizes_t), reduction="sum") / max(1, len(pred)) if len(pred) else zero
-            offs_t = [o for o, h in zip(batch["offsets"], has.tolist()) if h]
-            pred_o, _ = gather_at(out["offsets"][has], centers)
-            offset = F.l1_loss(pred_o, torch.cat(offs_t), reduction="sum") / max(1, len(pred_o)) if len(pred_o) else zero
-        else:
-            heat = size = offset = zero
+        logits, labels = out["logits"][:, :-1], batch["labels"][:, 1:]
+        b = labels.shape[0]
+        tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                              reduction="none").view(b, -1)
+        text = (tok.sum(1) / (labels != -100).sum(1).clamp(min=1)).sum() / b
+        has = batch["has_heatmap"].float()
+        heat_ps = gaussian_focal_loss(out["heatmap_logits"], batch["heatmap"], cfg.focal_alpha, cfg.focal_beta)
+        heat = (heat_ps * has).sum() / b
+        centers = [c if h else c[:0] for c, h in zip(batch["centers"], batch["has_heatmap"].tolist())]
+        size = offset = heat * 0
+        if sum(len(c) for c in centers):
+            pred, idx = gather_at(out["sizes"], centers)
+            size = per_sample_l1(pred, torch.cat([s[:len(c)] for s, c in zip(batch["sizes"], centers)]), idx, b).sum() / b
+            pred_o, idx = gather_at(out["offsets"], centers)
+            offs = torch.cat([o[:len(c)] for o, c in zip(batch["offsets"], centers)])
+            offset = per_sample_l1(pred_o, offs, idx, b).sum() / b
         total = cfg.text_weight * text + heat + cfg.size_weight * size + cfg.offset_weight * offset
         return {"loss": total, "text": text.detach(), "heatmap": heat.detach(), "size": size.detach(),
                 "offset": offset.detach()}

@@ -256,13 +256,17 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue exactly from the checkpoint in --out")
+    p.add_argument("--warmup-steps", type=int, default=20, help="linear learning-rate warm-up, then cosine")
+    p.add_argument("--tasks", nargs="+", help="only these tasks (default: all tasks of the stage)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     return p
 
 
 def config_from_args(args) -> TrainConfig:
     return TrainConfig(stage=args.stage, preset=args.preset, shards=args.shards, out=args.out, init=args.init,
                        max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                       resume=args.resume, save_every=args.save_every, weights=args.weights)
+                       resume=args.resume, save_every=args.save_every, weights=args.weights,
+                       warmup_steps=args.warmup_steps, tasks=args.tasks, progress=not args.no_progress)
 
 
 def main(argv=None) -> int:
