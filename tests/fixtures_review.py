@@ -84,7 +84,7 @@ def write_prediction_input(coco_dir, out_file, *, split="val", seed=0, drop=0.2,
                 r["segmentation"] = rle
             if keypoints:
                 kp = np.asarray(a["keypoints"], dtype=float).reshape(-1, 3)
-                kp[:, :2] += rng.normal(0, 1.0, (len(kp), 2))
+                kp[:, :2] += rng.normal(0, 1.0, (len(kp), 2)) * (kp[:, 2:] > 0)  # unlabeled points stay 0
                 r["keypoints"] = [round(float(v), 2) for v in kp.reshape(-1)]
             results.append(r)
         if not keypoints and rng.random() < extra:  # a false positive somewhere in the image
@@ -93,10 +93,10 @@ def write_prediction_input(coco_dir, out_file, *, split="val", seed=0, drop=0.2,
                             "bbox": [round(float(rng.uniform(0, w - bw)), 2), round(float(rng.uniform(0, h - bh)), 2),
                                      round(bw, 2), round(bh, 2)],
                             "score": round(float(rng.uniform(*score_range)), 5)})
-        if heatmaps:  # evidence for every GT object, dropped ones included: those become uncovered peaks
+        if heatmaps:  # like predict: one map per (image, category); every GT object shows, dropped ones too
             geo = SquarePad(w, h, INPUT_SIZE, HEATMAP_SIZE)
-            for cid in sorted({a["category_id"] for a in anns}):
-                boxes = np.array([a["bbox"] for a in anns if a["category_id"] == cid], dtype=float)
+            for cid in cat_ids:
+                boxes = np.array([a["bbox"] for a in anns if a["category_id"] == cid], dtype=float).reshape(-1, 4)
                 centers = geo.center_pixels(boxes)
                 heat = render_from_boxes(boxes[:, 2:] * geo.scale / geo.heatmap_stride, centers, HEATMAP_SIZE)
                 fname = f"{image_id}_{cid}.png"

@@ -186,15 +186,17 @@ def test_unusable_files_raise_one_clear_error(review_sources, tmp_path, fo_datas
 
 
 def test_push_without_ground_truth_uses_the_folder_and_predict_image_ids(review_sources, tmp_path, fo_dataset_name):
-    """Pseudo-labels of unlabeled images: ids from the file names, as `lumen predict` gives them."""
+    """Pseudo-labels of unlabeled images: ids from the file names, as `lumen predict` gives them;
+    a sample for each image the model ran on (it has a result or a heatmap), no other."""
     import fiftyone as fo
 
     info = write_prediction_input(review_sources, tmp_path / "p" / "seg.json", split="train", seed=2)
     out = push_predictions(fo_dataset_name, review_sources / "images", tmp_path / "p" / "seg.json", "v9",
                            heatmaps_dir=info["heatmaps_dir"], categories_file=info["gt_file"], progress=False)
     ds = fo.load_dataset(fo_dataset_name)
-    n_files = len(list((review_sources / "images").glob("*.jpg")))
-    assert len(ds) == n_files == out["images"]
+    ran_on = {e["image_id"] for e in json.loads((info["heatmaps_dir"] / "index.json").read_text())}
+    assert len(ds) == len(ran_on) == out["images"]
+    assert sorted(ds.values("file_name")) == sorted(f"{i:012d}.jpg" for i in ran_on)
     assert "ground_truth" not in ds.get_field_schema()
     assert out["predictions_pushed"] == info["results"]
     names = {c["name"] for c in json.loads(info["gt_file"].read_text())["categories"]}

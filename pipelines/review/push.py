@@ -45,12 +45,14 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
 
     gt = read_ground_truth(gt_file, images_dir) if gt_file else None
     results = read_predictions(pred_file)
-    images = dict(gt.images) if gt else list_folder_images(images_dir)
-    if gt:  # predictions on images outside the GT file: pseudo-labels of unlabeled images
-        extra = {r.get("image_id") for r in results if isinstance(r, dict)} - set(images)
-        if extra:
-            folder = list_folder_images(images_dir)
-            images.update({i: folder[i] for i in extra if i in folder})
+    heat_index = read_heatmap_index(heatmaps_dir) if heatmaps_dir else None
+    # The images this push speaks for: the GT's, and those the model ran on (a result or a
+    # heatmap). Other images in the folder are left alone, so a partial file wipes nothing.
+    images = dict(gt.images) if gt else {}
+    ran_on = {r.get("image_id") for r in results if isinstance(r, dict)} | set(heat_index or ())
+    if ran_on - set(images):
+        folder = list_folder_images(images_dir)  # ids as `lumen predict` gives them without annotations
+        images.update({i: folder[i] for i in ran_on - set(images) if i in folder})
 
     dataset = fo.load_dataset(dataset_name) if fo.dataset_exists(dataset_name) else fo.Dataset(dataset_name,
                                                                                                 persistent=True)
@@ -74,7 +76,6 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
         categories = list(cat_by_id.values())
     write_det = bool(dets) or not kps  # an empty results file still says "nothing found" per image
     write_kp = bool(kps)
-    heat_index = read_heatmap_index(heatmaps_dir) if heatmaps_dir else None
 
     archived = []
     if write_det:
