@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 import duckdb
+import fsspec
 
 from pipelines.errors import InputError
 from pipelines.shards import MANIFEST, PART_GLOB, QUARANTINE, shard_files
@@ -39,6 +40,10 @@ def build_catalog(db_path: str | Path, shard_dirs) -> list[dict]:
     without a refresh; re-running picks up added or removed folders.
     """
     dirs = [str(d).rstrip("/") for d in shard_dirs]
+    for d in dirs:
+        fs, path = fsspec.core.url_to_fs(d)
+        if not fs.exists(f"{path}/{MANIFEST}"):
+            raise InputError(f"not a shard folder (no {MANIFEST}): {d}")
     names = partition_names(dirs)
     if len(set(names)) != len(names):
         raise InputError(f"shard folders given twice: {sorted(n for n in names if names.count(n) > 1)[0]}")

@@ -6,6 +6,7 @@ import pytest
 from pipelines.catalog import build_catalog, partition_names, summary
 from pipelines.cli import main
 from pipelines.convert import convert_source
+from pipelines.errors import InputError
 from pipelines.shards import read_quarantine, read_table
 
 
@@ -44,6 +45,14 @@ def test_catalog_views_count_every_sample_and_refresh(sample_shards_dir, tmp_pat
     convert_source("coco", sample_data_dir / "coco" / "annotations" / "instances_val.json", extra,
                    source_name="extra", input_size=128, rows_per_shard=3, progress=False)
     assert sum(r["samples"] for r in summary(db)) == total + read_table(extra).num_rows
+
+
+def test_catalog_refuses_folders_that_are_no_partitions(sample_shards_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="not a shard folder"):
+        build_catalog(tmp_path / "c.duckdb", [sample_shards_dir / "coco-val", tmp_path / "empty"])
+    with pytest.raises(InputError, match="given twice"):
+        build_catalog(tmp_path / "c.duckdb", [sample_shards_dir / "coco-val", sample_shards_dir / "coco-val"])
 
 
 def test_partition_names_are_unique_for_nested_layouts():
