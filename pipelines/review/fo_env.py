@@ -32,7 +32,18 @@ def fiftyone():
     configure()
     import fiftyone as fo
 
+    _logs_to_stderr()
     return fo
+
+
+def _logs_to_stderr() -> None:
+    """FiftyOne logs to stdout; the `lumen` commands keep stdout for their JSON results."""
+    import logging
+    import sys
+
+    for handler in logging.getLogger("fiftyone").handlers:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is sys.stdout:
+            handler.setStream(sys.stderr)
 
 
 def describe_database() -> str:
