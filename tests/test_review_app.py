@@ -1,0 +1,69 @@
+"""The FiftyOne App, served by `launch_app` on 127.0.0.1, driven by a real headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import urllib.request
+
+import pytest
+
+from pipelines.review.app import close_app, launch_app
+from pipelines.review.push import push_predictions
+from tests.fixtures_review import write_prediction_input
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chromium() -> str:
+    if not shutil.which(CHROMIUM):
+        subprocess.run(["bash", "scripts/install_browser.sh"], check=False)
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed and could not be installed (needs root and apt)")
+    return CHROMIUM
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_app_shows_the_samples_with_predictions(review_sources, tmp_path, fo_dataset_name, artifacts_dir):
+    from playwright.sync_api import sync_playwright
+
+    chromium = _chromium()
+    info = write_prediction_input(review_sources, tmp_path / "pred" / "seg.json", split="train", seed=1)
+    pushed = push_predictions(fo_dataset_name, review_sources / "images", tmp_path / "pred" / "seg.json", "v0001",
+                              gt_file=info["gt_file"], heatmaps_dir=info["heatmaps_dir"], progress=False)
+    port = _free_port()
+    url = launch_app(fo_dataset_name, port=port, address="127.0.0.1")
+    try:
+        assert url == f"http://127.0.0.1:{port}/datasets/{fo_dataset_name}"
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+            # the sidebar lists the label fields; the grid header counts the samples
+            page.get_by_text("predictions", exact=True).first.wait_for(timeout=120_000)
+            page.get_by_text(f"{pushed['samples_total']} samples").first.wait_for(timeout=60_000)
+            # the grid's tiles are drawn (each sample is a looker canvas once its image loaded)
+            page.wait_for_function("document.querySelectorAll('canvas').length >= 1", timeout=60_000)
+            dismiss = page.get_by_text("Dismiss", exact=True)
+            if dismiss.count():  # an advert pop-up of the open-source App covers part of the grid
+                dismiss.first.click()
+            page.wait_for_timeout(3000)  # let the images and boxes finish drawing for the screenshot
+            text = page.inner_text("body")
+            for field in ("ground_truth", "predictions", "heatmap"):
+                assert field in text
+            page.screenshot(path=str(artifacts_dir / "review_app_grid.png"))
+            browser.close()
+    finally:
+        close_app(port)
+    with pytest.raises(OSError):  # the server is gone
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=3)
