@@ -39,11 +39,19 @@ class LumenConfig:
     max_text_tokens: int = 48
     image_mean: tuple = (0.48145466, 0.4578275, 0.40821073)  # CLIP's
     image_std: tuple = (0.26862954, 0.26130258, 0.27577711)
+    # average-pool the patch grid by this factor before the LLM (tiny: 2x2 -> 4x fewer LLM tokens on a CPU);
+    # the aligner always sees the full grid. lumen-7b keeps LLaVA's 1 (every patch is an LLM token).
+    llm_image_pool: int = 1
     extra: dict = field(default_factory=dict)
 
     @property
+    def patch_grid(self) -> int:
+        return self.vision["image_size"] // self.vision["patch_size"]
+
+    @property
     def num_image_tokens(self) -> int:
-        return (self.vision["image_size"] // self.vision["patch_size"]) ** 2
+        """<image> tokens in the LLM's sequence."""
+        return (self.patch_grid // self.llm_image_pool) ** 2
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,7 +79,7 @@ def _tiny() -> LumenConfig:
         sam_prompt=dict(hidden_size=64, image_size=s, patch_size=8, image_embedding_size=s // 8),
         sam_mask_decoder=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, mlp_dim=128,
                               iou_head_hidden_dim=64),
-        aligner_dim=128, aligner_layers=2, aligner_heads=4, pose_dim=64,
+        aligner_dim=128, aligner_layers=2, aligner_heads=4, pose_dim=64, llm_image_pool=2,
     )
 
 

@@ -48,36 +48,51 @@ class LumenModel(nn.Module):
 
     # ---- stage 1 -------------------------------------------------------------------------------
     def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """CLIP patch features (CLS dropped) through LLaVA's projector: (b, N, text_dim)."""
+        """CLIP patch features (CLS dropped) through LLaVA's projector: (b, N, text_dim), the full grid."""
         m = self.llava.model
         x = (pixel_values - self.pixel_mean) / self.pixel_std
         hidden = m.vision_tower(x, output_hidden_states=True).hidden_states[self.llava.config.vision_feature_layer]
         return m.multi_modal_projector(hidden[:, 1:])
 
-    def language(self, input_ids, attention_mask, image_feats):
+    def llm_image_tokens(self, image_feats: torch.Tensor) -> torch.Tensor:
+        """The grid average-pooled by `llm_image_pool` (identity at 1): what fills the <image> slots."""
+        pool = self.cfg.llm_image_pool
+        if pool == 1:
+            return image_feats
+        b, n, d = image_feats.shape
+        g = self.cfg.patch_grid
+        grid = image_feats.transpose(1, 2).reshape(b, d, g, g)
+        return F.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)
+
+    def language(self, input_ids, attention_mask, llm_image_feats) -> torch.Tensor:
+        """LLaMA over the sequence with image features in the <image> slots -> last hidden states."""
         embeds = self.llava.get_input_embeddings()(input_ids)
         mask = input_ids == self.image_token_id
-        embeds = embeds.masked_scatter(mask.unsqueeze(-1), image_feats.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
-        out = self.llava.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask)
-        hidden = out.last_hidden_state
-        return hidden, self.llava.lm_head(hidden)
+        embeds = embeds.masked_scatter(mask.unsqueeze(-1),
+                                       llm_image_feats.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
+        return self.llava.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits, computed only where asked (the full sequence x vocab is the CPU's biggest matmul)."""
+        return self.llava.lm_head(hidden)
 
     def stage1(self, batch: dict) -> dict:
         image_feats = self.image_tokens(batch["pixel_values"])
-        hidden, logits = self.language(batch["input_ids"], batch["attention_mask"], image_feats)
+        hidden = self.language(batch["input_ids"], batch["attention_mask"], self.llm_image_tokens(image_feats))
         loc = batch["loc_index"].clamp(min=0)
         loc_state = hidden[torch.arange(hidden.shape[0]), loc]
         dense = self.aligner(image_feats, loc_state, batch["pixel_values"])
-        return {"logits": logits, "hidden": hidden, **dense}
+        return {"hidden": hidden, **dense}
 
     def stage1_losses(self, out: dict, batch: dict) -> dict:
         """Every term is a per-sample value summed and divided by the batch size (DDP-consistent)."""
         cfg = self.cfg
-        logits, labels = out["logits"][:, :-1], batch["labels"][:, 1:]
+        labels = batch["labels"][:, 1:]
         b = labels.shape[0]
-        tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                              reduction="none").view(b, -1)
-        text = (tok.sum(1) / (labels != -100).sum(1).clamp(min=1)).sum() / b
+        sel = labels != -100  # next-token logits only at answer positions
+        tok = F.cross_entropy(self.lm_logits(out["hidden"][:, :-1][sel]), labels[sel], reduction="none")
+        per_sample = tok.new_zeros(b).index_add(0, sel.nonzero()[:, 0], tok) / sel.sum(1).clamp(min=1)
+        text = per_sample.sum() / b
         has = batch["has_heatmap"].float()
         heat_ps = gaussian_focal_loss(out["heatmap_logits"], batch["heatmap"], cfg.focal_alpha, cfg.focal_beta)
         heat = (heat_ps * has).sum() / b

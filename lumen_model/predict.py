@@ -25,11 +25,12 @@ from lumen_model.decoders.pose import decode_keypoints
 from pipelines.errors import InputError
 from pipelines.geometry import SquarePad, pad_image
 from pipelines.heatmaps import encode_png
-from pipelines.instructions import instruction_for
+from pipelines.instructions import TASK_TOKENS, instruction_for
 
 log = logging.getLogger(__name__)
+TASK_TOKENS_ORDER = list(TASK_TOKENS.values())
 TASKS = ("detection", "instance_segmentation", "pose", "grounding", "referring_segmentation", "vqa")
-LOC_PREFIX = "Sure, the location is [LOC]"
+LOC_PREFIX = "Sure, the location is [LOC]."  # forced answer; the next token is the generated task token
 
 
 def _read_json(path):
@@ -71,6 +72,7 @@ class Predictor:
         self.collate = Collator(self.tok, cfg.num_image_tokens, cfg.max_text_tokens, cfg.heatmap_size, cfg.input_size)
         self.the_id = self.tok.convert_tokens_to_ids("the")
         self.there_id = self.tok.convert_tokens_to_ids("there")
+        self.task_token_ids = [self.tok.convert_tokens_to_ids(t) for t in TASK_TOKENS_ORDER]
         self._images: dict[str, np.ndarray] = {}
 
     def _image(self, path: str) -> np.ndarray:
@@ -98,7 +100,7 @@ class Predictor:
         for i, ids in enumerate(seqs):
             input_ids[i, :len(ids)] = torch.tensor(ids)
             attn[i, :len(ids)] = 1
-            last[i] = len(ids) - 1
+            last[i] = len(ids) - 1 - (1 if answer_prefix else 0)  # [LOC] sits before the final "."
         return {"pixel_values": pix.to(self.device), "input_ids": input_ids.to(self.device),
                 "attention_mask": attn.to(self.device), "loc_index": last.to(self.device)}
 
@@ -108,10 +110,15 @@ class Predictor:
         batch = self._batch(paths, instructions, LOC_PREFIX)
         out = self.model.stage1(batch)
         # p_none: at "Sure ," the LLM chooses between "the (location ...)" and "there (is none)"
+        rows = torch.arange(len(paths))
         comma = batch["loc_index"] - 4  # ... sure , the location is [LOC]
-        logits = out["logits"][torch.arange(len(paths)), comma]
+        logits = self.model.lm_logits(out["hidden"][rows, comma])
         pair = torch.softmax(logits[:, [self.the_id, self.there_id]], -1)
         out["p_none"] = pair[:, 1]
+        # the task token the model generates after "[LOC] ." (logged per instruction for review)
+        task_ids = torch.tensor(self.task_token_ids, device=logits.device)
+        after = self.model.lm_logits(out["hidden"][rows, batch["loc_index"] + 1])[:, task_ids]
+        out["task_token"] = [TASK_TOKENS_ORDER[j] for j in after.argmax(-1).tolist()]
         out["heat"] = torch.sigmoid(out["heatmap_logits"])
         return out
 
@@ -119,14 +126,14 @@ class Predictor:
     def answer(self, paths: list[str], questions: list[str], max_new_tokens: int = 12) -> list[str]:
         """Greedy generation of the LLM's answer (VQA)."""
         batch = self._batch(paths, questions, None)
-        image_feats = self.model.image_tokens(batch["pixel_values"])
+        image_feats = self.model.llm_image_tokens(self.model.image_tokens(batch["pixel_values"]))
         ids, attn = batch["input_ids"], batch["attention_mask"]
         lengths = attn.sum(1)
         done = torch.zeros(len(paths), dtype=torch.bool, device=ids.device)
         outs = [[] for _ in paths]
         for _ in range(max_new_tokens):
-            _, logits = self.model.language(ids, attn, image_feats)
-            nxt = logits[torch.arange(len(paths)), lengths - 1].argmax(-1)
+            hidden = self.model.language(ids, attn, image_feats)
+            nxt = self.model.lm_logits(hidden[torch.arange(len(paths)), lengths - 1]).argmax(-1)
             ids = torch.cat([ids, torch.full_like(nxt[:, None], self.tok.pad_token_id)], 1)
             attn = torch.cat([attn, torch.zeros_like(attn[:, :1])], 1)
             for i in range(len(paths)):
@@ -252,7 +259,8 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
             index.append({"image_id": im["id"], "task": task, "category_id": meta.get("category_id"),
                           "expression": meta.get("expression"), "sent_id": meta.get("sent_id"),
                           "file": _write_heatmap(heat_dir, name, heat[i]), "input_size": cfg.input_size,
-                          "heatmap_size": cfg.heatmap_size, "p_none": round(1 - keep, 4)})
+                          "heatmap_size": cfg.heatmap_size, "p_none": round(1 - keep, 4),
+                          "task_token": out["task_token"][i], "expected_task_token": TASK_TOKENS[task]})
             if task in ("instance_segmentation", "referring_segmentation"):
                 masks = p.masks_for(out["dense"][i], boxes, geo)
             if task == "pose":
@@ -275,4 +283,7 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
     out_file.write_text(json.dumps(results))
     (heat_dir / "index.json").write_text(json.dumps(index, indent=1))
     log.info("%s: %d results -> %s (heatmaps: %s)", task, len(results), out_file, heat_dir)
-    return {"task": task, "results": len(results), "out_file": str(out_file), "heatmaps_dir": str(heat_dir)}
+    summary = {"task": task, "results": len(results), "out_file": str(out_file), "heatmaps_dir": str(heat_dir)}
+    if index:  # how often the generated task token names the requested task (the decoder used is the requested one)
+        summary["task_token_agreement"] = round(sum(e["task_token"] == e["expected_task_token"] for e in index) / len(index), 4)
+    return summary
