@@ -139,7 +139,7 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
                 counts["reviewed_labels_kept"] += kept
                 updates[k][sid] = merged
         if new_samples:
-            dataset.add_samples(new_samples, progress=False)
+            dataset.add_samples(new_samples, progress=False, validate=False)
         for k, values in updates.items():
             dataset.set_values(k, values, key_field="id", progress=False)
         counts["samples_added"] += len(new_samples)

@@ -1,0 +1,137 @@
+"""Push throughput: 5,000 images x ~7 predicted detections with masks into a fresh FiftyOne dataset.
+
+    .venv/bin/python bench/bench_push.py [--images 5000] [--baseline-images 500]
+
+Compares `push_predictions` (batched add_samples / set_values) with the obvious loop of one
+`dataset.add_sample(sample)` per image, built from the same labels. The loop runs on a subset and
+is extrapolated (printed as such). Every image is a distinct small JPEG file (160x120): samples
+are keyed by file path. Uses its own embedded database in a temp folder (or FIFTYONE_DATABASE_URI
+if set, with throwaway dataset names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+W, H = 160, 120
+
+
+def make_inputs(root: Path, n_images: int, per_image: int, seed: int = 0):
+    """Tiny JPEGs and a COCO results file with `per_image` boxes + RLE masks on each."""
+    import cv2
+    import numpy as np
+    from pycocotools import mask as mu
+
+    rng = np.random.default_rng(seed)
+    images = root / "images"
+    images.mkdir(parents=True)
+    base = (rng.random((H, W, 3)) * 255).astype(np.uint8)
+    results = []
+    for i in range(1, n_images + 1):
+        img = base.copy()
+        img[i % H, :] = 255  # distinct content per file, cheaply
+        cv2.imwrite(str(images / f"{i:012d}.jpg"), img)
+        for _ in range(per_image):
+            w, h = int(rng.integers(10, 50)), int(rng.integers(10, 50))
+            x, y = int(rng.integers(0, W - w)), int(rng.integers(0, H - h))
+            m = np.zeros((H, W), dtype=np.uint8)
+            cv2.ellipse(m, (x + w // 2, y + h // 2), (w // 2, h // 2), 0, 0, 360, 1, -1)
+            rle = mu.encode(np.asfortranarray(m))
+            results.append({"image_id": i, "category_id": int(rng.integers(1, 6)), "bbox": [x, y, w, h],
+                            "score": round(float(rng.random()), 4),
+                            "segmentation": {"size": [H, W], "counts": rle["counts"].decode()}})
+    pred = root / "pred.json"
+    pred.write_text(json.dumps(results))
+    cats = root / "categories.json"
+    cats.write_text(json.dumps({"categories": [{"id": k, "name": f"class{k}"} for k in range(1, 6)]}))
+    return images, pred, cats, len(results)
+
+
+def baseline(images: Path, pred: Path, cats: Path, n: int) -> float:
+    """One add_sample per image, the same labels built by the same code; returns seconds for n images."""
+    import fiftyone as fo
+
+    from pipelines.review.inputs import list_folder_images, read_predictions
+    from pipelines.review.push import _LabelBuilder
+
+    t0 = time.perf_counter()
+    rows = list_folder_images(images)
+    results = read_predictions(pred)
+    by_image = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    cat_by_id = {c["id"]: c for c in json.loads(cats.read_text())["categories"]}
+    builder = _LabelBuilder("v1", cat_by_id, 0.5)
+    ds = fo.Dataset()
+    for image_id in sorted(rows)[:n]:
+        im = rows[image_id]
+        sample = fo.Sample(filepath=im.path, image_id=im.image_id, file_name=im.file_name,
+                           metadata=fo.ImageMetadata(width=im.width, height=im.height),
+                           predictions=builder.detections(im, by_image.get(image_id, [])))
+        ds.add_sample(sample)
+    elapsed = time.perf_counter() - t0
+    assert len(ds) == n
+    ds.delete()
+    return elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=5000)
+    ap.add_argument("--per-image", type=int, default=7)
+    ap.add_argument("--baseline-images", type=int, default=500, help="subset the add_sample loop runs on")
+    ap.add_argument("--batch-size", type=int, default=500)
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-push-"))
+    if not os.environ.get("FIFTYONE_DATABASE_URI"):
+        os.environ["FIFTYONE_DATABASE_DIR"] = str(tmp / "db")
+    from pipelines.review.fo_env import describe_database, fiftyone
+
+    fo = fiftyone()
+    t = time.perf_counter()
+    images, pred, cats, n_labels = make_inputs(tmp / "data", args.images, args.per_image)
+    print(f"inputs: {args.images} JPEGs {W}x{H}, {n_labels} detections with masks ({time.perf_counter() - t:.1f} s)")
+    print(f"database: {describe_database()}")
+    fo.list_datasets()  # start the database before timing anything
+
+    from pipelines.review.push import push_predictions
+
+    name = f"bench-push-{os.getpid()}"
+    t = time.perf_counter()
+    out = push_predictions(name, images, pred, "v1", categories_file=cats, batch_size=args.batch_size, progress=False)
+    push_s = time.perf_counter() - t
+    assert out["samples_added"] == args.images and out["predictions_pushed"] == n_labels
+    ds = fo.load_dataset(name)
+    assert ds.count("predictions.detections") == n_labels and ds.count("predictions.detections.mask") == n_labels
+
+    t = time.perf_counter()
+    again = push_predictions(name, images, pred, "v1", categories_file=cats, batch_size=args.batch_size,
+                             progress=False)
+    repush_s = time.perf_counter() - t
+    assert again["samples_added"] == 0 and ds.count("predictions.detections") == n_labels
+    ds.delete()
+
+    n_base = min(args.baseline_images, args.images)
+    base_s = baseline(images, pred, cats, n_base)
+    base_rate = n_base / base_s
+    push_rate = args.images / push_s
+    print(f"push_predictions (batched), fresh dataset: {args.images} samples in {push_s:.1f} s = {push_rate:.0f} samples/s")
+    print(f"re-push of the same file (idempotent update): {repush_s:.1f} s = {args.images / repush_s:.0f} samples/s")
+    print(f"add_sample loop: {n_base} samples in {base_s:.1f} s = {base_rate:.0f} samples/s"
+          + (f" (measured on {n_base} of {args.images}; {args.images / base_rate:.0f} s extrapolated for all)"
+             if n_base < args.images else ""))
+    print(f"speed-up: {push_rate / base_rate:.1f}x (goal >= 5x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
