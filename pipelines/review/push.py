@@ -1,7 +1,10 @@
 """Push: images + ground truth + a model version's predictions + heatmaps -> a FiftyOne dataset.
 
-One sample per image, keyed by its absolute file path. Writes are batched (`add_samples` for
-new images, `set_values` keyed by sample id for existing ones), never a save per sample.
+One sample per image, keyed by its absolute file path. Writes are batched, never a save per
+sample: new images go in with one `insert_many` per batch of documents in FiftyOne's own storage
+format (fields declared first through the public API; labels built as plain dicts, skipping the
+per-object ORM layer that dominates `add_samples`: see bench/bench_push.py), existing ones are
+updated with `set_values` keyed by sample id.
 Re-pushing is idempotent: every label carries a stable `label_key`, an existing label with the
 same key is kept as it is (its id, tags and attributes survive), and a label that a labeler has
 touched (tagged, or already pulled) is never dropped even when a newer file lacks it.
@@ -10,8 +13,12 @@ touched (tagged, or already pulled) is never dropped even when a newer file lack
 from __future__ import annotations
 
 import logging
+import random
 from collections import Counter, defaultdict
+from datetime import datetime, timezone
 from pathlib import Path
+
+from bson import ObjectId
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -116,8 +123,7 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
                     boxes[r["category_id"]].append(r["bbox"])
                 h = image_heat(heat_index.get(im.image_id, []), im.width, im.height, boxes, peak_threshold)
                 skipped.update(h.problems)
-                c[F.HEATMAP] = fo.Heatmap(map=h.heat, range=[0, 255], model_version=model_version) \
-                    if h.heat is not None else None
+                c[F.HEATMAP] = builder.heatmap(h.heat)
                 c[F.PEAKS] = builder.peaks(im, h.peaks)
                 counts["heatmaps"] += h.heat is not None
                 counts["uncovered_peaks"] += len(h.peaks)
@@ -127,19 +133,16 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
         for im in chunk:
             c = content[im.path]
             if im.path not in old:
-                sample = fo.Sample(filepath=im.path, image_id=im.image_id, file_name=im.file_name,
-                                   metadata=fo.ImageMetadata(width=im.width, height=im.height))
-                for k, v in c.items():
-                    sample[k] = v
-                new_samples.append(sample)
+                new_samples.append(_sample_doc(dataset, im, c))
                 continue
             sid = old[im.path]
             for k, v in c.items():
-                merged, kept = _merge(current.get((sid, k)), v)
+                merged, kept = _merge(current.get((sid, k)), _to_label(v))
                 counts["reviewed_labels_kept"] += kept
                 updates[k][sid] = merged
         if new_samples:
-            dataset.add_samples(new_samples, progress=False, validate=False)
+            _declare_fields(dataset, content)
+            dataset._sample_collection.insert_many(new_samples, ordered=False)
         for k, values in updates.items():
             dataset.set_values(k, values, key_field="id", progress=False)
         counts["samples_added"] += len(new_samples)
@@ -176,6 +179,47 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
              model_version, dataset_name, describe_database(), out["samples_added"], out["samples_updated"],
              n_det + n_kp, out["results_skipped"], out["skip_reasons"] or "")
     return out
+
+
+_LABEL_TYPES = {"Detections", "Keypoints", "Heatmap"}
+
+
+def _to_label(raw):
+    """A label document as built below -> the FiftyOne label object (for set_values / merging)."""
+    if raw is None:
+        return None
+    return getattr(fiftyone(), raw["_cls"])._from_son(raw)
+
+
+def _declare_fields(dataset, content: dict) -> None:
+    """Declare the sample fields the raw documents use (what add_samples would infer)."""
+    fo = fiftyone()
+    if dataset.media_type is None:
+        dataset.media_type = "image"
+    schema = dataset.get_field_schema()
+    if "image_id" not in schema:
+        dataset.add_sample_field("image_id", fo.IntField)
+    if "file_name" not in schema:
+        dataset.add_sample_field("file_name", fo.StringField)
+    wanted = {}
+    for c in content.values():
+        for name, raw in c.items():
+            if raw is not None:
+                wanted.setdefault(name, raw["_cls"])
+    for name, cls in wanted.items():
+        if name not in schema:
+            dataset.add_sample_field(name, fo.EmbeddedDocumentField, embedded_doc_type=getattr(fo, cls))
+
+
+def _sample_doc(dataset, im, content: dict) -> dict:
+    """A new sample as FiftyOne stores it (what `Dataset._make_dict` produces for a Sample)."""
+    now = datetime.now(timezone.utc).replace(tzinfo=None)  # FiftyOne keeps naive UTC
+    doc = {"_id": ObjectId(), "filepath": im.path, "tags": [], "_media_type": "image",
+           "metadata": {"_cls": "ImageMetadata", "width": int(im.width), "height": int(im.height)},
+           "_rand": random.random() * 0.001 + 0.999, "_dataset_id": dataset._doc.id,
+           "created_at": now, "last_modified_at": now, "image_id": int(im.image_id), "file_name": im.file_name}
+    doc.update({k: v for k, v in content.items() if v is not None})
+    return doc
 
 
 def _categories_from(path) -> list[dict]:
@@ -273,14 +317,25 @@ def _merge(old, new):
 
 
 class _LabelBuilder:
-    """COCO records of one image -> FiftyOne labels, each with a stable `label_key`."""
+    """COCO records of one image -> label documents in FiftyOne's storage format (plain dicts,
+    masks as FiftyOne serializes numpy arrays), each with a stable `label_key`."""
 
     def __init__(self, version: str, cats: dict, peak_threshold: float):
-        self.fo = fiftyone()
+        import fiftyone.core.utils as fou
+
+        self.serialize = fou.serialize_numpy_array
         self.version, self.cats, self.peak_threshold = version, cats, peak_threshold
 
     def _name(self, cid) -> str:
         return self.cats[cid]["name"] if cid in self.cats else f"category_{cid}"
+
+    @staticmethod
+    def _label(cls: str, **fields) -> dict:
+        d = {"_id": ObjectId(), "_cls": cls, "tags": []}
+        if cls != "Heatmap":
+            d["attributes"] = {}
+        d.update({k: v for k, v in fields.items() if v is not None})
+        return d
 
     @staticmethod
     def _keys(parts: list[tuple]) -> list[str]:
@@ -303,63 +358,60 @@ class _LabelBuilder:
                                       for i in have])  # H x W x n, one call per image
             for j, i in enumerate(have):
                 x0, y0, x1, y1 = crop_window(records[i]["bbox"], im.width, im.height)
-                out[i] = full[y0:y1, x0:x1, j].astype(bool)
+                out[i] = np.ascontiguousarray(full[y0:y1, x0:x1, j].astype(bool))
         return out
 
-    def detections(self, im, records):
-        fo = self.fo
+    def _box(self, im, bbox) -> list[float]:
+        return [float(v) for v in relative_box(bbox, im.width, im.height)]
+
+    def detections(self, im, records) -> dict:
         keys = self._keys([(self.version, im.image_id, "det", r["category_id"], *(round(v, 2) for v in r["bbox"]),
                             round(r["score"], 5)) for r in records])
         masks = self._masks(im, records)
-        labels = []
-        for r, key, mask in zip(records, keys, masks):
-            d = fo.Detection(label=self._name(r["category_id"]), bounding_box=relative_box(r["bbox"], im.width, im.height),
-                             confidence=float(r["score"]), model_version=self.version, label_key=key,
-                             category_id=r["category_id"])
-            if mask is not None:
-                d.mask = mask
-            labels.append(d)
-        return fo.Detections(detections=labels)
+        return {"_cls": "Detections", "detections": [
+            self._label("Detection", label=self._name(r["category_id"]), bounding_box=self._box(im, r["bbox"]),
+                        mask=self.serialize(mask) if mask is not None else None, confidence=float(r["score"]),
+                        model_version=self.version, label_key=key, category_id=int(r["category_id"]))
+            for r, key, mask in zip(records, keys, masks)]}
 
-    def keypoints(self, im, records):
-        fo = self.fo
+    def keypoints(self, im, records) -> dict:
         keys = self._keys([(self.version, im.image_id, "kp", r["category_id"], *(round(v, 2) for v in r["bbox"]),
                             round(r["score"], 5)) for r in records])
         labels = []
         for r, key in zip(records, keys):
             points, vis = keypoints_to_points(r["keypoints"], im.width, im.height)
-            labels.append(fo.Keypoint(label=self._name(r["category_id"]), points=points, score=float(r["score"]),
-                                      visibility=vis, box=relative_box(r["bbox"], im.width, im.height),
-                                      model_version=self.version, label_key=key, category_id=r["category_id"]))
-        return fo.Keypoints(keypoints=labels)
+            labels.append(self._label("Keypoint", label=self._name(r["category_id"]), points=points,
+                                      score=float(r["score"]), visibility=vis, box=self._box(im, r["bbox"]),
+                                      model_version=self.version, label_key=key, category_id=int(r["category_id"])))
+        return {"_cls": "Keypoints", "keypoints": labels}
 
-    def ground_truth(self, im, anns, keypoints: bool):
-        fo = self.fo
+    def ground_truth(self, im, anns, keypoints: bool) -> dict:
         if keypoints:
             labels = []
             for a in anns:
                 if not a.get("keypoints"):
                     continue
                 points, vis = keypoints_to_points(a["keypoints"], im.width, im.height)
-                labels.append(fo.Keypoint(label=self._name(a["category_id"]), points=points, visibility=vis,
-                                          box=relative_box(a["bbox"], im.width, im.height),
-                                          label_key=f"gt:{a.get('id')}", category_id=a["category_id"]))
-            return fo.Keypoints(keypoints=labels)
+                labels.append(self._label("Keypoint", label=self._name(a["category_id"]), points=points,
+                                          visibility=vis, box=self._box(im, a["bbox"]), label_key=f"gt:{a.get('id')}",
+                                          category_id=int(a["category_id"])))
+            return {"_cls": "Keypoints", "keypoints": labels}
         masks = self._masks(im, anns)
-        labels = []
-        for a, mask in zip(anns, masks):
-            d = fo.Detection(label=self._name(a["category_id"]), bounding_box=relative_box(a["bbox"], im.width, im.height),
-                             iscrowd=int(bool(a.get("iscrowd"))), label_key=f"gt:{a.get('id')}",
-                             category_id=a["category_id"])
-            if mask is not None:
-                d.mask = mask
-            labels.append(d)
-        return fo.Detections(detections=labels)
+        return {"_cls": "Detections", "detections": [
+            self._label("Detection", label=self._name(a["category_id"]), bounding_box=self._box(im, a["bbox"]),
+                        mask=self.serialize(mask) if mask is not None else None, iscrowd=int(bool(a.get("iscrowd"))),
+                        label_key=f"gt:{a.get('id')}", category_id=int(a["category_id"]))
+            for a, mask in zip(anns, masks)]}
 
-    def peaks(self, im, peaks):
-        fo = self.fo
+    def heatmap(self, heat) -> dict | None:
+        if heat is None:
+            return None
+        return self._label("Heatmap", map=self.serialize(heat), range=[0.0, 255.0], model_version=self.version)
+
+    def peaks(self, im, peaks) -> dict:
         keys = self._keys([(self.version, im.image_id, "peak", cid, round(x, 1), round(y, 1)) for cid, x, y, _ in peaks])
-        return fo.Keypoints(keypoints=[
-            fo.Keypoint(label=self._name(cid), points=[[x / im.width, y / im.height]], confidence=[round(v, 4)],
-                        heat=round(v, 4), model_version=self.version, label_key=key, category_id=cid)
-            for (cid, x, y, v), key in zip(peaks, keys)])
+        return {"_cls": "Keypoints", "keypoints": [
+            self._label("Keypoint", label=self._name(cid), points=[[x / im.width, y / im.height]],
+                        confidence=[round(v, 4)], heat=round(v, 4), model_version=self.version, label_key=key,
+                        category_id=int(cid) if cid is not None else None)
+            for (cid, x, y, v), key in zip(peaks, keys)]}
