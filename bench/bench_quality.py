@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -17,6 +18,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its children: on a machine shared with other work
+    the wall time is pessimistic; CPU seconds / 2 is what 2 dedicated cores would need at best."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> int:
@@ -36,21 +44,25 @@ def main() -> int:
     from pipelines.sample_data import write_sample_data
 
     root = Path(args.out or tempfile.mkdtemp(prefix="lumen-quality-"))
+    cpu = {}
     times, t = {}, time.perf_counter()
     write_sample_data(root / "sources", n_images=args.images)
     for s in SOURCES:
         convert_partition(s, root / "sources", root / "shards", input_size=128)
     times["data"] = time.perf_counter() - t
+    cpu["data"] = _cpu_seconds() - sum(cpu.values())
     shard_dirs = sorted(str(p.parent) for p in (root / "shards").glob("*/*/manifest.json"))
 
     t = time.perf_counter()
     s1 = train(TrainConfig(stage=1, preset="tiny", shards=shard_dirs, out=str(root / "stage1"),
                            max_steps=args.stage1_steps, lr=args.lr, batch_size=args.batch_size))
     times["stage1"] = time.perf_counter() - t
+    cpu["stage1"] = _cpu_seconds() - sum(cpu.values())
     t = time.perf_counter()
     s2 = train(TrainConfig(stage=2, preset="tiny", shards=shard_dirs, out=str(root / "stage2"), init=str(root / "stage1"),
                            max_steps=args.stage2_steps, lr=args.lr, batch_size=args.batch_size))
     times["stage2"] = time.perf_counter() - t
+    cpu["stage2"] = _cpu_seconds() - sum(cpu.values())
 
     t = time.perf_counter()
     src = root / "sources"
@@ -72,10 +84,13 @@ def main() -> int:
     predict(ck, "vqa", img, pred / "vqa.json", questions=src / "vqa/v2_OpenEnded_mscoco_val_questions.json", progress=False)
     metrics["vqa"] = evaluate("vqa", src / "vqa/v2_mscoco_val_annotations.json", pred / "vqa.json")
     times["predict+evaluate"] = time.perf_counter() - t
+    cpu["predict+evaluate"] = _cpu_seconds() - sum(cpu.values())
 
     summary = {
         "metrics": metrics, "seconds": {k: round(v, 1) for k, v in times.items()},
         "total_seconds": round(sum(times.values()), 1),
+        "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()}, "total_cpu_seconds": round(sum(cpu.values()), 1),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "train_samples_per_s": {"stage1": round(s1["samples_per_s"], 2), "stage2": round(s2["samples_per_s"], 2)},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "steps": {"stage1": args.stage1_steps, "stage2": args.stage2_steps}, "images": args.images,
@@ -87,7 +102,9 @@ def main() -> int:
                        ("referring_segmentation", ["cIoU", "gIoU"]), ("vqa", ["accuracy"])):
         for k in keys:
             print(f"{task:26}{k:10}{metrics[task][k]:>8.3f}")
-    print(f"\nphases (s): {summary['seconds']}  total {summary['total_seconds']} s")
+    print(f"\nphases, wall (s): {summary['seconds']}  total {summary['total_seconds']} s")
+    print(f"phases, CPU (s): {summary['cpu_seconds']}  total {summary['total_cpu_seconds']} s "
+          f"(load average at the end: {summary['load_average_1min_at_end']})")
     print(f"train samples/s: {summary['train_samples_per_s']}  peak RSS {summary['peak_rss_mb']} MB")
     print(f"goals: grounding acc@0.5 >= 0.8, detection AP50 >= 0.6; everything kept in {root}")
     return 0

@@ -61,24 +61,41 @@ def load_model(folder, device: str = "cpu") -> tuple[LumenModel, object]:
     return model.to(device).eval(), tokenizer
 
 
-def load_pretrained_parts(model: LumenModel, weights_dir) -> dict:
+def load_pretrained_parts(model: LumenModel, weights_dir=None) -> dict:
     """Load full-size LLaVA (and optional SAM) weights from local HF folders into a built model.
 
-    Layout: WEIGHTS_DIR/llava/ (a LlavaForConditionalGeneration folder: config.json + *.safetensors)
-    and optionally WEIGHTS_DIR/sam/ (a SamModel folder). Returns counts of loaded tensors.
+    Layout: WEIGHTS_DIR/llava/ (a LlavaForConditionalGeneration folder, e.g. llava-1.5-7b-hf) and
+    optionally WEIGHTS_DIR/sam/ (a SamModel folder, e.g. sam-vit-huge). transformers' own
+    `from_pretrained` reads them (local files only), so its key renames for older checkpoints apply.
+    Vocabulary rows are copied where both sides have them (Lumen adds its special tokens after).
+    Returns the number of tensors loaded per part.
     """
+    from transformers import LlavaForConditionalGeneration, SamModel
+
     weights_dir = Path(weights_dir or os.environ.get("LUMEN_WEIGHTS_DIR", ""))
+    if not str(weights_dir) or not weights_dir.is_dir():
+        raise InputError(f"weights folder not found: {weights_dir!s} (give --weights DIR or set LUMEN_WEIGHTS_DIR)")
     loaded = {}
-    for part, module in (("llava", model.llava), ("sam", model.masks.sam)):
-        files = sorted((weights_dir / part).glob("*.safetensors"))
-        if not files:
+    for part, module, cls in (("llava", model.llava, LlavaForConditionalGeneration), ("sam", model.masks.sam, SamModel)):
+        folder = weights_dir / part
+        if not (folder / "config.json").is_file():
             continue
+        source = cls.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32).state_dict()
+        target = module.state_dict()
         state = {}
-        for f in files:
-            state.update(load_file(str(f)))
-        missing, unexpected = module.load_state_dict(state, strict=False)
-        loaded[part] = len(state) - len(unexpected)
-        log.info("%s: loaded %d tensors from %s (%d missing)", part, loaded[part], weights_dir / part, len(missing))
+        for k, v in source.items():
+            if k not in target:
+                continue
+            if v.shape != target[k].shape and v.dim() == 2 and v.shape[1] == target[k].shape[1]:
+                rows = min(v.shape[0], target[k].shape[0])  # embeddings / lm_head of a different vocabulary
+                v = torch.cat([v[:rows], target[k][rows:]]) if target[k].shape[0] > rows else v[:rows]
+            if v.shape == target[k].shape:
+                state[k] = v
+        missing, _ = module.load_state_dict(state, strict=False)
+        loaded[part] = len(state)
+        log.info("%s: loaded %d tensors from %s (%d left at their initial values)", part, len(state), folder, len(missing))
+    if not loaded:
+        raise InputError(f"no llava/ or sam/ model folder (config.json + safetensors) in {weights_dir}")
     return loaded
 
 

@@ -85,3 +85,20 @@ def test_special_tokens_are_single_ids_in_tokenizer_and_embeddings(stage1_checkp
     assert tok("Sure, the location is [LOC]. [DET]", add_special_tokens=False)["input_ids"][-3:] == [
         tok.convert_tokens_to_ids("[LOC]"), tok.convert_tokens_to_ids("."), tok.convert_tokens_to_ids("[DET]")]
     assert model.llava.get_input_embeddings().num_embeddings >= max(ids) + 1
+
+
+def test_full_size_loading_path_reads_hf_layout_folders(stage1_checkpoint, tmp_path):
+    """The --weights / LUMEN_WEIGHTS_DIR path: LLaVA and SAM folders written by save_pretrained load back."""
+    from lumen_model.checkpoint import build_model, load_pretrained_parts
+
+    trained, tok = load_model(stage1_checkpoint[0])
+    trained.llava.save_pretrained(tmp_path / "weights" / "llava")
+    trained.masks.sam.save_pretrained(tmp_path / "weights" / "sam")
+    torch.manual_seed(123)
+    fresh = build_model(trained.cfg, tok)
+    assert not torch.equal(fresh.llava.lm_head.weight, trained.llava.lm_head.weight)
+    counts = load_pretrained_parts(fresh, tmp_path / "weights")
+    assert counts["llava"] == len(trained.llava.state_dict()) and counts["sam"] > 0
+    for part in ("llava", "masks.sam"):
+        a, b = trained.get_submodule(part).state_dict(), fresh.get_submodule(part).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
