@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from pipelines.errors import InputError
+
 
 @dataclass
 class LumenConfig:
@@ -105,7 +107,11 @@ def _lumen_7b() -> LumenConfig:
 PRESETS = {"tiny": _tiny, "lumen-7b": _lumen_7b}
 
 
+class UnknownPreset(InputError, ValueError):
+    """A preset name that is not in PRESETS (a one-line CLI error; still a ValueError for callers)."""
+
+
 def get_preset(name: str) -> LumenConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+        raise UnknownPreset(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
     return PRESETS[name]()

@@ -31,6 +31,7 @@ from lumen_model.checkpoint import build_model, load_model, save_checkpoint
 from lumen_model.config import get_preset
 from lumen_model.data import Collator
 from lumen_model.tokenizer import train_tokenizer
+from pipelines.errors import InputError
 
 log = logging.getLogger(__name__)
 STAGE_TASKS = {
@@ -130,10 +131,16 @@ def train(cfg: TrainConfig) -> dict:
     tasks = cfg.tasks or STAGE_TASKS[cfg.stage]
     from pipelines.dataset import ShardDataset
 
+    missing = [d for d in cfg.shards if not Path(d).is_dir()]
+    if missing:
+        raise InputError(f"shard folder not found: {', '.join(missing)}")
+    if cfg.resume and cfg.init:
+        raise InputError("give either --resume (continue --out) or --init (start from another checkpoint), not both")
+
     dataset = ShardDataset(cfg.shards, input_size=preset.input_size, tasks=tasks)
     keep = [i for i, r in enumerate(dataset.rows) if r["split"] in TRAIN_SPLITS]
     if not keep:
-        raise ValueError(f"no training samples for tasks {tasks} in {cfg.shards}")
+        raise InputError(f"no train/all-split samples for tasks {', '.join(tasks)} in {', '.join(cfg.shards)}")
 
     state_file = out / "trainer_state.json"
     resume = cfg.resume and state_file.is_file()

@@ -102,3 +102,13 @@ def test_full_size_loading_path_reads_hf_layout_folders(stage1_checkpoint, tmp_p
     for part in ("llava", "masks.sam"):
         a, b = trained.get_submodule(part).state_dict(), fresh.get_submodule(part).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def test_train_cli_bad_input_is_one_line(tmp_path):
+    import subprocess
+
+    for extra, needle in ((["--shards", str(tmp_path / "nope")], "shard folder not found"),
+                          (["--shards", str(tmp_path), "--preset", "huge"], "unknown preset")):
+        proc = subprocess.run([".venv/bin/lumen", "train", "--stage", "1", "--out", str(tmp_path / "o"), *extra],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
