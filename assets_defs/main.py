@@ -24,14 +24,19 @@ def build_run_config(args) -> dict:
         train["stage1_steps"] = args.stage1_steps
     if args.stage2_steps is not None:
         train["stage2_steps"] = args.stage2_steps
-    return {"ops": {"models": {"config": train}}}
+    # step starts/ends and asset logs, not Dagster's per-event DEBUG lines
+    return {"ops": {"models": {"config": train}}, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def run_main(*, data_root: str, dagster_home: str | None, images: int, run_config: dict,
              fiftyone: FiftyOneSettings | None = None, asset_selection: list[str] | None = None):
     """Materialize the whole graph (or `asset_selection` of it) in one run; returns (result, DagsterInstance)."""
     home = prepare_dagster_home(dagster_home)
+    import warnings
+
     import dagster as dg
+
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)  # single-run backfill policy is beta
 
     from assets_defs.definitions import build_defs
     from assets_defs.partitions import all_partitions_tags, ensure_source_partitions

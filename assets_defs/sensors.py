@@ -48,9 +48,8 @@ def corrections_loop(context: dg.SensorEvaluationContext, paths: LumenPaths, fif
     requests = []
     instance = context.instance
     shards_done = instance.get_materialized_partitions(dg.AssetKey("shards"))
-    trained_on = set(json.loads(m["partitions"]) if isinstance((m := latest_metadata(instance, "stage2_model") or {})
-                                                                 .get("partitions"), str)
-                     else m.get("partitions") or [])
+    model = latest_metadata(instance, "stage2_model") or {}
+    trained_on = set(model.get("partitions") or [])  # the partitions the latest stage-2 model saw
     for key in instance.get_dynamic_partitions(source_partitions.name):
         if not is_corrections(key):
             continue

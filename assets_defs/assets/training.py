@@ -90,7 +90,8 @@ def _train(context, stage: int, cfg: RetrainConfig, paths: LumenPaths, compute: 
     return version, train(TrainConfig(
         stage=stage, preset=cfg.preset, shards=[str(d) for d in shard_dirs], out=str(out),
         init=str(init) if init else None, max_steps=steps, lr=cfg.learning_rate, batch_size=cfg.batch_size,
-        seed=cfg.seed, resume=cfg.resume, weights=cfg.weights or None, progress=True))  # tqdm to stderr: the terminal, or the step's stderr log in the UI
+        seed=cfg.seed, resume=cfg.resume, weights=cfg.weights or None,
+        progress=True))  # tqdm on stderr: the terminal, or the step's stderr log in the UI
 
 
 def _torchrun(context, stage, cfg: RetrainConfig, shard_dirs, out, init, steps) -> dict:
