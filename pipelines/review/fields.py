@@ -1,6 +1,6 @@
 """Names of the review dataset's fields and the bookkeeping kept in `dataset.info`.
 
-Fields (documented for labelers in docs/labelers.md):
+Fields (documented for labelers in the README, "The labeler's workflow in the FiftyOne App"):
 - `ground_truth` (Detections, masks) and `ground_truth_keypoints` (Keypoints) where a GT exists;
 - `predictions` (Detections with masks and scores) and `predictions_keypoints` (Keypoints): the
   latest model version; an older version's labels move to `predictions_<version>` /
