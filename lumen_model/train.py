@@ -31,6 +31,7 @@ from lumen_model.checkpoint import build_model, load_model, save_checkpoint
 from lumen_model.config import get_preset
 from lumen_model.data import Collator
 from lumen_model.tokenizer import train_tokenizer
+from lumen_model.train_args import build_arg_parser  # noqa: F401  (kept here for `python -m lumen_model.train`)
 from pipelines.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -246,27 +247,6 @@ def _save(model, tokenizer, optimizer, scheduler, out: Path, step: int, history:
     last = history[-1] if history else {}
     return {"checkpoint_dir": str(out), "step": step, "metrics": {k: v for k, v in last.items() if k != "step"},
             "loss_curve_png": str(curve)}
-
-
-def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="lumen train", description=__doc__,
-                                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", type=int, choices=(1, 2), required=True, help="1: heatmaps (LMM + aligner); 2: decoders")
-    p.add_argument("--preset", default="tiny", help="model preset: tiny (CPU) or lumen-7b")
-    p.add_argument("--shards", nargs="+", required=True, help="shard partition folders (train/all splits are used)")
-    p.add_argument("--out", required=True, help="checkpoint folder")
-    p.add_argument("--init", help="start from this checkpoint (stage 2: the stage-1 checkpoint)")
-    p.add_argument("--weights", help="local folder with pretrained full-size parts (llava/, sam/)")
-    p.add_argument("--max-steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=16, help="global batch size (split across processes)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps")
-    p.add_argument("--resume", action="store_true", help="continue exactly from the checkpoint in --out")
-    p.add_argument("--warmup-steps", type=int, default=20, help="linear learning-rate warm-up, then cosine")
-    p.add_argument("--tasks", nargs="+", help="only these tasks (default: all tasks of the stage)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-    return p
 
 
 def config_from_args(args) -> TrainConfig:
