@@ -23,6 +23,7 @@ from lumen_model.data import Collator
 from lumen_model.decoders.boxes import decode_boxes
 from lumen_model.decoders.pose import decode_keypoints
 from pipelines.errors import InputError
+from pipelines.sources.common import load_json
 from pipelines.geometry import SquarePad, pad_image
 from pipelines.heatmaps import encode_png
 from pipelines.instructions import TASK_TOKENS, instruction_for
@@ -34,13 +35,7 @@ LOC_PREFIX = "Sure, the location is [LOC]."  # forced answer; the next token is 
 
 
 def _read_json(path):
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"predict: file not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"predict: {path} is not valid JSON ({exc})") from None
+    return load_json(path, object, "predict")  # one clear line for a missing or broken file
 
 
 def _image_id(name: str, fallback: int) -> int:

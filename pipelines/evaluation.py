@@ -25,14 +25,11 @@ TASKS = ("bbox", "segm", "keypoints", "grounding", "refseg", "vqa")
 
 
 def _load(x):
+    """A path is read (one clear line when missing or broken); data already loaded passes through."""
     if isinstance(x, (str, Path)):
-        p = Path(x)
-        if not p.is_file():
-            raise InputError(f"evaluate: file not found: {p}")
-        try:
-            return json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise InputError(f"evaluate: {p} is not valid JSON ({exc})") from None
+        from pipelines.sources.common import load_json
+
+        return load_json(x, object, "evaluate")
     return x
 
 
