@@ -26,9 +26,13 @@ def sine_positions(h: int, w: int, dim: int, device) -> torch.Tensor:
 
 
 class TwoWayLayer(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, image_self_attn: bool = False):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        # image tokens attend to each other after hearing the queries: "the circle on the left"
+        # needs the circles compared, which no single token can do alone
+        self.img_attn = nn.MultiheadAttention(dim, heads, batch_first=True) if image_self_attn else None
+        self.img_norm = nn.LayerNorm(dim) if image_self_attn else None
         self.q2i = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.i2q = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
@@ -39,41 +43,107 @@ class TwoWayLayer(nn.Module):
         q = self.norms[1](q + self.q2i(q, img + pos, img, need_weights=False)[0])
         q = self.norms[2](q + self.mlp(q))
         img = self.norms[3](img + self.i2q(img + pos, q, q, need_weights=False)[0])
+        if self.img_attn is not None:
+            x = img + pos
+            img = self.img_norm(img + self.img_attn(x, x, img, need_weights=False)[0])
         return q, img
+
+
+class ResBlock(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(dim, dim, 3, 1, 1, bias=False), nn.GroupNorm(8, dim), nn.GELU(),
+                                  nn.Conv2d(dim, dim, 3, 1, 1, bias=False), nn.GroupNorm(8, dim))
+
+    def forward(self, x):
+        return F.gelu(x + self.body(x))
+
+
+def _down(cin: int, cout: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.GroupNorm(8, cout), nn.GELU())
+
+
+class PixelEncoder(nn.Module):
+    """A small CNN on the raw pixels: stride-4 and stride-8 maps for the aligner.
+
+    A ViT trained from scratch on a few hundred images learns colour long before shape; convolutions
+    see an object's outline from the first steps. GroupNorm (not BatchNorm) keeps every sample's
+    output independent of its batch, so DDP ranks compute what one process would.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        c4, c8 = dim // 2, dim
+        self.to4 = nn.Sequential(_down(3, c4 // 2), _down(c4 // 2, c4), ResBlock(c4))
+        self.to8 = nn.Sequential(_down(c4, c8), ResBlock(c8), ResBlock(c8))
+        self.out_dims = (c4, c8)
+
+    def forward(self, pixels):
+        f4 = self.to4(pixels)
+        return f4, self.to8(f4)
 
 
 class DenseAligner(nn.Module):
     """(image tokens, [LOC] state, pixels) -> heatmap logits, size maps, offsets, dense features."""
 
-    def __init__(self, image_dim: int, text_dim: int, dim: int, layers: int, heads: int, heatmap_size: int):
+    def __init__(self, image_dim: int, text_dim: int, dim: int, layers: int, heads: int, heatmap_size: int,
+                 pixel_encoder: str = "stem", image_self_attn: bool = False, token_grid: int = 16):
         super().__init__()
         self.dim, self.heatmap_size = dim, heatmap_size
         self.img_proj = nn.Linear(image_dim, dim)
         self.loc_proj = nn.Linear(text_dim, dim)
         self.queries = nn.Parameter(torch.randn(3, dim) * 0.02)  # [M], [H], [W]
-        self.layers = nn.ModuleList(TwoWayLayer(dim, heads) for _ in range(layers))
+        self.layers = nn.ModuleList(TwoWayLayer(dim, heads, image_self_attn) for _ in range(layers))
         # a light stride-4 stem on the raw pixels keeps detail the stride-8 ViT tokens lose
         # (kept narrow, and the fuse is 1x1 + depthwise 3x3: full 3x3 convs here cost more than the LLM on a CPU)
         stem_dim = dim // 2
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.GELU(), nn.Conv2d(16, stem_dim, 3, 2, 1), nn.GELU())
-        self.fuse = nn.Sequential(nn.Conv2d(dim + stem_dim, dim, 1), nn.GELU(),
-                                  nn.Conv2d(dim, dim, 3, 1, 1, groups=dim), nn.GELU(), nn.Conv2d(dim, dim, 1))
+        self.pixel_encoder, self.token_grid = pixel_encoder, token_grid
+        if pixel_encoder == "cnn":
+            self.pixels = PixelEncoder(dim)
+            self.pix_proj = nn.Linear(dim, dim)  # stride-8 CNN features added to the ViT tokens
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.GELU(), nn.Conv2d(16, stem_dim, 3, 2, 1), nn.GELU())
+        # fuse = 1x1 over [upsampled tokens, stride-4 pixels], then depthwise 3x3 + 1x1. The 1x1 is split in
+        # its two inputs: the pixel half is per image (shared by its instructions), the token half runs
+        # on the coarse grid before upsampling (a 1x1 conv commutes with bilinear resizing): same maths, less work.
+        self.fuse_grid = nn.Conv2d(dim, dim, 1)
+        self.fuse_pix = nn.Conv2d(stem_dim, dim, 1, bias=False)
+        self.fuse = nn.Sequential(nn.GELU(), nn.Conv2d(dim, dim, 3, 1, 1, groups=dim), nn.GELU(), nn.Conv2d(dim, dim, 1))
         self.offset_head = nn.Conv2d(dim, 2, 1)  # sub-pixel center offset (adopted; see config)
         self.heat_bias = nn.Parameter(torch.tensor(-4.0))  # start near 'no object' so focal loss is stable
 
-    def forward(self, image_tokens, loc_state, pixel_values):
+    def encode_pixels(self, pixel_values) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Instruction-independent pixel features, computed once per image and shared by its instructions:
+        the stride-4 map as the fuse's pixel half (u, dim, M, M), and the stride-8 CNN tokens that are
+        added to the ViT's (u, g*g, dim), None without the CNN."""
+        m = self.heatmap_size
+        if self.pixel_encoder == "cnn":
+            fine, coarse = self.pixels(pixel_values)
+            g = self.token_grid
+            coarse = F.adaptive_avg_pool2d(coarse, (g, g)) if coarse.shape[-1] != g else coarse
+            tokens = self.pix_proj(coarse.flatten(2).transpose(1, 2))
+        else:
+            fine, tokens = self.stem(pixel_values), None
+        if fine.shape[-1] != m:
+            fine = F.interpolate(fine, size=(m, m), mode="bilinear", align_corners=False)
+        return self.fuse_pix(fine), tokens
+
+    def forward(self, image_tokens, loc_state, pixel_values=None, pixel_feats=None):
         b, n, _ = image_tokens.shape
         g = int(math.isqrt(n))
         img = self.img_proj(image_tokens)
+        fine, tokens = self.encode_pixels(pixel_values) if pixel_feats is None else pixel_feats
+        if tokens is not None:
+            img = img + tokens
         pos = sine_positions(g, g, self.dim, img.device).unsqueeze(0)
         q = torch.cat([self.loc_proj(loc_state).unsqueeze(1), self.queries.unsqueeze(0).expand(b, -1, -1)], 1)
         for layer in self.layers:
             q, img = layer(q, img, pos)
         grid = img.transpose(1, 2).reshape(b, self.dim, g, g)
         m = self.heatmap_size
-        up = F.interpolate(grid, size=(m, m), mode="bilinear", align_corners=False)
-        stem = F.interpolate(self.stem(pixel_values), size=(m, m), mode="bilinear", align_corners=False)
-        dense = self.fuse(torch.cat([up, stem], 1)) + up  # (b, dim, m, m)
+        up, up_fuse = F.interpolate(torch.cat([grid, self.fuse_grid(grid)], 1), size=(m, m), mode="bilinear",
+                                    align_corners=False).split(self.dim, 1)
+        dense = self.fuse(up_fuse + fine) + up  # (b, dim, m, m)
         scale = 1.0 / math.sqrt(self.dim)
         heat = torch.einsum("bc,bchw->bhw", q[:, 1], dense) * scale + self.heat_bias
         sizes = torch.sigmoid(torch.einsum("bkc,bchw->bkhw", q[:, 2:4], dense) * scale)  # (b, 2, m, m): w/S, h/S

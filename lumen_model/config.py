@@ -26,6 +26,9 @@ class LumenConfig:
     aligner_dim: int = 128
     aligner_layers: int = 2
     aligner_heads: int = 4
+    # the aligner's own pixel path: "cnn" (a small conv encoder, stride 4 + 8) or "stem" (two convs, stride 4)
+    pixel_encoder: str = "stem"
+    aligner_image_self_attn: bool = False
     pose_dim: int = 64
     pose_crop: int = 16  # per-person feature crop side for the pose decoder
     num_keypoints: int = 17
@@ -38,6 +41,10 @@ class LumenConfig:
     size_weight: float = 1.0
     offset_weight: float = 1.0
     text_weight: float = 1.0
+    # training-only: [LOC] names the instruction's own words through a small head (0 = no head). A
+    # pretrained LLM already puts the referred concept into [LOC]; one trained from scratch in minutes
+    # does not find that on its own (see lumen_model/model.py, concept_loss)
+    concept_weight: float = 0.0
     max_text_tokens: int = 48
     image_mean: tuple = (0.48145466, 0.4578275, 0.40821073)  # CLIP's
     image_std: tuple = (0.26862954, 0.26130258, 0.27577711)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from pipelines.dataset import collate_samples
-from pipelines.instructions import LOC_TOKEN
+from pipelines.instructions import LOC_TOKEN, TEMPLATES
 
 
 def prompt_text(instruction: str) -> str:
@@ -23,6 +23,14 @@ class Collator:
         self.image_id = tokenizer.convert_tokens_to_ids("<image>")
         self.loc_id = tokenizer.convert_tokens_to_ids(LOC_TOKEN)
         self.stride = input_size / heatmap_size
+        # the instruction's own words (category, expression) are what [LOC] must carry; the templates'
+        # words are the same in every instruction and say nothing about where to look
+        template_text = " ".join(t.format(category="", expression="") for ts in TEMPLATES.values() for t in ts)
+        self.template_ids = set(tokenizer(prompt_text(template_text), add_special_tokens=False)["input_ids"])
+
+    def concept_ids(self, instruction: str) -> list[int]:
+        ids = self.tok(instruction, add_special_tokens=False)["input_ids"]
+        return sorted(set(ids) - self.template_ids - {self.tok.unk_token_id})
 
     def encode(self, instruction: str, answer: str | None):
         prompt = self.tok(prompt_text(instruction), add_special_tokens=False)["input_ids"][: self.max_text]
@@ -50,6 +58,13 @@ class Collator:
             if len(where):
                 loc[i] = where[0, 0]
         batch.update(input_ids=input_ids, labels=labels, attention_mask=attn, loc_index=loc)
+        # each distinct image once: the vision encoders run on `images`, rows gather by `image_index`
+        keys = [it.get("image_path") or f"#{i}" for i, it in enumerate(items)]
+        first = {}
+        batch["image_index"] = torch.tensor([first.setdefault(k, len(first)) for k in keys], dtype=torch.long)
+        batch["images"] = batch["pixel_values"][[keys.index(k) for k in first]]
+        batch["concept_ids"] = [torch.tensor(self.concept_ids(it["instruction"]) if loc[i] >= 0 else [], dtype=torch.long)
+                                for i, it in enumerate(items)]
         # sub-pixel offset targets: continuous box center in heatmap pixels minus its floor
         batch["offsets"] = []
         for it in items:

@@ -19,7 +19,7 @@ from lumen_model.decoders.masks import BoxPromptedMasks
 from lumen_model.decoders.pose import PoseHead, keypoint_loss, keypoint_targets
 from lumen_model.losses import gather_at, gaussian_focal_loss, mask_loss, per_sample_l1
 
-STAGE1_PARTS = ("llava", "aligner")
+STAGE1_PARTS = ("llava", "aligner", "concept_head")
 STAGE2_PARTS = ("masks", "pose")
 
 
@@ -32,6 +32,13 @@ def build_llava(cfg: LumenConfig, vocab_size: int, image_token_id: int, pad_toke
         projector_hidden_act="gelu"))
 
 
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[index] as a one-hot matmul: the same values, but a backward pass that sums in a fixed order
+    (indexing's backward accumulates in parallel on a CPU, which breaks bit-exact resume)."""
+    onehot = F.one_hot(index, x.shape[0]).to(x.dtype)
+    return (onehot @ x.reshape(x.shape[0], -1)).reshape(len(index), *x.shape[1:])
+
+
 class LumenModel(nn.Module):
     def __init__(self, cfg: LumenConfig, vocab_size: int, image_token_id: int, pad_token_id: int):
         super().__init__()
@@ -40,8 +47,11 @@ class LumenModel(nn.Module):
         self.llava = build_llava(cfg, vocab_size, image_token_id, pad_token_id)
         text_dim = cfg.text["hidden_size"]
         self.aligner = DenseAligner(text_dim, text_dim, cfg.aligner_dim, cfg.aligner_layers, cfg.aligner_heads,
-                                    cfg.heatmap_size)
+                                    cfg.heatmap_size, cfg.pixel_encoder,
+                                    cfg.aligner_image_self_attn, cfg.patch_grid)
         self.masks = BoxPromptedMasks(cfg)
+        # vocabulary-sized: only built where used (tiny), never for the 7B's 32k x 4096
+        self.concept_head = nn.Linear(text_dim, vocab_size) if cfg.concept_weight > 0 else None
         self.pose = PoseHead(cfg.aligner_dim, cfg.pose_dim, cfg.num_keypoints, cfg.pose_crop, cfg.input_size)
         self.register_buffer("pixel_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
@@ -77,12 +87,19 @@ class LumenModel(nn.Module):
         return self.llava.lm_head(hidden)
 
     def stage1(self, batch: dict) -> dict:
-        image_feats = self.image_tokens(batch["pixel_values"])
+        # the vision encoders see each distinct image once (a batch holds several instructions per image)
+        images, index = batch.get("images"), batch.get("image_index")
+        if images is None:
+            images, index = batch["pixel_values"], None
+        image_feats, pixel_feats = self.image_tokens(images), self.aligner.encode_pixels(images)
+        if index is not None:
+            image_feats = gather_rows(image_feats, index)
+            pixel_feats = tuple(None if f is None else gather_rows(f, index) for f in pixel_feats)
         hidden = self.language(batch["input_ids"], batch["attention_mask"], self.llm_image_tokens(image_feats))
         loc = batch["loc_index"].clamp(min=0)
         loc_state = hidden[torch.arange(hidden.shape[0]), loc]
-        dense = self.aligner(image_feats, loc_state, batch["pixel_values"])
-        return {"hidden": hidden, **dense}
+        dense = self.aligner(image_feats, loc_state, pixel_feats=pixel_feats)
+        return {"hidden": hidden, "loc_state": loc_state, **dense}
 
     def stage1_losses(self, out: dict, batch: dict) -> dict:
         """Every term is a per-sample value summed and divided by the batch size (DDP-consistent)."""
@@ -105,8 +122,24 @@ class LumenModel(nn.Module):
             offs = torch.cat([o[:len(c)] for o, c in zip(batch["offsets"], centers)])
             offset = per_sample_l1(pred_o, offs, idx, b).sum() / b
         total = cfg.text_weight * text + heat + cfg.size_weight * size + cfg.offset_weight * offset
-        return {"loss": total, "text": text.detach(), "heatmap": heat.detach(), "size": size.detach(),
-                "offset": offset.detach()}
+        losses = {"text": text.detach(), "heatmap": heat.detach(), "size": size.detach(), "offset": offset.detach()}
+        if self.concept_head is not None:
+            concept = self.concept_loss(out["loc_state"], batch["concept_ids"])
+            total = total + cfg.concept_weight * concept
+            losses["concept"] = concept.detach()
+        return {"loss": total, **losses}
+
+    def concept_loss(self, loc_state: torch.Tensor, concept_ids: list[torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of the [LOC] state against the instruction's own words (e.g. "red", "circle").
+
+        Without it a from-scratch LLM's [LOC] state ignores the one or two words that matter among
+        ~90 tokens: the heatmap loss alone can only teach that once the image features already
+        tell a circle from a square, and they only learn that once [LOC] tells them apart.
+        """
+        b = loc_state.shape[0]
+        logp = F.log_softmax(self.concept_head(loc_state), -1)
+        per_sample = [-logp[i, ids.to(logp.device)].mean() for i, ids in enumerate(concept_ids) if len(ids)]
+        return torch.stack(per_sample).sum() / b if per_sample else logp.sum() * 0
 
     # ---- stage 2 -------------------------------------------------------------------------------
     def stage2_losses(self, out: dict, batch: dict) -> dict:

@@ -81,7 +81,9 @@ class Predictor:
 
     def _batch(self, paths: list[str], instructions: list[str], answer_prefix: str | None):
         s = self.cfg.input_size
-        pix = torch.stack([torch.from_numpy(pad_image(self._image(p), s)).permute(2, 0, 1).float() / 255 for p in paths])
+        unique = list(dict.fromkeys(paths))  # one encoder pass per image, however many instructions it has
+        images = torch.stack([torch.from_numpy(pad_image(self._image(p), s)).permute(2, 0, 1).float() / 255 for p in unique])
+        image_index = torch.tensor([unique.index(p) for p in paths], dtype=torch.long)
         seqs = []
         for ins in instructions:
             ids, _ = self.collate.encode(ins, None)
@@ -96,7 +98,8 @@ class Predictor:
             input_ids[i, :len(ids)] = torch.tensor(ids)
             attn[i, :len(ids)] = 1
             last[i] = len(ids) - 1 - (1 if answer_prefix else 0)  # [LOC] sits before the final "."
-        return {"pixel_values": pix.to(self.device), "input_ids": input_ids.to(self.device),
+        return {"images": images.to(self.device), "image_index": image_index.to(self.device),
+                "pixel_values": images[image_index].to(self.device), "input_ids": input_ids.to(self.device),
                 "attention_mask": attn.to(self.device), "loc_index": last.to(self.device)}
 
     @torch.no_grad()
@@ -121,7 +124,7 @@ class Predictor:
     def answer(self, paths: list[str], questions: list[str], max_new_tokens: int = 12) -> list[str]:
         """Greedy generation of the LLM's answer (VQA)."""
         batch = self._batch(paths, questions, None)
-        image_feats = self.model.llm_image_tokens(self.model.image_tokens(batch["pixel_values"]))
+        image_feats = self.model.llm_image_tokens(self.model.image_tokens(batch["images"]))[batch["image_index"]]
         ids, attn = batch["input_ids"], batch["attention_mask"]
         lengths = attn.sum(1)
         done = torch.zeros(len(paths), dtype=torch.bool, device=ids.device)

@@ -59,6 +59,7 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     stop_at_step: int | None = None  # stop (and checkpoint) early, as an interrupted run would; resume later
     warmup_steps: int = 20
+    group_size: int = 4  # samples of the same image that sit together in a batch (1: plain shuffle)
     weights: str | None = None  # local folder with full-size pretrained parts (lumen-7b)
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -86,14 +87,38 @@ def _order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def _batches_from(n: int, seed: int, batch: int, start_step: int):
-    """(step, global indices) from start_step on: the data position is a pure function of the step."""
+def _grouped_order(groups: list[int], seed: int, epoch: int, group_size: int) -> list[int]:
+    """One epoch's order in runs of `group_size` samples of the same image (positions into `groups`).
+
+    Each image's samples are shuffled and cut into runs, and the runs are shuffled, so a batch holds a
+    few images with several instructions each: the vision encoders run once per image (the batch's
+    most expensive part on a CPU), and "find the circles" and "find the squares" on the same picture
+    sit side by side, which is the contrast the aligner has to learn.
+    """
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    by_image: dict[int, list[int]] = {}
+    for pos, key in enumerate(groups):
+        by_image.setdefault(key, []).append(pos)
+    runs = []
+    for key in sorted(by_image):
+        members = by_image[key]
+        perm = torch.randperm(len(members), generator=g).tolist()
+        shuffled = [members[j] for j in perm]
+        runs += [shuffled[k:k + group_size] for k in range(0, len(shuffled), group_size)]
+    return [pos for r in torch.randperm(len(runs), generator=g).tolist() for pos in runs[r]]
+
+
+def _batches_from(n: int, seed: int, batch: int, start_step: int, groups: list[int] | None = None, group_size: int = 1):
+    """(step, positions) from start_step on: the data position is a pure function of the step."""
     per_epoch = max(1, n // batch)
     step = start_step
+    cached = (None, None)
     while True:
         epoch, k = divmod(step, per_epoch)
-        order = _order(n, seed, epoch)
-        yield step, order[k * batch:(k + 1) * batch]
+        if cached[0] != epoch:
+            order = _order(n, seed, epoch) if groups is None or group_size <= 1 else _grouped_order(groups, seed, epoch, group_size)
+            cached = (epoch, order)
+        yield step, cached[1][k * batch:(k + 1) * batch]
         step += 1
 
 
@@ -192,7 +217,9 @@ def train(cfg: TrainConfig) -> dict:
     t0, seen = time.perf_counter(), 0
     bar = tqdm(total=cfg.max_steps, initial=start, desc=f"stage {cfg.stage}", unit="step",
                disable=not cfg.progress or rank != 0, dynamic_ncols=True)
-    for step, idx in _batches_from(len(keep), cfg.seed, cfg.batch_size, start):
+    images = {}
+    groups = [images.setdefault(dataset.rows[i]["image_path"], len(images)) for i in keep]
+    for step, idx in _batches_from(len(keep), cfg.seed, cfg.batch_size, start, groups, cfg.group_size):
         if step >= cfg.max_steps or (cfg.stop_at_step is not None and step >= cfg.stop_at_step):
             break
         mine = idx[rank * per_rank:(rank + 1) * per_rank]

@@ -112,6 +112,7 @@ class ShardDataset(Dataset):
             "task": row["task"],
             "sample_id": row["sample_id"],
             "image_id": row["image_id"],
+            "image_path": row["image_path"],
             "category_id": row["category_id"],
             "image_width": w,
             "image_height": h,
