@@ -56,8 +56,10 @@ def load_model(folder, device: str = "cpu") -> tuple[LumenModel, object]:
                        config["pad_token_id"])
     state = load_file(str(folder / WEIGHTS))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        log.warning("checkpoint %s: %d missing, %d unexpected tensors", folder, len(missing), len(unexpected))
+    if missing or unexpected:  # a checkpoint from another version of the model: refuse, never half-load
+        raise InputError(f"checkpoint {folder} does not fit this model: {len(missing)} missing tensors "
+                         f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}), {len(unexpected)} unexpected "
+                         f"({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
     return model.to(device).eval(), tokenizer
 
 
