@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 
-def flatten_metrics(metrics: dict) -> dict[str, float]:
-    """{"bbox": {"AP50": 0.6}} -> {"bbox/AP50": 0.6}; non-numbers dropped."""
+def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """{"bbox": {"AP50": 0.6}, "grounding": {"by_kind": {"spatial": {...}}}} -> {"bbox/AP50": 0.6,
+    "grounding/by_kind/spatial/acc@0.5": ...}; non-numbers dropped."""
     out = {}
-    for task, values in metrics.items():
-        if isinstance(values, dict):
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:  # v == v drops NaN
-                    out[f"{task}/{k}"] = float(v)
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(flatten_metrics(v, f"{prefix}{k}/"))
+        elif prefix and isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:  # v == v drops NaN
+            out[f"{prefix}{k}"] = float(v)
     return out
 
 

@@ -89,6 +89,10 @@ def _tiny() -> LumenConfig:
         sam_mask_decoder=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, mlp_dim=128,
                               iou_head_hidden_dim=64),
         aligner_dim=128, aligner_layers=2, aligner_heads=4, pose_dim=64, llm_image_pool=2,
+        # trained from scratch in minutes, the tiny model lacks what pretraining gives the 7B: shape-aware
+        # features (a CNN beside the ViT), a [LOC] state that carries the instruction's words, and image
+        # features that know their neighbours ("the circle on the left" needs the circles compared)
+        pixel_encoder="cnn", concept_weight=1.0, aligner_image_self_attn=True,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from pipelines.dataset import collate_samples
@@ -78,3 +80,45 @@ class Collator:
         # is supervised only where [LOC] is said, which is also how inference reads it.
         batch["has_heatmap"] = batch["has_heatmap"] & (batch["loc_index"] >= 0)
         return batch
+
+
+# COCO keypoint order: a mirrored person's left eye is its right eye
+KEYPOINT_FLIP = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
+_SIDE_WORDS = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def _swap_sides(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return _SIDE_WORDS.sub(lambda m: {"left": "right", "right": "left"}[m.group(1).lower()], text)
+
+
+def hflip(item: dict) -> dict:
+    """A training item mirrored left-right: pixels, heatmap, centers, boxes, masks, keypoints, and the
+    words "left"/"right" in the instruction and answer ("the circle on the left" names the other circle).
+
+    The padded square is centered, so mirroring it mirrors the image; a heatmap center pixel x goes to
+    M - 1 - x, which is the floor of the mirrored continuous center.
+    """
+    out = dict(item)
+    s = item["pixel_values"].shape[-1]
+    m = item["heatmap"].shape[-1]
+    out["pixel_values"] = item["pixel_values"].flip(-1)
+    out["heatmap"] = item["heatmap"].flip(-1)
+    centers = item["centers"].clone()
+    if len(centers):
+        centers[:, 0] = m - 1 - centers[:, 0]
+    out["centers"] = centers
+    boxes = item["boxes_input"].clone()
+    if len(boxes):
+        boxes[:, 0], boxes[:, 2] = s - item["boxes_input"][:, 2], s - item["boxes_input"][:, 0]
+    out["boxes_input"] = boxes
+    out["masks_input"] = item["masks_input"].flip(-1)
+    kps = item["keypoints_input"].clone()
+    if len(kps):
+        kps = kps[:, KEYPOINT_FLIP]
+        kps[..., 0] = torch.where(kps[..., 2] > 0, s - kps[..., 0], kps[..., 0])
+    out["keypoints_input"] = kps
+    out["instruction"], out["answer"] = _swap_sides(item["instruction"]), _swap_sides(item["answer"])
+    out["image_path"] = f"{item.get('image_path')}#mirrored"  # a different picture for the shared vision pass
+    return out

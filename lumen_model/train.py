@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from lumen_model.checkpoint import build_model, load_model, save_checkpoint
 from lumen_model.config import get_preset
-from lumen_model.data import Collator
+from lumen_model.data import Collator, hflip
 from lumen_model.tokenizer import train_tokenizer
 from lumen_model.train_args import build_arg_parser  # noqa: F401  (kept here for `python -m lumen_model.train`)
 from pipelines.errors import InputError
@@ -60,6 +60,7 @@ class TrainConfig:
     stop_at_step: int | None = None  # stop (and checkpoint) early, as an interrupted run would; resume later
     warmup_steps: int = 20
     group_size: int = 4  # samples of the same image that sit together in a batch (1: plain shuffle)
+    hflip: float = 0.5  # probability of mirroring an image (with "left"/"right" swapped in its texts)
     weights: str | None = None  # local folder with full-size pretrained parts (lumen-7b)
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -120,6 +121,10 @@ def _batches_from(n: int, seed: int, batch: int, start_step: int, groups: list[i
             cached = (epoch, order)
         yield step, cached[1][k * batch:(k + 1) * batch]
         step += 1
+
+
+def _coin(seed: int, step: int, key: int) -> float:
+    return float(np.random.default_rng([seed, step, key]).random())
 
 
 def _rng_state() -> dict:
@@ -223,7 +228,10 @@ def train(cfg: TrainConfig) -> dict:
         if step >= cfg.max_steps or (cfg.stop_at_step is not None and step >= cfg.stop_at_step):
             break
         mine = idx[rank * per_rank:(rank + 1) * per_rank]
-        batch = collate([dataset[keep[i]] for i in mine])
+        items = [dataset[keep[i]] for i in mine]
+        if cfg.hflip > 0:  # one coin per (step, image): a pure function of the step, like the order
+            items = [hflip(it) if _coin(cfg.seed, step, groups[i]) < cfg.hflip else it for it, i in zip(items, mine)]
+        batch = collate(items)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
             losses = net(batch, stage=cfg.stage)
@@ -280,7 +288,8 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(stage=args.stage, preset=args.preset, shards=args.shards, out=args.out, init=args.init,
                        max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                        resume=args.resume, save_every=args.save_every, weights=args.weights,
-                       warmup_steps=args.warmup_steps, tasks=args.tasks, progress=not args.no_progress)
+                       warmup_steps=args.warmup_steps, tasks=args.tasks, progress=not args.no_progress,
+                       group_size=args.group_size, hflip=args.hflip)
 
 
 def main(argv=None) -> int:

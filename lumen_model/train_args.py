@@ -26,6 +26,10 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue exactly from the checkpoint in --out")
     p.add_argument("--warmup-steps", type=int, default=20, help="linear learning-rate warm-up, then cosine")
+    p.add_argument("--group-size", type=int, default=4,
+                   help="instructions of the same image side by side in a batch (their image is encoded once); 1: plain shuffle")
+    p.add_argument("--hflip", type=float, default=0.5,
+                   help="probability of mirroring an image (\"left\"/\"right\" swapped in its texts); 0: off")
     p.add_argument("--tasks", nargs="+", help="only these tasks (default: all tasks of the stage)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     return p

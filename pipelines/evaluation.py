@@ -62,11 +62,20 @@ def box_iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+# words that make an expression spatial ("the man on the left"): RefCOCO's hardest kind, reported apart
+SPATIAL_WORDS = frozenset("left right top bottom middle center centre front behind above below upper lower".split())
+
+
 def grounding_accuracy(gt, pred) -> dict:
     gt_list, preds = _load(gt), {p["sent_id"]: p for p in _load(pred)}
     hits = [box_iou(g["bbox"], preds[g["sent_id"]]["bbox"]) >= 0.5 if g["sent_id"] in preds else False for g in gt_list]
+    spatial = [bool(SPATIAL_WORDS & set(re.findall(r"[a-z]+", g.get("expression", "").lower()))) for g in gt_list]
+    by_kind = {}
+    for kind, want in (("spatial", True), ("non_spatial", False)):
+        sel = [h for h, sp in zip(hits, spatial) if sp == want]
+        by_kind[kind] = {"acc@0.5": float(np.mean(sel)) if sel else 0.0, "sentences": len(sel)}
     return {"acc@0.5": float(np.mean(hits)) if hits else 0.0, "sentences": len(gt_list),
-            "predicted": sum(g["sent_id"] in preds for g in gt_list)}
+            "predicted": sum(g["sent_id"] in preds for g in gt_list), "by_kind": by_kind}
 
 
 def _mask(seg, h, w) -> np.ndarray:

@@ -79,6 +79,17 @@ def test_grounding_accuracy_counts_iou_at_least_half_and_missing_as_wrong():
     assert m["acc@0.5"] == pytest.approx(0.5) and m["predicted"] == 3
 
 
+def test_grounding_accuracy_reports_spatial_expressions_apart():
+    box = [0, 0, 10, 10]
+    gt = [{"sent_id": 1, "bbox": box, "expression": "the man on the left"},
+          {"sent_id": 2, "bbox": box, "expression": "Top-right cat"},
+          {"sent_id": 3, "bbox": box, "expression": "the red circle"}]
+    pred = [{"sent_id": 1, "bbox": box}, {"sent_id": 3, "bbox": box}]
+    kinds = evaluate("grounding", gt, pred)["by_kind"]
+    assert kinds["spatial"] == {"acc@0.5": 0.5, "sentences": 2}
+    assert kinds["non_spatial"] == {"acc@0.5": 1.0, "sentences": 1}
+
+
 def _rle(mask):
     r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": r["size"], "counts": r["counts"].decode()}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lumen_model.checkpoint import load_model
-from lumen_model.data import Collator
+from lumen_model.data import Collator, hflip
 from lumen_model.model import gather_rows
 from lumen_model.train import _batches_from, _grouped_order
 from pipelines.dataset import ShardDataset
@@ -72,3 +72,31 @@ def test_concept_words_are_the_instructions_own_words(stage1_for_batching):
     assert sorted(words) == ["circle", "left", "on", "red"]
     words = tok.convert_ids_to_tokens(collate.concept_ids("Where are all the star in this image? Respond with boxes."))
     assert words == ["star"]
+
+
+def test_mirroring_moves_every_target_with_the_pixels(model_shard_dirs):
+    ds = ShardDataset(model_shard_dirs, input_size=128, tasks=["pose", "grounding"], split="train")
+    pose = next(i for i, r in enumerate(ds.rows) if r["task"] == "pose")
+    side = next(i for i, r in enumerate(ds.rows) if r["task"] == "grounding" and " left" in r["instruction"])
+    for idx in (pose, side):
+        item = ds[idx]
+        flipped = hflip(item)
+        s, m = 128, item["heatmap"].shape[-1]
+        # the heatmap's peaks are where the mirrored centers say
+        for x, y in flipped["centers"].tolist():
+            assert flipped["heatmap"][y, x] == 1.0
+        # a box's pixels: mirrored box over mirrored image == the box over the image, mirrored
+        x0, y0, x1, y1 = item["boxes_input"][0].round().int().tolist()
+        fx0, fy0, fx1, fy1 = flipped["boxes_input"][0].round().int().tolist()
+        assert (fx0, fx1) == (s - x1, s - x0) and (fy0, fy1) == (y0, y1)
+        assert torch.equal(flipped["pixel_values"][:, y0:y1, fx0:fx1], item["pixel_values"][:, y0:y1, x0:x1].flip(-1))
+        back = hflip(flipped)
+        for key in ("pixel_values", "heatmap", "centers", "boxes_input", "masks_input", "keypoints_input"):
+            assert torch.allclose(back[key].float(), item[key].float()), key
+        assert back["instruction"] == item["instruction"]
+    # words: "left" becomes "right"; keypoints: the left wrist becomes the right wrist
+    assert " right" in hflip(ds[side])["instruction"] and " left" not in hflip(ds[side])["instruction"]
+    kp, fkp = ds[pose]["keypoints_input"], hflip(ds[pose])["keypoints_input"]
+    left_wrist, right_wrist = 9, 10
+    if kp[0, left_wrist, 2] > 0:
+        assert fkp[0, right_wrist, 0] == pytest.approx(128 - kp[0, left_wrist, 0].item())
