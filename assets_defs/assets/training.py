@@ -31,8 +31,8 @@ class RetrainConfig(dg.Config):
 
     stage: str = Field("1+2", description="stages to train: '1+2', '1', or '2' (from the latest stage-1 checkpoint)")
     preset: str = Field("tiny", description="model preset: 'tiny' (CPU) or 'lumen-7b' (local weights)")
-    stage1_steps: int = Field(int(os.environ.get("LUMEN_STAGE1_STEPS", "600")), description="stage-1 optimizer steps")
-    stage2_steps: int = Field(int(os.environ.get("LUMEN_STAGE2_STEPS", "150")), description="stage-2 optimizer steps")
+    stage1_steps: int = Field(int(os.environ.get("LUMEN_STAGE1_STEPS", "1200")), description="stage-1 optimizer steps")
+    stage2_steps: int = Field(int(os.environ.get("LUMEN_STAGE2_STEPS", "300")), description="stage-2 optimizer steps")
     learning_rate: float = Field(1e-3, description="peak learning rate")
     batch_size: int = Field(16, description="global batch size")
     partitions: list[str] = Field(default_factory=list, description=(
