@@ -131,23 +131,40 @@ def _rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 
 
+def _smooth(values: list[float], window: int) -> np.ndarray:
+    """Trailing moving average (the first points average what there is so far)."""
+    v = np.asarray(values, dtype=float)
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    n = np.minimum(np.arange(1, len(v) + 1), window)
+    return (c[1:] - c[np.arange(1, len(v) + 1) - n]) / n
+
+
 def _loss_curve(history: list[dict], path: Path, title: str) -> None:
+    """Every loss term (faint: per step; solid: moving average) and, on its own axis, the learning rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in history[0] if k not in ("step", "samples_per_s")] if history else []
-    fig, ax = plt.subplots(figsize=(7, 4))
+    keys = [k for k in history[0] if k not in ("step", "samples_per_s", "lr")] if history else []
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     steps = [h["step"] for h in history]
+    window = max(1, len(history) // 50)
     for k in keys:
-        ax.plot(steps, [h[k] for h in history], label=k, linewidth=1.2 if k == "loss" else 0.8)
+        values = [h[k] for h in history]
+        line, = ax.plot(steps, _smooth(values, window), label=k, linewidth=1.6 if k == "loss" else 1.0)
+        ax.plot(steps, values, color=line.get_color(), alpha=0.15, linewidth=0.6)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel(f"loss (moving average of {window} steps)")
     ax.set_yscale("log")
     ax.set_title(title)
-    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    if history and "lr" in history[0]:
+        ax_lr = ax.twinx()
+        ax_lr.plot(steps, [h["lr"] for h in history], color="gray", linestyle="--", linewidth=0.9, label="lr")
+        ax_lr.set_ylabel("learning rate")
+        ax_lr.legend(loc="upper center", fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
