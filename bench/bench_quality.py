@@ -5,7 +5,7 @@
 Prints a table and writes metrics.json into --out. The whole run is meant to fit 15 minutes on
 2 cores (stage 1 runs ~0.34 s per step of 16 on 2 idle cores, ~11.5 min for 2000 steps; about 14 min in all); the wall
 and CPU time of each phase and the load average are printed, since a shared machine inflates the wall time.
-Grounding accuracy is also broken down by the kind of expression (category only, colour, size, left/right).
+Grounding accuracy is also given apart for spatial expressions ("the circle on the left") and the others.
 """
 
 from __future__ import annotations

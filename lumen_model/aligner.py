@@ -76,7 +76,6 @@ class PixelEncoder(nn.Module):
         c4, c8 = dim // 2, dim
         self.to4 = nn.Sequential(_down(3, c4 // 2), _down(c4 // 2, c4), ResBlock(c4))
         self.to8 = nn.Sequential(_down(c4, c8), ResBlock(c8), ResBlock(c8))
-        self.out_dims = (c4, c8)
 
     def forward(self, pixels):
         f4 = self.to4(pixels)
@@ -128,11 +127,12 @@ class DenseAligner(nn.Module):
             fine = F.interpolate(fine, size=(m, m), mode="bilinear", align_corners=False)
         return self.fuse_pix(fine), tokens
 
-    def forward(self, image_tokens, loc_state, pixel_values=None, pixel_feats=None):
+    def forward(self, image_tokens, loc_state, pixel_feats):
+        """pixel_feats: `encode_pixels` of each sample's image (computed once per image by the caller)."""
         b, n, _ = image_tokens.shape
         g = int(math.isqrt(n))
         img = self.img_proj(image_tokens)
-        fine, tokens = self.encode_pixels(pixel_values) if pixel_feats is None else pixel_feats
+        fine, tokens = pixel_feats
         if tokens is not None:
             img = img + tokens
         pos = sine_positions(g, g, self.dim, img.device).unsqueeze(0)

@@ -86,19 +86,24 @@ class LumenModel(nn.Module):
         """Vocabulary logits, computed only where asked (the full sequence x vocab is the CPU's biggest matmul)."""
         return self.llava.lm_head(hidden)
 
-    def stage1(self, batch: dict) -> dict:
-        # the vision encoders see each distinct image once (a batch holds several instructions per image)
+    def per_image(self, batch: dict, encode) -> object:
+        """`encode` (a tensor or a tuple of tensors/None per image) run on each distinct image of the
+        batch once, then gathered to the batch's rows: a batch holds several instructions per image."""
         images, index = batch.get("images"), batch.get("image_index")
         if images is None:
-            images, index = batch["pixel_values"], None
-        image_feats, pixel_feats = self.image_tokens(images), self.aligner.encode_pixels(images)
-        if index is not None:
-            image_feats = gather_rows(image_feats, index)
-            pixel_feats = tuple(None if f is None else gather_rows(f, index) for f in pixel_feats)
+            return encode(batch["pixel_values"])
+        out = encode(images)
+        if isinstance(out, tuple):
+            return tuple(None if f is None else gather_rows(f, index) for f in out)
+        return gather_rows(out, index)
+
+    def stage1(self, batch: dict) -> dict:
+        image_feats = self.per_image(batch, self.image_tokens)
+        pixel_feats = self.per_image(batch, self.aligner.encode_pixels)
         hidden = self.language(batch["input_ids"], batch["attention_mask"], self.llm_image_tokens(image_feats))
         loc = batch["loc_index"].clamp(min=0)
         loc_state = hidden[torch.arange(hidden.shape[0]), loc]
-        dense = self.aligner(image_feats, loc_state, pixel_feats=pixel_feats)
+        dense = self.aligner(image_feats, loc_state, pixel_feats)
         return {"hidden": hidden, "loc_state": loc_state, **dense}
 
     def stage1_losses(self, out: dict, batch: dict) -> dict:

@@ -99,7 +99,7 @@ class Predictor:
             attn[i, :len(ids)] = 1
             last[i] = len(ids) - 1 - (1 if answer_prefix else 0)  # [LOC] sits before the final "."
         return {"images": images.to(self.device), "image_index": image_index.to(self.device),
-                "pixel_values": images[image_index].to(self.device), "input_ids": input_ids.to(self.device),
+                "input_ids": input_ids.to(self.device),
                 "attention_mask": attn.to(self.device), "loc_index": last.to(self.device)}
 
     @torch.no_grad()
@@ -124,7 +124,7 @@ class Predictor:
     def answer(self, paths: list[str], questions: list[str], max_new_tokens: int = 12) -> list[str]:
         """Greedy generation of the LLM's answer (VQA)."""
         batch = self._batch(paths, questions, None)
-        image_feats = self.model.llm_image_tokens(self.model.image_tokens(batch["images"]))[batch["image_index"]]
+        image_feats = self.model.llm_image_tokens(self.model.per_image(batch, self.model.image_tokens))
         ids, attn = batch["input_ids"], batch["attention_mask"]
         lengths = attn.sum(1)
         done = torch.zeros(len(paths), dtype=torch.bool, device=ids.device)
