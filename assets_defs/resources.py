@@ -50,6 +50,11 @@ class LumenPaths(dg.ConfigurableResource):
         return self.base / "predictions"
 
     @property
+    def model_registry(self) -> Path:
+        """Which stage-2 version is in use and why (`pipelines.model_registry`)."""
+        return self.models / "registry.json"
+
+    @property
     def corrections(self) -> Path:
         return self.base / "corrections"
 

@@ -191,8 +191,10 @@ def _write_heatmap(folder: Path, name: str, heat: np.ndarray) -> str:
 
 def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, categories=None, expressions=None,
             questions=None, batch_size: int = 16, score_threshold: float | None = None, progress: bool = True,
-            max_images: int | None = None) -> dict:
-    """Run one task over images; writes COCO results json (or answers) and the heatmaps folder."""
+            max_images: int | None = None, device: str | None = None) -> dict:
+    """Run one task over images; writes COCO results json (or answers) and the heatmaps folder.
+
+    `device`: "cpu", "cuda", "cuda:1" ...; None picks the GPU when there is one."""
     if task not in TASKS:
         raise InputError(f"predict: unknown task {task!r}; expected one of {', '.join(TASKS)}")
     out_file = Path(out_file)
@@ -229,7 +231,7 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
             jobs.append(({"id": q["image_id"], "path": str(path)}, q["question"], {"question_id": q["question_id"]}))
 
     # inputs are checked above before the (slow) model load
-    p = Predictor(checkpoint, batch_size=batch_size, score_threshold=score_threshold)
+    p = Predictor(checkpoint, device=device, batch_size=batch_size, score_threshold=score_threshold)
     cfg = p.cfg
     out_file.parent.mkdir(parents=True, exist_ok=True)
     heat_dir = out_file.with_name(out_file.stem + "_heatmaps")

@@ -62,6 +62,7 @@ class TrainConfig:
     group_size: int = 4  # samples of the same image that sit together in a batch (1: plain shuffle)
     hflip: float = 0.5  # probability of mirroring an image (with "left"/"right" swapped in its texts)
     weights: str | None = None  # local folder with full-size pretrained parts (lumen-7b)
+    device: str | None = None  # "cpu" or "cuda"; None: the GPU when there is one (DDP: one GPU per rank)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -75,6 +76,15 @@ def _dist_info() -> tuple[int, int]:
 def _init_distributed() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def _device(wanted: str | None, rank: int) -> str:
+    """The device this rank trains on: the one asked for, else the GPU when there is one."""
+    if wanted is None or wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda":  # one GPU per rank
+        return f"cuda:{rank % max(1, torch.cuda.device_count())}"
+    return wanted
 
 
 def _set_seed(seed: int) -> None:
@@ -173,7 +183,7 @@ def _loss_curve(history: list[dict], path: Path, title: str) -> None:
 def train(cfg: TrainConfig) -> dict:
     _init_distributed()
     rank, world = _dist_info()
-    device = f"cuda:{rank % max(1, torch.cuda.device_count())}" if torch.cuda.is_available() else "cpu"
+    device = _device(cfg.device, rank)
     preset = get_preset(cfg.preset)
     out = Path(cfg.out)
     tasks = cfg.tasks or STAGE_TASKS[cfg.stage]
@@ -306,7 +316,7 @@ def config_from_args(args) -> TrainConfig:
                        max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                        resume=args.resume, save_every=args.save_every, weights=args.weights,
                        warmup_steps=args.warmup_steps, tasks=args.tasks, progress=not args.no_progress,
-                       group_size=args.group_size, hflip=args.hflip)
+                       group_size=args.group_size, hflip=args.hflip, device=args.device)
 
 
 def main(argv=None) -> int:

@@ -58,7 +58,7 @@ def pull_corrections(dataset_name, out_dir, *, progress=True) -> dict:
     content, counts = _collect(dataset, {s.sample_id for s in states if s.action})
     digest = _content_hash(content)
     latest = _latest_version(out_dir)
-    if latest and _manifest(latest).get("content_hash") == digest:
+    if latest and read_manifest(latest).get("content_hash") == digest:
         version_dir, new = latest, False
         log.info("no new review work in %s since %s: no new version", dataset_name, latest.name)
     else:
@@ -85,7 +85,8 @@ def _latest_version(out_dir: Path) -> Path | None:
     return versions[-1] if versions else None
 
 
-def _manifest(version_dir: Path) -> dict:
+def read_manifest(version_dir: Path) -> dict:
+    """A pulled version's manifest.json ({} when it is missing or unreadable)."""
     try:
         return json.loads((version_dir / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError):
