@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
 from lumen_model.checkpoint import load_model
 from lumen_model.data import Collator
@@ -27,6 +26,7 @@ from pipelines.sources.common import load_json
 from pipelines.geometry import SquarePad, pad_image
 from pipelines.heatmaps import encode_png
 from pipelines.instructions import TASK_TOKENS, instruction_for
+from pipelines.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 TASK_TOKENS_ORDER = list(TASK_TOKENS.values())
@@ -236,7 +236,7 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
     out_file.parent.mkdir(parents=True, exist_ok=True)
     heat_dir = out_file.with_name(out_file.stem + "_heatmaps")
     heat_dir.mkdir(exist_ok=True)
-    bar = tqdm(total=len(jobs), desc=f"predict {task}", unit="instr", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc=f"predict {task}", unit="instr", enabled=progress)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         paths = [j[0]["path"] for j in chunk]

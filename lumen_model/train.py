@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from lumen_model.checkpoint import build_model, load_model, save_checkpoint
 from lumen_model.config import get_preset
@@ -33,6 +32,7 @@ from lumen_model.data import Collator, hflip
 from lumen_model.tokenizer import train_tokenizer
 from lumen_model.train_args import build_arg_parser  # noqa: F401  (kept here for `python -m lumen_model.train`)
 from pipelines.errors import InputError
+from pipelines.progress import progress
 
 log = logging.getLogger(__name__)
 STAGE_TASKS = {
@@ -149,6 +149,22 @@ def _smooth(values: list[float], window: int) -> np.ndarray:
     return (c[1:] - c[np.arange(1, len(v) + 1) - n]) / n
 
 
+def smoothing_window(values: list[float], jitter: float = 0.02) -> int:
+    """Moving-average width that brings a loss's step-to-step noise under `jitter` of its range.
+
+    Each loss has its own: stage 2's mask loss is far noisier than stage 1's total, and one window
+    for all (len/50) left the stage-2 curve as noise. Averaging w steps divides the noise by sqrt(w).
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 10:
+        return 1
+    noise = np.median(np.abs(np.diff(v))) / np.sqrt(2)  # per-step noise, robust to the trend
+    lo, hi = np.percentile(v, [5, 95])
+    want = (noise / (jitter * max(hi - lo, 1e-12))) ** 2
+    return int(np.clip(np.ceil(want), max(5, len(v) // 50), max(5, len(v) // 5)))
+
+
 def _loss_curve(history: list[dict], path: Path, title: str) -> None:
     """Every loss term (faint: per step; solid: moving average) and, on its own axis, the learning rate."""
     import matplotlib
@@ -159,13 +175,14 @@ def _loss_curve(history: list[dict], path: Path, title: str) -> None:
     keys = [k for k in history[0] if k not in ("step", "samples_per_s", "lr")] if history else []
     fig, ax = plt.subplots(figsize=(8, 4.5))
     steps = [h["step"] for h in history]
-    window = max(1, len(history) // 50)
     for k in keys:
         values = [h[k] for h in history]
-        line, = ax.plot(steps, _smooth(values, window), label=k, linewidth=1.6 if k == "loss" else 1.0)
+        window = smoothing_window(values)
+        line, = ax.plot(steps, _smooth(values, window), label=f"{k} (mean of {window})",
+                        linewidth=1.6 if k == "loss" else 1.0)
         ax.plot(steps, values, color=line.get_color(), alpha=0.15, linewidth=0.6)
     ax.set_xlabel("step")
-    ax.set_ylabel(f"loss (moving average of {window} steps)")
+    ax.set_ylabel("loss (moving average; faint: per step)")
     ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -247,8 +264,8 @@ def train(cfg: TrainConfig) -> dict:
     per_rank = cfg.batch_size // world
     use_bf16 = device.startswith("cuda")
     t0, seen = time.perf_counter(), 0
-    bar = tqdm(total=cfg.max_steps, initial=start, desc=f"stage {cfg.stage}", unit="step",
-               disable=not cfg.progress or rank != 0, dynamic_ncols=True)
+    bar = progress(total=cfg.max_steps, initial=start, desc=f"stage {cfg.stage}", unit="step",
+                   enabled=cfg.progress and rank == 0)
     images = {}
     groups = [images.setdefault(dataset.rows[i]["image_path"], len(images)) for i in keep]
     for step, idx in _batches_from(len(keep), cfg.seed, cfg.batch_size, start, groups, cfg.group_size):
@@ -325,6 +342,10 @@ def main(argv=None) -> int:
     result = train(config_from_args(args))
     if _dist_info()[0] == 0:
         print(json.dumps(result, indent=2))
+        if args.result_file:  # written whole, then renamed: a reader never sees half of it
+            tmp = Path(args.result_file).with_suffix(".partial")
+            tmp.write_text(json.dumps(result, indent=2))
+            tmp.replace(args.result_file)
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

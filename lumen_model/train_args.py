@@ -32,5 +32,6 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
                    help="probability of mirroring an image (\"left\"/\"right\" swapped in its texts); 0: off")
     p.add_argument("--tasks", nargs="+", help="only these tasks (default: all tasks of the stage)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
+    p.add_argument("--result-file", help="also write the result json here (rank 0), for callers such as torchrun's parent")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     return p

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from pipelines.errors import InputError
 from pipelines.geometry import SquarePad
@@ -39,6 +38,7 @@ from pipelines.sources.common import Draft, ReadResult, split_from_name
 from pipelines.sources.llava import read_llava
 from pipelines.sources.refcoco import read_refcoco
 from pipelines.sources.vqa import read_vqav2
+from pipelines.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 FORMATS = ("coco", "coco-keypoints", "refcoco", "vqav2", "llava")
@@ -116,7 +116,7 @@ def render_all(drafts: list[Draft], input_size: int, heatmap_size: int, progress
     radii = gaussian_radius(np.ceil(wh_heat[:, 1]), np.ceil(wh_heat[:, 0]))
     zero_png = encode_png(np.zeros((heatmap_size, heatmap_size), np.uint8))
     group_pngs = []
-    for g in tqdm(range(len(groups)), desc="render heatmaps", unit="map", disable=not progress, mininterval=1.0):
+    for g in progress_bar(range(len(groups)), desc="render heatmaps", unit="map", enabled=progress):
         lo, hi = ends[g] - counts[g], ends[g]
         group_pngs.append(encode_png(render_heatmap(centers[lo:hi], radii[lo:hi], heatmap_size)))
     pngs, out_c, out_s = [], [], []

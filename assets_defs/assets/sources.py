@@ -94,6 +94,6 @@ def catalog(context: dg.AssetExecutionContext, paths: LumenPaths) -> dg.Material
         "samples_per_source_split_task": table(rows),
         "quarantined": sum(r["records"] for r in q),
         "quarantine_reasons": table(q),
-        "query": dg.MetadataValue.md(f"`.venv/bin/lumen catalog query --db {paths.catalog_db} "
-                                     "\"SELECT source, split, task, count(*) FROM samples GROUP BY ALL\"`"),
+        "query": dg.MetadataValue.md("`.venv/bin/lumen catalog query \"SELECT source, split, task, count(*) FROM samples "
+                                     f"GROUP BY ALL\" --db {paths.catalog_db}`"),
     })

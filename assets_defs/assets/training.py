@@ -128,7 +128,8 @@ def _torchrun(context, stage, cfg: RetrainConfig, shard_dirs, out, init, steps, 
 
 def _model_metadata(ckpt: Checkpoint, result: dict, cfg: RetrainConfig, device: str) -> dict:
     metrics = result.get("metrics") or {}
-    history = result.get("loss_history") or []
+    state = Path(ckpt.checkpoint_dir) / "trainer_state.json"
+    history = [h["loss"] for h in json.loads(state.read_text())["history"]] if state.is_file() else []
     meta = {
         "model_version": ckpt.version,
         "checkpoint_dir": dg.MetadataValue.path(ckpt.checkpoint_dir),

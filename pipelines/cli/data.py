@@ -70,9 +70,13 @@ def _convert(args) -> int:
 
 
 def _register_catalog(sub) -> None:
-    p = sub.add_parser("catalog", help="build/refresh the DuckDB catalog over shard folders and print counts",
-                       description="Create or refresh DuckDB views (samples, quarantine, manifests) over shard folders.")
-    p.add_argument("dirs", nargs="+", help="shard partition folders")
+    p = sub.add_parser("catalog", help="build/refresh the DuckDB catalog over shard folders, or query it",
+                       description="Create or refresh DuckDB views (samples, quarantine, manifests) over shard folders:\n"
+                                   "    lumen catalog var/shards/*/* --db var/catalog.duckdb\n"
+                                   "Query it (read-only; no duckdb command needed):\n"
+                                   "    lumen catalog query \"SELECT source, split, task, count(*) FROM samples GROUP BY ALL\"",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dirs", nargs="+", metavar="DIR | query SQL", help="shard partition folders, or `query` and one SQL statement")
     p.add_argument("--db", default="var/catalog.duckdb", help="DuckDB file (default: var/catalog.duckdb)")
     p.set_defaults(func=_catalog)
 
@@ -83,6 +87,8 @@ def _catalog(args) -> int:
     from pipelines.catalog import build_catalog, format_table, quarantine_summary
     from pipelines.errors import InputError
 
+    if args.dirs[0] == "query":
+        return _query(args.db, " ".join(args.dirs[1:]))
     missing = [d for d in args.dirs if not (Path(d) / "manifest.json").is_file() and "://" not in d]
     if missing:
         raise InputError(f"not a shard folder (no manifest.json): {missing[0]}")
@@ -92,5 +98,28 @@ def _catalog(args) -> int:
     if q:
         print("\nquarantine:")
         print(format_table(q))
-    print(f"\ncatalog: {args.db}  (try: duckdb {args.db} \"SELECT * FROM samples LIMIT 5\")")
+    print(f"\ncatalog: {args.db}  (try: lumen catalog query \"SELECT * FROM samples LIMIT 5\" --db {args.db})")
+    return 0
+
+
+def _query(db: str, sql: str) -> int:
+    from pathlib import Path
+
+    import duckdb
+
+    from pipelines.catalog import format_table
+    from pipelines.errors import InputError
+
+    if not sql.strip():
+        raise InputError('lumen catalog query: give one SQL statement, e.g. "SELECT count(*) FROM samples"')
+    if not Path(db).is_file():
+        raise InputError(f"no catalog at {db}: build it first with `lumen catalog DIR ... --db {db}`")
+    with duckdb.connect(db, read_only=True) as con:
+        try:
+            cur = con.execute(sql)
+        except duckdb.Error as e:
+            raise InputError(f"query failed: {str(e).splitlines()[0]}") from None
+        names = [d[0] for d in cur.description or []]
+        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+    print(format_table(rows) if rows else "(no rows)")
     return 0

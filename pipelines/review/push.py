@@ -22,9 +22,9 @@ from bson import ObjectId
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
 from pipelines.errors import InputError
+from pipelines.progress import progress as progress_bar
 from pipelines.review import fields as F
 from pipelines.review.fo_env import describe_database, fiftyone
 from pipelines.review.heat import image_heat
@@ -103,7 +103,7 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
     existing = dict(zip(*dataset.values(["filepath", "id"]))) if len(dataset) else {}
     counts = Counter()
     ids = sorted(images)
-    bar = tqdm(total=len(ids), desc=f"push {dataset_name}", unit="img", disable=not progress)
+    bar = progress_bar(total=len(ids), desc=f"push {dataset_name}", unit="img", enabled=progress)
     for start in range(0, len(ids), batch_size):
         new_samples, updates = [], defaultdict(dict)
         chunk = [images[i] for i in ids[start:start + batch_size]]

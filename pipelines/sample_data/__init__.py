@@ -23,10 +23,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from pipelines.errors import InputError
 from pipelines.sample_data.language import conversation, human_answers, questions, referring_expressions
+from pipelines.progress import progress as progress_bar
 from pipelines.sample_data.scene import (AREA_THRESHOLDS, CAT_ID, CATEGORIES, COLORS, KEYPOINT_NAMES, SHAPES,
                                          SKELETON, Scene, make_scene, size_label)
 
@@ -117,7 +117,7 @@ def write_sample_data(out_dir: str | Path, n_images: int = 400, seed: int = 0, v
     # (image, annotations, scene, split); the last n_val images are val
     items: list[tuple[dict, list[dict], Scene, str]] = []
     next_ann_id = 1
-    for idx in tqdm(range(n_images), desc="demo scenes", unit="img", disable=not progress):
+    for idx in progress_bar(range(n_images), desc="demo scenes", unit="img", enabled=progress):
         rng = np.random.default_rng([seed, idx])  # per image, so image i does not depend on n_images
         w, h = int(rng.integers(MIN_SIDE, MAX_SIDE + 1)), int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
         scene = make_scene(rng, w, h)
