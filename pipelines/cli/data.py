@@ -17,10 +17,13 @@ def _register_sample_data(sub) -> None:
                        description="Write a small deterministic demo data set in the sources' real on-disk layouts: "
                                    "DIR/coco/images, DIR/coco/annotations/{instances,person_keypoints}_{train,val}.json, "
                                    "DIR/refcoco/refs(unc).p + instances.json, DIR/vqa/v2_*_{train,val}_*.json, "
-                                   "DIR/llava/llava_instruct.json. Same seed -> byte-identical files; re-running "
+                                   "DIR/llava/llava_instruct.json, and an unlabeled pool DIR/coco/annotations/image_info_unlabeled.json "
+                                   "(images only) whose true labels go to DIR/oracle/ for simulated labelers. Same seed -> byte-identical files; re-running "
                                    "into the same folder replaces the previous demo set. Prints the counts as JSON.")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write into (created)")
     p.add_argument("--images", type=int, default=400, metavar="N", help="number of images, about 20%% of them val (default: 400)")
+    p.add_argument("--pool", type=int, default=None, metavar="N",
+                   help="images in the unlabeled pool (default: as many as the train split; 0: none)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed; same seed -> identical files (default: 0)")
     p.set_defaults(func=_sample_data)
 
@@ -28,7 +31,7 @@ def _register_sample_data(sub) -> None:
 def _sample_data(args) -> int:
     from pipelines.sample_data import write_sample_data
 
-    counts = write_sample_data(args.out, n_images=args.images, seed=args.seed, progress=True)
+    counts = write_sample_data(args.out, n_images=args.images, seed=args.seed, progress=True, pool=args.pool)
     print(json.dumps(counts, indent=2))
     return 0
 
