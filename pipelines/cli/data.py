@@ -77,13 +77,16 @@ def _register_catalog(sub) -> None:
                        description="Create or refresh DuckDB views (samples, quarantine, manifests) over shard folders.")
     p.add_argument("dirs", nargs="+", help="shard partition folders")
     p.add_argument("--db", default="var/catalog.duckdb", help="DuckDB file (default: var/catalog.duckdb)")
+    p.add_argument("--eval-overlap", action="store_true",
+                   help="also list training images whose content (SHA-256) is an image of a val/test split of these "
+                        "folders: what `lumen train` refuses")
     p.set_defaults(func=_catalog)
 
 
 def _catalog(args) -> int:
     from pathlib import Path
 
-    from pipelines.catalog import build_catalog, format_table, quarantine_summary
+    from pipelines.catalog import build_catalog, eval_overlap_report, format_table, quarantine_summary
     from pipelines.errors import InputError
 
     missing = [d for d in args.dirs if not (Path(d) / "manifest.json").is_file() and "://" not in d]
@@ -95,5 +98,10 @@ def _catalog(args) -> int:
     if q:
         print("\nquarantine:")
         print(format_table(q))
+    if args.eval_overlap:
+        overlap = eval_overlap_report(args.dirs)
+        print(f"\neval overlap: {len(overlap)} training image(s) with the content of a val/test image")
+        if overlap:
+            print(format_table(overlap))
     print(f"\ncatalog: {args.db}  (try: duckdb {args.db} \"SELECT * FROM samples LIMIT 5\")")
     return 0
