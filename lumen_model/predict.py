@@ -57,6 +57,16 @@ def list_images(images_dir, annotations=None) -> list[dict]:
     return [{"id": _image_id(p.name, i + 1), "path": str(p), "file_name": p.name} for i, p in enumerate(files)]
 
 
+def checkpoint_categories(checkpoint) -> list[dict]:
+    """The detection categories a checkpoint was trained on (recorded in its config.json by training)."""
+    config = Path(checkpoint) / "config.json"
+    cats = _read_json(config).get("categories") if config.is_file() else None
+    if not cats:
+        raise InputError(f"predict: checkpoint {checkpoint} names no categories; give --annotations (a COCO "
+                         "instances or image_info json with categories) or --categories NAME ...")
+    return cats
+
+
 class Predictor:
     def __init__(self, checkpoint, device: str | None = None, batch_size: int = 16, score_threshold: float | None = None):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -205,13 +215,13 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
         if task == "pose":
             cats = [{"id": 1, "name": "person"}]
             if annotations:
-                cats = [c for c in _read_json(annotations)["categories"] if c["name"] == "person"] or cats
-        elif annotations:
-            cats = _read_json(annotations)["categories"]
+                cats = [c for c in _read_json(annotations).get("categories", []) if c["name"] == "person"] or cats
+        elif annotations and _read_json(annotations).get("categories"):
+            cats = _read_json(annotations)["categories"]  # instances or image_info json (images without labels)
         elif categories:
             cats = [{"id": i + 1, "name": n} for i, n in enumerate(categories)]
         else:
-            raise InputError("predict: give --annotations (COCO json with categories) or --categories NAME ...")
+            cats = checkpoint_categories(checkpoint)
         for im in images:
             for c in cats:
                 jobs.append((im, instruction_for(task, category=c["name"]), {"category_id": c["id"]}))

@@ -63,6 +63,7 @@ class TrainConfig:
     hflip: float = 0.5  # probability of mirroring an image (with "left"/"right" swapped in its texts)
     weights: str | None = None  # local folder with full-size pretrained parts (lumen-7b)
     device: str | None = None  # "cpu" or "cuda"; None: the GPU when there is one (DDP: one GPU per rank)
+    allow_eval_overlap: bool = False  # train even on images whose content is in a val/test split (on purpose only)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -212,11 +213,18 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.resume and cfg.init:
         raise InputError("give either --resume (continue --out) or --init (start from another checkpoint), not both")
 
+    if not cfg.allow_eval_overlap:  # before any slow work: no evaluation image may train (pipelines/leakage.py)
+        from pipelines.leakage import describe_overlap, find_eval_overlap
+
+        leaks = find_eval_overlap(cfg.shards, cfg.shards, train_splits=TRAIN_SPLITS)
+        if leaks:
+            raise InputError(describe_overlap(leaks) + "; take them out of training, or pass --allow-eval-overlap")
     dataset = ShardDataset(cfg.shards, input_size=preset.input_size, tasks=tasks)
     keep = [i for i, r in enumerate(dataset.rows) if r["split"] in TRAIN_SPLITS]
     if not keep:
         raise InputError(f"no train/all-split samples for tasks {', '.join(tasks)} in {', '.join(cfg.shards)}")
 
+    cfg.extra["categories"] = _categories(dataset.rows, cfg.init or (out if cfg.resume else None))
     state_file = out / "trainer_state.json"
     resume = cfg.resume and state_file.is_file()
     if resume:
@@ -299,6 +307,16 @@ def train(cfg: TrainConfig) -> dict:
     return result
 
 
+def _categories(rows, previous) -> list[dict]:
+    """The detection categories the model learns (kept in config.json: `lumen predict` on a plain
+    folder of images needs them); a stage that trains none keeps its starting checkpoint's."""
+    by_id = {r["category_id"]: r["category"] for r in rows
+             if r["task"] in ("detection", "instance_segmentation") and r["category_id"] is not None and r["category"]}
+    if not by_id and previous and (Path(previous) / "config.json").is_file():
+        return json.loads((Path(previous) / "config.json").read_text()).get("categories", [])
+    return [{"id": int(k), "name": by_id[k]} for k in sorted(by_id)]
+
+
 def _mean_across(v: torch.Tensor, ddp: bool) -> float:
     if ddp:
         v = v.clone()
@@ -315,7 +333,8 @@ def _save(model, tokenizer, optimizer, scheduler, out: Path, step: int, history:
                                                             "torch": rng["torch"].tolist()}))
     if rank != 0:
         return {}
-    save_checkpoint(model, tokenizer, out, extra={"stage": cfg.stage, "step": step})
+    save_checkpoint(model, tokenizer, out, extra={"stage": cfg.stage, "step": step,
+                                                  "categories": cfg.extra.get("categories", [])})
     torch.save(optimizer.state_dict(), out / "optimizer.pt")
     torch.save(scheduler.state_dict(), out / "scheduler.pt")
     state = {"step": step, "history": history, "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}}
@@ -333,7 +352,8 @@ def config_from_args(args) -> TrainConfig:
                        max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                        resume=args.resume, save_every=args.save_every, weights=args.weights,
                        warmup_steps=args.warmup_steps, tasks=args.tasks, progress=not args.no_progress,
-                       group_size=args.group_size, hflip=args.hflip, device=args.device)
+                       group_size=args.group_size, hflip=args.hflip, device=args.device,
+                       allow_eval_overlap=args.allow_eval_overlap)
 
 
 def main(argv=None) -> int:

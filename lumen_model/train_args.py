@@ -30,6 +30,9 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
                    help="instructions of the same image side by side in a batch (their image is encoded once); 1: plain shuffle")
     p.add_argument("--hflip", type=float, default=0.5,
                    help="probability of mirroring an image (\"left\"/\"right\" swapped in its texts); 0: off")
+    p.add_argument("--allow-eval-overlap", action="store_true",
+                   help="train even when a training image has the content of a val/test image of the given shards "
+                        "(refused by default: such a model is scored on what it trained on)")
     p.add_argument("--tasks", nargs="+", help="only these tasks (default: all tasks of the stage)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
     p.add_argument("--result-file", help="also write the result json here (rank 0), for callers such as torchrun's parent")

@@ -96,6 +96,15 @@ def quarantine_summary(db_path: str | Path) -> list[dict]:
     return [{"partition": p, "reason": r, "records": n} for p, r, n in rows]
 
 
+def eval_overlap_report(shard_dirs) -> list[dict]:
+    """Training images of these folders whose content is an image of their val/test splits
+    (pipelines/leakage.py): what `lumen train` refuses."""
+    from pipelines.leakage import find_eval_overlap
+
+    return [{"train_image": o.train_image, "eval_image": o.eval_image, "eval_in": o.eval_in}
+            for o in find_eval_overlap(shard_dirs, shard_dirs)]
+
+
 def format_table(rows: list[dict]) -> str:
     if not rows:
         return "(no samples)"

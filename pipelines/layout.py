@@ -8,6 +8,9 @@ partition names work for both:
     refcoco         refcoco/refs(unc).p + refcoco/instances.json (split chosen per ref)
     vqav2           vqa/v2_OpenEnded_mscoco_{split}_questions.json + v2_mscoco_{split}_annotations.json
     llava           llava/llava_instruct.json (one split: all)
+
+The unlabeled pool (`POOL_FILE`, COCO's image_info layout: images + categories, no annotations) is
+not a source partition: nothing trains on it; it is what the model pseudo-labels for review.
 """
 
 from __future__ import annotations
@@ -16,8 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SOURCES = ("coco", "coco-keypoints", "refcoco", "vqav2", "llava")
-UNLABELED_POOL = Path("coco") / "annotations" / "image_info_unlabeled.json"  # COCO's layout for images without labels
 SPLITS = ("train", "val")
+POOL_FILE = "coco/annotations/image_info_unlabeled.json"  # relative to a sources folder
+IMAGES_DIR = "coco/images"
+
+
+def pool_file(root) -> Path:
+    """The unlabeled pool's image_info json: the default input of pseudo-labelling (never a val split)."""
+    return Path(root) / POOL_FILE
 
 
 @dataclass(frozen=True)
@@ -56,11 +65,6 @@ def source_specs(source: str, root) -> list[ConvertSpec]:
     if source == "llava":
         return [ConvertSpec(source, "all", "llava", root / "llava" / "llava_instruct.json", {"split": "all"})]
     raise ValueError(f"unknown source partition {source!r}; expected one of {', '.join(SOURCES)}")
-
-
-def unlabeled_pool(root) -> Path:
-    """The images that get pseudo-labels and review (never an evaluation split)."""
-    return Path(root) / UNLABELED_POOL
 
 
 def eval_ground_truth(task: str, root, work_dir) -> tuple[str, dict, Path]:

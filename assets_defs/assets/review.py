@@ -16,7 +16,7 @@ from assets_defs.handover import ModelInUse, Predictions, origin_of
 from assets_defs.metadata import number, table
 from assets_defs.partitions import corrections_partition, source_partitions
 from assets_defs.resources import Compute, FiftyOneSettings, LumenPaths
-from pipelines.layout import unlabeled_pool
+from pipelines.layout import pool_file
 from pipelines.review.queue import VIEWS as REVIEW_VIEWS
 
 
@@ -37,7 +37,7 @@ def pseudo_labels(context: dg.AssetExecutionContext, config: PseudoLabelConfig, 
 
     model = model_in_use.model
     images = config.images_dir or str(paths.images)
-    annotations = config.annotations or str(unlabeled_pool(paths.sources))
+    annotations = config.annotations or str(pool_file(paths.sources))
     if not Path(annotations).is_file():
         raise dg.Failure(f"no images to pseudo-label: {annotations} does not exist (write the demo pool with "
                          "`lumen sample-data`, or set `annotations` to an image_info json)")

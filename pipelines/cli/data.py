@@ -17,10 +17,13 @@ def _register_sample_data(sub) -> None:
                        description="Write a small deterministic demo data set in the sources' real on-disk layouts: "
                                    "DIR/coco/images, DIR/coco/annotations/{instances,person_keypoints}_{train,val}.json, "
                                    "DIR/refcoco/refs(unc).p + instances.json, DIR/vqa/v2_*_{train,val}_*.json, "
-                                   "DIR/llava/llava_instruct.json. Same seed -> byte-identical files; re-running "
+                                   "DIR/llava/llava_instruct.json, and an unlabeled pool DIR/coco/annotations/image_info_unlabeled.json "
+                                   "(images only) whose true labels go to DIR/oracle/ for simulated labelers. Same seed -> byte-identical files; re-running "
                                    "into the same folder replaces the previous demo set. Prints the counts as JSON.")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write into (created)")
     p.add_argument("--images", type=int, default=400, metavar="N", help="number of images, about 20%% of them val (default: 400)")
+    p.add_argument("--pool", type=int, default=None, metavar="N",
+                   help="images in the unlabeled pool (default: as many as the train split; 0: none)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed; same seed -> identical files (default: 0)")
     p.set_defaults(func=_sample_data)
 
@@ -28,7 +31,7 @@ def _register_sample_data(sub) -> None:
 def _sample_data(args) -> int:
     from pipelines.sample_data import write_sample_data
 
-    counts = write_sample_data(args.out, n_images=args.images, seed=args.seed, progress=True)
+    counts = write_sample_data(args.out, n_images=args.images, seed=args.seed, progress=True, pool=args.pool)
     print(json.dumps(counts, indent=2))
     return 0
 
@@ -78,13 +81,16 @@ def _register_catalog(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dirs", nargs="+", metavar="DIR | query SQL", help="shard partition folders, or `query` and one SQL statement")
     p.add_argument("--db", default="var/catalog.duckdb", help="DuckDB file (default: var/catalog.duckdb)")
+    p.add_argument("--eval-overlap", action="store_true",
+                   help="also list training images whose content (SHA-256) is an image of a val/test split of these "
+                        "folders: what `lumen train` refuses")
     p.set_defaults(func=_catalog)
 
 
 def _catalog(args) -> int:
     from pathlib import Path
 
-    from pipelines.catalog import build_catalog, format_table, quarantine_summary
+    from pipelines.catalog import build_catalog, eval_overlap_report, format_table, quarantine_summary
     from pipelines.errors import InputError
 
     if args.dirs[0] == "query":
@@ -98,6 +104,11 @@ def _catalog(args) -> int:
     if q:
         print("\nquarantine:")
         print(format_table(q))
+    if args.eval_overlap:
+        overlap = eval_overlap_report(args.dirs)
+        print(f"\neval overlap: {len(overlap)} training image(s) with the content of a val/test image")
+        if overlap:
+            print(format_table(overlap))
     print(f"\ncatalog: {args.db}  (try: lumen catalog query \"SELECT * FROM samples LIMIT 5\" --db {args.db})")
     return 0
 
