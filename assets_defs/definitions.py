@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets_defs.assets import review, sources, training
-from assets_defs.checks import heatmap_peaks_at_centers, records_accounted
+from assets_defs.checks import heatmap_peaks_at_centers, no_eval_images_in_training, records_accounted
 from assets_defs.executors import executor_from_env
 from assets_defs.handover import HandOverIOManager
 from assets_defs.jobs import JOBS
@@ -20,7 +20,7 @@ def build_defs(paths: LumenPaths | None = None, compute: Compute | None = None,
     paths = paths or LumenPaths()
     return dg.Definitions(
         assets=dg.load_assets_from_modules([sources, training, review]),
-        asset_checks=[records_accounted, heatmap_peaks_at_centers],
+        asset_checks=[records_accounted, heatmap_peaks_at_centers, no_eval_images_in_training],
         jobs=JOBS,
         schedules=SCHEDULES,
         sensors=SENSORS,

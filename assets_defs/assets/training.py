@@ -80,7 +80,20 @@ def train_shard_dirs(context, paths: LumenPaths, partitions: list[str]) -> tuple
         raise dg.Failure("shards failed their checks; re-ingest them first:\n" + "\n".join(bad))
     if not dirs:
         raise dg.Failure(f"no training shards for partitions {partitions}; run the ingest job first")
+    leaks = eval_overlap(paths, dirs)
+    if leaks:
+        from pipelines.leakage import describe_overlap
+
+        raise dg.Failure(f"refusing to train: {describe_overlap(leaks)}")
     return partitions, dirs
+
+
+def eval_overlap(paths: LumenPaths, train_dirs) -> list:
+    """Training images whose content is an image of any val split (every evaluation reads the val
+    splits' images), compared by content hash: a copy under another name is found too."""
+    from pipelines.leakage import find_eval_overlap
+
+    return find_eval_overlap(train_dirs, [d for d in paths.shard_dirs() if d.name == "val"])
 
 
 def _version_dir(parent: Path, resume: bool) -> tuple[str, Path]:

@@ -152,7 +152,7 @@ def write_sample_data(out_dir: str | Path, n_images: int = 400, seed: int = 0, v
         items.append((image, anns, scene, "val" if idx >= n_images - n_val else "train"))
     n_pool = n_images - n_val if pool is None else pool
     pool_items = []
-    for k in tqdm(range(n_pool), desc="pool scenes", unit="img", disable=not progress):
+    for k in progress_bar(range(n_pool), desc="pool scenes", unit="img", enabled=progress):
         rng = np.random.default_rng([seed, POOL_STREAM, k])
         w, h = int(rng.integers(MIN_SIDE, MAX_SIDE + 1)), int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
         scene = make_scene(rng, w, h)
