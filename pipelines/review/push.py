@@ -26,11 +26,14 @@ from tqdm import tqdm
 
 from pipelines.errors import InputError
 from pipelines.review import fields as F
+from pipelines.review.app_config import apply_app_config
 from pipelines.review.fo_env import describe_database, fiftyone
 from pipelines.review.heat import image_heat
 from pipelines.review.inputs import (list_folder_images, prediction_problem, read_ground_truth, read_heatmap_index,
                                      read_json, read_predictions)
 from pipelines.review.labels import keypoints_to_points, relative_box, stable_key
+from pipelines.review.thresholds import load_thresholds, threshold_for
+from pipelines.review.thresholds import summary as threshold_summary
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +42,15 @@ PULLED_ATTR = "lumen_pulled"  # set by pull: the label's review state when it wa
 
 def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_file=None, heatmaps_dir=None,
                      field="predictions", batch_size=500, categories_file=None, peak_threshold=0.5,
-                     progress=True) -> dict:
-    """Create or update the review dataset; returns counts of everything read, written and skipped."""
+                     thresholds=None, progress=True) -> dict:
+    """Create or update the review dataset; returns counts of everything read, written and skipped.
+
+    `thresholds` (a dict from `pipelines.review.thresholds.compute_thresholds`, or the path of its
+    json): only detections at or above their class's threshold go to `field`; the others go to
+    `<field>_below_threshold`, which the App does not show by default and the queue reads as
+    "possible misses". Keypoint predictions are not thresholded. The thresholds are recorded in
+    the dataset's info under the model version.
+    """
     fo = fiftyone()
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
@@ -50,6 +60,8 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
     F.version_slug(model_version)
     det_field, kp_field = F.check_field_name(field), F.keypoints_field(field)
 
+    th = load_thresholds(thresholds) if thresholds is not None else None
+    below_field = F.below_threshold_field(det_field)
     gt = read_ground_truth(gt_file, images_dir) if gt_file else None
     results = read_predictions(pred_file)
     heat_index = read_heatmap_index(heatmaps_dir) if heatmaps_dir else None
@@ -83,10 +95,13 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
         categories = list(cat_by_id.values())
     write_det = bool(dets) or not kps  # an empty results file still says "nothing found" per image
     write_kp = bool(kps)
+    below = _split_below_threshold(dets, th) if th is not None and write_det else None
 
     archived = []
     if write_det:
         archived += _take_over_field(dataset, det_field, "detections", model_version)
+        if below is not None or below_field in dataset.get_field_schema():
+            archived += _take_over_field(dataset, below_field, "detections", model_version)
     if write_kp:
         archived += _take_over_field(dataset, kp_field, "keypoints", model_version)
 
@@ -97,6 +112,9 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
     info["current_fields"] = sorted(set(info.get("current_fields", [])) | {f for f, on in ((det_field, write_det),
                                                                                             (kp_field, write_kp)) if on})
     info["versions"] = sorted(set(info.get("versions", [])) | {model_version})
+    if th is not None:
+        info.setdefault("thresholds", {})[model_version] = threshold_summary(th)
+        info["below_threshold_field"] = below_field
     F.save_review_info(dataset, info)
 
     builder = _LabelBuilder(model_version, cat_by_id, peak_threshold)
@@ -115,6 +133,8 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
                 c[gt_field] = builder.ground_truth(im, gt.annotations.get(im.image_id, []), gt.keypoints)
             if write_det:
                 c[det_field] = builder.detections(im, dets.get(im.image_id, []))
+            if below is not None:
+                c[below_field] = builder.detections(im, below.get(im.image_id, []))
             if write_kp:
                 c[kp_field] = builder.keypoints(im, kps.get(im.image_id, []))
             if heat_index is not None:
@@ -150,8 +170,10 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
         bar.update(len(chunk))
     bar.close()
     dataset.add_dynamic_sample_fields()  # label attributes (model_version, ...) become filterable in the App
+    apply_app_config(dataset)  # predictions shown, GT hidden, heatmap visible, one colour per class
 
     n_det = sum(len(v) for v in dets.values()) if write_det else 0
+    n_below = sum(len(v) for v in below.values()) if below is not None else 0
     n_kp = sum(len(v) for v in kps.values())
     out = {
         "dataset": dataset_name,
@@ -163,6 +185,8 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
         "samples_total": len(dataset),
         "results_read": len(results),
         "predictions_pushed": n_det,
+        "predictions_below_threshold": n_below,
+        "thresholds": {k: v["threshold"] for k, v in th["classes"].items()} if th is not None else None,
         "keypoint_predictions_pushed": n_kp,
         "results_skipped": sum(v for k, v in skipped.items() if not k.startswith("heatmap")),
         "skip_reasons": dict(skipped.most_common()),
@@ -171,10 +195,10 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
         "heatmaps": counts["heatmaps"],
         "uncovered_peaks": counts["uncovered_peaks"],
         "reviewed_labels_kept": counts["reviewed_labels_kept"],
-        "fields": [f for f, on in ((det_field, write_det), (kp_field, write_kp)) if on],
+        "fields": [f for f, on in ((det_field, write_det), (below_field, below is not None), (kp_field, write_kp)) if on],
         "archived_fields": archived,
     }
-    assert out["predictions_pushed"] + out["keypoint_predictions_pushed"] + out["results_skipped"] == len(results)
+    assert n_det + n_below + n_kp + out["results_skipped"] == len(results)
     log.info("pushed %s to %s (%s): %d samples added, %d updated, %d predictions, %d skipped %s",
              model_version, dataset_name, describe_database(), out["samples_added"], out["samples_updated"],
              n_det + n_kp, out["results_skipped"], out["skip_reasons"] or "")
@@ -182,6 +206,17 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
 
 
 _LABEL_TYPES = {"Detections", "Keypoints", "Heatmap"}
+
+
+def _split_below_threshold(dets: dict, th: dict) -> dict:
+    """Move each image's detections under their class threshold out of `dets`; returns them."""
+    below = {}
+    for image_id, records in dets.items():
+        keep = [r for r in records if r["score"] >= threshold_for(th, r["category_id"])]
+        if len(keep) < len(records):
+            below[image_id] = [r for r in records if r["score"] < threshold_for(th, r["category_id"])]
+            dets[image_id] = keep
+    return below
 
 
 def _to_label(raw):
@@ -406,7 +441,9 @@ class _LabelBuilder:
     def heatmap(self, heat) -> dict | None:
         if heat is None:
             return None
-        return self._label("Heatmap", map=self.serialize(heat), range=[0.0, 255.0], model_version=self.version)
+        # scaled to its own range: a weak map still spans the whole colour scale
+        top = float(max(int(heat.max()), 1))
+        return self._label("Heatmap", map=self.serialize(heat), range=[0.0, top], model_version=self.version)
 
     def peaks(self, im, peaks) -> dict:
         keys = self._keys([(self.version, im.image_id, "peak", cid, round(x, 1), round(y, 1)) for cid, x, y, _ in peaks])
