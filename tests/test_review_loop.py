@@ -225,7 +225,7 @@ def test_push_that_died_part_way_is_simply_rerun(review_sources, tmp_path, fo_da
     import pipelines.review.push as push_mod
 
     info = write_prediction_input(review_sources, tmp_path / "p" / "seg.json", split="train", seed=4)
-    real = push_mod._current_labels
+    real = push_mod._plan_updates
     calls = {"n": 0}
 
     def dying(*a, **kw):
@@ -234,11 +234,11 @@ def test_push_that_died_part_way_is_simply_rerun(review_sources, tmp_path, fo_da
             raise KeyboardInterrupt("killed")
         return real(*a, **kw)
 
-    monkeypatch.setattr(push_mod, "_current_labels", dying)
+    monkeypatch.setattr(push_mod, "_plan_updates", dying)
     with pytest.raises(KeyboardInterrupt):
         push_predictions(fo_dataset_name, review_sources / "images", tmp_path / "p" / "seg.json", "v1",
                          gt_file=info["gt_file"], batch_size=4, progress=False)
-    monkeypatch.setattr(push_mod, "_current_labels", real)
+    monkeypatch.setattr(push_mod, "_plan_updates", real)
     ds = fo.load_dataset(fo_dataset_name)
     assert len(ds) == 4
     lid = ds.first().predictions.detections[0].id

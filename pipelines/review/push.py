@@ -3,8 +3,12 @@
 One sample per image, keyed by its absolute file path. Writes are batched, never a save per
 sample: new images go in with one `insert_many` per batch of documents in FiftyOne's own storage
 format (fields declared first through the public API; labels built as plain dicts, skipping the
-per-object ORM layer that dominates `add_samples`: see bench/bench_push.py), existing ones are
-updated with `set_values` keyed by sample id.
+per-object ORM layer that dominates `add_samples`: see bench/bench_push.py). Existing samples are
+planned field by field from their stored label keys (no masks read): a field that holds exactly the
+new keys is left alone (re-push of the same file), an empty one (a new field, or one a version move
+emptied) gets the new labels in one bulk write, and only a field whose labels differ is merged
+label by label. FiftyOne internals are used only through `fo_adapter`. A new model version moves
+the old one's field with a field rename (database side), tags and all.
 Re-pushing is idempotent: every label carries a stable `label_key`, an existing label with the
 same key is kept as it is (its id, tags and attributes survive), and a label that a labeler has
 touched (tagged, or already pulled) is never dropped even when a newer file lacks it.
@@ -12,10 +16,9 @@ touched (tagged, or already pulled) is never dropped even when a newer file lack
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import random
 from collections import Counter, defaultdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 from bson import ObjectId
@@ -26,6 +29,7 @@ from tqdm import tqdm
 
 from pipelines.errors import InputError
 from pipelines.review import fields as F
+from pipelines.review import fo_adapter as fa
 from pipelines.review.app_config import apply_app_config
 from pipelines.review.fo_env import describe_database, fiftyone
 from pipelines.review.heat import image_heat
@@ -123,7 +127,7 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
     ids = sorted(images)
     bar = tqdm(total=len(ids), desc=f"push {dataset_name}", unit="img", disable=not progress)
     for start in range(0, len(ids), batch_size):
-        new_samples, updates = [], defaultdict(dict)
+        updates = defaultdict(dict)
         chunk = [images[i] for i in ids[start:start + batch_size]]
         content = {}
         for im in chunk:
@@ -149,22 +153,21 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
                 counts["uncovered_peaks"] += len(h.peaks)
             content[im.path] = c
         old = {im.path: existing[im.path] for im in chunk if im.path in existing}
-        current = _current_labels(dataset, list(old.values()), {k for c in content.values() for k in c})
-        for im in chunk:
-            c = content[im.path]
-            if im.path not in old:
-                new_samples.append(_sample_doc(dataset, im, c))
-                continue
-            sid = old[im.path]
-            for k, v in c.items():
-                merged, kept = _merge(current.get((sid, k)), _to_label(v))
-                counts["reviewed_labels_kept"] += kept
-                updates[k][sid] = merged
+        _declare_fields(dataset, content)
+        new_samples = [_sample_doc(dataset, im, content[im.path]) for im in chunk if im.path not in old]
+        writes, to_merge = _plan_updates(dataset, old, content, counts)
         if new_samples:
-            _declare_fields(dataset, content)
-            dataset._sample_collection.insert_many(new_samples, ordered=False)
-        for k, values in updates.items():
-            dataset.set_values(k, values, key_field="id", progress=False)
+            fa.insert_sample_docs(dataset, new_samples)
+        fa.set_sample_fields(dataset, writes)
+        if to_merge:  # labels a labeler may have touched: merged label by label (the slow, rare path)
+            current = _current_labels(dataset, sorted(to_merge), {k for fields in to_merge.values() for k in fields})
+            for sid, fields in to_merge.items():
+                for k, v in fields.items():
+                    merged, kept = _merge(current.get((sid, k)), _to_label(v))
+                    counts["reviewed_labels_kept"] += kept
+                    updates[k][sid] = merged
+            for k, values in updates.items():
+                dataset.set_values(k, values, key_field="id", progress=False)
         counts["samples_added"] += len(new_samples)
         counts["samples_updated"] += len(old)
         bar.update(len(chunk))
@@ -223,7 +226,7 @@ def _to_label(raw):
     """A label document as built below -> the FiftyOne label object (for set_values / merging)."""
     if raw is None:
         return None
-    return getattr(fiftyone(), raw["_cls"])._from_son(raw)
+    return fa.label_from_doc(raw)
 
 
 def _declare_fields(dataset, content: dict) -> None:
@@ -247,14 +250,10 @@ def _declare_fields(dataset, content: dict) -> None:
 
 
 def _sample_doc(dataset, im, content: dict) -> dict:
-    """A new sample as FiftyOne stores it (what `Dataset._make_dict` produces for a Sample)."""
-    now = datetime.now(timezone.utc).replace(tzinfo=None)  # FiftyOne keeps naive UTC
-    doc = {"_id": ObjectId(), "filepath": im.path, "tags": [], "_media_type": "image",
-           "metadata": {"_cls": "ImageMetadata", "width": int(im.width), "height": int(im.height)},
-           "_rand": random.random() * 0.001 + 0.999, "_dataset_id": dataset._doc.id,
-           "created_at": now, "last_modified_at": now, "image_id": int(im.image_id), "file_name": im.file_name}
-    doc.update({k: v for k, v in content.items() if v is not None})
-    return doc
+    fields = {"filepath": im.path, "metadata": {"_cls": "ImageMetadata", "width": int(im.width), "height": int(im.height)},
+              "image_id": int(im.image_id), "file_name": im.file_name}
+    fields.update({k: v for k, v in content.items() if v is not None})
+    return fa.new_sample_doc(dataset, fields)
 
 
 def _categories_from(path) -> list[dict]:
@@ -305,6 +304,64 @@ def _take_over_field(dataset, field: str, kind: str, version: str) -> list[str]:
     return moved
 
 
+def _content_keys(raw) -> tuple | None:
+    """The label keys of a label document as built here (None: no label)."""
+    if raw is None:
+        return None
+    name = fa.LIST_FIELDS.get(raw["_cls"])
+    if name is None:
+        return (raw.get("label_key"),)
+    return tuple(lab.get("label_key") for lab in raw[name])
+
+
+def _stored_keys(dataset, sample_ids: list[str], content: dict) -> dict:
+    """(sample id, field) -> the label keys stored there (None: no label), read without masks or maps."""
+    kinds = {}
+    for c in content.values():
+        for k, raw in c.items():
+            if raw is not None:
+                kinds.setdefault(k, fa.LIST_FIELDS.get(raw["_cls"]))
+    schema = dataset.get_field_schema()
+    names = sorted(k for k in kinds if k in schema)
+    if not sample_ids or not names:
+        return {}
+    paths = ["id"]
+    for k in names:
+        paths += [f"{k}.{kinds[k]}.label_key"] if kinds[k] else [f"{k}.id", f"{k}.label_key"]
+    # label_key may not be declared yet (a push that died before declaring it): values() reads it anyway
+    cols = dict(zip(paths, dataset.select(sample_ids, ordered=True).values(paths)))
+    out = {}
+    for i, sid in enumerate(cols["id"]):
+        for k in names:
+            if kinds[k]:
+                keys = cols.get(f"{k}.{kinds[k]}.label_key", [None] * len(cols["id"]))[i]
+                out[(sid, k)] = tuple(keys) if keys is not None else None
+            else:
+                present = cols[f"{k}.id"][i] is not None
+                out[(sid, k)] = (cols.get(f"{k}.label_key", [None] * len(cols["id"]))[i],) if present else None
+    return out
+
+
+def _plan_updates(dataset, old: dict, content: dict, counts: Counter) -> tuple[dict, dict]:
+    """Split the existing samples' new labels into raw writes and label-by-label merges.
+
+    A field holding nothing (a new field, one a version move just emptied, an empty list) takes the
+    new labels as built; a field holding exactly the new label keys is left alone (a re-push of the
+    same file); anything else is merged so that labels a labeler touched survive."""
+    stored = _stored_keys(dataset, list(old.values()), {p: content[p] for p in old})
+    writes, to_merge = defaultdict(dict), defaultdict(dict)
+    for path, sid in old.items():
+        for k, raw in content[path].items():
+            have, new = stored.get((sid, k)), _content_keys(raw)
+            if have == new:
+                counts["fields_unchanged"] += 1
+            elif not have:
+                writes[sid][k] = raw
+            else:
+                to_merge[sid][k] = raw
+    return dict(writes), dict(to_merge)
+
+
 def _current_labels(dataset, sample_ids: list[str], names: set[str]) -> dict:
     if not sample_ids:
         return {}
@@ -327,11 +384,11 @@ def _touched(label) -> bool:
 def _merge(old, new):
     """New labels, but an existing label with the same key stays as it is, and labels a labeler
     touched stay even when the new file lacks them. Returns (value, number of touched kept)."""
-    if new is None or old is None or not hasattr(new, "_LABEL_LIST_FIELD") or not hasattr(old, "_LABEL_LIST_FIELD"):
+    if new is None or old is None or fa.label_list_name(new) is None or fa.label_list_name(old) is None:
         if old is not None and hasattr(old, "tags") and old.tags and new is not None:
             return old, 1  # e.g. a tagged heatmap stays
         return new, 0
-    name = new._LABEL_LIST_FIELD
+    name = fa.label_list_name(new)
     have = {lab.get_field("label_key"): lab for lab in getattr(old, name) if lab.has_field("label_key")}
     out, used = [], set()
     for lab in getattr(new, name):
@@ -356,9 +413,7 @@ class _LabelBuilder:
     masks as FiftyOne serializes numpy arrays), each with a stable `label_key`."""
 
     def __init__(self, version: str, cats: dict, peak_threshold: float):
-        import fiftyone.core.utils as fou
-
-        self.serialize = fou.serialize_numpy_array
+        self.serialize = fa.serialize_array
         self.version, self.cats, self.peak_threshold = version, cats, peak_threshold
 
     def _name(self, cid) -> str:
@@ -443,7 +498,9 @@ class _LabelBuilder:
             return None
         # scaled to its own range: a weak map still spans the whole colour scale
         top = float(max(int(heat.max()), 1))
-        return self._label("Heatmap", map=self.serialize(heat), range=[0.0, top], model_version=self.version)
+        data = self.serialize(heat)
+        return self._label("Heatmap", map=data, range=[0.0, top], model_version=self.version,
+                           label_key=stable_key(self.version, "heat", hashlib.sha1(data).hexdigest()))
 
     def peaks(self, im, peaks) -> dict:
         keys = self._keys([(self.version, im.image_id, "peak", cid, round(x, 1), round(y, 1)) for cid, x, y, _ in peaks])

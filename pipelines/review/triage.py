@@ -5,7 +5,8 @@ ground-truth object no shown prediction matches (miss), with the matching of
 `pipelines.review.thresholds.match_results` (IoU >= 0.5, same class) and "shown" meaning at or
 above the class's review threshold (every prediction when no thresholds are given). The view's
 first pages are its first `fraction` x (number of images in the dataset) samples; a labeler who
-pages through them in order finds `share` of all errors. Paging in random order finds `fraction`.
+pages through them in order finds `share` of all errors. Paging in random order finds `fraction`;
+no order finds more than `best_possible_share` (the images with the most errors first).
 """
 
 from __future__ import annotations
@@ -48,4 +49,6 @@ def error_share_in_view(dataset_name, view_name, gt_file, results_file, threshol
             "first_view_images": k_view, "share_of_view_first_fifth":
                 round(sum(errors.get(i, 0) for i in order[:k_view]) / total, 4) if total else None,
             "errors_in_view": sum(errors.get(i, 0) for i in order),
+            # an oracle that knows every error: the most any order can find on those pages
+            "best_possible_share": round(sum(sorted(errors.values(), reverse=True)[:k]) / total, 4) if total else None,
             "random_share": round(k / n_images, 4) if n_images else None}
