@@ -48,6 +48,7 @@ class ModelInUse:
     model: Checkpoint
     reason: str
     decided_at: str
+    review_thresholds: str = ""  # per-class score thresholds chosen on its evaluation (pipelines/review/thresholds.py)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Predictions:
     heatmaps_dir: str
     images_dir: str
     annotations: str  # the json naming the images ("" for a plain folder)
+    review_thresholds: str = ""  # the model's review thresholds: what the App shows by default
 
 
 TYPES = {t.__name__: t for t in (Checkpoint, Evaluation, ModelInUse, Predictions)}

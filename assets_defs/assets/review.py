@@ -47,7 +47,8 @@ def pseudo_labels(context: dg.AssetExecutionContext, config: PseudoLabelConfig, 
     result = predict(model.checkpoint_dir, config.task, images, str(out), annotations=annotations, progress=False,
                      batch_size=config.batch_size, device=compute.resolved())
     value = Predictions(model_version=model.version, predictions_file=str(out),
-                        heatmaps_dir=str(out.parent / f"{out.stem}_heatmaps"), images_dir=images, annotations=annotations)
+                        heatmaps_dir=str(out.parent / f"{out.stem}_heatmaps"), images_dir=images, annotations=annotations,
+                        review_thresholds=model_in_use.review_thresholds)
     summary = {k: number(v) for k, v in (result or {}).items() if isinstance(v, (int, float, str))}
     return dg.Output(value, metadata={
         "model_version": model.version,
@@ -75,7 +76,7 @@ def review_dataset(context: dg.AssetExecutionContext, fiftyone: FiftyOneSettings
     pushed = push_predictions(fiftyone.dataset, labels.images_dir, labels.predictions_file, labels.model_version,
                               gt_file=labels.annotations,
                               heatmaps_dir=labels.heatmaps_dir if Path(labels.heatmaps_dir).is_dir() else None,
-                              progress=False)
+                              thresholds=labels.review_thresholds or None, progress=False)
     queue = build_review_queue(fiftyone.dataset)
     counts = queue.get("view_counts", {})
     context.log.info("review queue: %s", counts)

@@ -237,6 +237,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, path
                 progress=False, device=device, **kwargs)
         metrics[task] = evaluate(task, str(gt), str(pred))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    thresholds = _review_thresholds(context, paths, out_dir, model.version)
 
     registry = ModelRegistry(paths.model_registry)
     baseline = registry.in_use()
@@ -249,8 +250,8 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, path
               else "regressed vs {}: {}".format(baseline["version"], ", ".join(
                   f"{r['metric']} {number(r['previous'])}->{number(r['new'])}" for r in regressions)))
     registry.decide({"version": model.version, "checkpoint_dir": model.checkpoint_dir, "init_dir": model.init_dir,
-                     "partitions": model.partitions, "metrics": metrics,
-                     "metrics_file": str(out_dir / "metrics.json")}, passed=passed, reason=reason)
+                     "partitions": model.partitions, "metrics": metrics, "metrics_file": str(out_dir / "metrics.json"),
+                     "review_thresholds": str(thresholds) if thresholds else ""}, passed=passed, reason=reason)
     context.log.info("model %s: %s", model.version, reason)
 
     value = Evaluation(model=model, metrics_file=str(out_dir / "metrics.json"), passed=passed,
@@ -259,6 +260,22 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, path
     yield dg.AssetCheckResult(check_name="no_regression", passed=passed, severity=dg.AssetCheckSeverity.ERROR,
                               metadata={"tolerance": config.tolerance, "verdict": reason,
                                         "regressions": table(regressions) if regressions else dg.MetadataValue.md("none")})
+
+
+def _review_thresholds(context, paths: LumenPaths, out_dir: Path, version: str) -> Path | None:
+    """Per-class score thresholds that maximise F1 on the val split's detections: the review dataset
+    shows predictions at or above them (the rest stay hidden), so the queue is not all noise."""
+    from pipelines.review.thresholds import compute_thresholds, save_thresholds
+
+    pred = out_dir / "bbox.json"
+    if not pred.is_file():
+        context.log.warning("no bbox evaluation in this run: no review thresholds for %s (every prediction is shown)",
+                            version)
+        return None
+    _, _, gt = eval_ground_truth("bbox", paths.sources, out_dir)
+    path = save_thresholds(compute_thresholds(gt, pred, model_version=version), out_dir / "review_thresholds.json")
+    context.log.info("review thresholds of %s (F1 on the val split) -> %s", version, path)
+    return path
 
 
 def _evaluation_metadata(model: Checkpoint, metrics: dict, baseline: dict | None, reason: str, out_dir: Path) -> dict:
@@ -306,7 +323,9 @@ def model_in_use(context: dg.AssetExecutionContext, config: PromoteConfig, paths
                       partitions=entry.get("partitions") or [], init_dir=entry.get("init_dir") or "")
     history = [{"version": v, "status": e["status"], "reason": e["reason"], "decided_at": e["decided_at"]}
                for v, e in sorted(registry.entries().items(), reverse=True)]
-    return dg.Output(ModelInUse(model=ckpt, reason=entry["reason"], decided_at=entry["decided_at"]), metadata={
+    value = ModelInUse(model=ckpt, reason=entry["reason"], decided_at=entry["decided_at"],
+                       review_thresholds=entry.get("review_thresholds") or "")
+    return dg.Output(value, metadata={
         "model_version": entry["version"],
         "why": entry["reason"],
         "decided_at": entry["decided_at"],
@@ -314,4 +333,13 @@ def model_in_use(context: dg.AssetExecutionContext, config: PromoteConfig, paths
         "trained_on": ", ".join(entry.get("partitions") or []),
         "versions": table(history),
         "registry": dg.MetadataValue.path(str(registry.path)),
+        **({"review_thresholds": _thresholds_table(value.review_thresholds)} if value.review_thresholds else {}),
     })
+
+
+def _thresholds_table(path: str) -> dg.MetadataValue:
+    from pipelines.review.thresholds import load_thresholds
+
+    t = load_thresholds(path)
+    return table([{"class": c.get("name"), "threshold": c["threshold"], "F1 on val": c.get("f1"), "from": c.get("source")}
+                  for c in t["classes"].values()])
