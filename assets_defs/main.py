@@ -15,6 +15,7 @@ import sys
 import time
 
 from assets_defs.instance import prepare_dagster_home
+from assets_defs.recovery import BlockedByRunError, owner_tags, recover_dead_runs
 from assets_defs.resources import REPO_ROOT, FiftyOneSettings, LumenPaths
 
 
@@ -42,11 +43,12 @@ def run_main(*, data_root: str, dagster_home: str | None, images: int, run_confi
     from assets_defs.partitions import all_partitions_tags, ensure_source_partitions
 
     instance = dg.DagsterInstance.get()
+    recover_dead_runs(instance)  # a killed earlier run must not hold the `gpu` slot forever
     ensure_source_partitions(instance)
     defs = build_defs(paths=LumenPaths(root=data_root, demo_images=images), fiftyone=fiftyone)
     print(f"[main] DAGSTER_HOME={home}  data root={LumenPaths(root=data_root).base}", flush=True)
     result = defs.resolve_job_def("main").execute_in_process(
-        run_config=run_config, instance=instance, tags=all_partitions_tags(instance),
+        run_config=run_config, instance=instance, tags={**all_partitions_tags(instance), **owner_tags()},
         raise_on_error=False, asset_selection=[dg.AssetKey(a) for a in asset_selection] if asset_selection else None)
     return result, instance
 
@@ -63,8 +65,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     t0 = time.time()
-    result, instance = run_main(data_root=args.data_root, dagster_home=args.dagster_home, images=args.images,
-                                run_config=build_run_config(args))
+    try:
+        result, instance = run_main(data_root=args.data_root, dagster_home=args.dagster_home, images=args.images,
+                                    run_config=build_run_config(args))
+    except BlockedByRunError as exc:
+        print(f"[main] {exc}", file=sys.stderr)
+        return 2
     from assets_defs.metadata import latest_metadata
 
     minutes = (time.time() - t0) / 60
