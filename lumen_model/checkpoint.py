@@ -40,6 +40,19 @@ def save_checkpoint(model: LumenModel, tokenizer, out_dir, extra: dict | None = 
     return out
 
 
+def nonfinite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_finite(model: LumenModel, folder) -> None:
+    """Refuse a diverged checkpoint: its predictions would be silently empty."""
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:
+        raise InputError(f"checkpoint {Path(folder) / WEIGHTS} has {len(bad)} tensors with NaN/inf values "
+                         f"({', '.join(bad[:2])}{', ...' if len(bad) > 2 else ''}): training diverged; use an earlier checkpoint")
+
+
 def build_model(cfg: LumenConfig, tokenizer) -> LumenModel:
     return LumenModel(cfg, vocab_size=len(tokenizer), image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
                       pad_token_id=tokenizer.pad_token_id)

@@ -4,6 +4,8 @@ and nothing left that blocks the next run."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import subprocess
@@ -100,3 +102,48 @@ def test_finished_run_still_holding_a_slot_is_freed(dagster_instance):
     lines = []
     assert recover_dead_runs(dagster_instance, log=lines.append) == [run.run_id]
     assert not storage.get_concurrency_info("gpu").claimed_slots and len(lines) == 1
+
+
+# --- 2. divergence stops training, keeps the last good checkpoint; predict refuses NaN weights --------
+
+def _one_line_error(capsys) -> str:
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_divergence_stops_training_and_keeps_last_good_checkpoint(model_shard_dirs, tmp_path, capsys):
+    from lumen_model.checkpoint import WEIGHTS, nonfinite_tensors
+    from pipelines.cli import main as lumen
+    from safetensors.torch import load_file
+
+    out = tmp_path / "diverged"
+    rc = lumen(["train", "--stage", "1", "--preset", "tiny", "--shards", *model_shard_dirs, "--out", str(out),
+                "--max-steps", "40", "--lr", "1000", "--warmup-steps", "1", "--batch-size", "4", "--save-every", "1",
+                "--max-bad-steps", "2", "--no-progress"])
+    line = _one_line_error(capsys)
+    assert rc != 0 and "diverged" in line and str(out) in line, line
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["step"] < 40
+    assert not nonfinite_tensors(load_file(str(out / WEIGHTS)))  # the kept checkpoint is a good one
+    assert all(math.isfinite(v) for h in state["history"] for k, v in h.items())
+
+
+def test_predict_refuses_a_checkpoint_with_nonfinite_weights(tiny_stage1, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from lumen_model.checkpoint import WEIGHTS
+    from lumen_model.predict import Predictor
+    from pipelines.errors import InputError
+    from safetensors.torch import load_file, save_file
+
+    ckpt = tmp_path / "nan-ckpt"
+    shutil.copytree(tiny_stage1[0], ckpt)
+    state = load_file(str(ckpt / WEIGHTS))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(ckpt / WEIGHTS))
+    with pytest.raises(InputError) as err:
+        Predictor(ckpt, device="cpu")
+    assert "\n" not in str(err.value) and str(ckpt / WEIGHTS) in str(err.value) and "NaN" in str(err.value)
