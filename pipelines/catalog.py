@@ -14,7 +14,7 @@ import duckdb
 import fsspec
 
 from pipelines.errors import InputError
-from pipelines.shards import MANIFEST, QUARANTINE, shard_files
+from pipelines.shards import MANIFEST, PART_GLOB, QUARANTINE, shard_files
 from pipelines.tempdirs import is_leftover
 
 
@@ -37,9 +37,9 @@ def partition_names(shard_dirs) -> list[str]:
 def build_catalog(db_path: str | Path, shard_dirs) -> list[dict]:
     """Create or refresh the views `samples`, `quarantine`, `manifests`; returns `summary()`.
 
-    The views read the part files each folder's manifest lists (never a stray file, nor a temp
-    folder of a killed conversion); re-running re-points them after a re-conversion and picks up
-    added or removed folders.
+    The views read `<dir>/part-*.parquet` by glob, so a re-converted folder shows its new files
+    without a refresh; re-running picks up added or removed folders. A folder is only ever
+    published whole (pipelines.tempdirs), and the temp folders beside it are refused here.
     """
     dirs = [str(d).rstrip("/") for d in shard_dirs]
     for d in dirs:
@@ -53,10 +53,8 @@ def build_catalog(db_path: str | Path, shard_dirs) -> list[dict]:
         raise InputError(f"shard folders given twice: {sorted(n for n in names if names.count(n) > 1)[0]}")
     sample_parts, quarantine_parts = [], []
     for d, name in zip(dirs, names):
-        files = shard_files(d)
-        if files:
-            listed = ", ".join(_sql_str(f) for f in files)
-            sample_parts.append(f"SELECT {_sql_str(name)} AS partition, * FROM read_parquet([{listed}])")
+        if shard_files(d):
+            sample_parts.append(f"SELECT {_sql_str(name)} AS partition, * FROM read_parquet({_sql_str(d + '/' + PART_GLOB)})")
         quarantine_parts.append(f"SELECT {_sql_str(name)} AS partition, * FROM read_parquet({_sql_str(d + '/' + QUARANTINE)})")
     Path(db_path).parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(db_path))
