@@ -126,7 +126,8 @@ def _one_line_error(capsys) -> str:
 
 
 def test_divergence_stops_training_and_keeps_last_good_checkpoint(model_shard_dirs, tmp_path, capsys):
-    from lumen_model.checkpoint import WEIGHTS, nonfinite_tensors
+    import torch
+    from lumen_model.checkpoint import WEIGHTS
     from pipelines.cli import main as lumen
     from safetensors.torch import load_file
 
@@ -138,7 +139,8 @@ def test_divergence_stops_training_and_keeps_last_good_checkpoint(model_shard_di
     assert rc != 0 and "diverged" in line and str(out) in line, line
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["step"] < 40
-    assert not nonfinite_tensors(load_file(str(out / WEIGHTS)))  # the kept checkpoint is a good one
+    weights = load_file(str(out / WEIGHTS))
+    assert all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point())  # a good one
     assert all(math.isfinite(v) for h in state["history"] for k, v in h.items())
 
 
