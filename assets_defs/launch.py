@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import dagster as dg
+from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.execution.api import execute_run
 from dagster._core.origin import JobPythonOrigin
 from dagster._utils.hosted_user_process import recon_job_from_origin
@@ -23,15 +24,19 @@ WORKSPACE = REPO_ROOT / "workspace.yaml"
 
 
 def run_job_in_code_location(instance: dg.DagsterInstance, job_name: str, run_config: Mapping,
-                             tags: Mapping[str, str] | None = None) -> dg.ExecuteJobResult:
-    """Create the run against the workspace's code location, then execute it here; returns its result."""
+                             tags: Mapping[str, str] | None = None,
+                             asset_selection: list[str] | None = None) -> dg.ExecuteJobResult:
+    """Create the run against the workspace's code location, then execute it here; returns its result.
+    `asset_selection`: only these assets of the job (and their checks), as the UI's "Materialize selected"."""
     run_config = {**run_config, "execution": {"config": {"in_process": {}}}}
     with WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(WORKSPACE)])) as process_context:
         workspace = process_context.create_request_context()
         (location_name,) = workspace.code_location_names  # workspace.yaml names one code location
         location = workspace.get_code_location(location_name)
         (repo,) = location.get_repositories().values()
-        remote_job = repo.get_full_job(job_name)
+        keys = frozenset(dg.AssetKey(a) for a in asset_selection) if asset_selection else None
+        remote_job = location.get_job(JobSubsetSelector(location_name=location_name, repository_name=repo.name,
+                                                        job_name=job_name, op_selection=None, asset_selection=keys))
         plan = location.get_execution_plan(remote_job, run_config, step_keys_to_execute=None, known_state=None,
                                            instance=instance)
         run = instance.create_run(
@@ -40,6 +45,6 @@ def run_job_in_code_location(instance: dg.DagsterInstance, job_name: str, run_co
             tags={**remote_job.tags, **(tags or {})}, job_snapshot=remote_job.job_snapshot,
             execution_plan_snapshot=plan.execution_plan_snapshot, parent_job_snapshot=remote_job.parent_job_snapshot,
             remote_job_origin=remote_job.get_remote_origin(), job_code_origin=remote_job.get_python_origin(),
-            asset_selection=None, asset_check_selection=None, asset_graph=repo.asset_graph)
+            asset_selection=keys, asset_check_selection=None, asset_graph=repo.asset_graph)
     origin: JobPythonOrigin = run.job_code_origin
     return execute_run(recon_job_from_origin(origin), run, instance)

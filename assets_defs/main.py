@@ -15,6 +15,7 @@ import sys
 import time
 
 from assets_defs.instance import prepare_dagster_home
+from assets_defs.recovery import BlockedByRunError, owner_tags, recover_dead_runs
 from assets_defs.resources import REPO_ROOT, FiftyOneSettings, LumenPaths
 
 
@@ -29,7 +30,7 @@ def build_run_config(args) -> dict:
 
 
 def run_main(*, data_root: str, dagster_home: str | None, images: int, run_config: dict,
-             fiftyone: FiftyOneSettings | None = None):
+             fiftyone: FiftyOneSettings | None = None, asset_selection: list[str] | None = None):
     """Materialize the whole graph in one run of the `main` job; returns (result, DagsterInstance).
 
     The run is created against the code location of `workspace.yaml`, as the UI launches it, so it
@@ -46,13 +47,15 @@ def run_main(*, data_root: str, dagster_home: str | None, images: int, run_confi
     from assets_defs.partitions import all_partitions_tags, ensure_source_partitions
 
     instance = dg.DagsterInstance.get()
+    recover_dead_runs(instance)  # a killed earlier run must not hold the `gpu` slot forever
     ensure_source_partitions(instance)
     fo = fiftyone or FiftyOneSettings()
     resources = {"paths": {"config": {"root": str(LumenPaths(root=data_root).base), "demo_images": images}},
                  "fiftyone": {"config": {"dataset": fo.dataset}}}
     print(f"[main] DAGSTER_HOME={home}  data root={LumenPaths(root=data_root).base}", flush=True)
     result = run_job_in_code_location(instance, "main", {**run_config, "resources": resources},
-                                      tags=all_partitions_tags(instance))
+                                      tags={**all_partitions_tags(instance), **owner_tags()},
+                                      asset_selection=asset_selection)
     return result, instance
 
 
@@ -68,8 +71,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     t0 = time.time()
-    result, instance = run_main(data_root=args.data_root, dagster_home=args.dagster_home, images=args.images,
-                                run_config=build_run_config(args))
+    try:
+        result, instance = run_main(data_root=args.data_root, dagster_home=args.dagster_home, images=args.images,
+                                    run_config=build_run_config(args))
+    except BlockedByRunError as exc:
+        print(f"[main] {exc}", file=sys.stderr)
+        return 2
     from assets_defs.metadata import latest_metadata
 
     minutes = (time.time() - t0) / 60

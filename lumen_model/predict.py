@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from lumen_model.checkpoint import load_model
+from lumen_model.checkpoint import check_finite, load_model
 from lumen_model.data import Collator
 from lumen_model.decoders.boxes import decode_boxes
 from lumen_model.decoders.pose import decode_keypoints
@@ -71,6 +71,7 @@ class Predictor:
     def __init__(self, checkpoint, device: str | None = None, batch_size: int = 16, score_threshold: float | None = None):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.tok = load_model(checkpoint, self.device)
+        check_finite(self.model, checkpoint)
         cfg = self.model.cfg
         self.cfg, self.batch_size = cfg, batch_size
         self.threshold = cfg.score_threshold if score_threshold is None else score_threshold

@@ -26,13 +26,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from lumen_model.checkpoint import build_model, load_model, save_checkpoint
+from lumen_model.checkpoint import build_model, load_model, nonfinite_tensors, save_checkpoint
 from lumen_model.config import get_preset
 from lumen_model.data import Collator, hflip
 from lumen_model.tokenizer import train_tokenizer
 from lumen_model.train_args import build_arg_parser  # noqa: F401  (kept here for `python -m lumen_model.train`)
-from pipelines.errors import InputError
+from pipelines.errors import InputError, LumenError
 from pipelines.progress import progress
+from pipelines.tempdirs import clean_stale, publish_dir, staged, writing
 
 log = logging.getLogger(__name__)
 STAGE_TASKS = {
@@ -40,6 +41,38 @@ STAGE_TASKS = {
     2: ("instance_segmentation", "referring_segmentation", "pose"),
 }
 TRAIN_SPLITS = ("train", "all")
+
+
+class TrainingDiverged(LumenError):
+    """The loss or the weights went non-finite: training stopped, the last good checkpoint is kept."""
+
+
+@dataclass
+class BadStepCounter:
+    """Skips updates whose loss or gradient norm is not finite, and stops after `limit` in a row."""
+
+    limit: int
+    in_a_row: int = 0
+
+    def check(self, loss: float, grad_norm: float, step: int, out: Path) -> bool:
+        """True when this step's update may be applied; raises TrainingDiverged at the limit."""
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        log.warning("step %d: non-finite loss %s / gradient norm %s: update skipped (%d in a row)",
+                    step + 1, loss, grad_norm, self.in_a_row)
+        if self.in_a_row >= max(1, self.limit):
+            raise TrainingDiverged(f"training diverged: loss {loss} / gradient norm {grad_norm} for {self.in_a_row} "
+                                   f"steps in a row at step {step + 1}; {_last_good(out)}; lower --lr")
+        return False
+
+
+def _last_good(out: Path) -> str:
+    state = out / "trainer_state.json"
+    if not state.is_file():
+        return f"no checkpoint was saved in {out}"
+    return f"the last good checkpoint (step {json.loads(state.read_text())['step']}) is kept in {out}"
 
 
 @dataclass
@@ -64,6 +97,7 @@ class TrainConfig:
     weights: str | None = None  # local folder with full-size pretrained parts (lumen-7b)
     device: str | None = None  # "cpu" or "cuda"; None: the GPU when there is one (DDP: one GPU per rank)
     allow_eval_overlap: bool = False  # train even on images whose content is in a val/test split (on purpose only)
+    max_bad_steps: int = 3  # consecutive steps with a non-finite loss or gradient before training stops
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -76,6 +110,8 @@ def _dist_info() -> tuple[int, int]:
 
 def _init_distributed() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():  # one GPU per rank, also for the object collectives of a save
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
@@ -226,6 +262,8 @@ def train(cfg: TrainConfig) -> dict:
 
     cfg.extra["categories"] = _categories(dataset.rows, cfg.init or (out if cfg.resume else None))
     state_file = out / "trainer_state.json"
+    if rank == 0:
+        clean_stale(out)  # temp folders of a killed save; an interrupted swap is put back
     resume = cfg.resume and state_file.is_file()
     if resume:
         model, tokenizer = load_model(out, device)
@@ -255,13 +293,7 @@ def train(cfg: TrainConfig) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     start, history = 0, []
     if resume:
-        state = json.loads(state_file.read_text())
-        start, history = state["step"], state["history"]
-        optimizer.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(torch.load(out / "scheduler.pt", weights_only=True))
-        rng = json.loads((out / f"rng_state_{rank}.json").read_text())
-        random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
-        torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+        start, history = _load_resume_state(out, optimizer, scheduler, rank)
         log.info("resuming %s at step %d", out, start)
     else:
         _set_seed(cfg.seed + rank)
@@ -274,6 +306,7 @@ def train(cfg: TrainConfig) -> dict:
     t0, seen = time.perf_counter(), 0
     bar = progress(total=cfg.max_steps, initial=start, desc=f"stage {cfg.stage}", unit="step",
                    enabled=cfg.progress and rank == 0)
+    bad_steps, last_step = BadStepCounter(cfg.max_bad_steps), start
     images = {}
     groups = [images.setdefault(dataset.rows[i]["image_path"], len(images)) for i in keep]
     for step, idx in _batches_from(len(keep), cfg.seed, cfg.batch_size, start, groups, cfg.group_size):
@@ -289,11 +322,15 @@ def train(cfg: TrainConfig) -> dict:
             losses = net(batch, stage=cfg.stage)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()  # DDP averages the gradients across ranks here
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        seen += len(idx)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         rec = {k: float(_mean_across(v.detach(), ddp)) for k, v in losses.items()}
+        if bad_steps.check(rec["loss"], float(grad_norm), step, out):  # same values on every rank
+            optimizer.step()
+        scheduler.step()  # the schedule stays a function of the step, skipped or not
+        seen += len(idx)
+        last_step = step + 1
+        if not math.isfinite(rec["loss"]):
+            continue  # a skipped step: no NaN in the history, the curve or the printed JSON
         rate = seen / (time.perf_counter() - t0)
         history.append({"step": step + 1, **rec, "samples_per_s": rate, "lr": scheduler.get_last_lr()[0]})
         bar.set_postfix(loss=f"{rec['loss']:.3f}", samples_s=f"{rate:.1f}")
@@ -301,7 +338,7 @@ def train(cfg: TrainConfig) -> dict:
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps:
             _save(model, tokenizer, optimizer, scheduler, out, step + 1, history, cfg, rank)
     bar.close()
-    result = _save(model, tokenizer, optimizer, scheduler, out, len(history), history, cfg, rank)
+    result = _save(model, tokenizer, optimizer, scheduler, out, last_step, history, cfg, rank)
     result["samples_per_s"] = seen / max(1e-9, time.perf_counter() - t0)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
@@ -325,23 +362,74 @@ def _mean_across(v: torch.Tensor, ddp: bool) -> float:
     return v.item()
 
 
-def _save(model, tokenizer, optimizer, scheduler, out: Path, step: int, history: list, cfg: TrainConfig, rank: int) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
+def _load(path: Path, load):
+    """Read one checkpoint file, or one line naming it (truncated, corrupt, missing)."""
+    try:
+        return load(path)
+    except Exception as exc:  # torch/json/safetensors each raise their own kind for a broken file
+        raise InputError(f"cannot resume: checkpoint file {path} is unreadable ({exc.__class__.__name__}: "
+                         f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'})") from None
+
+
+def _load_resume_state(out: Path, optimizer, scheduler, rank: int) -> tuple[int, list]:
+    """Optimizer, scheduler and RNG back from `out`, after checking every file is of the same step."""
+    state = _load(out / "trainer_state.json", lambda p: json.loads(p.read_text()))
+    step = state["step"]
+    opt = _load(out / "optimizer.pt", lambda p: torch.load(p, weights_only=True))
+    sched = _load(out / "scheduler.pt", lambda p: torch.load(p, weights_only=True))
+    rng = _load(out / f"rng_state_{rank}.json", lambda p: json.loads(p.read_text()))
+    config = _load(out / "config.json", lambda p: json.loads(p.read_text()))
+    steps = {"trainer_state.json": step, "config.json": config.get("step"), "scheduler.pt": sched.get("last_epoch"),
+             f"rng_state_{rank}.json": rng.get("step", step)}
+    if len(set(steps.values())) != 1:  # a checkpoint mixed from two saves: resuming would not be exact
+        raise InputError(f"cannot resume {out}: its files are of different steps "
+                         f"({', '.join(f'{k} {v}' for k, v in steps.items())})")
+    optimizer.load_state_dict(opt)
+    scheduler.load_state_dict(sched)
+    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+    return step, state["history"]
+
+
+def _rng_states_of_all_ranks(step: int) -> list[dict]:
+    """Every rank's RNG state (on rank 0), so that one process writes the whole checkpoint."""
     rng = _rng_state()
     py = rng["python"]
-    (out / f"rng_state_{rank}.json").write_text(json.dumps({"python": [py[0], list(py[1]), py[2]],
-                                                            "torch": rng["torch"].tolist()}))
+    mine = {"step": step, "python": [py[0], list(py[1]), py[2]], "torch": rng["torch"].tolist()}
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return every
+
+
+def _save(model, tokenizer, optimizer, scheduler, out: Path, step: int, history: list, cfg: TrainConfig, rank: int) -> dict:
+    """Write the whole checkpoint (weights, optimizer, scheduler, RNG of every rank, trainer state) into a
+    temp folder and publish it by rename: a kill at any moment leaves the previous checkpoint whole."""
+    bad = nonfinite_tensors(getattr(model, "module", model).state_dict())
+    if bad:  # never replace a good checkpoint with a broken one
+        raise TrainingDiverged(f"training diverged: {len(bad)} weight tensors are non-finite at step {step} "
+                               f"({bad[0]}, ...); {_last_good(out)}; lower --lr")
+    rng_states = _rng_states_of_all_ranks(step)
     if rank != 0:
         return {}
-    save_checkpoint(model, tokenizer, out, extra={"stage": cfg.stage, "step": step,
-                                                  "categories": cfg.extra.get("categories", [])})
-    torch.save(optimizer.state_dict(), out / "optimizer.pt")
-    torch.save(scheduler.state_dict(), out / "scheduler.pt")
-    state = {"step": step, "history": history, "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}}
-    (out / "trainer_state.json").write_text(json.dumps(state, indent=1))
     curve = out / "loss_curve.png"
-    if history:
-        _loss_curve(history, curve, f"stage {cfg.stage} ({cfg.preset})")
+    with staged(out) as tmp:
+        for r, rng in enumerate(rng_states):
+            with writing(tmp / f"rng_state_{r}.json"):
+                (tmp / f"rng_state_{r}.json").write_text(json.dumps(rng))
+        with writing(tmp / "model.safetensors"):
+            save_checkpoint(model, tokenizer, tmp, extra={"stage": cfg.stage, "step": step,
+                                                          "categories": cfg.extra.get("categories", [])})
+        for name, obj in (("optimizer.pt", optimizer), ("scheduler.pt", scheduler)):
+            with writing(tmp / name):
+                torch.save(obj.state_dict(), tmp / name)
+        state = {"step": step, "history": history, "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}}
+        with writing(tmp / "trainer_state.json"):
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+            if history:
+                _loss_curve(history, tmp / curve.name, f"stage {cfg.stage} ({cfg.preset})")
+        publish_dir(tmp, out)
     last = history[-1] if history else {}
     return {"checkpoint_dir": str(out), "step": step, "metrics": {k: v for k, v in last.items() if k != "step"},
             "loss_curve_png": str(curve)}
@@ -353,13 +441,17 @@ def config_from_args(args) -> TrainConfig:
                        resume=args.resume, save_every=args.save_every, weights=args.weights,
                        warmup_steps=args.warmup_steps, tasks=args.tasks, progress=not args.no_progress,
                        group_size=args.group_size, hflip=args.hflip, device=args.device,
-                       allow_eval_overlap=args.allow_eval_overlap)
+                       allow_eval_overlap=args.allow_eval_overlap, max_bad_steps=args.max_bad_steps)
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_arg_parser().parse_args(argv)
-    result = train(config_from_args(args))
+    try:
+        result = train(config_from_args(args))
+    except LumenError as exc:  # one line (a diverged run, a broken checkpoint), no traceback
+        print(f"lumen_model.train: error: {exc}", file=sys.stderr)
+        return 2
     if _dist_info()[0] == 0:
         print(json.dumps(result, indent=2))
         if args.result_file:  # written whole, then renamed: a reader never sees half of it

@@ -33,6 +33,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     p.add_argument("--allow-eval-overlap", action="store_true",
                    help="train even when a training image has the content of a val/test image of the given shards "
                         "(refused by default: such a model is scored on what it trained on)")
+    p.add_argument("--max-bad-steps", type=int, default=3,
+                   help="stop after this many steps in a row with a non-finite loss or gradient (default: %(default)s)")
     p.add_argument("--tasks", nargs="+", help="only these tasks (default: all tasks of the stage)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the GPU when there is one)")
     p.add_argument("--result-file", help="also write the result json here (rank 0), for callers such as torchrun's parent")

@@ -15,6 +15,7 @@ import fsspec
 
 from pipelines.errors import InputError
 from pipelines.shards import MANIFEST, PART_GLOB, QUARANTINE, shard_files
+from pipelines.tempdirs import is_leftover
 
 
 def _sql_str(s: str) -> str:
@@ -37,13 +38,16 @@ def build_catalog(db_path: str | Path, shard_dirs) -> list[dict]:
     """Create or refresh the views `samples`, `quarantine`, `manifests`; returns `summary()`.
 
     The views read `<dir>/part-*.parquet` by glob, so a re-converted folder shows its new files
-    without a refresh; re-running picks up added or removed folders.
+    without a refresh; re-running picks up added or removed folders. A folder is only ever
+    published whole (pipelines.tempdirs), and the temp folders beside it are refused here.
     """
     dirs = [str(d).rstrip("/") for d in shard_dirs]
     for d in dirs:
         fs, path = fsspec.core.url_to_fs(d)
         if not fs.exists(f"{path}/{MANIFEST}"):
             raise InputError(f"not a shard folder (no {MANIFEST}): {d}")
+        if is_leftover(PurePosixPath(path)):
+            raise InputError(f"not a shard folder (the temp folder of a conversion): {d}")
     names = partition_names(dirs)
     if len(set(names)) != len(names):
         raise InputError(f"shard folders given twice: {sorted(n for n in names if names.count(n) > 1)[0]}")

@@ -34,7 +34,7 @@ from pipelines.heatmaps import encode_png, gaussian_radius, render_heatmap
 from pipelines.schema import HEATMAP_TASKS, SAMPLE_SCHEMA, SCHEMA_VERSION
 from pipelines.shards import write_partition
 from pipelines.sources.coco import read_coco_instances, read_coco_keypoints
-from pipelines.sources.common import Draft, ReadResult, split_from_name
+from pipelines.sources.common import Draft, ReadResult, split_from_name, unsafe_image_name
 from pipelines.sources.llava import read_llava
 from pipelines.sources.refcoco import read_refcoco
 from pipelines.sources.vqa import read_vqav2
@@ -42,6 +42,8 @@ from pipelines.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 FORMATS = ("coco", "coco-keypoints", "refcoco", "vqav2", "llava")
+VERIFY_IMAGES_AUTO_LIMIT = 2000  # decode every image by default up to this many (about 10 s on one core)
+LONG_TEXT_CHARS = 1000  # instructions/answers longer than this are counted and logged (training cuts them)
 
 
 def read_source(fmt: str, input_path, *, images_dir=None, annotations=None, split=None, split_by="unc",
@@ -184,6 +186,60 @@ def drafts_to_table(drafts: list[Draft], source: str, split: str, input_size: in
     return pa.table(columns, schema=SAMPLE_SCHEMA)
 
 
+def _image_problem(path: str, images_dir: Path | None, verify: bool) -> str | None:
+    """Why a draft's image may not be used: outside the images folder (symlinks resolved), or (verify)
+    not decodable to the end, e.g. a truncated JPEG that would otherwise train with a grey fill."""
+    if images_dir is None:
+        return unsafe_image_name(path)
+    real, root = Path(path).resolve(), images_dir.resolve()
+    if not real.is_relative_to(root):
+        return f"image path outside the images folder: {path} resolves to {real}"
+    if not verify:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(real) as im:
+            im.load()  # a full decode: a truncated file fails here, not mid-training
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"image does not decode: {path} ({str(exc).splitlines()[0][:100]})"
+    return None
+
+
+def check_images(result: ReadResult, source_file: str, images_dir, verify: bool | None) -> tuple[ReadResult, bool]:
+    """Quarantine every draft whose image fails `_image_problem` (with all its records); returns the
+    result and whether images were decoded. `verify=None`: decode when there are few images."""
+    images_dir = Path(images_dir) if images_dir else None
+    paths = sorted({d.image_path for d in result.drafts})
+    if verify is None:
+        verify = images_dir is not None and len(paths) <= VERIFY_IMAGES_AUTO_LIMIT
+    problems = {p: _image_problem(p, images_dir, verify) for p in paths}
+    if not any(problems.values()):
+        return result, verify
+    kept, rows, seen = [], [], set()
+    for d in result.drafts:
+        why = problems[d.image_path]
+        if why is None:
+            kept.append(d)
+            continue
+        for rid in d.source_ids:  # detection and segmentation drafts share ids: quarantine each once
+            if rid not in seen:
+                seen.add(rid)
+                rows.append((source_file, rid, why))
+    log.warning("%d images quarantined (%s)", sum(1 for v in problems.values() if v),
+                next(v for v in problems.values() if v))
+    return ReadResult(kept, result.quarantine + rows, result.records_read), verify
+
+
+def long_texts(drafts: list[Draft], limit: int = LONG_TEXT_CHARS) -> dict:
+    """How many instructions/answers are longer than `limit` characters (the model cuts them)."""
+    long = [d for d in drafts if len(d.instruction or "") > limit or len(d.answer or "") > limit]
+    if long:
+        log.warning("%d samples have an instruction or answer over %d characters (the model keeps only its first "
+                    "tokens), e.g. %s", len(long), limit, long[0].source_ids[:1])
+    return {"limit_chars": limit, "samples": len(long)}
+
+
 def account(result: ReadResult) -> dict:
     """Prove every record read is in a sample's source_ids or in the quarantine (never both)."""
     in_samples = {rid for d in result.drafts for rid in d.source_ids}
@@ -199,7 +255,7 @@ def account(result: ReadResult) -> dict:
 
 def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=None, split=None, split_by="unc",
                    source_name=None, input_size=448, heatmap_size=None, negative_ratio=0.5, seed=0,
-                   rows_per_shard=2048, paraphrase=False, progress=True) -> dict:
+                   rows_per_shard=2048, paraphrase=False, progress=True, verify_images=None) -> dict:
     """Convert one source into a shard partition folder; returns its manifest."""
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -218,6 +274,7 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
     result = read_source(fmt, input_path, images_dir=images_dir, annotations=annotations,
                          split=split if fmt == "refcoco" and split != "all" else None, split_by=split_by,
                          negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase)
+    result, verified = check_images(result, str(input_path), images_dir, verify_images)
     counts = account(result)
     table = drafts_to_table(result.drafts, source, split, input_size, heatmap_size, progress)
     quarantine = pa.table({"source_file": [q[0] for q in result.quarantine],
@@ -238,6 +295,8 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
                     "rows_per_shard": rows_per_shard},
         "counts": counts,
         "quarantine_reasons": dict(reasons.most_common()),
+        "images_verified": verified,
+        "long_texts": long_texts(result.drafts),
     }
     manifest = write_partition(table, quarantine, manifest, out_dir, rows_per_shard)
     log.info("%s -> %s: %d records read, %d samples, %d quarantined", input_path, out_dir,

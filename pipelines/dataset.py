@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from pipelines.geometry import SquarePad, pad_image
 from pipelines.heatmaps import decode_png, gaussian_radius, render_heatmap
 from pipelines.schema import HEATMAP_TASKS
-from pipelines.shards import read_table, shard_files
+from pipelines.shards import read_table, shard_files, verify_shards
 
 # Everything but the heavy heatmap column is held in memory; heatmaps decode per item.
 _FIXED = ("pixel_values", "heatmap", "has_heatmap")
@@ -135,5 +135,8 @@ def load_hf_dataset(shard_dirs, split: str = "train"):
     """The shards as a Hugging Face `datasets.Dataset` (parquet loader, local files)."""
     import datasets
 
-    files = [f for d in ([shard_dirs] if isinstance(shard_dirs, str) else shard_dirs) for f in shard_files(d)]
+    dirs = [shard_dirs] if isinstance(shard_dirs, str) else shard_dirs
+    for d in dirs:  # the parquet loader would fail mid-read on a flipped byte, without naming the file
+        verify_shards(d)
+    files = [f for d in dirs for f in shard_files(d)]
     return datasets.load_dataset("parquet", data_files={split: files}, split=split)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -170,6 +171,27 @@ def bad_segmentation(seg, height: int | None = None, width: int | None = None) -
     if isinstance(seg, dict):
         return rle_problem(seg, height, width)
     return polygon_structure_problem(seg) or polygon_area_problems([seg])[0]
+
+
+def unsafe_image_name(name: str) -> str | None:
+    """Why an image name from a source file cannot be a path below the images folder (absolute,
+    `..`, a home or drive prefix), or None. A source file must never point the pipeline, the shards
+    or the review App at files elsewhere on the machine."""
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or ".." in posix.parts or name.startswith("~") or re.match(r"^[A-Za-z]:", name):
+        return f"image path outside the images folder: {name!r}"
+    return None
+
+
+def image_outside(images_dir: Path, name: str) -> str | None:
+    """Why `images_dir/name` is not a file inside `images_dir` once symlinks are resolved, or None."""
+    problem = unsafe_image_name(name)
+    if problem:
+        return problem
+    real, root = (images_dir / name).resolve(), images_dir.resolve()
+    if not real.is_relative_to(root):
+        return f"image path outside the images folder: {name!r} resolves to {real}"
+    return None
 
 
 def split_from_name(path: str | Path) -> str:
