@@ -2,8 +2,8 @@
 
 Stage 1 (task-agnostic): the LLM reads the image and the instruction and answers with a sentence
 holding [LOC] and a task token; the [LOC] hidden state drives the aligner's heatmap.
-Stage 2 (task-specific): boxes from peaks + sizes, masks from SAM prompted with boxes, keypoints
-from a top-down head. VQA answers come from the LLM's generation.
+Stage 2 (task-specific): boxes from peaks + sizes, masks from SAM prompted with boxes (or the
+tiny preset's box-aligned mask head), keypoints from a top-down head. VQA answers come from the LLM's generation.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 
 from lumen_model.aligner import DenseAligner
 from lumen_model.config import LumenConfig
-from lumen_model.decoders.masks import BoxPromptedMasks
+from lumen_model.decoders.masks import SamBoxPrompts
 from lumen_model.decoders.pose import PoseHead, keypoint_loss, keypoint_targets
-from lumen_model.losses import gather_at, gaussian_focal_loss, mask_loss, per_sample_l1
+from lumen_model.decoders.roi_masks import RoiMaskHead
+from lumen_model.losses import gather_at, gaussian_focal_loss, per_sample_l1
 
 STAGE1_PARTS = ("llava", "aligner", "concept_head")
 STAGE2_PARTS = ("masks", "pose")
@@ -49,7 +50,9 @@ class LumenModel(nn.Module):
         self.aligner = DenseAligner(text_dim, text_dim, cfg.aligner_dim, cfg.aligner_layers, cfg.aligner_heads,
                                     cfg.heatmap_size, cfg.pixel_encoder,
                                     cfg.aligner_image_self_attn, cfg.patch_grid)
-        self.masks = BoxPromptedMasks(cfg)
+        if cfg.mask_decoder not in ("sam", "roi"):
+            raise ValueError(f"mask_decoder must be 'sam' or 'roi', not {cfg.mask_decoder!r}")
+        self.masks = RoiMaskHead(cfg.aligner_dim, cfg.input_size) if cfg.mask_decoder == "roi" else SamBoxPrompts(cfg)
         # vocabulary-sized: only built where used (tiny), never for the 7B's 32k x 4096
         self.concept_head = nn.Linear(text_dim, vocab_size) if cfg.concept_weight > 0 else None
         self.pose = PoseHead(cfg.aligner_dim, cfg.pose_dim, cfg.num_keypoints, cfg.pose_crop, cfg.input_size)
@@ -104,7 +107,9 @@ class LumenModel(nn.Module):
         loc = batch["loc_index"].clamp(min=0)
         loc_state = hidden[torch.arange(hidden.shape[0]), loc]
         dense = self.aligner(image_feats, loc_state, pixel_feats)
-        return {"hidden": hidden, "loc_state": loc_state, **dense}
+        # normalized pixels per row, for the box-aligned mask head (a cheap gather; no gradient needed)
+        pixels = self.per_image(batch, lambda x: (x - self.pixel_mean) / self.pixel_std).detach()
+        return {"hidden": hidden, "loc_state": loc_state, "pixels": pixels, **dense}
 
     def stage1_losses(self, out: dict, batch: dict) -> dict:
         """Every term is a per-sample value summed and divided by the batch size (DDP-consistent)."""
@@ -154,10 +159,9 @@ class LumenModel(nn.Module):
         seg_idx = [i for i, t in enumerate(tasks) if t in ("instance_segmentation", "referring_segmentation")
                    and len(batch["masks_input"][i])]
         mask_l = zero
-        if seg_idx:
-            logits = self.masks(dense[seg_idx], [batch["boxes_input"][i] for i in seg_idx])
-            target = torch.cat([batch["masks_input"][i].float() for i in seg_idx])
-            mask_l = mask_loss(torch.cat(logits), target)
+        if seg_idx and self.cfg.mask_decoder == "roi":  # a pretrained SAM stays frozen: nothing to learn
+            mask_l = self.masks.loss(dense[seg_idx], out["heatmap_logits"].detach()[seg_idx], out["pixels"][seg_idx],
+                                     [batch["boxes_input"][i] for i in seg_idx], [batch["masks_input"][i] for i in seg_idx])
         pose_idx = [i for i, t in enumerate(tasks) if t == "pose" and len(batch["keypoints_input"][i])]
         pose_l = zero
         if pose_idx:
@@ -187,4 +191,5 @@ class LumenModel(nn.Module):
         """Stage 1 trains the LMM and aligner; stage 2 freezes them and trains the task decoders."""
         for name, module in self.named_children():
             module.requires_grad_(name in self.trainable_parts(stage))
-        self.masks.sam.vision_encoder.requires_grad_(False)
+        if self.cfg.mask_decoder == "sam":
+            self.masks.requires_grad_(False)  # SAM as the paper uses it: pretrained and frozen

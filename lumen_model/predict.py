@@ -152,18 +152,24 @@ class Predictor:
         return SquarePad(w, h, self.cfg.input_size, self.cfg.heatmap_size)
 
     @torch.no_grad()
-    def masks_for(self, dense: torch.Tensor, boxes_xywh: np.ndarray, geo: SquarePad) -> list[dict]:
+    def masks_for(self, out: dict, row: int, boxes_xywh: np.ndarray, geo: SquarePad, path: str) -> list[dict]:
+        """RLE masks in original pixels for one row's boxes: SAM on the original image, or the roi head."""
         if not len(boxes_xywh):
             return []
-        xy0 = geo.to_input(boxes_xywh[:, :2])
-        xy1 = geo.to_input(boxes_xywh[:, :2] + boxes_xywh[:, 2:])
-        bx = torch.tensor(np.concatenate([xy0, xy1], 1), dtype=torch.float32, device=dense.device)
-        logits = self.model.masks(dense[None], [bx])[0].cpu().numpy()
-        x0, y0, x1, y1 = geo.content_box_input()
+        if self.cfg.mask_decoder == "sam":
+            xyxy = np.concatenate([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], 1)
+            full_masks = (self.model.masks.predict(self._image(path), xyxy) > 0).numpy().astype(np.uint8)
+        else:
+            xy0 = geo.to_input(boxes_xywh[:, :2])
+            xy1 = geo.to_input(boxes_xywh[:, :2] + boxes_xywh[:, 2:])
+            bx = torch.tensor(np.concatenate([xy0, xy1], 1), dtype=torch.float32, device=out["dense"].device)
+            r = slice(row, row + 1)
+            logits = self.model.masks(out["dense"][r], out["heatmap_logits"][r], out["pixels"][r], [bx])[0].cpu().numpy()
+            x0, y0, x1, y1 = geo.content_box_input()
+            full_masks = [cv2.resize((lg[y0:y1, x0:x1] > 0).astype(np.uint8), (geo.width, geo.height),
+                                     interpolation=cv2.INTER_NEAREST) for lg in logits]
         rles = []
-        for lg in logits:
-            crop = (lg[y0:y1, x0:x1] > 0).astype(np.uint8)
-            full = cv2.resize(crop, (geo.width, geo.height), interpolation=cv2.INTER_NEAREST)
+        for full in full_masks:
             rle = mask_utils.encode(np.asfortranarray(full))
             rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")})
         return rles
@@ -260,7 +266,7 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
                           "heatmap_size": cfg.heatmap_size, "p_none": round(1 - keep, 4),
                           "task_token": out["task_token"][i], "expected_task_token": TASK_TOKENS[task]})
             if task in ("instance_segmentation", "referring_segmentation"):
-                masks = p.masks_for(out["dense"][i], boxes, geo)
+                masks = p.masks_for(out, i, boxes, geo, im["path"])
             if task == "pose":
                 kps = p.keypoints_for(out["dense"][i], boxes, geo)
             for j, (b, s) in enumerate(zip(boxes, scores)):
