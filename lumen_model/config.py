@@ -48,6 +48,11 @@ class LumenConfig:
     # pretrained LLM already puts the referred concept into [LOC]; one trained from scratch in minutes
     # does not find that on its own (see lumen_model/model.py, concept_loss)
     concept_weight: float = 0.0
+    # the CNN's stride-8 tokens also go to the LLM (added to the ViT's before pooling): answering "what shape is
+    # the red object?" needs shape, which a from-scratch ViT barely has (cnn pixel encoder only)
+    llm_pixel_tokens: bool = False
+    # weight of a VQA sample's answer loss against the other tasks' (their answers are fixed sentences)
+    vqa_text_weight: float = 1.0
     max_text_tokens: int = 48
     image_mean: tuple = (0.48145466, 0.4578275, 0.40821073)  # CLIP's
     image_std: tuple = (0.26862954, 0.26130258, 0.27577711)

@@ -20,7 +20,7 @@ from lumen_model.decoders.pose import PoseHead, keypoint_loss, keypoint_targets
 from lumen_model.decoders.roi_masks import RoiMaskHead
 from lumen_model.losses import gather_at, gaussian_focal_loss, per_sample_l1
 
-STAGE1_PARTS = ("llava", "aligner", "concept_head")
+STAGE1_PARTS = ("llava", "aligner", "concept_head", "llm_pixels")
 STAGE2_PARTS = ("masks", "pose")
 
 
@@ -55,6 +55,8 @@ class LumenModel(nn.Module):
         self.masks = RoiMaskHead(cfg.aligner_dim, cfg.input_size) if cfg.mask_decoder == "roi" else SamBoxPrompts(cfg)
         # vocabulary-sized: only built where used (tiny), never for the 7B's 32k x 4096
         self.concept_head = nn.Linear(text_dim, vocab_size) if cfg.concept_weight > 0 else None
+        use_pixels = cfg.llm_pixel_tokens and cfg.pixel_encoder == "cnn"
+        self.llm_pixels = nn.Linear(cfg.aligner_dim, text_dim) if use_pixels else None
         self.pose = PoseHead(cfg.aligner_dim, cfg.pose_dim, cfg.num_keypoints, cfg.pose_crop, cfg.input_size)
         self.register_buffer("pixel_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
@@ -67,8 +69,11 @@ class LumenModel(nn.Module):
         hidden = m.vision_tower(x, output_hidden_states=True).hidden_states[self.llava.config.vision_feature_layer]
         return m.multi_modal_projector(hidden[:, 1:])
 
-    def llm_image_tokens(self, image_feats: torch.Tensor) -> torch.Tensor:
-        """The grid average-pooled by `llm_image_pool` (identity at 1): what fills the <image> slots."""
+    def llm_image_tokens(self, image_feats: torch.Tensor, pixel_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """What fills the <image> slots: the ViT grid (+ the CNN's tokens with `llm_pixel_tokens`), average-pooled
+        by `llm_image_pool` (identity at 1)."""
+        if self.llm_pixels is not None and pixel_tokens is not None:
+            image_feats = image_feats + self.llm_pixels(pixel_tokens)
         pool = self.cfg.llm_image_pool
         if pool == 1:
             return image_feats
@@ -76,6 +81,10 @@ class LumenModel(nn.Module):
         g = self.cfg.patch_grid
         grid = image_feats.transpose(1, 2).reshape(b, d, g, g)
         return F.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)
+
+    def vision(self, batch: dict) -> tuple[torch.Tensor, tuple]:
+        """Per row: the ViT tokens through the projector, and the aligner's pixel features (each image encoded once)."""
+        return self.per_image(batch, self.image_tokens), self.per_image(batch, self.aligner.encode_pixels)
 
     def language(self, input_ids, attention_mask, llm_image_feats) -> torch.Tensor:
         """LLaMA over the sequence with image features in the <image> slots -> last hidden states."""
@@ -101,9 +110,9 @@ class LumenModel(nn.Module):
         return gather_rows(out, index)
 
     def stage1(self, batch: dict) -> dict:
-        image_feats = self.per_image(batch, self.image_tokens)
-        pixel_feats = self.per_image(batch, self.aligner.encode_pixels)
-        hidden = self.language(batch["input_ids"], batch["attention_mask"], self.llm_image_tokens(image_feats))
+        image_feats, pixel_feats = self.vision(batch)
+        llm_feats = self.llm_image_tokens(image_feats, pixel_feats[1])
+        hidden = self.language(batch["input_ids"], batch["attention_mask"], llm_feats)
         loc = batch["loc_index"].clamp(min=0)
         loc_state = hidden[torch.arange(hidden.shape[0]), loc]
         dense = self.aligner(image_feats, loc_state, pixel_feats)
@@ -119,6 +128,9 @@ class LumenModel(nn.Module):
         sel = labels != -100  # next-token logits only at answer positions
         tok = F.cross_entropy(self.lm_logits(out["hidden"][:, :-1][sel]), labels[sel], reduction="none")
         per_sample = tok.new_zeros(b).index_add(0, sel.nonzero()[:, 0], tok) / sel.sum(1).clamp(min=1)
+        if cfg.vqa_text_weight != 1.0:
+            per_sample = per_sample * torch.tensor([cfg.vqa_text_weight if t == "vqa" else 1.0 for t in batch["task"]],
+                                                   device=per_sample.device)
         text = per_sample.sum() / b
         has = batch["has_heatmap"].float()
         heat_ps = gaussian_focal_loss(out["heatmap_logits"], batch["heatmap"], cfg.focal_alpha, cfg.focal_beta)

@@ -124,7 +124,8 @@ class Predictor:
     def answer(self, paths: list[str], questions: list[str], max_new_tokens: int = 12) -> list[str]:
         """Greedy generation of the LLM's answer (VQA)."""
         batch = self._batch(paths, questions, None)
-        image_feats = self.model.llm_image_tokens(self.model.per_image(batch, self.model.image_tokens))
+        image_feats, pixel_feats = self.model.vision(batch)
+        image_feats = self.model.llm_image_tokens(image_feats, pixel_feats[1])
         ids, attn = batch["input_ids"], batch["attention_mask"]
         lengths = attn.sum(1)
         done = torch.zeros(len(paths), dtype=torch.bool, device=ids.device)
