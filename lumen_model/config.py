@@ -103,6 +103,9 @@ def _tiny() -> LumenConfig:
         pixel_encoder="cnn", concept_weight=1.0, aligner_image_self_attn=True,
         # no pretrained SAM on a CPU demo: a SAM decoder trained from scratch reached segm AP 0.025 in 500 steps
         mask_decoder="roi",
+        # the LLM answers questions too: give it the CNN's shape-aware tokens, and the answers more weight
+        # than the fixed sentences of the heatmap tasks (their loss is ~0 after a few hundred steps)
+        llm_pixel_tokens=True, vqa_text_weight=2.0,
     )
 
 
