@@ -19,7 +19,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from lumen_model.checkpoint import load_model
-from lumen_model.data import Collator
+from lumen_model.data import Collator, short_answer_question
 from lumen_model.decoders.boxes import decode_boxes
 from lumen_model.decoders.pose import decode_keypoints
 from pipelines.errors import InputError
@@ -233,7 +233,8 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
         data = _read_json(questions)
         for q in data["questions"] if isinstance(data, dict) else data:
             path = Path(images_dir) / f"{q['image_id']:012d}.jpg"
-            jobs.append(({"id": q["image_id"], "path": str(path)}, q["question"], {"question_id": q["question_id"]}))
+            jobs.append(({"id": q["image_id"], "path": str(path)}, short_answer_question(q["question"]),
+                         {"question_id": q["question_id"]}))
 
     # inputs are checked above before the (slow) model load
     p = Predictor(checkpoint, batch_size=batch_size, score_threshold=score_threshold)
