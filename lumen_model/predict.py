@@ -18,7 +18,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from lumen_model.checkpoint import check_finite, load_model
-from lumen_model.data import Collator
+from lumen_model.data import Collator, short_answer_question
 from lumen_model.decoders.boxes import decode_boxes
 from lumen_model.decoders.pose import decode_keypoints
 from pipelines.errors import InputError
@@ -135,7 +135,8 @@ class Predictor:
     def answer(self, paths: list[str], questions: list[str], max_new_tokens: int = 12) -> list[str]:
         """Greedy generation of the LLM's answer (VQA)."""
         batch = self._batch(paths, questions, None)
-        image_feats = self.model.llm_image_tokens(self.model.per_image(batch, self.model.image_tokens))
+        image_feats, pixel_feats = self.model.vision(batch)
+        image_feats = self.model.llm_image_tokens(image_feats, pixel_feats[1])
         ids, attn = batch["input_ids"], batch["attention_mask"]
         lengths = attn.sum(1)
         done = torch.zeros(len(paths), dtype=torch.bool, device=ids.device)
@@ -163,18 +164,24 @@ class Predictor:
         return SquarePad(w, h, self.cfg.input_size, self.cfg.heatmap_size)
 
     @torch.no_grad()
-    def masks_for(self, dense: torch.Tensor, boxes_xywh: np.ndarray, geo: SquarePad) -> list[dict]:
+    def masks_for(self, out: dict, row: int, boxes_xywh: np.ndarray, geo: SquarePad, path: str) -> list[dict]:
+        """RLE masks in original pixels for one row's boxes: SAM on the original image, or the roi head."""
         if not len(boxes_xywh):
             return []
-        xy0 = geo.to_input(boxes_xywh[:, :2])
-        xy1 = geo.to_input(boxes_xywh[:, :2] + boxes_xywh[:, 2:])
-        bx = torch.tensor(np.concatenate([xy0, xy1], 1), dtype=torch.float32, device=dense.device)
-        logits = self.model.masks(dense[None], [bx])[0].cpu().numpy()
-        x0, y0, x1, y1 = geo.content_box_input()
+        if self.cfg.mask_decoder == "sam":
+            xyxy = np.concatenate([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], 1)
+            full_masks = (self.model.masks.predict(self._image(path), xyxy) > 0).numpy().astype(np.uint8)
+        else:
+            xy0 = geo.to_input(boxes_xywh[:, :2])
+            xy1 = geo.to_input(boxes_xywh[:, :2] + boxes_xywh[:, 2:])
+            bx = torch.tensor(np.concatenate([xy0, xy1], 1), dtype=torch.float32, device=out["dense"].device)
+            r = slice(row, row + 1)
+            logits = self.model.masks(out["dense"][r], out["heatmap_logits"][r], out["pixels"][r], [bx])[0].cpu().numpy()
+            x0, y0, x1, y1 = geo.content_box_input()
+            full_masks = [cv2.resize((lg[y0:y1, x0:x1] > 0).astype(np.uint8), (geo.width, geo.height),
+                                     interpolation=cv2.INTER_NEAREST) for lg in logits]
         rles = []
-        for lg in logits:
-            crop = (lg[y0:y1, x0:x1] > 0).astype(np.uint8)
-            full = cv2.resize(crop, (geo.width, geo.height), interpolation=cv2.INTER_NEAREST)
+        for full in full_masks:
             rle = mask_utils.encode(np.asfortranarray(full))
             rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")})
         return rles
@@ -239,7 +246,8 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
         data = _read_json(questions)
         for q in data["questions"] if isinstance(data, dict) else data:
             path = Path(images_dir) / f"{q['image_id']:012d}.jpg"
-            jobs.append(({"id": q["image_id"], "path": str(path)}, q["question"], {"question_id": q["question_id"]}))
+            jobs.append(({"id": q["image_id"], "path": str(path)}, short_answer_question(q["question"]),
+                         {"question_id": q["question_id"]}))
 
     # inputs are checked above before the (slow) model load
     p = Predictor(checkpoint, device=device, batch_size=batch_size, score_threshold=score_threshold)
@@ -273,7 +281,7 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
                           "heatmap_size": cfg.heatmap_size, "p_none": round(1 - keep, 4),
                           "task_token": out["task_token"][i], "expected_task_token": TASK_TOKENS[task]})
             if task in ("instance_segmentation", "referring_segmentation"):
-                masks = p.masks_for(out["dense"][i], boxes, geo)
+                masks = p.masks_for(out, i, boxes, geo, im["path"])
             if task == "pose":
                 kps = p.keypoints_for(out["dense"][i], boxes, geo)
             for j, (b, s) in enumerate(zip(boxes, scores)):

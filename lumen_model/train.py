@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from lumen_model.checkpoint import build_model, load_model, nonfinite_tensors, save_checkpoint
 from lumen_model.config import get_preset
-from lumen_model.data import Collator, hflip
+from lumen_model.data import SHORT_ANSWER, Collator, hflip
 from lumen_model.tokenizer import train_tokenizer
 from lumen_model.train_args import build_arg_parser  # noqa: F401  (kept here for `python -m lumen_model.train`)
 from pipelines.errors import InputError, LumenError
@@ -271,7 +271,7 @@ def train(cfg: TrainConfig) -> dict:
         model, tokenizer = load_model(cfg.init, device)
     else:
         texts = [t for r in dataset.rows for t in (r["instruction"], r["answer"])]
-        texts.append("user : assistant :")
+        texts += ["user : assistant :", SHORT_ANSWER]
         tokenizer = train_tokenizer(texts, vocab_size=preset.text["vocab_size"])
         _set_seed(cfg.seed)
         model = build_model(preset, tokenizer).to(device)

@@ -110,6 +110,7 @@ class ShardDataset(Dataset):
             "instruction": row["instruction"],
             "answer": row["answer"],
             "task": row["task"],
+            "source": row.get("source"),
             "sample_id": row["sample_id"],
             "image_id": row["image_id"],
             "image_path": row["image_path"],
