@@ -67,3 +67,43 @@ def test_a_pull_leaves_the_temp_folder_of_a_live_pull_alone(review_sources, tmp_
     finally:
         live.kill()
         live.wait()
+
+
+def test_two_pulls_that_overlap_write_one_version(review_sources, tmp_path, fo_dataset_name, monkeypatch):
+    """Deterministic overlap, real threads: each pull waits (up to 3 s), right before it looks for the
+    latest version, for the other to get there too, so without a lock both see "no version yet" and
+    both write one."""
+    import threading
+
+    import pipelines.review.pull as pull_mod
+
+    _reviewed_dataset(review_sources, tmp_path, fo_dataset_name)
+    real_hash, arrived, lock = pull_mod._content_hash, [], threading.Lock()
+    both = threading.Event()
+
+    def hash_then_wait(*a, **kw):
+        states = real_hash(*a, **kw)
+        with lock:
+            arrived.append(1)
+            if len(arrived) == 2:
+                both.set()
+        both.wait(timeout=3)
+        return states
+
+    monkeypatch.setattr(pull_mod, "_content_hash", hash_then_wait)
+    out, results, errors = tmp_path / "corr", [], []
+
+    def run():
+        try:
+            results.append(pull_corrections(fo_dataset_name, out, progress=False))
+        except Exception as exc:  # reported below, with the other thread's result
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert sorted(r["new_version"] for r in results) == [False, True]
+    assert sorted(d.name for d in out.iterdir() if not d.name.startswith(".")) == ["v0001"]

@@ -143,3 +143,27 @@ def test_with_ground_truth_the_first_pages_hold_most_errors(triage_sources, fo_d
                             src["thresholds"])
     assert m["share"] >= 0.6, m
     assert abs(m["view_images"] - sum(1 for v in errors.values() if v)) <= 1 and m["view_images"] < m["images"]
+
+
+def test_cli_thresholds_then_push_with_them(triage_sources, fo_dataset_name, tmp_path, capsys):
+    import fiftyone as fo
+
+    from pipelines.cli import main
+
+    src = triage_sources
+    out = tmp_path / "th.json"
+    assert main(["review", "thresholds", "--gt", str(src["info"]["gt_file"]), "--pred", str(src["pred"]),
+                 "--out", str(out), "--model-version", "v0001"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["thresholds_file"] == str(out) and load_thresholds(out)["model_version"] == "v0001"
+    assert main(["review", "push", "--dataset", fo_dataset_name, "--images", str(src["coco"] / "images"),
+                 "--gt", str(src["info"]["gt_file"]), "--pred", str(src["pred"]), "--model-version", "v0001",
+                 "--thresholds", str(out), "--no-queue"]) == 0
+    pushed = json.loads(capsys.readouterr().out)
+    assert pushed["predictions_below_threshold"] > 0
+    assert fo.load_dataset(fo_dataset_name).count("predictions.detections") == pushed["predictions_pushed"]
+    (tmp_path / "bad.json").write_text("[]")
+    assert main(["review", "push", "--dataset", fo_dataset_name, "--images", str(src["coco"] / "images"),
+                 "--pred", str(src["pred"]), "--model-version", "v0001", "--thresholds", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a review thresholds file" in err and "\n" not in err
