@@ -10,7 +10,6 @@ scheduler, step, RNG states and data position come back from the checkpoint fold
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math

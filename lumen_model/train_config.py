@@ -47,6 +47,10 @@ def _within(low: float, high: float) -> Callable[[Any], str | None]:
     return lambda v: None if low <= v <= high else f"must be within [{low}, {high}]"
 
 
+def _known_preset(v: str) -> str | None:
+    return None if v in PRESETS else f"unknown preset; expected one of {', '.join(PRESETS)}"
+
+
 def _device(v: str | None) -> str | None:
     return None if v is None or _DEVICE.fullmatch(v) else "must be auto, cpu, cuda or cuda:N"
 
@@ -76,7 +80,7 @@ class TrainConfig:
     device: str | None = knob(None, "auto, cpu, cuda or cuda:N (default: the GPU when there is one; DDP: one GPU "
                                     "per rank)", check=_device, shared=False)
     # the model and the optimisation
-    preset: str = knob("tiny", "model preset: tiny (CPU) or lumen-7b", choices=tuple(PRESETS))
+    preset: str = knob("tiny", "model preset: tiny (CPU) or lumen-7b", check=_known_preset)
     max_steps: int | None = knob(None, "optimizer steps (default: stage 1 %d, stage 2 %d)" % (STAGE_STEPS[1], STAGE_STEPS[2]),
                                  check=_at_least(0), shared=False)
     lr: float = knob(1e-3, "peak learning rate", check=_at_least(0.0))

@@ -13,7 +13,7 @@ BASE = dict(stage=1, shards=["s"], out="o")
 
 
 @pytest.mark.parametrize("bad, says", [
-    (dict(preset="huge"), "preset='huge': expected one of tiny, lumen-7b"),
+    (dict(preset="huge"), "preset='huge': unknown preset; expected one of tiny, lumen-7b"),
     (dict(device="gpu"), "device='gpu': must be auto, cpu, cuda or cuda:N"),
     (dict(max_steps=-1), "max_steps=-1: must be >= 0"),
     (dict(hflip=1.5), "hflip=1.5: must be within [0.0, 1.0]"),
