@@ -81,3 +81,15 @@ def test_model_config_refuses_an_unknown_choice_or_key_in_one_line():
         with pytest.raises(InvalidLumenConfig) as err:
             LumenConfig.from_dict({**saved, **bad})
         assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_retrain_config_with_a_bad_knob_fails_the_step_in_one_line(tmp_path):
+    import dagster as dg
+
+    from assets_defs.assets.training import RetrainConfig, _train_config
+
+    cfg = _train_config(2, RetrainConfig(stage2_steps=5, weights=""), tmp_path, "cpu", [tmp_path])
+    assert cfg.max_steps == 5 and cfg.weights is None and cfg.device == "cpu"
+    with pytest.raises(dg.Failure) as err:
+        _train_config(2, RetrainConfig(stage2_steps=-5), tmp_path, "cpu", [tmp_path])
+    assert str(err.value.description) == "retrain config: invalid training setting max_steps=-5: must be >= 0"

@@ -100,16 +100,21 @@ def _version_dir(parent: Path, resume: bool) -> tuple[str, Path]:
     return version, parent / version
 
 
+def _train_config(stage: int, cfg: RetrainConfig, out: Path, device: str, shard_dirs, init=None) -> TrainConfig:
+    """The validated training config of one stage; a bad knob fails the step in one line."""
+    try:
+        return TrainConfig(stage=stage, shards=[str(d) for d in shard_dirs], out=str(out),
+                           init=str(init) if init else None, device=device,
+                           max_steps=cfg.stage1_steps if stage == 1 else cfg.stage2_steps,
+                           progress=True,  # a bar on a terminal, a line every few seconds in the UI's logs
+                           **knob_values(cfg))
+    except InputError as e:
+        raise dg.Failure(f"retrain config: {e}") from None
+
+
 def _train(context, stage: int, cfg: RetrainConfig, paths: LumenPaths, device: str, shard_dirs, init=None) -> tuple[str, dict]:
     version, out = _version_dir(paths.models / f"stage{stage}", cfg.resume)
-    try:
-        train_cfg = TrainConfig(stage=stage, shards=[str(d) for d in shard_dirs], out=str(out),
-                                init=str(init) if init else None, device=device,
-                                max_steps=cfg.stage1_steps if stage == 1 else cfg.stage2_steps,
-                                progress=True,  # a bar on a terminal, a line every few seconds in the UI's logs
-                                **knob_values(cfg))
-    except InputError as e:
-        raise dg.Failure(str(e)) from None
+    train_cfg = _train_config(stage, cfg, out, device, shard_dirs, init)
     context.log.info("training stage %d -> %s (%d steps, %d shard folders, device %s, %d process(es))", stage, out,
                      train_cfg.max_steps, len(shard_dirs), device, cfg.nproc_per_node)
     if cfg.nproc_per_node > 1:
@@ -186,6 +191,9 @@ def models(context: dg.AssetExecutionContext, config: RetrainConfig, paths: Lume
     selected = {k.to_user_string() for k in context.selected_asset_keys}
     partitions, dirs = train_shard_dirs(context, paths, list(config.partitions))
     device = compute.resolved()
+    for stage in (1, 2):  # a bad knob of either stage fails now, not after hours of stage 1
+        if config.stage in ("1+2", str(stage)):
+            _train_config(stage, config, paths.models, device, dirs)
     stage1_dir = None
     if "stage1_model" in selected and config.stage in ("1+2", "1"):
         version, result = _train(context, 1, config, paths, device, dirs)
