@@ -395,7 +395,8 @@ def _save(model, tokenizer, optimizer, scheduler, out: Path, step: int, history:
         state = {"step": step, "history": history, "config": {k: v for k, v in asdict(cfg).items() if k != "categories"}}
         with writing(tmp / "trainer_state.json"):
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-            if history:
+        if history:
+            with writing(tmp / curve.name):
                 _loss_curve(history, tmp / curve.name, f"stage {cfg.stage} ({cfg.preset})")
         publish_dir(tmp, out)
     last = history[-1] if history else {}

@@ -12,6 +12,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
+from pipelines.errors import InputError
 from pipelines.geometry import SquarePad, pad_image
 from pipelines.heatmaps import decode_png, gaussian_radius, render_heatmap
 from pipelines.schema import HEATMAP_TASKS
@@ -23,8 +24,8 @@ _FIXED = ("pixel_values", "heatmap", "has_heatmap")
 
 def _read_image(path: str) -> np.ndarray:
     img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise FileNotFoundError(f"image not readable: {path}")
+    if img is None:  # one line naming it; `lumen convert --verify-images` finds these before training
+        raise InputError(f"image not readable: {path} (convert with --verify-images to quarantine such images)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

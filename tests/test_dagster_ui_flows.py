@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_dagster_ui import CHROMIUM, _free_port, _location_loaded
+from tests.test_dagster_ui import CHROMIUM, _free_port, _location_loaded, graphql
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCATION = "assets_defs.definitions"
 SMALL = {"ops": {"models": {"config": {"stage1_steps": 4, "stage2_steps": 2, "batch_size": 8}},
                  "evaluation": {"config": {"tasks": ["bbox", "grounding"]}},
                  "pseudo_labels": {"config": {"batch_size": 8, "task": "detection"}}}}
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
+# the first test also builds the used instance (a few minutes on 2 idle cores; generous for a loaded machine)
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(3600)]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,8 @@ def ui(used_instance):
                 pass
             assert time.time() < deadline, "dagster-webserver did not come up in 180 s"
             time.sleep(2)
-        yield {"url": url, **used_instance}
+        nodes = graphql(url, "{ repositoriesOrError { ... on RepositoryConnection { nodes { location { name } } } } }")
+        yield {"url": url, "location": nodes["repositoriesOrError"]["nodes"][0]["location"]["name"], **used_instance}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -121,7 +122,7 @@ def _open(page, url: str, wait_for: str | None = None):
 
 
 def test_main_run_is_listed_under_its_job(ui, page, artifacts_dir):
-    text = _open(page, f"{ui['url']}/locations/{LOCATION}/jobs/main/runs")
+    text = _open(page, f"{ui['url']}/locations/{ui['location']}/jobs/main/runs")
     page.screenshot(path=str(artifacts_dir / "ui_main_job_runs.png"))
     assert "No runs found" not in text
     assert ui["main_run"][:8] in text
@@ -137,7 +138,7 @@ def test_model_in_use_page_says_which_version_and_why(ui, page, artifacts_dir):
 
 
 def test_launchpad_shows_the_readme_fields(ui, page, artifacts_dir):
-    text = _open(page, f"{ui['url']}/locations/{LOCATION}/jobs/retrain/playground", wait_for="Launchpad")
+    text = _open(page, f"{ui['url']}/locations/{ui['location']}/jobs/retrain/playground", wait_for="Launchpad")
     if "partitions" not in text and page.get_by_text("Scaffold missing config").count():
         page.get_by_text("Scaffold missing config").first.click()
         page.wait_for_timeout(1500)
@@ -157,7 +158,7 @@ def test_sensor_tick_after_a_source_file_changed(ui, page, artifacts_dir):
     refs = ui["data"] / "sources" / "refcoco" / "instances.json"
     refs.write_text(refs.read_text() + "\n")
     os.utime(refs, ns=(refs.stat().st_atime_ns, refs.stat().st_mtime_ns + 10**9))
-    _open(page, f"{ui['url']}/locations/{LOCATION}/sensors/new_source_files", wait_for="Test sensor")
+    _open(page, f"{ui['url']}/locations/{ui['location']}/sensors/new_source_files", wait_for="Test sensor")
     page.get_by_role("button", name="Test sensor").click()
     page.wait_for_timeout(1000)
     for name in ("Continue", "Evaluate", "Test"):

@@ -91,6 +91,15 @@ def test_app_opens_the_review_view_readable(review_sources, tmp_path, fo_dataset
                      gt_file=info["gt_file"], heatmaps_dir=info["heatmaps_dir"], thresholds=th, progress=False)
     q = build_review_queue(fo_dataset_name)
     n_wrong = q["view_counts"]["review/likely-wrong"]
+    import fiftyone as fo
+
+    ds = fo.load_dataset(fo_dataset_name)
+    ds_id, show_confidence = ds._doc.id, True
+    top = ds.load_saved_view("review/likely-wrong").first()
+    dets = top.predictions.detections
+    ds.select_labels(ids=[dets[0].id]).tag_labels("accept")  # a labeler's first decisions
+    if len(dets) > 1:
+        ds.select_labels(ids=[dets[1].id]).tag_labels("reject")
     assert 0 < n_wrong < len(json.loads(info["gt_file"].read_text())["images"])
     port = _free_port()
     url = launch_app(fo_dataset_name, port=port, address="127.0.0.1")
@@ -98,6 +107,9 @@ def test_app_opens_the_review_view_readable(review_sources, tmp_path, fo_dataset
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
+            if show_confidence:  # what the sidebar's label-attribute picker stores, per browser
+                page.add_init_script(f"localStorage.setItem('shownLabelAttributes-{ds_id}', "
+                                     "JSON.stringify({predictions: ['label', 'confidence']}))")
             page.goto(f"{url}?view={to_slug('review/likely-wrong')}", wait_until="domcontentloaded", timeout=120_000)
             page.get_by_text("predictions", exact=True).first.wait_for(timeout=120_000)
             page.get_by_text(f"{n_wrong} samples").first.wait_for(timeout=60_000)  # the view, not the dataset
@@ -110,6 +122,17 @@ def test_app_opens_the_review_view_readable(review_sources, tmp_path, fo_dataset
             page.locator("canvas").first.click()  # open the first (most errors) sample
             page.wait_for_timeout(4000)
             page.screenshot(path=str(artifacts_dir / "review_app_sample.png"))
+            # switch the heatmap off in the sample's sidebar: the picture must change where it was
+            page.locator("[data-cy='checkbox-heatmap']").last.click()
+            page.wait_for_timeout(2500)
+            page.screenshot(path=str(artifacts_dir / "review_app_sample_no_heatmap.png"))
             browser.close()
     finally:
         close_app(port)
+    import numpy as np
+    from PIL import Image
+
+    with_heat, without = (np.asarray(Image.open(artifacts_dir / n).convert("RGB"), dtype=np.int16)
+                          for n in ("review_app_sample.png", "review_app_sample_no_heatmap.png"))
+    changed = np.abs(with_heat - without).max(axis=2) > 40
+    assert changed.mean() > 0.005, f"the heatmap is not visible by default ({changed.mean():.4f} of the pixels differ)"

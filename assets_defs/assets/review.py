@@ -18,6 +18,7 @@ from assets_defs.partitions import corrections_partition, source_partitions
 from assets_defs.resources import Compute, FiftyOneSettings, LumenPaths
 from pipelines.layout import pool_file
 from pipelines.review.queue import VIEWS as REVIEW_VIEWS
+from pipelines.sources.common import load_json
 
 
 class PseudoLabelConfig(dg.Config):
@@ -73,8 +74,11 @@ def review_dataset(context: dg.AssetExecutionContext, fiftyone: FiftyOneSettings
     labels = pseudo_labels
     context.log.info("pushing %s (model %s) into FiftyOne dataset %s", labels.predictions_file, labels.model_version,
                      fiftyone.dataset)
+    # the pool's image_info json names images and categories only; a json with labels is ground truth too
+    has_labels = bool(labels.annotations) and "annotations" in load_json(labels.annotations, dict, "images json")
     pushed = push_predictions(fiftyone.dataset, labels.images_dir, labels.predictions_file, labels.model_version,
-                              gt_file=labels.annotations,
+                              gt_file=labels.annotations if has_labels else None,
+                              categories_file=labels.annotations if labels.annotations and not has_labels else None,
                               heatmaps_dir=labels.heatmaps_dir if Path(labels.heatmaps_dir).is_dir() else None,
                               thresholds=labels.review_thresholds or None, progress=False)
     queue = build_review_queue(fiftyone.dataset)

@@ -8,12 +8,14 @@ FiftyOne keeps per-dataset App defaults in `dataset.app_config` (public API, Fif
   every field), translucent masks (`opacity`), the heatmap in a bright "hot" colour scale, and
   label-tag colours: `accept` green, `reject` red.
 
-What FiftyOne 1.22 does not offer as a dataset setting (see the README):
-- the text drawn on a box is chosen per browser in the App's sidebar (label attributes are stored
-  in the browser's local storage), so the confidence is in the tooltip and the sidebar, not
-  forced into the box text;
-- a tagged label is drawn in its tag's colour only while that tag is switched on under
-  "LABEL TAGS" in the sidebar (the App's own rule); we cannot make it the default from Python.
+What FiftyOne 1.22 does not offer as a dataset setting (checked in its App code and in a browser,
+see tests/test_review_app.py; documented in the README):
+- the confidence in the box text: which label attributes a box shows is a per-browser choice in
+  the App's sidebar (stored in the browser's local storage under `shownLabelAttributes-<dataset
+  id>`); the default is the class name only. The labeler switches `confidence` on once per browser;
+- tagged labels in their tag's colour: the App colours a label by its tag only while that tag is
+  selected under "label tags" in the grid's sidebar; `active_fields` does not switch that on, and
+  the sample view has no such checkbox. The tag colours below apply once it is selected.
 """
 
 from __future__ import annotations
@@ -25,8 +27,13 @@ from pipelines.review.fo_env import fiftyone
 CLASS_COLORS = ["#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#bf5af2", "#ff9f0a", "#64d2ff", "#ff2d55",
                 "#30d158", "#5e5ce6"]
 TAG_COLORS = {F.ACCEPT: "#22c55e", F.REJECT: "#ef4444", F.REVIEWED_SAMPLE_TAG: "#a3a3a3"}
-MASK_OPACITY = 0.35
-HEATMAP_COLORSCALE = "hot"  # plotly's black -> red -> yellow -> white: stands out on any photo
+MASK_OPACITY = 0.5  # masks translucent; the heatmap shares this alpha, so not lower
+HEATMAP_COLORSCALE = "hot"  # named for logs; the list below is the one drawn
+# red -> orange -> yellow -> white ("hot" without its black end, which would darken the object
+# under the map's wide low tail); zero heat stays transparent; the App stretches the scale over each
+# map's own `range` (set per image at push)
+HEATMAP_COLORS = [{"value": 0.0, "color": "rgb(200, 0, 0)"}, {"value": 0.5, "color": "rgb(255, 110, 0)"},
+                  {"value": 0.8, "color": "rgb(255, 225, 0)"}, {"value": 1.0, "color": "rgb(255, 255, 255)"}]
 
 
 def shown_fields(dataset) -> list[str]:
@@ -56,8 +63,8 @@ def apply_app_config(dataset) -> dict:
         color_pool=CLASS_COLORS,
         fields=fields,
         opacity=MASK_OPACITY,
-        colorscales=[{"path": F.HEATMAP, "name": HEATMAP_COLORSCALE}],
-        default_colorscale={"name": HEATMAP_COLORSCALE},
+        colorscales=[{"path": F.HEATMAP, "name": None, "list": HEATMAP_COLORS}],
+        default_colorscale={"name": None, "list": HEATMAP_COLORS},
         label_tags={"fieldColor": "#ffffff",
                     "valueColors": [{"value": k, "color": v} for k, v in TAG_COLORS.items()]},
         multicolor_keypoints=False,

@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from bson import ObjectId
 
@@ -74,7 +76,12 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
     images = dict(gt.images) if gt else {}
     ran_on = {r.get("image_id") for r in results if isinstance(r, dict)} | set(heat_index or ())
     if ran_on - set(images):
-        folder = list_folder_images(images_dir)  # ids as `lumen predict` gives them without annotations
+        known = {}  # sizes of images already in the dataset: no need to open their files again
+        if fo.dataset_exists(dataset_name):
+            paths, ws, hs = fo.load_dataset(dataset_name).values(["filepath", "metadata.width", "metadata.height"])
+            known = {p: (w, h) for p, w, h in zip(paths, ws, hs)}
+        # ids as `lumen predict` gives them without annotations
+        folder = list_folder_images(images_dir, wanted=ran_on - set(images), known_sizes=known)
         images.update({i: folder[i] for i in ran_on - set(images) if i in folder})
 
     dataset = fo.load_dataset(dataset_name) if fo.dataset_exists(dataset_name) else fo.Dataset(dataset_name,
@@ -243,7 +250,7 @@ def _declare_fields(dataset, content: dict) -> None:
     for c in content.values():
         for name, raw in c.items():
             if raw is not None:
-                wanted.setdefault(name, raw["_cls"])
+                wanted.setdefault(name, _cls_of(raw))
     for name, cls in wanted.items():
         if name not in schema:
             dataset.add_sample_field(name, fo.EmbeddedDocumentField, embedded_doc_type=getattr(fo, cls))
@@ -252,7 +259,7 @@ def _declare_fields(dataset, content: dict) -> None:
 def _sample_doc(dataset, im, content: dict) -> dict:
     fields = {"filepath": im.path, "metadata": {"_cls": "ImageMetadata", "width": int(im.width), "height": int(im.height)},
               "image_id": int(im.image_id), "file_name": im.file_name}
-    fields.update({k: v for k, v in content.items() if v is not None})
+    fields.update({k: _doc(v) for k, v in content.items() if v is not None})
     return fa.new_sample_doc(dataset, fields)
 
 
@@ -304,10 +311,28 @@ def _take_over_field(dataset, field: str, kind: str, version: str) -> list[str]:
     return moved
 
 
+@dataclass(frozen=True)
+class _Lazy:
+    """A label document known by its keys; built (masks decoded, arrays serialized) only if written."""
+    cls: str
+    keys: tuple
+    build: Callable[[], dict]
+
+
+def _cls_of(v) -> str:
+    return v.cls if isinstance(v, _Lazy) else v["_cls"]
+
+
+def _doc(v):
+    return v.build() if isinstance(v, _Lazy) else v
+
+
 def _content_keys(raw) -> tuple | None:
     """The label keys of a label document as built here (None: no label)."""
     if raw is None:
         return None
+    if isinstance(raw, _Lazy):
+        return raw.keys
     name = fa.LIST_FIELDS.get(raw["_cls"])
     if name is None:
         return (raw.get("label_key"),)
@@ -320,7 +345,7 @@ def _stored_keys(dataset, sample_ids: list[str], content: dict) -> dict:
     for c in content.values():
         for k, raw in c.items():
             if raw is not None:
-                kinds.setdefault(k, fa.LIST_FIELDS.get(raw["_cls"]))
+                kinds.setdefault(k, fa.LIST_FIELDS.get(_cls_of(raw)))
     schema = dataset.get_field_schema()
     names = sorted(k for k in kinds if k in schema)
     if not sample_ids or not names:
@@ -356,9 +381,9 @@ def _plan_updates(dataset, old: dict, content: dict, counts: Counter) -> tuple[d
             if have == new:
                 counts["fields_unchanged"] += 1
             elif not have:
-                writes[sid][k] = raw
+                writes[sid][k] = _doc(raw)
             else:
-                to_merge[sid][k] = raw
+                to_merge[sid][k] = _doc(raw)
     return dict(writes), dict(to_merge)
 
 
@@ -454,15 +479,18 @@ class _LabelBuilder:
     def _box(self, im, bbox) -> list[float]:
         return [float(v) for v in relative_box(bbox, im.width, im.height)]
 
-    def detections(self, im, records) -> dict:
+    def detections(self, im, records) -> _Lazy:
         keys = self._keys([(self.version, im.image_id, "det", r["category_id"], *(round(v, 2) for v in r["bbox"]),
                             round(r["score"], 5)) for r in records])
-        masks = self._masks(im, records)
-        return {"_cls": "Detections", "detections": [
-            self._label("Detection", label=self._name(r["category_id"]), bounding_box=self._box(im, r["bbox"]),
-                        mask=self.serialize(mask) if mask is not None else None, confidence=float(r["score"]),
-                        model_version=self.version, label_key=key, category_id=int(r["category_id"]))
-            for r, key, mask in zip(records, keys, masks)]}
+
+        def build():
+            masks = self._masks(im, records)
+            return {"_cls": "Detections", "detections": [
+                self._label("Detection", label=self._name(r["category_id"]), bounding_box=self._box(im, r["bbox"]),
+                            mask=self.serialize(mask) if mask is not None else None, confidence=float(r["score"]),
+                            model_version=self.version, label_key=key, category_id=int(r["category_id"]))
+                for r, key, mask in zip(records, keys, masks)]}
+        return _Lazy("Detections", tuple(keys), build)
 
     def keypoints(self, im, records) -> dict:
         keys = self._keys([(self.version, im.image_id, "kp", r["category_id"], *(round(v, 2) for v in r["bbox"]),
@@ -475,7 +503,7 @@ class _LabelBuilder:
                                       model_version=self.version, label_key=key, category_id=int(r["category_id"])))
         return {"_cls": "Keypoints", "keypoints": labels}
 
-    def ground_truth(self, im, anns, keypoints: bool) -> dict:
+    def ground_truth(self, im, anns, keypoints: bool) -> dict | _Lazy:
         if keypoints:
             labels = []
             for a in anns:
@@ -486,12 +514,15 @@ class _LabelBuilder:
                                           visibility=vis, box=self._box(im, a["bbox"]), label_key=f"gt:{a.get('id')}",
                                           category_id=int(a["category_id"])))
             return {"_cls": "Keypoints", "keypoints": labels}
-        masks = self._masks(im, anns)
-        return {"_cls": "Detections", "detections": [
-            self._label("Detection", label=self._name(a["category_id"]), bounding_box=self._box(im, a["bbox"]),
-                        mask=self.serialize(mask) if mask is not None else None, iscrowd=int(bool(a.get("iscrowd"))),
-                        label_key=f"gt:{a.get('id')}", category_id=int(a["category_id"]))
-            for a, mask in zip(anns, masks)]}
+        def build():
+            masks = self._masks(im, anns)
+            return {"_cls": "Detections", "detections": [
+                self._label("Detection", label=self._name(a["category_id"]), bounding_box=self._box(im, a["bbox"]),
+                            mask=self.serialize(mask) if mask is not None else None,
+                            iscrowd=int(bool(a.get("iscrowd"))), label_key=f"gt:{a.get('id')}",
+                            category_id=int(a["category_id"]))
+                for a, mask in zip(anns, masks)]}
+        return _Lazy("Detections", tuple(f"gt:{a.get('id')}" for a in anns), build)
 
     def heatmap(self, heat) -> dict | None:
         if heat is None:
