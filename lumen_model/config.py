@@ -8,9 +8,20 @@ classes (LLaVA = CLIP + LLaMA, SAM), so one code path serves both.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pipelines.errors import InputError
+
+
+class InvalidLumenConfig(InputError, ValueError):
+    """A model setting this version does not know, or a value outside its choices (one line)."""
+
+
+# settings that pick a code path: any other value would silently fall back to one of these
+CHOICES = {
+    "pixel_encoder": ("cnn", "stem"),
+    "mask_decoder": ("sam", "roi"),
+}
 
 
 @dataclass
@@ -34,6 +45,7 @@ class LumenConfig:
     mask_decoder: str = "sam"
     pose_dim: int = 64
     pose_crop: int = 16  # per-person feature crop side for the pose decoder
+    pose_sigma: float = 1.5  # width (in heatmap pixels of the crop) of the Gaussian keypoint targets
     num_keypoints: int = 17
     # decoding (spec: 3x3 max-pool peaks, top-K, configurable threshold)
     top_k: int = 100
@@ -59,7 +71,12 @@ class LumenConfig:
     # average-pool the patch grid by this factor before the LLM (tiny: 2x2 -> 4x fewer LLM tokens on a CPU);
     # the aligner always sees the full grid. lumen-7b keeps LLaVA's 1 (every patch is an LLM token).
     llm_image_pool: int = 1
-    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise InvalidLumenConfig(f"invalid model setting {name}={getattr(self, name)!r}: expected one of "
+                                         f"{', '.join(allowed)}")
 
     @property
     def patch_grid(self) -> int:
@@ -75,12 +92,19 @@ class LumenConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LumenConfig":
+        """A saved config back; a key this version does not know is refused (it would be ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         d = dict(d)
+        if d.get("extra") == {}:  # an always-empty field of checkpoints saved before it was removed
+            del d["extra"]
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InvalidLumenConfig(f"unknown model setting(s) {', '.join(unknown)} in the config (of this version: "
+                                     f"{', '.join(sorted(names))})")
         for k in ("image_mean", "image_std"):
             if k in d:
                 d[k] = tuple(d[k])
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**d)
 
 
 def _tiny() -> LumenConfig:

@@ -50,8 +50,6 @@ class LumenModel(nn.Module):
         self.aligner = DenseAligner(text_dim, text_dim, cfg.aligner_dim, cfg.aligner_layers, cfg.aligner_heads,
                                     cfg.heatmap_size, cfg.pixel_encoder,
                                     cfg.aligner_image_self_attn, cfg.patch_grid)
-        if cfg.mask_decoder not in ("sam", "roi"):
-            raise ValueError(f"mask_decoder must be 'sam' or 'roi', not {cfg.mask_decoder!r}")
         self.masks = RoiMaskHead(cfg.aligner_dim, cfg.input_size) if cfg.mask_decoder == "roi" else SamBoxPrompts(cfg)
         # vocabulary-sized: only built where used (tiny), never for the 7B's 32k x 4096
         self.concept_head = nn.Linear(text_dim, vocab_size) if cfg.concept_weight > 0 else None
@@ -182,7 +180,7 @@ class LumenModel(nn.Module):
             targets, weights = [], []
             for i in pose_idx:
                 for kp, bx in zip(batch["keypoints_input"][i], batch["boxes_input"][i]):
-                    t, w = keypoint_targets(kp, bx, self.pose.out_size)
+                    t, w = keypoint_targets(kp, bx, self.pose.out_size, self.cfg.pose_sigma)
                     targets.append(t)
                     weights.append(w)
             pose_l = keypoint_loss(maps, torch.stack(targets).to(maps.device), torch.stack(weights).to(maps.device))

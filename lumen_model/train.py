@@ -10,7 +10,6 @@ scheduler, step, RNG states and data position come back from the checkpoint fold
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -19,7 +18,7 @@ import random
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +29,12 @@ from lumen_model.checkpoint import build_model, load_model, nonfinite_tensors, s
 from lumen_model.config import get_preset
 from lumen_model.data import SHORT_ANSWER, Collator, hflip
 from lumen_model.tokenizer import train_tokenizer
-from lumen_model.train_args import build_arg_parser  # noqa: F401  (kept here for `python -m lumen_model.train`)
+from lumen_model.train_config import STAGE_TASKS, TrainConfig, build_arg_parser, config_from_args  # noqa: F401 (public here too)
 from pipelines.errors import InputError, LumenError
 from pipelines.progress import progress
 from pipelines.tempdirs import clean_stale, publish_dir, staged, writing
 
 log = logging.getLogger(__name__)
-STAGE_TASKS = {
-    1: ("detection", "instance_segmentation", "pose", "grounding", "referring_segmentation", "vqa"),
-    2: ("instance_segmentation", "referring_segmentation", "pose"),
-}
 TRAIN_SPLITS = ("train", "all")
 
 
@@ -73,33 +68,6 @@ def _last_good(out: Path) -> str:
     if not state.is_file():
         return f"no checkpoint was saved in {out}"
     return f"the last good checkpoint (step {json.loads(state.read_text())['step']}) is kept in {out}"
-
-
-@dataclass
-class TrainConfig:
-    stage: int
-    preset: str
-    shards: list[str]
-    out: str
-    init: str | None = None
-    max_steps: int = 200
-    lr: float = 1e-3
-    batch_size: int = 16
-    seed: int = 0
-    resume: bool = False
-    tasks: list[str] | None = None
-    num_workers: int = 0
-    save_every: int = 0  # 0: only at the end
-    stop_at_step: int | None = None  # stop (and checkpoint) early, as an interrupted run would; resume later
-    warmup_steps: int = 20
-    group_size: int = 4  # samples of the same image that sit together in a batch (1: plain shuffle)
-    hflip: float = 0.5  # probability of mirroring an image (with "left"/"right" swapped in its texts)
-    weights: str | None = None  # local folder with full-size pretrained parts (lumen-7b)
-    device: str | None = None  # "cpu" or "cuda"; None: the GPU when there is one (DDP: one GPU per rank)
-    allow_eval_overlap: bool = False  # train even on images whose content is in a val/test split (on purpose only)
-    max_bad_steps: int = 3  # consecutive steps with a non-finite loss or gradient before training stops
-    progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def _dist_info() -> tuple[int, int]:
@@ -260,7 +228,7 @@ def train(cfg: TrainConfig) -> dict:
     if not keep:
         raise InputError(f"no train/all-split samples for tasks {', '.join(tasks)} in {', '.join(cfg.shards)}")
 
-    cfg.extra["categories"] = _categories(dataset.rows, cfg.init or (out if cfg.resume else None))
+    cfg.categories = _categories(dataset.rows, cfg.init or (out if cfg.resume else None))
     state_file = out / "trainer_state.json"
     if rank == 0:
         clean_stale(out)  # temp folders of a killed save; an interrupted swap is put back
@@ -282,13 +250,13 @@ def train(cfg: TrainConfig) -> dict:
     model.train()
     model.set_stage(cfg.stage)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     start, history = 0, []
@@ -322,7 +290,7 @@ def train(cfg: TrainConfig) -> dict:
             losses = net(batch, stage=cfg.stage)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()  # DDP averages the gradients across ranks here
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         rec = {k: float(_mean_across(v.detach(), ddp)) for k, v in losses.items()}
         if bad_steps.check(rec["loss"], float(grad_norm), step, out):  # same values on every rank
             optimizer.step()
@@ -420,11 +388,11 @@ def _save(model, tokenizer, optimizer, scheduler, out: Path, step: int, history:
                 (tmp / f"rng_state_{r}.json").write_text(json.dumps(rng))
         with writing(tmp / "model.safetensors"):
             save_checkpoint(model, tokenizer, tmp, extra={"stage": cfg.stage, "step": step,
-                                                          "categories": cfg.extra.get("categories", [])})
+                                                          "categories": cfg.categories})
         for name, obj in (("optimizer.pt", optimizer), ("scheduler.pt", scheduler)):
             with writing(tmp / name):
                 torch.save(obj.state_dict(), tmp / name)
-        state = {"step": step, "history": history, "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}}
+        state = {"step": step, "history": history, "config": {k: v for k, v in asdict(cfg).items() if k != "categories"}}
         with writing(tmp / "trainer_state.json"):
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
         if history:
@@ -434,15 +402,6 @@ def _save(model, tokenizer, optimizer, scheduler, out: Path, step: int, history:
     last = history[-1] if history else {}
     return {"checkpoint_dir": str(out), "step": step, "metrics": {k: v for k, v in last.items() if k != "step"},
             "loss_curve_png": str(curve)}
-
-
-def config_from_args(args) -> TrainConfig:
-    return TrainConfig(stage=args.stage, preset=args.preset, shards=args.shards, out=args.out, init=args.init,
-                       max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                       resume=args.resume, save_every=args.save_every, weights=args.weights,
-                       warmup_steps=args.warmup_steps, tasks=args.tasks, progress=not args.no_progress,
-                       group_size=args.group_size, hflip=args.hflip, device=args.device,
-                       allow_eval_overlap=args.allow_eval_overlap, max_bad_steps=args.max_bad_steps)
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.checks import check_accounting, check_heatmap_peaks
-from pipelines.cli import main
+from lumen_cli import main
 from pipelines.convert import convert_source
 from pipelines.heatmaps import decode_png
 from pipelines.schema import SAMPLE_SCHEMA, TASKS
@@ -93,7 +93,7 @@ def test_unreadable_input_is_one_clear_line(tmp_path, capsys, content, message):
 
 def test_cli_exits_non_zero_without_traceback(tmp_path):
     """The installed-command path: a real process, its exit status and its stderr."""
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "convert", "coco", "--input", str(tmp_path / "nope.json"),
+    proc = subprocess.run([sys.executable, "-m", "lumen_cli", "convert", "coco", "--input", str(tmp_path / "nope.json"),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

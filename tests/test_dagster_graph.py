@@ -47,7 +47,7 @@ def test_retrain_config_defaults_are_usable():
 
     cfg = RetrainConfig()
     assert cfg.stage == "1+2" and cfg.preset == "tiny" and cfg.partitions == []
-    assert cfg.stage1_steps > 0 and cfg.stage2_steps > 0 and 0 < cfg.learning_rate < 1
+    assert cfg.stage1_steps > 0 and cfg.stage2_steps > 0 and 0 < cfg.lr < 1
 
 
 def test_launchpad_shows_every_config_field_with_its_default():

@@ -128,7 +128,7 @@ def _one_line_error(capsys) -> str:
 def test_divergence_stops_training_and_keeps_last_good_checkpoint(model_shard_dirs, tmp_path, capsys):
     import torch
     from lumen_model.checkpoint import WEIGHTS
-    from pipelines.cli import main as lumen
+    from lumen_cli import main as lumen
     from safetensors.torch import load_file
 
     out = tmp_path / "diverged"
@@ -225,7 +225,7 @@ def test_resume_refuses_files_of_different_steps(small_checkpoint, model_shard_d
 def test_truncated_checkpoint_file_is_one_line_naming_it(small_checkpoint, model_shard_dirs, tmp_path, capsys, name):
     import shutil
 
-    from pipelines.cli import main as lumen
+    from lumen_cli import main as lumen
 
     ckpt = tmp_path / "cut"
     shutil.copytree(small_checkpoint, ckpt)
@@ -395,7 +395,7 @@ def tiny_disk(tmp_path):
 
 
 def test_full_disk_during_convert_is_one_line_and_leaves_no_temp_folder(sample_data_dir, tiny_disk, capsys):
-    from pipelines.cli import main as lumen
+    from lumen_cli import main as lumen
 
     out = tiny_disk / "coco" / "train"
     rc = lumen(["convert", "coco", "--input", str(sample_data_dir / "coco" / "annotations" / "instances_train.json"),
@@ -406,7 +406,7 @@ def test_full_disk_during_convert_is_one_line_and_leaves_no_temp_folder(sample_d
 
 
 def test_full_disk_during_training_is_one_line_and_leaves_no_temp_folder(model_shard_dirs, tiny_disk, capsys):
-    from pipelines.cli import main as lumen
+    from lumen_cli import main as lumen
 
     out = tiny_disk / "ckpt"
     rc = lumen(["train", "--stage", "1", "--preset", "tiny", "--shards", *model_shard_dirs, "--out", str(out),

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from pipelines.cli import main
+from lumen_cli import main
 from pipelines.convert import convert_source
 from pipelines.leakage import find_eval_overlap
 from pipelines.sample_data import write_sample_data

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from lumen_model.predict import predict
-from pipelines.cli import main
+from lumen_cli import main
 from pipelines.layout import pool_file
 
 

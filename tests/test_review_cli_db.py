@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
+from lumen_cli import main
 from tests.fixtures_review import write_prediction_input
 
 ROOT = Path(__file__).resolve().parents[1]
-LUMEN = [sys.executable, "-m", "pipelines.cli"]
+LUMEN = [sys.executable, "-m", "lumen_cli"]
 
 
 def _free_port() -> int:

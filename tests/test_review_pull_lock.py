@@ -33,7 +33,7 @@ def test_two_pulls_at_once_write_one_version(review_sources, tmp_path, fo_datase
     _reviewed_dataset(review_sources, tmp_path, fo_dataset_name)
     out = tmp_path / "corr"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "pipelines.cli", "review", "pull", "--dataset", fo_dataset_name, "--out", str(out)]
+    cmd = [sys.executable, "-m", "lumen_cli", "review", "pull", "--dataset", fo_dataset_name, "--out", str(out)]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     results = []

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from pipelines.cli import main
+from lumen_cli import main
 from pipelines.sample_data import AREA_THRESHOLDS, COLORS, KEYPOINT_NAMES, SHAPES, size_label, write_sample_data
 from pipelines.sample_data.language import POSITION_GAP
 from pipelines.sample_data.scene import CAT_ID, PERSON_GRAY

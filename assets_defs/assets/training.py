@@ -27,7 +27,9 @@ from assets_defs.metadata import image_file_markdown, number, sparkline, table
 from assets_defs.partitions import source_partitions
 from assets_defs.regression import find_regressions, flatten_metrics
 from assets_defs.resources import Compute, LumenPaths
+from assets_defs.train_knobs import TrainingKnobs, knob_values
 from assets_defs.versions import next_version, versions
+from lumen_model.train_config import STAGE_STEPS, TrainConfig
 from pipelines.checks import check_accounting, check_heatmap_peaks
 from pipelines.errors import InputError
 from pipelines.layout import EVAL_TASKS, eval_ground_truth
@@ -36,24 +38,19 @@ from pipelines.model_registry import ModelRegistry
 STAGES = ("1+2", "1", "2")
 
 
-class RetrainConfig(dg.Config):
-    """What an ML engineer edits in the Launchpad of the `retrain` job."""
+class RetrainConfig(TrainingKnobs):
+    """What an ML engineer edits in the Launchpad of the `retrain` job: the shared training knobs
+    (`lumen_model/train_config.py`: learning rate, batch size, weight decay, ...) and these."""
 
     stage: str = Field(default="1+2", description="stages to train: '1+2', '1', or '2' (decoders only, "
                                                   "from the stage-1 checkpoint of the model in use)")
-    preset: str = Field(default="tiny", description="model preset: 'tiny' (CPU) or 'lumen-7b' (local weights)")
-    stage1_steps: int = Field(default=int(os.environ.get("LUMEN_STAGE1_STEPS", "1200")),
+    stage1_steps: int = Field(default=int(os.environ.get("LUMEN_STAGE1_STEPS", STAGE_STEPS[1])),
                               description="stage-1 optimizer steps")
-    stage2_steps: int = Field(default=int(os.environ.get("LUMEN_STAGE2_STEPS", "300")),
+    stage2_steps: int = Field(default=int(os.environ.get("LUMEN_STAGE2_STEPS", STAGE_STEPS[2])),
                               description="stage-2 optimizer steps")
-    learning_rate: float = Field(default=1e-3, description="peak learning rate")
-    batch_size: int = Field(default=16, description="global batch size")
     partitions: list[str] = Field(default=[], description=(
         "source partitions to train on, e.g. ['coco', 'refcoco', 'corrections-v0001']; "
         "empty = every partition that has shards, corrections included"))
-    seed: int = Field(default=0, description="random seed (data order, initialisation)")
-    resume: bool = Field(default=False, description="continue the latest checkpoint of the stage exactly where it stopped")
-    weights: str = Field(default="", description="lumen-7b: local folder with the pretrained parts (llava/, sam/); never a hub")
     nproc_per_node: int = Field(default=1, description="processes (GPUs) for training; > 1 runs torchrun with DDP")
 
 
@@ -103,33 +100,36 @@ def _version_dir(parent: Path, resume: bool) -> tuple[str, Path]:
     return version, parent / version
 
 
+def _train_config(stage: int, cfg: RetrainConfig, out: Path, device: str, shard_dirs, init=None) -> TrainConfig:
+    """The validated training config of one stage; a bad knob fails the step in one line."""
+    try:
+        return TrainConfig(stage=stage, shards=[str(d) for d in shard_dirs], out=str(out),
+                           init=str(init) if init else None, device=device,
+                           max_steps=cfg.stage1_steps if stage == 1 else cfg.stage2_steps,
+                           progress=True,  # a bar on a terminal, a line every few seconds in the UI's logs
+                           **knob_values(cfg))
+    except InputError as e:
+        raise dg.Failure(f"retrain config: {e}") from None
+
+
 def _train(context, stage: int, cfg: RetrainConfig, paths: LumenPaths, device: str, shard_dirs, init=None) -> tuple[str, dict]:
     version, out = _version_dir(paths.models / f"stage{stage}", cfg.resume)
-    steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
+    train_cfg = _train_config(stage, cfg, out, device, shard_dirs, init)
     context.log.info("training stage %d -> %s (%d steps, %d shard folders, device %s, %d process(es))", stage, out,
-                     steps, len(shard_dirs), device, cfg.nproc_per_node)
+                     train_cfg.max_steps, len(shard_dirs), device, cfg.nproc_per_node)
     if cfg.nproc_per_node > 1:
-        return version, _torchrun(context, stage, cfg, shard_dirs, out, init, steps, device)
-    from lumen_model.train import TrainConfig, train
+        return version, _torchrun(context, train_cfg, cfg.nproc_per_node)
+    from lumen_model.train import train
 
-    return version, train(TrainConfig(
-        stage=stage, preset=cfg.preset, shards=[str(d) for d in shard_dirs], out=str(out),
-        init=str(init) if init else None, max_steps=steps, lr=cfg.learning_rate, batch_size=cfg.batch_size,
-        seed=cfg.seed, resume=cfg.resume, weights=cfg.weights or None, device=device,
-        progress=True))  # a bar on a terminal, a line every few seconds in the UI's logs
+    return version, train(train_cfg)
 
 
-def _torchrun(context, stage, cfg: RetrainConfig, shard_dirs, out, init, steps, device) -> dict:
+def _torchrun(context, train_cfg: TrainConfig, nproc_per_node: int) -> dict:
     """Multi-process (DDP) training: the same `lumen_model.train` module under torchrun."""
-    result_file = Path(out).with_name(f".{Path(out).name}.result.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc_per_node}",
-           "-m", "lumen_model.train", "--stage", str(stage), "--preset", cfg.preset, "--out", str(out),
-           "--max-steps", str(steps), "--lr", str(cfg.learning_rate), "--batch-size", str(cfg.batch_size),
-           "--seed", str(cfg.seed), "--device", device, "--result-file", str(result_file),
-           "--shards", *map(str, shard_dirs)]
-    cmd += ["--init", str(init)] if init else []
-    cmd += ["--weights", cfg.weights] if cfg.weights else []
-    cmd += ["--resume"] if cfg.resume else []
+    out = Path(train_cfg.out)
+    result_file = out.with_name(f".{out.name}.result.json")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
+           "-m", "lumen_model.train", *train_cfg.to_argv(), "--result-file", str(result_file)]
     context.log.info("running %s", " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -148,7 +148,7 @@ def _model_metadata(ckpt: Checkpoint, result: dict, cfg: RetrainConfig, device: 
         "checkpoint_dir": dg.MetadataValue.path(ckpt.checkpoint_dir),
         "partitions": ", ".join(ckpt.partitions),
         "steps": int(result.get("step") or 0),
-        "learning_rate": cfg.learning_rate,
+        "learning_rate": cfg.lr,
         "preset": cfg.preset,
         "device": device,
         "samples_per_s": number(float(result.get("samples_per_s") or 0.0)),
@@ -191,6 +191,9 @@ def models(context: dg.AssetExecutionContext, config: RetrainConfig, paths: Lume
     selected = {k.to_user_string() for k in context.selected_asset_keys}
     partitions, dirs = train_shard_dirs(context, paths, list(config.partitions))
     device = compute.resolved()
+    for stage in (1, 2):  # a bad knob of either stage fails now, not after hours of stage 1
+        if config.stage in ("1+2", str(stage)):
+            _train_config(stage, config, paths.models, device, dirs)
     stage1_dir = None
     if "stage1_model" in selected and config.stage in ("1+2", "1"):
         version, result = _train(context, 1, config, paths, device, dirs)

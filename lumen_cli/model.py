@@ -7,7 +7,7 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from lumen_model.train_args import build_arg_parser
+    from lumen_model.train_config import build_arg_parser
 
     p = sub.add_parser("train", help="train stage 1 (heatmaps) or stage 2 (decoders) on shard folders",
                        description="Stage-wise Lumen training. Multi-process: torchrun --nproc_per_node N -m lumen_model.train ...")
