@@ -148,7 +148,7 @@ def test_with_ground_truth_the_first_pages_hold_most_errors(triage_sources, fo_d
 def test_cli_thresholds_then_push_with_them(triage_sources, fo_dataset_name, tmp_path, capsys):
     import fiftyone as fo
 
-    from pipelines.cli import main
+    from lumen_cli import main
 
     src = triage_sources
     out = tmp_path / "th.json"
