@@ -106,6 +106,11 @@ def page(ui):
             "--disable-sync"])
         try:
             pg = browser.new_page(viewport={"width": 1600, "height": 1000})
+            pg.goto(ui["url"], wait_until="networkidle", timeout=90_000)
+            try:  # the first-visit newsletter dialog comes a moment after the page; skipping it is remembered
+                pg.get_by_role("button", name="Skip").click(timeout=30_000)
+            except Exception:  # noqa: BLE001 - not shown on this version: nothing to dismiss
+                pass
             yield pg
         finally:
             browser.close()
@@ -134,15 +139,17 @@ def test_model_in_use_page_says_which_version_and_why(ui, page, artifacts_dir):
     assert "first evaluated model" in text and "v0001" in text
     assert "rejected" in text and "v0002" in text  # the regressed retrain is listed, not used
     text = _open(page, f"{ui['url']}/assets/pseudo_labels", wait_for="model_version")
-    assert re.search(r"model_version\s+v0001", text), "the label run after the rejected retrain used v0001"
+    used = re.search(r"model_version.{0,120}?(v\d{4})", text, re.S)  # key, timestamp, value cells
+    assert used and used.group(1) == "v0001", "the label run after the rejected retrain must use v0001"
 
 
 def test_launchpad_shows_the_readme_fields(ui, page, artifacts_dir):
-    text = _open(page, f"{ui['url']}/locations/{ui['location']}/jobs/retrain/playground", wait_for="Launchpad")
-    if "partitions" not in text and page.get_by_text("Scaffold missing config").count():
+    _open(page, f"{ui['url']}/locations/{ui['location']}/jobs/retrain/playground")
+    page.wait_for_timeout(5000)  # the config editor fills in after the schema loads
+    if page.get_by_text("Scaffold missing config").count():
         page.get_by_text("Scaffold missing config").first.click()
-        page.wait_for_timeout(1500)
-        text = page.inner_text("body")
+        page.wait_for_timeout(2000)
+    text = page.inner_text("body")
     page.screenshot(path=str(artifacts_dir / "ui_retrain_launchpad.png"))
     for field in ("partitions", "stage1_steps", "tasks", "tolerance"):
         assert field in text, f"Launchpad of retrain does not show {field}"
@@ -158,17 +165,14 @@ def test_sensor_tick_after_a_source_file_changed(ui, page, artifacts_dir):
     refs = ui["data"] / "sources" / "refcoco" / "instances.json"
     refs.write_text(refs.read_text() + "\n")
     os.utime(refs, ns=(refs.stat().st_atime_ns, refs.stat().st_mtime_ns + 10**9))
-    _open(page, f"{ui['url']}/locations/{ui['location']}/sensors/new_source_files", wait_for="Test sensor")
-    page.get_by_role("button", name="Test sensor").click()
+    _open(page, f"{ui['url']}/locations/{ui['location']}/sensors/new_source_files", wait_for="Preview tick result")
+    page.get_by_role("button", name="Preview tick result").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("button", name="Continue").click()  # with the sensor's own (empty) cursor
+    dialog.get_by_text("refcoco").first.wait_for(timeout=120_000)
     page.wait_for_timeout(1000)
-    for name in ("Continue", "Evaluate", "Test"):
-        button = page.get_by_role("dialog").get_by_role("button", name=name, exact=True)
-        if button.count():
-            button.first.click()
-            break
-    page.get_by_role("dialog").get_by_text("refcoco").first.wait_for(timeout=90_000)
     page.screenshot(path=str(artifacts_dir / "ui_sensor_tick.png"))
-    dialog = page.get_by_role("dialog").inner_text()
-    assert "refcoco" in dialog
+    shown = dialog.inner_text()
+    assert "refcoco" in shown
     for other in ("coco-keypoints", "vqav2", "llava"):
-        assert other not in dialog, f"{other} did not change but the tick asks to ingest it:\n{dialog}"
+        assert other not in shown, f"{other} did not change but the tick asks to ingest it:\n{shown}"
