@@ -63,10 +63,23 @@ def stack(tmp_path_factory):
         yield s
     finally:
         postgres = s.postgres_pid()
+        groups = {svc.proc.pid for svc in s.services.values()}  # each service leads its own process group
+        started |= s.all_pids() | ({postgres} if postgres else set())  # and what they spawned since
         s.stop()
         time.sleep(0.5)
-        left = [p for p in started | ({postgres} if postgres else set()) if _alive(p)]
-        assert not left, f"processes left running after stop(): {left}"
+        left = [p for p in started if _alive(p)] + [p for p in _all_pids() if _pgid(p) in groups]
+        assert not left, f"processes left running after stop(): {sorted(set(left))}"
+
+
+def _all_pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit() and _alive(int(d))]
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -147,18 +160,18 @@ def step_events(stack, run_id: str) -> list[dict]:
     out = []
     for event_type, step_key, body in rows:
         entry = json.loads(body)
-        out.append({"type": event_type, "step": step_key, "ts": entry["timestamp"],
-                    "pid": (entry.get("dagster_event") or {}).get("pid"), "message": entry.get("user_message") or "",
-                    "raw": body})
+        event = entry.get("dagster_event") or {}
+        out.append({"type": event_type, "step": step_key, "ts": entry["timestamp"], "pid": event.get("pid"),
+                    "message": event.get("message") or entry.get("user_message") or "", "raw": body})
     return out
 
 
 def worker_of_steps(stack, run_id: str) -> dict[str, str]:
-    """step -> the Celery worker that ran it, from dagster-celery's "Executing steps ... in celery worker"
-    engine event (its metadata names the worker)."""
+    """step -> the Celery worker that ran it, from dagster-celery's "[CeleryExecutor] Executing steps ... in
+    celery worker" engine event (its metadata names the worker)."""
     out = {}
     for e in step_events(stack, run_id):
-        if e["type"] == "ENGINE_EVENT" and e["message"].startswith("Executing steps"):
+        if e["type"] == "ENGINE_EVENT" and "Executing steps" in e["message"] and "celery worker" in e["message"]:
             names = [w for w in ("worker-gpu", "worker-cpu") if f"{w}@" in e["raw"]]
             assert len(names) == 1, e["raw"][:2000]
             out[e["step"]] = names[0]
@@ -168,8 +181,11 @@ def worker_of_steps(stack, run_id: str) -> dict[str, str]:
 def step_error(stack, run_id: str) -> str:
     rows = stack.sql(f"select event from event_logs where run_id = '{run_id}' and dagster_event_type in "
                      "('STEP_FAILURE', 'RUN_FAILURE', 'ENGINE_EVENT') order by id")
-    return "\n".join(json.dumps(json.loads(r[0]).get("dagster_event", {}).get("event_specific_data"))
-                     + " " + (json.loads(r[0]).get("user_message") or "") for r in rows)
+    out = []
+    for (body,) in rows:
+        event = json.loads(body).get("dagster_event") or {}
+        out.append(f"{event.get('message')} {json.dumps(event.get('event_specific_data'))}")
+    return "\n".join(out)
 
 
 def _failures(stack, run_id) -> str:
