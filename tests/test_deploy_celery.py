@@ -180,7 +180,7 @@ def worker_of_steps(stack, run_id: str) -> dict[str, str]:
 
 def step_error(stack, run_id: str) -> str:
     rows = stack.sql(f"select event from event_logs where run_id = '{run_id}' and dagster_event_type in "
-                     "('STEP_FAILURE', 'RUN_FAILURE', 'ENGINE_EVENT') order by id")
+                     "('STEP_FAILURE', 'PIPELINE_FAILURE', 'ENGINE_EVENT') order by id")  # RUN_FAILURE's stored name
     out = []
     for (body,) in rows:
         event = json.loads(body).get("dagster_event") or {}
