@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The test command: set-up (idempotent), the browser the UI tests drive, then the whole suite.
+# The test command: set-up (idempotent) with the `scale` extra, the browser the UI tests drive, the
+# services the deployment test starts (PostgreSQL, Redis), then the whole suite.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash scripts/setup.sh
+LUMEN_EXTRAS=dev,scale bash scripts/setup.sh
 bash scripts/install_browser.sh || echo "[test] no chromium: the browser tests will be skipped" >&2
+bash scripts/install_services.sh || echo "[test] no postgresql/redis-server: the deployment test will be skipped" >&2
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export MPLBACKEND=Agg

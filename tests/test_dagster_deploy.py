@@ -1,10 +1,10 @@
 """Scale configuration in deploy/ loads: instance yamls through Dagster's own instance config schema,
-Launchpad run configs against the real job config schemas, executor selection by LUMEN_EXECUTOR.
+Launchpad run configs against the real job config schemas (with the real k8s / celery executors),
+the Kubernetes run launcher and step config built by dagster_k8s itself (no cluster needed: a
+kubeconfig that is never contacted), executor selection by LUMEN_EXECUTOR.
+tests/test_deploy_celery.py runs the PostgreSQL + Celery deployment for real."""
 
-dagster-postgres / dagster-k8s / dagster-celery are not installed here (their newest release pins an
-older dagster than this venv's), so the storage / run-launcher classes themselves are not imported;
-the schema Dagster applies to dagster.yaml is."""
-
+import importlib
 import importlib.util
 import shutil
 from pathlib import Path
@@ -18,7 +18,7 @@ from assets_defs.definitions import defs
 from assets_defs.executors import GPU_OP_TAGS, executor_from_env
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-PG_ENV = {"DAGSTER_PG_HOST": "db", "DAGSTER_PG_USER": "u", "DAGSTER_PG_PASSWORD": "p", "DAGSTER_PG_DB": "dagster",
+PG_ENV = {"DAGSTER_PG_HOST": "db", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_USER": "u", "DAGSTER_PG_PASSWORD": "p", "DAGSTER_PG_DB": "dagster",
           "LUMEN_IMAGE": "registry.internal/lumen:1"}
 
 
@@ -61,7 +61,7 @@ def test_executor_run_configs_have_the_executor_shape():
     k8s = yaml.safe_load((DEPLOY / "k8s" / "run_config.yaml").read_text())["execution"]["config"]
     assert k8s["job_namespace"] and k8s["max_concurrent"] >= 1
     celery = yaml.safe_load((DEPLOY / "celery" / "run_config.yaml").read_text())["execution"]["config"]
-    assert celery["broker"].startswith("pyamqp://") and "assets_defs.definitions" in celery["include"]
+    assert celery["broker"].startswith("redis://") and "assets_defs.definitions" in celery["include"]
     for asset in ("models", "evaluation", "pseudo_labels"):  # GPU steps carry the GPU placement tags
         node = next(n for n in defs.resolve_job_def("main").graph.node_defs if n.name == asset)
         assert node.tags["dagster-celery/queue"] == "gpu"
@@ -87,3 +87,79 @@ def test_executor_selection(monkeypatch):
                 executor_from_env(name)
             assert str(err.value) == (f"LUMEN_EXECUTOR={name} needs the {module.replace('_', '-')} package: "
                                       f".venv/bin/pip install {module.replace('_', '-')}")
+
+
+needs_k8s = pytest.mark.skipif(not importlib.util.find_spec("dagster_k8s"),
+                               reason="dagster-k8s is not installed (the `scale` extra)")
+needs_celery = pytest.mark.skipif(not importlib.util.find_spec("dagster_celery"),
+                                  reason="dagster-celery is not installed (the `scale` extra)")
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:9"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+"""
+
+
+@needs_k8s
+def test_k8s_run_launcher_is_built_by_dagster_k8s_from_the_deploy_yaml(tmp_path, monkeypatch):
+    from dagster._config import process_config
+    from dagster_k8s import K8sRunLauncher
+
+    for k, v in PG_ENV.items():
+        monkeypatch.setenv(k, v)
+    shutil.copyfile(DEPLOY / "k8s" / "dagster.yaml", tmp_path / "dagster.yaml")
+    config, _ = dagster_instance_config(str(tmp_path))
+    launcher = config["run_launcher"]
+    cls = getattr(importlib.import_module(launcher["module"]), launcher["class"])
+    assert cls is K8sRunLauncher
+    checked = process_config(cls.config_type(), launcher["config"])
+    assert checked.success, checked.errors
+    # outside a cluster: the same config with a kubeconfig instead of the in-cluster service account
+    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
+    built = cls.from_config_value(None, {**checked.value, "load_incluster_config": False,
+                                         "kubeconfig_file": str(tmp_path / "kubeconfig")})
+    assert built.job_namespace == "lumen" and built.instance_config_map == "dagster-instance"
+    assert "LUMEN_DATA_ROOT=/data/lumen" in built.env_vars
+    assert [m["mountPath"] for m in built.volume_mounts] == ["/data/lumen"]
+    # a typo in the launcher config is caught by the class' own schema
+    broken = process_config(cls.config_type(), {**launcher["config"], "job_namespaces": "lumen"})
+    assert not broken.success
+
+
+@needs_k8s
+def test_k8s_executor_config_and_gpu_tags_fit_dagster_k8s(monkeypatch):
+    from dagster_k8s import k8s_job_executor
+    from dagster_k8s.job import UserDefinedDagsterK8sConfig
+
+    from assets_defs.definitions import build_defs
+
+    monkeypatch.setenv("LUMEN_EXECUTOR", "k8s")
+    job = build_defs().resolve_job_def("main")
+    assert job.executor_def is k8s_job_executor
+    run_config = yaml.safe_load((DEPLOY / "k8s" / "run_config.yaml").read_text())
+    resolved = dg.validate_run_config(job, run_config)
+    assert resolved["execution"]["k8s"]["max_concurrent"] == 4  # resolved under the executor's name
+    with pytest.raises(dg.DagsterInvalidConfigError):
+        dg.validate_run_config(job, {"execution": {"config": {"max_concurent": 4}}})
+    # the GPU steps' op tag is a valid per-step k8s config that asks for one GPU
+    k8s = UserDefinedDagsterK8sConfig.from_dict(GPU_OP_TAGS["dagster-k8s/config"])
+    assert k8s.container_config["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+@needs_celery
+def test_celery_run_config_fits_the_celery_executor(monkeypatch):
+    from dagster_celery import celery_executor
+
+    from assets_defs.definitions import build_defs
+
+    monkeypatch.setenv("LUMEN_EXECUTOR", "celery")
+    job = build_defs().resolve_job_def("main")
+    assert job.executor_def is celery_executor
+    run_config = yaml.safe_load((DEPLOY / "celery" / "run_config.yaml").read_text())
+    resolved = dg.validate_run_config(job, run_config)["execution"]
+    assert resolved["celery"]["include"] == ["assets_defs.definitions"], resolved
+    with pytest.raises(dg.DagsterInvalidConfigError):
+        dg.validate_run_config(job, {"execution": {"config": {"brokr": "redis://x"}}})

@@ -1,0 +1,293 @@
+"""The scale-out deployment, run for real: PostgreSQL storage, Redis broker, two Celery workers (`gpu`
+queue with concurrency 1, default queue), dagster-daemon with the queued run coordinator, the webserver's
+GraphQL API, FiftyOne on an external mongod (deploy/local_stack.py starts each as its own process).
+
+The tests share one stack (module scope) and run in order: the `main` job at a small size, two runs at
+once on the gpu queue, a worker killed during a step. The finalizer stops the stack and checks that no
+process it started is left."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+GPU_STEPS = {"models", "evaluation", "pseudo_labels"}
+EVAL_FAST = {"tolerance": 1.0, "tasks": ["bbox", "grounding", "vqa"]}  # a few steps' model may regress: allowed
+SMALL = {"models": {"config": {"stage1_steps": 4, "stage2_steps": 2, "batch_size": 8}},
+         "evaluation": {"config": EVAL_FAST},
+         "pseudo_labels": {"config": {"batch_size": 8}}}
+TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def _missing_parts() -> str | None:
+    from deploy.local_stack import ServiceMissing, mongod_binary, pg_bin_dir
+
+    for module in ("dagster_celery", "dagster_postgres", "psycopg2", "redis"):
+        if not importlib.util.find_spec(module):
+            return f"{module} is not installed: the `scale` extra (bash scripts/setup.sh with LUMEN_EXTRAS=dev,scale)"
+    try:
+        pg_bin_dir()
+        mongod_binary()
+    except ServiceMissing as e:
+        return str(e)
+    import shutil
+
+    if not shutil.which("redis-server"):
+        return "redis-server is not installed (scripts/install_services.sh needs root and apt)"
+    if os.geteuid() == 0 and not shutil.which("runuser"):
+        return "running as root without `runuser`: PostgreSQL cannot be started as another user"
+    return None
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    reason = _missing_parts()
+    if reason:
+        pytest.skip(reason)
+    from deploy.local_stack import LocalStack
+
+    s = LocalStack(tmp_path_factory.mktemp("stack"), images=40)
+    t0 = time.monotonic()
+    s.start()
+    s.started_in = time.monotonic() - t0
+    print(f"\n[deploy] stack up in {s.started_in:.0f}s: {s.startup_seconds}")
+    started = s.all_pids()
+    try:
+        yield s
+    finally:
+        postgres = s.postgres_pid()
+        groups = {svc.proc.pid for svc in s.services.values()}  # each service leads its own process group
+        started |= s.all_pids() | ({postgres} if postgres else set())  # and what they spawned since
+        s.stop()
+        time.sleep(0.5)
+        left = [p for p in started if _alive(p)] + [p for p in _all_pids() if _pgid(p) in groups]
+        assert not left, f"processes left running after stop(): {sorted(set(left))}"
+
+
+def _all_pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit() and _alive(int(d))]
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# ---- GraphQL ------------------------------------------------------------------------------------
+
+def _location(stack) -> tuple[str, str]:
+    data = stack.graphql("{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }")
+    node = data["repositoriesOrError"]["nodes"][0]
+    return node["location"]["name"], node["name"]
+
+
+def _add_partitions(stack):
+    from pipelines.layout import SOURCES
+
+    loc, repo = _location(stack)
+    for key in SOURCES:
+        out = stack.graphql(
+            "mutation($sel: RepositorySelector!, $key: String!) { addDynamicPartition(repositorySelector: $sel, "
+            "partitionsDefName: \"sources\", partitionKey: $key) { __typename ... on PythonError { message } } }",
+            {"sel": {"repositoryLocationName": loc, "repositoryName": repo}, "key": key})
+        assert out["addDynamicPartition"]["__typename"] in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"), out
+    return list(SOURCES)
+
+
+def launch(stack, job: str, ops: dict, tags: dict | None = None) -> str:
+    loc, repo = _location(stack)
+    run_config = {**stack.celery_run_config(), "ops": ops}
+    out = stack.graphql(
+        "mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename "
+        "... on LaunchRunSuccess { run { runId } } ... on PythonError { message } "
+        "... on RunConfigValidationInvalid { errors { message } } } }",
+        {"p": {"selector": {"repositoryLocationName": loc, "repositoryName": repo, "jobName": job},
+               "runConfigData": run_config,
+               "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}}})["launchRun"]
+    assert out["__typename"] == "LaunchRunSuccess", out
+    return out["run"]["runId"]
+
+
+def reexecute_from_failure(stack, run_id: str) -> str:
+    out = stack.graphql(
+        "mutation($p: ReexecutionParams!) { launchRunReexecution(reexecutionParams: $p) { __typename "
+        "... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }",
+        {"p": {"parentRunId": run_id, "strategy": "FROM_FAILURE"}})["launchRunReexecution"]
+    assert out["__typename"] == "LaunchRunSuccess", out
+    return out["run"]["runId"]
+
+
+def run_status(stack, run_id: str) -> str:
+    out = stack.graphql("query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }",
+                        {"id": run_id})["runOrError"]
+    assert out["__typename"] == "Run", out
+    return out["status"]
+
+
+def wait_run(stack, run_id: str, timeout: float = 900) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run_status(stack, run_id)
+        if status in TERMINAL:
+            return status
+        time.sleep(2)
+    raise AssertionError(f"run {run_id} not finished after {timeout}s; logs in {stack.logs}")
+
+
+# ---- PostgreSQL ---------------------------------------------------------------------------------
+
+def step_events(stack, run_id: str) -> list[dict]:
+    """Step events of a run as recorded in PostgreSQL: type, step, timestamp, the emitting process' pid."""
+    rows = stack.sql(f"select dagster_event_type, step_key, event from event_logs where run_id = '{run_id}' "
+                     "and step_key is not null order by id")
+    out = []
+    for event_type, step_key, body in rows:
+        entry = json.loads(body)
+        event = entry.get("dagster_event") or {}
+        out.append({"type": event_type, "step": step_key, "ts": entry["timestamp"], "pid": event.get("pid"),
+                    "message": event.get("message") or entry.get("user_message") or "", "raw": body})
+    return out
+
+
+def worker_of_steps(stack, run_id: str) -> dict[str, str]:
+    """step -> the Celery worker that ran it, from dagster-celery's "[CeleryExecutor] Executing steps ... in
+    celery worker" engine event (its metadata names the worker)."""
+    out = {}
+    for e in step_events(stack, run_id):
+        if e["type"] == "ENGINE_EVENT" and "Executing steps" in e["message"] and "celery worker" in e["message"]:
+            names = [w for w in ("worker-gpu", "worker-cpu") if f"{w}@" in e["raw"]]
+            assert len(names) == 1, e["raw"][:2000]
+            out[e["step"]] = names[0]
+    return out
+
+
+def step_error(stack, run_id: str) -> str:
+    rows = stack.sql(f"select event from event_logs where run_id = '{run_id}' and dagster_event_type in "
+                     "('STEP_FAILURE', 'PIPELINE_FAILURE', 'ENGINE_EVENT') order by id")  # RUN_FAILURE's stored name
+    out = []
+    for (body,) in rows:
+        event = json.loads(body).get("dagster_event") or {}
+        out.append(f"{event.get('message')} {json.dumps(event.get('event_specific_data'))}")
+    return "\n".join(out)
+
+
+def _failures(stack, run_id) -> str:
+    return f"run {run_id}: {step_error(stack, run_id)[-3000:]}\nlogs: {stack.logs}"
+
+
+# ---- tests --------------------------------------------------------------------------------------
+
+def test_main_job_on_postgres_celery_and_external_mongo(stack):
+    partitions = _add_partitions(stack)
+    tags = {"dagster/asset_partition_range_start": partitions[0], "dagster/asset_partition_range_end": partitions[-1]}
+    t0 = time.monotonic()
+    run_id = launch(stack, "main", SMALL, tags)
+    status = wait_run(stack, run_id)
+    print(f"[deploy] main job on the stack: {time.monotonic() - t0:.0f}s")
+    assert status == "SUCCESS", _failures(stack, run_id)
+
+    # which worker ran which step: the pid in each STEP_START event is a process of one worker's tree
+    gpu_pids, cpu_pids = stack.process_tree("worker-gpu"), stack.process_tree("worker-cpu")
+    started = {e["step"]: e["pid"] for e in step_events(stack, run_id) if e["type"] == "STEP_START"}
+    assert GPU_STEPS <= set(started), started
+    assert {"source_data", "shards", "catalog", "review_dataset"} <= set(started), started
+    for step, pid in started.items():
+        expected, other = (gpu_pids, cpu_pids) if step in GPU_STEPS else (cpu_pids, gpu_pids)
+        assert pid in expected and pid not in other, (step, pid, gpu_pids, cpu_pids)
+    workers = worker_of_steps(stack, run_id)
+    assert set(workers) == set(started)
+    assert {s for s, w in workers.items() if w == "worker-gpu"} == GPU_STEPS, workers
+
+    # runs, events and materializations are rows in PostgreSQL
+    assert stack.sql(f"select status from runs where run_id = '{run_id}'") == [("SUCCESS",)]
+    keys = [json.loads(r[0]) for r in stack.sql(
+        f"select asset_key from event_logs where run_id = '{run_id}' and dagster_event_type = 'ASSET_MATERIALIZATION'")]
+    materialized = {(k["path"] if isinstance(k, dict) else k)[0] for k in keys}  # stored as a JSON list
+    assert {"source_data", "shards", "catalog", "stage1_model", "stage2_model", "evaluation", "pseudo_labels",
+            "review_dataset"} <= materialized
+    n_events = stack.sql(f"select count(*) from event_logs where run_id = '{run_id}'")[0][0]
+
+    # the review dataset went to the external mongod, not an embedded database
+    import pymongo
+
+    names = pymongo.MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=5000)["fiftyone"]["datasets"].distinct("name")
+    assert "lumen-review" in names, names
+
+    # a new webserver process serves the same history from PostgreSQL
+    restart = stack.restart_webserver()
+    print(f"[deploy] webserver restart: {restart:.0f}s")
+    assert run_status(stack, run_id) == "SUCCESS"
+    data = stack.graphql("query($id: ID!) { logsForRun(runId: $id, limit: 100000) { __typename ... on EventConnection { "
+                         "events { __typename } } } }", {"id": run_id})
+    assert len(data["logsForRun"]["events"]) == n_events
+    mats = stack.graphql('{ assetOrError(assetKey: {path: ["stage2_model"]}) { ... on Asset { '
+                         "assetMaterializations(limit: 5) { runId } } } }")
+    assert run_id in {m["runId"] for m in mats["assetOrError"]["assetMaterializations"]}
+
+
+def test_two_runs_at_once_never_share_the_gpu_queue(stack):
+    ops = {"models": {"config": {"stage1_steps": 2, "stage2_steps": 2, "batch_size": 4}},
+           "evaluation": {"config": {**EVAL_FAST, "tasks": ["bbox"]}}}
+    runs = [launch(stack, "retrain", ops), launch(stack, "retrain", ops)]
+    statuses = [wait_run(stack, r) for r in runs]
+    assert statuses == ["SUCCESS", "SUCCESS"], [_failures(stack, r) for r in runs]
+
+    # both runs were in progress at the same time (the queue let both start) ...
+    spans = stack.sql("select run_id, start_time, end_time from runs where run_id in ('%s')" % "','".join(runs))
+    (_, s1, e1), (_, s2, e2) = spans
+    assert max(s1, s2) < min(e1, e2), spans
+    # ... yet their gpu steps ran one after another: [STEP_START, end] intervals never overlap
+    intervals = []
+    for r in runs:
+        begin = {}
+        for e in step_events(stack, r):
+            if e["step"] in GPU_STEPS and e["type"] == "STEP_START":
+                begin[e["step"]] = e["ts"]
+            elif e["step"] in GPU_STEPS and e["type"] in ("STEP_SUCCESS", "STEP_FAILURE"):
+                intervals.append((begin.pop(e["step"]), e["ts"], r, e["step"]))
+    assert len(intervals) == 4, intervals  # models + evaluation, twice
+    intervals.sort()
+    for a, b in zip(intervals, intervals[1:]):
+        assert a[1] <= b[0], f"gpu steps overlapped: {a} and {b}"
+
+
+def test_worker_killed_during_a_step_then_reexecution_from_failure(stack):
+    ops = {"models": {"config": {"stage1_steps": 3, "stage2_steps": 2, "batch_size": 4}},
+           "evaluation": {"config": {**EVAL_FAST, "tasks": ["bbox"]}}}
+    run_id = launch(stack, "retrain", ops)
+    deadline = time.monotonic() + 300
+    pid = None
+    while pid is None and time.monotonic() < deadline:
+        pid = next((e["pid"] for e in step_events(stack, run_id) if e["type"] == "STEP_START" and e["step"] == "models"),
+                   None)
+        time.sleep(0.5)
+    assert pid in stack.process_tree("worker-gpu"), (pid, stack.process_tree("worker-gpu"))
+    time.sleep(2)  # the step loads the model and shards for longer than this
+    assert not any(e["type"] in ("STEP_SUCCESS", "STEP_FAILURE") for e in step_events(stack, run_id))
+    os.kill(pid, signal.SIGKILL)  # the worker process running the step dies (as under the OOM killer)
+
+    assert wait_run(stack, run_id, timeout=300) == "FAILURE"
+    error = step_error(stack, run_id)
+    assert "models" in error and ("WorkerLostError" in error or "SIGKILL" in error), error[-3000:]
+
+    retry = reexecute_from_failure(stack, run_id)
+    assert wait_run(stack, retry) == "SUCCESS", _failures(stack, retry)
+    done = {e["step"] for e in step_events(stack, retry) if e["type"] == "STEP_SUCCESS"}
+    assert {"models", "evaluation"} <= done
