@@ -102,9 +102,13 @@ def load_pretrained_parts(model: LumenModel, weights_dir=None) -> dict:
     if not str(weights_dir) or not weights_dir.is_dir():
         raise InputError(f"weights folder not found: {weights_dir!s} (give --weights DIR or set LUMEN_WEIGHTS_DIR)")
     loaded = {}
-    for part, module, cls in (("llava", model.llava, LlavaForConditionalGeneration), ("sam", model.masks.sam, SamModel)):
+    sam = getattr(model.masks, "sam", None)  # only the `sam` mask decoder has one (the tiny preset's roi head has none)
+    for part, module, cls in (("llava", model.llava, LlavaForConditionalGeneration), ("sam", sam, SamModel)):
         folder = weights_dir / part
         if not (folder / "config.json").is_file():
+            continue
+        if module is None:
+            log.warning("%s: not loaded: this model's mask decoder is %r, not SAM", folder, model.cfg.mask_decoder)
             continue
         source = cls.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32).state_dict()
         target = module.state_dict()
