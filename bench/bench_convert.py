@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 from concurrent.futures import ProcessPoolExecutor
 import io
-import json
 import math
 import multiprocessing as mp
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from synth_sources import make_coco  # noqa: E402  (bench/ is the script folder, on sys.path)
+from synth_sources import dump_json, make_coco  # noqa: E402  (bench/ is the script folder, on sys.path)
 
 
 def baseline_convert(coco: dict, out: Path, input_size: int = 448, n_images: int | None = None) -> int:
@@ -113,7 +112,7 @@ def main() -> int:
         tmp = Path(tmp)
         coco = make_coco(args.images)
         src = tmp / "instances_val2017.json"
-        src.write_text(json.dumps(coco))
+        dump_json(coco, src)
         n_ann = len(coco["annotations"])
         n_crowd = sum(a["iscrowd"] for a in coco["annotations"])
         print(f"input: {len(coco['images'])} images, {n_ann} instances ({n_crowd} crowd), 80 categories, "

@@ -27,21 +27,25 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from pipelines.errors import InputError
 from pipelines.geometry import SquarePad
 from pipelines.heatmaps import encode_png, gaussian_radius, render_heatmap
 from pipelines.schema import HEATMAP_TASKS, SAMPLE_SCHEMA, SCHEMA_VERSION
-from pipelines.shards import write_partition
-from pipelines.sources.coco import read_coco_instances, read_coco_keypoints
-from pipelines.sources.common import Draft, ReadResult, split_from_name
+from pipelines.convert_parallel import default_workers, unit_tables
+from pipelines.shards import write_partition_stream
+from pipelines.sources.coco import plan_coco_instances, plan_coco_keypoints, read_coco_instances, read_coco_keypoints
+from pipelines.sources.common import Draft, ReadResult, SourcePlan, plan_of, split_from_name
 from pipelines.sources.llava import read_llava
 from pipelines.sources.refcoco import read_refcoco
 from pipelines.sources.vqa import read_vqav2
 
 log = logging.getLogger(__name__)
 FORMATS = ("coco", "coco-keypoints", "refcoco", "vqav2", "llava")
+# formats whose samples have no heatmap: building their table costs less than shipping it to a worker
+_IN_PROCESS = ("vqav2", "llava")
 
 
 def read_source(fmt: str, input_path, *, images_dir=None, annotations=None, split=None, split_by="unc",
@@ -59,6 +63,19 @@ def read_source(fmt: str, input_path, *, images_dir=None, annotations=None, spli
     if fmt == "llava":
         return read_llava(input_path, images_dir=images_dir)
     raise InputError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def plan_source(fmt: str, input_path, *, images_dir=None, annotations=None, split=None, split_by="unc",
+                negative_ratio=0.5, seed=0, paraphrase=False) -> SourcePlan:
+    """The source read and validated, its drafts built per unit (COCO files: per unit of images, so
+    conversion workers share the per-image work); the other formats are read whole."""
+    if fmt == "coco":
+        return plan_coco_instances(input_path, images_dir=images_dir, negative_ratio=negative_ratio, seed=seed,
+                                   paraphrase=paraphrase)
+    if fmt == "coco-keypoints":
+        return plan_coco_keypoints(input_path, images_dir=images_dir, paraphrase=paraphrase, seed=seed)
+    return plan_of(read_source(fmt, input_path, images_dir=images_dir, annotations=annotations, split=split,
+                               split_by=split_by, negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase))
 
 
 def _default_images_dir(fmt: str, input_path: Path) -> Path | None:
@@ -187,20 +204,54 @@ def drafts_to_table(drafts: list[Draft], source: str, split: str, input_size: in
 def account(result: ReadResult) -> dict:
     """Prove every record read is in a sample's source_ids or in the quarantine (never both)."""
     in_samples = {rid for d in result.drafts for rid in d.source_ids}
-    quarantined = [rid for _, rid, _ in result.quarantine]
+    return check_accounting(in_samples, [rid for _, rid, _ in result.quarantine], result.records_read)
+
+
+def check_accounting(in_samples: set, quarantined: list, records_read: int) -> dict:
     overlap = in_samples & set(quarantined)
     accounted = len(in_samples) + len(quarantined)
-    if overlap or accounted != result.records_read:
-        raise RuntimeError(f"accounting bug: read {result.records_read}, in samples {len(in_samples)}, "
+    if overlap or accounted != records_read:
+        raise RuntimeError(f"accounting bug: read {records_read}, in samples {len(in_samples)}, "
                            f"quarantined {len(quarantined)}, in both {sorted(overlap)[:5]}")
-    return {"records_read": result.records_read, "records_in_samples": len(in_samples),
+    return {"records_read": records_read, "records_in_samples": len(in_samples),
             "records_quarantined": len(quarantined)}
+
+
+class _Tally:
+    """What the unit tables streaming past hold: record ids, samples per task, quarantine rows."""
+
+    def __init__(self, plan: SourcePlan):
+        self.records_read = plan.records_read
+        self.quarantine = list(plan.quarantine)
+        self.in_samples: set[str] = set()
+        self.per_task: Counter = Counter()
+        self.samples = 0
+
+    def watch(self, results, bar=None):
+        for table, quarantine in results:
+            self.quarantine += quarantine
+            self.in_samples.update(pc.list_flatten(table["source_ids"]).to_pylist())
+            self.per_task.update(table["task"].to_pylist())
+            self.samples += table.num_rows
+            if bar is not None:
+                bar.update(1)
+            yield table
+
+    def counts(self) -> dict:
+        counts = check_accounting(self.in_samples, [rid for _, rid, _ in self.quarantine], self.records_read)
+        counts["samples_written"] = self.samples
+        counts["per_task"] = dict(sorted(self.per_task.items()))
+        return counts
 
 
 def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=None, split=None, split_by="unc",
                    source_name=None, input_size=448, heatmap_size=None, negative_ratio=0.5, seed=0,
-                   rows_per_shard=2048, paraphrase=False, progress=True) -> dict:
-    """Convert one source into a shard partition folder; returns its manifest."""
+                   rows_per_shard=2048, paraphrase=False, progress=True, workers=None) -> dict:
+    """Convert one source into a shard partition folder; returns its manifest.
+
+    `workers` processes (default: every core) build and render the samples; the shards are
+    byte-identical whatever their number.
+    """
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     input_path = Path(input_path)
@@ -215,31 +266,39 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
     # llava has no splits; refcoco without --split converts the refs of every split
     split = split or ("all" if fmt in ("llava", "refcoco") else split_from_name(input_path))
     source = source_name or fmt
-    result = read_source(fmt, input_path, images_dir=images_dir, annotations=annotations,
-                         split=split if fmt == "refcoco" and split != "all" else None, split_by=split_by,
-                         negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase)
-    counts = account(result)
-    table = drafts_to_table(result.drafts, source, split, input_size, heatmap_size, progress)
-    quarantine = pa.table({"source_file": [q[0] for q in result.quarantine],
-                           "record_id": [q[1] for q in result.quarantine],
-                           "reason": [q[2] for q in result.quarantine]})
-    counts["samples_written"] = table.num_rows
-    counts["per_task"] = dict(sorted(Counter(d.task for d in result.drafts).items()))
-    reasons = Counter(_reason_kind(q[2]) for q in result.quarantine)
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "source": source,
-        "format": fmt,
-        "split": split,
-        "inputs": {"input": str(input_path), "annotations": str(annotations) if annotations else None,
-                   "images_dir": str(images_dir) if images_dir else None},
-        "options": {"input_size": input_size, "heatmap_size": heatmap_size, "negative_ratio": negative_ratio,
-                    "seed": seed, "split_by": split_by if fmt == "refcoco" else None, "paraphrase": paraphrase,
-                    "rows_per_shard": rows_per_shard},
-        "counts": counts,
-        "quarantine_reasons": dict(reasons.most_common()),
-    }
-    manifest = write_partition(table, quarantine, manifest, out_dir, rows_per_shard)
+    plan = plan_source(fmt, input_path, images_dir=images_dir, annotations=annotations,
+                       split=split if fmt == "refcoco" and split != "all" else None, split_by=split_by,
+                       negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase)
+    workers = 1 if fmt in _IN_PROCESS else (workers or default_workers())
+    tally = _Tally(plan)
+    bar = tqdm(total=len(plan.units), desc=f"convert {source}", unit="unit", disable=not progress, mininterval=1.0)
+    tables = tally.watch(unit_tables(plan, workers=workers, source=source, split=split, input_size=input_size,
+                                     heatmap_size=heatmap_size), bar)
+
+    def finish():
+        bar.close()
+        counts = tally.counts()
+        quarantine = pa.table({"source_file": [q[0] for q in tally.quarantine],
+                               "record_id": [q[1] for q in tally.quarantine],
+                               "reason": [q[2] for q in tally.quarantine]})
+        reasons = Counter(_reason_kind(q[2]) for q in tally.quarantine)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "source": source,
+            "format": fmt,
+            "split": split,
+            "inputs": {"input": str(input_path), "annotations": str(annotations) if annotations else None,
+                       "images_dir": str(images_dir) if images_dir else None},
+            "options": {"input_size": input_size, "heatmap_size": heatmap_size, "negative_ratio": negative_ratio,
+                        "seed": seed, "split_by": split_by if fmt == "refcoco" else None, "paraphrase": paraphrase,
+                        "rows_per_shard": rows_per_shard},
+            "counts": counts,
+            "quarantine_reasons": dict(reasons.most_common()),
+        }
+        return quarantine, manifest
+
+    manifest = write_partition_stream(tables, finish, out_dir, rows_per_shard)
+    counts = manifest["counts"]
     log.info("%s -> %s: %d records read, %d samples, %d quarantined", input_path, out_dir,
              counts["records_read"], counts["samples_written"], counts["records_quarantined"])
     return manifest
