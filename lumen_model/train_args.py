@@ -30,6 +30,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
                    help="instructions of the same image side by side in a batch (their image is encoded once); 1: plain shuffle")
     p.add_argument("--hflip", type=float, default=0.5,
                    help="probability of mirroring an image (\"left\"/\"right\" swapped in its texts); 0: off")
+    p.add_argument("--num-workers", type=int, default=2,
+                   help="DataLoader processes loading batches ahead of the model (0: in the training process)")
     p.add_argument("--tasks", nargs="+", help="only these tasks (default: all tasks of the stage)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     return p

@@ -29,6 +29,7 @@ from pipelines.sources.common import (Draft, LazyUnits, ReadResult, SourcePlan, 
 
 NUM_KEYPOINTS = 17
 IMAGES_PER_UNIT = 1000  # a unit of work for a conversion worker: ~7k annotations of train2017
+AREA_CHUNK = 50_000  # annotations per vectorized polygon-area pass
 
 
 @dataclass
@@ -137,8 +138,10 @@ def valid_annotations(index: CocoIndex, source_file: str, files: _ImageFiles, *,
     # polygon areas of every otherwise-valid annotation in one vectorized pass
     poly_pos = [i for i, (a, r) in enumerate(zip(anns, reasons)) if r is None and isinstance(a.get("segmentation"), list)
                 and a["segmentation"]]
-    for i, problem in zip(poly_pos, polygon_area_problems([anns[i]["segmentation"] for i in poly_pos])):
-        reasons[i] = problem
+    for lo in range(0, len(poly_pos), AREA_CHUNK):  # in chunks: one pass over train2017 would need ~1 GB of arrays
+        chunk = poly_pos[lo:lo + AREA_CHUNK]
+        for i, problem in zip(chunk, polygon_area_problems([anns[i]["segmentation"] for i in chunk])):
+            reasons[i] = problem
     for pos, (a, reason) in enumerate(zip(anns, reasons)):
         rid = f"ann:{a.get('id')}" if isinstance(a, dict) and a.get("id") is not None else f"ann:#{pos}"
         if reason is None and files.missing(index.images[a["image_id"]]["file_name"]):
