@@ -259,6 +259,8 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
         raise InputError(f"{fmt}: input not found: {input_path}")
     heatmap_size = heatmap_size or input_size // 4
     _check_options(input_size, heatmap_size, negative_ratio, rows_per_shard)
+    if workers is not None and not (isinstance(workers, int) and workers >= 1):
+        raise InputError(f"workers must be an integer >= 1, got {workers!r}")
     if images_dir is None:
         images_dir = _default_images_dir(fmt, input_path)
         if images_dir is not None:
