@@ -6,8 +6,9 @@ Writes synthetic sources in the real formats at full size (COCO train2017-scale 
 person keypoints, RefCOCO unc-scale refs, VQAv2-train-scale questions + answers,
 LLaVA-Instruct-158k-scale conversations; images are hard links to one real JPEG), then runs each
 step in a FRESH process and prints its wall time, CPU time (the process and its workers) and peak
-memory (the sum over the step's process tree, sampled every 0.1 s; shared pages count once per
-process, so it is an upper bound). `--scale 0.05` gives a quick run; the sizes also have flags
+memory: the proportional set size (PSS) summed over the step's process tree, sampled every 0.2 s
+(pages that forked workers share with their parent count once in all), and the largest RSS of
+any one process of the step. `--scale 0.05` gives a quick run; the sizes also have flags
 of their own. With `--workdir` the generated sources (and shards) are kept and reused.
 """
 
@@ -219,14 +220,14 @@ def run_step(label: str, name: str, **kwargs) -> dict:
             total = 0
             try:
                 for p in [root] + root.children(recursive=True):
-                    try:
-                        total += p.memory_info().rss
+                    try:  # PSS: pages shared with forked workers count once in all, not once per process
+                        total += p.memory_full_info().pss
                     except psutil.Error:
                         pass
             except psutil.Error:
                 break
             peak[0] = max(peak[0], total)
-            stop.wait(0.1)
+            stop.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -306,7 +307,7 @@ def main() -> int:
     if "review" in want and not args.skip_review:
         rows.append(run_step(f"review push/queue/pull {review_images}", "review", root=str(work),
                              n_images=review_images, per_image=args.review_per_image))
-    print(f"\n| step | wall s | CPU s | peak MB (process tree) | max one process MB | details |\n|---|---|---|---|---|---|")
+    print(f"\n| step | wall s | CPU s | peak MB (PSS, process tree) | max RSS one process MB | details |\n|---|---|---|---|---|---|")
     for r in rows:
         info = r.get("error") or ", ".join(f"{k} {v}" for k, v in r.get("info", {}).items())
         print(f"| {r['step']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_mb']:.0f} | {r['max_proc_mb']:.0f} | {info} |")
