@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 FULL = {"coco_images": 118_287, "refcoco_images": 19_994, "refcoco_refs": 50_000, "vqa_questions": 443_757,
         "llava_entries": 157_712, "review_images": 20_000}
-REVIEW_FULL = 100_000
+SOURCES = ("coco", "coco-keypoints", "refcoco", "vqav2", "llava")
 INPUT_SIZE = 448  # `lumen convert`'s default S
 TRAIN_PRESET = "tiny"
 
@@ -261,6 +261,8 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every size (default 1: full size)")
     for k, v in FULL.items():
         ap.add_argument(f"--{k.replace('_', '-')}", type=int, help=f"default {v} x scale")
+    ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES,
+                    help="the sources to convert and to load (default: all five)")
     ap.add_argument("--workers", type=int, default=None, help="conversion processes (default: every core)")
     ap.add_argument("--batches", type=int, default=1000, help="training batches to load (default 1000)")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -288,16 +290,16 @@ def main() -> int:
     if "generate" in want:
         rows.append(run_step("generate sources", "generate", root=str(src), sizes=sizes))
     dirs = []
-    for fmt in ("coco", "coco-keypoints", "refcoco", "vqav2", "llava"):
+    for fmt in args.sources:
         out = shards / fmt
         dirs.append(str(out))
         if "convert" in want:
             rows.append(run_step(f"convert {fmt}", "convert", fmt=fmt, root=str(src), out=str(out), workers=args.workers))
     if "catalog" in want:
         rows.append(run_step("catalog (DuckDB, all)", "catalog", db=str(work / "catalog.duckdb"), dirs=dirs))
-    os.environ["LUMEN_ARROW_CACHE"] = str(work / "arrow-cache")  # the children's decoded-shard cache
+    cache = os.environ.setdefault("LUMEN_ARROW_CACHE", str(work / "arrow-cache"))  # the children's decoded shards
     if "dataset" in want:
-        shutil.rmtree(work / "arrow-cache", ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
         rows.append(run_step("Dataset first start, all (decodes the cache)", "dataset", dirs=dirs))
         rows.append(run_step("Dataset start-up, all", "dataset", dirs=dirs))
     if "batches" in want:
