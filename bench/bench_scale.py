@@ -6,7 +6,7 @@ Writes synthetic sources in the real formats at full size (COCO train2017-scale 
 person keypoints, RefCOCO unc-scale refs, VQAv2-train-scale questions + answers,
 LLaVA-Instruct-158k-scale conversations; images are hard links to one real JPEG), then runs each
 step in a FRESH process and prints its wall time, CPU time (the process and its workers) and peak
-memory: the proportional set size (PSS) summed over the step's process tree, sampled every 0.2 s
+memory: the proportional set size (PSS) summed over the step's process tree, sampled every second
 (pages that forked workers share with their parent count once in all), and the largest RSS of
 any one process of the step. `--scale 0.05` gives a quick run; the sizes also have flags
 of their own. With `--workdir` the generated sources (and shards) are kept and reused.
@@ -227,7 +227,7 @@ def run_step(label: str, name: str, **kwargs) -> dict:
             except psutil.Error:
                 break
             peak[0] = max(peak[0], total)
-            stop.wait(0.2)
+            stop.wait(1.0)  # reading smaps of a multi-GB process is not free: sample once a second
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

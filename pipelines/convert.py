@@ -34,7 +34,7 @@ from pipelines.errors import InputError
 from pipelines.geometry import SquarePad
 from pipelines.heatmaps import encode_png, gaussian_radius, render_heatmap
 from pipelines.schema import HEATMAP_TASKS, SAMPLE_SCHEMA, SCHEMA_VERSION
-from pipelines.convert_parallel import default_workers, unit_tables
+from pipelines.convert_parallel import default_workers, unit_tables, worker_pool
 from pipelines.shards import write_partition_stream
 from pipelines.sources.coco import plan_coco_instances, plan_coco_keypoints, read_coco_instances, read_coco_keypoints
 from pipelines.sources.common import Draft, ReadResult, SourcePlan, plan_of, split_from_name
@@ -268,38 +268,38 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
     # llava has no splits; refcoco without --split converts the refs of every split
     split = split or ("all" if fmt in ("llava", "refcoco") else split_from_name(input_path))
     source = source_name or fmt
-    plan = plan_source(fmt, input_path, images_dir=images_dir, annotations=annotations,
-                       split=split if fmt == "refcoco" and split != "all" else None, split_by=split_by,
-                       negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase)
-    workers = 1 if fmt in _IN_PROCESS else (workers or default_workers())
-    tally = _Tally(plan)
-    bar = tqdm(total=len(plan.units), desc=f"convert {source}", unit="unit", disable=not progress, mininterval=1.0)
-    tables = tally.watch(unit_tables(plan, workers=workers, source=source, split=split, input_size=input_size,
-                                     heatmap_size=heatmap_size), bar)
+    with worker_pool(1 if fmt in _IN_PROCESS else (workers or default_workers())) as pool:
+        plan = plan_source(fmt, input_path, images_dir=images_dir, annotations=annotations,
+                           split=split if fmt == "refcoco" and split != "all" else None, split_by=split_by,
+                           negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase)
+        tally = _Tally(plan)
+        bar = tqdm(total=len(plan.units), desc=f"convert {source}", unit="unit", disable=not progress, mininterval=1.0)
+        tables = tally.watch(unit_tables(plan, pool=pool, source=source, split=split, input_size=input_size,
+                                         heatmap_size=heatmap_size), bar)
 
-    def finish():
-        bar.close()
-        counts = tally.counts()
-        quarantine = pa.table({"source_file": [q[0] for q in tally.quarantine],
-                               "record_id": [q[1] for q in tally.quarantine],
-                               "reason": [q[2] for q in tally.quarantine]})
-        reasons = Counter(_reason_kind(q[2]) for q in tally.quarantine)
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "source": source,
-            "format": fmt,
-            "split": split,
-            "inputs": {"input": str(input_path), "annotations": str(annotations) if annotations else None,
-                       "images_dir": str(images_dir) if images_dir else None},
-            "options": {"input_size": input_size, "heatmap_size": heatmap_size, "negative_ratio": negative_ratio,
-                        "seed": seed, "split_by": split_by if fmt == "refcoco" else None, "paraphrase": paraphrase,
-                        "rows_per_shard": rows_per_shard},
-            "counts": counts,
-            "quarantine_reasons": dict(reasons.most_common()),
-        }
-        return quarantine, manifest
+        def finish():
+            bar.close()
+            counts = tally.counts()
+            quarantine = pa.table({"source_file": [q[0] for q in tally.quarantine],
+                                   "record_id": [q[1] for q in tally.quarantine],
+                                   "reason": [q[2] for q in tally.quarantine]})
+            reasons = Counter(_reason_kind(q[2]) for q in tally.quarantine)
+            manifest = {
+                "schema_version": SCHEMA_VERSION,
+                "source": source,
+                "format": fmt,
+                "split": split,
+                "inputs": {"input": str(input_path), "annotations": str(annotations) if annotations else None,
+                           "images_dir": str(images_dir) if images_dir else None},
+                "options": {"input_size": input_size, "heatmap_size": heatmap_size, "negative_ratio": negative_ratio,
+                            "seed": seed, "split_by": split_by if fmt == "refcoco" else None, "paraphrase": paraphrase,
+                            "rows_per_shard": rows_per_shard},
+                "counts": counts,
+                "quarantine_reasons": dict(reasons.most_common()),
+            }
+            return quarantine, manifest
 
-    manifest = write_partition_stream(tables, finish, out_dir, rows_per_shard)
+        manifest = write_partition_stream(tables, finish, out_dir, rows_per_shard)
     counts = manifest["counts"]
     log.info("%s -> %s: %d records read, %d samples, %d quarantined", input_path, out_dir,
              counts["records_read"], counts["samples_written"], counts["records_quarantined"])

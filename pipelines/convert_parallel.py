@@ -9,11 +9,11 @@ all the samples.
 
 from __future__ import annotations
 
-import gc
 import multiprocessing as mp
 import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from typing import Iterator
 
@@ -38,23 +38,39 @@ def unit_table(build, source: str, split: str, input_size: int, heatmap_size: in
     return drafts_to_table(drafts, source, split, input_size, heatmap_size, progress=False), quarantine
 
 
-def unit_tables(plan: SourcePlan, *, workers: int, source: str, split: str, input_size: int,
+@contextmanager
+def worker_pool(workers: int):
+    """Conversion worker processes, started NOW, before the source is parsed: a worker forked
+    later would keep a private copy of every page of the parsed source that the parent then
+    writes to (reference counts change on every access), multiplying the memory. Units reach the
+    workers pickled. None when one process is asked for."""
+    if workers <= 1:
+        yield None
+        return
+    # fork: the workers start at once and re-import nothing (spawn would re-run a caller's
+    # unguarded __main__); a fork pool launches every worker at its first task
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
+    try:
+        pool.lumen_workers = workers
+        pool.submit(int).result()
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def unit_tables(plan: SourcePlan, *, pool, source: str, split: str, input_size: int,
                 heatmap_size: int) -> Iterator[tuple[pa.Table, list]]:
-    """(table, quarantine rows) of every unit, in unit order."""
+    """(table, quarantine rows) of every unit, in unit order; built in `pool`'s workers (at most
+    two units per worker in flight), or here when there is no pool."""
     job = partial(unit_table, plan.build, source, split, input_size, heatmap_size)
-    if workers <= 1 or len(plan.units) <= 1:
+    if pool is None or len(plan.units) <= 1:
         for unit in plan.units:
             yield job(unit)
         return
-    # fork: workers start at once and re-import nothing (spawn would re-run a caller's unguarded
-    # __main__); the frozen parent objects are not traversed by the workers' garbage collector, so
-    # the parsed source stays shared with them instead of being copied page by page
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    gc.freeze()
-    pool = ProcessPoolExecutor(min(workers, len(plan.units)), mp_context=mp.get_context(method))
+    units = iter(plan.units)
+    pending = deque(pool.submit(job, u) for _, u in zip(range(2 * pool.lumen_workers), units))
     try:
-        units = iter(plan.units)
-        pending = deque(pool.submit(job, u) for _, u in zip(range(2 * workers), units))
         while pending:
             done = pending.popleft().result()
             nxt = next(units, _END)
@@ -62,8 +78,8 @@ def unit_tables(plan: SourcePlan, *, workers: int, source: str, split: str, inpu
                 pending.append(pool.submit(job, nxt))
             yield done
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        gc.unfreeze()
+        for f in pending:
+            f.cancel()
 
 
 _END = object()
