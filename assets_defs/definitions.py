@@ -5,8 +5,9 @@ from __future__ import annotations
 import dagster as dg
 
 from assets_defs.assets import review, sources, training
-from assets_defs.checks import heatmap_peaks_at_centers, records_accounted
+from assets_defs.checks import heatmap_peaks_at_centers, no_eval_images_in_training, records_accounted
 from assets_defs.executors import executor_from_env
+from assets_defs.handover import HandOverIOManager
 from assets_defs.jobs import JOBS
 from assets_defs.resources import Compute, FiftyOneSettings, LumenPaths
 from assets_defs.schedules import SCHEDULES
@@ -16,14 +17,15 @@ from assets_defs.sensors import SENSORS
 def build_defs(paths: LumenPaths | None = None, compute: Compute | None = None,
                fiftyone: FiftyOneSettings | None = None) -> dg.Definitions:
     """The definitions with these resources (the main command and tests run the same graph smaller)."""
+    paths = paths or LumenPaths()
     return dg.Definitions(
         assets=dg.load_assets_from_modules([sources, training, review]),
-        asset_checks=[records_accounted, heatmap_peaks_at_centers],
+        asset_checks=[records_accounted, heatmap_peaks_at_centers, no_eval_images_in_training],
         jobs=JOBS,
         schedules=SCHEDULES,
         sensors=SENSORS,
-        resources={"paths": paths or LumenPaths(), "compute": compute or Compute(),
-                   "fiftyone": fiftyone or FiftyOneSettings()},
+        resources={"paths": paths, "compute": compute or Compute(), "fiftyone": fiftyone or FiftyOneSettings(),
+                   "io_manager": HandOverIOManager(paths=paths)},
         executor=executor_from_env(),
     )
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from assets_defs.partitions import CORRECTIONS_PREFIX, is_corrections
-from pipelines.layout import source_specs
+from pipelines.layout import ConvertSpec, source_specs
 
 
 @dataclass(frozen=True)
@@ -25,13 +25,7 @@ class PartitionSpec:
     options: dict = field(default_factory=dict)
 
     def files(self) -> list[Path]:
-        if self.fmt == "refcoco":
-            found = [self.input_path / f"refs({self.options.get('split_by', 'unc')}).p", self.input_path / "instances.json"]
-        else:
-            found = [self.input_path]
-        if "annotations" in self.options:
-            found.append(Path(self.options["annotations"]))
-        return found
+        return ConvertSpec(self.partition, self.split, self.fmt, self.input_path, self.options).files()
 
 
 def corrections_version_dir(partition: str, corrections_root) -> Path:

@@ -15,6 +15,7 @@ import sys
 import time
 
 from assets_defs.instance import prepare_dagster_home
+from assets_defs.recovery import BlockedByRunError, owner_tags, recover_dead_runs
 from assets_defs.resources import REPO_ROOT, FiftyOneSettings, LumenPaths
 
 
@@ -30,7 +31,11 @@ def build_run_config(args) -> dict:
 
 def run_main(*, data_root: str, dagster_home: str | None, images: int, run_config: dict,
              fiftyone: FiftyOneSettings | None = None, asset_selection: list[str] | None = None):
-    """Materialize the whole graph (or `asset_selection` of it) in one run; returns (result, DagsterInstance)."""
+    """Materialize the whole graph in one run of the `main` job; returns (result, DagsterInstance).
+
+    The run is created against the code location of `workspace.yaml`, as the UI launches it, so it
+    shows under Overview and Jobs -> main; its data root, demo size and FiftyOne dataset are the
+    run's resource config (visible in the UI)."""
     home = prepare_dagster_home(dagster_home)
     import warnings
 
@@ -38,16 +43,19 @@ def run_main(*, data_root: str, dagster_home: str | None, images: int, run_confi
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)  # single-run backfill policy is beta
 
-    from assets_defs.definitions import build_defs
+    from assets_defs.launch import run_job_in_code_location
     from assets_defs.partitions import all_partitions_tags, ensure_source_partitions
 
     instance = dg.DagsterInstance.get()
+    recover_dead_runs(instance)  # a killed earlier run must not hold the `gpu` slot forever
     ensure_source_partitions(instance)
-    defs = build_defs(paths=LumenPaths(root=data_root, demo_images=images), fiftyone=fiftyone)
+    fo = fiftyone or FiftyOneSettings()
+    resources = {"paths": {"config": {"root": str(LumenPaths(root=data_root).base), "demo_images": images}},
+                 "fiftyone": {"config": {"dataset": fo.dataset}}}
     print(f"[main] DAGSTER_HOME={home}  data root={LumenPaths(root=data_root).base}", flush=True)
-    result = defs.resolve_job_def("main").execute_in_process(
-        run_config=run_config, instance=instance, tags=all_partitions_tags(instance),
-        raise_on_error=False, asset_selection=[dg.AssetKey(a) for a in asset_selection] if asset_selection else None)
+    result = run_job_in_code_location(instance, "main", {**run_config, "resources": resources},
+                                      tags={**all_partitions_tags(instance), **owner_tags()},
+                                      asset_selection=asset_selection)
     return result, instance
 
 
@@ -63,8 +71,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     t0 = time.time()
-    result, instance = run_main(data_root=args.data_root, dagster_home=args.dagster_home, images=args.images,
-                                run_config=build_run_config(args))
+    try:
+        result, instance = run_main(data_root=args.data_root, dagster_home=args.dagster_home, images=args.images,
+                                    run_config=build_run_config(args))
+    except BlockedByRunError as exc:
+        print(f"[main] {exc}", file=sys.stderr)
+        return 2
     from assets_defs.metadata import latest_metadata
 
     minutes = (time.time() - t0) / 60
@@ -74,8 +86,8 @@ def main(argv=None) -> int:
               "Open the Dagster UI (command below) for the logs.", file=sys.stderr)
     ev = latest_metadata(instance, "evaluation")
     if ev:
-        print(f"[main] evaluation of model {ev['model_version']} on the val split:")
-        print(json.dumps(json.loads(ev["metrics_json"]), indent=2))
+        print(f"[main] evaluation of model {ev['model_version']} on the val split ({ev['verdict']}):")
+        print(json.dumps(ev["metrics_json"], indent=2))
     fo = FiftyOneSettings()
     print(f"[main] done in {minutes:.1f} min (run {result.run_id})")
     print("[main] Dagster UI:    DAGSTER_HOME=%s %s/.venv/bin/dagster dev -w %s/workspace.yaml -h 127.0.0.1 -p 3000"

@@ -50,6 +50,11 @@ class LumenPaths(dg.ConfigurableResource):
         return self.base / "predictions"
 
     @property
+    def model_registry(self) -> Path:
+        """Which stage-2 version is in use and why (`pipelines.model_registry`)."""
+        return self.models / "registry.json"
+
+    @property
     def corrections(self) -> Path:
         return self.base / "corrections"
 
@@ -62,7 +67,10 @@ class LumenPaths(dg.ConfigurableResource):
 
     def shard_dirs(self, include_corrections: bool = True) -> list[Path]:
         """Every partition folder with a manifest (sources, and pulled corrections versions)."""
-        dirs = sorted(p.parent for p in self.shards.glob("*/*/manifest.json"))
+        from pipelines.tempdirs import is_leftover
+
+        # not the `.NAME.tmp-PID` / `.NAME.old-PID` folders of a conversion killed mid-publish
+        dirs = sorted(p.parent for p in self.shards.glob("*/*/manifest.json") if not is_leftover(p.parent))
         return [d for d in dirs if include_corrections or not d.parent.name.startswith("corrections-")]
 
 

@@ -1,7 +1,9 @@
 """Sensors: new source files -> ingest; enough review work -> pull corrections, ingest, retrain."""
 
+from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dagster as dg
 
@@ -12,6 +14,20 @@ from assets_defs.partitions import corrections_partition, is_corrections, source
 from assets_defs.resources import FiftyOneSettings, LumenPaths
 from assets_defs.versions import versions
 from pipelines.layout import SOURCES
+from pipelines.model_registry import ModelRegistry
+
+
+def ingested_fingerprint(instance: dg.DagsterInstance, partition: str) -> str | None:
+    """The fingerprint of a partition's files when `source_data` last ingested it (None: never)."""
+    meta = latest_metadata(instance, "source_data", partition)
+    if not meta:
+        return None
+    if "fingerprint" in meta:
+        return meta["fingerprint"]
+    # materializations made before per-partition metadata hold every partition's stamp in one dict
+    stamps = meta.get("fingerprints")
+    stamps = json.loads(stamps) if isinstance(stamps, str) else (stamps or {})
+    return stamps.get(partition)
 
 
 @dg.sensor(job=ingest, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
@@ -28,8 +44,7 @@ def new_source_files(context: dg.SensorEvaluationContext, paths: LumenPaths):
             continue
         stamp = fingerprint(files)
         if key not in seen and key in have:  # first look: compare with what was last ingested
-            meta = latest_metadata(context.instance, "source_data", key)
-            seen[key] = json.loads(meta["fingerprints"]).get(key) if meta and "fingerprints" in meta else None
+            seen[key] = ingested_fingerprint(context.instance, key)
         if seen.get(key) != stamp:
             seen[key] = stamp
             if key not in have:
@@ -40,38 +55,61 @@ def new_source_files(context: dg.SensorEvaluationContext, paths: LumenPaths):
                            dynamic_partitions_requests=[source_partitions.build_add_request(add)] if add else [])
 
 
+def recorded_corrections(instance: dg.DagsterInstance) -> set[str]:
+    """Corrections partitions that have a `corrections` materialization (pulled by Dagster or recorded)."""
+    records = instance.fetch_materializations(dg.AssetKey("corrections"), limit=10_000).records
+    return {r.asset_materialization.metadata["source_partition"].value for r in records
+            if "source_partition" in r.asset_materialization.metadata}
+
+
 @dg.sensor(jobs=[pull_corrections_job, ingest, retrain], minimum_interval_seconds=120,
            default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Closes the review loop: more than N labels reviewed since the last pull -> pull "
-                       "corrections; a new corrections partition -> ingest it; its shards -> retrain.")
+           description="Closes the review loop: records pulls made from the command line, pulls corrections once "
+                       "more than N labels were reviewed, ingests each new corrections partition, then retrains.")
 def corrections_loop(context: dg.SensorEvaluationContext, paths: LumenPaths, fiftyone: FiftyOneSettings):
-    requests = []
+    from assets_defs.assets.review import corrections_metadata
+
     instance = context.instance
+    requests, events, new_partitions = [], [], []
+    # a version folder pulled outside Dagster (`lumen review pull`) is the same event as a Dagster pull
+    known = set(instance.get_dynamic_partitions(source_partitions.name))
+    recorded = recorded_corrections(instance)
+    for v in versions(paths.corrections):
+        key = corrections_partition(v)
+        if key not in recorded:
+            events.append(dg.AssetMaterialization("corrections", metadata=corrections_metadata(
+                Path(paths.corrections) / v, pulled_by="command line (recorded by the corrections_loop sensor)")))
+        if key not in known:
+            new_partitions.append(key)
+
     shards_done = instance.get_materialized_partitions(dg.AssetKey("shards"))
-    model = latest_metadata(instance, "stage2_model") or {}
-    trained_on = set(model.get("partitions") or [])  # the partitions the latest stage-2 model saw
-    for key in instance.get_dynamic_partitions(source_partitions.name):
+    in_use = ModelRegistry(paths.model_registry).in_use() or {}
+    trained_on = set(in_use.get("partitions") or [])  # the partitions the model in use saw
+    untrained = []
+    for key in sorted(known | set(new_partitions)):
         if not is_corrections(key):
             continue
         if key not in shards_done:
             requests.append(dg.RunRequest(job_name="ingest", partition_key=key, run_key=f"ingest-{key}"))
         elif key not in trained_on:
-            requests.append(dg.RunRequest(job_name="retrain", run_key=f"retrain-{key}"))
+            untrained.append(key)
+    if untrained:  # one retrain for every ingested round the model in use has not seen
+        requests.append(dg.RunRequest(job_name="retrain", run_key="retrain-" + "+".join(untrained)))
 
     fiftyone.apply()
-    from datetime import datetime
-
     from pipelines.review.queue import count_review_work
 
-    last = latest_metadata(instance, "corrections")
-    since = datetime.fromisoformat(last["pulled_at"]) if last else None
-    reviewed = count_review_work(fiftyone.dataset, since=since)
+    reviewed = count_review_work(fiftyone.dataset)  # compared with the last pull, whoever made it
+    latest = versions(paths.corrections)[-1] if versions(paths.corrections) else "start"
     if reviewed > fiftyone.min_reviewed_labels:
-        requests.append(dg.RunRequest(job_name="pull_corrections",
-                                      run_key=f"pull-after-{last['pulled_at'] if last else 'start'}"))
-    if not requests:
-        return dg.SkipReason(f"{reviewed} labels reviewed since the last pull (threshold {fiftyone.min_reviewed_labels})")
-    return requests
+        requests.append(dg.RunRequest(job_name="pull_corrections", run_key=f"pull-after-{latest}"))
+    context.log.info("%d labels reviewed since the last pull (threshold %d); %d pulled versions not yet recorded",
+                     reviewed, fiftyone.min_reviewed_labels, len(events))
+    return dg.SensorResult(
+        run_requests=requests, asset_events=events,
+        dynamic_partitions_requests=[source_partitions.build_add_request(new_partitions)] if new_partitions else [],
+        skip_reason=None if requests or events else
+        f"{reviewed} labels reviewed since the last pull (threshold {fiftyone.min_reviewed_labels})")
 
 
 SENSORS = [new_source_files, corrections_loop]

@@ -40,6 +40,30 @@ def save_checkpoint(model: LumenModel, tokenizer, out_dir, extra: dict | None = 
     return out
 
 
+def _read_weights(path: Path) -> dict:
+    """The tensors of a weights file, or one line naming it (missing, truncated, corrupt)."""
+    if not path.is_file():
+        raise InputError(f"checkpoint weights missing: {path}")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError for a cut or garbled file
+        raise InputError(f"checkpoint weights unreadable (truncated or corrupt?): {path} "
+                         f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''})") from None
+
+
+def nonfinite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_finite(model: LumenModel, folder) -> None:
+    """Refuse a diverged checkpoint: its predictions would be silently empty."""
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:
+        raise InputError(f"checkpoint {Path(folder) / WEIGHTS} has {len(bad)} tensors with NaN/inf values "
+                         f"({', '.join(bad[:2])}{', ...' if len(bad) > 2 else ''}): training diverged; use an earlier checkpoint")
+
+
 def build_model(cfg: LumenConfig, tokenizer) -> LumenModel:
     return LumenModel(cfg, vocab_size=len(tokenizer), image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
                       pad_token_id=tokenizer.pad_token_id)
@@ -54,7 +78,7 @@ def load_model(folder, device: str = "cpu") -> tuple[LumenModel, object]:
     tokenizer = load_tokenizer(folder)
     model = LumenModel(LumenConfig.from_dict(config["lumen"]), config["vocab_size"], config["image_token_id"],
                        config["pad_token_id"])
-    state = load_file(str(folder / WEIGHTS))
+    state = _read_weights(folder / WEIGHTS)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:  # a checkpoint from another version of the model: refuse, never half-load
         raise InputError(f"checkpoint {folder} does not fit this model: {len(missing)} missing tensors "

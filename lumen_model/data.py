@@ -10,8 +10,26 @@ from pipelines.dataset import collate_samples
 from pipelines.instructions import LOC_TOKEN, TEMPLATES
 
 
+# LLaVA-1.5's prompt for VQAv2-style short answers. The chats (LLaVA source) ask the same questions about
+# the same kind of images and answer in sentences ("There is one triangle."); without it the LLM cannot
+# tell which form is wanted and VQA answers come out as sentences, which VQAv2 scoring counts as wrong.
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+SHORT_ANSWER_SOURCES = frozenset({"vqav2"})
+
+
 def prompt_text(instruction: str) -> str:
     return f"user : {instruction} assistant :"
+
+
+def short_answer_question(question: str) -> str:
+    return f"{question} {SHORT_ANSWER}"
+
+
+def model_instruction(item: dict) -> str:
+    """The instruction as the model reads it: VQAv2 questions ask for a short answer."""
+    if item["task"] == "vqa" and item.get("source") in SHORT_ANSWER_SOURCES:
+        return short_answer_question(item["instruction"])
+    return item["instruction"]
 
 
 class Collator:
@@ -46,7 +64,7 @@ class Collator:
 
     def __call__(self, items: list[dict]) -> dict:
         batch = collate_samples(items)
-        seqs = [self.encode(it["instruction"], it["answer"]) for it in items]
+        seqs = [self.encode(model_instruction(it), it["answer"]) for it in items]
         length = max(len(s[0]) for s in seqs)
         input_ids = torch.full((len(items), length), self.tok.pad_token_id, dtype=torch.long)
         labels = torch.full((len(items), length), -100, dtype=torch.long)

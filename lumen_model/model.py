@@ -2,8 +2,8 @@
 
 Stage 1 (task-agnostic): the LLM reads the image and the instruction and answers with a sentence
 holding [LOC] and a task token; the [LOC] hidden state drives the aligner's heatmap.
-Stage 2 (task-specific): boxes from peaks + sizes, masks from SAM prompted with boxes, keypoints
-from a top-down head. VQA answers come from the LLM's generation.
+Stage 2 (task-specific): boxes from peaks + sizes, masks from SAM prompted with boxes (or the
+tiny preset's box-aligned mask head), keypoints from a top-down head. VQA answers come from the LLM's generation.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 
 from lumen_model.aligner import DenseAligner
 from lumen_model.config import LumenConfig
-from lumen_model.decoders.masks import BoxPromptedMasks
+from lumen_model.decoders.masks import SamBoxPrompts
 from lumen_model.decoders.pose import PoseHead, keypoint_loss, keypoint_targets
-from lumen_model.losses import gather_at, gaussian_focal_loss, mask_loss, per_sample_l1
+from lumen_model.decoders.roi_masks import RoiMaskHead
+from lumen_model.losses import gather_at, gaussian_focal_loss, per_sample_l1
 
-STAGE1_PARTS = ("llava", "aligner", "concept_head")
+STAGE1_PARTS = ("llava", "aligner", "concept_head", "llm_pixels")
 STAGE2_PARTS = ("masks", "pose")
 
 
@@ -49,9 +50,11 @@ class LumenModel(nn.Module):
         self.aligner = DenseAligner(text_dim, text_dim, cfg.aligner_dim, cfg.aligner_layers, cfg.aligner_heads,
                                     cfg.heatmap_size, cfg.pixel_encoder,
                                     cfg.aligner_image_self_attn, cfg.patch_grid)
-        self.masks = BoxPromptedMasks(cfg)
+        self.masks = RoiMaskHead(cfg.aligner_dim, cfg.input_size) if cfg.mask_decoder == "roi" else SamBoxPrompts(cfg)
         # vocabulary-sized: only built where used (tiny), never for the 7B's 32k x 4096
         self.concept_head = nn.Linear(text_dim, vocab_size) if cfg.concept_weight > 0 else None
+        use_pixels = cfg.llm_pixel_tokens and cfg.pixel_encoder == "cnn"
+        self.llm_pixels = nn.Linear(cfg.aligner_dim, text_dim) if use_pixels else None
         self.pose = PoseHead(cfg.aligner_dim, cfg.pose_dim, cfg.num_keypoints, cfg.pose_crop, cfg.input_size)
         self.register_buffer("pixel_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
@@ -64,8 +67,11 @@ class LumenModel(nn.Module):
         hidden = m.vision_tower(x, output_hidden_states=True).hidden_states[self.llava.config.vision_feature_layer]
         return m.multi_modal_projector(hidden[:, 1:])
 
-    def llm_image_tokens(self, image_feats: torch.Tensor) -> torch.Tensor:
-        """The grid average-pooled by `llm_image_pool` (identity at 1): what fills the <image> slots."""
+    def llm_image_tokens(self, image_feats: torch.Tensor, pixel_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """What fills the <image> slots: the ViT grid (+ the CNN's tokens with `llm_pixel_tokens`), average-pooled
+        by `llm_image_pool` (identity at 1)."""
+        if self.llm_pixels is not None and pixel_tokens is not None:
+            image_feats = image_feats + self.llm_pixels(pixel_tokens)
         pool = self.cfg.llm_image_pool
         if pool == 1:
             return image_feats
@@ -73,6 +79,10 @@ class LumenModel(nn.Module):
         g = self.cfg.patch_grid
         grid = image_feats.transpose(1, 2).reshape(b, d, g, g)
         return F.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)
+
+    def vision(self, batch: dict) -> tuple[torch.Tensor, tuple]:
+        """Per row: the ViT tokens through the projector, and the aligner's pixel features (each image encoded once)."""
+        return self.per_image(batch, self.image_tokens), self.per_image(batch, self.aligner.encode_pixels)
 
     def language(self, input_ids, attention_mask, llm_image_feats) -> torch.Tensor:
         """LLaMA over the sequence with image features in the <image> slots -> last hidden states."""
@@ -98,13 +108,15 @@ class LumenModel(nn.Module):
         return gather_rows(out, index)
 
     def stage1(self, batch: dict) -> dict:
-        image_feats = self.per_image(batch, self.image_tokens)
-        pixel_feats = self.per_image(batch, self.aligner.encode_pixels)
-        hidden = self.language(batch["input_ids"], batch["attention_mask"], self.llm_image_tokens(image_feats))
+        image_feats, pixel_feats = self.vision(batch)
+        llm_feats = self.llm_image_tokens(image_feats, pixel_feats[1])
+        hidden = self.language(batch["input_ids"], batch["attention_mask"], llm_feats)
         loc = batch["loc_index"].clamp(min=0)
         loc_state = hidden[torch.arange(hidden.shape[0]), loc]
         dense = self.aligner(image_feats, loc_state, pixel_feats)
-        return {"hidden": hidden, "loc_state": loc_state, **dense}
+        # normalized pixels per row, for the box-aligned mask head (a cheap gather; no gradient needed)
+        pixels = self.per_image(batch, lambda x: (x - self.pixel_mean) / self.pixel_std).detach()
+        return {"hidden": hidden, "loc_state": loc_state, "pixels": pixels, **dense}
 
     def stage1_losses(self, out: dict, batch: dict) -> dict:
         """Every term is a per-sample value summed and divided by the batch size (DDP-consistent)."""
@@ -114,6 +126,9 @@ class LumenModel(nn.Module):
         sel = labels != -100  # next-token logits only at answer positions
         tok = F.cross_entropy(self.lm_logits(out["hidden"][:, :-1][sel]), labels[sel], reduction="none")
         per_sample = tok.new_zeros(b).index_add(0, sel.nonzero()[:, 0], tok) / sel.sum(1).clamp(min=1)
+        if cfg.vqa_text_weight != 1.0:
+            per_sample = per_sample * torch.tensor([cfg.vqa_text_weight if t == "vqa" else 1.0 for t in batch["task"]],
+                                                   device=per_sample.device)
         text = per_sample.sum() / b
         has = batch["has_heatmap"].float()
         heat_ps = gaussian_focal_loss(out["heatmap_logits"], batch["heatmap"], cfg.focal_alpha, cfg.focal_beta)
@@ -154,10 +169,9 @@ class LumenModel(nn.Module):
         seg_idx = [i for i, t in enumerate(tasks) if t in ("instance_segmentation", "referring_segmentation")
                    and len(batch["masks_input"][i])]
         mask_l = zero
-        if seg_idx:
-            logits = self.masks(dense[seg_idx], [batch["boxes_input"][i] for i in seg_idx])
-            target = torch.cat([batch["masks_input"][i].float() for i in seg_idx])
-            mask_l = mask_loss(torch.cat(logits), target)
+        if seg_idx and self.cfg.mask_decoder == "roi":  # a pretrained SAM stays frozen: nothing to learn
+            mask_l = self.masks.loss(dense[seg_idx], out["heatmap_logits"].detach()[seg_idx], out["pixels"][seg_idx],
+                                     [batch["boxes_input"][i] for i in seg_idx], [batch["masks_input"][i] for i in seg_idx])
         pose_idx = [i for i, t in enumerate(tasks) if t == "pose" and len(batch["keypoints_input"][i])]
         pose_l = zero
         if pose_idx:
@@ -166,7 +180,7 @@ class LumenModel(nn.Module):
             targets, weights = [], []
             for i in pose_idx:
                 for kp, bx in zip(batch["keypoints_input"][i], batch["boxes_input"][i]):
-                    t, w = keypoint_targets(kp, bx, self.pose.out_size)
+                    t, w = keypoint_targets(kp, bx, self.pose.out_size, self.cfg.pose_sigma)
                     targets.append(t)
                     weights.append(w)
             pose_l = keypoint_loss(maps, torch.stack(targets).to(maps.device), torch.stack(weights).to(maps.device))
@@ -187,4 +201,5 @@ class LumenModel(nn.Module):
         """Stage 1 trains the LMM and aligner; stage 2 freezes them and trains the task decoders."""
         for name, module in self.named_children():
             module.requires_grad_(name in self.trainable_parts(stage))
-        self.masks.sam.vision_encoder.requires_grad_(False)
+        if self.cfg.mask_decoder == "sam":
+            self.masks.requires_grad_(False)  # SAM as the paper uses it: pretrained and frozen

@@ -15,10 +15,9 @@ import cv2
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
-from lumen_model.checkpoint import load_model
-from lumen_model.data import Collator
+from lumen_model.checkpoint import check_finite, load_model
+from lumen_model.data import Collator, short_answer_question
 from lumen_model.decoders.boxes import decode_boxes
 from lumen_model.decoders.pose import decode_keypoints
 from lumen_model.streaming import ImageInstructionJobs, JsonArrayWriter
@@ -27,6 +26,7 @@ from pipelines.sources.common import load_json
 from pipelines.geometry import SquarePad, pad_image
 from pipelines.heatmaps import encode_png
 from pipelines.instructions import TASK_TOKENS, instruction_for
+from pipelines.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 TASK_TOKENS_ORDER = list(TASK_TOKENS.values())
@@ -57,10 +57,21 @@ def list_images(images_dir, annotations=None) -> list[dict]:
     return [{"id": _image_id(p.name, i + 1), "path": str(p), "file_name": p.name} for i, p in enumerate(files)]
 
 
+def checkpoint_categories(checkpoint) -> list[dict]:
+    """The detection categories a checkpoint was trained on (recorded in its config.json by training)."""
+    config = Path(checkpoint) / "config.json"
+    cats = _read_json(config).get("categories") if config.is_file() else None
+    if not cats:
+        raise InputError(f"predict: checkpoint {checkpoint} names no categories; give --annotations (a COCO "
+                         "instances or image_info json with categories) or --categories NAME ...")
+    return cats
+
+
 class Predictor:
     def __init__(self, checkpoint, device: str | None = None, batch_size: int = 16, score_threshold: float | None = None):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.tok = load_model(checkpoint, self.device)
+        check_finite(self.model, checkpoint)
         cfg = self.model.cfg
         self.cfg, self.batch_size = cfg, batch_size
         self.threshold = cfg.score_threshold if score_threshold is None else score_threshold
@@ -124,7 +135,8 @@ class Predictor:
     def answer(self, paths: list[str], questions: list[str], max_new_tokens: int = 12) -> list[str]:
         """Greedy generation of the LLM's answer (VQA)."""
         batch = self._batch(paths, questions, None)
-        image_feats = self.model.llm_image_tokens(self.model.per_image(batch, self.model.image_tokens))
+        image_feats, pixel_feats = self.model.vision(batch)
+        image_feats = self.model.llm_image_tokens(image_feats, pixel_feats[1])
         ids, attn = batch["input_ids"], batch["attention_mask"]
         lengths = attn.sum(1)
         done = torch.zeros(len(paths), dtype=torch.bool, device=ids.device)
@@ -152,18 +164,24 @@ class Predictor:
         return SquarePad(w, h, self.cfg.input_size, self.cfg.heatmap_size)
 
     @torch.no_grad()
-    def masks_for(self, dense: torch.Tensor, boxes_xywh: np.ndarray, geo: SquarePad) -> list[dict]:
+    def masks_for(self, out: dict, row: int, boxes_xywh: np.ndarray, geo: SquarePad, path: str) -> list[dict]:
+        """RLE masks in original pixels for one row's boxes: SAM on the original image, or the roi head."""
         if not len(boxes_xywh):
             return []
-        xy0 = geo.to_input(boxes_xywh[:, :2])
-        xy1 = geo.to_input(boxes_xywh[:, :2] + boxes_xywh[:, 2:])
-        bx = torch.tensor(np.concatenate([xy0, xy1], 1), dtype=torch.float32, device=dense.device)
-        logits = self.model.masks(dense[None], [bx])[0].cpu().numpy()
-        x0, y0, x1, y1 = geo.content_box_input()
+        if self.cfg.mask_decoder == "sam":
+            xyxy = np.concatenate([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], 1)
+            full_masks = (self.model.masks.predict(self._image(path), xyxy) > 0).numpy().astype(np.uint8)
+        else:
+            xy0 = geo.to_input(boxes_xywh[:, :2])
+            xy1 = geo.to_input(boxes_xywh[:, :2] + boxes_xywh[:, 2:])
+            bx = torch.tensor(np.concatenate([xy0, xy1], 1), dtype=torch.float32, device=out["dense"].device)
+            r = slice(row, row + 1)
+            logits = self.model.masks(out["dense"][r], out["heatmap_logits"][r], out["pixels"][r], [bx])[0].cpu().numpy()
+            x0, y0, x1, y1 = geo.content_box_input()
+            full_masks = [cv2.resize((lg[y0:y1, x0:x1] > 0).astype(np.uint8), (geo.width, geo.height),
+                                     interpolation=cv2.INTER_NEAREST) for lg in logits]
         rles = []
-        for lg in logits:
-            crop = (lg[y0:y1, x0:x1] > 0).astype(np.uint8)
-            full = cv2.resize(crop, (geo.width, geo.height), interpolation=cv2.INTER_NEAREST)
+        for full in full_masks:
             rle = mask_utils.encode(np.asfortranarray(full))
             rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")})
         return rles
@@ -191,8 +209,10 @@ def _write_heatmap(folder: Path, name: str, heat: np.ndarray) -> str:
 
 def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, categories=None, expressions=None,
             questions=None, batch_size: int = 16, score_threshold: float | None = None, progress: bool = True,
-            max_images: int | None = None) -> dict:
-    """Run one task over images; writes COCO results json (or answers) and the heatmaps folder."""
+            max_images: int | None = None, device: str | None = None) -> dict:
+    """Run one task over images; writes COCO results json (or answers) and the heatmaps folder.
+
+    `device`: "cpu", "cuda", "cuda:1" ...; None picks the GPU when there is one."""
     if task not in TASKS:
         raise InputError(f"predict: unknown task {task!r}; expected one of {', '.join(TASKS)}")
     out_file = Path(out_file)
@@ -202,13 +222,13 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
         if task == "pose":
             cats = [{"id": 1, "name": "person"}]
             if annotations:
-                cats = [c for c in _read_json(annotations)["categories"] if c["name"] == "person"] or cats
-        elif annotations:
-            cats = _read_json(annotations)["categories"]
+                cats = [c for c in _read_json(annotations).get("categories", []) if c["name"] == "person"] or cats
+        elif annotations and _read_json(annotations).get("categories"):
+            cats = _read_json(annotations)["categories"]  # instances or image_info json (images without labels)
         elif categories:
             cats = [{"id": i + 1, "name": n} for i, n in enumerate(categories)]
         else:
-            raise InputError("predict: give --annotations (COCO json with categories) or --categories NAME ...")
+            cats = checkpoint_categories(checkpoint)
         jobs = ImageInstructionJobs(images, [(instruction_for(task, category=c["name"]), {"category_id": c["id"]})
                                              for c in cats])
     elif task in ("grounding", "referring_segmentation"):
@@ -224,10 +244,11 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
         data = _read_json(questions)
         for q in data["questions"] if isinstance(data, dict) else data:
             path = Path(images_dir) / f"{q['image_id']:012d}.jpg"
-            jobs.append(({"id": q["image_id"], "path": str(path)}, q["question"], {"question_id": q["question_id"]}))
+            jobs.append(({"id": q["image_id"], "path": str(path)}, short_answer_question(q["question"]),
+                         {"question_id": q["question_id"]}))
 
     # inputs are checked above before the (slow) model load
-    p = Predictor(checkpoint, batch_size=batch_size, score_threshold=score_threshold)
+    p = Predictor(checkpoint, device=device, batch_size=batch_size, score_threshold=score_threshold)
     cfg = p.cfg
     out_file.parent.mkdir(parents=True, exist_ok=True)
     heat_dir = out_file.with_name(out_file.stem + "_heatmaps")
@@ -235,7 +256,7 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
     # written as they come: a large pool's results never sit in memory
     results = JsonArrayWriter(out_file)
     index = JsonArrayWriter(heat_dir / "index.json", count_if=lambda e: e["task_token"] == e["expected_task_token"])
-    bar = tqdm(total=len(jobs), desc=f"predict {task}", unit="instr", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc=f"predict {task}", unit="instr", enabled=progress)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         paths = [j[0]["path"] for j in chunk]
@@ -261,7 +282,7 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
                           "heatmap_size": cfg.heatmap_size, "p_none": round(1 - keep, 4),
                           "task_token": out["task_token"][i], "expected_task_token": TASK_TOKENS[task]})
             if task in ("instance_segmentation", "referring_segmentation"):
-                masks = p.masks_for(out["dense"][i], boxes, geo)
+                masks = p.masks_for(out, i, boxes, geo, im["path"])
             if task == "pose":
                 kps = p.keypoints_for(out["dense"][i], boxes, geo)
             for j, (b, s) in enumerate(zip(boxes, scores)):

@@ -10,7 +10,6 @@ scheduler, step, RNG states and data position come back from the checkpoint fold
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -19,7 +18,7 @@ import random
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,45 +26,50 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
-from lumen_model.checkpoint import build_model, load_model, save_checkpoint
+from lumen_model.checkpoint import build_model, load_model, nonfinite_tensors, save_checkpoint
 from lumen_model.config import get_preset
-from lumen_model.data import Collator, hflip
+from lumen_model.data import SHORT_ANSWER, Collator, hflip
 from lumen_model.tokenizer import train_tokenizer
-from lumen_model.train_args import build_arg_parser  # noqa: F401  (kept here for `python -m lumen_model.train`)
-from pipelines.errors import InputError
+from lumen_model.train_config import STAGE_TASKS, TrainConfig, build_arg_parser, config_from_args  # noqa: F401 (public here too)
+from pipelines.errors import InputError, LumenError
+from pipelines.progress import progress
+from pipelines.tempdirs import clean_stale, publish_dir, staged, writing
 
 log = logging.getLogger(__name__)
-STAGE_TASKS = {
-    1: ("detection", "instance_segmentation", "pose", "grounding", "referring_segmentation", "vqa"),
-    2: ("instance_segmentation", "referring_segmentation", "pose"),
-}
 TRAIN_SPLITS = ("train", "all")
 
 
+class TrainingDiverged(LumenError):
+    """The loss or the weights went non-finite: training stopped, the last good checkpoint is kept."""
+
+
 @dataclass
-class TrainConfig:
-    stage: int
-    preset: str
-    shards: list[str]
-    out: str
-    init: str | None = None
-    max_steps: int = 200
-    lr: float = 1e-3
-    batch_size: int = 16
-    seed: int = 0
-    resume: bool = False
-    tasks: list[str] | None = None
-    num_workers: int = 0
-    save_every: int = 0  # 0: only at the end
-    stop_at_step: int | None = None  # stop (and checkpoint) early, as an interrupted run would; resume later
-    warmup_steps: int = 20
-    group_size: int = 4  # samples of the same image that sit together in a batch (1: plain shuffle)
-    hflip: float = 0.5  # probability of mirroring an image (with "left"/"right" swapped in its texts)
-    weights: str | None = None  # local folder with full-size pretrained parts (lumen-7b)
-    progress: bool = True
-    extra: dict = field(default_factory=dict)
+class BadStepCounter:
+    """Skips updates whose loss or gradient norm is not finite, and stops after `limit` in a row."""
+
+    limit: int
+    in_a_row: int = 0
+
+    def check(self, loss: float, grad_norm: float, step: int, out: Path) -> bool:
+        """True when this step's update may be applied; raises TrainingDiverged at the limit."""
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        log.warning("step %d: non-finite loss %s / gradient norm %s: update skipped (%d in a row)",
+                    step + 1, loss, grad_norm, self.in_a_row)
+        if self.in_a_row >= max(1, self.limit):
+            raise TrainingDiverged(f"training diverged: loss {loss} / gradient norm {grad_norm} for {self.in_a_row} "
+                                   f"steps in a row at step {step + 1}; {_last_good(out)}; lower --lr")
+        return False
+
+
+def _last_good(out: Path) -> str:
+    state = out / "trainer_state.json"
+    if not state.is_file():
+        return f"no checkpoint was saved in {out}"
+    return f"the last good checkpoint (step {json.loads(state.read_text())['step']}) is kept in {out}"
 
 
 def _dist_info() -> tuple[int, int]:
@@ -76,7 +80,18 @@ def _dist_info() -> tuple[int, int]:
 
 def _init_distributed() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():  # one GPU per rank, also for the object collectives of a save
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def _device(wanted: str | None, rank: int) -> str:
+    """The device this rank trains on: the one asked for, else the GPU when there is one."""
+    if wanted is None or wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda":  # one GPU per rank
+        return f"cuda:{rank % max(1, torch.cuda.device_count())}"
+    return wanted
 
 
 def _set_seed(seed: int) -> None:
@@ -201,6 +216,22 @@ def _smooth(values: list[float], window: int) -> np.ndarray:
     return (c[1:] - c[np.arange(1, len(v) + 1) - n]) / n
 
 
+def smoothing_window(values: list[float], jitter: float = 0.02) -> int:
+    """Moving-average width that brings a loss's step-to-step noise under `jitter` of its range.
+
+    Each loss has its own: stage 2's mask loss is far noisier than stage 1's total, and one window
+    for all (len/50) left the stage-2 curve as noise. Averaging w steps divides the noise by sqrt(w).
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 10:
+        return 1
+    noise = np.median(np.abs(np.diff(v))) / np.sqrt(2)  # per-step noise, robust to the trend
+    lo, hi = np.percentile(v, [5, 95])
+    want = (noise / (jitter * max(hi - lo, 1e-12))) ** 2
+    return int(np.clip(np.ceil(want), max(5, len(v) // 50), max(5, len(v) // 5)))
+
+
 def _loss_curve(history: list[dict], path: Path, title: str) -> None:
     """Every loss term (faint: per step; solid: moving average) and, on its own axis, the learning rate."""
     import matplotlib
@@ -211,13 +242,14 @@ def _loss_curve(history: list[dict], path: Path, title: str) -> None:
     keys = [k for k in history[0] if k not in ("step", "samples_per_s", "lr")] if history else []
     fig, ax = plt.subplots(figsize=(8, 4.5))
     steps = [h["step"] for h in history]
-    window = max(1, len(history) // 50)
     for k in keys:
         values = [h[k] for h in history]
-        line, = ax.plot(steps, _smooth(values, window), label=k, linewidth=1.6 if k == "loss" else 1.0)
+        window = smoothing_window(values)
+        line, = ax.plot(steps, _smooth(values, window), label=f"{k} (mean of {window})",
+                        linewidth=1.6 if k == "loss" else 1.0)
         ax.plot(steps, values, color=line.get_color(), alpha=0.15, linewidth=0.6)
     ax.set_xlabel("step")
-    ax.set_ylabel(f"loss (moving average of {window} steps)")
+    ax.set_ylabel("loss (moving average; faint: per step)")
     ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -235,7 +267,7 @@ def _loss_curve(history: list[dict], path: Path, title: str) -> None:
 def train(cfg: TrainConfig) -> dict:
     _init_distributed()
     rank, world = _dist_info()
-    device = f"cuda:{rank % max(1, torch.cuda.device_count())}" if torch.cuda.is_available() else "cpu"
+    device = _device(cfg.device, rank)
     preset = get_preset(cfg.preset)
     out = Path(cfg.out)
     tasks = cfg.tasks or STAGE_TASKS[cfg.stage]
@@ -247,12 +279,21 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.resume and cfg.init:
         raise InputError("give either --resume (continue --out) or --init (start from another checkpoint), not both")
 
+    if not cfg.allow_eval_overlap:  # before any slow work: no evaluation image may train (pipelines/leakage.py)
+        from pipelines.leakage import describe_overlap, find_eval_overlap
+
+        leaks = find_eval_overlap(cfg.shards, cfg.shards, train_splits=TRAIN_SPLITS)
+        if leaks:
+            raise InputError(describe_overlap(leaks) + "; take them out of training, or pass --allow-eval-overlap")
     dataset = ShardDataset(cfg.shards, input_size=preset.input_size, tasks=tasks)
     keep, groups = train_rows(dataset, TRAIN_SPLITS)
     if not len(keep):
         raise InputError(f"no train/all-split samples for tasks {', '.join(tasks)} in {', '.join(cfg.shards)}")
 
+    cfg.categories = _categories(dataset, cfg.init or (out if cfg.resume else None))
     state_file = out / "trainer_state.json"
+    if rank == 0:
+        clean_stale(out)  # temp folders of a killed save; an interrupted swap is put back
     resume = cfg.resume and state_file.is_file()
     if resume:
         model, tokenizer = load_model(out, device)
@@ -261,7 +302,7 @@ def train(cfg: TrainConfig) -> dict:
     else:
         texts = [t for pair in zip(dataset.column("instruction").to_pylist(), dataset.column("answer").to_pylist())
                  for t in pair]
-        texts.append("user : assistant :")
+        texts += ["user : assistant :", SHORT_ANSWER]
         tokenizer = train_tokenizer(texts, vocab_size=preset.text["vocab_size"])
         _set_seed(cfg.seed)
         model = build_model(preset, tokenizer).to(device)
@@ -272,24 +313,18 @@ def train(cfg: TrainConfig) -> dict:
     model.train()
     model.set_stage(cfg.stage)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     start, history = 0, []
     if resume:
-        state = json.loads(state_file.read_text())
-        start, history = state["step"], state["history"]
-        optimizer.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(torch.load(out / "scheduler.pt", weights_only=True))
-        rng = json.loads((out / f"rng_state_{rank}.json").read_text())
-        random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
-        torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+        start, history = _load_resume_state(out, optimizer, scheduler, rank)
         log.info("resuming %s at step %d", out, start)
     else:
         _set_seed(cfg.seed + rank)
@@ -299,8 +334,9 @@ def train(cfg: TrainConfig) -> dict:
     collate = Collator(tokenizer, preset.num_image_tokens, preset.max_text_tokens, preset.heatmap_size, preset.input_size)
     use_bf16 = device.startswith("cuda")
     t0, seen = time.perf_counter(), 0
-    bar = tqdm(total=cfg.max_steps, initial=start, desc=f"stage {cfg.stage}", unit="step",
-               disable=not cfg.progress or rank != 0, dynamic_ncols=True)
+    bar = progress(total=cfg.max_steps, initial=start, desc=f"stage {cfg.stage}", unit="step",
+                   enabled=cfg.progress and rank == 0)
+    bad_steps, last_step = BadStepCounter(cfg.max_bad_steps), start
     stop = cfg.max_steps if cfg.stop_at_step is None else min(cfg.max_steps, cfg.stop_at_step)
     batches = training_batches(dataset, keep, groups, collate, seed=cfg.seed, batch_size=cfg.batch_size, start=start,
                                stop=stop, group_size=cfg.group_size, hflip_p=cfg.hflip, num_workers=cfg.num_workers,
@@ -312,11 +348,15 @@ def train(cfg: TrainConfig) -> dict:
             losses = net(batch, stage=cfg.stage)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()  # DDP averages the gradients across ranks here
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        seen += per_step
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         rec = {k: float(_mean_across(v.detach(), ddp)) for k, v in losses.items()}
+        if bad_steps.check(rec["loss"], float(grad_norm), step, out):  # same values on every rank
+            optimizer.step()
+        scheduler.step()  # the schedule stays a function of the step, skipped or not
+        seen += per_step
+        last_step = step + 1
+        if not math.isfinite(rec["loss"]):
+            continue  # a skipped step: no NaN in the history, the curve or the printed JSON
         rate = seen / (time.perf_counter() - t0)
         history.append({"step": step + 1, **rec, "samples_per_s": rate, "lr": scheduler.get_last_lr()[0]})
         bar.set_postfix(loss=f"{rec['loss']:.3f}", samples_s=f"{rate:.1f}")
@@ -324,10 +364,23 @@ def train(cfg: TrainConfig) -> dict:
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps:
             _save(model, tokenizer, optimizer, scheduler, out, step + 1, history, cfg, rank)
     bar.close()
-    result = _save(model, tokenizer, optimizer, scheduler, out, len(history), history, cfg, rank)
+    result = _save(model, tokenizer, optimizer, scheduler, out, last_step, history, cfg, rank)
     result["samples_per_s"] = seen / max(1e-9, time.perf_counter() - t0)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
+
+
+def _categories(dataset, previous) -> list[dict]:
+    """The detection categories the model learns (kept in config.json: `lumen predict` on a plain
+    folder of images needs them); a stage that trains none keeps its starting checkpoint's.
+    Read from the Arrow columns: no Python object per row."""
+    t = pa.table({c: dataset.column(c) for c in ("task", "category_id", "category")})
+    t = t.filter(pc.and_(pc.is_in(t["task"], value_set=pa.array(["detection", "instance_segmentation"])),
+                         pc.and_(pc.is_valid(t["category_id"]), pc.fill_null(pc.not_equal(t["category"], ""), False))))
+    by_id = dict(zip(t["category_id"].to_pylist(), t["category"].to_pylist()))
+    if not by_id and previous and (Path(previous) / "config.json").is_file():
+        return json.loads((Path(previous) / "config.json").read_text()).get("categories", [])
+    return [{"id": int(k), "name": by_id[k]} for k in sorted(by_id)]
 
 
 def _mean_across(v: torch.Tensor, ddp: bool) -> float:
@@ -338,41 +391,94 @@ def _mean_across(v: torch.Tensor, ddp: bool) -> float:
     return v.item()
 
 
-def _save(model, tokenizer, optimizer, scheduler, out: Path, step: int, history: list, cfg: TrainConfig, rank: int) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
+def _load(path: Path, load):
+    """Read one checkpoint file, or one line naming it (truncated, corrupt, missing)."""
+    try:
+        return load(path)
+    except Exception as exc:  # torch/json/safetensors each raise their own kind for a broken file
+        raise InputError(f"cannot resume: checkpoint file {path} is unreadable ({exc.__class__.__name__}: "
+                         f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'})") from None
+
+
+def _load_resume_state(out: Path, optimizer, scheduler, rank: int) -> tuple[int, list]:
+    """Optimizer, scheduler and RNG back from `out`, after checking every file is of the same step."""
+    state = _load(out / "trainer_state.json", lambda p: json.loads(p.read_text()))
+    step = state["step"]
+    opt = _load(out / "optimizer.pt", lambda p: torch.load(p, weights_only=True))
+    sched = _load(out / "scheduler.pt", lambda p: torch.load(p, weights_only=True))
+    rng = _load(out / f"rng_state_{rank}.json", lambda p: json.loads(p.read_text()))
+    config = _load(out / "config.json", lambda p: json.loads(p.read_text()))
+    steps = {"trainer_state.json": step, "config.json": config.get("step"), "scheduler.pt": sched.get("last_epoch"),
+             f"rng_state_{rank}.json": rng.get("step", step)}
+    if len(set(steps.values())) != 1:  # a checkpoint mixed from two saves: resuming would not be exact
+        raise InputError(f"cannot resume {out}: its files are of different steps "
+                         f"({', '.join(f'{k} {v}' for k, v in steps.items())})")
+    optimizer.load_state_dict(opt)
+    scheduler.load_state_dict(sched)
+    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+    return step, state["history"]
+
+
+def _rng_states_of_all_ranks(step: int) -> list[dict]:
+    """Every rank's RNG state (on rank 0), so that one process writes the whole checkpoint."""
     rng = _rng_state()
     py = rng["python"]
-    (out / f"rng_state_{rank}.json").write_text(json.dumps({"python": [py[0], list(py[1]), py[2]],
-                                                            "torch": rng["torch"].tolist()}))
+    mine = {"step": step, "python": [py[0], list(py[1]), py[2]], "torch": rng["torch"].tolist()}
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return every
+
+
+def _save(model, tokenizer, optimizer, scheduler, out: Path, step: int, history: list, cfg: TrainConfig, rank: int) -> dict:
+    """Write the whole checkpoint (weights, optimizer, scheduler, RNG of every rank, trainer state) into a
+    temp folder and publish it by rename: a kill at any moment leaves the previous checkpoint whole."""
+    bad = nonfinite_tensors(getattr(model, "module", model).state_dict())
+    if bad:  # never replace a good checkpoint with a broken one
+        raise TrainingDiverged(f"training diverged: {len(bad)} weight tensors are non-finite at step {step} "
+                               f"({bad[0]}, ...); {_last_good(out)}; lower --lr")
+    rng_states = _rng_states_of_all_ranks(step)
     if rank != 0:
         return {}
-    save_checkpoint(model, tokenizer, out, extra={"stage": cfg.stage, "step": step})
-    torch.save(optimizer.state_dict(), out / "optimizer.pt")
-    torch.save(scheduler.state_dict(), out / "scheduler.pt")
-    state = {"step": step, "history": history, "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}}
-    (out / "trainer_state.json").write_text(json.dumps(state, indent=1))
     curve = out / "loss_curve.png"
-    if history:
-        _loss_curve(history, curve, f"stage {cfg.stage} ({cfg.preset})")
+    with staged(out) as tmp:
+        for r, rng in enumerate(rng_states):
+            with writing(tmp / f"rng_state_{r}.json"):
+                (tmp / f"rng_state_{r}.json").write_text(json.dumps(rng))
+        with writing(tmp / "model.safetensors"):
+            save_checkpoint(model, tokenizer, tmp, extra={"stage": cfg.stage, "step": step,
+                                                          "categories": cfg.categories})
+        for name, obj in (("optimizer.pt", optimizer), ("scheduler.pt", scheduler)):
+            with writing(tmp / name):
+                torch.save(obj.state_dict(), tmp / name)
+        state = {"step": step, "history": history, "config": {k: v for k, v in asdict(cfg).items() if k != "categories"}}
+        with writing(tmp / "trainer_state.json"):
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        if history:
+            with writing(tmp / curve.name):
+                _loss_curve(history, tmp / curve.name, f"stage {cfg.stage} ({cfg.preset})")
+        publish_dir(tmp, out)
     last = history[-1] if history else {}
     return {"checkpoint_dir": str(out), "step": step, "metrics": {k: v for k, v in last.items() if k != "step"},
             "loss_curve_png": str(curve)}
 
 
-def config_from_args(args) -> TrainConfig:
-    return TrainConfig(stage=args.stage, preset=args.preset, shards=args.shards, out=args.out, init=args.init,
-                       max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                       resume=args.resume, save_every=args.save_every, weights=args.weights,
-                       warmup_steps=args.warmup_steps, tasks=args.tasks, progress=not args.no_progress,
-                       group_size=args.group_size, hflip=args.hflip, num_workers=args.num_workers)
-
-
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_arg_parser().parse_args(argv)
-    result = train(config_from_args(args))
+    try:
+        result = train(config_from_args(args))
+    except LumenError as exc:  # one line (a diverged run, a broken checkpoint), no traceback
+        print(f"lumen_model.train: error: {exc}", file=sys.stderr)
+        return 2
     if _dist_info()[0] == 0:
         print(json.dumps(result, indent=2))
+        if args.result_file:  # written whole, then renamed: a reader never sees half of it
+            tmp = Path(args.result_file).with_suffix(".partial")
+            tmp.write_text(json.dumps(result, indent=2))
+            tmp.replace(args.result_file)
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

@@ -11,6 +11,7 @@ Cache folder: $LUMEN_ARROW_CACHE, else $XDG_CACHE_HOME/lumen/arrow (~/.cache/lum
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.shards import read_manifest, sha256_file, shard_files
+from pipelines.errors import InputError
+from pipelines.shards import read_manifest, read_verified, shard_files
 
 
 def cache_root() -> Path:
@@ -37,38 +39,32 @@ def _part_hashes(shard_dir) -> dict[str, str]:
 
 
 def arrow_files(shard_dirs, root: Path | None = None) -> list[Path]:
-    """The local Arrow file of every part of these partitions, in part order (made where missing)."""
+    """The local Arrow file of every part of these partitions, in part order (made where missing).
+
+    Every part is checked against its manifest sha256 first, cached or not, so a flipped byte is
+    one line naming the file (hashing costs far less than decoding)."""
     root = root or cache_root()
     out = []
     for d in shard_dirs:
         hashes = _part_hashes(d)
         for f in shard_files(d):
-            name = f.rsplit("/", 1)[-1]
-            digest = hashes.get(name) or _hash_of(f)
+            fs, path = fsspec.core.url_to_fs(f)
+            data = read_verified(fs, path, hashes.get(f.rsplit("/", 1)[-1]))
+            digest = hashes.get(f.rsplit("/", 1)[-1]) or hashlib.sha256(data).hexdigest()
             target = root / digest[:2] / f"{digest}.arrow"
             if not target.is_file():
-                _decode(f, target)
+                _decode(data, f, target)
             out.append(target)
     return out
 
 
-def _hash_of(url: str) -> str:
-    if "://" not in url:
-        return sha256_file(Path(url))
-    import hashlib
-
-    h = hashlib.sha256()
-    with fsspec.open(url, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _decode(url: str, target: Path) -> None:
+def _decode(data: bytes, url: str, target: Path) -> None:
     """Parquet part -> one uncompressed record batch in an Arrow file (written aside, then renamed,
     so a concurrent or killed writer never leaves a partial file under the final name)."""
-    fs, path = fsspec.core.url_to_fs(url)
-    table = pq.read_table(path, filesystem=fs).combine_chunks()
+    try:
+        table = pq.read_table(pa.BufferReader(data)).combine_chunks()
+    except (pa.ArrowException, OSError) as exc:  # checksum fine (or none), yet unreadable
+        raise InputError(f"corrupt shard file {url}: {exc}") from None
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:

@@ -15,6 +15,7 @@ import fsspec
 
 from pipelines.errors import InputError
 from pipelines.shards import MANIFEST, PART_GLOB, QUARANTINE, shard_files
+from pipelines.tempdirs import is_leftover
 
 
 def _sql_str(s: str) -> str:
@@ -37,13 +38,16 @@ def build_catalog(db_path: str | Path, shard_dirs) -> list[dict]:
     """Create or refresh the views `samples`, `quarantine`, `manifests`; returns `summary()`.
 
     The views read `<dir>/part-*.parquet` by glob, so a re-converted folder shows its new files
-    without a refresh; re-running picks up added or removed folders.
+    without a refresh; re-running picks up added or removed folders. A folder is only ever
+    published whole (pipelines.tempdirs), and the temp folders beside it are refused here.
     """
     dirs = [str(d).rstrip("/") for d in shard_dirs]
     for d in dirs:
         fs, path = fsspec.core.url_to_fs(d)
         if not fs.exists(f"{path}/{MANIFEST}"):
             raise InputError(f"not a shard folder (no {MANIFEST}): {d}")
+        if is_leftover(PurePosixPath(path)):
+            raise InputError(f"not a shard folder (the temp folder of a conversion): {d}")
     names = partition_names(dirs)
     if len(set(names)) != len(names):
         raise InputError(f"shard folders given twice: {sorted(n for n in names if names.count(n) > 1)[0]}")
@@ -94,6 +98,15 @@ def quarantine_summary(db_path: str | Path) -> list[dict]:
     finally:
         con.close()
     return [{"partition": p, "reason": r, "records": n} for p, r, n in rows]
+
+
+def eval_overlap_report(shard_dirs) -> list[dict]:
+    """Training images of these folders whose content is an image of their val/test splits
+    (pipelines/leakage.py): what `lumen train` refuses."""
+    from pipelines.leakage import find_eval_overlap
+
+    return [{"train_image": o.train_image, "eval_image": o.eval_image, "eval_in": o.eval_in}
+            for o in find_eval_overlap(shard_dirs, shard_dirs)]
 
 
 def format_table(rows: list[dict]) -> str:

@@ -23,12 +23,13 @@ import hashlib
 import logging
 import re
 from collections import Counter
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 from pipelines.errors import InputError
 from pipelines.geometry import SquarePad
@@ -37,15 +38,18 @@ from pipelines.schema import HEATMAP_TASKS, SAMPLE_SCHEMA, SCHEMA_VERSION
 from pipelines.convert_parallel import default_workers, unit_tables, worker_pool
 from pipelines.shards import write_partition_stream
 from pipelines.sources.coco import plan_coco_instances, plan_coco_keypoints, read_coco_instances, read_coco_keypoints
-from pipelines.sources.common import Draft, ReadResult, SourcePlan, plan_of, split_from_name
+from pipelines.sources.common import Draft, ReadResult, SourcePlan, plan_of, split_from_name, unsafe_image_name
 from pipelines.sources.llava import read_llava
 from pipelines.sources.refcoco import read_refcoco
 from pipelines.sources.vqa import read_vqav2
+from pipelines.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 FORMATS = ("coco", "coco-keypoints", "refcoco", "vqav2", "llava")
 # formats whose samples have no heatmap: building their table costs less than shipping it to a worker
 _IN_PROCESS = ("vqav2", "llava")
+VERIFY_IMAGES_AUTO_LIMIT = 2000  # decode every image by default up to this many (about 10 s on one core)
+LONG_TEXT_CHARS = 1000  # instructions/answers longer than this are counted and logged (training cuts them)
 
 
 def read_source(fmt: str, input_path, *, images_dir=None, annotations=None, split=None, split_by="unc",
@@ -66,16 +70,35 @@ def read_source(fmt: str, input_path, *, images_dir=None, annotations=None, spli
 
 
 def plan_source(fmt: str, input_path, *, images_dir=None, annotations=None, split=None, split_by="unc",
-                negative_ratio=0.5, seed=0, paraphrase=False) -> SourcePlan:
+                negative_ratio=0.5, seed=0, paraphrase=False, verify_images=None) -> tuple[SourcePlan, bool]:
     """The source read and validated, its drafts built per unit (COCO files: per unit of images, so
-    conversion workers share the per-image work); the other formats are read whole."""
-    if fmt == "coco":
-        return plan_coco_instances(input_path, images_dir=images_dir, negative_ratio=negative_ratio, seed=seed,
-                                   paraphrase=paraphrase)
-    if fmt == "coco-keypoints":
-        return plan_coco_keypoints(input_path, images_dir=images_dir, paraphrase=paraphrase, seed=seed)
-    return plan_of(read_source(fmt, input_path, images_dir=images_dir, annotations=annotations, split=split,
-                               split_by=split_by, negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase))
+    conversion workers share the per-image work); the other formats are read whole. Returns the plan
+    and whether images are decoded.
+
+    Every draft's image goes through `check_images`: COCO's in the unit that builds it (the drafts
+    of one image are always in one unit, so a worker decodes it), the other formats' here, whole.
+    """
+    if fmt in ("coco", "coco-keypoints"):
+        plan_coco = plan_coco_instances if fmt == "coco" else plan_coco_keypoints
+        extra = {"negative_ratio": negative_ratio} if fmt == "coco" else {}
+        plan = plan_coco(input_path, images_dir=images_dir, seed=seed, paraphrase=paraphrase, **extra)
+        verify = verify_images
+        if verify is None:
+            verify = images_dir is not None and plan.images <= VERIFY_IMAGES_AUTO_LIMIT
+        images_dir = Path(images_dir) if images_dir else None
+        return replace(plan, build=partial(checked_unit, plan.build, str(input_path), images_dir, verify)), verify
+    result = read_source(fmt, input_path, images_dir=images_dir, annotations=annotations, split=split,
+                         split_by=split_by, negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase)
+    result, verified = check_images(result, str(input_path), images_dir, verify_images)
+    return plan_of(result), verified
+
+
+def checked_unit(build, source_file: str, images_dir: Path | None, verify: bool, unit) -> tuple[list[Draft], list]:
+    """`build(unit)`, then `check_images` over the unit's drafts (a module-level function, so it runs
+    in the worker that builds the unit)."""
+    drafts, quarantine = build(unit)
+    checked, _ = check_images(ReadResult(drafts, [], 0), source_file, images_dir, verify)
+    return checked.drafts, quarantine + checked.quarantine
 
 
 def _default_images_dir(fmt: str, input_path: Path) -> Path | None:
@@ -133,7 +156,7 @@ def render_all(drafts: list[Draft], input_size: int, heatmap_size: int, progress
     radii = gaussian_radius(np.ceil(wh_heat[:, 1]), np.ceil(wh_heat[:, 0]))
     zero_png = encode_png(np.zeros((heatmap_size, heatmap_size), np.uint8))
     group_pngs = []
-    for g in tqdm(range(len(groups)), desc="render heatmaps", unit="map", disable=not progress, mininterval=1.0):
+    for g in progress_bar(range(len(groups)), desc="render heatmaps", unit="map", enabled=progress):
         lo, hi = ends[g] - counts[g], ends[g]
         group_pngs.append(encode_png(render_heatmap(centers[lo:hi], radii[lo:hi], heatmap_size)))
     pngs, out_c, out_s = [], [], []
@@ -201,6 +224,59 @@ def drafts_to_table(drafts: list[Draft], source: str, split: str, input_size: in
     return pa.table(columns, schema=SAMPLE_SCHEMA)
 
 
+def _image_problem(path: str, images_dir: Path | None, verify: bool) -> str | None:
+    """Why a draft's image may not be used: outside the images folder (symlinks resolved), or (verify)
+    not decodable to the end, e.g. a truncated JPEG that would otherwise train with a grey fill."""
+    if images_dir is None:
+        return unsafe_image_name(path)
+    real, root = Path(path).resolve(), images_dir.resolve()
+    if not real.is_relative_to(root):
+        return f"image path outside the images folder: {path} resolves to {real}"
+    if not verify:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(real) as im:
+            im.load()  # a full decode: a truncated file fails here, not mid-training
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"image does not decode: {path} ({str(exc).splitlines()[0][:100]})"
+    return None
+
+
+def check_images(result: ReadResult, source_file: str, images_dir, verify: bool | None) -> tuple[ReadResult, bool]:
+    """Quarantine every draft whose image fails `_image_problem` (with all its records); returns the
+    result and whether images were decoded. `verify=None`: decode when there are few images."""
+    images_dir = Path(images_dir) if images_dir else None
+    paths = sorted({d.image_path for d in result.drafts})
+    if verify is None:
+        verify = images_dir is not None and len(paths) <= VERIFY_IMAGES_AUTO_LIMIT
+    problems = {p: _image_problem(p, images_dir, verify) for p in paths}
+    if not any(problems.values()):
+        return result, verify
+    kept, rows, seen = [], [], set()
+    for d in result.drafts:
+        why = problems[d.image_path]
+        if why is None:
+            kept.append(d)
+            continue
+        for rid in d.source_ids:  # detection and segmentation drafts share ids: quarantine each once
+            if rid not in seen:
+                seen.add(rid)
+                rows.append((source_file, rid, why))
+    log.warning("%d images quarantined (%s)", sum(1 for v in problems.values() if v),
+                next(v for v in problems.values() if v))
+    return ReadResult(kept, result.quarantine + rows, result.records_read), verify
+
+
+def long_text_rows(table: pa.Table, limit: int = LONG_TEXT_CHARS) -> pa.Array:
+    """Which rows have an instruction or answer longer than `limit` characters (the model cuts them)."""
+    def longer(col):
+        return pc.fill_null(pc.greater(pc.utf8_length(table[col]), limit), False)
+
+    return pc.or_(longer("instruction"), longer("answer"))
+
+
 def account(result: ReadResult) -> dict:
     """Prove every record read is in a sample's source_ids or in the quarantine (never both)."""
     in_samples = {rid for d in result.drafts for rid in d.source_ids}
@@ -226,6 +302,7 @@ class _Tally:
         self.in_samples: set[str] = set()
         self.per_task: Counter = Counter()
         self.samples = 0
+        self.long_samples, self.long_example = 0, None
 
     def watch(self, results, bar=None):
         for table, quarantine in results:
@@ -233,9 +310,23 @@ class _Tally:
             self.in_samples.update(pc.list_flatten(table["source_ids"]).to_pylist())
             self.per_task.update(table["task"].to_pylist())
             self.samples += table.num_rows
+            self._count_long(table)
             if bar is not None:
                 bar.update(1)
             yield table
+
+    def _count_long(self, table: pa.Table) -> None:
+        long = long_text_rows(table)
+        n = pc.sum(long).as_py() or 0
+        if n and self.long_example is None:
+            self.long_example = (table.filter(long)["source_ids"][0].as_py() or [])[:1]
+        self.long_samples += n
+
+    def long_texts(self) -> dict:
+        if self.long_samples:
+            log.warning("%d samples have an instruction or answer over %d characters (the model keeps only its first "
+                        "tokens), e.g. %s", self.long_samples, LONG_TEXT_CHARS, self.long_example)
+        return {"limit_chars": LONG_TEXT_CHARS, "samples": self.long_samples}
 
     def counts(self) -> dict:
         counts = check_accounting(self.in_samples, [rid for _, rid, _ in self.quarantine], self.records_read)
@@ -246,11 +337,11 @@ class _Tally:
 
 def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=None, split=None, split_by="unc",
                    source_name=None, input_size=448, heatmap_size=None, negative_ratio=0.5, seed=0,
-                   rows_per_shard=2048, paraphrase=False, progress=True, workers=None) -> dict:
+                   rows_per_shard=2048, paraphrase=False, progress=True, workers=None, verify_images=None) -> dict:
     """Convert one source into a shard partition folder; returns its manifest.
 
-    `workers` processes (default: every core) build and render the samples; the shards are
-    byte-identical whatever their number.
+    `workers` processes (default: every core) build and render the samples (and check their
+    images); the shards are byte-identical whatever their number.
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -269,11 +360,12 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
     split = split or ("all" if fmt in ("llava", "refcoco") else split_from_name(input_path))
     source = source_name or fmt
     with worker_pool(1 if fmt in _IN_PROCESS else (workers or default_workers())) as pool:
-        plan = plan_source(fmt, input_path, images_dir=images_dir, annotations=annotations,
-                           split=split if fmt == "refcoco" and split != "all" else None, split_by=split_by,
-                           negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase)
+        plan, verified = plan_source(fmt, input_path, images_dir=images_dir, annotations=annotations,
+                                     split=split if fmt == "refcoco" and split != "all" else None, split_by=split_by,
+                                     negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase,
+                                     verify_images=verify_images)
         tally = _Tally(plan)
-        bar = tqdm(total=len(plan.units), desc=f"convert {source}", unit="unit", disable=not progress, mininterval=1.0)
+        bar = progress_bar(total=len(plan.units), desc=f"convert {source}", unit="unit", enabled=progress)
         tables = tally.watch(unit_tables(plan, pool=pool, source=source, split=split, input_size=input_size,
                                          heatmap_size=heatmap_size), bar)
 
@@ -296,6 +388,8 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
                             "rows_per_shard": rows_per_shard},
                 "counts": counts,
                 "quarantine_reasons": dict(reasons.most_common()),
+                "images_verified": verified,
+                "long_texts": tally.long_texts(),
             }
             return quarantine, manifest
 

@@ -14,19 +14,20 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
+from pipelines.errors import InputError
 from pipelines.geometry import SquarePad, pad_image
 from pipelines.heatmaps import decode_png, gaussian_radius, render_heatmap
 from pipelines.arrow_cache import arrow_files, open_mapped
 from pipelines.schema import HEATMAP_TASKS, SAMPLE_SCHEMA
-from pipelines.shards import shard_files
+from pipelines.shards import shard_files, verify_shards
 
 _FIXED = ("pixel_values", "heatmap", "has_heatmap")
 
 
 def _read_image(path: str) -> np.ndarray:
     img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise FileNotFoundError(f"image not readable: {path}")
+    if img is None:  # one line naming it; `lumen convert --verify-images` finds these before training
+        raise InputError(f"image not readable: {path} (convert with --verify-images to quarantine such images)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -150,6 +151,7 @@ class ShardDataset(Dataset):
             "instruction": row["instruction"],
             "answer": row["answer"],
             "task": row["task"],
+            "source": row.get("source"),
             "sample_id": row["sample_id"],
             "image_id": row["image_id"],
             "image_path": row["image_path"],
@@ -199,5 +201,8 @@ def load_hf_dataset(shard_dirs, split: str = "train"):
     """The shards as a Hugging Face `datasets.Dataset` (parquet loader, local files)."""
     import datasets
 
-    files = [f for d in ([shard_dirs] if isinstance(shard_dirs, str) else shard_dirs) for f in shard_files(d)]
+    dirs = [shard_dirs] if isinstance(shard_dirs, str) else shard_dirs
+    for d in dirs:  # the parquet loader would fail mid-read on a flipped byte, without naming the file
+        verify_shards(d)
+    files = [f for d in dirs for f in shard_files(d)]
     return datasets.load_dataset("parquet", data_files={split: files}, split=split)

@@ -119,21 +119,57 @@ def normalize_answer(text: str) -> str:
     return " ".join(words)
 
 
+def question_kind(annotation: dict) -> str:
+    """count / colour / shape / yes/no / other, from VQAv2's answer_type and question_type fields."""
+    qtype, atype = annotation.get("question_type", ""), annotation.get("answer_type", "")
+    if atype == "yes/no":
+        return "yes/no"
+    if atype == "number":
+        return "count"
+    for prefix, kind in (("what color", "colour"), ("what shape", "shape")):
+        if qtype.startswith(prefix):
+            return kind
+    return "other"
+
+
 def vqa_accuracy(gt, pred) -> dict:
-    """min(#humans who gave the answer / 3, 1), averaged over the 10-choose-9 subsets as VQAv2 does."""
+    """min(#humans who gave the answer / 3, 1), averaged over the 10-choose-9 subsets as VQAv2 does;
+    also per question kind (`question_kind`)."""
     data = _load(gt)
     anns = {a["question_id"]: a for a in (data["annotations"] if isinstance(data, dict) else data)}
     preds = {p["question_id"]: normalize_answer(p["answer"]) for p in _load(pred)}
-    scores = []
+    scores, by_kind = [], {}
     for qid, a in anns.items():
         humans = [normalize_answer(x["answer"]) for x in a["answers"]]
         ans = preds.get(qid)
-        if ans is None:
-            scores.append(0.0)
-            continue
-        accs = [min(1.0, sum(h == ans for j, h in enumerate(humans) if j != i) / 3) for i in range(len(humans))]
-        scores.append(float(np.mean(accs)))
-    return {"accuracy": float(np.mean(scores)) if scores else 0.0, "questions": len(anns), "answered": len(preds)}
+        score = 0.0
+        if ans is not None:
+            score = float(np.mean([min(1.0, sum(h == ans for j, h in enumerate(humans) if j != i) / 3)
+                                   for i in range(len(humans))]))
+        scores.append(score)
+        by_kind.setdefault(question_kind(a), []).append(score)
+    kinds = {k: {"accuracy": float(np.mean(v)), "questions": len(v)} for k, v in sorted(by_kind.items())}
+    return {"accuracy": float(np.mean(scores)) if scores else 0.0, "questions": len(anns), "answered": len(preds),
+            "by_kind": kinds}
+
+
+def shuffled_questions(questions, seed: int = 0) -> dict:
+    """The same questions, each asked about another image (VQAv2 questions json in, out).
+
+    Accuracy on these against the true answers says how much the answers come from priors rather
+    than from the image: a model that looks loses most of its accuracy, one that guesses keeps it.
+    Distinct images are put in a seeded random cycle and each question moves to the next image of
+    the cycle, so no question keeps its own image (given two or more images).
+    """
+    data = _load(questions)
+    qs = data["questions"] if isinstance(data, dict) else data
+    images = sorted({q["image_id"] for q in qs})
+    if len(images) < 2:
+        raise InputError("vqa shuffle: needs questions about at least two images")
+    cycle = [images[i] for i in np.random.default_rng(seed).permutation(len(images))]
+    nxt = {a: cycle[(k + 1) % len(cycle)] for k, a in enumerate(cycle)}
+    moved = [dict(q, image_id=nxt[q["image_id"]]) for q in qs]
+    return dict(data, questions=moved) if isinstance(data, dict) else moved
 
 
 def evaluate(task: str, gt, pred) -> dict:

@@ -8,6 +8,9 @@ partition names work for both:
     refcoco         refcoco/refs(unc).p + refcoco/instances.json (split chosen per ref)
     vqav2           vqa/v2_OpenEnded_mscoco_{split}_questions.json + v2_mscoco_{split}_annotations.json
     llava           llava/llava_instruct.json (one split: all)
+
+The unlabeled pool (`POOL_FILE`, COCO's image_info layout: images + categories, no annotations) is
+not a source partition: nothing trains on it; it is what the model pseudo-labels for review.
 """
 
 from __future__ import annotations
@@ -17,6 +20,13 @@ from pathlib import Path
 
 SOURCES = ("coco", "coco-keypoints", "refcoco", "vqav2", "llava")
 SPLITS = ("train", "val")
+POOL_FILE = "coco/annotations/image_info_unlabeled.json"  # relative to a sources folder
+IMAGES_DIR = "coco/images"
+
+
+def pool_file(root) -> Path:
+    """The unlabeled pool's image_info json: the default input of pseudo-labelling (never a val split)."""
+    return Path(root) / POOL_FILE
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,14 @@ class ConvertSpec:
 
     def shard_dir(self, shards_root) -> Path:
         return Path(shards_root) / self.source / self.split
+
+    def files(self) -> list[Path]:
+        """The files this conversion reads (what the watched-folder sensor looks at)."""
+        found = ([self.input_path / f"refs({self.options.get('split_by', 'unc')}).p", self.input_path / "instances.json"]
+                 if self.fmt == "refcoco" else [self.input_path])
+        if "annotations" in self.options:
+            found.append(Path(self.options["annotations"]))
+        return found
 
 
 def source_specs(source: str, root) -> list[ConvertSpec]:
@@ -49,17 +67,35 @@ def source_specs(source: str, root) -> list[ConvertSpec]:
     raise ValueError(f"unknown source partition {source!r}; expected one of {', '.join(SOURCES)}")
 
 
-def source_files(source: str, root) -> list[Path]:
-    """The files a partition reads (what the watched-folder sensor looks at)."""
-    files = []
-    for spec in source_specs(source, root):
-        if spec.fmt == "refcoco":
-            files += [spec.input_path / f"refs({spec.options['split_by']}).p", spec.input_path / "instances.json"]
-        else:
-            files.append(spec.input_path)
-        if "annotations" in spec.options:
-            files.append(Path(spec.options["annotations"]))
-    return sorted(set(files))
+def eval_ground_truth(task: str, root, work_dir) -> tuple[str, dict, Path]:
+    """(predict task, predict's keyword arguments, ground-truth file) of one evaluation task on the val split.
+
+    RefCOCO's expressions are written once into `work_dir` (the evaluation's own folder)."""
+    root, work_dir = Path(root), Path(work_dir)
+    ann, vqa = root / "coco" / "annotations", root / "vqa"
+    if task in ("grounding", "refseg"):
+        from pipelines.evaluation import refcoco_expressions
+
+        gt = work_dir / "refcoco_val_expressions.json"
+        if not gt.exists():
+            import json
+
+            gt.write_text(json.dumps(refcoco_expressions(root / "refcoco", "val")))
+        return ("grounding" if task == "grounding" else "referring_segmentation"), {"expressions": str(gt)}, gt
+    if task == "vqa":
+        return "vqa", {"questions": str(vqa / "v2_OpenEnded_mscoco_val_questions.json")}, vqa / "v2_mscoco_val_annotations.json"
+    coco = {"bbox": ("detection", ann / "instances_val.json"),
+            "segm": ("instance_segmentation", ann / "instances_val.json"),
+            "keypoints": ("pose", ann / "person_keypoints_val.json")}
+    if task not in coco:
+        from pipelines.errors import InputError
+
+        raise InputError(f"unknown evaluation task {task!r}; expected one of {', '.join(EVAL_TASKS)}")
+    predict_task, gt = coco[task]
+    return predict_task, {"annotations": str(gt)}, gt
+
+
+EVAL_TASKS = ("bbox", "segm", "keypoints", "grounding", "refseg", "vqa")
 
 
 def convert_partition(source: str, sources_root, shards_root, *, input_size: int, progress: bool = False) -> list[dict]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,7 +16,9 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.errors import InputError
 from pipelines.schema import QUARANTINE_SCHEMA, SAMPLE_SCHEMA
+from pipelines.tempdirs import publish_dir, staged, writing
 
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.parquet"
@@ -85,30 +86,27 @@ def _parts(tables, rows_per_shard: int):
 def _write_local(tables, finish, out: Path, rows_per_shard: int) -> dict:
     if rows_per_shard < 1:
         raise ValueError("rows_per_shard must be at least 1")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        shards, total = [], hashlib.sha256()
-        for i, part in enumerate(_parts(tables, rows_per_shard)):
-            name = f"part-{i:05d}.parquet"
+    with staged(out) as tmp:  # stale temp folders of killed runs go first; ours goes on any error (`finish` included)
+        manifest = _write_files(tables, finish, tmp, rows_per_shard)
+        publish_dir(tmp, out)
+    return manifest
+
+
+def _write_files(tables, finish, tmp: Path, rows_per_shard: int) -> dict:
+    shards, total = [], hashlib.sha256()
+    for i, part in enumerate(_parts(tables, rows_per_shard)):
+        name = f"part-{i:05d}.parquet"
+        with writing(tmp / name):
             _write_parquet(part, tmp / name)
-            digest = sha256_file(tmp / name)
-            total.update(digest.encode())
-            shards.append({"file": name, "rows": part.num_rows, "sha256": digest})
-        quarantine, manifest = finish()
+        digest = sha256_file(tmp / name)
+        total.update(digest.encode())
+        shards.append({"file": name, "rows": part.num_rows, "sha256": digest})
+    quarantine, manifest = finish()
+    with writing(tmp / QUARANTINE):
         _write_parquet(quarantine.cast(QUARANTINE_SCHEMA), tmp / QUARANTINE)
-        manifest = dict(manifest, shards=shards, content_hash=total.hexdigest())
+    manifest = dict(manifest, shards=shards, content_hash=total.hexdigest())
+    with writing(tmp / MANIFEST):
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
     return manifest
 
 
@@ -139,12 +137,42 @@ def read_manifest(out_dir: str | Path) -> dict:
         return json.load(fh)
 
 
+def _listed_shards(out_dir: str | Path) -> list[dict]:
+    """The manifest's part files ({file, rows, sha256}): never a stray or half-written file beside them."""
+    try:
+        manifest = read_manifest(out_dir)
+    except FileNotFoundError:
+        raise InputError(f"not a shard folder (no {MANIFEST}): {out_dir}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"corrupt shard manifest {str(out_dir).rstrip('/')}/{MANIFEST}: {exc}") from None
+    return manifest.get("shards", [])
+
+
 def shard_files(out_dir: str | Path) -> list[str]:
-    """The Parquet part files of a partition, as URLs/paths pyarrow and duckdb can read."""
+    """The Parquet part files a partition's manifest lists, as URLs/paths pyarrow and duckdb can read."""
     fs, p = _fs_and_path(out_dir)
-    files = sorted(fs.glob(f"{p.rstrip('/')}/{PART_GLOB}"))
+    files = [f"{p.rstrip('/')}/{s['file']}" for s in _listed_shards(out_dir)]
     protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
     return files if _is_local(fs) else [f"{protocol}://{f}" for f in files]
+
+
+def read_verified(fs, path: str, sha256: str | None) -> bytes:
+    """A part file's bytes, checked against the manifest's sha256 (a flipped byte is one clear line)."""
+    try:
+        with fs.open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise InputError(f"shard file listed in its manifest is missing: {path}") from None
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise InputError(f"corrupt shard file {path}: its sha256 does not match the manifest (re-run the conversion)")
+    return data
+
+
+def verify_shards(out_dir: str | Path) -> None:
+    """Check every listed part file against the manifest's checksum."""
+    fs, p = _fs_and_path(out_dir)
+    for s in _listed_shards(out_dir):
+        read_verified(fs, f"{p.rstrip('/')}/{s['file']}", s.get("sha256"))
 
 
 def read_table(out_dirs, columns: list[str] | None = None) -> pa.Table:
@@ -154,8 +182,13 @@ def read_table(out_dirs, columns: list[str] | None = None) -> pa.Table:
     tables = []
     for d in out_dirs:
         fs, p = _fs_and_path(d)
-        for f in sorted(fs.glob(f"{p.rstrip('/')}/{PART_GLOB}")):
-            tables.append(pq.read_table(f, columns=columns, filesystem=fs))
+        for s in _listed_shards(d):
+            path = f"{p.rstrip('/')}/{s['file']}"
+            data = read_verified(fs, path, s.get("sha256"))
+            try:
+                tables.append(pq.read_table(pa.BufferReader(data), columns=columns))
+            except (pa.ArrowException, OSError) as exc:  # checksum fine, yet unreadable (e.g. no checksum)
+                raise InputError(f"corrupt shard file {path}: {exc}") from None
     if not tables:
         schema = SAMPLE_SCHEMA if columns is None else pa.schema([SAMPLE_SCHEMA.field(c) for c in columns])
         return schema.empty_table()

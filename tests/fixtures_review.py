@@ -47,9 +47,14 @@ INPUT_SIZE, HEATMAP_SIZE = 128, 32  # the tiny preset's S and M
 
 
 def write_prediction_input(coco_dir, out_file, *, split="val", seed=0, drop=0.2, extra=0.3, jitter=0.05,
-                           masks=True, keypoints=False, heatmaps=True, score_range=(0.2, 1.0)) -> dict:
+                           masks=True, keypoints=False, heatmaps=True, score_range=(0.2, 1.0), fp_score_range=None,
+                           low_score_tail=0) -> dict:
     """Write a COCO results file (+ `<stem>_heatmaps/`) derived from the demo GT; returns what was done:
-    which GT annotations were dropped (misses) and how many extra boxes were added."""
+    which GT annotations were dropped (misses) and how many extra boxes were added.
+
+    `fp_score_range`: scores of the extra (false positive) boxes, when a model is less sure of its
+    mistakes than of its hits (default: `score_range`). `low_score_tail`: per image, that many more
+    boxes at scores in [0.01, 0.15), like the long low-score tail a detector writes for COCO AP."""
     from pipelines.geometry import SquarePad
     from pipelines.heatmaps import encode_png, render_from_boxes
     from pipelines.sources.coco import to_rles
@@ -92,7 +97,13 @@ def write_prediction_input(coco_dir, out_file, *, split="val", seed=0, drop=0.2,
             results.append({"image_id": image_id, "category_id": int(rng.choice(cat_ids)),
                             "bbox": [round(float(rng.uniform(0, w - bw)), 2), round(float(rng.uniform(0, h - bh)), 2),
                                      round(bw, 2), round(bh, 2)],
-                            "score": round(float(rng.uniform(*score_range)), 5)})
+                            "score": round(float(rng.uniform(*(fp_score_range or score_range))), 5)})
+        for _ in range(low_score_tail if not keypoints else 0):
+            bw, bh = w * float(rng.uniform(0.1, 0.3)), h * float(rng.uniform(0.1, 0.3))
+            results.append({"image_id": image_id, "category_id": int(rng.choice(cat_ids)),
+                            "bbox": [round(float(rng.uniform(0, w - bw)), 2), round(float(rng.uniform(0, h - bh)), 2),
+                                     round(bw, 2), round(bh, 2)],
+                            "score": round(float(rng.uniform(0.01, 0.15)), 5)})
         if heatmaps:  # like predict: one map per (image, category); every GT object shows, dropped ones too
             geo = SquarePad(w, h, INPUT_SIZE, HEATMAP_SIZE)
             for cid in cat_ids:

@@ -4,7 +4,7 @@ import duckdb
 import pytest
 
 from pipelines.catalog import build_catalog, partition_names, summary
-from pipelines.cli import main
+from lumen_cli import main
 from pipelines.convert import convert_source
 from pipelines.errors import InputError
 from pipelines.shards import read_quarantine, read_table

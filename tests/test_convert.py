@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.checks import check_accounting, check_heatmap_peaks
-from pipelines.cli import main
+from lumen_cli import main
 from pipelines.convert import convert_source
 from pipelines.heatmaps import decode_png
 from pipelines.schema import SAMPLE_SCHEMA, TASKS
@@ -92,7 +93,7 @@ def test_unreadable_input_is_one_clear_line(tmp_path, capsys, content, message):
 
 def test_cli_exits_non_zero_without_traceback(tmp_path):
     """The installed-command path: a real process, its exit status and its stderr."""
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "convert", "coco", "--input", str(tmp_path / "nope.json"),
+    proc = subprocess.run([sys.executable, "-m", "lumen_cli", "convert", "coco", "--input", str(tmp_path / "nope.json"),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -115,6 +116,15 @@ def test_manifest_records_counts_options_and_hash(sample_shards_dir):
     assert read_quarantine(sample_shards_dir / "coco-train").schema.names == ["source_file", "record_id", "reason"]
 
 
+def _reseal(out):
+    """Put the rewritten part file's sha256 into the manifest (readers verify it)."""
+    from pipelines.shards import sha256_file
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["shards"][0]["sha256"] = sha256_file(out / manifest["shards"][0]["file"])
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_checks_fail_on_broken_partitions(sample_data_dir, tmp_path):
     """The accounting and peak checks are not always-true: break a partition and they say so."""
     import pyarrow as pa
@@ -129,6 +139,7 @@ def test_checks_fail_on_broken_partitions(sample_data_dir, tmp_path):
     dropped = set(table["source_ids"][with_ids[0]].as_py())
     keep = [i for i, ids in enumerate(table["source_ids"].to_pylist()) if not dropped & set(ids or [])]
     pq.write_table(table.take(keep), shard_files(out)[0])
+    _reseal(out)  # a converter bug, not a corrupt file: the manifest's checksum matches
     ok, meta = check_accounting(out)
     assert not ok and meta["unaccounted"] == len(dropped)
     # 2) centers that are not the heatmap's peaks
@@ -138,6 +149,7 @@ def test_checks_fail_on_broken_partitions(sample_data_dir, tmp_path):
     table = table.set_column(table.schema.get_field_index("centers"), "centers",
                              pa.array(shifted, table.schema.field("centers").type))
     pq.write_table(table, shard_files(out)[0])
+    _reseal(out)
     ok, meta = check_heatmap_peaks(out)
     assert not ok and meta["bad"] > 0
 

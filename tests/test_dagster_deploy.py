@@ -69,13 +69,21 @@ def test_executor_run_configs_have_the_executor_shape():
     assert set(GPU_OP_TAGS) == {"dagster-k8s/config", "dagster-celery/queue"}
 
 
-def test_executor_selection():
-    assert executor_from_env("") is None
-    with pytest.raises(ValueError):
+def test_executor_selection(monkeypatch):
+    for local in ("", "default", " Multiprocess "):
+        assert executor_from_env(local) is None  # Dagster's default executor
+    with pytest.raises(ValueError, match="LUMEN_EXECUTOR='spark': expected one of '', k8s, celery"):
         executor_from_env("spark")
-    for name, module in (("k8s", "dagster_k8s"), ("celery", "dagster_celery")):
-        if importlib.util.find_spec(module):
-            assert executor_from_env(name) is not None
-        else:
-            with pytest.raises(ImportError, match=f"pip install {module.replace('_', '-')}"):
+    monkeypatch.setenv("LUMEN_EXECUTOR", "spark")  # no name given: the environment decides
+    with pytest.raises(ValueError, match="'spark'"):
+        executor_from_env()
+    for name, module, attr in (("k8s", "dagster_k8s", "k8s_job_executor"), ("celery", "dagster_celery", "celery_executor")):
+        if importlib.util.find_spec(module):  # the `.[scale]` venv: the named executor itself, not just something
+            executor = executor_from_env(name.upper())
+            assert executor is getattr(importlib.import_module(module), attr)
+            assert isinstance(executor, dg.ExecutorDefinition)
+        else:  # the shared venv: one line that says which package to install
+            with pytest.raises(ImportError) as err:
                 executor_from_env(name)
+            assert str(err.value) == (f"LUMEN_EXECUTOR={name} needs the {module.replace('_', '-')} package: "
+                                      f".venv/bin/pip install {module.replace('_', '-')}")

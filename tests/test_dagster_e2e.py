@@ -1,9 +1,9 @@
 """The SAME main graph the README's command runs, at a small size, in a real temp DAGSTER_HOME:
-sources -> shards -> catalog -> stage 1 -> stage 2 -> evaluation -> pseudo-labels -> review dataset,
-then a labeler's review -> corrections partition -> shards again, and the sensors that close the loop."""
+sources -> shards -> catalog -> stage 1 -> stage 2 -> evaluation -> model in use -> pseudo-labels of the
+unlabeled pool -> review dataset; then the regression gate, a retrain and a label run at once, a
+promotion, and a labeler's review pulled from the command line -> a corrections partition."""
 
-import importlib.util
-import json
+import threading
 import uuid
 
 import dagster as dg
@@ -13,15 +13,15 @@ from assets_defs.definitions import build_defs
 from assets_defs.main import run_main
 from assets_defs.metadata import latest_metadata
 from assets_defs.resources import FiftyOneSettings, LumenPaths
+from pipelines.layout import pool_file
+from pipelines.model_registry import ModelRegistry
 
 pytestmark = pytest.mark.slow
 
 SMALL = {"ops": {"models": {"config": {"stage1_steps": 6, "stage2_steps": 4, "batch_size": 8}},
                  "pseudo_labels": {"config": {"batch_size": 8}}}}
-TRAINING = ["source_data", "shards", "catalog", "stage1_model", "stage2_model", "evaluation"]
+TRAINING = ["source_data", "shards", "catalog", "stage1_model", "stage2_model", "evaluation", "model_in_use"]
 REVIEW = ["pseudo_labels", "review_dataset"]
-HAVE_REVIEW = all(importlib.util.find_spec(m) for m in ("pipelines.review.push", "pipelines.review.queue",
-                                                        "pipelines.review.pull"))
 
 
 def _checks(result) -> dict:
@@ -29,60 +29,108 @@ def _checks(result) -> dict:
             for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
 
 
-def test_main_graph_small_then_review_loop(tmp_path, dagster_home, monkeypatch):
+def _materialized(result) -> dict:
+    """asset -> its materialization's metadata (plain values), of this run only."""
+    return {e.asset_key.to_user_string(): {k: v.value for k, v in e.step_materialization_data.materialization.metadata.items()}
+            for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"}
+
+
+@pytest.mark.timeout(3600)  # a few minutes on 2 idle cores; generous for a loaded machine
+def test_main_graph_small_then_gate_handover_and_review_loop(tmp_path, dagster_home, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     data = tmp_path / "data"
     # the database is the session's temp one (tests/fixtures_review.py); a dataset of our own in it
     fo = FiftyOneSettings(dataset=f"lumen-e2e-{uuid.uuid4().hex[:8]}")
-    selection = None if HAVE_REVIEW else TRAINING + ["pseudo_labels"]
     result, instance = run_main(data_root=str(data), dagster_home=str(dagster_home), images=24, run_config=SMALL,
-                                fiftyone=fo, asset_selection=selection)
+                                fiftyone=fo)
     assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
 
-    done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert set(TRAINING + ["pseudo_labels"]) <= done
+    # launched against the code location: the UI lists it under Jobs -> main (the repository label tag)
+    label = instance.get_run_by_id(result.run_id).remote_job_origin.repository_origin.get_label()
+    listed = instance.get_runs(filters=dg.RunsFilter(job_name="main", tags={".dagster/repository": label}))
+    assert [r.run_id for r in listed] == [result.run_id]  # the filter of the UI's Jobs -> main -> Runs page
+
+    done = _materialized(result)
+    assert set(TRAINING + REVIEW) <= set(done)
     assert "corrections" not in done  # nobody reviewed anything yet: no empty corrections partition
-    assert _checks(result) == {"records_accounted": True, "heatmap_peaks_at_centers": True, "no_regression": True}
-    # one run covered every source partition
+    assert _checks(result) == {"records_accounted": True, "heatmap_peaks_at_centers": True,
+                               "no_eval_images_in_training": True, "no_regression": True}
     assert instance.get_materialized_partitions(dg.AssetKey("shards")) == set(instance.get_dynamic_partitions("sources"))
+    # per-partition metadata: each partition's page shows its own numbers
+    coco, vqa = latest_metadata(instance, "shards", "coco"), latest_metadata(instance, "shards", "vqav2")
+    assert coco["samples_written"] != vqa["samples_written"]
 
-    s1, s2 = latest_metadata(instance, "stage1_model"), latest_metadata(instance, "stage2_model")
-    assert s1["model_version"] == "v0001" and s2["model_version"] == "v0001"
-    assert "data:image/png;base64," in s1["loss_curve"] and "data:image/png;base64," in s2["loss_curve"]
-    assert s2["init"] == s1["checkpoint_dir"]
-    ev = latest_metadata(instance, "evaluation")
-    metrics = json.loads(ev["metrics_json"])
-    assert set(metrics) == {"bbox", "segm", "keypoints", "grounding", "refseg", "vqa"}
-    assert 0.0 <= metrics["grounding"]["acc@0.5"] <= 1.0 and metrics["vqa"]["questions"] > 0
-
-    # the regression check is wired and blocking: with a tolerance below zero, an unchanged model counts as a
-    # regression, the check fails and pseudo-labelling is skipped
+    assert done["stage2_model"]["init"] == done["stage1_model"]["checkpoint_dir"]
+    assert done["model_in_use"]["model_version"] == "v0001" and done["model_in_use"]["why"] == "first evaluated model"
+    # pseudo-labels went to the unlabeled pool, never to an evaluation split
     paths = LumenPaths(root=str(data), demo_images=24)
+    assert done["pseudo_labels"]["images"] == str(pool_file(paths.sources))
+    assert done["pseudo_labels"]["model_in_use_from"] == "this run"
+
     defs = build_defs(paths=paths, fiftyone=fo)
-    strict = defs.resolve_job_def("main").execute_in_process(
-        run_config={"ops": {"evaluation": {"config": {"tolerance": -0.01, "tasks": ["bbox", "grounding"]}}}},
-        instance=instance, raise_on_error=False,
-        asset_selection=[dg.AssetKey("evaluation"), dg.AssetKey("pseudo_labels")])
-    assert _checks(strict) == {"no_regression": False}
-    assert "pseudo_labels" not in {e.asset_key.to_user_string() for e in strict.get_asset_materialization_events()}
-
-    if not HAVE_REVIEW:
-        pytest.skip("pipelines.review is not there yet: the review half of the loop was not run")
-    _review_loop(instance, defs, paths, fo)
+    _gate_holds_while_a_label_run_goes_on(instance, defs, paths)
+    _promotion_on_purpose(instance, defs)
+    _review_pulled_from_the_command_line_is_seen(instance, defs, paths, fo)
 
 
-def _review_loop(instance, defs, paths: LumenPaths, fo: FiftyOneSettings):
+def _gate_holds_while_a_label_run_goes_on(instance, defs, paths):
+    """A retrain whose model regresses (tolerance below zero: any model regresses) and a label run, at once:
+    each uses its own inputs, and the regressed v0002 never pseudo-labels."""
+    results = {}
+
+    def retrain():
+        results["retrain"] = defs.resolve_job_def("retrain").execute_in_process(run_config={"ops": {
+            "models": {"config": {"stage1_steps": 4, "stage2_steps": 2, "batch_size": 8}},
+            "evaluation": {"config": {"tolerance": -1.0, "tasks": ["bbox"]}}}}, instance=instance, raise_on_error=False)
+
+    def label():
+        results["label"] = defs.resolve_job_def("label").execute_in_process(
+            run_config={"ops": {"pseudo_labels": {"config": {"batch_size": 8, "task": "detection"}}}},
+            instance=instance, raise_on_error=False)
+
+    threads = [threading.Thread(target=retrain), threading.Thread(target=label)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    retrained, labelled = results["retrain"], results["label"]
+    assert labelled.success
+    assert _checks(retrained) == {"no_regression": False}
+    r = _materialized(retrained)
+    assert r["stage2_model"]["model_version"] == "v0002" and r["evaluation"]["model_version"] == "v0002"
+    assert r["evaluation"]["stage2_model"] == "this run" and r["evaluation"]["compared_with"] == "v0001"
+    assert "model_in_use" not in r  # blocked by the failed gate
+    assert _materialized(labelled)["pseudo_labels"]["model_version"] == "v0001"
+    registry = ModelRegistry(paths.model_registry)
+    assert registry.in_use()["version"] == "v0001" and registry.get("v0002")["status"] == "rejected"
+
+    # the next label run, after the failed retrain, stays on v0001 too
+    again = defs.resolve_job_def("label").execute_in_process(
+        run_config={"ops": {"pseudo_labels": {"config": {"batch_size": 8, "task": "detection"}}}}, instance=instance)
+    assert _materialized(again)["pseudo_labels"]["model_version"] == "v0001"
+
+
+def _promotion_on_purpose(instance, defs):
+    refused = defs.resolve_job_def("promote_model").execute_in_process(
+        run_config={"ops": {"model_in_use": {"config": {"version": "v0002"}}}}, instance=instance, raise_on_error=False)
+    assert not refused.success  # a promotion says why
+    promoted = defs.resolve_job_def("promote_model").execute_in_process(
+        run_config={"ops": {"model_in_use": {"config": {"version": "v0002", "reason": "accepted: test"}}}},
+        instance=instance)
+    meta = _materialized(promoted)["model_in_use"]
+    assert meta["model_version"] == "v0002" and meta["why"] == "promoted: accepted: test"
+
+
+def _review_pulled_from_the_command_line_is_seen(instance, defs, paths: LumenPaths, fo: FiftyOneSettings):
     import fiftyone as fol
 
     from assets_defs.sensors import corrections_loop
+    from pipelines.review.pull import pull_corrections
 
-    review = latest_metadata(instance, "review_dataset")
-    assert review["app"].startswith("http://127.0.0.1:") and fo.dataset in review["app"]
     ds = fol.load_dataset(fo.dataset)
     try:
         assert len(ds) > 0
-        # a labeler accepts one predicted label on a few images
-        accepted = 0
+        accepted = 0  # a labeler accepts one predicted label on a few images
         for sample in ds.select_fields("predictions").limit(20):
             dets = sample["predictions"].detections if sample["predictions"] else []
             if dets:
@@ -90,28 +138,22 @@ def _review_loop(instance, defs, paths: LumenPaths, fo: FiftyOneSettings):
                 sample.save()
                 accepted += 1
         assert accepted > 0
+        pulled = pull_corrections(fo.dataset, str(paths.corrections), progress=False)  # = `lumen review pull`
+        partition = f"corrections-{pulled['version']}"
 
-        pulled = defs.resolve_job_def("pull_corrections").execute_in_process(instance=instance)
-        assert pulled.success
-        meta = latest_metadata(instance, "corrections")
-        partition = meta["source_partition"]
-        assert partition == "corrections-v0001" and partition in instance.get_dynamic_partitions("sources")
-
-        # the sensor now asks to ingest the new partition; after that, to retrain on it
+        # the sensor records the command-line pull as a `corrections` materialization, adds the partition
+        # and asks to ingest it
         ctx = dg.build_sensor_context(instance=instance, resources={"paths": paths, "fiftyone": fo})
-        reqs = corrections_loop(ctx)
-        assert [(r.job_name, r.partition_key) for r in reqs] == [("ingest", partition)]
+        result = corrections_loop(ctx)
+        assert [e.metadata["source_partition"].value for e in result.asset_events] == [partition]
+        assert result.dynamic_partitions_requests[0].partition_keys == [partition]
+        assert [(r.job_name, r.partition_key) for r in result.run_requests] == [("ingest", partition)]
+        instance.report_runless_asset_event(result.asset_events[0])  # what the daemon does with the sensor's events
+        instance.add_dynamic_partitions("sources", [partition])
         ingest = defs.resolve_job_def("ingest").execute_in_process(partition_key=partition, instance=instance)
-        assert ingest.success and _checks(ingest) == {"records_accounted": True, "heatmap_peaks_at_centers": True}
-        assert any(r["source"] == partition for r in json_rows(latest_metadata(instance, "catalog")))
-        reqs = corrections_loop(dg.build_sensor_context(instance=instance, resources={"paths": paths, "fiftyone": fo}))
-        assert [r.job_name for r in reqs] == ["retrain"]
+        assert ingest.success and _checks(ingest)["records_accounted"]
+        result = corrections_loop(dg.build_sensor_context(instance=instance, resources={"paths": paths, "fiftyone": fo}))
+        assert result.asset_events == []  # recorded once
+        assert [r.job_name for r in result.run_requests] == ["retrain"]
     finally:
         ds.delete()
-
-
-def json_rows(catalog_meta) -> list[dict]:
-    """Rows of the catalog's samples table (markdown) as dicts."""
-    lines = [line for line in catalog_meta["samples_per_source_split_task"].splitlines() if line.startswith("|")]
-    head = [c.strip() for c in lines[0].strip("|").split("|")]
-    return [dict(zip(head, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]

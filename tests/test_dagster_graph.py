@@ -17,8 +17,8 @@ from assets_defs.resources import LumenPaths
 from assets_defs.versions import next_version, versions
 from pipelines.layout import SOURCES
 
-LOOP = ["source_data", "shards", "catalog", "stage1_model", "stage2_model", "evaluation", "pseudo_labels",
-        "review_dataset", "corrections"]
+LOOP = ["source_data", "shards", "catalog", "stage1_model", "stage2_model", "evaluation", "model_in_use",
+        "pseudo_labels", "review_dataset", "corrections"]
 
 
 def test_graph_is_one_chain_from_sources_to_corrections():
@@ -35,7 +35,9 @@ def test_jobs_and_their_assets():
         return {k.to_user_string() for k in defs.resolve_job_def(name).asset_layer.executable_asset_keys}
 
     assert keys("ingest") == {"source_data", "shards", "catalog"}
-    assert keys("retrain") == {"stage1_model", "stage2_model", "evaluation"}
+    assert keys("retrain") == {"stage1_model", "stage2_model", "evaluation", "model_in_use"}
+    assert keys("label") == {"model_in_use", "pseudo_labels", "review_dataset"}  # never "the latest stage 2"
+    assert keys("promote_model") == {"model_in_use"}
     assert keys("main") == set(LOOP)
     assert defs.resolve_job_def("ingest").partitions_def == source_partitions
 
@@ -45,7 +47,25 @@ def test_retrain_config_defaults_are_usable():
 
     cfg = RetrainConfig()
     assert cfg.stage == "1+2" and cfg.preset == "tiny" and cfg.partitions == []
-    assert cfg.stage1_steps > 0 and cfg.stage2_steps > 0 and 0 < cfg.learning_rate < 1
+    assert cfg.stage1_steps > 0 and cfg.stage2_steps > 0 and 0 < cfg.lr < 1
+
+
+def test_launchpad_shows_every_config_field_with_its_default():
+    """The Launchpad scaffolds fields that have a default in the config schema; a default_factory has none."""
+    from dagster._config import Shape
+
+    def fields(job, op):
+        schema = defs.resolve_job_def(job).run_config_schema.config_type.fields["ops"].config_type.fields[op]
+        return schema.config_type.fields["config"].config_type.fields
+
+    models = fields("retrain", "models")
+    assert models["partitions"].default_value == [] and models["stage1_steps"].default_value > 0
+    assert fields("retrain", "evaluation")["tasks"].default_value == ["bbox", "segm", "keypoints", "grounding", "refseg", "vqa"]
+    assert fields("promote_model", "model_in_use")["version"].default_value == ""
+    for job, op in (("retrain", "models"), ("retrain", "evaluation"), ("label", "pseudo_labels")):
+        missing = [name for name, f in fields(job, op).items() if not f.default_provided]
+        assert not missing, f"{job}/{op}: no default shown for {missing}"
+    assert Shape  # the schema classes used above are Dagster's own
 
 
 def test_regression_rule():
@@ -104,6 +124,34 @@ def test_watched_folder_sensor_ingests_new_and_changed_files(tmp_path, dagster_i
     result, cursor = tick(cursor)
     assert [r.partition_key for r in result.run_requests] == ["corrections-v0001"]
     assert result.dynamic_partitions_requests[0].partition_keys == ["corrections-v0001"]
+
+
+def test_watched_folder_sensor_on_an_instance_that_already_ingested(tmp_path, dagster_instance):
+    """The README's flow on a used instance: materialize, change one source file, tick: that partition only."""
+    from assets_defs.assets.sources import source_data
+    from assets_defs.sensors import new_source_files
+
+    paths = LumenPaths(root=str(tmp_path / "data"), demo_images=12)
+    for key in SOURCES:  # what the main command leaves behind
+        assert dg.materialize([source_data], partition_key=key, instance=dagster_instance,
+                              resources={"paths": paths}).success
+    meta = dagster_instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("source_data"), asset_partitions=["coco"]), limit=1).records[0]
+    assert {"files", "bytes", "fingerprint"} <= set(meta.asset_materialization.metadata)  # per partition
+
+    def tick(cursor):
+        ctx = dg.build_sensor_context(instance=dagster_instance, cursor=cursor, resources={"paths": paths})
+        return new_source_files(ctx), ctx.cursor
+
+    result, cursor = tick(None)  # a freshly turned-on sensor: compares with what was ingested
+    assert result.run_requests == []
+    refs = paths.sources / "refcoco" / "instances.json"
+    refs.write_text(refs.read_text() + "\n")
+    os.utime(refs, ns=(refs.stat().st_atime_ns, refs.stat().st_mtime_ns + 10**9))
+    result, cursor = tick(cursor)
+    assert [r.partition_key for r in result.run_requests] == ["refcoco"]
+    result, cursor = tick(cursor)
+    assert result.run_requests == []
 
 
 def test_nightly_schedule_is_off_and_covers_every_partition(dagster_instance):

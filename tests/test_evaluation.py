@@ -10,7 +10,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from pipelines.errors import InputError
-from pipelines.evaluation import evaluate, normalize_answer
+from pipelines.evaluation import evaluate, normalize_answer, shuffled_questions
 
 
 def _coco(with_keypoints=False):
@@ -121,6 +121,49 @@ def test_vqa_normalization_and_human_agreement_rule():
     # q1: leave-one-out over 10 humans: 8 subsets keep both "2"s (2/3), 2 keep one (1/3) -> 0.6
     assert m["accuracy"] == pytest.approx((0.6 + 1.0) / 2)
 
+
+
+def _vqa_case():
+    """Four images; per image a colour question (its answer differs per image) and a yes/no one."""
+    colours = {1: "red", 2: "blue", 3: "green", 4: "yellow"}
+    qs, anns = [], []
+    for img, c in colours.items():
+        for k, (text, qtype, atype, ans) in enumerate((("What color is the square?", "what color is the", "other", c),
+                                                        ("Is there a star in the image?", "is there a", "yes/no", "yes"))):
+            qid = img * 10 + k
+            qs.append({"question_id": qid, "image_id": img, "question": text})
+            anns.append({"question_id": qid, "image_id": img, "question_type": qtype, "answer_type": atype,
+                         "answers": [{"answer": ans}] * 10})
+    return colours, {"questions": qs}, {"annotations": anns}
+
+
+def test_vqa_shuffled_images_tell_looking_from_guessing():
+    colours, questions, gt = _vqa_case()
+    moved = shuffled_questions(questions, seed=3)
+    assert [q["question_id"] for q in moved["questions"]] == [q["question_id"] for q in questions["questions"]]
+    assert all(m["image_id"] != q["image_id"] for m, q in zip(moved["questions"], questions["questions"]))
+    assert sorted(q["image_id"] for q in moved["questions"]) == sorted(q["image_id"] for q in questions["questions"])
+
+    def looking(qs):  # answers from the image it is given
+        return [{"question_id": q["question_id"], "answer": colours[q["image_id"]] if "color" in q["question"] else "yes"}
+                for q in qs["questions"]]
+
+    def guessing(qs):  # answers from the question alone
+        return [{"question_id": q["question_id"], "answer": "red" if "color" in q["question"] else "yes"}
+                for q in qs["questions"]]
+
+    right, shuffled = evaluate("vqa", gt, looking(questions)), evaluate("vqa", gt, looking(moved))
+    assert right["accuracy"] == pytest.approx(1.0)
+    assert shuffled["by_kind"]["colour"]["accuracy"] == pytest.approx(0.0)  # every square got another image's colour
+    assert shuffled["by_kind"]["yes/no"]["accuracy"] == pytest.approx(1.0)
+    assert right["by_kind"]["colour"]["questions"] == 4
+    # a model that does not look scores the same either way
+    assert evaluate("vqa", gt, guessing(questions))["accuracy"] == evaluate("vqa", gt, guessing(moved))["accuracy"]
+
+
+def test_vqa_shuffle_needs_two_images():
+    with pytest.raises(InputError):
+        shuffled_questions({"questions": [{"question_id": 1, "image_id": 5, "question": "?"}]})
 
 def test_bad_input_is_one_line_error(tmp_path):
     with pytest.raises(InputError):

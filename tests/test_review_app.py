@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -67,3 +68,71 @@ def test_app_shows_the_samples_with_predictions(review_sources, tmp_path, fo_dat
         close_app(port)
     with pytest.raises(OSError):  # the server is gone
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=3)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_app_opens_the_review_view_readable(review_sources, tmp_path, fo_dataset_name, artifacts_dir):
+    """The App as a labeler first sees it: the likely-wrong view, predictions with translucent masks
+    in one colour per class, ground truth off, the heatmap on in a bright colour scale. Saves the grid
+    and an opened sample under artifacts/tests/ (look at them)."""
+    from playwright.sync_api import sync_playwright
+
+    from fiftyone.core.utils import to_slug
+
+    from pipelines.review.queue import build_review_queue
+    from pipelines.review.thresholds import compute_thresholds
+
+    chromium = _chromium()
+    info = write_prediction_input(review_sources, tmp_path / "pred" / "seg.json", split="train", seed=1,
+                                  score_range=(0.35, 1.0), fp_score_range=(0.1, 0.6), low_score_tail=4)
+    th = compute_thresholds(info["gt_file"], tmp_path / "pred" / "seg.json")
+    push_predictions(fo_dataset_name, review_sources / "images", tmp_path / "pred" / "seg.json", "v0001",
+                     gt_file=info["gt_file"], heatmaps_dir=info["heatmaps_dir"], thresholds=th, progress=False)
+    q = build_review_queue(fo_dataset_name)
+    n_wrong = q["view_counts"]["review/likely-wrong"]
+    import fiftyone as fo
+
+    ds = fo.load_dataset(fo_dataset_name)
+    ds_id, show_confidence = ds._doc.id, True
+    top = ds.load_saved_view("review/likely-wrong").first()
+    dets = top.predictions.detections
+    ds.select_labels(ids=[dets[0].id]).tag_labels("accept")  # a labeler's first decisions
+    if len(dets) > 1:
+        ds.select_labels(ids=[dets[1].id]).tag_labels("reject")
+    assert 0 < n_wrong < len(json.loads(info["gt_file"].read_text())["images"])
+    port = _free_port()
+    url = launch_app(fo_dataset_name, port=port, address="127.0.0.1")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            if show_confidence:  # what the sidebar's label-attribute picker stores, per browser
+                page.add_init_script(f"localStorage.setItem('shownLabelAttributes-{ds_id}', "
+                                     "JSON.stringify({predictions: ['label', 'confidence']}))")
+            page.goto(f"{url}?view={to_slug('review/likely-wrong')}", wait_until="domcontentloaded", timeout=120_000)
+            page.get_by_text("predictions", exact=True).first.wait_for(timeout=120_000)
+            page.get_by_text(f"{n_wrong} samples").first.wait_for(timeout=60_000)  # the view, not the dataset
+            page.wait_for_function("document.querySelectorAll('canvas').length >= 1", timeout=60_000)
+            dismiss = page.get_by_text("Dismiss", exact=True)
+            if dismiss.count():
+                dismiss.first.click()
+            page.wait_for_timeout(3000)
+            page.screenshot(path=str(artifacts_dir / "review_app_likely_wrong_grid.png"))
+            page.locator("canvas").first.click()  # open the first (most errors) sample
+            page.wait_for_timeout(4000)
+            page.screenshot(path=str(artifacts_dir / "review_app_sample.png"))
+            # switch the heatmap off in the sample's sidebar: the picture must change where it was
+            page.locator("[data-cy='checkbox-heatmap']").last.click()
+            page.wait_for_timeout(2500)
+            page.screenshot(path=str(artifacts_dir / "review_app_sample_no_heatmap.png"))
+            browser.close()
+    finally:
+        close_app(port)
+    import numpy as np
+    from PIL import Image
+
+    with_heat, without = (np.asarray(Image.open(artifacts_dir / n).convert("RGB"), dtype=np.int16)
+                          for n in ("review_app_sample.png", "review_app_sample_no_heatmap.png"))
+    changed = np.abs(with_heat - without).max(axis=2) > 40
+    assert changed.mean() > 0.005, f"the heatmap is not visible by default ({changed.mean():.4f} of the pixels differ)"

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
+from lumen_cli import main
 from tests.fixtures_review import write_prediction_input
 
 ROOT = Path(__file__).resolve().parents[1]
-LUMEN = [sys.executable, "-m", "pipelines.cli"]
+LUMEN = [sys.executable, "-m", "lumen_cli"]
 
 
 def _free_port() -> int:
@@ -110,3 +110,18 @@ def test_external_mongodb_via_database_uri(review_sources, tmp_path, external_mo
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert pull.returncode == 0, pull.stderr[-3000:]
     assert json.loads(pull.stdout)["version"] == "v0001"
+
+
+def test_unreachable_database_is_one_line_naming_it(tmp_path):
+    """Nothing listens on the port: the command fails after the short connect timeout with one line
+    that names the database, no traceback."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "FIFTYONE_DATABASE_DIR"}
+    env["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
+    proc = subprocess.run(LUMEN + ["review", "pull", "--dataset", "x", "--out", str(tmp_path / "c")], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn" not in ln]
+    assert "Traceback" not in proc.stderr
+    assert lines[-1].startswith("lumen review: error: cannot reach the FiftyOne database")
+    assert f"mongodb://127.0.0.1:{port}" in lines[-1]

@@ -34,6 +34,8 @@ def pushed(review_sources, tmp_path, fo_dataset_name):
 
 
 def test_queue_evaluates_where_gt_exists_and_prioritizes_the_rest(pushed):
+    from fiftyone import ViewField as F
+
     ds, train = pushed["ds"], pushed["train"]
     gt = json.loads(train["gt_file"].read_text())
     q = build_review_queue(ds.name)
@@ -50,28 +52,34 @@ def test_queue_evaluates_where_gt_exists_and_prioritizes_the_rest(pushed):
     assert {f"gt:{i}" for i in train["dropped"]} <= missed_ids
 
     assert q["views"] == list(VIEWS) and set(ds.list_saved_views()) >= set(VIEWS)
+    order = {"review/likely-wrong": "review_priority", "review/possible-missed": "review_possible_missed",
+             "review/low-confidence": "review_uncertain"}
     for name in VIEWS:
         view = ds.load_saved_view(name)
-        prios = view.values("review_priority")
-        assert prios == sorted(prios, reverse=True)
+        keys = view.values(order[name])
+        assert keys == sorted(keys, reverse=True) and all(k > 0 for k in keys)
         assert len(view) == q["view_counts"][name]
+    # with ground truth the errors are exact: FP + FN of the shown predictions
+    for n_err, n_fp, n_fn in zip(*with_gt.values(["review_errors", "review_eval_fp", "review_eval_fn"])):
+        assert n_err == (n_fp or 0) + (n_fn or 0)
     wrong = ds.load_saved_view("review/likely-wrong")
     on_gt = wrong.exists("ground_truth")
-    assert len(on_gt) and all(n > 0 for n in on_gt.values("review_eval_fp"))
+    assert len(on_gt) == len(with_gt.match(F("review_errors") > 0)) > 0
     missed = ds.load_saved_view("review/possible-missed")
-    for n_fn, n_peaks in zip(*missed.values(["review_eval_fn", "review_possible_missed"])):
-        assert (n_fn or 0) > 0 or n_peaks > 0
-    assert len(missed.exists("ground_truth")) >= len(with_gt.match({"review_eval_fn": {"$gt": 0}})) > 0
-    # pseudo-labels (no GT) are prioritized too, from confidence and heatmap peaks
+    for has_gt, n_fn, expected in zip(*missed.values(["ground_truth", "review_eval_fn", "review_expected_missed"])):
+        assert (n_fn or 0) > 0 if has_gt is not None else expected >= 0.5
+    assert len(missed.exists("ground_truth")) == len(with_gt.match({"review_eval_fn": {"$gt": 0}})) > 0
+    # pseudo-labels (no GT): estimated errors, P(right) = the score when no calibration was recorded
     no_gt = ds.exists("ground_truth", False)
     prios = no_gt.values("review_priority")
     assert all(p is not None for p in prios) and max(prios) > 0
     confs = no_gt.values("predictions.detections.confidence")
     peaks = no_gt.values("heatmap_peaks.keypoints.heat")
     for p, cs, ps in zip(prios, confs, peaks):
-        assert p == pytest.approx(sum(1 - abs(2 * c - 1) for c in cs) + sum(ps or []), abs=1e-3)
+        assert p == pytest.approx(sum(1 - c for c in cs) + sum(ps or []), abs=1e-3)
     low = ds.load_saved_view("review/low-confidence")
     assert all(any(0.3 <= c <= 0.7 for c in cs) for cs in low.values("predictions.detections.confidence"))
+    assert len(set(q["view_counts"].values())) > 1, "the views should not all hold the same images"
 
 
 def test_a_sample_tagged_reviewed_leaves_the_queue(pushed):
@@ -168,7 +176,7 @@ def test_pull_writes_accepted_and_corrected_labels_as_a_valid_coco_source(pushed
     digest = _files_digest(v1)
     again = pull_corrections(ds.name, tmp_path / "corrections")
     assert not again["new_version"] and again["version_dir"] == str(v1)
-    assert sorted(p.name for p in (tmp_path / "corrections").iterdir()) == ["v0001"]
+    assert sorted(p.name for p in (tmp_path / "corrections").iterdir() if p.name != ".pull.lock") == ["v0001"]
 
     # new work -> v0002; v0001 untouched
     extra = ds.exists("ground_truth").sort_by("image_id").skip(5).first().predictions.detections[0]
@@ -217,7 +225,7 @@ def test_push_that_died_part_way_is_simply_rerun(review_sources, tmp_path, fo_da
     import pipelines.review.push as push_mod
 
     info = write_prediction_input(review_sources, tmp_path / "p" / "seg.json", split="train", seed=4)
-    real = push_mod._current_labels
+    real = push_mod._plan_updates
     calls = {"n": 0}
 
     def dying(*a, **kw):
@@ -226,11 +234,11 @@ def test_push_that_died_part_way_is_simply_rerun(review_sources, tmp_path, fo_da
             raise KeyboardInterrupt("killed")
         return real(*a, **kw)
 
-    monkeypatch.setattr(push_mod, "_current_labels", dying)
+    monkeypatch.setattr(push_mod, "_plan_updates", dying)
     with pytest.raises(KeyboardInterrupt):
         push_predictions(fo_dataset_name, review_sources / "images", tmp_path / "p" / "seg.json", "v1",
                          gt_file=info["gt_file"], batch_size=4, progress=False)
-    monkeypatch.setattr(push_mod, "_current_labels", real)
+    monkeypatch.setattr(push_mod, "_plan_updates", real)
     ds = fo.load_dataset(fo_dataset_name)
     assert len(ds) == 4
     lid = ds.first().predictions.detections[0].id

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from pipelines.cli import main
+from lumen_cli import main
 from pipelines.sample_data import AREA_THRESHOLDS, COLORS, KEYPOINT_NAMES, SHAPES, size_label, write_sample_data
 from pipelines.sample_data.language import POSITION_GAP
 from pipelines.sample_data.scene import CAT_ID, PERSON_GRAY
@@ -72,7 +72,8 @@ def test_same_seed_gives_identical_bytes(tmp_path):
     write_sample_data(tmp_path / "a", n_images=12, seed=3)
     write_sample_data(tmp_path / "b", n_images=12, seed=3)
     a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
-    assert len(a) == 12 + 11 and a == b
+    # 12 labeled + 10 pool images (as many as train), 11 source files, the pool file, oracle json + note
+    assert len(a) == 12 + 10 + 11 + 3 and a == b
     write_sample_data(tmp_path / "c", n_images=12, seed=4)
     c = _files(tmp_path / "c")
     assert c.keys() == a.keys() and all(c[k] != a[k] for k in a if k.endswith(".jpg"))
@@ -80,8 +81,8 @@ def test_same_seed_gives_identical_bytes(tmp_path):
 
 def test_rerun_replaces_previous_set(tmp_path):
     write_sample_data(tmp_path, n_images=12, seed=0)
-    counts = write_sample_data(tmp_path, n_images=5, seed=0)
-    assert sorted(p.name for p in (tmp_path / "coco" / "images").iterdir()) == [f"{i:012d}.jpg" for i in range(1, 6)]
+    counts = write_sample_data(tmp_path, n_images=5, seed=0)  # + a pool of 4 (as many as train): ids 6..9
+    assert sorted(p.name for p in (tmp_path / "coco" / "images").iterdir()) == [f"{i:012d}.jpg" for i in range(1, 10)]
     ids = [im["id"] for s in SPLITS
            for im in json.loads((tmp_path / "coco" / "annotations" / f"instances_{s}.json").read_text())["images"]]
     assert sorted(ids) == [1, 2, 3, 4, 5] and counts["images_train"] + counts["images_val"] == 5
@@ -246,8 +247,8 @@ def test_vqa_answers_match_the_scene(sample_data_dir):
 
 def test_llava_conversations(sample_data_dir):
     convs = json.loads((sample_data_dir / "llava" / "llava_instruct.json").read_text())
-    ids = {im["id"]: im["file_name"] for s in SPLITS for im in _load(sample_data_dir, s)[0].imgs.values()}
-    assert len(convs) == len(ids)
+    ids = {im["id"]: im["file_name"] for im in _load(sample_data_dir, "train")[0].imgs.values()}
+    assert len(convs) == len(ids) and {int(c["id"]) for c in convs} == set(ids)  # train images only, like LLaVA-Instruct
     lengths = Counter()
     for c in convs:
         assert (sample_data_dir / "coco" / "images" / c["image"]).is_file() and ids[int(c["id"])] == c["image"]
@@ -260,16 +261,17 @@ def test_llava_conversations(sample_data_dir):
 
 def test_cli_writes_layout(tmp_path, capsys):
     out = tmp_path / "d"
-    assert main(["sample-data", "--out", str(out), "--images", "5", "--seed", "1"]) == 0
+    assert main(["sample-data", "--out", str(out), "--images", "5", "--seed", "1", "--pool", "2"]) == 0
     counts = json.loads(capsys.readouterr().out)
-    assert counts["images_train"] == 4 and counts["images_val"] == 1
+    assert counts["images_train"] == 4 and counts["images_val"] == 1 and counts["images_unlabeled"] == 2
     expected = ["coco/annotations/instances_train.json", "coco/annotations/instances_val.json",
                 "coco/annotations/person_keypoints_train.json", "coco/annotations/person_keypoints_val.json",
                 "llava/llava_instruct.json", "refcoco/instances.json", "refcoco/refs(unc).p",
                 "vqa/v2_OpenEnded_mscoco_train_questions.json", "vqa/v2_OpenEnded_mscoco_val_questions.json",
-                "vqa/v2_mscoco_train_annotations.json", "vqa/v2_mscoco_val_annotations.json"]
+                "vqa/v2_mscoco_train_annotations.json", "vqa/v2_mscoco_val_annotations.json",
+                "coco/annotations/image_info_unlabeled.json", "oracle/instances_unlabeled.json", "oracle/README.txt"]
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert files == sorted(expected + [f"coco/images/{i:012d}.jpg" for i in range(1, 6)])
+    assert files == sorted(expected + [f"coco/images/{i:012d}.jpg" for i in range(1, 8)])
     with pytest.raises(SystemExit) as exc:
         main(["sample-data", "--help"])
     assert exc.value.code == 0 and "--images N" in capsys.readouterr().out
@@ -301,3 +303,30 @@ def test_contact_sheet(sample_data_dir, artifacts_dir):
     sheet = np.vstack([np.hstack(tiles[i:i + 4]) for i in range(0, 12, 4)])
     path = artifacts_dir / "sample_data_contact_sheet.png"
     assert cv2.imwrite(str(path), sheet) and path.stat().st_size > 10_000
+
+
+def test_unlabeled_pool_in_cocos_layout_with_truth_apart(tmp_path):
+    import hashlib
+
+    from pipelines.layout import pool_file
+
+    counts = write_sample_data(tmp_path / "a", n_images=10, seed=2)
+    root = tmp_path / "a"
+    info = json.loads(pool_file(root).read_text())
+    assert "annotations" not in info and info["categories"] and counts["images_train"] == 8
+    assert len(info["images"]) == counts["images_unlabeled"] == 8  # default: as many as train
+    labeled = {im["id"] for s in SPLITS for im in _load(root, s)[0].imgs.values()}
+    assert not labeled & {im["id"] for im in info["images"]}
+    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (root / "coco" / "images").iterdir()}
+    pool_names = {im["file_name"] for im in info["images"]}
+    assert pool_names <= set(digest)  # beside the other images
+    assert not {digest[n] for n in pool_names} & {d for n, d in digest.items() if n not in pool_names}
+    oracle = COCO(str(root / "oracle" / "instances_unlabeled.json"))
+    assert oracle.dataset["images"] == info["images"] and len(oracle.anns) == counts["oracle_annotations_unlabeled"] > 0
+    # the pool's scenes do not depend on the labeled set's size, and re-running with a smaller pool leaves no stale image
+    write_sample_data(tmp_path / "b", n_images=6, seed=2, pool=3)
+    info_b = json.loads(pool_file(tmp_path / "b").read_text())
+    assert [im["file_name"] for im in info_b["images"]] == [f"{i:012d}.jpg" for i in (7, 8, 9)]
+    assert [(im["width"], im["height"]) for im in info_b["images"]] == [(im["width"], im["height"]) for im in info["images"][:3]]
+    write_sample_data(root, n_images=10, seed=2, pool=0)
+    assert json.loads(pool_file(root).read_text())["images"] == [] and len(list((root / "coco" / "images").iterdir())) == 10

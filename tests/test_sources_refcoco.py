@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from pipelines.checks import check_accounting
-from pipelines.cli import main
+from lumen_cli import main
 from pipelines.convert import convert_source
 from pipelines.errors import InputError
 from pipelines.shards import read_quarantine, read_table

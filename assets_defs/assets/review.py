@@ -1,125 +1,152 @@
-"""Pseudo-labels -> the FiftyOne review dataset -> corrections (a new source partition).
+"""Pseudo-labels of the model in use -> the FiftyOne review dataset -> corrections (a new source partition).
 
-The logic is in `lumen_model.predict` and `pipelines.review`; these assets choose folders, the
-model version and the dataset, and put the App links for labelers into the metadata.
+The logic is in `lumen_model.predict` and `pipelines.review`; these assets choose folders and the
+dataset, and put the App links for labelers into the metadata. Each asset takes its input from the
+asset upstream of it in the same run (`assets_defs/handover.py`), and says where it came from.
 """
 
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from assets_defs.executors import GPU_OP_TAGS
-from assets_defs.metadata import latest_metadata
+from assets_defs.handover import ModelInUse, Predictions, origin_of
+from assets_defs.metadata import number, table
 from assets_defs.partitions import corrections_partition, source_partitions
-from assets_defs.resources import FiftyOneSettings, LumenPaths
-
-REVIEW_VIEWS = ("review/likely-wrong", "review/possible-missed", "review/low-confidence")
+from assets_defs.resources import Compute, FiftyOneSettings, LumenPaths
+from pipelines.layout import pool_file
+from pipelines.review.queue import VIEWS as REVIEW_VIEWS
+from pipelines.sources.common import load_json
 
 
 class PseudoLabelConfig(dg.Config):
-    task: str = Field("instance_segmentation", description="prediction task: detection or instance_segmentation")
-    images_dir: str = Field("", description="images to label; empty = the sources' coco/images")
-    annotations: str = Field("", description=("COCO json naming the images and categories (and ground truth for the "
-                                              "review queue); empty = the sources' instances_val.json"))
-    batch_size: int = 16
+    task: str = Field(default="instance_segmentation", description="prediction task: detection or instance_segmentation")
+    images_dir: str = Field(default="", description="images to label; empty = the sources' coco/images")
+    annotations: str = Field(default="", description=(
+        "json naming the images to label and the categories (COCO image_info layout, no labels needed); "
+        "empty = the sources' unlabeled pool, coco/annotations/image_info_unlabeled.json. Never an evaluation split."))
+    batch_size: int = Field(default=16, description="instructions per forward pass")
 
 
-@dg.asset(deps=["evaluation"], group_name="review", pool="gpu", op_tags=GPU_OP_TAGS,
-          description="The latest stage-2 model's predictions (COCO results json + instruction heatmaps).")
-def pseudo_labels(context: dg.AssetExecutionContext, config: PseudoLabelConfig, paths: LumenPaths):
+@dg.asset(group_name="review", pool="gpu", op_tags=GPU_OP_TAGS, dagster_type=Predictions,
+          description="Predictions of the model in use on the unlabeled pool (COCO results json + instruction heatmaps).")
+def pseudo_labels(context: dg.AssetExecutionContext, config: PseudoLabelConfig, paths: LumenPaths, compute: Compute,
+                  model_in_use: ModelInUse) -> dg.Output:
     from lumen_model.predict import predict
 
-    model = latest_metadata(context.instance, "stage2_model")
-    if not model:
-        raise dg.Failure("no stage-2 model yet: materialize stage2_model first")
-    version = model["model_version"]
+    model = model_in_use.model
     images = config.images_dir or str(paths.images)
-    annotations = config.annotations or str(paths.sources / "coco" / "annotations" / "instances_val.json")
-    out = paths.predictions / "pseudo" / version / f"{config.task}.json"
+    annotations = config.annotations or str(pool_file(paths.sources))
+    if not Path(annotations).is_file():
+        raise dg.Failure(f"no images to pseudo-label: {annotations} does not exist (write the demo pool with "
+                         "`lumen sample-data`, or set `annotations` to an image_info json)")
+    out = paths.predictions / "pseudo" / model.version / f"{config.task}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = predict(model["checkpoint_dir"], config.task, images, str(out), annotations=annotations, progress=False,
-                     batch_size=config.batch_size)
-    heatmaps = out.parent / f"{out.stem}_heatmaps"
-    return dg.MaterializeResult(metadata={
-        "model_version": version,
+    context.log.info("pseudo-labelling %s (%s) with model %s -> %s", annotations, config.task, model.version, out)
+    result = predict(model.checkpoint_dir, config.task, images, str(out), annotations=annotations, progress=False,
+                     batch_size=config.batch_size, device=compute.resolved())
+    value = Predictions(model_version=model.version, predictions_file=str(out),
+                        heatmaps_dir=str(out.parent / f"{out.stem}_heatmaps"), images_dir=images, annotations=annotations,
+                        review_thresholds=model_in_use.review_thresholds)
+    summary = {k: number(v) for k, v in (result or {}).items() if isinstance(v, (int, float, str))}
+    return dg.Output(value, metadata={
+        "model_version": model.version,
+        "model_in_use_because": model_in_use.reason,
+        "model_in_use_from": origin_of(context, "model_in_use"),
         "predictions_file": dg.MetadataValue.path(str(out)),
-        "heatmaps_dir": dg.MetadataValue.path(str(heatmaps)),
-        "images_dir": dg.MetadataValue.path(images),
-        "annotations": dg.MetadataValue.path(annotations),
-        "summary": dg.MetadataValue.json({k: v for k, v in (result or {}).items() if isinstance(v, (int, float, str))}),
+        "heatmaps_dir": dg.MetadataValue.path(value.heatmaps_dir),
+        "images": dg.MetadataValue.path(annotations),
+        "summary": table([{"what": k, "value": v} for k, v in summary.items()]),
     })
 
 
-@dg.asset(deps=[pseudo_labels], group_name="review",
-          description="Persistent FiftyOne dataset with ground truth, predictions, heatmaps and review views.")
-def review_dataset(context: dg.AssetExecutionContext, paths: LumenPaths, fiftyone: FiftyOneSettings):
+@dg.asset(group_name="review",
+          description="Persistent FiftyOne dataset with predictions, heatmaps and the review queue's saved views.")
+def review_dataset(context: dg.AssetExecutionContext, fiftyone: FiftyOneSettings, pseudo_labels: Predictions):
     fiftyone.apply()
+    from fiftyone.core.utils import to_slug  # the App addresses a saved view by its slug
+
     from pipelines.review.push import push_predictions
     from pipelines.review.queue import build_review_queue
 
-    labels = latest_metadata(context.instance, "pseudo_labels")
-    if not labels:
-        raise dg.Failure("no pseudo-labels yet: materialize pseudo_labels first")
-    pushed = push_predictions(fiftyone.dataset, labels["images_dir"], labels["predictions_file"],
-                              labels["model_version"], gt_file=labels["annotations"],
-                              heatmaps_dir=labels["heatmaps_dir"] if Path(labels["heatmaps_dir"]).is_dir() else None,
-                              progress=False)
+    labels = pseudo_labels
+    context.log.info("pushing %s (model %s) into FiftyOne dataset %s", labels.predictions_file, labels.model_version,
+                     fiftyone.dataset)
+    # the pool's image_info json names images and categories only; a json with labels is ground truth too
+    has_labels = bool(labels.annotations) and "annotations" in load_json(labels.annotations, dict, "images json")
+    pushed = push_predictions(fiftyone.dataset, labels.images_dir, labels.predictions_file, labels.model_version,
+                              gt_file=labels.annotations if has_labels else None,
+                              categories_file=labels.annotations if labels.annotations and not has_labels else None,
+                              heatmaps_dir=labels.heatmaps_dir if Path(labels.heatmaps_dir).is_dir() else None,
+                              thresholds=labels.review_thresholds or None, progress=False)
     queue = build_review_queue(fiftyone.dataset)
-    views = list(queue.get("views", REVIEW_VIEWS)) if isinstance(queue, dict) else list(REVIEW_VIEWS)
-    from fiftyone.core.utils import to_slug  # the App addresses a saved view by its slug
-
-    counts = queue.get("view_counts", {}) if isinstance(queue, dict) else {}
-    links = "\n".join(f"- [{v}]({fiftyone.app_url(to_slug(v))}) ({counts.get(v, '?')} samples)" for v in views)
+    counts = queue.get("view_counts", {})
+    context.log.info("review queue: %s", counts)
+    links = "\n".join(f"- [{v}]({fiftyone.app_url(to_slug(v))}): {counts.get(v, '?')} images" for v in REVIEW_VIEWS)
     return dg.MaterializeResult(metadata={
         "dataset": fiftyone.dataset,
-        "model_version": labels["model_version"],
+        "model_version": labels.model_version,
+        "pseudo_labels_from": origin_of(context, "pseudo_labels"),
         "app": dg.MetadataValue.url(fiftyone.app_url()),
         "review_views": dg.MetadataValue.md(
             f"Start the App: `.venv/bin/lumen review app --dataset {fiftyone.dataset} --port {fiftyone.app_port}`, "
             f"then open a view:\n\n{links}"),
-        "push": dg.MetadataValue.json(_plain(pushed)),
-        "queue": dg.MetadataValue.json(_plain(queue)),
+        "push": table([{"what": k, "value": v} for k, v in _plain(pushed).items()]),
+        "queue": table([{"view": v, "images": counts.get(v)} for v in REVIEW_VIEWS]),
     })
 
 
 def _plain(d) -> dict:
-    return {k: v for k, v in (d or {}).items() if isinstance(v, (int, float, str, bool, list))}
+    return {k: number(v) for k, v in (d or {}).items() if isinstance(v, (int, float, str, bool))}
 
 
 class CorrectionsConfig(dg.Config):
-    force: bool = Field(False, description="pull even when no label was reviewed since the last pull")
+    force: bool = Field(default=False, description="pull even when no label was reviewed since the last pull")
 
 
-@dg.multi_asset(specs=[dg.AssetSpec("corrections", deps=[review_dataset], skippable=True, group_name="review",
+def corrections_metadata(version_dir: Path, pulled_by: str) -> dict:
+    """What a pulled version holds, read from its folder: the same whether Dagster or a person pulled it."""
+    from pipelines.review.pull import read_manifest
+
+    manifest = read_manifest(version_dir)
+    partition = corrections_partition(version_dir.name)
+    counts = manifest.get("counts", {})
+    return {
+        "version_dir": dg.MetadataValue.path(str(version_dir)),
+        "source_partition": partition,
+        "pulled_at": manifest.get("pulled_at", ""),
+        "pulled_by": pulled_by,
+        "content_hash": manifest.get("content_hash", ""),
+        "round": table([{"what": k, "count": v} for k, v in counts.items() if isinstance(v, (int, float))]),
+        "next": dg.MetadataValue.md(f"Ingest partition `{partition}` (job `ingest`), then `retrain`; "
+                                    "the `corrections_loop` sensor does both."),
+    }
+
+
+@dg.multi_asset(specs=[dg.AssetSpec("corrections", deps=["review_dataset"], skippable=True, group_name="review",
                                     description="Labelers' accepted and corrected labels, pulled as a new numbered "
-                                                "version; each version becomes source partition corrections-vNNNN.")])
+                                                "version; each version becomes source partition corrections-vNNNN. "
+                                                "A pull from the command line is recorded here too (by the "
+                                                "corrections_loop sensor).")])
 def corrections(context: dg.AssetExecutionContext, config: CorrectionsConfig, paths: LumenPaths,
                 fiftyone: FiftyOneSettings):
     fiftyone.apply()
     from pipelines.review.pull import pull_corrections
     from pipelines.review.queue import count_review_work
 
-    last = latest_metadata(context.instance, "corrections")
-    since = datetime.fromisoformat(last["pulled_at"]) if last else None
-    reviewed = count_review_work(fiftyone.dataset, since=since)
+    reviewed = count_review_work(fiftyone.dataset)
     if reviewed == 0 and not config.force:
         context.log.info("no label reviewed in %s since the last pull: nothing to pull", fiftyone.dataset)
         return  # no materialization: no empty corrections partition
-    pulled_at = datetime.now(timezone.utc).isoformat()
     result = pull_corrections(fiftyone.dataset, str(paths.corrections), progress=False)
+    if not result.get("new_version"):
+        context.log.info("the review state equals %s: no new version", result["version"])
+        return
     partition = corrections_partition(result["version"])
     if partition not in context.instance.get_dynamic_partitions(source_partitions.name):
         context.instance.add_dynamic_partitions(source_partitions.name, [partition])
+    context.log.info("pulled %d reviewed labels -> %s (partition %s)", reviewed, result["version_dir"], partition)
     yield dg.MaterializeResult(asset_key="corrections", metadata={
-        "version_dir": dg.MetadataValue.path(result["version_dir"]),
-        "new_version": bool(result.get("new_version")),
-        "source_partition": partition,
-        "reviewed_labels": reviewed,
-        "pulled_at": pulled_at,
-        "pull": dg.MetadataValue.json(_plain(result)),
-        "next": dg.MetadataValue.md(f"Ingest partition `{partition}` (job `ingest`), then `retrain`; "
-                                    "the `corrections_loop` sensor does both."),
-    })
+        **corrections_metadata(Path(result["version_dir"]), pulled_by="dagster"), "reviewed_labels": reviewed})

@@ -8,7 +8,7 @@ main job does), and a sensor or a person can still launch a single partition.
 import dagster as dg
 
 from assets_defs.layout import fingerprint, partition_files
-from assets_defs.metadata import md_table, png_markdown
+from assets_defs.metadata import png_markdown, table
 from assets_defs.partitions import is_corrections, source_partitions
 from assets_defs.resources import LumenPaths
 from pipelines.catalog import build_catalog, quarantine_summary
@@ -21,7 +21,6 @@ _POLICY = dg.BackfillPolicy.single_run()
           description="Source files of one partition (a built-in source, or a pulled corrections version). "
                       "With no built-in source files present, the bundled demo sources are written.")
 def source_data(context: dg.AssetExecutionContext, paths: LumenPaths) -> dg.MaterializeResult:
-    rows, fingerprints = [], {}
     for source in context.partition_keys:
         files = partition_files(paths.specs(source))
         if not is_corrections(source) and not all(f.exists() for f in files):
@@ -33,11 +32,13 @@ def source_data(context: dg.AssetExecutionContext, paths: LumenPaths) -> dg.Mate
         missing = [str(f) for f in files if not f.exists()]
         if not files or missing:
             raise dg.Failure(f"missing source files for partition {source}: {missing or 'no input json found'}")
-        rows += [{"partition": source, "file": str(f), "bytes": f.stat().st_size} for f in files]
-        fingerprints[source] = fingerprint(files)
-    return dg.MaterializeResult(metadata={"files": md_table(rows), "bytes": sum(r["bytes"] for r in rows),
-                                          # what the watched-folder sensor compares against
-                                          "fingerprints": dg.MetadataValue.json(fingerprints)})
+        rows = [{"file": str(f), "bytes": f.stat().st_size} for f in files]
+        context.log.info("%s: %d source files, %d bytes", source, len(rows), sum(r["bytes"] for r in rows))
+        context.add_asset_metadata({
+            "files": table(rows), "bytes": sum(r["bytes"] for r in rows),
+            "fingerprint": fingerprint(files),  # what the watched-folder sensor compares against
+        }, partition_key=source)
+    return dg.MaterializeResult()
 
 
 @dg.asset(partitions_def=source_partitions, backfill_policy=_POLICY, deps=[source_data], group_name="data",
@@ -45,28 +46,29 @@ def source_data(context: dg.AssetExecutionContext, paths: LumenPaths) -> dg.Mate
 def shards(context: dg.AssetExecutionContext, paths: LumenPaths) -> dg.MaterializeResult:
     from pipelines.convert import convert_source
 
-    counts_rows, reason_rows, previews, folders = [], [], [], []
     for source in context.partition_keys:
+        counts, tasks, reasons, folders = [], [], [], []
         for spec in paths.specs(source):
             m = convert_source(spec.fmt, spec.input_path, spec.shard_dir, source_name=source,
                                input_size=paths.input_size, progress=False, **spec.options)
             c = m["counts"]
-            counts_rows.append({"partition": source, "split": spec.split, "format": spec.fmt,
-                                "records_read": c["records_read"], "samples_written": c["samples_written"],
-                                "records_quarantined": c["records_quarantined"],
-                                "per_task": ", ".join(f"{t}={n}" for t, n in c["per_task"].items())})
-            reason_rows += [{"partition": source, "split": spec.split, "reason": r, "records": n}
-                            for r, n in m["quarantine_reasons"].items()]
+            counts.append({"split": spec.split, "format": spec.fmt, "records_read": c["records_read"],
+                           "samples_written": c["samples_written"], "quarantined": c["records_quarantined"]})
+            tasks += [{"split": spec.split, "task": t, "samples": n} for t, n in c["per_task"].items()]
+            reasons += [{"split": spec.split, "reason": r, "records": n} for r, n in m["quarantine_reasons"].items()]
             folders.append(str(spec.shard_dir))
-        previews.append(_preview_markdown(source, paths.specs(source)[0].shard_dir))
-    total = {k: sum(r[k] for r in counts_rows) for k in ("records_read", "samples_written", "records_quarantined")}
-    return dg.MaterializeResult(metadata={
-        **total,
-        "counts": md_table(counts_rows),
-        "quarantine_reasons": md_table(reason_rows) if reason_rows else dg.MetadataValue.md("no record quarantined"),
-        "folders": dg.MetadataValue.json(folders),
-        "preview": dg.MetadataValue.md("\n\n".join(previews)),
-    })
+            context.log.info("%s/%s: read %d records from %s -> wrote %d samples to %s (%d quarantined)", source,
+                             spec.split, c["records_read"], spec.input_path, c["samples_written"], spec.shard_dir,
+                             c["records_quarantined"])
+        context.add_asset_metadata({
+            **{k: sum(r[k] for r in counts) for k in ("records_read", "samples_written", "quarantined")},
+            "counts": table(counts),
+            "samples_per_task": table(tasks),
+            "quarantine_reasons": table(reasons) if reasons else dg.MetadataValue.md("no record quarantined"),
+            "folders": dg.MetadataValue.json(folders),
+            "preview": dg.MetadataValue.md(_preview_markdown(source, paths.specs(source)[0].shard_dir)),
+        }, partition_key=source)
+    return dg.MaterializeResult()
 
 
 def _preview_markdown(source: str, shard_dir) -> str:
@@ -89,9 +91,9 @@ def catalog(context: dg.AssetExecutionContext, paths: LumenPaths) -> dg.Material
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(paths.catalog_db)),
         "samples": sum(r["samples"] for r in rows),
-        "samples_per_source_split_task": md_table(rows),
+        "samples_per_source_split_task": table(rows),
         "quarantined": sum(r["records"] for r in q),
-        "quarantine_reasons": md_table(q),
-        "query": dg.MetadataValue.md(f"```\nduckdb {paths.catalog_db} \"SELECT source, split, task, count(*) "
-                                     "FROM samples GROUP BY ALL\"\n```"),
+        "quarantine_reasons": table(q),
+        "query": dg.MetadataValue.md("`.venv/bin/lumen catalog query \"SELECT source, split, task, count(*) FROM samples "
+                                     f"GROUP BY ALL\" --db {paths.catalog_db}`"),
     })

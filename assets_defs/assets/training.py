@@ -1,7 +1,13 @@
-"""Stage-1 and stage-2 Lumen checkpoints and their evaluation on the val split.
+"""Stage-1 and stage-2 Lumen checkpoints, their evaluation, and the regression gate.
 
 The training logic is `lumen_model.train.train`; these assets pick the shard folders, the next
-model version folder and the init checkpoint, and put metrics and loss curves into the UI.
+model version folder and the init checkpoint, and put metrics and loss curves into the UI. Each
+asset hands its result to the next as a typed value of the same run (`assets_defs/handover.py`).
+
+The gate: `evaluation` compares a new stage-2 version with the model IN USE (not with whatever
+was trained last) and records the verdict in the model registry (`pipelines/model_registry.py`).
+A version that regressed is kept, marked rejected, and never pseudo-labels; `model_in_use` shows
+which version does and why, and the `promote_model` job puts a version into use on purpose.
 """
 
 
@@ -16,32 +22,36 @@ from pydantic import Field
 
 from assets_defs.assets.sources import catalog
 from assets_defs.executors import GPU_OP_TAGS
-from assets_defs.metadata import image_file_markdown, latest_metadata, md_table
+from assets_defs.handover import Checkpoint, Evaluation, ModelInUse
+from assets_defs.metadata import image_file_markdown, number, sparkline, table
 from assets_defs.partitions import source_partitions
 from assets_defs.regression import find_regressions, flatten_metrics
 from assets_defs.resources import Compute, LumenPaths
+from assets_defs.train_knobs import TrainingKnobs, knob_values
 from assets_defs.versions import next_version, versions
+from lumen_model.train_config import STAGE_STEPS, TrainConfig
 from pipelines.checks import check_accounting, check_heatmap_peaks
+from pipelines.errors import InputError
+from pipelines.layout import EVAL_TASKS, eval_ground_truth
+from pipelines.model_registry import ModelRegistry
 
 STAGES = ("1+2", "1", "2")
 
 
-class RetrainConfig(dg.Config):
-    """What an ML engineer edits in the Launchpad of the `retrain` job."""
+class RetrainConfig(TrainingKnobs):
+    """What an ML engineer edits in the Launchpad of the `retrain` job: the shared training knobs
+    (`lumen_model/train_config.py`: learning rate, batch size, weight decay, ...) and these."""
 
-    stage: str = Field("1+2", description="stages to train: '1+2', '1', or '2' (from the latest stage-1 checkpoint)")
-    preset: str = Field("tiny", description="model preset: 'tiny' (CPU) or 'lumen-7b' (local weights)")
-    stage1_steps: int = Field(int(os.environ.get("LUMEN_STAGE1_STEPS", "1200")), description="stage-1 optimizer steps")
-    stage2_steps: int = Field(int(os.environ.get("LUMEN_STAGE2_STEPS", "300")), description="stage-2 optimizer steps")
-    learning_rate: float = Field(1e-3, description="peak learning rate")
-    batch_size: int = Field(16, description="global batch size")
-    partitions: list[str] = Field(default_factory=list, description=(
+    stage: str = Field(default="1+2", description="stages to train: '1+2', '1', or '2' (decoders only, "
+                                                  "from the stage-1 checkpoint of the model in use)")
+    stage1_steps: int = Field(default=int(os.environ.get("LUMEN_STAGE1_STEPS", STAGE_STEPS[1])),
+                              description="stage-1 optimizer steps")
+    stage2_steps: int = Field(default=int(os.environ.get("LUMEN_STAGE2_STEPS", STAGE_STEPS[2])),
+                              description="stage-2 optimizer steps")
+    partitions: list[str] = Field(default=[], description=(
         "source partitions to train on, e.g. ['coco', 'refcoco', 'corrections-v0001']; "
         "empty = every partition that has shards, corrections included"))
-    seed: int = 0
-    resume: bool = Field(False, description="continue the latest checkpoint of the stage exactly where it stopped")
-    weights: str = Field("", description="lumen-7b: local folder with the pretrained parts (llava/, sam/); never a hub")
-    nproc_per_node: int = Field(1, description="processes (GPUs) for training; > 1 runs torchrun with DDP")
+    nproc_per_node: int = Field(default=1, description="processes (GPUs) for training; > 1 runs torchrun with DDP")
 
 
 def train_shard_dirs(context, paths: LumenPaths, partitions: list[str]) -> tuple[list[str], list[Path]]:
@@ -67,74 +77,112 @@ def train_shard_dirs(context, paths: LumenPaths, partitions: list[str]) -> tuple
         raise dg.Failure("shards failed their checks; re-ingest them first:\n" + "\n".join(bad))
     if not dirs:
         raise dg.Failure(f"no training shards for partitions {partitions}; run the ingest job first")
+    leaks = eval_overlap(paths, dirs)
+    if leaks:
+        from pipelines.leakage import describe_overlap
+
+        raise dg.Failure(f"refusing to train: {describe_overlap(leaks)}")
     return partitions, dirs
 
 
-def _train(context, stage: int, cfg: RetrainConfig, paths: LumenPaths, compute: Compute, shard_dirs, init=None):
-    parent = paths.models / f"stage{stage}"
-    version = next_version(parent)
-    out = parent / version
-    if cfg.resume:  # continue the latest checkpoint of this stage in its own folder
-        have = versions(parent)
-        if have:
-            version, out = have[-1], parent / have[-1]
-    if compute.device == "cpu":  # hide GPUs from torch (effective before CUDA is first initialised)
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    steps = cfg.stage1_steps if stage == 1 else cfg.stage2_steps
-    context.log.info("training stage %d -> %s (%d shard folders, device %s, %d process(es))", stage, out,
-                     len(shard_dirs), compute.resolved(), cfg.nproc_per_node)
+def eval_overlap(paths: LumenPaths, train_dirs) -> list:
+    """Training images whose content is an image of any val split (every evaluation reads the val
+    splits' images), compared by content hash: a copy under another name is found too."""
+    from pipelines.leakage import find_eval_overlap
+
+    return find_eval_overlap(train_dirs, [d for d in paths.shard_dirs() if d.name == "val"])
+
+
+def _version_dir(parent: Path, resume: bool) -> tuple[str, Path]:
+    """The next numbered folder, or with `resume` the latest one (continued where it stopped)."""
+    have = versions(parent)
+    version = have[-1] if resume and have else next_version(parent)
+    return version, parent / version
+
+
+def _train_config(stage: int, cfg: RetrainConfig, out: Path, device: str, shard_dirs, init=None) -> TrainConfig:
+    """The validated training config of one stage; a bad knob fails the step in one line."""
+    try:
+        return TrainConfig(stage=stage, shards=[str(d) for d in shard_dirs], out=str(out),
+                           init=str(init) if init else None, device=device,
+                           max_steps=cfg.stage1_steps if stage == 1 else cfg.stage2_steps,
+                           progress=True,  # a bar on a terminal, a line every few seconds in the UI's logs
+                           **knob_values(cfg))
+    except InputError as e:
+        raise dg.Failure(f"retrain config: {e}") from None
+
+
+def _train(context, stage: int, cfg: RetrainConfig, paths: LumenPaths, device: str, shard_dirs, init=None) -> tuple[str, dict]:
+    version, out = _version_dir(paths.models / f"stage{stage}", cfg.resume)
+    train_cfg = _train_config(stage, cfg, out, device, shard_dirs, init)
+    context.log.info("training stage %d -> %s (%d steps, %d shard folders, device %s, %d process(es))", stage, out,
+                     train_cfg.max_steps, len(shard_dirs), device, cfg.nproc_per_node)
     if cfg.nproc_per_node > 1:
-        return version, _torchrun(context, stage, cfg, shard_dirs, out, init, steps)
-    from lumen_model.train import TrainConfig, train
+        return version, _torchrun(context, train_cfg, cfg.nproc_per_node)
+    from lumen_model.train import train
 
-    return version, train(TrainConfig(
-        stage=stage, preset=cfg.preset, shards=[str(d) for d in shard_dirs], out=str(out),
-        init=str(init) if init else None, max_steps=steps, lr=cfg.learning_rate, batch_size=cfg.batch_size,
-        seed=cfg.seed, resume=cfg.resume, weights=cfg.weights or None,
-        progress=True))  # tqdm on stderr: the terminal, or the step's stderr log in the UI
+    return version, train(train_cfg)
 
 
-def _torchrun(context, stage, cfg: RetrainConfig, shard_dirs, out, init, steps) -> dict:
+def _torchrun(context, train_cfg: TrainConfig, nproc_per_node: int) -> dict:
     """Multi-process (DDP) training: the same `lumen_model.train` module under torchrun."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc_per_node}",
-           "-m", "lumen_model.train", "--stage", str(stage), "--preset", cfg.preset, "--out", str(out),
-           "--max-steps", str(steps), "--lr", str(cfg.learning_rate), "--batch-size", str(cfg.batch_size),
-           "--seed", str(cfg.seed), "--shards", *map(str, shard_dirs)]
-    cmd += ["--init", str(init)] if init else []
-    cmd += ["--weights", cfg.weights] if cfg.weights else []
-    cmd += ["--resume"] if cfg.resume else []
+    out = Path(train_cfg.out)
+    result_file = out.with_name(f".{out.name}.result.json")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
+           "-m", "lumen_model.train", *train_cfg.to_argv(), "--result-file", str(result_file)]
     context.log.info("running %s", " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise dg.Failure(f"torchrun failed (exit {proc.returncode})", metadata={"stderr": proc.stderr[-4000:]})
-    lines = proc.stdout.splitlines()
-    start = max(i for i, line in enumerate(lines) if line == "{")  # rank 0 prints the result json last
-    return json.loads("\n".join(lines[start:]))
+    result = json.loads(result_file.read_text())  # rank 0 writes it; stdout stays for people
+    result_file.unlink()
+    return result
 
 
-def _model_metadata(version: str, result: dict, partitions: list[str], cfg: RetrainConfig, stage: int) -> dict:
+def _model_metadata(ckpt: Checkpoint, result: dict, cfg: RetrainConfig, device: str) -> dict:
     metrics = result.get("metrics") or {}
-    return {
-        "model_version": version,
-        "checkpoint_dir": dg.MetadataValue.path(str(result["checkpoint_dir"])),
-        "partitions": dg.MetadataValue.json(partitions),
-        "steps": cfg.stage1_steps if stage == 1 else cfg.stage2_steps,
-        "learning_rate": cfg.learning_rate,
+    state = Path(ckpt.checkpoint_dir) / "trainer_state.json"
+    history = [h["loss"] for h in json.loads(state.read_text())["history"]] if state.is_file() else []
+    meta = {
+        "model_version": ckpt.version,
+        "checkpoint_dir": dg.MetadataValue.path(ckpt.checkpoint_dir),
+        "partitions": ", ".join(ckpt.partitions),
+        "steps": int(result.get("step") or 0),
+        "learning_rate": cfg.lr,
         "preset": cfg.preset,
-        "samples_per_s": float(result.get("samples_per_s") or 0.0),
-        "metrics": md_table([{"metric": k, "value": v} for k, v in metrics.items()]),
-        "loss_curve": dg.MetadataValue.md(image_file_markdown(result["loss_curve_png"], f"loss curve {version}"))
-        if result.get("loss_curve_png") else dg.MetadataValue.md("(no loss curve)"),
+        "device": device,
+        "samples_per_s": number(float(result.get("samples_per_s") or 0.0)),
+        "last_metrics": table([{"metric": k, "value": v} for k, v in metrics.items()]),
     }
+    if history:
+        meta["loss"] = sparkline(history, "loss (smoothed)")
+    if result.get("loss_curve_png"):
+        meta["loss_curve"] = dg.MetadataValue.md(image_file_markdown(result["loss_curve_png"], f"loss curve {ckpt.version}"))
+    if ckpt.init_dir:
+        meta["init"] = dg.MetadataValue.path(ckpt.init_dir)
+    return meta
+
+
+def _stage1_for_stage2(paths: LumenPaths) -> str:
+    """Stage 2 alone trains on the stage-1 checkpoint of the model in use (else the newest stage 1)."""
+    in_use = ModelRegistry(paths.model_registry).in_use()
+    if in_use and in_use.get("init_dir"):
+        return in_use["init_dir"]
+    have = versions(paths.models / "stage1")
+    if not have:
+        raise dg.Failure("stage 2 needs a stage-1 checkpoint: run the retrain job with stage '1+2' first")
+    return str(paths.models / "stage1" / have[-1])
 
 
 @dg.multi_asset(
-    specs=[
-        dg.AssetSpec("stage1_model", deps=[catalog], skippable=True, group_name="model",
-                     description="Stage-1 checkpoint: task-agnostic matching (LMM + V-L dense aligner -> heatmaps)."),
-        dg.AssetSpec("stage2_model", deps=["stage1_model"], skippable=True, group_name="model",
-                     description="Stage-2 checkpoint: stage 1 frozen, task decoders (boxes, masks, pose) trained."),
-    ],
+    outs={
+        "stage1_model": dg.AssetOut(is_required=False, group_name="model", dagster_type=Checkpoint,
+                                    description="Stage-1 checkpoint: task-agnostic matching (LMM + V-L dense aligner -> heatmaps)."),
+        "stage2_model": dg.AssetOut(is_required=False, group_name="model", dagster_type=Checkpoint,
+                                    description="Stage-2 checkpoint: stage 1 frozen, task decoders (boxes, masks, pose) trained."),
+    },
+    deps=[catalog],
+    internal_asset_deps={"stage1_model": {catalog.key}, "stage2_model": {catalog.key, dg.AssetKey("stage1_model")}},
     can_subset=True, pool="gpu", op_tags=GPU_OP_TAGS,
     description="Pool `gpu` (limit 1): one training or inference step at a time.")
 def models(context: dg.AssetExecutionContext, config: RetrainConfig, paths: LumenPaths, compute: Compute):
@@ -142,89 +190,159 @@ def models(context: dg.AssetExecutionContext, config: RetrainConfig, paths: Lume
         raise dg.Failure(f"stage must be one of {STAGES}, got {config.stage!r}")
     selected = {k.to_user_string() for k in context.selected_asset_keys}
     partitions, dirs = train_shard_dirs(context, paths, list(config.partitions))
+    device = compute.resolved()
+    for stage in (1, 2):  # a bad knob of either stage fails now, not after hours of stage 1
+        if config.stage in ("1+2", str(stage)):
+            _train_config(stage, config, paths.models, device, dirs)
     stage1_dir = None
     if "stage1_model" in selected and config.stage in ("1+2", "1"):
-        version, result = _train(context, 1, config, paths, compute, dirs)
-        stage1_dir = result["checkpoint_dir"]
-        yield dg.MaterializeResult(asset_key="stage1_model", metadata=_model_metadata(version, result, partitions, config, 1))
+        version, result = _train(context, 1, config, paths, device, dirs)
+        stage1 = Checkpoint(stage=1, version=version, checkpoint_dir=str(result["checkpoint_dir"]), partitions=partitions)
+        stage1_dir = stage1.checkpoint_dir
+        yield dg.Output(stage1, output_name="stage1_model", metadata=_model_metadata(stage1, result, config, device))
     if "stage2_model" in selected and config.stage in ("1+2", "2"):
-        if stage1_dir is None:
-            prev = latest_metadata(context.instance, "stage1_model")
-            if not prev:
-                raise dg.Failure("stage 2 needs a stage-1 checkpoint: materialize stage1_model first (stage '1+2')")
-            stage1_dir = prev["checkpoint_dir"]
-        version, result = _train(context, 2, config, paths, compute, dirs, init=stage1_dir)
-        meta = _model_metadata(version, result, partitions, config, 2)
-        meta["init"] = dg.MetadataValue.path(str(stage1_dir))
-        yield dg.MaterializeResult(asset_key="stage2_model", metadata=meta)
-
-
-EVAL_TASKS = ["bbox", "segm", "keypoints", "grounding", "refseg", "vqa"]
+        stage1_dir = stage1_dir or _stage1_for_stage2(paths)
+        version, result = _train(context, 2, config, paths, device, dirs, init=stage1_dir)
+        stage2 = Checkpoint(stage=2, version=version, checkpoint_dir=str(result["checkpoint_dir"]),
+                            partitions=partitions, init_dir=str(stage1_dir))
+        yield dg.Output(stage2, output_name="stage2_model", metadata=_model_metadata(stage2, result, config, device))
 
 
 class EvaluationConfig(dg.Config):
-    tolerance: float = Field(0.05, description="largest allowed drop of any metric vs the previous model version")
-    tasks: list[str] = Field(default_factory=lambda: list(EVAL_TASKS), description=f"evaluation tasks, of {EVAL_TASKS}")
-    batch_size: int = 16
+    tolerance: float = Field(default=0.05, description="largest allowed drop of any metric vs the model in use")
+    tasks: list[str] = Field(default=list(EVAL_TASKS), description=f"evaluation tasks, of {list(EVAL_TASKS)}")
+    batch_size: int = Field(default=16, description="instructions per forward pass")
 
 
-def evaluation_plan(task: str, paths: LumenPaths, work_dir: Path) -> tuple[str, dict, Path]:
-    """(predict task, predict kwargs, ground truth file) of one evaluation task on the val split."""
-    ann, vqa = paths.sources / "coco" / "annotations", paths.sources / "vqa"
-    if task in ("grounding", "refseg"):
-        from pipelines.evaluation import refcoco_expressions
-
-        gt = work_dir / "refcoco_val_expressions.json"
-        if not gt.exists():
-            gt.write_text(json.dumps(refcoco_expressions(paths.sources / "refcoco", "val")))
-        return ("grounding" if task == "grounding" else "referring_segmentation"), {"expressions": str(gt)}, gt
-    if task == "vqa":
-        return "vqa", {"questions": str(vqa / "v2_OpenEnded_mscoco_val_questions.json")}, vqa / "v2_mscoco_val_annotations.json"
-    coco = {"bbox": ("detection", ann / "instances_val.json"),
-            "segm": ("instance_segmentation", ann / "instances_val.json"),
-            "keypoints": ("pose", ann / "person_keypoints_val.json")}
-    if task not in coco:
-        raise dg.Failure(f"unknown evaluation task {task!r}; expected one of {EVAL_TASKS}")
-    predict_task, gt = coco[task]
-    return predict_task, {"annotations": str(gt)}, gt
-
-
-@dg.asset(deps=["stage2_model"], group_name="model", pool="gpu", op_tags=GPU_OP_TAGS,
+@dg.asset(group_name="model", pool="gpu", op_tags=GPU_OP_TAGS, dagster_type=Evaluation,
           check_specs=[dg.AssetCheckSpec("no_regression", asset="evaluation", blocking=True,
-                                         description="No metric dropped more than the tolerance vs the previous model version.")],
-          description="Val-split metrics of the latest stage-2 model, compared with the previous model version.")
-def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, paths: LumenPaths):
+                                         description="No metric dropped more than the tolerance vs the model in use.")],
+          description="Val-split metrics of the stage-2 model trained in this run, compared with the model in "
+                      "use; the verdict goes into the model registry (a regressed version is kept but not used).")
+def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, paths: LumenPaths, compute: Compute,
+               stage2_model: Checkpoint):
     from lumen_model.predict import predict
     from pipelines.evaluation import evaluate
 
-    model = latest_metadata(context.instance, "stage2_model")
-    if not model:
-        raise dg.Failure("no stage-2 model yet: materialize stage2_model first")
-    version, ckpt = model["model_version"], model["checkpoint_dir"]
-    out_dir = paths.predictions / "eval" / version
-    metrics = {}
+    model = stage2_model
+    device = compute.resolved()
+    out_dir = paths.predictions / "eval" / model.version
     out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {}
     for task in config.tasks:
-        predict_task, kwargs, gt = evaluation_plan(task, paths, out_dir)
+        try:
+            predict_task, kwargs, gt = eval_ground_truth(task, paths.sources, out_dir)
+        except InputError as e:
+            raise dg.Failure(str(e)) from None
         pred = out_dir / f"{task}.json"
-        context.log.info("evaluating %s on the val split (%s)", task, predict_task)
-        predict(ckpt, predict_task, str(paths.images), str(pred), batch_size=config.batch_size, progress=False, **kwargs)
+        context.log.info("evaluating %s on the val split (%s) -> %s", task, predict_task, pred)
+        predict(model.checkpoint_dir, predict_task, str(paths.images), str(pred), batch_size=config.batch_size,
+                progress=False, device=device, **kwargs)
         metrics[task] = evaluate(task, str(gt), str(pred))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    previous = latest_metadata(context.instance, "evaluation")
-    prev_metrics = json.loads(previous["metrics_json"]) if previous else None
-    regressions = find_regressions(metrics, prev_metrics, config.tolerance)
-    rows = [{"metric": k, "value": v, "previous": flatten_metrics(prev_metrics or {}).get(k)}
-            for k, v in flatten_metrics(metrics).items()]
-    yield dg.MaterializeResult(metadata={
-        "model_version": version,
-        "previous_model_version": previous["model_version"] if previous else "(none: first model)",
-        "metrics": md_table(rows, ["metric", "value", "previous"]),
-        "metrics_json": json.dumps(metrics),
+    thresholds = _review_thresholds(context, paths, out_dir, model.version)
+
+    registry = ModelRegistry(paths.model_registry)
+    baseline = registry.in_use()
+    if baseline and baseline["version"] == model.version:  # re-evaluating the model in use: compare with its record
+        baseline = None
+    regressions = find_regressions(metrics, baseline["metrics"] if baseline else None, config.tolerance)
+    passed = not regressions
+    reason = (f"passed no_regression vs {baseline['version']} (tolerance {config.tolerance})" if passed and baseline
+              else "first evaluated model" if passed
+              else "regressed vs {}: {}".format(baseline["version"], ", ".join(
+                  f"{r['metric']} {number(r['previous'])}->{number(r['new'])}" for r in regressions)))
+    registry.decide({"version": model.version, "checkpoint_dir": model.checkpoint_dir, "init_dir": model.init_dir,
+                     "partitions": model.partitions, "metrics": metrics, "metrics_file": str(out_dir / "metrics.json"),
+                     "review_thresholds": str(thresholds) if thresholds else ""}, passed=passed, reason=reason)
+    context.log.info("model %s: %s", model.version, reason)
+
+    value = Evaluation(model=model, metrics_file=str(out_dir / "metrics.json"), passed=passed,
+                       baseline_version=baseline["version"] if baseline else "", regressions=regressions)
+    yield dg.Output(value, metadata=_evaluation_metadata(model, metrics, baseline, reason, out_dir))
+    yield dg.AssetCheckResult(check_name="no_regression", passed=passed, severity=dg.AssetCheckSeverity.ERROR,
+                              metadata={"tolerance": config.tolerance, "verdict": reason,
+                                        "regressions": table(regressions) if regressions else dg.MetadataValue.md("none")})
+
+
+def _review_thresholds(context, paths: LumenPaths, out_dir: Path, version: str) -> Path | None:
+    """Per-class score thresholds that maximise F1 on the val split's detections: the review dataset
+    shows predictions at or above them (the rest stay hidden), so the queue is not all noise."""
+    from pipelines.review.thresholds import compute_thresholds, save_thresholds
+
+    pred = out_dir / "bbox.json"
+    if not pred.is_file():
+        context.log.warning("no bbox evaluation in this run: no review thresholds for %s (every prediction is shown)",
+                            version)
+        return None
+    _, _, gt = eval_ground_truth("bbox", paths.sources, out_dir)
+    path = save_thresholds(compute_thresholds(gt, pred, model_version=version), out_dir / "review_thresholds.json")
+    context.log.info("review thresholds of %s (F1 on the val split) -> %s", version, path)
+    return path
+
+
+def _evaluation_metadata(model: Checkpoint, metrics: dict, baseline: dict | None, reason: str, out_dir: Path) -> dict:
+    new = flatten_metrics(metrics)
+    old = flatten_metrics(baseline["metrics"]) if baseline else {}
+    in_use = baseline["version"] if baseline else "none"
+    rows = [{"metric": k, model.version: v, f"in use ({in_use})": old.get(k),
+             "change": (v - old[k]) if k in old else None} for k, v in new.items()]
+    return {
+        "model_version": model.version,
+        "compared_with": in_use,
+        "verdict": reason,
+        "metrics": table(rows),
+        "trained_on": table([{"model": model.version, "partitions": ", ".join(model.partitions)}]
+                            + ([{"model": in_use, "partitions": ", ".join(baseline.get("partitions") or [])}] if baseline else [])),
+        "metrics_json": dg.MetadataValue.json(metrics),
         "metrics_file": dg.MetadataValue.path(str(out_dir / "metrics.json")),
+        "stage2_model": "this run",
+    }
+
+
+class PromoteConfig(dg.Config):
+    version: str = Field(default="", description="stage-2 version to put into use on purpose (e.g. 'v0003'); "
+                                                 "empty = the version the model registry has in use")
+    reason: str = Field(default="", description="why (kept in the registry and shown here); required with version")
+
+
+@dg.asset(group_name="model", deps=["evaluation"], dagster_type=ModelInUse,
+          description="The stage-2 version that pseudo-labels, and why: the latest one that passed no_regression, "
+                      "or one promoted on purpose (job `promote_model`). A regressed version never gets here.")
+def model_in_use(context: dg.AssetExecutionContext, config: PromoteConfig, paths: LumenPaths):
+    registry = ModelRegistry(paths.model_registry)
+    try:
+        if config.version:
+            if not config.reason.strip():
+                raise dg.Failure("promote_model: say why in `reason` (it is kept with the decision)")
+            registry.promote(config.version, config.reason.strip())
+        entry = registry.in_use()
+    except InputError as e:
+        raise dg.Failure(str(e)) from None
+    if entry is None:
+        raise dg.Failure("no model version has passed its evaluation yet; run `retrain`, or promote an evaluated "
+                         f"version with the `promote_model` job (registry: {registry.path})")
+    ckpt = Checkpoint(stage=2, version=entry["version"], checkpoint_dir=entry["checkpoint_dir"],
+                      partitions=entry.get("partitions") or [], init_dir=entry.get("init_dir") or "")
+    history = [{"version": v, "status": e["status"], "reason": e["reason"], "decided_at": e["decided_at"]}
+               for v, e in sorted(registry.entries().items(), reverse=True)]
+    value = ModelInUse(model=ckpt, reason=entry["reason"], decided_at=entry["decided_at"],
+                       review_thresholds=entry.get("review_thresholds") or "")
+    return dg.Output(value, metadata={
+        "model_version": entry["version"],
+        "why": entry["reason"],
+        "decided_at": entry["decided_at"],
+        "checkpoint_dir": dg.MetadataValue.path(entry["checkpoint_dir"]),
+        "trained_on": ", ".join(entry.get("partitions") or []),
+        "versions": table(history),
+        "registry": dg.MetadataValue.path(str(registry.path)),
+        **({"review_thresholds": _thresholds_table(value.review_thresholds)} if value.review_thresholds else {}),
     })
-    yield dg.AssetCheckResult(check_name="no_regression", passed=not regressions,
-                              severity=dg.AssetCheckSeverity.ERROR, metadata={
-                                  "tolerance": config.tolerance,
-                                  "regressions": md_table(regressions) if regressions else dg.MetadataValue.md("none"),
-                              })
+
+
+def _thresholds_table(path: str) -> dg.MetadataValue:
+    from pipelines.review.thresholds import load_thresholds
+
+    t = load_thresholds(path)
+    return table([{"class": c.get("name"), "threshold": c["threshold"], "F1 on val": c.get("f1"), "from": c.get("source")}
+                  for c in t["classes"].values()])

@@ -1,15 +1,17 @@
-"""Mask decoder: SAM's prompt encoder + mask decoder (transformers' SamModel), prompted with boxes.
+"""SAM as the paper runs it (`mask_decoder: sam`, the lumen-7b preset): a frozen, pretrained SamModel
+(image encoder + prompt encoder + mask decoder, transformers' classes) prompted with Lumen's boxes.
 
-At full size the SAM ViT-H decoder is loaded frozen; at tiny size the same classes are trained on the
-demo masks. SAM's own image encoder is not run: Lumen's instruction-aware features are projected
-into SAM's image-embedding space.
+The original image goes through SAM's own preprocessing and image encoder at SAM's input size
+(longest side resized to it, normalized, padded); the boxes, in original pixels, are mapped into
+that frame; the low-resolution masks come back to the image's own size. Weights come from a local
+folder (`load_pretrained_parts`, WEIGHTS_DIR/sam/), never from a hub.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
 
@@ -19,28 +21,41 @@ def build_sam(cfg) -> SamModel:
                               mask_decoder_config=SamMaskDecoderConfig(**cfg.sam_mask_decoder).to_dict()))
 
 
-class BoxPromptedMasks(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.sam = build_sam(cfg)
-        self.sam.vision_encoder.requires_grad_(False)  # unused: features come from the aligner
-        self.embed_size = cfg.sam_prompt["image_embedding_size"]
-        self.prompt_size = cfg.sam_prompt["image_size"]
-        self.input_size = cfg.input_size
-        self.proj = nn.Conv2d(cfg.aligner_dim, cfg.sam_vision["output_channels"], 1)
+def sam_image_processor(sam: SamModel):
+    """SAM's own preprocessing at this SamModel's input size (resize the longest side, normalize, pad)."""
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil  # no torchvision needed
 
-    def forward(self, dense: torch.Tensor, boxes: list[torch.Tensor]) -> list[torch.Tensor]:
-        """dense (b, C, M, M); boxes per sample (n_i, 4) xyxy input pixels -> mask logits (n_i, S, S)."""
-        emb = self.proj(F.interpolate(dense, size=(self.embed_size, self.embed_size), mode="bilinear",
-                                      align_corners=False))
-        out = []
-        for i, bx in enumerate(boxes):
-            if not len(bx):
-                out.append(dense.new_zeros((0, self.input_size, self.input_size)))
-                continue
-            scaled = bx * (self.prompt_size / self.input_size)
-            res = self.sam(image_embeddings=emb[i:i + 1], input_boxes=scaled.unsqueeze(0), multimask_output=False)
-            low = res.pred_masks[0, :, 0]  # (n, 4*E, 4*E)
-            out.append(F.interpolate(low.unsqueeze(1), size=(self.input_size, self.input_size), mode="bilinear",
-                                     align_corners=False)[:, 0])
-        return out
+    side = sam.config.vision_config.image_size
+    return SamImageProcessorPil(size={"longest_edge": side}, pad_size={"height": side, "width": side})
+
+
+class SamBoxPrompts(nn.Module):
+    """Frozen SAM: (original RGB image, xyxy boxes in its pixels) -> mask logits of the image's size."""
+
+    def __init__(self, cfg=None, sam: SamModel | None = None):
+        super().__init__()
+        self.sam = sam if sam is not None else build_sam(cfg)
+        self.sam.requires_grad_(False)
+        self._processor = None
+
+    @property
+    def processor(self):
+        if self._processor is None:
+            self._processor = sam_image_processor(self.sam)
+        return self._processor
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> torch.Tensor:
+        """image (H, W, 3) uint8 RGB; boxes (n, 4) xyxy original pixels -> logits (n, H, W)."""
+        h, w = image.shape[:2]
+        if not len(boxes_xyxy):
+            return torch.zeros((0, h, w))
+        inputs = self.processor(image, return_tensors="pt")
+        rh, rw = (int(v) for v in inputs["reshaped_input_sizes"][0])
+        scale = torch.tensor([rw / w, rh / h, rw / w, rh / h], dtype=torch.float32)
+        device = next(self.sam.parameters()).device
+        boxes = (torch.as_tensor(np.asarray(boxes_xyxy), dtype=torch.float32) * scale).to(device)
+        out = self.sam(pixel_values=inputs["pixel_values"].to(device), input_boxes=boxes[None], multimask_output=False)
+        masks = self.processor.post_process_masks(out.pred_masks.cpu(), inputs["original_sizes"],
+                                                  inputs["reshaped_input_sizes"], binarize=False)
+        return masks[0][:, 0]  # (n, H, W) logits

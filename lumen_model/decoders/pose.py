@@ -41,7 +41,7 @@ class PoseHead(nn.Module):
         return self.net(crop_features(dense, boxes, self.input_size, self.crop))  # (n, K, 2c, 2c)
 
 
-def keypoint_targets(kps: torch.Tensor, box: torch.Tensor, size: int, sigma: float = 1.5):
+def keypoint_targets(kps: torch.Tensor, box: torch.Tensor, size: int, sigma: float):
     """Gaussian targets (K, size, size) for one person's keypoints (K, 3) inside its xyxy box."""
     x0, y0, x1, y1 = box.tolist()
     u = (kps[:, 0] - x0) / max(x1 - x0, 1e-3) * size - 0.5

@@ -50,15 +50,13 @@ def launch_app(dataset_name=None, port=5151, address="127.0.0.1", *, wait_ready_
 
 def close_app(port: int | None = None) -> None:
     """Close the session(s) this process started and stop their App server."""
-    from fiftyone.core.session import session as fos
+    from pipelines.review.fo_adapter import stop_app_server
 
     for p in [port] if port is not None else list(_sessions):
         session = _sessions.pop(p, None)
         if session is not None:
             session.close()
-        server = fos._server_services.pop(p, None)  # the child process serving the App
-        if server is not None:
-            server.stop()
+        stop_app_server(p)  # the child process serving the App
 
 
 def wait_app(port: int) -> None:

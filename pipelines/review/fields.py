@@ -5,6 +5,8 @@ Fields (documented for labelers in the README, "The labeler's workflow in the Fi
 - `predictions` (Detections with masks and scores) and `predictions_keypoints` (Keypoints): the
   latest model version; an older version's labels move to `predictions_<version>` /
   `predictions_keypoints_<version>` when a new version is pushed, tags and all;
+- `predictions_below_threshold` (Detections): with review thresholds, the latest version's
+  detections under their class's threshold (hidden in the App by default; archived like `predictions`);
 - `heatmap` (Heatmap: max over the image's instructions) and `heatmap_peaks` (Keypoints: peaks
   no predicted box of their category contains);
 - `corrections` (Detections) and `corrections_keypoints` (Keypoints): labelers' edited or added
@@ -28,6 +30,11 @@ INFO_KEY = "lumen_review"
 
 def keypoints_field(field: str) -> str:
     return f"{field}_keypoints"
+
+
+def below_threshold_field(field: str) -> str:
+    """Where a push with review thresholds keeps the detections under their class threshold."""
+    return f"{field}_below_threshold"
 
 
 def version_slug(version: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.errors import InputError
+from pipelines.review.labels import bad_result_box
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,10 @@ def image_id_from_name(name: str, fallback: int) -> int:
     return int(digits[-1]) if digits else fallback
 
 
-def list_folder_images(images_dir: Path) -> dict[int, ImageRow]:
-    """Every image in the folder, by the id `lumen predict` gives it; sizes read from the headers."""
+def list_folder_images(images_dir: Path, wanted: set | None = None, known_sizes: dict | None = None
+                       ) -> dict[int, ImageRow]:
+    """Every image in the folder (or those of the `wanted` ids), by the id `lumen predict` gives it;
+    sizes read from the headers unless `known_sizes` (absolute path -> (width, height)) has them."""
     from PIL import Image
 
     files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -100,15 +103,18 @@ def list_folder_images(images_dir: Path) -> dict[int, ImageRow]:
         if image_id in rows:
             log.warning("image id %d of %s is already used by %s: skipped", image_id, p.name, rows[image_id].file_name)
             continue
-        with Image.open(p) as img:  # reads the header only
-            w, h = img.size
-        rows[image_id] = ImageRow(image_id, p.name, str(p.resolve()), w, h)
+        if wanted is not None and image_id not in wanted:
+            continue
+        path = str(p.resolve())
+        size = (known_sizes or {}).get(path)
+        if size is None or None in size:
+            with Image.open(p) as img:  # reads the header only
+                size = img.size
+        rows[image_id] = ImageRow(image_id, p.name, path, int(size[0]), int(size[1]))
     return rows
 
 
 def _bad_box(bbox) -> str | None:
-    from pipelines.review.labels import bad_result_box
-
     return bad_result_box(bbox)
 
 

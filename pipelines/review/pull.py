@@ -25,7 +25,9 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,6 +35,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from pipelines.review import fields as F
+from pipelines.review.fo_adapter import label_list_name
 from pipelines.review.fo_env import fiftyone, load_dataset
 from pipelines.review.labels import absolute_box, box_of_points, crop_to_rle, points_to_keypoints
 from pipelines.review.reviewed import CONFLICT, CORRECT, PULLED_ATTR, action_of, scan
@@ -40,6 +43,8 @@ from pipelines.review.reviewed import CONFLICT, CORRECT, PULLED_ATTR, action_of,
 log = logging.getLogger(__name__)
 
 INSTANCES_FILE = "instances_train.json"
+LOCK_FILE = ".pull.lock"
+LOCK_WAIT_S = 600.0
 KEYPOINTS_FILE = "person_keypoints_train.json"
 COCO_KEYPOINT_NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
                        "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
@@ -52,13 +57,51 @@ def pull_corrections(dataset_name, out_dir, *, progress=True) -> dict:
     dataset = load_dataset(dataset_name)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_partial(out_dir)
+    with pull_lock(out_dir):  # two pulls at once: one writes the version, the other finds no new work
+        _remove_partial(out_dir)
+        return _pull_locked(dataset, dataset_name, out_dir)
 
+
+@contextmanager
+def pull_lock(out_dir: Path, wait_s: float = LOCK_WAIT_S):
+    """An exclusive lock on the corrections folder (flock: the kernel frees it when its process dies,
+    kill -9 included). Waits for a running pull, up to `wait_s`, then fails in one line."""
+    import fcntl
+
+    path = out_dir / LOCK_FILE
+    with open(path, "a+") as f:
+        deadline = time.monotonic() + wait_s
+        waited = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    f.seek(0)
+                    log.info("waiting for the pull running in %s (%s)", out_dir, f.read().strip() or "pid unknown")
+                    waited = True
+                if time.monotonic() > deadline:
+                    from pipelines.errors import InputError
+
+                    raise InputError(f"another pull holds {path} for more than {wait_s:.0f} s; try again later") from None
+                time.sleep(0.2)
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()}\n")
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _pull_locked(dataset, dataset_name, out_dir: Path) -> dict:
     states = scan(dataset)
     content, counts = _collect(dataset, {s.sample_id for s in states if s.action})
     digest = _content_hash(content)
     latest = _latest_version(out_dir)
-    if latest and _manifest(latest).get("content_hash") == digest:
+    if latest and read_manifest(latest).get("content_hash") == digest:
         version_dir, new = latest, False
         log.info("no new review work in %s since %s: no new version", dataset_name, latest.name)
     else:
@@ -75,8 +118,21 @@ def pull_corrections(dataset_name, out_dir, *, progress=True) -> dict:
 
 
 def _remove_partial(out_dir: Path) -> None:
+    """Temp folders of pulls that died part way: this process's own, or any whose process is gone."""
     for d in out_dir.glob(".partial-*"):
-        shutil.rmtree(d, ignore_errors=True)  # a pull that died part way
+        pid = d.name.split("-")[1] if d.name.count("-") >= 2 else ""
+        if not pid.isdigit() or int(pid) == os.getpid() or not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def _latest_version(out_dir: Path) -> Path | None:
@@ -85,7 +141,8 @@ def _latest_version(out_dir: Path) -> Path | None:
     return versions[-1] if versions else None
 
 
-def _manifest(version_dir: Path) -> dict:
+def read_manifest(version_dir: Path) -> dict:
+    """A pulled version's manifest.json ({} when it is missing or unreadable)."""
     try:
         return json.loads((version_dir / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -159,7 +216,7 @@ def _collect(dataset, reviewed_ids: set[str]) -> tuple[dict, dict]:
             if container is None:
                 continue
             is_corr = field in corr_fields
-            for lab in getattr(container, container._LABEL_LIST_FIELD):
+            for lab in getattr(container, label_list_name(container)):
                 action = action_of(lab.tags, is_corr)
                 if action is None:
                     counts["unreviewed_predictions"] += field in current  # older versions are not nagged about

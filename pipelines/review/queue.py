@@ -1,17 +1,24 @@
 """The review queue: where should a labeler look first?
 
-- Where ground truth exists, FiftyOne's COCO-style evaluation marks every predicted label `tp` or
-  `fp` and every ground-truth label `tp` or `fn` (label attribute `review_eval`; per-sample counts
-  `review_eval_tp/fp/fn`).
-- Every sample gets a `review_priority`:
-      sum of FP confidences (confident mistakes first) + number of FNs
-    + sum over predictions of the ambiguity 1 - |2c - 1| (1 at c = 0.5, 0 at c = 0 or 1)
-    + sum of the values of heatmap peaks no predicted box explains (`heatmap_peaks`).
-  Without ground truth only the last two terms count: that is the pseudo-labels' priority.
-- Saved views, each sorted by `review_priority` (highest first), without samples tagged `reviewed`:
-  `review/likely-wrong` (an FP, or without GT a prediction below `low`),
-  `review/possible-missed` (an FN, or an unexplained heatmap peak),
-  `review/low-confidence` (a prediction with confidence in [low, high]).
+Every image gets numbers from its shown predictions (`predictions`, at or above the review
+thresholds), its hidden ones (`predictions_below_threshold`) and its heatmap peaks:
+- P(right) of each prediction: the calibration recorded with the model version's thresholds
+  (precision of that class at that score on the evaluation split); without thresholds, the score;
+- `review_expected_fp` = sum over shown predictions of 1 - P(right): how many are likely wrong;
+- `review_expected_missed` = sum over hidden predictions of P(right) + sum of the values of heatmap
+  peaks no shown box explains: how many objects are likely missing;
+- `review_uncertain` = number of predictions (shown or hidden) with P(right) in [low, high].
+Where ground truth exists, FiftyOne's COCO-style evaluation (IoU 0.5) marks every shown prediction
+`tp`/`fp` and every ground-truth object `tp`/`fn` (label attribute `review_eval`, per-sample
+`review_eval_tp/fp/fn`), and the exact counts replace the estimates: `review_errors` = FP + FN.
+
+`review_priority` (the order of `review/likely-wrong`) is the number of errors: exact where ground
+truth exists (the estimate only breaks ties), estimated (`review_expected_fp + review_expected_missed`)
+on pseudo-labels without ground truth. Saved views, without images tagged `reviewed`:
+- `review/likely-wrong`: an error (GT), or at least half an expected error (no GT), most first;
+- `review/possible-missed`: a missed object (GT), or at least half an expected miss, by
+  `review_possible_missed` (misses, then expected misses);
+- `review/low-confidence`: a prediction with P(right) in [low, high], by `review_uncertain`.
 """
 
 from __future__ import annotations
@@ -22,11 +29,13 @@ from datetime import datetime
 from pipelines.review import fields as F
 from pipelines.review.fo_env import fiftyone, load_dataset
 from pipelines.review.reviewed import scan
+from pipelines.review.thresholds import precision_at
 
 log = logging.getLogger(__name__)
 
 EVAL_KEY = "review_eval"
 VIEWS = ("review/likely-wrong", "review/possible-missed", "review/low-confidence")
+MIN_EXPECTED = 0.5  # without ground truth: an image joins a view from half an expected error
 
 
 def _prediction_field(dataset, model_version) -> str:
@@ -42,77 +51,117 @@ def _prediction_field(dataset, model_version) -> str:
     raise InputError(f"no predictions of model version {model_version!r} in dataset {dataset.name!r}")
 
 
+def _tiebreak(x: float) -> float:
+    """Maps [0, inf) into [0, 1), keeping the order: an estimate that never outranks one exact error."""
+    return x / (1.0 + x)
+
+
+def _columns(dataset, paths: list[str]) -> list[list]:
+    """`dataset.values` of each path that exists (None lists for the others), in one query."""
+    have = [p for p in paths if p == "id" or dataset.get_field(p) is not None]
+    vals = dict(zip(have, dataset.values(have))) if len(dataset) and have else {}
+    return [vals.get(p, [None] * len(dataset)) for p in paths]
+
+
+def _evaluate(dataset, field: str) -> tuple[int, int, int]:
+    if EVAL_KEY in dataset.list_evaluations():
+        dataset.delete_evaluation(EVAL_KEY)
+    if F.GROUND_TRUTH not in dataset.get_field_schema():
+        return 0, 0, 0
+    with_gt = dataset.exists(F.GROUND_TRUTH)
+    if not len(with_gt):
+        return 0, 0, 0
+    with_gt.evaluate_detections(field, gt_field=F.GROUND_TRUTH, eval_key=EVAL_KEY, method="coco", iou=0.5,
+                                compute_mAP=False, progress=False)
+    return tuple(int(with_gt.sum(f"{EVAL_KEY}_{k}")) for k in ("tp", "fp", "fn"))
+
+
+def score_samples(dataset, field: str, *, low: float, high: float, has_eval: bool) -> dict[str, dict]:
+    """Per-sample queue numbers (column name -> {sample id: value}) from plain column reads."""
+    info = F.review_info(dataset)
+    versions = dataset.distinct(f"{field}.detections.model_version") if field in dataset.get_field_schema() else []
+    thresholds = (info.get("thresholds") or {}).get(versions[0]) if len(versions) == 1 else None
+    below = F.below_threshold_field(field)
+    sid, conf, cat, bconf, bcat, evals, gt, peaks, fn = _columns(dataset, [
+        "id", f"{field}.detections.confidence", f"{field}.detections.category_id", f"{below}.detections.confidence",
+        f"{below}.detections.category_id", f"{field}.detections.{EVAL_KEY}", F.GROUND_TRUTH,
+        f"{F.PEAKS}.keypoints.heat", f"{EVAL_KEY}_fn"])
+    out = {k: {} for k in ("review_priority", "review_errors", "review_expected_fp", "review_expected_missed",
+                           "review_likely_wrong", "review_possible_missed", "review_uncertain")}
+
+    def p_right(cs, ks):
+        ks = ks or [None] * len(cs or [])
+        return [precision_at(thresholds, k, c) for c, k in zip(cs or [], ks) if c is not None]
+
+    for i, s in enumerate(sid):
+        shown, hidden = p_right(conf[i], cat[i]), p_right(bconf[i], bcat[i])
+        heat = [v for v in (peaks[i] or []) if v is not None]
+        exp_fp = sum(1 - p for p in shown)
+        exp_missed = sum(hidden) + sum(heat)
+        uncertain = sum(low <= p <= high for p in shown + hidden)
+        truth = has_eval and gt[i] is not None
+        if truth:
+            n_fp = sum(e == "fp" for e in (evals[i] or []))
+            n_fn = int(fn[i] or 0)
+            errors = n_fp + n_fn
+            out["review_errors"][s] = errors
+            priority = errors + _tiebreak(exp_fp + exp_missed)
+            wrong = errors
+            missed = n_fn + _tiebreak(exp_missed)
+            in_missed = n_fn > 0
+        else:
+            priority = wrong = exp_fp + exp_missed
+            missed = exp_missed
+            in_missed = exp_missed >= MIN_EXPECTED
+        out["review_priority"][s] = round(priority, 4)
+        out["review_expected_fp"][s] = round(exp_fp, 4)
+        out["review_expected_missed"][s] = round(exp_missed, 4)
+        # the views' membership, as a number > 0 (0 = not in the view)
+        out["review_likely_wrong"][s] = round(wrong, 4) if (wrong > 0 if truth else wrong >= MIN_EXPECTED) else 0.0
+        out["review_possible_missed"][s] = round(missed, 4) if in_missed else 0.0
+        out["review_uncertain"][s] = uncertain
+    return out
+
+
 def build_review_queue(dataset_name, *, model_version=None, low=0.3, high=0.7) -> dict:
     """Evaluate, prioritize and save the labelers' views; returns the counts per view."""
-    fo = fiftyone()
     from fiftyone import ViewField as FF
 
+    fiftyone()
     dataset = load_dataset(dataset_name)
     field = _prediction_field(dataset, model_version)
     if field not in dataset.get_field_schema():
         from pipelines.errors import InputError
 
         raise InputError(f"dataset {dataset_name!r} has no field {field!r}: push predictions first")
-
-    tp = fp = fn = 0
-    has_gt = F.GROUND_TRUTH in dataset.get_field_schema()
-    if EVAL_KEY in dataset.list_evaluations():
-        dataset.delete_evaluation(EVAL_KEY)
-    if has_gt:
-        with_gt = dataset.exists(F.GROUND_TRUTH)
-        if len(with_gt):
-            results = with_gt.evaluate_detections(field, gt_field=F.GROUND_TRUTH, eval_key=EVAL_KEY, method="coco",
-                                                  iou=0.5, compute_mAP=False, progress=False)
-            tp, fp, fn = (int(with_gt.sum(f"{EVAL_KEY}_{k}")) for k in ("tp", "fp", "fn"))
-            del results
-
-    # per-sample priority from plain values (one query per column, no per-sample save)
-    schema = dataset.get_field_schema()
-    cols = ["id", f"{field}.detections.confidence"]
-    if has_gt:
-        cols += [f"{field}.detections.{EVAL_KEY}", F.GROUND_TRUTH]
-    peaks_col = f"{F.PEAKS}.keypoints.heat" if F.PEAKS in schema and dataset.get_field(
-        f"{F.PEAKS}.keypoints.heat") is not None else None
-    if peaks_col:
-        cols.append(peaks_col)
-    values = dataset.values(cols) if len(dataset) else [[] for _ in cols]
-    priority, wrong, missed, uncertain = {}, {}, {}, {}
-    gt_fn = dict(zip(values[0], dataset.values(f"{EVAL_KEY}_fn"))) if has_gt and tp + fp + fn else {}
-    for i, sid in enumerate(values[0]):
-        confs = [c for c in (values[1][i] or []) if c is not None]
-        evals = values[2][i] or [] if has_gt else []
-        has_truth = has_gt and values[3][i] is not None
-        peaks = [v for v in ((values[-1][i] or []) if peaks_col else []) if v is not None]
-        fps = [c for c, e in zip(confs, evals) if e == "fp"]
-        n_fn = int(gt_fn.get(sid) or 0)
-        ambiguity = sum(1 - abs(2 * c - 1) for c in confs)
-        priority[sid] = round(sum(fps) + n_fn + ambiguity + sum(peaks), 4)
-        wrong[sid] = len(fps) if has_truth else sum(c < low for c in confs)
-        missed[sid] = n_fn + len(peaks)
-        uncertain[sid] = sum(low <= c <= high for c in confs)
-    for name, vals in (("review_priority", priority), ("review_likely_wrong", wrong),
-                       ("review_possible_missed", missed), ("review_uncertain", uncertain)):
+    tp, fp, fn = _evaluate(dataset, field)
+    scores = score_samples(dataset, field, low=low, high=high, has_eval=tp + fp + fn > 0)
+    for name, vals in scores.items():
         if vals:
             dataset.set_values(name, vals, key_field="id", progress=False)
 
     open_work = dataset.match_tags(F.REVIEWED_SAMPLE_TAG, bool=False)
     views = {
-        "review/likely-wrong": (FF("review_likely_wrong") > 0, "false positives, or weak pseudo-labels"),
-        "review/possible-missed": (FF("review_possible_missed") > 0, "missed objects or unexplained heatmap peaks"),
-        "review/low-confidence": (FF("review_uncertain") > 0, f"predictions with confidence in [{low}, {high}]"),
+        "review/likely-wrong": ("review_likely_wrong", "review_priority",
+                                "false positives and misses (estimated where there is no ground truth), most first"),
+        "review/possible-missed": ("review_possible_missed", "review_possible_missed",
+                                   "missed objects, hidden below-threshold predictions, unexplained heatmap peaks"),
+        "review/low-confidence": ("review_uncertain", "review_uncertain",
+                                  f"predictions whose estimated precision is in [{low}, {high}]"),
     }
     counts = {}
-    for name, (cond, why) in views.items():
-        view = open_work.match(cond).sort_by("review_priority", reverse=True) if priority else open_work.limit(0)
-        dataset.save_view(name, view, description=f"{why}; highest review_priority first", overwrite=True)
+    for name, (member, order, why) in views.items():
+        view = (open_work.match(FF(member) > 0).sort_by(order, reverse=True) if scores["review_priority"]
+                else open_work.limit(0))
+        dataset.save_view(name, view, description=f"{why}; sorted by {order}", overwrite=True)
         counts[name] = len(view)
     info = F.review_info(dataset)
     info["queue"] = {"field": field, "built_at": datetime.utcnow().isoformat(), "low": low, "high": high}
     F.save_review_info(dataset, info)
     log.info("review queue of %s (%s): tp %d, fp %d, fn %d; %s", dataset_name, field, tp, fp, fn, counts)
-    return {"dataset": dataset_name, "field": field, "eval_key": EVAL_KEY if has_gt else None,
+    return {"dataset": dataset_name, "field": field, "eval_key": EVAL_KEY if tp + fp + fn else None,
             "tp": tp, "fp": fp, "fn": fn, "views": list(views), "view_counts": counts,
-            "samples_prioritized": len(priority)}
+            "samples_prioritized": len(scores["review_priority"])}
 
 
 def count_review_work(dataset_name, since=None) -> int:

@@ -7,10 +7,14 @@ COCO keypoints, written as the real formats so the real readers read them:
     DIR/coco/annotations/instances_{train,val}.json, person_keypoints_{train,val}.json
     DIR/refcoco/refs(unc).p, DIR/refcoco/instances.json
     DIR/vqa/v2_OpenEnded_mscoco_{train,val}_questions.json, v2_mscoco_{train,val}_annotations.json
-    DIR/llava/llava_instruct.json
+    DIR/llava/llava_instruct.json                   (train images only, as LLaVA-Instruct uses COCO train)
+    DIR/coco/annotations/image_info_unlabeled.json  (the unlabeled pool: images + categories, no annotations,
+                                                     like COCO's image_info_unlabeled2017.json)
+    DIR/oracle/instances_unlabeled.json             (the pool's true labels, for simulated labelers only:
+                                                     bench/bench_loop.py; no source, asset or default reads it)
 
 Same seed -> byte-identical files. Image i depends only on (seed, i), so a smaller set shows the
-same first scenes as a bigger one.
+same first scenes as a bigger one; pool image k depends only on (seed, k), never on the labeled set.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from pipelines.errors import InputError
+from pipelines.layout import POOL_FILE
 from pipelines.sample_data.language import conversation, human_answers, questions, referring_expressions
+from pipelines.progress import progress as progress_bar
 from pipelines.sample_data.scene import (AREA_THRESHOLDS, CAT_ID, CATEGORIES, COLORS, KEYPOINT_NAMES, SHAPES,
                                          SKELETON, Scene, make_scene, size_label)
 
@@ -41,6 +46,11 @@ INFO = {"description": "Lumen demo scenes", "version": "1.0", "year": 2026, "con
         "url": "", "date_created": "2026/01/01"}
 LICENSES = [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}]
 _DEMO_IMAGE = re.compile(r"^\d{12}\.jpg$")
+POOL_STREAM = 7_000_001  # the pool's scenes draw from their own random stream
+ORACLE_DIR = "oracle"
+ORACLE_FILE = f"{ORACLE_DIR}/instances_unlabeled.json"  # relative to the sample-data folder
+ORACLE_NOTE = ("True labels of the unlabeled pool (coco/annotations/image_info_unlabeled.json), for simulated "
+               "labelers only (bench/bench_loop.py). No source, asset, sensor or default path reads this folder.\n")
 
 
 def _dump(obj, path: Path) -> None:
@@ -91,23 +101,36 @@ def _remove_stale_images(img_dir: Path, keep: set[str]) -> None:
             p.unlink()
 
 
-def _validate(n_images, seed, val_fraction) -> None:
+def _validate(n_images, seed, val_fraction, pool) -> None:
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
         raise InputError(f"the number of images must be a positive integer, got {n_images!r}")
+    if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < 0):
+        raise InputError(f"the pool size must be a non-negative integer, got {pool!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"the seed must be a non-negative integer, got {seed!r}")
     if not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
         raise InputError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
 
 
+def _encode(scene: Scene) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    return buf.tobytes()
+
+
+def _image_record(image_id: int, w: int, h: int) -> dict:
+    return {"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": w, "height": h, "license": 1,
+            "coco_url": "", "flickr_url": "", "date_captured": "2026-01-01 00:00:00"}
+
+
 def write_sample_data(out_dir: str | Path, n_images: int = 400, seed: int = 0, val_fraction: float = 0.2,
-                      progress: bool = False) -> dict:
+                      progress: bool = False, pool: int | None = None) -> dict:
     """Write the demo sources under out_dir (created; a previous demo set there is replaced).
 
+    `pool`: images in the unlabeled pool (default: as many as the train split; 0: an empty pool).
     Returns counts: images/annotations/people/crowd regions/questions per split, refs and their
-    sentences, LLaVA conversations.
+    sentences, LLaVA conversations, pool images and their (oracle-only) annotations.
     """
-    _validate(n_images, seed, val_fraction)
+    _validate(n_images, seed, val_fraction, pool)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"output path {out} exists and is not a folder")
@@ -117,23 +140,31 @@ def write_sample_data(out_dir: str | Path, n_images: int = 400, seed: int = 0, v
     # (image, annotations, scene, split); the last n_val images are val
     items: list[tuple[dict, list[dict], Scene, str]] = []
     next_ann_id = 1
-    for idx in tqdm(range(n_images), desc="demo scenes", unit="img", disable=not progress):
+    for idx in progress_bar(range(n_images), desc="demo scenes", unit="img", enabled=progress):
         rng = np.random.default_rng([seed, idx])  # per image, so image i does not depend on n_images
         w, h = int(rng.integers(MIN_SIDE, MAX_SIDE + 1)), int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
         scene = make_scene(rng, w, h)
         image_id = idx + 1
-        file_name = f"{image_id:012d}.jpg"
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        _write_atomic(img_dir / file_name, buf.tobytes())
-        image = {"id": image_id, "file_name": file_name, "width": w, "height": h, "license": 1,
-                 "coco_url": "", "flickr_url": "", "date_captured": "2026-01-01 00:00:00"}
+        image = _image_record(image_id, w, h)
+        _write_atomic(img_dir / image["file_name"], _encode(scene))
         anns = _annotations(scene, image_id, next_ann_id)
         next_ann_id += len(anns)
         items.append((image, anns, scene, "val" if idx >= n_images - n_val else "train"))
-    _remove_stale_images(img_dir, {im["file_name"] for im, _, _, _ in items})
+    n_pool = n_images - n_val if pool is None else pool
+    pool_items = []
+    for k in progress_bar(range(n_pool), desc="pool scenes", unit="img", enabled=progress):
+        rng = np.random.default_rng([seed, POOL_STREAM, k])
+        w, h = int(rng.integers(MIN_SIDE, MAX_SIDE + 1)), int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
+        scene = make_scene(rng, w, h)
+        image = _image_record(n_images + 1 + k, w, h)  # ids after the labeled ones, like a separate COCO split
+        _write_atomic(img_dir / image["file_name"], _encode(scene))
+        anns = _annotations(scene, image["id"], next_ann_id)
+        next_ann_id += len(anns)
+        pool_items.append((image, anns))
+    _remove_stale_images(img_dir, {im["file_name"] for im, _, _, _ in items} | {im["file_name"] for im, _ in pool_items})
 
     counts = _write_coco(out, items)
+    counts.update(_write_pool(out, pool_items))
     counts.update(_write_refcoco(out, items, seed))
     counts.update(_write_vqa_and_llava(out, items, seed))
     return counts
@@ -157,6 +188,17 @@ def _write_coco(out: Path, items) -> dict:
         counts[f"people_{split}"] = len(people)
         counts[f"crowd_regions_{split}"] = sum(a["iscrowd"] for a in anns)
     return counts
+
+
+def _write_pool(out: Path, pool_items) -> dict:
+    """The unlabeled pool as COCO ships it (no `annotations` key), and its truth apart, in oracle/."""
+    images = [im for im, _ in pool_items]
+    anns = [a for _, aa in pool_items for a in aa]
+    _dump({"info": INFO, "licenses": LICENSES, "images": images, "categories": CATEGORIES}, out / POOL_FILE)
+    _dump({"info": dict(INFO, description="Lumen demo scenes: true labels of the unlabeled pool (oracle only)"),
+           "licenses": LICENSES, "images": images, "annotations": anns, "categories": CATEGORIES}, out / ORACLE_FILE)
+    _write_atomic(out / ORACLE_DIR / "README.txt", ORACLE_NOTE.encode())
+    return {"images_unlabeled": len(images), "oracle_annotations_unlabeled": len(anns)}
 
 
 def _write_refcoco(out: Path, items, seed: int) -> dict:
@@ -194,8 +236,9 @@ def _write_vqa_and_llava(out: Path, items, seed: int) -> dict:
             vqa[split][1].append({"question_id": qid, "image_id": image["id"], "question_type": q.question_type,
                                   "answer_type": q.answer_type, "multiple_choice_answer": q.answer,
                                   "answers": human_answers(rng, q)})
-        llava.append({"id": f"{image['id']:012d}", "image": image["file_name"],
-                      "conversations": conversation(scene, qs, rng)})
+        if split == "train":  # LLaVA-Instruct is built on COCO train images: no val image may train through it
+            llava.append({"id": f"{image['id']:012d}", "image": image["file_name"],
+                          "conversations": conversation(scene, qs, rng)})
     counts = {}
     for split, (qs, anns) in vqa.items():
         common = {"info": INFO, "license": {"name": LICENSES[0]["name"], "url": LICENSES[0]["url"]},

@@ -24,8 +24,9 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from pipelines.instructions import answer_for, instruction_for
-from pipelines.sources.common import (Draft, LazyUnits, ReadResult, SourcePlan, bad_box, load_json,
-                                      polygon_area_problems, polygon_structure_problem, require_keys, rle_problem)
+from pipelines.sources.common import (Draft, LazyUnits, ReadResult, SourcePlan, bad_box, image_outside, load_json,
+                                      polygon_area_problems, polygon_structure_problem, require_keys, rle_problem,
+                                      unsafe_image_name)
 
 NUM_KEYPOINTS = 17
 IMAGES_PER_UNIT = 1000  # a unit of work for a conversion worker: ~7k annotations of train2017
@@ -59,6 +60,8 @@ def index_coco(path: str | Path, what: str) -> CocoIndex:
             index.bad_images[im["id"]] = f"image {im['id']} has no valid width/height"
         elif not isinstance(im.get("file_name"), str) or not im["file_name"]:
             index.bad_images[im["id"]] = f"image {im['id']} has no file_name"
+        elif unsafe_image_name(im["file_name"]):
+            index.bad_images[im["id"]] = unsafe_image_name(im["file_name"])
     for c in data["categories"]:
         if isinstance(c, dict) and "id" in c and isinstance(c.get("name"), str):
             index.cats[c["id"]] = c
@@ -120,10 +123,15 @@ class _ImageFiles:
         self._seen: dict[str, bool] = {}
 
     def missing(self, file_name: str) -> bool:
+        return self.problem(file_name) is not None
+
+    def problem(self, file_name: str) -> str | None:
+        """Why the image cannot be used (outside the images folder, symlinks resolved; not there), or None."""
         if self.images_dir is None:
-            return False
+            return None
         if file_name not in self._seen:
-            self._seen[file_name] = not (self.images_dir / file_name).is_file()
+            self._seen[file_name] = image_outside(self.images_dir, file_name) or (
+                None if (self.images_dir / file_name).is_file() else f"image file not found: {file_name}")
         return self._seen[file_name]
 
 
@@ -144,8 +152,8 @@ def valid_annotations(index: CocoIndex, source_file: str, files: _ImageFiles, *,
             reasons[i] = problem
     for pos, (a, reason) in enumerate(zip(anns, reasons)):
         rid = f"ann:{a.get('id')}" if isinstance(a, dict) and a.get("id") is not None else f"ann:#{pos}"
-        if reason is None and files.missing(index.images[a["image_id"]]["file_name"]):
-            reason = f"image file not found: {index.images[a['image_id']]['file_name']}"
+        if reason is None:
+            reason = files.problem(index.images[a["image_id"]]["file_name"])
         if isinstance(a, dict) and isinstance(a.get("image_id"), int):
             seen_cats[a["image_id"]].add(a.get("category_id"))
         if reason is not None:
@@ -231,8 +239,8 @@ def plan_coco_instances(path, *, images_dir=None, negative_ratio=0.5, seed=0, pa
     def unit(ids):
         return ctx, [(index.images[i], by_image.pop(i, []), seen_cats.get(i, set()), i in image_only) for i in ids]
 
-    return SourcePlan(quarantine, n_records, _units(sorted(set(by_image) | set(image_only)), images_per_unit, unit),
-                      instance_drafts)
+    ids = sorted(set(by_image) | set(image_only))
+    return SourcePlan(quarantine, n_records, _units(ids, images_per_unit, unit), instance_drafts, images=len(ids))
 
 
 def _units(ids: list, size: int | None, make):
@@ -301,8 +309,8 @@ def _image_only_records(index: CocoIndex, seen_cats, files: _ImageFiles, negativ
             quarantine.append((src, f"img:#{pos}", "image entry without an integer id"))
         elif im["id"] in index.bad_images:
             quarantine.append((src, f"img:{im['id']}", index.bad_images[im["id"]]))
-        elif files.missing(im["file_name"]):
-            quarantine.append((src, f"img:{im['id']}", f"image file not found: {im['file_name']}"))
+        elif files.problem(im["file_name"]):
+            quarantine.append((src, f"img:{im['id']}", files.problem(im["file_name"])))
         elif negatives_for(0, negative_ratio, image_only=True) == 0:
             quarantine.append((src, f"img:{im['id']}", "image without annotations, and negatives are off (negative_ratio=0)"))
         else:
@@ -336,7 +344,8 @@ def plan_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0, imag
     def unit(ids):
         return ctx, [(index.images[i], by_image.pop(i)) for i in ids]
 
-    return SourcePlan(quarantine, n_records, _units(sorted(by_image), images_per_unit, unit), pose_drafts)
+    return SourcePlan(quarantine, n_records, _units(sorted(by_image), images_per_unit, unit), pose_drafts,
+                      images=len(by_image))
 
 
 def pose_drafts(unit) -> tuple[list[Draft], list]:

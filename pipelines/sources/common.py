@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -71,6 +72,7 @@ class SourcePlan:
     records_read: int
     units: Sequence
     build: Callable[[Any], tuple[list[Draft], list]]
+    images: int = 0  # distinct images the units cover (decides whether conversion decodes them by default)
 
     def run(self) -> ReadResult:
         """Build every unit here, in order (the single-process read)."""
@@ -94,7 +96,8 @@ def plan_of(result: ReadResult, drafts_per_unit: int | None = None) -> SourcePla
     """A finished read as a plan whose units are slices of its drafts."""
     d, drafts_per_unit = result.drafts, drafts_per_unit or DRAFTS_PER_UNIT
     units = [d[k:k + drafts_per_unit] for k in range(0, len(d), drafts_per_unit)]
-    return SourcePlan(result.quarantine, result.records_read, units, drafts_as_is)
+    return SourcePlan(result.quarantine, result.records_read, units, drafts_as_is,
+                      images=len({x.image_path for x in d}))
 
 
 def load_json(path: str | Path, expect: type, what: str) -> Any:
@@ -219,6 +222,27 @@ def bad_segmentation(seg, height: int | None = None, width: int | None = None) -
     if isinstance(seg, dict):
         return rle_problem(seg, height, width)
     return polygon_structure_problem(seg) or polygon_area_problems([seg])[0]
+
+
+def unsafe_image_name(name: str) -> str | None:
+    """Why an image name from a source file cannot be a path below the images folder (absolute,
+    `..`, a home or drive prefix), or None. A source file must never point the pipeline, the shards
+    or the review App at files elsewhere on the machine."""
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or ".." in posix.parts or name.startswith("~") or re.match(r"^[A-Za-z]:", name):
+        return f"image path outside the images folder: {name!r}"
+    return None
+
+
+def image_outside(images_dir: Path, name: str) -> str | None:
+    """Why `images_dir/name` is not a file inside `images_dir` once symlinks are resolved, or None."""
+    problem = unsafe_image_name(name)
+    if problem:
+        return problem
+    real, root = (images_dir / name).resolve(), images_dir.resolve()
+    if not real.is_relative_to(root):
+        return f"image path outside the images folder: {name!r} resolves to {real}"
+    return None
 
 
 def split_from_name(path: str | Path) -> str:

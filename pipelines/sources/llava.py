@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipelines.sources.common import Draft, ReadResult, load_json
+from pipelines.sources.common import Draft, ReadResult, image_outside, load_json, unsafe_image_name
 
 
 def _turns(conv) -> list[tuple[str | None, str | None]]:
@@ -50,7 +50,10 @@ def read_llava(path, *, images_dir=None) -> ReadResult:
             continue
         image = item.get("image") if isinstance(item, dict) else None
         size = None
-        if isinstance(image, str) and image and images_dir is not None:
+        outside = None
+        if isinstance(image, str) and image:
+            outside = image_outside(images_dir, image) if images_dir is not None else unsafe_image_name(image)
+        if isinstance(image, str) and image and images_dir is not None and not outside:
             if image not in sizes:
                 f = images_dir / image
                 sizes[image] = None
@@ -68,6 +71,8 @@ def read_llava(path, *, images_dir=None) -> ReadResult:
                 quarantine.append((src, rid, f"duplicate conversation id {cid} ({id_counts[cid]} copies)"))
             elif not isinstance(image, str) or not image:
                 quarantine.append((src, rid, "conversation without an image"))
+            elif outside:
+                quarantine.append((src, rid, outside))
             elif images_dir is not None and size is None:
                 quarantine.append((src, rid, f"image file not found or unreadable: {image}"))
             elif not question or not str(question).replace("<image>", "").strip():

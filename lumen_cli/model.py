@@ -7,7 +7,7 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from lumen_model.train_args import build_arg_parser
+    from lumen_model.train_config import build_arg_parser
 
     p = sub.add_parser("train", help="train stage 1 (heatmaps) or stage 2 (decoders) on shard folders",
                        description="Stage-wise Lumen training. Multi-process: torchrun --nproc_per_node N -m lumen_model.train ...")
@@ -19,9 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (stage 2 for masks and keypoints)")
     p.add_argument("--task", required=True, choices=("detection", "instance_segmentation", "pose", "grounding",
                                                       "referring_segmentation", "vqa"))
-    p.add_argument("--images", required=True, help="image folder")
-    p.add_argument("--annotations", help="COCO json: which images (ids) and categories to predict")
-    p.add_argument("--categories", nargs="+", help="category names, when there is no --annotations")
+    p.add_argument("--images", required=True, help="image folder (without --annotations: every image in it)")
+    p.add_argument("--annotations", help="COCO json naming the images (ids) and categories to predict: an instances "
+                                         "json, or an image_info json (images without labels, e.g. the unlabeled pool "
+                                         "coco/annotations/image_info_unlabeled.json)")
+    p.add_argument("--categories", nargs="+", help="category names, when no json names them (default: the "
+                                                   "checkpoint's own categories)")
     p.add_argument("--expressions", help="grounding/refseg: JSON list of {sent_id, image_id, file_name, expression}")
     p.add_argument("--questions", help="vqa: VQAv2 questions json")
     p.add_argument("--batch-size", type=int, default=16)

@@ -15,7 +15,7 @@ from pipelines.errors import LumenError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipelines.cli import data, model, review
+    from lumen_cli import data, model, review
 
     parser = argparse.ArgumentParser(
         prog="lumen",

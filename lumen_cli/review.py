@@ -15,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "review queue, open the App for labelers, pull their corrections as a new COCO "
                                    "source version. " + DB_NOTE)
     rsub = p.add_subparsers(dest="review_command", metavar="ACTION", required=True)
+    _register_thresholds(rsub)
     _register_push(rsub)
     _register_queue(rsub)
     _register_app(rsub)
@@ -39,6 +40,9 @@ def _register_push(sub) -> None:
     p.add_argument("--categories", metavar="COCO_JSON", help="category names when there is no --gt")
     p.add_argument("--field", default="predictions", help="prediction field (default: predictions)")
     p.add_argument("--batch-size", type=int, default=500, metavar="N", help="samples per database write (default: 500)")
+    p.add_argument("--thresholds", metavar="JSON", help="review thresholds (`lumen review thresholds`): only "
+                   "detections at or above their class's threshold go to the prediction field, the rest to "
+                   "<field>_below_threshold")
     p.add_argument("--no-queue", action="store_true", help="do not rebuild the review queue after the push")
     p.set_defaults(func=_push)
 
@@ -55,10 +59,34 @@ def _push(args) -> int:
         heatmaps = str(guess) if (guess / "index.json").is_file() else None
     out = push_predictions(args.dataset, args.images, args.pred, args.model_version, gt_file=args.gt,
                            heatmaps_dir=heatmaps, field=args.field, batch_size=args.batch_size,
-                           categories_file=args.categories)
+                           categories_file=args.categories, thresholds=args.thresholds)
     if not args.no_queue:
         out["queue"] = build_review_queue(args.dataset)
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def _register_thresholds(sub) -> None:
+    p = sub.add_parser("thresholds", help="per-class review thresholds (F1-max) from an evaluation split",
+                       description="Per class, the score that maximises F1 on the evaluation split (COCO matching, "
+                                   "box IoU >= --iou, same class) and a score calibration; written as json for "
+                                   "`lumen review push --thresholds`.")
+    p.add_argument("--gt", required=True, metavar="COCO_JSON", help="ground truth of the evaluation split")
+    p.add_argument("--pred", required=True, metavar="COCO_RESULTS", help="the model version's results on it")
+    p.add_argument("--out", required=True, metavar="JSON", help="where to write the thresholds")
+    p.add_argument("--model-version", metavar="V", help="recorded in the file")
+    p.add_argument("--iou", type=float, default=0.5, help="IoU for a match (default: 0.5)")
+    p.set_defaults(func=_thresholds)
+
+
+def _thresholds(args) -> int:
+    from pipelines.review.thresholds import compute_thresholds, save_thresholds
+
+    th = compute_thresholds(args.gt, args.pred, iou=args.iou, model_version=args.model_version)
+    path = save_thresholds(th, args.out)
+    print(json.dumps({"thresholds_file": str(path), "default": th["default"]["threshold"],
+                      "classes": {v["name"]: {"threshold": v["threshold"], "f1": v["f1"], "source": v["source"]}
+                                  for v in th["classes"].values()}}, indent=2))
     return 0
 
 

@@ -17,10 +17,13 @@ def _register_sample_data(sub) -> None:
                        description="Write a small deterministic demo data set in the sources' real on-disk layouts: "
                                    "DIR/coco/images, DIR/coco/annotations/{instances,person_keypoints}_{train,val}.json, "
                                    "DIR/refcoco/refs(unc).p + instances.json, DIR/vqa/v2_*_{train,val}_*.json, "
-                                   "DIR/llava/llava_instruct.json. Same seed -> byte-identical files; re-running "
+                                   "DIR/llava/llava_instruct.json, and an unlabeled pool DIR/coco/annotations/image_info_unlabeled.json "
+                                   "(images only) whose true labels go to DIR/oracle/ for simulated labelers. Same seed -> byte-identical files; re-running "
                                    "into the same folder replaces the previous demo set. Prints the counts as JSON.")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write into (created)")
     p.add_argument("--images", type=int, default=400, metavar="N", help="number of images, about 20%% of them val (default: 400)")
+    p.add_argument("--pool", type=int, default=None, metavar="N",
+                   help="images in the unlabeled pool (default: as many as the train split; 0: none)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed; same seed -> identical files (default: 0)")
     p.set_defaults(func=_sample_data)
 
@@ -28,7 +31,7 @@ def _register_sample_data(sub) -> None:
 def _sample_data(args) -> int:
     from pipelines.sample_data import write_sample_data
 
-    counts = write_sample_data(args.out, n_images=args.images, seed=args.seed, progress=True)
+    counts = write_sample_data(args.out, n_images=args.images, seed=args.seed, progress=True, pool=args.pool)
     print(json.dumps(counts, indent=2))
     return 0
 
@@ -55,6 +58,8 @@ def _register_convert(sub) -> None:
     p.add_argument("--workers", type=int, metavar="N",
                    help="processes that build and render samples (default: every core); the shards are "
                         "byte-identical whatever N")
+    p.add_argument("--verify-images", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode every image, quarantining those that do not decode (default: on up to 2000 images)")
     p.add_argument("--out", required=True, help="partition folder to write (replaced atomically)")
     p.set_defaults(func=_convert)
 
@@ -66,26 +71,35 @@ def _convert(args) -> int:
                               split=args.split, split_by=args.split_by, source_name=args.source_name,
                               input_size=args.input_size, heatmap_size=args.heatmap_size,
                               negative_ratio=args.negative_ratio, seed=args.seed, rows_per_shard=args.rows_per_shard,
-                              paraphrase=args.paraphrase, workers=args.workers)
+                              paraphrase=args.paraphrase, workers=args.workers, verify_images=args.verify_images)
     print(json.dumps({"out": args.out, "counts": manifest["counts"], "quarantine_reasons": manifest["quarantine_reasons"]},
                      indent=2))
     return 0
 
 
 def _register_catalog(sub) -> None:
-    p = sub.add_parser("catalog", help="build/refresh the DuckDB catalog over shard folders and print counts",
-                       description="Create or refresh DuckDB views (samples, quarantine, manifests) over shard folders.")
-    p.add_argument("dirs", nargs="+", help="shard partition folders")
+    p = sub.add_parser("catalog", help="build/refresh the DuckDB catalog over shard folders, or query it",
+                       description="Create or refresh DuckDB views (samples, quarantine, manifests) over shard folders:\n"
+                                   "    lumen catalog var/shards/*/* --db var/catalog.duckdb\n"
+                                   "Query it (read-only; no duckdb command needed):\n"
+                                   "    lumen catalog query \"SELECT source, split, task, count(*) FROM samples GROUP BY ALL\"",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dirs", nargs="+", metavar="DIR | query SQL", help="shard partition folders, or `query` and one SQL statement")
     p.add_argument("--db", default="var/catalog.duckdb", help="DuckDB file (default: var/catalog.duckdb)")
+    p.add_argument("--eval-overlap", action="store_true",
+                   help="also list training images whose content (SHA-256) is an image of a val/test split of these "
+                        "folders: what `lumen train` refuses")
     p.set_defaults(func=_catalog)
 
 
 def _catalog(args) -> int:
     from pathlib import Path
 
-    from pipelines.catalog import build_catalog, format_table, quarantine_summary
+    from pipelines.catalog import build_catalog, eval_overlap_report, format_table, quarantine_summary
     from pipelines.errors import InputError
 
+    if args.dirs[0] == "query":
+        return _query(args.db, " ".join(args.dirs[1:]))
     missing = [d for d in args.dirs if not (Path(d) / "manifest.json").is_file() and "://" not in d]
     if missing:
         raise InputError(f"not a shard folder (no manifest.json): {missing[0]}")
@@ -95,5 +109,33 @@ def _catalog(args) -> int:
     if q:
         print("\nquarantine:")
         print(format_table(q))
-    print(f"\ncatalog: {args.db}  (try: duckdb {args.db} \"SELECT * FROM samples LIMIT 5\")")
+    if args.eval_overlap:
+        overlap = eval_overlap_report(args.dirs)
+        print(f"\neval overlap: {len(overlap)} training image(s) with the content of a val/test image")
+        if overlap:
+            print(format_table(overlap))
+    print(f"\ncatalog: {args.db}  (try: lumen catalog query \"SELECT * FROM samples LIMIT 5\" --db {args.db})")
+    return 0
+
+
+def _query(db: str, sql: str) -> int:
+    from pathlib import Path
+
+    import duckdb
+
+    from pipelines.catalog import format_table
+    from pipelines.errors import InputError
+
+    if not sql.strip():
+        raise InputError('lumen catalog query: give one SQL statement, e.g. "SELECT count(*) FROM samples"')
+    if not Path(db).is_file():
+        raise InputError(f"no catalog at {db}: build it first with `lumen catalog DIR ... --db {db}`")
+    with duckdb.connect(db, read_only=True) as con:
+        try:
+            cur = con.execute(sql)
+        except duckdb.Error as e:
+            raise InputError(f"query failed: {str(e).splitlines()[0]}") from None
+        names = [d[0] for d in cur.description or []]
+        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+    print(format_table(rows) if rows else "(no rows)")
     return 0

@@ -1,0 +1,311 @@
+"""Does a review round pay off? pool -> pseudo-labels -> simulated review -> pull -> convert -> retrain.
+
+    .venv/bin/python bench/bench_loop.py [--images 200] [--pool 240] [--budget 60] [--seeds 2] \
+        [--start-steps 1000] [--stage1-steps 300] [--stage2-steps 150] [--out DIR]
+
+One starting model (stage 1 `--start-steps` + stage 2 `--stage2-steps` on the demo's labeled COCO
+train split) pseudo-labels the unlabeled pool (`lumen sample-data`'s image_info_unlabeled.json).
+A simulated labeler (pipelines/simulated_labeler.py, FiftyOne's public API, truth from `oracle/`)
+works in a fresh FiftyOne review dataset per arm; its work is pulled (`pull_corrections`, what
+`lumen review pull` runs), converted (`convert_source`, what `lumen convert coco` runs) and every
+arm retrains from the same starting checkpoint with the same steps (stage 1 `--stage1-steps`,
+then stage 2 `--stage2-steps`), once per seed:
+
+    A  no new data (the starting model trained on, on the labeled train split only)
+    B  + K pool images reviewed in the review queue's order (K = --budget)
+    C  + K pool images reviewed in random order (a new order per seed)
+    D  + B's K images labeled from scratch (every true object drawn)
+    E  + every pool image's pseudo-labels, unreviewed (self-training)
+
+Per arm: val detection AP / AP50 and instance-segmentation AP (mean and range over the seeds),
+labeler actions (accepts + rejects + boxes drawn), boxes drawn, wall time. Writes loop.json and
+loop.png (val AP against boxes drawn) into --out. The seeds vary the retraining (data order,
+flips) and C's order; the starting model and the pool's pseudo-labels are shared. The default
+run is sized for 40 minutes on 2 idle cores; wall times on a shared machine are longer (the CPU
+seconds and load average are printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ARMS = {
+    "A": "no new data",
+    "B": "K reviewed, queue order",
+    "C": "K reviewed, random order",
+    "D": "K labeled from scratch",
+    "E": "all pseudo-labels, unreviewed",
+}
+INPUT_SIZE = 128  # the tiny preset's S
+
+
+def _cpu_seconds() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _use_own_fiftyone_db(root: Path) -> None:
+    """A database of the bench's own (unless one is given), chosen before fiftyone is imported."""
+    if not os.environ.get("FIFTYONE_DATABASE_URI"):
+        os.environ["FIFTYONE_DATABASE_DIR"] = str(root / "fiftyone-db")
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+
+
+class Loop:
+    def __init__(self, args, root: Path):
+        self.args, self.root = args, root
+        self.sources, self.shards = root / "sources", root / "shards"
+        self.images = self.sources / "coco" / "images"
+        self.base_dirs = [str(self.shards / "coco" / "train"), str(self.shards / "coco" / "val")]
+        self.val_json = self.sources / "coco" / "annotations" / "instances_val.json"
+
+    def data(self) -> dict:
+        from pipelines.layout import convert_partition
+        from pipelines.sample_data import write_sample_data
+
+        counts = write_sample_data(self.sources, n_images=self.args.images, val_fraction=self.args.val_fraction,
+                                   pool=self.args.pool)
+        convert_partition("coco", self.sources, self.shards, input_size=INPUT_SIZE)
+        return counts
+
+    def _train(self, stage: int, shards: list[str], out: Path, init, steps: int, seed: int) -> dict:
+        from lumen_model.train import TrainConfig, train
+
+        return train(TrainConfig(stage=stage, preset="tiny", shards=shards, out=str(out), init=str(init),
+                                 max_steps=steps, lr=self.args.lr, batch_size=self.args.batch_size, seed=seed,
+                                 progress=False))
+
+    def start_model(self) -> Path:
+        from lumen_model.train import TrainConfig, train
+
+        s1, s2 = self.root / "start" / "stage1", self.root / "start" / "stage2"
+        train(TrainConfig(stage=1, preset="tiny", shards=self.base_dirs, out=str(s1), max_steps=self.args.start_steps,
+                          lr=self.args.lr, batch_size=self.args.batch_size, seed=0, progress=False))
+        self._train(2, self.base_dirs, s2, s1, self.args.stage2_steps, 0)
+        return s2
+
+    def pseudo_labels(self, checkpoint: Path) -> Path:
+        from lumen_model.predict import predict
+        from pipelines.layout import pool_file
+
+        out = self.root / "pool" / "segm.json"
+        predict(checkpoint, "instance_segmentation", self.images, out, annotations=pool_file(self.sources),
+                progress=False)
+        return out
+
+    def labeled_partition(self, arm: str, pred: Path, seed: int, queue_ids: list | None) -> tuple[str, dict, list]:
+        """One arm's review round in its own FiftyOne dataset -> pull -> convert; returns the shard
+        folder, the labeler's counts and the reviewed images (in the order worked)."""
+        import fiftyone as fo
+
+        from pipelines.convert import convert_source
+        from pipelines.layout import pool_file
+        from pipelines.review.pull import pull_corrections
+        from pipelines.review.push import push_predictions
+        from pipelines.review.queue import build_review_queue
+        from pipelines.sample_data import ORACLE_FILE
+        from pipelines.simulated_labeler import label, queue_order, random_order
+
+        name = f"lumen-bench-loop-{arm}-s{seed}"
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+        push_predictions(name, self.images, pred, "start", heatmaps_dir=pred.with_name(pred.stem + "_heatmaps"),
+                         categories_file=pool_file(self.sources), progress=False)
+        build_review_queue(name)
+        ds = fo.load_dataset(name)
+        by_image = dict(zip(*ds.values(["image_id", "id"])))
+        if arm == "B":
+            order, budget, mode = queue_order(ds), self.args.budget, "review"
+        elif arm == "C":
+            order, budget, mode = random_order(ds, seed), self.args.budget, "review"
+        elif arm == "D":  # the same images as B
+            order, budget, mode = [by_image[i] for i in queue_ids], None, "scratch"
+        else:
+            order, budget, mode = ds.values("id"), None, "accept_all"
+        counts = label(name, self.sources / ORACLE_FILE, order, budget=budget, mode=mode)
+        image_of = {v: k for k, v in by_image.items()}
+        reviewed = [image_of[i] for i in (order if budget is None else order[:budget])]
+        pulled = pull_corrections(name, self.root / "corrections" / f"{arm}-s{seed}", progress=False)
+        shard_dir = self.shards / f"corrections-{arm}-s{seed}" / "train"
+        convert_source("coco", Path(pulled["version_dir"]) / "instances_train.json", shard_dir, images_dir=self.images,
+                       split="train", source_name=f"corrections-{arm}", input_size=INPUT_SIZE, progress=False)
+        fo.delete_dataset(name)
+        pull_counts = {k: pulled.get(k) for k in ("images", "annotations", "accepted", "corrections", "rejections")}
+        return str(shard_dir), {**counts.as_dict(), "pull": pull_counts}, reviewed
+
+    def retrain_and_evaluate(self, arm: str, extra: list[str], start: Path, seed: int) -> dict:
+        from lumen_model.predict import predict
+        from pipelines.evaluation import evaluate
+
+        out = self.root / "arms" / f"{arm}-s{seed}"
+        shards = self.base_dirs + extra
+        t = time.perf_counter()
+        self._train(1, shards, out / "stage1", start, self.args.stage1_steps, seed)
+        self._train(2, shards, out / "stage2", out / "stage1", self.args.stage2_steps, seed)
+        train_s = time.perf_counter() - t
+        t = time.perf_counter()
+        pred = out / "val_segm.json"
+        predict(out / "stage2", "instance_segmentation", self.images, pred, annotations=self.val_json, progress=False)
+        bbox, segm = evaluate("bbox", self.val_json, pred), evaluate("segm", self.val_json, pred)
+        shutil.rmtree(out / "stage1", ignore_errors=True)  # keep the disk small: the arms' stage 2 stays
+        return {"det_AP": bbox["AP"], "det_AP50": bbox["AP50"], "segm_AP": segm["AP"],
+                "train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - t, 1)}
+
+
+def _stats(values: list[float]) -> dict:
+    return {"mean": round(statistics.fmean(values), 4), "min": round(min(values), 4), "max": round(max(values), 4),
+            "spread": round(max(values) - min(values), 4), "per_seed": [round(v, 4) for v in values]}
+
+
+def _goals(arms: dict) -> dict:
+    a, b, c, d = (arms[k]["det_AP"] for k in "ABCD")
+    spread = max(a["spread"], b["spread"])
+    gain_b, gain_d = b["mean"] - a["mean"], d["mean"] - a["mean"]
+    share = gain_b / gain_d if gain_d > 0 else None
+    boxes_b, boxes_d = arms["B"]["boxes_drawn"], arms["D"]["boxes_drawn"]
+    return {
+        "B beats A by more than the seed spread": {"B-A": round(gain_b, 4), "spread": round(spread, 4),
+                                                   "met": gain_b > spread},
+        "B >= C": {"B": b["mean"], "C": c["mean"], "met": b["mean"] >= c["mean"]},
+        "B reaches >= 90% of D's gain with <= half of D's boxes": {
+            "share_of_D_gain": None if share is None else round(share, 3), "boxes_B": boxes_b, "boxes_D": boxes_d,
+            "met": share is not None and share >= 0.9 and boxes_b <= 0.5 * boxes_d},
+    }
+
+
+def _plot(arms: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm, r in arms.items():
+        ap = r["det_AP"]
+        ax.errorbar([r["boxes_drawn"]], [ap["mean"]], yerr=[[ap["mean"] - ap["min"]], [ap["max"] - ap["mean"]]],
+                    fmt="o", capsize=4, label=f"{arm}: {ARMS[arm]}")
+        ax.annotate(arm, (r["boxes_drawn"], ap["mean"]), textcoords="offset points", xytext=(6, 4))
+    ax.set_xlabel("boxes drawn by the labeler")
+    ax.set_ylabel("val detection AP (mean; bars: range over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=200, help="labeled demo images, train + val (default: 200)")
+    ap.add_argument("--val-fraction", type=float, default=0.4, help="share of --images in val (default: 0.4)")
+    ap.add_argument("--pool", type=int, default=240, help="unlabeled pool images (default: 240)")
+    ap.add_argument("--budget", type=int, default=60, help="K: pool images a labeler reviews in B, C, D (default: 60)")
+    ap.add_argument("--seeds", type=int, default=2, help="retraining seeds per arm (default: 2)")
+    ap.add_argument("--start-steps", type=int, default=1000, help="stage-1 steps of the starting model (default: 1000)")
+    ap.add_argument("--stage1-steps", type=int, default=300, help="stage-1 steps of every arm's retraining (default: 300)")
+    ap.add_argument("--stage2-steps", type=int, default=150,
+                    help="stage-2 steps of the starting model and of every arm (default: 150)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    ap.add_argument("--out", default=None, help="keep everything here (default: a temp folder)")
+    args = ap.parse_args()
+    if args.seeds < 1 or args.budget < 1 or args.pool < args.budget:
+        ap.error("need --seeds >= 1 and 1 <= --budget <= --pool")
+
+    root = Path(args.out or tempfile.mkdtemp(prefix="lumen-loop-"))
+    root.mkdir(parents=True, exist_ok=True)
+    _use_own_fiftyone_db(root)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    loop = Loop(args, root)
+    t_all, times = time.perf_counter(), {}
+
+    def phase(name, fn, *a):
+        t = time.perf_counter()
+        out = fn(*a)
+        times[name] = round(time.perf_counter() - t, 1)
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {times[name]} s", flush=True)
+        return out
+
+    counts = phase("data", loop.data)
+    start = phase("starting model", loop.start_model)
+    pred = phase("pool pseudo-labels", loop.pseudo_labels, start)
+
+    labeled, labels, label_s = {}, {}, {}
+    for arm in ("B", "D", "E"):
+        t = time.perf_counter()
+        queue_ids = labels["B"][2] if arm == "D" else None
+        labels[arm] = loop.labeled_partition(arm, pred, 0, queue_ids)
+        label_s[arm] = round(time.perf_counter() - t, 1)
+        print(f"[{time.strftime('%H:%M:%S')}] labeled {arm}: {labels[arm][1]} ({label_s[arm]} s)", flush=True)
+    runs = {arm: [] for arm in ARMS}
+    for seed in range(args.seeds):
+        c_key = f"C-s{seed}"
+        t = time.perf_counter()
+        labels[c_key] = loop.labeled_partition("C", pred, seed, None)
+        label_s[c_key] = round(time.perf_counter() - t, 1)
+        print(f"[{time.strftime('%H:%M:%S')}] labeled C (seed {seed}): {labels[c_key][1]} ({label_s[c_key]} s)", flush=True)
+        for arm in ARMS:
+            key = c_key if arm == "C" else arm
+            extra = [labels[key][0]] if key in labels else []
+            r = loop.retrain_and_evaluate(arm, extra, start, seed)
+            r["label_s"] = label_s.get(key, 0.0)
+            runs[arm].append(r)
+            print(f"[{time.strftime('%H:%M:%S')}] arm {arm} seed {seed}: det AP {r['det_AP']:.3f} AP50 "
+                  f"{r['det_AP50']:.3f} segm AP {r['segm_AP']:.3f} ({r['train_s']} s train, {r['eval_s']} s eval)",
+                  flush=True)
+            (root / "loop_runs.json").write_text(json.dumps(  # a cut-short run keeps what it has
+                {"runs": runs, "labels": {k: v[1] for k, v in labels.items()}}, indent=1))
+
+    arms = {}
+    for arm, rs in runs.items():
+        key_counts = [labels[k][1] for k in labels if k == arm or k.startswith(f"{arm}-s")]
+        mean = lambda k: round(statistics.fmean(c[k] for c in key_counts), 1) if key_counts else 0  # noqa: E731
+        arms[arm] = {"what": ARMS[arm], "det_AP": _stats([r["det_AP"] for r in rs]),
+                     "det_AP50": _stats([r["det_AP50"] for r in rs]), "segm_AP": _stats([r["segm_AP"] for r in rs]),
+                     "images_reviewed": mean("images"), "accepts": mean("accepts"), "rejects": mean("rejects"),
+                     "boxes_drawn": mean("boxes_drawn"), "actions": mean("actions"),
+                     "pulled": [c["pull"] for c in key_counts],
+                     "wall_s": round(statistics.fmean(r["label_s"] + r["train_s"] + r["eval_s"] for r in rs), 1)}
+    total = time.perf_counter() - t_all
+    summary = {
+        "arms": arms, "goals": _goals(arms), "runs": runs, "phases_s": times, "total_s": round(total, 1),
+        "total_cpu_s": round(_cpu_seconds(), 1), "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        "sample_data": counts, "config": vars(args),
+    }
+    (root / "loop.json").write_text(json.dumps(summary, indent=2))
+    title = (f"{args.images} labeled images ({counts['images_train']} train), pool {args.pool}, K={args.budget}, "
+             f"{args.seeds} seeds, {args.stage1_steps}+{args.stage2_steps} retrain steps")
+    _plot(arms, root / "loop.png", title)
+
+    print(f"\n{title}")
+    print(f"{'arm':4}{'what':32}{'det AP':>16}{'AP50':>8}{'segm AP':>9}{'actions':>9}{'boxes':>7}{'wall s':>8}")
+    for arm, r in arms.items():
+        d = r["det_AP"]
+        print(f"{arm:4}{r['what']:32}{d['mean']:>7.3f} [{d['min']:.3f}-{d['max']:.3f}]"
+              f"{r['det_AP50']['mean']:>8.3f}{r['segm_AP']['mean']:>9.3f}{r['actions']:>9}{r['boxes_drawn']:>7}"
+              f"{r['wall_s']:>8}")
+    print("\ngoals:")
+    for goal, v in summary["goals"].items():
+        print(f"  {'MET    ' if v['met'] else 'NOT MET'} {goal}: {({k: x for k, x in v.items() if k != 'met'})}")
+    print(f"\nphases (s): {times}; total {summary['total_s']} s wall, {summary['total_cpu_s']} s CPU, "
+          f"load average at the end {summary['load_average_1min_at_end']}; everything in {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The README's flows clicked in the real Dagster UI, on an instance that already holds runs.
+
+Before the webserver starts, the instance gets what a user's has: the main command's run (small),
+then a retrain whose model regresses (the gate rejects it) and a label run after it. Then headless
+Chromium opens the pages the README sends each user to, and the watched-folder sensor is ticked
+from its page ("Test sensor") after one source file changed. Screenshots: artifacts/tests/ui_*.png.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.test_dagster_ui import CHROMIUM, _free_port, _location_loaded, graphql
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"ops": {"models": {"config": {"stage1_steps": 4, "stage2_steps": 2, "batch_size": 8}},
+                 "evaluation": {"config": {"tasks": ["bbox", "grounding"]}},
+                 "pseudo_labels": {"config": {"batch_size": 8, "task": "detection"}}}}
+
+# the first test also builds the used instance (a few minutes on 2 idle cores; generous for a loaded machine)
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(3600)]
+
+
+@pytest.fixture(scope="module")
+def used_instance(tmp_path_factory):
+    """A DAGSTER_HOME holding the main run, a rejected retrain and a label run; the data root beside it."""
+    import dagster as dg
+
+    from assets_defs.definitions import build_defs
+    from assets_defs.main import run_main
+    from assets_defs.resources import FiftyOneSettings, LumenPaths
+
+    tmp = tmp_path_factory.mktemp("ui_flows")
+    home, data = tmp / "dagster_home", tmp / "data"
+    fo = FiftyOneSettings(dataset=f"lumen-ui-{uuid.uuid4().hex[:8]}")
+    old = os.environ.get("DAGSTER_HOME")
+    try:
+        result, instance = run_main(data_root=str(data), dagster_home=str(home), images=16, run_config=SMALL, fiftyone=fo)
+        assert result.success
+        defs = build_defs(paths=LumenPaths(root=str(data), demo_images=16), fiftyone=fo)
+        defs.resolve_job_def("retrain").execute_in_process(run_config={"ops": {
+            "models": {"config": {"stage1_steps": 4, "stage2_steps": 2, "batch_size": 8}},
+            "evaluation": {"config": {"tolerance": -1.0, "tasks": ["bbox"]}}}}, instance=instance, raise_on_error=False)
+        label = defs.resolve_job_def("label").execute_in_process(
+            run_config={"ops": {"pseudo_labels": SMALL["ops"]["pseudo_labels"]}}, instance=instance)
+        assert label.success
+        yield {"home": home, "data": data, "main_run": result.run_id}
+    finally:
+        if old is None:
+            os.environ.pop("DAGSTER_HOME", None)
+        else:
+            os.environ["DAGSTER_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def ui(used_instance):
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(used_instance["home"]), "LUMEN_DATA_ROOT": str(used_instance["data"]),
+           "LUMEN_DEMO_IMAGES": "16"}
+    log_path = used_instance["home"].parent / "webserver.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml",
+                             "-h", "127.0.0.1", "-p", str(port)], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            try:
+                if urllib.request.urlopen(f"{url}/server_info", timeout=5).status == 200 and _location_loaded(url):
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline, "dagster-webserver did not come up in 180 s"
+            time.sleep(2)
+        nodes = graphql(url, "{ repositoriesOrError { ... on RepositoryConnection { nodes { location { name } } } } }")
+        yield {"url": url, "location": nodes["repositoriesOrError"]["nodes"][0]["location"]["name"], **used_instance}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(ui):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (scripts/install_browser.sh)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync"])
+        try:
+            pg = browser.new_page(viewport={"width": 1600, "height": 1000})
+            yield pg
+        finally:
+            browser.close()
+
+
+def _open(page, url: str, wait_for: str | None = None):
+    page.goto(url, wait_until="networkidle", timeout=90_000)
+    if page.get_by_role("button", name="Skip").count():  # the first-visit newsletter dialog
+        page.get_by_role("button", name="Skip").click()
+    if wait_for:
+        page.get_by_text(wait_for, exact=False).first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)
+    return page.inner_text("body")
+
+
+def test_main_run_is_listed_under_its_job(ui, page, artifacts_dir):
+    text = _open(page, f"{ui['url']}/locations/{ui['location']}/jobs/main/runs")
+    page.screenshot(path=str(artifacts_dir / "ui_main_job_runs.png"))
+    assert "No runs found" not in text
+    assert ui["main_run"][:8] in text
+
+
+def test_model_in_use_page_says_which_version_and_why(ui, page, artifacts_dir):
+    text = _open(page, f"{ui['url']}/assets/model_in_use", wait_for="model_version")
+    page.screenshot(path=str(artifacts_dir / "ui_model_in_use.png"), full_page=True)
+    assert "first evaluated model" in text and "v0001" in text
+    assert "rejected" in text and "v0002" in text  # the regressed retrain is listed, not used
+    text = _open(page, f"{ui['url']}/assets/pseudo_labels", wait_for="model_version")
+    assert re.search(r"model_version\s+v0001", text), "the label run after the rejected retrain used v0001"
+
+
+def test_launchpad_shows_the_readme_fields(ui, page, artifacts_dir):
+    text = _open(page, f"{ui['url']}/locations/{ui['location']}/jobs/retrain/playground", wait_for="Launchpad")
+    if "partitions" not in text and page.get_by_text("Scaffold missing config").count():
+        page.get_by_text("Scaffold missing config").first.click()
+        page.wait_for_timeout(1500)
+        text = page.inner_text("body")
+    page.screenshot(path=str(artifacts_dir / "ui_retrain_launchpad.png"))
+    for field in ("partitions", "stage1_steps", "tasks", "tolerance"):
+        assert field in text, f"Launchpad of retrain does not show {field}"
+
+
+def test_partition_page_shows_its_own_counts(ui, page, artifacts_dir):
+    text = _open(page, f"{ui['url']}/assets/shards?view=partitions&partition=coco", wait_for="samples_written")
+    page.screenshot(path=str(artifacts_dir / "ui_shards_coco.png"), full_page=True)
+    assert "coco-keypoints" not in text.split("samples_written")[1][:400]  # no other partition's rows
+
+
+def test_sensor_tick_after_a_source_file_changed(ui, page, artifacts_dir):
+    refs = ui["data"] / "sources" / "refcoco" / "instances.json"
+    refs.write_text(refs.read_text() + "\n")
+    os.utime(refs, ns=(refs.stat().st_atime_ns, refs.stat().st_mtime_ns + 10**9))
+    _open(page, f"{ui['url']}/locations/{ui['location']}/sensors/new_source_files", wait_for="Test sensor")
+    page.get_by_role("button", name="Test sensor").click()
+    page.wait_for_timeout(1000)
+    for name in ("Continue", "Evaluate", "Test"):
+        button = page.get_by_role("dialog").get_by_role("button", name=name, exact=True)
+        if button.count():
+            button.first.click()
+            break
+    page.get_by_role("dialog").get_by_text("refcoco").first.wait_for(timeout=90_000)
+    page.screenshot(path=str(artifacts_dir / "ui_sensor_tick.png"))
+    dialog = page.get_by_role("dialog").inner_text()
+    assert "refcoco" in dialog
+    for other in ("coco-keypoints", "vqav2", "llava"):
+        assert other not in dialog, f"{other} did not change but the tick asks to ingest it:\n{dialog}"

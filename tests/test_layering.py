@@ -1,0 +1,72 @@
+"""Dependencies run one way: lumen_cli and assets_defs -> lumen_model -> pipelines.
+
+`pipelines` (the data library) imports neither the model, the CLI nor Dagster; `lumen_model`
+imports neither Dagster, FiftyOne nor the CLI. Checked twice: every import statement in the
+sources (lazy ones inside functions included), and what importing every module really loads.
+"""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = {
+    "pipelines": {"lumen_model", "lumen_cli", "assets_defs", "dagster"},
+    "lumen_model": {"lumen_cli", "assets_defs", "dagster", "fiftyone"},
+}
+
+
+def _imported_packages(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_no_import_statement_runs_against_the_direction(package):
+    wrong = {f"{p.relative_to(ROOT)}: {', '.join(sorted(bad))}"
+             for p in (ROOT / package).rglob("*.py") if (bad := _imported_packages(p) & FORBIDDEN[package])}
+    assert not wrong, wrong
+
+
+def test_the_checker_sees_a_lazy_import(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("def f():\n    from lumen_model.train import train\n    import dagster as dg\n")
+    assert _imported_packages(src) >= {"lumen_model", "dagster"}
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_importing_every_module_loads_nothing_against_the_direction(package):
+    code = f"""
+import importlib, json, pkgutil, sys
+import {package}
+for m in pkgutil.walk_packages({package}.__path__, "{package}."):
+    importlib.import_module(m.name)
+print(json.dumps(sorted({{n.split(".")[0] for n in sys.modules}})))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert package in loaded and not loaded & FORBIDDEN[package], loaded & FORBIDDEN[package]
+
+
+def test_cli_help_does_not_load_torch():
+    """`lumen --help` and `lumen train --help` stay fast: the flags are built without torch."""
+    probe = ("import atexit, sys\n"
+             "atexit.register(lambda: print('torch' in sys.modules, file=sys.stderr))\n"
+             "import lumen_cli\n"
+             "lumen_cli.build_parser().parse_args(sys.argv[1:])\n")
+    for argv in (["--help"], ["train", "--help"]):
+        proc = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert proc.returncode == 0 and "usage: lumen" in proc.stdout, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == "False", (argv, proc.stderr)
+    assert "--weight-decay" in proc.stdout  # the train flags came from lumen_model.train_config
