@@ -68,3 +68,37 @@ def test_a_failing_worker_leaves_the_old_partition(sample_data_dir, tmp_path, mo
 
 def _boom(*args, **kwargs):
     raise RuntimeError("boom")
+
+
+def test_workers_check_images_as_one_process_does(sample_data_dir, tmp_path, monkeypatch):
+    """Images are checked (decoded, kept inside the images folder) in the units the workers build:
+    a truncated JPEG in a later unit and a symlink out of the folder are quarantined, byte-identically
+    for 1 and 3 workers."""
+    import json
+    import shutil
+
+    from pipelines.shards import read_quarantine, read_table
+
+    monkeypatch.setattr(coco, "IMAGES_PER_UNIT", 13)
+    images = tmp_path / "images"
+    shutil.copytree(sample_data_dir / "coco" / "images", images)
+    src = sample_data_dir / "coco/annotations/instances_train.json"
+    names = sorted({im["file_name"] for im in json.loads(src.read_text())["images"]})
+    truncated, linked = names[20], names[30]  # both beyond the first unit of 13 images
+    data = (images / truncated).read_bytes()
+    (images / truncated).write_bytes(data[: int(len(data) * 0.7)])
+    (images / linked).unlink()
+    (images / linked).symlink_to("/etc/hostname")
+    outs = {}
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        m = convert_source("coco", src, out, images_dir=images, input_size=64, rows_per_shard=50, progress=False,
+                           workers=workers)
+        assert m["images_verified"] is True and m["long_texts"]["samples"] == 0
+        outs[workers] = _files(out)
+        paths = read_table(out)["image_path"].to_pylist()
+        assert not [p for p in paths if p.endswith(truncated) or p.endswith(linked)]
+        reasons = [r["reason"] for r in read_quarantine(out).to_pylist()]
+        assert [r for r in reasons if "does not decode" in r and truncated in r]
+        assert [r for r in reasons if "outside the images folder" in r and linked in r]
+    assert outs[1] == outs[3]
