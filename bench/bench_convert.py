@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 from concurrent.futures import ProcessPoolExecutor
 import io
-import json
 import math
 import multiprocessing as mp
 import os
@@ -27,45 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def make_coco(n_images: int, seed: int = 0) -> dict:
-    """val2017-like: ~7.4 instances per image (geometric, long tail), ~1% images empty, ~1% crowd."""
-    rng = np.random.default_rng(seed)
-    cats = [{"id": i + 1, "name": f"category_{i + 1:02d}", "supercategory": "thing"} for i in range(80)]
-    cat_p = rng.dirichlet(np.full(80, 0.3))  # a few frequent categories, a long tail (like COCO)
-    images, anns, ann_id = [], [], 0
-    for i in range(n_images):
-        w, h = (640, int(rng.integers(360, 640))) if rng.random() < 0.7 else (int(rng.integers(360, 640)), 640)
-        images.append({"id": i + 1, "file_name": f"{i + 1:012d}.jpg", "width": w, "height": h})
-        n = 0 if rng.random() < 0.01 else min(60, int(rng.geometric(1 / 7.5)))
-        img_cats = rng.choice(80, size=max(1, min(n, int(rng.integers(1, 6)))), p=cat_p, replace=False)
-        for _ in range(n):
-            ann_id += 1
-            area = float(np.exp(rng.normal(7.0, 1.9)))  # log-normal: ~41% small, ~34% medium, ~25% large
-            area = min(max(area, 12.0), w * h * 0.8)
-            ar = float(np.exp(rng.normal(0, 0.6)))
-            bw, bh = min(w - 1, math.sqrt(area * ar)), min(h - 1, math.sqrt(area / ar))
-            x, y = float(rng.uniform(0, w - bw)), float(rng.uniform(0, h - bh))
-            k = int(rng.integers(8, 24))
-            t = np.sort(rng.uniform(0, 2 * np.pi, k))
-            poly = np.stack([x + bw / 2 * (1 + np.cos(t)), y + bh / 2 * (1 + np.sin(t))], 1).round(2).reshape(-1)
-            crowd = rng.random() < 0.01
-            seg = _crowd_rle(x, y, bw, bh, w, h) if crowd else [poly.tolist()]
-            anns.append({"id": ann_id, "image_id": i + 1, "category_id": int(img_cats[int(rng.integers(len(img_cats)))]) + 1,
-                         "bbox": [round(x, 2), round(y, 2), round(bw, 2), round(bh, 2)], "area": round(bw * bh * 0.78, 2),
-                         "iscrowd": int(crowd), "segmentation": seg})
-    return {"images": images, "annotations": anns, "categories": cats}
-
-
-def _crowd_rle(x, y, bw, bh, w, h) -> dict:
-    """An uncompressed RLE (column-major runs) of the box, as COCO writes crowd regions."""
-    m = np.zeros((h, w), np.uint8)
-    m[int(y):int(y + bh) + 1, int(x):int(x + bw) + 1] = 1
-    flat = m.flatten(order="F")
-    change = np.flatnonzero(np.diff(flat)) + 1
-    runs = np.diff(np.concatenate([[0], change, [flat.size]]))
-    return {"size": [h, w], "counts": ([0] if flat[0] else []) + runs.tolist()}
+from synth_sources import dump_json, make_coco  # noqa: E402  (bench/ is the script folder, on sys.path)
 
 
 def baseline_convert(coco: dict, out: Path, input_size: int = 448, n_images: int | None = None) -> int:
@@ -151,7 +112,7 @@ def main() -> int:
         tmp = Path(tmp)
         coco = make_coco(args.images)
         src = tmp / "instances_val2017.json"
-        src.write_text(json.dumps(coco))
+        dump_json(coco, src)
         n_ann = len(coco["annotations"])
         n_crowd = sum(a["iscrowd"] for a in coco["annotations"])
         print(f"input: {len(coco['images'])} images, {n_ann} instances ({n_crowd} crowd), 80 categories, "

@@ -55,6 +55,9 @@ def _register_convert(sub) -> None:
     p.add_argument("--paraphrase", action="store_true", help="draw seeded paraphrases of the instructions")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rows-per-shard", type=int, default=2048)
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="processes that build and render samples (default: every core); the shards are "
+                        "byte-identical whatever N")
     p.add_argument("--verify-images", action=argparse.BooleanOptionalAction, default=None,
                    help="decode every image, quarantining those that do not decode (default: on up to 2000 images)")
     p.add_argument("--out", required=True, help="partition folder to write (replaced atomically)")
@@ -68,7 +71,7 @@ def _convert(args) -> int:
                               split=args.split, split_by=args.split_by, source_name=args.source_name,
                               input_size=args.input_size, heatmap_size=args.heatmap_size,
                               negative_ratio=args.negative_ratio, seed=args.seed, rows_per_shard=args.rows_per_shard,
-                              paraphrase=args.paraphrase, verify_images=args.verify_images)
+                              paraphrase=args.paraphrase, workers=args.workers, verify_images=args.verify_images)
     print(json.dumps({"out": args.out, "counts": manifest["counts"], "quarantine_reasons": manifest["quarantine_reasons"]},
                      indent=2))
     return 0

@@ -7,7 +7,6 @@ absent category yields low scores rather than boxes. The task token routes to th
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -21,6 +20,7 @@ from lumen_model.checkpoint import check_finite, load_model
 from lumen_model.data import Collator, short_answer_question
 from lumen_model.decoders.boxes import decode_boxes
 from lumen_model.decoders.pose import decode_keypoints
+from lumen_model.streaming import ImageInstructionJobs, JsonArrayWriter
 from pipelines.errors import InputError
 from pipelines.sources.common import load_json
 from pipelines.geometry import SquarePad, pad_image
@@ -216,7 +216,6 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
     if task not in TASKS:
         raise InputError(f"predict: unknown task {task!r}; expected one of {', '.join(TASKS)}")
     out_file = Path(out_file)
-    results, index = [], []
     jobs = []  # (image dict, instruction, meta)
     if task in ("detection", "instance_segmentation", "pose"):
         images = list_images(images_dir, annotations)[:max_images]
@@ -230,9 +229,8 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
             cats = [{"id": i + 1, "name": n} for i, n in enumerate(categories)]
         else:
             cats = checkpoint_categories(checkpoint)
-        for im in images:
-            for c in cats:
-                jobs.append((im, instruction_for(task, category=c["name"]), {"category_id": c["id"]}))
+        jobs = ImageInstructionJobs(images, [(instruction_for(task, category=c["name"]), {"category_id": c["id"]})
+                                             for c in cats])
     elif task in ("grounding", "referring_segmentation"):
         if not expressions:
             raise InputError("predict: --expressions FILE is required for grounding / referring segmentation")
@@ -255,6 +253,9 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
     out_file.parent.mkdir(parents=True, exist_ok=True)
     heat_dir = out_file.with_name(out_file.stem + "_heatmaps")
     heat_dir.mkdir(exist_ok=True)
+    # written as they come: a large pool's results never sit in memory
+    results = JsonArrayWriter(out_file)
+    index = JsonArrayWriter(heat_dir / "index.json", count_if=lambda e: e["task_token"] == e["expected_task_token"])
     bar = progress_bar(total=len(jobs), desc=f"predict {task}", unit="instr", enabled=progress)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
@@ -299,10 +300,10 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
                 results.append(r)
         bar.update(len(chunk))
     bar.close()
-    out_file.write_text(json.dumps(results))
-    (heat_dir / "index.json").write_text(json.dumps(index, indent=1))
+    results.close()
+    index.close()
     log.info("%s: %d results -> %s (heatmaps: %s)", task, len(results), out_file, heat_dir)
     summary = {"task": task, "results": len(results), "out_file": str(out_file), "heatmaps_dir": str(heat_dir)}
     if index:  # how often the generated task token names the requested task (the decoder used is the requested one)
-        summary["task_token_agreement"] = round(sum(e["task_token"] == e["expected_task_token"] for e in index) / len(index), 4)
+        summary["task_token_agreement"] = round(index.matched / len(index), 4)
     return summary

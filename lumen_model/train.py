@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
 
@@ -138,6 +140,66 @@ def _batches_from(n: int, seed: int, batch: int, start_step: int, groups: list[i
         step += 1
 
 
+def train_rows(dataset, splits=TRAIN_SPLITS) -> tuple[np.ndarray, list[int]]:
+    """Positions of the rows in `splits`, and each one's image number (numbered in order of first
+    appearance), computed on the Arrow columns without a Python object per row."""
+    in_split = pc.fill_null(pc.is_in(dataset.column("split"), value_set=pa.array(list(splits), pa.string())), False)
+    keep = np.flatnonzero(in_split.to_numpy(zero_copy_only=False))
+    paths = dataset.column("image_path").take(pa.array(keep)).combine_chunks()
+    groups = pc.dictionary_encode(paths, null_encoding="encode").indices.to_numpy(zero_copy_only=False)
+    return keep, groups.tolist()
+
+
+class _StepItems(torch.utils.data.Dataset):
+    """Training items addressed by (step, position into `keep`): whether an image is mirrored is a
+    pure function of (seed, step, image), so whichever worker fetches an item gets the same one."""
+
+    def __init__(self, dataset, keep, groups, seed: int, p_flip: float):
+        self.dataset, self.keep, self.groups, self.seed, self.p_flip = dataset, keep, groups, seed, p_flip
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, key):
+        step, pos = key
+        item = self.dataset[int(self.keep[pos])]
+        if self.p_flip > 0 and _coin(self.seed, step, self.groups[pos]) < self.p_flip:
+            item = hflip(item)
+        return item
+
+
+class _StepBatches(torch.utils.data.Sampler):
+    """This rank's share of each step's batch, steps start..stop-1, in `_batches_from`'s order."""
+
+    def __init__(self, n, seed, batch_size, start, stop, groups, group_size, rank, per_rank):
+        self.args = (n, seed, batch_size, start, groups, group_size)
+        self.start, self.stop, self.rank, self.per_rank = start, stop, rank, per_rank
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        for step, idx in _batches_from(*self.args):
+            if step >= self.stop:
+                return
+            yield [(step, i) for i in idx[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]]
+
+
+def training_batches(dataset, keep, groups, collate, *, seed: int, batch_size: int, start: int, stop: int,
+                     group_size: int, hflip_p: float, num_workers: int = 0, rank: int = 0, world: int = 1):
+    """(step, this rank's collated batch) for steps start..stop-1, loaded by `num_workers` DataLoader
+    processes ahead of the model. The positions and mirror coins depend on the step alone, and the
+    loader draws from its own generator (not the global RNG), so resume and DDP stay exact."""
+    sampler = _StepBatches(len(keep), seed, batch_size, start, stop, groups, group_size, rank, batch_size // world)
+    if num_workers:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the collator tokenizes in the workers
+    context = "fork" if num_workers and "fork" in torch.multiprocessing.get_all_start_methods() else None
+    loader = torch.utils.data.DataLoader(_StepItems(dataset, keep, groups, seed, hflip_p), batch_sampler=sampler,
+                                         collate_fn=collate, num_workers=num_workers, multiprocessing_context=context,
+                                         generator=torch.Generator().manual_seed(seed))
+    return zip(range(start, stop), loader)
+
+
 def _coin(seed: int, step: int, key: int) -> float:
     return float(np.random.default_rng([seed, step, key]).random())
 
@@ -224,11 +286,11 @@ def train(cfg: TrainConfig) -> dict:
         if leaks:
             raise InputError(describe_overlap(leaks) + "; take them out of training, or pass --allow-eval-overlap")
     dataset = ShardDataset(cfg.shards, input_size=preset.input_size, tasks=tasks)
-    keep = [i for i, r in enumerate(dataset.rows) if r["split"] in TRAIN_SPLITS]
-    if not keep:
+    keep, groups = train_rows(dataset, TRAIN_SPLITS)
+    if not len(keep):
         raise InputError(f"no train/all-split samples for tasks {', '.join(tasks)} in {', '.join(cfg.shards)}")
 
-    cfg.categories = _categories(dataset.rows, cfg.init or (out if cfg.resume else None))
+    cfg.categories = _categories(dataset, cfg.init or (out if cfg.resume else None))
     state_file = out / "trainer_state.json"
     if rank == 0:
         clean_stale(out)  # temp folders of a killed save; an interrupted swap is put back
@@ -238,7 +300,8 @@ def train(cfg: TrainConfig) -> dict:
     elif cfg.init:
         model, tokenizer = load_model(cfg.init, device)
     else:
-        texts = [t for r in dataset.rows for t in (r["instruction"], r["answer"])]
+        texts = [t for pair in zip(dataset.column("instruction").to_pylist(), dataset.column("answer").to_pylist())
+                 for t in pair]
         texts += ["user : assistant :", SHORT_ANSWER]
         tokenizer = train_tokenizer(texts, vocab_size=preset.text["vocab_size"])
         _set_seed(cfg.seed)
@@ -269,22 +332,17 @@ def train(cfg: TrainConfig) -> dict:
     ddp = world > 1
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if ddp else model
     collate = Collator(tokenizer, preset.num_image_tokens, preset.max_text_tokens, preset.heatmap_size, preset.input_size)
-    per_rank = cfg.batch_size // world
     use_bf16 = device.startswith("cuda")
     t0, seen = time.perf_counter(), 0
     bar = progress(total=cfg.max_steps, initial=start, desc=f"stage {cfg.stage}", unit="step",
                    enabled=cfg.progress and rank == 0)
     bad_steps, last_step = BadStepCounter(cfg.max_bad_steps), start
-    images = {}
-    groups = [images.setdefault(dataset.rows[i]["image_path"], len(images)) for i in keep]
-    for step, idx in _batches_from(len(keep), cfg.seed, cfg.batch_size, start, groups, cfg.group_size):
-        if step >= cfg.max_steps or (cfg.stop_at_step is not None and step >= cfg.stop_at_step):
-            break
-        mine = idx[rank * per_rank:(rank + 1) * per_rank]
-        items = [dataset[keep[i]] for i in mine]
-        if cfg.hflip > 0:  # one coin per (step, image): a pure function of the step, like the order
-            items = [hflip(it) if _coin(cfg.seed, step, groups[i]) < cfg.hflip else it for it, i in zip(items, mine)]
-        batch = collate(items)
+    stop = cfg.max_steps if cfg.stop_at_step is None else min(cfg.max_steps, cfg.stop_at_step)
+    batches = training_batches(dataset, keep, groups, collate, seed=cfg.seed, batch_size=cfg.batch_size, start=start,
+                               stop=stop, group_size=cfg.group_size, hflip_p=cfg.hflip, num_workers=cfg.num_workers,
+                               rank=rank, world=world)
+    per_step = min(cfg.batch_size, len(keep))  # samples in a step's batch, all ranks together
+    for step, batch in batches:
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
             losses = net(batch, stage=cfg.stage)
@@ -295,7 +353,7 @@ def train(cfg: TrainConfig) -> dict:
         if bad_steps.check(rec["loss"], float(grad_norm), step, out):  # same values on every rank
             optimizer.step()
         scheduler.step()  # the schedule stays a function of the step, skipped or not
-        seen += len(idx)
+        seen += per_step
         last_step = step + 1
         if not math.isfinite(rec["loss"]):
             continue  # a skipped step: no NaN in the history, the curve or the printed JSON
@@ -312,11 +370,14 @@ def train(cfg: TrainConfig) -> dict:
     return result
 
 
-def _categories(rows, previous) -> list[dict]:
+def _categories(dataset, previous) -> list[dict]:
     """The detection categories the model learns (kept in config.json: `lumen predict` on a plain
-    folder of images needs them); a stage that trains none keeps its starting checkpoint's."""
-    by_id = {r["category_id"]: r["category"] for r in rows
-             if r["task"] in ("detection", "instance_segmentation") and r["category_id"] is not None and r["category"]}
+    folder of images needs them); a stage that trains none keeps its starting checkpoint's.
+    Read from the Arrow columns: no Python object per row."""
+    t = pa.table({c: dataset.column(c) for c in ("task", "category_id", "category")})
+    t = t.filter(pc.and_(pc.is_in(t["task"], value_set=pa.array(["detection", "instance_segmentation"])),
+                         pc.and_(pc.is_valid(t["category_id"]), pc.fill_null(pc.not_equal(t["category"], ""), False))))
+    by_id = dict(zip(t["category_id"].to_pylist(), t["category"].to_pylist()))
     if not by_id and previous and (Path(previous) / "config.json").is_file():
         return json.loads((Path(previous) / "config.json").read_text()).get("categories", [])
     return [{"id": int(k), "name": by_id[k]} for k in sorted(by_id)]

@@ -94,6 +94,8 @@ class TrainConfig:
     hflip: float = knob(0.5, "probability of mirroring an image (\"left\"/\"right\" swapped in its texts); 0: off",
                         check=_within(0.0, 1.0))
     seed: int = knob(0, "random seed (data order, initialisation)")
+    num_workers: int = knob(2, "DataLoader processes loading batches ahead of the model (0: in the training "
+                               "process); the batches do not depend on it", check=_at_least(0))
     # safety and bookkeeping
     save_every: int = knob(0, "also checkpoint every N steps (0: only at the end)", check=_at_least(0))
     max_bad_steps: int = knob(3, "stop after this many steps in a row with a non-finite loss or gradient",

@@ -23,18 +23,22 @@ import hashlib
 import logging
 import re
 from collections import Counter
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.errors import InputError
 from pipelines.geometry import SquarePad
 from pipelines.heatmaps import encode_png, gaussian_radius, render_heatmap
 from pipelines.schema import HEATMAP_TASKS, SAMPLE_SCHEMA, SCHEMA_VERSION
-from pipelines.shards import write_partition
-from pipelines.sources.coco import read_coco_instances, read_coco_keypoints
-from pipelines.sources.common import Draft, ReadResult, split_from_name, unsafe_image_name
+from pipelines.convert_parallel import default_workers, unit_tables, worker_pool
+from pipelines.shards import write_partition_stream
+from pipelines.sources.coco import plan_coco_instances, plan_coco_keypoints, read_coco_instances, read_coco_keypoints
+from pipelines.sources.common import Draft, ReadResult, SourcePlan, plan_of, split_from_name, unsafe_image_name
 from pipelines.sources.llava import read_llava
 from pipelines.sources.refcoco import read_refcoco
 from pipelines.sources.vqa import read_vqav2
@@ -42,6 +46,8 @@ from pipelines.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 FORMATS = ("coco", "coco-keypoints", "refcoco", "vqav2", "llava")
+# formats whose samples have no heatmap: building their table costs less than shipping it to a worker
+_IN_PROCESS = ("vqav2", "llava")
 VERIFY_IMAGES_AUTO_LIMIT = 2000  # decode every image by default up to this many (about 10 s on one core)
 LONG_TEXT_CHARS = 1000  # instructions/answers longer than this are counted and logged (training cuts them)
 
@@ -61,6 +67,38 @@ def read_source(fmt: str, input_path, *, images_dir=None, annotations=None, spli
     if fmt == "llava":
         return read_llava(input_path, images_dir=images_dir)
     raise InputError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def plan_source(fmt: str, input_path, *, images_dir=None, annotations=None, split=None, split_by="unc",
+                negative_ratio=0.5, seed=0, paraphrase=False, verify_images=None) -> tuple[SourcePlan, bool]:
+    """The source read and validated, its drafts built per unit (COCO files: per unit of images, so
+    conversion workers share the per-image work); the other formats are read whole. Returns the plan
+    and whether images are decoded.
+
+    Every draft's image goes through `check_images`: COCO's in the unit that builds it (the drafts
+    of one image are always in one unit, so a worker decodes it), the other formats' here, whole.
+    """
+    if fmt in ("coco", "coco-keypoints"):
+        plan_coco = plan_coco_instances if fmt == "coco" else plan_coco_keypoints
+        extra = {"negative_ratio": negative_ratio} if fmt == "coco" else {}
+        plan = plan_coco(input_path, images_dir=images_dir, seed=seed, paraphrase=paraphrase, **extra)
+        verify = verify_images
+        if verify is None:
+            verify = images_dir is not None and plan.images <= VERIFY_IMAGES_AUTO_LIMIT
+        images_dir = Path(images_dir) if images_dir else None
+        return replace(plan, build=partial(checked_unit, plan.build, str(input_path), images_dir, verify)), verify
+    result = read_source(fmt, input_path, images_dir=images_dir, annotations=annotations, split=split,
+                         split_by=split_by, negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase)
+    result, verified = check_images(result, str(input_path), images_dir, verify_images)
+    return plan_of(result), verified
+
+
+def checked_unit(build, source_file: str, images_dir: Path | None, verify: bool, unit) -> tuple[list[Draft], list]:
+    """`build(unit)`, then `check_images` over the unit's drafts (a module-level function, so it runs
+    in the worker that builds the unit)."""
+    drafts, quarantine = build(unit)
+    checked, _ = check_images(ReadResult(drafts, [], 0), source_file, images_dir, verify)
+    return checked.drafts, quarantine + checked.quarantine
 
 
 def _default_images_dir(fmt: str, input_path: Path) -> Path | None:
@@ -231,32 +269,80 @@ def check_images(result: ReadResult, source_file: str, images_dir, verify: bool 
     return ReadResult(kept, result.quarantine + rows, result.records_read), verify
 
 
-def long_texts(drafts: list[Draft], limit: int = LONG_TEXT_CHARS) -> dict:
-    """How many instructions/answers are longer than `limit` characters (the model cuts them)."""
-    long = [d for d in drafts if len(d.instruction or "") > limit or len(d.answer or "") > limit]
-    if long:
-        log.warning("%d samples have an instruction or answer over %d characters (the model keeps only its first "
-                    "tokens), e.g. %s", len(long), limit, long[0].source_ids[:1])
-    return {"limit_chars": limit, "samples": len(long)}
+def long_text_rows(table: pa.Table, limit: int = LONG_TEXT_CHARS) -> pa.Array:
+    """Which rows have an instruction or answer longer than `limit` characters (the model cuts them)."""
+    def longer(col):
+        return pc.fill_null(pc.greater(pc.utf8_length(table[col]), limit), False)
+
+    return pc.or_(longer("instruction"), longer("answer"))
 
 
 def account(result: ReadResult) -> dict:
     """Prove every record read is in a sample's source_ids or in the quarantine (never both)."""
     in_samples = {rid for d in result.drafts for rid in d.source_ids}
-    quarantined = [rid for _, rid, _ in result.quarantine]
+    return check_accounting(in_samples, [rid for _, rid, _ in result.quarantine], result.records_read)
+
+
+def check_accounting(in_samples: set, quarantined: list, records_read: int) -> dict:
     overlap = in_samples & set(quarantined)
     accounted = len(in_samples) + len(quarantined)
-    if overlap or accounted != result.records_read:
-        raise RuntimeError(f"accounting bug: read {result.records_read}, in samples {len(in_samples)}, "
+    if overlap or accounted != records_read:
+        raise RuntimeError(f"accounting bug: read {records_read}, in samples {len(in_samples)}, "
                            f"quarantined {len(quarantined)}, in both {sorted(overlap)[:5]}")
-    return {"records_read": result.records_read, "records_in_samples": len(in_samples),
+    return {"records_read": records_read, "records_in_samples": len(in_samples),
             "records_quarantined": len(quarantined)}
+
+
+class _Tally:
+    """What the unit tables streaming past hold: record ids, samples per task, quarantine rows."""
+
+    def __init__(self, plan: SourcePlan):
+        self.records_read = plan.records_read
+        self.quarantine = list(plan.quarantine)
+        self.in_samples: set[str] = set()
+        self.per_task: Counter = Counter()
+        self.samples = 0
+        self.long_samples, self.long_example = 0, None
+
+    def watch(self, results, bar=None):
+        for table, quarantine in results:
+            self.quarantine += quarantine
+            self.in_samples.update(pc.list_flatten(table["source_ids"]).to_pylist())
+            self.per_task.update(table["task"].to_pylist())
+            self.samples += table.num_rows
+            self._count_long(table)
+            if bar is not None:
+                bar.update(1)
+            yield table
+
+    def _count_long(self, table: pa.Table) -> None:
+        long = long_text_rows(table)
+        n = pc.sum(long).as_py() or 0
+        if n and self.long_example is None:
+            self.long_example = (table.filter(long)["source_ids"][0].as_py() or [])[:1]
+        self.long_samples += n
+
+    def long_texts(self) -> dict:
+        if self.long_samples:
+            log.warning("%d samples have an instruction or answer over %d characters (the model keeps only its first "
+                        "tokens), e.g. %s", self.long_samples, LONG_TEXT_CHARS, self.long_example)
+        return {"limit_chars": LONG_TEXT_CHARS, "samples": self.long_samples}
+
+    def counts(self) -> dict:
+        counts = check_accounting(self.in_samples, [rid for _, rid, _ in self.quarantine], self.records_read)
+        counts["samples_written"] = self.samples
+        counts["per_task"] = dict(sorted(self.per_task.items()))
+        return counts
 
 
 def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=None, split=None, split_by="unc",
                    source_name=None, input_size=448, heatmap_size=None, negative_ratio=0.5, seed=0,
-                   rows_per_shard=2048, paraphrase=False, progress=True, verify_images=None) -> dict:
-    """Convert one source into a shard partition folder; returns its manifest."""
+                   rows_per_shard=2048, paraphrase=False, progress=True, workers=None, verify_images=None) -> dict:
+    """Convert one source into a shard partition folder; returns its manifest.
+
+    `workers` processes (default: every core) build and render the samples (and check their
+    images); the shards are byte-identical whatever their number.
+    """
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     input_path = Path(input_path)
@@ -264,6 +350,8 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
         raise InputError(f"{fmt}: input not found: {input_path}")
     heatmap_size = heatmap_size or input_size // 4
     _check_options(input_size, heatmap_size, negative_ratio, rows_per_shard)
+    if workers is not None and not (isinstance(workers, int) and workers >= 1):
+        raise InputError(f"workers must be an integer >= 1, got {workers!r}")
     if images_dir is None:
         images_dir = _default_images_dir(fmt, input_path)
         if images_dir is not None:
@@ -271,34 +359,42 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
     # llava has no splits; refcoco without --split converts the refs of every split
     split = split or ("all" if fmt in ("llava", "refcoco") else split_from_name(input_path))
     source = source_name or fmt
-    result = read_source(fmt, input_path, images_dir=images_dir, annotations=annotations,
-                         split=split if fmt == "refcoco" and split != "all" else None, split_by=split_by,
-                         negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase)
-    result, verified = check_images(result, str(input_path), images_dir, verify_images)
-    counts = account(result)
-    table = drafts_to_table(result.drafts, source, split, input_size, heatmap_size, progress)
-    quarantine = pa.table({"source_file": [q[0] for q in result.quarantine],
-                           "record_id": [q[1] for q in result.quarantine],
-                           "reason": [q[2] for q in result.quarantine]})
-    counts["samples_written"] = table.num_rows
-    counts["per_task"] = dict(sorted(Counter(d.task for d in result.drafts).items()))
-    reasons = Counter(_reason_kind(q[2]) for q in result.quarantine)
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "source": source,
-        "format": fmt,
-        "split": split,
-        "inputs": {"input": str(input_path), "annotations": str(annotations) if annotations else None,
-                   "images_dir": str(images_dir) if images_dir else None},
-        "options": {"input_size": input_size, "heatmap_size": heatmap_size, "negative_ratio": negative_ratio,
-                    "seed": seed, "split_by": split_by if fmt == "refcoco" else None, "paraphrase": paraphrase,
-                    "rows_per_shard": rows_per_shard},
-        "counts": counts,
-        "quarantine_reasons": dict(reasons.most_common()),
-        "images_verified": verified,
-        "long_texts": long_texts(result.drafts),
-    }
-    manifest = write_partition(table, quarantine, manifest, out_dir, rows_per_shard)
+    with worker_pool(1 if fmt in _IN_PROCESS else (workers or default_workers())) as pool:
+        plan, verified = plan_source(fmt, input_path, images_dir=images_dir, annotations=annotations,
+                                     split=split if fmt == "refcoco" and split != "all" else None, split_by=split_by,
+                                     negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase,
+                                     verify_images=verify_images)
+        tally = _Tally(plan)
+        bar = progress_bar(total=len(plan.units), desc=f"convert {source}", unit="unit", enabled=progress)
+        tables = tally.watch(unit_tables(plan, pool=pool, source=source, split=split, input_size=input_size,
+                                         heatmap_size=heatmap_size), bar)
+
+        def finish():
+            bar.close()
+            counts = tally.counts()
+            quarantine = pa.table({"source_file": [q[0] for q in tally.quarantine],
+                                   "record_id": [q[1] for q in tally.quarantine],
+                                   "reason": [q[2] for q in tally.quarantine]})
+            reasons = Counter(_reason_kind(q[2]) for q in tally.quarantine)
+            manifest = {
+                "schema_version": SCHEMA_VERSION,
+                "source": source,
+                "format": fmt,
+                "split": split,
+                "inputs": {"input": str(input_path), "annotations": str(annotations) if annotations else None,
+                           "images_dir": str(images_dir) if images_dir else None},
+                "options": {"input_size": input_size, "heatmap_size": heatmap_size, "negative_ratio": negative_ratio,
+                            "seed": seed, "split_by": split_by if fmt == "refcoco" else None, "paraphrase": paraphrase,
+                            "rows_per_shard": rows_per_shard},
+                "counts": counts,
+                "quarantine_reasons": dict(reasons.most_common()),
+                "images_verified": verified,
+                "long_texts": tally.long_texts(),
+            }
+            return quarantine, manifest
+
+        manifest = write_partition_stream(tables, finish, out_dir, rows_per_shard)
+    counts = manifest["counts"]
     log.info("%s -> %s: %d records read, %d samples, %d quarantined", input_path, out_dir,
              counts["records_read"], counts["samples_written"], counts["records_quarantined"])
     return manifest

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,10 +17,10 @@ from torch.utils.data import Dataset
 from pipelines.errors import InputError
 from pipelines.geometry import SquarePad, pad_image
 from pipelines.heatmaps import decode_png, gaussian_radius, render_heatmap
-from pipelines.schema import HEATMAP_TASKS
-from pipelines.shards import read_table, shard_files, verify_shards
+from pipelines.arrow_cache import arrow_files, open_mapped
+from pipelines.schema import HEATMAP_TASKS, SAMPLE_SCHEMA
+from pipelines.shards import shard_files, verify_shards
 
-# Everything but the heavy heatmap column is held in memory; heatmaps decode per item.
 _FIXED = ("pixel_values", "heatmap", "has_heatmap")
 
 
@@ -41,27 +43,65 @@ def _padded_image(path: str, size: int) -> tuple[np.ndarray, int, int]:
 class ShardDataset(Dataset):
     """Samples of one or more shard folders.
 
+    The columns stay in memory-mapped Arrow files (`pipelines.arrow_cache`): start-up maps them and
+    filters on `task` / `split`, and a row becomes Python objects only when it is fetched, so the
+    memory of a process does not grow with the data and DataLoader workers share the pages.
     `input_size` (S) defaults to the shards' own; a different S re-renders the heatmap targets
     from the boxes with the same renderer, so one set of shards serves several model sizes.
     """
 
     def __init__(self, shard_dirs, input_size: int | None = None, tasks=None, split=None, cache_images: bool = True):
-        table = read_table(shard_dirs)
-        if tasks:
-            table = table.filter(pc.is_in(table["task"], value_set=pa.array(list(tasks), pa.string())))
-        if split:
-            table = table.filter(pc.equal(table["split"], split))
-        self.table = table
-        self.rows = table.drop_columns(["heatmap"]).to_pylist()
-        self._heatmaps = table["heatmap"]
+        if isinstance(shard_dirs, (str, Path)):
+            shard_dirs = [shard_dirs]
+        self._files = arrow_files(shard_dirs)
+        self._tables = [open_mapped(f) for f in self._files]
+        parts, local = [], []
+        for p, t in enumerate(self._tables):
+            keep = np.ones(t.num_rows, bool)
+            if tasks:
+                keep &= _mask(pc.is_in(t["task"], value_set=pa.array(list(tasks), pa.string())))
+            if split:
+                keep &= _mask(pc.equal(t["split"], split))
+            rows = np.flatnonzero(keep)
+            parts.append(np.full(len(rows), p, np.int32))
+            local.append(rows.astype(np.int32))
+        self._part = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        self._local = np.concatenate(local) if local else np.zeros(0, np.int32)
+        self.rows = _RowView(self)  # rows[i]: the row's columns but the heatmap, as Python objects
         self.input_size = input_size
         self.cache_images = cache_images
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self._part)
+
+    def row(self, idx: int, heatmap: bool = True) -> dict:
+        """Row `idx` as Python objects (only this row is converted)."""
+        t = self._tables[self._part[idx]].slice(int(self._local[idx]), 1)
+        if not heatmap:
+            t = t.drop_columns(["heatmap"])
+        return t.to_pylist()[0]
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        """One column over the dataset's rows, in order, as Arrow (no Python objects)."""
+        chunks, bounds = [], np.flatnonzero(np.diff(self._part, prepend=-1, append=-1))
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            chunks.append(self._tables[self._part[lo]][name].take(pa.array(self._local[lo:hi])))
+        if not chunks:
+            return pa.chunked_array([], type=SAMPLE_SCHEMA.field(name).type)
+        return pa.chunked_array([c for ch in chunks for c in ch.chunks], type=chunks[0].type)
+
+    def __getstate__(self):  # DataLoader workers started by spawn map the files themselves
+        state = dict(self.__dict__)
+        del state["_tables"], state["rows"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._tables = [open_mapped(f) for f in self._files]
+        self.rows = _RowView(self)
 
     def __getitem__(self, idx: int) -> dict:
-        row = self.rows[idx]
+        row = self.row(idx)
         s = self.input_size or row["input_size"]
         m = s // 4 if self.input_size else row["heatmap_size"]
         w, h = row["image_width"], row["image_height"]
@@ -75,7 +115,7 @@ class ShardDataset(Dataset):
         boxes = np.asarray(row["boxes"] or [], dtype=np.float32).reshape(-1, 4)
         has_heatmap = row["task"] in HEATMAP_TASKS
         if has_heatmap and self.input_size in (None, row["input_size"]):
-            heat = decode_png(self._heatmaps[idx].as_py())
+            heat = decode_png(row["heatmap"])
             centers = np.asarray(row["centers"] or [], dtype=np.int64).reshape(-1, 2)
             sizes = np.asarray(row["sizes"] or [], dtype=np.float32).reshape(-1, 2)
         elif has_heatmap:
@@ -119,6 +159,30 @@ class ShardDataset(Dataset):
             "image_width": w,
             "image_height": h,
         }
+
+
+class _RowView(Sequence):
+    """`dataset.rows[i]` without holding the rows: each access converts one row (heatmap left out)."""
+
+    def __init__(self, dataset: ShardDataset):
+        self._ds = dataset
+
+    def __len__(self) -> int:
+        return len(self._ds)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return [self[i] for i in range(*idx.indices(len(self)))]
+        if idx < 0:
+            idx += len(self)
+        if not 0 <= idx < len(self):
+            raise IndexError(idx)
+        return self._ds.row(idx, heatmap=False)
+
+
+def _mask(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Boolean Arrow values -> numpy, null as False (as `Table.filter` drops nulls)."""
+    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def collate_samples(items: list[dict]) -> dict:

@@ -40,17 +40,25 @@ def sha256_file(path: Path) -> str:
 
 def write_partition(table: pa.Table, quarantine: pa.Table, manifest: dict, out_dir: str | Path,
                     rows_per_shard: int = 2048) -> dict:
-    """Write one partition folder, replacing the old one; returns the manifest with shard hashes.
+    """Write one partition folder, replacing the old one; returns the manifest with shard hashes."""
+    return write_partition_stream([table], lambda: (quarantine, manifest), out_dir, rows_per_shard)
 
+
+def write_partition_stream(tables, finish, out_dir: str | Path, rows_per_shard: int = 2048) -> dict:
+    """Write the rows of `tables` (an iterable, consumed once) as parts of `rows_per_shard` rows,
+    then `finish()` -> (quarantine table, manifest); returns the manifest with shard hashes.
+
+    Parts are cut by row count alone, so the files do not depend on how the rows were batched.
     Locally the folder is written beside the target and swapped in by rename, so readers see the
-    old or the new partition, never a mix. An fsspec URL (object storage has no rename) gets the
-    new files uploaded under a temporary prefix first, then moved over the old ones.
+    old or the new partition, never a mix; whatever fails before the swap (`finish` included)
+    leaves the old partition and no temporary folder. An fsspec URL (object storage has no
+    rename) gets the new files uploaded under a temporary prefix first, then moved over the old ones.
     """
     fs, path = _fs_and_path(out_dir)
     if _is_local(fs):
-        return _write_local(table, quarantine, manifest, Path(path), rows_per_shard)
+        return _write_local(tables, finish, Path(path), rows_per_shard)
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = _write_local(table, quarantine, manifest, Path(tmp) / "partition", rows_per_shard)
+        manifest = _write_local(tables, finish, Path(tmp) / "partition", rows_per_shard)
         staging = f"{path.rstrip('/')}.tmp-{os.getpid()}"
         fs.put(str(Path(tmp) / "partition"), staging, recursive=True)
         if fs.exists(path):
@@ -59,27 +67,41 @@ def write_partition(table: pa.Table, quarantine: pa.Table, manifest: dict, out_d
     return manifest
 
 
-def _write_local(table: pa.Table, quarantine: pa.Table, manifest: dict, out: Path, rows_per_shard: int) -> dict:
+def _parts(tables, rows_per_shard: int):
+    """The rows of `tables` regrouped into contiguous tables of rows_per_shard rows (at least one part)."""
+    pending, n, made = [], 0, 0
+    for t in tables:
+        t = t.cast(SAMPLE_SCHEMA)
+        while t.num_rows:
+            take = min(rows_per_shard - n, t.num_rows)
+            pending.append(t.slice(0, take))
+            n, t = n + take, t.slice(take)
+            if n == rows_per_shard:
+                yield pa.concat_tables(pending).combine_chunks()
+                pending, n, made = [], 0, made + 1
+    if pending or not made:
+        yield pa.concat_tables(pending).combine_chunks() if pending else SAMPLE_SCHEMA.empty_table()
+
+
+def _write_local(tables, finish, out: Path, rows_per_shard: int) -> dict:
     if rows_per_shard < 1:
         raise ValueError("rows_per_shard must be at least 1")
-    with staged(out) as tmp:  # stale temp folders of killed runs go first; ours goes on any error
-        manifest = _write_files(table, quarantine, manifest, tmp, rows_per_shard)
+    with staged(out) as tmp:  # stale temp folders of killed runs go first; ours goes on any error (`finish` included)
+        manifest = _write_files(tables, finish, tmp, rows_per_shard)
         publish_dir(tmp, out)
     return manifest
 
 
-def _write_files(table: pa.Table, quarantine: pa.Table, manifest: dict, tmp: Path, rows_per_shard: int) -> dict:
-    table = table.cast(SAMPLE_SCHEMA)
+def _write_files(tables, finish, tmp: Path, rows_per_shard: int) -> dict:
     shards, total = [], hashlib.sha256()
-    n_parts = max(1, -(-table.num_rows // rows_per_shard))
-    for i in range(n_parts):
+    for i, part in enumerate(_parts(tables, rows_per_shard)):
         name = f"part-{i:05d}.parquet"
-        part = table.slice(i * rows_per_shard, rows_per_shard)
         with writing(tmp / name):
             _write_parquet(part, tmp / name)
         digest = sha256_file(tmp / name)
         total.update(digest.encode())
         shards.append({"file": name, "rows": part.num_rows, "sha256": digest})
+    quarantine, manifest = finish()
     with writing(tmp / QUARANTINE):
         _write_parquet(quarantine.cast(QUARANTINE_SCHEMA), tmp / QUARANTINE)
     manifest = dict(manifest, shards=shards, content_hash=total.hexdigest())

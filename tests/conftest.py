@@ -5,6 +5,7 @@ session."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# the training Dataset's decoded-shard cache (content-addressed): one per user, not in ~/.cache
+os.environ.setdefault("LUMEN_ARROW_CACHE", os.path.join(tempfile.gettempdir(), f"lumen-arrow-tests-{os.getuid()}"))
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts" / "tests"  # screenshots and plots kept for people to look at

@@ -111,3 +111,37 @@ def test_train_cli_bad_input_is_one_line(tmp_path):
         proc = subprocess.run([".venv/bin/lumen", "train", "--stage", "1", "--out", str(tmp_path / "o"), *extra],
                               capture_output=True, text=True)
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_resume_is_exact_with_dataloader_workers(stage1_checkpoint, tmp_path):
+    """Batches loaded by 2 DataLoader workers, stopped after 3 steps and resumed == 6 steps loaded
+    in the training process: the data (and mirror coins) depend on the step alone."""
+    _, _, shards = stage1_checkpoint
+    common = dict(stage=1, preset="tiny", shards=shards, batch_size=4, lr=2e-4, warmup_steps=2, progress=False)
+    train(TrainConfig(out=str(tmp_path / "a"), max_steps=6, num_workers=0, **common))
+    train(TrainConfig(out=str(tmp_path / "b"), max_steps=6, stop_at_step=3, num_workers=2, **common))
+    train(TrainConfig(out=str(tmp_path / "b"), max_steps=6, resume=True, num_workers=2, **common))
+    ha = json.loads((tmp_path / "a" / "trainer_state.json").read_text())["history"]
+    hb = json.loads((tmp_path / "b" / "trainer_state.json").read_text())["history"]
+    assert [h["step"] for h in hb] == [1, 2, 3, 4, 5, 6]
+    assert [h["loss"] for h in ha] == pytest.approx([h["loss"] for h in hb], rel=1e-5)
+    a, _ = load_model(tmp_path / "a")
+    b, _ = load_model(tmp_path / "b")
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.allclose(x, y, atol=1e-6), k
+
+
+def test_training_batches_come_from_the_workers(stage1_checkpoint):
+    """num_workers > 0 really loads in other processes (the items carry the loading pid)."""
+    import os
+
+    from lumen_model.train import train_rows, training_batches
+    from pipelines.dataset import ShardDataset
+
+    _, _, shards = stage1_checkpoint
+    ds = ShardDataset(shards, input_size=128)
+    keep, groups = train_rows(ds)
+    batches = training_batches(ds, keep, groups, lambda items: os.getpid(), seed=0,
+                               batch_size=4, start=0, stop=4, group_size=4, hflip_p=0.5, num_workers=2)
+    loaded = [pid for _, pid in batches]
+    assert len(loaded) == 4 and os.getpid() not in loaded

@@ -24,10 +24,13 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from pipelines.instructions import answer_for, instruction_for
-from pipelines.sources.common import (Draft, ReadResult, bad_box, image_outside, load_json, polygon_area_problems,
-                                      polygon_structure_problem, require_keys, rle_problem, unsafe_image_name)
+from pipelines.sources.common import (Draft, LazyUnits, ReadResult, SourcePlan, bad_box, image_outside, load_json,
+                                      polygon_area_problems, polygon_structure_problem, require_keys, rle_problem,
+                                      unsafe_image_name)
 
 NUM_KEYPOINTS = 17
+IMAGES_PER_UNIT = 1000  # a unit of work for a conversion worker: ~7k annotations of train2017
+AREA_CHUNK = 50_000  # annotations per vectorized polygon-area pass
 
 
 @dataclass
@@ -143,8 +146,10 @@ def valid_annotations(index: CocoIndex, source_file: str, files: _ImageFiles, *,
     # polygon areas of every otherwise-valid annotation in one vectorized pass
     poly_pos = [i for i, (a, r) in enumerate(zip(anns, reasons)) if r is None and isinstance(a.get("segmentation"), list)
                 and a["segmentation"]]
-    for i, problem in zip(poly_pos, polygon_area_problems([anns[i]["segmentation"] for i in poly_pos])):
-        reasons[i] = problem
+    for lo in range(0, len(poly_pos), AREA_CHUNK):  # in chunks: one pass over train2017 would need ~1 GB of arrays
+        chunk = poly_pos[lo:lo + AREA_CHUNK]
+        for i, problem in zip(chunk, polygon_area_problems([anns[i]["segmentation"] for i in chunk])):
+            reasons[i] = problem
     for pos, (a, reason) in enumerate(zip(anns, reasons)):
         rid = f"ann:{a.get('id')}" if isinstance(a, dict) and a.get("id") is not None else f"ann:#{pos}"
         if reason is None:
@@ -211,17 +216,51 @@ def negatives_for(n_positive: int, ratio: float, *, image_only: bool) -> int:
 
 def read_coco_instances(path, *, images_dir=None, negative_ratio=0.5, seed=0, paraphrase=False) -> ReadResult:
     """Detection + instance segmentation drafts: one per (image, category present), plus negatives."""
+    return plan_coco_instances(path, images_dir=images_dir, negative_ratio=negative_ratio, seed=seed,
+                               paraphrase=paraphrase).run()
+
+
+def plan_coco_instances(path, *, images_dir=None, negative_ratio=0.5, seed=0, paraphrase=False,
+                        images_per_unit=None) -> SourcePlan:
+    """Parse and validate the file here; the per-image drafts (RLEs, negatives) are built per unit of
+    images, in image-id order, by `instance_drafts` (which can run in a worker process)."""
     src = str(path)
     index = index_coco(path, "coco")
     files = _ImageFiles(Path(images_dir) if images_dir else None)
     by_image, quarantine, seen_cats = valid_annotations(index, src, files)
     image_only = _image_only_records(index, seen_cats, files, negative_ratio, src, quarantine)
-    drafts: list[Draft] = []
+    n_records = len(index.data["annotations"]) + sum(
+        1 for im in index.data["images"] if not (isinstance(im, dict) and im.get("id") in seen_cats))
+    index.data["annotations"] = []  # by_image holds the usable ones; each is freed once its unit is built
     cat_ids = sorted(c for c in index.cats if c not in index.bad_cats)
-    for im_id in sorted(set(by_image) | set(image_only)):
-        im = index.images[im_id]
+    ctx = {"src": src, "images_dir": files.images_dir, "cats": {c: index.cats[c] for c in cat_ids}, "cat_ids": cat_ids,
+           "negative_ratio": negative_ratio, "seed": seed, "paraphrase": paraphrase}
+
+    def unit(ids):
+        return ctx, [(index.images[i], by_image.pop(i, []), seen_cats.get(i, set()), i in image_only) for i in ids]
+
+    ids = sorted(set(by_image) | set(image_only))
+    return SourcePlan(quarantine, n_records, _units(ids, images_per_unit, unit), instance_drafts, images=len(ids))
+
+
+def _units(ids: list, size: int | None, make):
+    """Units of `size` ids, made only when asked for (each unit takes its annotations out of the plan)."""
+    size = size or IMAGES_PER_UNIT
+    chunks = [ids[k:k + size] for k in range(0, len(ids), size)]
+    return LazyUnits(len(chunks), lambda k: make(chunks[k]))
+
+
+def instance_drafts(unit) -> tuple[list[Draft], list]:
+    """The drafts of a unit of images (see `plan_coco_instances`), and quarantine rows for records
+    no sample can carry."""
+    ctx, images = unit
+    drafts: list[Draft] = []
+    quarantine: list[tuple[str, str, str]] = []
+    src, cat_ids, paraphrase, seed = ctx["src"], ctx["cat_ids"], ctx["paraphrase"], ctx["seed"]
+    for im, anns, seen, only in images:
+        im_id = im["id"]
         w, h = im["width"], im["height"]
-        anns = sorted(by_image.get(im_id, []), key=lambda a: a["id"])
+        anns = sorted(anns, key=lambda a: a["id"])
         rles = to_rles([a.get("segmentation") for a in anns], h, w)
         crowd = [(a, m) for a, m in zip(anns, rles) if a.get("iscrowd")]
         ignore_boxes = [_box(a) for a, _ in crowd]
@@ -230,9 +269,9 @@ def read_coco_instances(path, *, images_dir=None, negative_ratio=0.5, seed=0, pa
         for a, m in zip(anns, rles):
             if not a.get("iscrowd"):
                 per_cat[a["category_id"]].append((a, m))
-        path_str = image_path(files.images_dir, im["file_name"])
-        absent = [c for c in cat_ids if c not in seen_cats.get(im_id, ())]
-        n_neg = min(len(absent), negatives_for(len(per_cat), negative_ratio, image_only=im_id in image_only))
+        path_str = image_path(ctx["images_dir"], im["file_name"])
+        absent = [c for c in cat_ids if c not in seen]
+        n_neg = min(len(absent), negatives_for(len(per_cat), ctx["negative_ratio"], image_only=only))
         rng = np.random.default_rng([seed, im_id])
         negatives = sorted(rng.choice(absent, size=n_neg, replace=False).tolist()) if n_neg else []
         # one boxes/masks object per (image, category), shared by the detection and the segmentation
@@ -243,22 +282,20 @@ def read_coco_instances(path, *, images_dir=None, negative_ratio=0.5, seed=0, pa
         first = len(drafts)
         for task in ("detection", "instance_segmentation"):
             for c, (boxes, masks, ids) in groups.items():
-                drafts.append(_category_draft(task, im, path_str, index.cats[c], True, boxes,
+                drafts.append(_category_draft(task, im, path_str, ctx["cats"][c], True, boxes,
                                               masks if all(m is not None for m in masks) else None, list(ids),
                                               ignore_boxes, ignore_masks, paraphrase, seed))
             for c in negatives:
-                drafts.append(_category_draft(task, im, path_str, index.cats[c], False, no_boxes, [], [],
+                drafts.append(_category_draft(task, im, path_str, ctx["cats"][c], False, no_boxes, [], [],
                                               ignore_boxes, ignore_masks, paraphrase, seed))
-        extra = [f"ann:{a['id']}" for a, _ in crowd] + ([f"img:{im_id}"] if im_id in image_only else [])
+        extra = [f"ann:{a['id']}" for a, _ in crowd] + ([f"img:{im_id}"] if only else [])
         if extra:
             if len(drafts) > first:
                 drafts[first].source_ids = drafts[first].source_ids + extra
             else:
                 quarantine += [(src, rid, "no sample to carry it: the image has no instance and no absent category to ask about")
                                for rid in extra]
-    n_records = len(index.data["annotations"]) + sum(
-        1 for im in index.data["images"] if not (isinstance(im, dict) and im.get("id") in seen_cats))
-    return ReadResult(drafts, quarantine, n_records)
+    return drafts, quarantine
 
 
 def _image_only_records(index: CocoIndex, seen_cats, files: _ImageFiles, negative_ratio: float, src: str,
@@ -291,15 +328,35 @@ def _category_draft(task, im, path_str, cat, found, boxes, masks, ids, ignore_bo
 
 def read_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0) -> ReadResult:
     """Pose drafts: one per image with people; boxes and 17 keypoints per person."""
+    return plan_coco_keypoints(path, images_dir=images_dir, paraphrase=paraphrase, seed=seed).run()
+
+
+def plan_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0, images_per_unit=None) -> SourcePlan:
+    """Parse and validate here; `pose_drafts` builds the drafts of each unit of images."""
     src = str(path)
     index = index_coco(path, "coco-keypoints")
     files = _ImageFiles(Path(images_dir) if images_dir else None)
     by_image, quarantine, _ = valid_annotations(index, src, files, need_keypoints=True)
+    n_records = len(index.data["annotations"])
+    index.data["annotations"] = []  # by_image holds the usable ones; each is freed once its unit is built
+    ctx = {"src": src, "images_dir": files.images_dir, "seed": seed, "paraphrase": paraphrase}
+
+    def unit(ids):
+        return ctx, [(index.images[i], by_image.pop(i)) for i in ids]
+
+    return SourcePlan(quarantine, n_records, _units(sorted(by_image), images_per_unit, unit), pose_drafts,
+                      images=len(by_image))
+
+
+def pose_drafts(unit) -> tuple[list[Draft], list]:
+    ctx, images = unit
+    src, paraphrase, seed = ctx["src"], ctx["paraphrase"], ctx["seed"]
     drafts: list[Draft] = []
-    for im_id in sorted(by_image):
-        im = index.images[im_id]
+    quarantine: list[tuple[str, str, str]] = []
+    for im, anns in images:
+        im_id = im["id"]
         w, h = im["width"], im["height"]
-        anns = sorted(by_image[im_id], key=lambda a: a["id"])
+        anns = sorted(anns, key=lambda a: a["id"])
         rles = to_rles([a.get("segmentation") for a in anns], h, w)
         people = [(a, m) for a, m in zip(anns, rles) if not a.get("iscrowd")]
         crowd = [(a, m) for a, m in zip(anns, rles) if a.get("iscrowd")]
@@ -308,7 +365,7 @@ def read_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0) -> R
             continue
         masks = [m for _, m in people]
         drafts.append(Draft(
-            task="pose", image_id=im_id, image_path=image_path(files.images_dir, im["file_name"]), width=w, height=h,
+            task="pose", image_id=im_id, image_path=image_path(ctx["images_dir"], im["file_name"]), width=w, height=h,
             instruction=instruction_for("pose", paraphrase=paraphrase, key=str(im_id), seed=seed),
             answer=answer_for("pose", True), source_ids=[f"ann:{a['id']}" for a, _ in people + crowd],
             category="person", category_id=people[0][0]["category_id"],
@@ -316,4 +373,4 @@ def read_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0) -> R
             masks=masks if all(m is not None for m in masks) else None,
             keypoints=[[float(v) for v in a["keypoints"]] for a, _ in people],
             ignore_boxes=[_box(a) for a, _ in crowd], ignore_masks=[m for _, m in crowd if m is not None]))
-    return ReadResult(drafts, quarantine, len(index.data["annotations"]))
+    return drafts, quarantine

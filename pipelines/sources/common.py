@@ -8,7 +8,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -47,6 +47,57 @@ class ReadResult:
     drafts: list[Draft]
     quarantine: list[tuple[str, str, str]]  # (source_file, record_id, reason)
     records_read: int
+
+
+class LazyUnits:
+    """A sequence of work units, each made when first asked for (and made only once)."""
+
+    def __init__(self, n: int, make: Callable[[int], Any]):
+        self._n, self._make = n, make
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self):
+        return (self._make(k) for k in range(self._n))
+
+
+@dataclass
+class SourcePlan:
+    """A source parsed and validated, its drafts still to build: `build(unit)` turns one unit of
+    `units` into (drafts, quarantine rows); it is a module-level function, so a unit can be built in
+    a worker process. Units are in output order: concatenating their drafts gives the read's drafts."""
+
+    quarantine: list[tuple[str, str, str]]
+    records_read: int
+    units: Sequence
+    build: Callable[[Any], tuple[list[Draft], list]]
+    images: int = 0  # distinct images the units cover (decides whether conversion decodes them by default)
+
+    def run(self) -> ReadResult:
+        """Build every unit here, in order (the single-process read)."""
+        drafts, quarantine = [], list(self.quarantine)
+        for unit in self.units:
+            d, q = self.build(unit)
+            drafts += d
+            quarantine += q
+        return ReadResult(drafts, quarantine, self.records_read)
+
+
+def drafts_as_is(unit) -> tuple[list[Draft], list]:
+    """`build` of a plan whose units are ready-made drafts (sources read whole in one pass)."""
+    return unit, []
+
+
+DRAFTS_PER_UNIT = 4096
+
+
+def plan_of(result: ReadResult, drafts_per_unit: int | None = None) -> SourcePlan:
+    """A finished read as a plan whose units are slices of its drafts."""
+    d, drafts_per_unit = result.drafts, drafts_per_unit or DRAFTS_PER_UNIT
+    units = [d[k:k + drafts_per_unit] for k in range(0, len(d), drafts_per_unit)]
+    return SourcePlan(result.quarantine, result.records_read, units, drafts_as_is,
+                      images=len({x.image_path for x in d}))
 
 
 def load_json(path: str | Path, expect: type, what: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +19,8 @@ def find_image(images_dir: Path | None, image_id: int, cache: dict) -> tuple[str
     found = None
     if images_dir is not None:
         name = f"{image_id:012d}.jpg"
-        candidates = [images_dir / name] + sorted(images_dir.glob(f"COCO_*_{name}"))
+        plain = images_dir / name
+        candidates = [plain] if plain.is_file() else [images_dir / n for n in _prefixed_names(images_dir, cache).get(name, [])]
         for c in candidates:
             if c.is_file():
                 try:
@@ -29,6 +31,20 @@ def find_image(images_dir: Path | None, image_id: int, cache: dict) -> tuple[str
                 break
     cache[image_id] = found
     return found
+
+
+def _prefixed_names(images_dir: Path, cache: dict) -> dict[str, list[str]]:
+    """`<id:012d>.jpg` -> the sorted `COCO_*_<id:012d>.jpg` names in the folder, listed once (a glob
+    per image over a train2014-sized folder would make the read quadratic)."""
+    key = ("prefixed", images_dir)
+    if key not in cache:
+        names: dict[str, list[str]] = {}
+        with os.scandir(images_dir) as it:
+            for e in it:
+                if e.name.startswith("COCO_") and e.name.count("_") >= 2:
+                    names.setdefault(e.name.rsplit("_", 1)[1], []).append(e.name)
+        cache[key] = {k: sorted(v) for k, v in names.items()}
+    return cache[key]
 
 
 def vqa_answer(answers) -> str | None:
