@@ -146,8 +146,9 @@ def test_model_in_use_page_says_which_version_and_why(ui, page, artifacts_dir):
 def test_launchpad_shows_the_readme_fields(ui, page, artifacts_dir):
     _open(page, f"{ui['url']}/locations/{ui['location']}/jobs/retrain/playground")
     page.wait_for_timeout(5000)  # the config editor fills in after the schema loads
-    if page.get_by_text("Scaffold missing config").count():
-        page.get_by_text("Scaffold missing config").first.click()
+    scaffold = page.get_by_role("button", name="Scaffold missing config")
+    if scaffold.count() and scaffold.first.is_enabled():  # disabled: every field is there already
+        scaffold.first.click()
         page.wait_for_timeout(2000)
     text = page.inner_text("body")
     page.screenshot(path=str(artifacts_dir / "ui_retrain_launchpad.png"))
@@ -169,10 +170,14 @@ def test_sensor_tick_after_a_source_file_changed(ui, page, artifacts_dir):
     page.get_by_role("button", name="Preview tick result").click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_role("button", name="Continue").click()  # with the sensor's own (empty) cursor
-    dialog.get_by_text("refcoco").first.wait_for(timeout=120_000)
+    dialog.get_by_text("Requested runs").first.wait_for(timeout=120_000)
     page.wait_for_timeout(1000)
     page.screenshot(path=str(artifacts_dir / "ui_sensor_tick.png"))
-    shown = dialog.inner_text()
-    assert "refcoco" in shown
+    assert "Requested runs (1)" in dialog.inner_text()  # one partition changed: one ingest run
+    dialog.get_by_role("button", name="Preview").first.click()  # the run request: its partition and tags
+    page.wait_for_timeout(2000)
+    page.screenshot(path=str(artifacts_dir / "ui_sensor_tick_request.png"))
+    request = page.get_by_role("dialog").last.inner_text()
+    assert "refcoco" in request, request
     for other in ("coco-keypoints", "vqav2", "llava"):
-        assert other not in shown, f"{other} did not change but the tick asks to ingest it:\n{shown}"
+        assert other not in request, f"the run request names {other}, which did not change:\n{request}"
