@@ -24,7 +24,7 @@ def test_ingest_partition_with_blocking_checks(tmp_path, dagster_instance):
     assert result.success
     checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
               for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
-    assert checks == {"records_accounted": True, "heatmap_peaks_at_centers": True}
+    assert checks == {"records_accounted": True, "heatmap_peaks_at_centers": True, "no_eval_images_in_training": True}
     mat = {e.asset_key.to_user_string(): e.step_materialization_data.materialization
            for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"}
     shards_meta = mat["shards"].metadata
