@@ -155,6 +155,6 @@ def test_graphql_launches_an_ingest_run_that_succeeds(webserver):
         checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
                   for e in (r.event_log_entry.dagster_event for r in instance.get_records_for_run(
                       run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records)}
-        assert checks == {"records_accounted": True, "heatmap_peaks_at_centers": True}
+        assert checks == {"records_accounted": True, "heatmap_peaks_at_centers": True, "no_eval_images_in_training": True}
     assert (webserver["data"] / "catalog.duckdb").exists()
     assert list((webserver["data"] / "shards" / "refcoco" / "train").glob("*.parquet"))
