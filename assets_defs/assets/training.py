@@ -324,7 +324,7 @@ def model_in_use(context: dg.AssetExecutionContext, config: PromoteConfig, paths
                          f"version with the `promote_model` job (registry: {registry.path})")
     ckpt = Checkpoint(stage=2, version=entry["version"], checkpoint_dir=entry["checkpoint_dir"],
                       partitions=entry.get("partitions") or [], init_dir=entry.get("init_dir") or "")
-    history = [{"version": v, "status": e["status"], "reason": e["reason"], "decided_at": e["decided_at"]}
+    history = [{"version": v, "status": e["status"], "reason": _short(e["reason"]), "decided_at": e["decided_at"]}
                for v, e in sorted(registry.entries().items(), reverse=True)]
     value = ModelInUse(model=ckpt, reason=entry["reason"], decided_at=entry["decided_at"],
                        review_thresholds=entry.get("review_thresholds") or "")
@@ -338,6 +338,11 @@ def model_in_use(context: dg.AssetExecutionContext, config: PromoteConfig, paths
         "registry": dg.MetadataValue.path(str(registry.path)),
         **({"review_thresholds": _thresholds_table(value.review_thresholds)} if value.review_thresholds else {}),
     })
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """One line of a table cell (the full reason is in the registry and on `evaluation`'s check)."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _thresholds_table(path: str) -> dg.MetadataValue:
