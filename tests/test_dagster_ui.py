@@ -2,6 +2,7 @@
 driven by Debian's headless Chromium, and a run launched through its GraphQL API."""
 
 import json
+from contextlib import contextmanager
 import os
 import shutil
 import signal
@@ -42,9 +43,17 @@ def webserver(tmp_path_factory):
     (home / "dagster.yaml").write_text(LOCAL_CONFIG.read_text() + IMMEDIATE_RUNS)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         ensure_source_partitions(instance)
+    with running_webserver(home, tmp / "data", tmp / "webserver.log") as url:
+        yield {"url": url, "home": home, "data": tmp / "data"}
+
+
+@contextmanager
+def running_webserver(home: Path, data_root: Path, log_path: Path):
+    """dagster-webserver on a free 127.0.0.1 port over `workspace.yaml`, until the code location has loaded;
+    stopped with its code server child at the end."""
+    env = {**os.environ, "DAGSTER_HOME": str(home), "LUMEN_DATA_ROOT": str(data_root), "LUMEN_DEMO_IMAGES": "16"}
     port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "LUMEN_DATA_ROOT": str(tmp / "data"), "LUMEN_DEMO_IMAGES": "16"}
-    log = open(tmp / "webserver.log", "w")
+    log = open(log_path, "w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml",
                              "-h", "127.0.0.1", "-p", str(port)], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -52,7 +61,7 @@ def webserver(tmp_path_factory):
     try:
         deadline = time.time() + 180
         while True:
-            assert proc.poll() is None, (tmp / "webserver.log").read_text()[-3000:]
+            assert proc.poll() is None, log_path.read_text()[-3000:]
             try:
                 if urllib.request.urlopen(f"{url}/server_info", timeout=5).status == 200 and _location_loaded(url):
                     break
@@ -60,7 +69,7 @@ def webserver(tmp_path_factory):
                 pass
             assert time.time() < deadline, "dagster-webserver did not come up in 180 s"
             time.sleep(2)
-        yield {"url": url, "home": home, "data": tmp / "data"}
+        yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the webserver and its code server child
         try:

@@ -8,17 +8,12 @@ from its page ("Test sensor") after one source file changed. Screenshots: artifa
 
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.test_dagster_ui import CHROMIUM, _free_port, _location_loaded, graphql
+from tests.test_dagster_ui import CHROMIUM, graphql, running_webserver
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"ops": {"models": {"config": {"stage1_steps": 4, "stage2_steps": 2, "batch_size": 8}},
@@ -62,36 +57,10 @@ def used_instance(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ui(used_instance):
-    port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(used_instance["home"]), "LUMEN_DATA_ROOT": str(used_instance["data"]),
-           "LUMEN_DEMO_IMAGES": "16"}
-    log_path = used_instance["home"].parent / "webserver.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml",
-                             "-h", "127.0.0.1", "-p", str(port)], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            try:
-                if urllib.request.urlopen(f"{url}/server_info", timeout=5).status == 200 and _location_loaded(url):
-                    break
-            except OSError:
-                pass
-            assert time.time() < deadline, "dagster-webserver did not come up in 180 s"
-            time.sleep(2)
+    home = used_instance["home"]
+    with running_webserver(home, used_instance["data"], home.parent / "webserver.log") as url:
         nodes = graphql(url, "{ repositoriesOrError { ... on RepositoryConnection { nodes { location { name } } } } }")
         yield {"url": url, "location": nodes["repositoriesOrError"]["nodes"][0]["location"]["name"], **used_instance}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")

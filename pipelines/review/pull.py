@@ -39,6 +39,7 @@ from pipelines.review.fo_adapter import label_list_name
 from pipelines.review.fo_env import fiftyone, load_dataset
 from pipelines.review.labels import absolute_box, box_of_points, crop_to_rle, points_to_keypoints
 from pipelines.review.reviewed import CONFLICT, CORRECT, PULLED_ATTR, action_of, scan
+from pipelines.tempdirs import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -121,18 +122,8 @@ def _remove_partial(out_dir: Path) -> None:
     """Temp folders of pulls that died part way: this process's own, or any whose process is gone."""
     for d in out_dir.glob(".partial-*"):
         pid = d.name.split("-")[1] if d.name.count("-") >= 2 else ""
-        if not pid.isdigit() or int(pid) == os.getpid() or not _alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or not pid_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
 
 
 def _latest_version(out_dir: Path) -> Path | None:
