@@ -15,7 +15,6 @@ import pytest
 
 from tests.test_dagster_ui import CHROMIUM, graphql, running_webserver
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"ops": {"models": {"config": {"stage1_steps": 4, "stage2_steps": 2, "batch_size": 8}},
                  "evaluation": {"config": {"tasks": ["bbox", "grounding"]}},
                  "pseudo_labels": {"config": {"batch_size": 8, "task": "detection"}}}}
