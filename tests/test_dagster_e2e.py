@@ -1,13 +1,18 @@
 """The SAME main graph the README's command runs, at a small size, in a real temp DAGSTER_HOME:
 sources -> shards -> catalog -> stage 1 -> stage 2 -> evaluation -> model in use -> pseudo-labels of the
-unlabeled pool -> review dataset; then the regression gate, a retrain and a label run at once, a
-promotion, and a labeler's review pulled from the command line -> a corrections partition."""
+unlabeled pool -> review dataset; then the regression gate, a retrain and a label run at once (two
+processes, as two people would start them), a promotion, and a labeler's review pulled from the command
+line -> a corrections partition."""
 
-import threading
+import json
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
 from assets_defs.definitions import build_defs
 from assets_defs.main import run_main
@@ -17,6 +22,7 @@ from pipelines.layout import pool_file
 from pipelines.model_registry import ModelRegistry
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 SMALL = {"ops": {"models": {"config": {"stage1_steps": 6, "stage2_steps": 4, "batch_size": 8}},
                  "pseudo_labels": {"config": {"batch_size": 8}}}}
@@ -68,39 +74,48 @@ def test_main_graph_small_then_gate_handover_and_review_loop(tmp_path, dagster_h
     assert done["pseudo_labels"]["model_in_use_from"] == "this run"
 
     defs = build_defs(paths=paths, fiftyone=fo)
-    _gate_holds_while_a_label_run_goes_on(instance, defs, paths)
+    _gate_holds_while_a_label_run_goes_on(instance, defs, paths, fo, tmp_path)
     _promotion_on_purpose(instance, defs)
     _review_pulled_from_the_command_line_is_seen(instance, defs, paths, fo)
 
 
-def _gate_holds_while_a_label_run_goes_on(instance, defs, paths):
-    """A retrain whose model regresses (tolerance below zero: any model regresses) and a label run, at once:
-    each uses its own inputs, and the regressed v0002 never pseudo-labels."""
-    results = {}
+def _launch(job: str, run_config: dict, paths: LumenPaths, fo: FiftyOneSettings, tmp: Path) -> subprocess.Popen:
+    """`dagster job execute` of the code location's job in its own process, as a person would start it."""
+    config = tmp / f"{job}.yaml"
+    config.write_text(yaml.safe_dump({**run_config, "resources": {
+        "paths": {"config": {"root": str(paths.base), "demo_images": paths.demo_images}},
+        "fiftyone": {"config": {"dataset": fo.dataset}}}}))
+    return subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m", "assets_defs.definitions",
+                             "-a", "defs", "-j", job, "-c", str(config), "--tags", json.dumps({"e2e": job})],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    def retrain():
-        results["retrain"] = defs.resolve_job_def("retrain").execute_in_process(run_config={"ops": {
-            "models": {"config": {"stage1_steps": 4, "stage2_steps": 2, "batch_size": 8}},
-            "evaluation": {"config": {"tolerance": -1.0, "tasks": ["bbox"]}}}}, instance=instance, raise_on_error=False)
 
-    def label():
-        results["label"] = defs.resolve_job_def("label").execute_in_process(
-            run_config={"ops": {"pseudo_labels": {"config": {"batch_size": 8, "task": "detection"}}}},
-            instance=instance, raise_on_error=False)
+def _run_of(instance, job: str):
+    (run,) = instance.get_runs(filters=dg.RunsFilter(tags={"e2e": job}))
+    records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    mats = {r.event_log_entry.dagster_event.asset_key.to_user_string():
+            {k: v.value for k, v in r.event_log_entry.asset_materialization.metadata.items()} for r in records}
+    checks = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    verdicts = {r.event_log_entry.dagster_event.event_specific_data.check_name:
+                r.event_log_entry.dagster_event.event_specific_data.passed for r in checks}
+    return run, mats, verdicts
 
-    threads = [threading.Thread(target=retrain), threading.Thread(target=label)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    retrained, labelled = results["retrain"], results["label"]
-    assert labelled.success
-    assert _checks(retrained) == {"no_regression": False}
-    r = _materialized(retrained)
+
+def _gate_holds_while_a_label_run_goes_on(instance, defs, paths, fo, tmp):
+    """A retrain whose model regresses (tolerance below zero: any model regresses) and a label run, started at
+    once in two processes: each uses its own inputs, and the regressed v0002 never pseudo-labels."""
+    procs = [_launch("retrain", {"ops": {"models": {"config": {"stage1_steps": 4, "stage2_steps": 2, "batch_size": 8}},
+                                         "evaluation": {"config": {"tolerance": -1.0, "tasks": ["bbox"]}}}}, paths, fo, tmp),
+             _launch("label", {"ops": {"pseudo_labels": {"config": {"batch_size": 8, "task": "detection"}}}}, paths, fo, tmp)]
+    outputs = [p.communicate(timeout=3000)[0] for p in procs]
+    _, r, checks = _run_of(instance, "retrain")
+    label_run, labelled, _ = _run_of(instance, "label")
+    assert label_run.status == dg.DagsterRunStatus.SUCCESS, outputs[1][-3000:]
+    assert checks == {"no_regression": False}, outputs[0][-3000:]
     assert r["stage2_model"]["model_version"] == "v0002" and r["evaluation"]["model_version"] == "v0002"
     assert r["evaluation"]["stage2_model"] == "this run" and r["evaluation"]["compared_with"] == "v0001"
     assert "model_in_use" not in r  # blocked by the failed gate
-    assert _materialized(labelled)["pseudo_labels"]["model_version"] == "v0001"
+    assert labelled["pseudo_labels"]["model_version"] == "v0001"
     registry = ModelRegistry(paths.model_registry)
     assert registry.in_use()["version"] == "v0001" and registry.get("v0002")["status"] == "rejected"
 
