@@ -191,6 +191,10 @@ def training_batches(dataset, keep, groups, collate, *, seed: int, batch_size: i
     processes ahead of the model. The positions and mirror coins depend on the step alone, and the
     loader draws from its own generator (not the global RNG), so resume and DDP stay exact."""
     sampler = _StepBatches(len(keep), seed, batch_size, start, stop, groups, group_size, rank, batch_size // world)
+    if num_workers and torch.multiprocessing.current_process().daemon:
+        # a daemonic process (a Celery worker's pool process) may not have children: load in this one
+        log.info("batches load in this process: it is daemonic and may not start DataLoader workers")
+        num_workers = 0
     if num_workers:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the collator tokenizes in the workers
     context = "fork" if num_workers and "fork" in torch.multiprocessing.get_all_start_methods() else None

@@ -10,6 +10,7 @@ all the samples.
 from __future__ import annotations
 
 import multiprocessing as mp
+import logging
 import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -20,6 +21,8 @@ from typing import Iterator
 import pyarrow as pa
 
 from pipelines.sources.common import SourcePlan
+
+log = logging.getLogger(__name__)
 
 
 def default_workers() -> int:
@@ -44,6 +47,10 @@ def worker_pool(workers: int):
     later would keep a private copy of every page of the parsed source that the parent then
     writes to (reference counts change on every access), multiplying the memory. Units reach the
     workers pickled. None when one process is asked for."""
+    if workers > 1 and mp.current_process().daemon:
+        # a daemonic process (a Celery worker's pool process) may not have children: convert here
+        log.info("conversion runs in this process: it is daemonic and may not start workers")
+        workers = 1
     if workers <= 1:
         yield None
         return
