@@ -1,16 +1,20 @@
-"""Compare a new model's metrics with the previous version's (every metric: higher is better)."""
+"""Compare a new model's metrics with the previous version's (every score: higher is better).
+
+Scores are the floats of `pipelines.evaluation` (AP, accuracy, IoU); the integers beside them are
+counts (detections, sentences, questions answered), context and not quality: a model that predicts
+fewer boxes has not regressed by that number, so counts never enter the comparison."""
 
 from __future__ import annotations
 
 
 def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
     """{"bbox": {"AP50": 0.6}, "grounding": {"by_kind": {"spatial": {...}}}} -> {"bbox/AP50": 0.6,
-    "grounding/by_kind/spatial/acc@0.5": ...}; non-numbers dropped."""
+    "grounding/by_kind/spatial/acc@0.5": ...}; counts (ints), NaN and non-numbers dropped."""
     out = {}
     for k, v in metrics.items():
         if isinstance(v, dict):
             out.update(flatten_metrics(v, f"{prefix}{k}/"))
-        elif prefix and isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:  # v == v drops NaN
+        elif prefix and isinstance(v, float) and v == v:  # v == v drops NaN
             out[f"{prefix}{k}"] = float(v)
     return out
 

@@ -74,6 +74,10 @@ def test_regression_rule():
     drops = find_regressions({"bbox": {"AP50": 0.50, "AP": 0.31}, "vqa": {"accuracy": 0.2}}, prev, 0.05)
     assert [d["metric"] for d in drops] == ["bbox/AP50", "vqa/accuracy"]
     assert find_regressions({"bbox": {"AP50": 0.0}}, None, 0.05) == []  # first model: nothing to compare
+    # counts are context, not quality: fewer detections or questions is no regression
+    assert find_regressions({"bbox": {"AP50": 0.6, "detections": 12}, "vqa": {"accuracy": 0.5, "questions": 3}},
+                            {"bbox": {"AP50": 0.6, "detections": 291}, "vqa": {"accuracy": 0.5, "questions": 90}},
+                            0.05) == []
 
 
 def test_numbered_versions(tmp_path):
