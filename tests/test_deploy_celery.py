@@ -269,7 +269,8 @@ def test_two_runs_at_once_never_share_the_gpu_queue(stack):
 
 
 def test_worker_killed_during_a_step_then_reexecution_from_failure(stack):
-    ops = {"models": {"config": {"stage1_steps": 3, "stage2_steps": 2, "batch_size": 4}},
+    # a stage 1 long enough to be killed mid-step on an idle machine (3 steps took under 2 s)
+    ops = {"models": {"config": {"stage1_steps": 300, "stage2_steps": 2, "batch_size": 4}},
            "evaluation": {"config": {**EVAL_FAST, "tasks": ["bbox"]}}}
     run_id = launch(stack, "retrain", ops)
     deadline = time.monotonic() + 300
