@@ -281,7 +281,8 @@ def test_worker_killed_during_a_step_then_reexecution_from_failure(stack):
         time.sleep(0.5)
     assert pid in stack.process_tree("worker-gpu"), (pid, stack.process_tree("worker-gpu"))
     time.sleep(2)  # the step loads the model and shards for longer than this
-    assert not any(e["type"] in ("STEP_SUCCESS", "STEP_FAILURE") for e in step_events(stack, run_id))
+    ended = [e for e in step_events(stack, run_id) if e["type"] in ("STEP_SUCCESS", "STEP_FAILURE")]
+    assert not ended, (ended, step_error(stack, run_id)[-3000:] if any(e["type"] == "STEP_FAILURE" for e in ended) else "")
     os.kill(pid, signal.SIGKILL)  # the worker process running the step dies (as under the OOM killer)
 
     assert wait_run(stack, run_id, timeout=300) == "FAILURE"
