@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -215,95 +216,154 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
     `device`: "cpu", "cuda", "cuda:1" ...; None picks the GPU when there is one."""
     if task not in TASKS:
         raise InputError(f"predict: unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    out_file = Path(out_file)
-    jobs = []  # (image dict, instruction, meta)
-    if task in ("detection", "instance_segmentation", "pose"):
-        images = list_images(images_dir, annotations)[:max_images]
-        if task == "pose":
-            cats = [{"id": 1, "name": "person"}]
-            if annotations:
-                cats = [c for c in _read_json(annotations).get("categories", []) if c["name"] == "person"] or cats
-        elif annotations and _read_json(annotations).get("categories"):
-            cats = _read_json(annotations)["categories"]  # instances or image_info json (images without labels)
-        elif categories:
-            cats = [{"id": i + 1, "name": n} for i, n in enumerate(categories)]
-        else:
-            cats = checkpoint_categories(checkpoint)
-        jobs = ImageInstructionJobs(images, [(instruction_for(task, category=c["name"]), {"category_id": c["id"]})
-                                             for c in cats])
-    elif task in ("grounding", "referring_segmentation"):
-        if not expressions:
-            raise InputError("predict: --expressions FILE is required for grounding / referring segmentation")
-        for e in _read_json(expressions):
-            im = {"id": e["image_id"], "path": str(Path(images_dir) / e["file_name"])}
-            jobs.append((im, instruction_for(task, expression=e["expression"]),
-                         {"sent_id": e["sent_id"], "ref_id": e.get("ref_id"), "expression": e["expression"]}))
-    else:
-        if not questions:
-            raise InputError("predict: --questions FILE (VQAv2 questions json) is required for vqa")
-        data = _read_json(questions)
-        for q in data["questions"] if isinstance(data, dict) else data:
-            path = Path(images_dir) / f"{q['image_id']:012d}.jpg"
-            jobs.append(({"id": q["image_id"], "path": str(path)}, short_answer_question(q["question"]),
-                         {"question_id": q["question_id"]}))
-
+    jobs = plan_jobs(checkpoint, task, images_dir, annotations=annotations, categories=categories,
+                     expressions=expressions, questions=questions, max_images=max_images)
     # inputs are checked above before the (slow) model load
     p = Predictor(checkpoint, device=device, batch_size=batch_size, score_threshold=score_threshold)
-    cfg = p.cfg
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    heat_dir = out_file.with_name(out_file.stem + "_heatmaps")
-    heat_dir.mkdir(exist_ok=True)
-    # written as they come: a large pool's results never sit in memory
-    results = JsonArrayWriter(out_file)
-    index = JsonArrayWriter(heat_dir / "index.json", count_if=lambda e: e["task_token"] == e["expected_task_token"])
+    files = open_prediction_files(Path(out_file))
     bar = progress_bar(total=len(jobs), desc=f"predict {task}", unit="instr", enabled=progress)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
-        paths = [j[0]["path"] for j in chunk]
         if task == "vqa":
-            for (im, _, meta), ans in zip(chunk, p.answer(paths, [j[1] for j in chunk])):
-                results.append({"question_id": meta["question_id"], "image_id": im["id"], "answer": ans})
-            bar.update(len(chunk))
-            continue
-        out = p.locate(paths, [j[1] for j in chunk])
-        heat = out["heat"].cpu().numpy()
-        sizes, offsets = out["sizes"].cpu().numpy(), out["offsets"].cpu().numpy()
-        for i, (im, _, meta) in enumerate(chunk):
-            geo = p.geometry(im["path"])
-            keep = 1 - float(out["p_none"][i])
-            single = task in ("grounding", "referring_segmentation")
-            boxes, scores = decode_boxes(heat[i], sizes[i], offsets[i], geo, k=1 if single else cfg.top_k,
-                                         threshold=0.0 if single else p.threshold)
-            scores = scores * (1.0 if single else keep)
-            name = f"{im['id']}_{meta.get('category_id', meta.get('sent_id'))}.png"
-            index.append({"image_id": im["id"], "task": task, "category_id": meta.get("category_id"),
-                          "expression": meta.get("expression"), "sent_id": meta.get("sent_id"),
-                          "file": _write_heatmap(heat_dir, name, heat[i]), "input_size": cfg.input_size,
-                          "heatmap_size": cfg.heatmap_size, "p_none": round(1 - keep, 4),
-                          "task_token": out["task_token"][i], "expected_task_token": TASK_TOKENS[task]})
-            if task in ("instance_segmentation", "referring_segmentation"):
-                masks = p.masks_for(out, i, boxes, geo, im["path"])
-            if task == "pose":
-                kps = p.keypoints_for(out["dense"][i], boxes, geo)
-            for j, (b, s) in enumerate(zip(boxes, scores)):
-                r = {"image_id": im["id"], "bbox": [round(float(v), 2) for v in b], "score": round(float(s), 5)}
-                if single:
-                    r.update(sent_id=meta["sent_id"], ref_id=meta.get("ref_id"), category_id=1)
-                else:
-                    r["category_id"] = meta["category_id"]
-                if task in ("instance_segmentation", "referring_segmentation"):
-                    r["segmentation"] = masks[j]
-                if task == "pose":
-                    k, ks = kps[j]
-                    r["keypoints"] = [round(float(v), 2) for v in k.reshape(-1)]
-                    r["score"] = round(float(s) * ks, 5)
-                results.append(r)
+            write_answers(p, chunk, files)
+        else:
+            write_located(p, task, chunk, files)
         bar.update(len(chunk))
     bar.close()
-    results.close()
-    index.close()
-    log.info("%s: %d results -> %s (heatmaps: %s)", task, len(results), out_file, heat_dir)
-    summary = {"task": task, "results": len(results), "out_file": str(out_file), "heatmaps_dir": str(heat_dir)}
-    if index:  # how often the generated task token names the requested task (the decoder used is the requested one)
-        summary["task_token_agreement"] = round(index.matched / len(index), 4)
+    return close_prediction_files(files, task)
+
+
+def plan_jobs(checkpoint, task: str, images_dir, *, annotations=None, categories=None, expressions=None,
+              questions=None, max_images: int | None = None):
+    """The task's (image, instruction, meta) jobs, its input files checked before the slow model load."""
+    if task in ("detection", "instance_segmentation", "pose"):
+        images = list_images(images_dir, annotations)[:max_images]
+        cats = _task_categories(checkpoint, task, annotations, categories)
+        return ImageInstructionJobs(images, [(instruction_for(task, category=c["name"]), {"category_id": c["id"]})
+                                             for c in cats])
+    if task in ("grounding", "referring_segmentation"):
+        return _expression_jobs(task, images_dir, expressions)
+    return _question_jobs(images_dir, questions)
+
+
+def _task_categories(checkpoint, task: str, annotations, categories) -> list[dict]:
+    """The categories to ask for: pose's person, else the annotations', the given names', or the checkpoint's."""
+    if task == "pose":
+        cats = [{"id": 1, "name": "person"}]
+        if annotations:
+            cats = [c for c in _read_json(annotations).get("categories", []) if c["name"] == "person"] or cats
+        return cats
+    if annotations and _read_json(annotations).get("categories"):
+        return _read_json(annotations)["categories"]  # instances or image_info json (images without labels)
+    if categories:
+        return [{"id": i + 1, "name": n} for i, n in enumerate(categories)]
+    return checkpoint_categories(checkpoint)
+
+
+def _expression_jobs(task: str, images_dir, expressions) -> list[tuple]:
+    """Grounding / referring segmentation: one job per referring expression."""
+    if not expressions:
+        raise InputError("predict: --expressions FILE is required for grounding / referring segmentation")
+    jobs = []
+    for e in _read_json(expressions):
+        im = {"id": e["image_id"], "path": str(Path(images_dir) / e["file_name"])}
+        jobs.append((im, instruction_for(task, expression=e["expression"]),
+                     {"sent_id": e["sent_id"], "ref_id": e.get("ref_id"), "expression": e["expression"]}))
+    return jobs
+
+
+def _question_jobs(images_dir, questions) -> list[tuple]:
+    """VQA: one job per question of a VQAv2 questions json (or a plain list of questions)."""
+    if not questions:
+        raise InputError("predict: --questions FILE (VQAv2 questions json) is required for vqa")
+    data = _read_json(questions)
+    jobs = []
+    for q in data["questions"] if isinstance(data, dict) else data:
+        path = Path(images_dir) / f"{q['image_id']:012d}.jpg"
+        jobs.append(({"id": q["image_id"], "path": str(path)}, short_answer_question(q["question"]),
+                     {"question_id": q["question_id"]}))
+    return jobs
+
+
+@dataclass
+class PredictionFiles:
+    """The results json and the heatmaps' index, written as results come: a large pool never sits in memory."""
+
+    out_file: Path
+    heat_dir: Path
+    results: JsonArrayWriter
+    index: JsonArrayWriter
+
+
+def open_prediction_files(out_file: Path) -> PredictionFiles:
+    """Create the output folders and open both JSON arrays (each appears whole, on close)."""
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    heat_dir = out_file.with_name(out_file.stem + "_heatmaps")
+    heat_dir.mkdir(exist_ok=True)
+    results = JsonArrayWriter(out_file)
+    index = JsonArrayWriter(heat_dir / "index.json", count_if=lambda e: e["task_token"] == e["expected_task_token"])
+    return PredictionFiles(out_file, heat_dir, results, index)
+
+
+def close_prediction_files(files: PredictionFiles, task: str) -> dict:
+    """Publish both files and return the run's summary (what `lumen predict` prints)."""
+    files.results.close()
+    files.index.close()
+    log.info("%s: %d results -> %s (heatmaps: %s)", task, len(files.results), files.out_file, files.heat_dir)
+    summary = {"task": task, "results": len(files.results), "out_file": str(files.out_file),
+               "heatmaps_dir": str(files.heat_dir)}
+    if files.index:  # how often the generated task token names the requested task (the decoder used is the requested one)
+        summary["task_token_agreement"] = round(files.index.matched / len(files.index), 4)
     return summary
+
+
+def write_answers(p: Predictor, chunk: list[tuple], files: PredictionFiles) -> None:
+    """VQA: answer a batch of questions and write one answer per question."""
+    paths = [j[0]["path"] for j in chunk]
+    for (im, _, meta), ans in zip(chunk, p.answer(paths, [j[1] for j in chunk])):
+        files.results.append({"question_id": meta["question_id"], "image_id": im["id"], "answer": ans})
+
+
+def write_located(p: Predictor, task: str, chunk: list[tuple], files: PredictionFiles) -> None:
+    """Heatmap tasks: locate a batch, then write each instruction's heatmap, index entry and results."""
+    out = p.locate([j[0]["path"] for j in chunk], [j[1] for j in chunk])
+    heat = out["heat"].cpu().numpy()
+    sizes, offsets = out["sizes"].cpu().numpy(), out["offsets"].cpu().numpy()
+    single = task in ("grounding", "referring_segmentation")
+    for i, (im, _, meta) in enumerate(chunk):
+        geo = p.geometry(im["path"])
+        keep = 1 - float(out["p_none"][i])
+        boxes, scores = decode_boxes(heat[i], sizes[i], offsets[i], geo, k=1 if single else p.cfg.top_k,
+                                     threshold=0.0 if single else p.threshold)
+        scores = scores * (1.0 if single else keep)
+        name = f"{im['id']}_{meta.get('category_id', meta.get('sent_id'))}.png"
+        files.index.append({"image_id": im["id"], "task": task, "category_id": meta.get("category_id"),
+                            "expression": meta.get("expression"), "sent_id": meta.get("sent_id"),
+                            "file": _write_heatmap(files.heat_dir, name, heat[i]), "input_size": p.cfg.input_size,
+                            "heatmap_size": p.cfg.heatmap_size, "p_none": round(1 - keep, 4),
+                            "task_token": out["task_token"][i], "expected_task_token": TASK_TOKENS[task]})
+        for r in _result_rows(p, task, out, i, im, meta, boxes, scores, geo):
+            files.results.append(r)
+
+
+def _result_rows(p: Predictor, task: str, out: dict, i: int, im: dict, meta: dict, boxes, scores,
+                 geo: SquarePad) -> list[dict]:
+    """One instruction's COCO result rows: its boxes, with masks or keypoints where the task has them."""
+    segm = task in ("instance_segmentation", "referring_segmentation")
+    masks = p.masks_for(out, i, boxes, geo, im["path"]) if segm else None
+    kps = p.keypoints_for(out["dense"][i], boxes, geo) if task == "pose" else None
+    rows = []
+    for j, (b, s) in enumerate(zip(boxes, scores)):
+        r = {"image_id": im["id"], "bbox": [round(float(v), 2) for v in b], "score": round(float(s), 5)}
+        if task in ("grounding", "referring_segmentation"):
+            r.update(sent_id=meta["sent_id"], ref_id=meta.get("ref_id"), category_id=1)
+        else:
+            r["category_id"] = meta["category_id"]
+        if segm:
+            r["segmentation"] = masks[j]
+        if task == "pose":
+            k, ks = kps[j]
+            r["keypoints"] = [round(float(v), 2) for v in k.reshape(-1)]
+            r["score"] = round(float(s) * ks, 5)
+        rows.append(r)
+    return rows

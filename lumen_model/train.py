@@ -268,7 +268,62 @@ def _loss_curve(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+@dataclass
+class TrainingPlan:
+    """What a run trains on and where, settled (and the inputs checked) before any model is built."""
+
+    rank: int
+    world: int
+    device: str
+    preset: object
+    out: Path
+    dataset: object
+    keep: np.ndarray
+    groups: list[int]
+    resume: bool
+
+
+@dataclass
+class Trainer:
+    """The model and its optimizer state, as a run starts (fresh, from --init or resumed) and goes on."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    start: int
+    history: list
+
+
 def train(cfg: TrainConfig) -> dict:
+    """Train one stage as `cfg` says; returns the last checkpoint's folder, step, metrics and speed."""
+    plan = plan_training(cfg)
+    trainer = start_trainer(cfg, plan)
+    last_step, seen, t0 = run_steps(cfg, plan, trainer)
+    result = write_checkpoint(trainer, plan.out, last_step, cfg, plan.rank)
+    result["samples_per_s"] = seen / max(1e-9, time.perf_counter() - t0)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _check_inputs(cfg: TrainConfig) -> None:
+    """Fail in one line on bad input before any slow work: missing shards, clashing flags, leaked eval images."""
+    missing = [d for d in cfg.shards if not Path(d).is_dir()]
+    if missing:
+        raise InputError(f"shard folder not found: {', '.join(missing)}")
+    if cfg.resume and cfg.init:
+        raise InputError("give either --resume (continue --out) or --init (start from another checkpoint), not both")
+    if not cfg.allow_eval_overlap:  # no evaluation image may train (pipelines/leakage.py)
+        from pipelines.leakage import describe_overlap, find_eval_overlap
+
+        leaks = find_eval_overlap(cfg.shards, cfg.shards, train_splits=TRAIN_SPLITS)
+        if leaks:
+            raise InputError(describe_overlap(leaks) + "; take them out of training, or pass --allow-eval-overlap")
+
+
+def plan_training(cfg: TrainConfig) -> TrainingPlan:
+    """Join the process group, check the inputs, open the shards and decide whether to resume."""
     _init_distributed()
     rank, world = _dist_info()
     device = _device(cfg.device, rank)
@@ -277,101 +332,109 @@ def train(cfg: TrainConfig) -> dict:
     tasks = cfg.tasks or STAGE_TASKS[cfg.stage]
     from pipelines.dataset import ShardDataset
 
-    missing = [d for d in cfg.shards if not Path(d).is_dir()]
-    if missing:
-        raise InputError(f"shard folder not found: {', '.join(missing)}")
-    if cfg.resume and cfg.init:
-        raise InputError("give either --resume (continue --out) or --init (start from another checkpoint), not both")
-
-    if not cfg.allow_eval_overlap:  # before any slow work: no evaluation image may train (pipelines/leakage.py)
-        from pipelines.leakage import describe_overlap, find_eval_overlap
-
-        leaks = find_eval_overlap(cfg.shards, cfg.shards, train_splits=TRAIN_SPLITS)
-        if leaks:
-            raise InputError(describe_overlap(leaks) + "; take them out of training, or pass --allow-eval-overlap")
+    _check_inputs(cfg)
     dataset = ShardDataset(cfg.shards, input_size=preset.input_size, tasks=tasks)
     keep, groups = train_rows(dataset, TRAIN_SPLITS)
     if not len(keep):
         raise InputError(f"no train/all-split samples for tasks {', '.join(tasks)} in {', '.join(cfg.shards)}")
-
     cfg.categories = _categories(dataset, cfg.init or (out if cfg.resume else None))
-    state_file = out / "trainer_state.json"
     if rank == 0:
         clean_stale(out)  # temp folders of a killed save; an interrupted swap is put back
-    resume = cfg.resume and state_file.is_file()
-    if resume:
-        model, tokenizer = load_model(out, device)
-    elif cfg.init:
-        model, tokenizer = load_model(cfg.init, device)
-    else:
-        texts = [t for pair in zip(dataset.column("instruction").to_pylist(), dataset.column("answer").to_pylist())
-                 for t in pair]
-        texts += ["user : assistant :", SHORT_ANSWER]
-        tokenizer = train_tokenizer(texts, vocab_size=preset.text["vocab_size"])
-        _set_seed(cfg.seed)
-        model = build_model(preset, tokenizer).to(device)
-        if cfg.weights:
-            from lumen_model.checkpoint import load_pretrained_parts
+    resume = cfg.resume and (out / "trainer_state.json").is_file()  # after clean_stale: it may put one back
+    return TrainingPlan(rank, world, device, preset, out, dataset, keep, groups, resume)
 
-            load_pretrained_parts(model, cfg.weights)
-    model.train()
-    model.set_stage(cfg.stage)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+def _start_model(cfg: TrainConfig, plan: TrainingPlan):
+    """(model, tokenizer): the resumed checkpoint, the --init one, or a new model with its own tokenizer."""
+    if plan.resume:
+        return load_model(plan.out, plan.device)
+    if cfg.init:
+        return load_model(cfg.init, plan.device)
+    texts = [t for pair in zip(plan.dataset.column("instruction").to_pylist(), plan.dataset.column("answer").to_pylist())
+             for t in pair]
+    texts += ["user : assistant :", SHORT_ANSWER]
+    tokenizer = train_tokenizer(texts, vocab_size=plan.preset.text["vocab_size"])
+    _set_seed(cfg.seed)
+    model = build_model(plan.preset, tokenizer).to(plan.device)
+    if cfg.weights:
+        from lumen_model.checkpoint import load_pretrained_parts
+
+        load_pretrained_parts(model, cfg.weights)
+    return model, tokenizer
+
+
+def _lr_schedule(cfg: TrainConfig):
+    """The learning-rate factor per step: linear warm-up, then a cosine down to `lr_floor`."""
     def lr_at(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
         return cfg.lr_floor + (1 - cfg.lr_floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    start, history = 0, []
-    if resume:
-        start, history = _load_resume_state(out, optimizer, scheduler, rank)
-        log.info("resuming %s at step %d", out, start)
-    else:
-        _set_seed(cfg.seed + rank)
+    return lr_at
 
-    ddp = world > 1
-    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if ddp else model
-    collate = Collator(tokenizer, preset.num_image_tokens, preset.max_text_tokens, preset.heatmap_size, preset.input_size)
-    use_bf16 = device.startswith("cuda")
+
+def start_trainer(cfg: TrainConfig, plan: TrainingPlan) -> Trainer:
+    """Model, optimizer and schedule at the run's first step, with the RNG where that step expects it."""
+    model, tokenizer = _start_model(cfg, plan)
+    model.train()
+    model.set_stage(cfg.stage)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_schedule(cfg))
+    start, history = 0, []
+    if plan.resume:
+        start, history = _load_resume_state(plan.out, optimizer, scheduler, plan.rank)
+        log.info("resuming %s at step %d", plan.out, start)
+    else:
+        _set_seed(cfg.seed + plan.rank)
+    return Trainer(model, tokenizer, params, optimizer, scheduler, start, history)
+
+
+def run_steps(cfg: TrainConfig, plan: TrainingPlan, t: Trainer) -> tuple[int, int, float]:
+    """Train up to the stop step, saving every `save_every`; returns (last step, samples seen, start time)."""
+    net = torch.nn.parallel.DistributedDataParallel(t.model, find_unused_parameters=True) if plan.world > 1 else t.model
+    p = plan.preset
+    collate = Collator(t.tokenizer, p.num_image_tokens, p.max_text_tokens, p.heatmap_size, p.input_size)
     t0, seen = time.perf_counter(), 0
-    bar = progress(total=cfg.max_steps, initial=start, desc=f"stage {cfg.stage}", unit="step",
-                   enabled=cfg.progress and rank == 0)
-    bad_steps, last_step = BadStepCounter(cfg.max_bad_steps), start
+    bar = progress(total=cfg.max_steps, initial=t.start, desc=f"stage {cfg.stage}", unit="step",
+                   enabled=cfg.progress and plan.rank == 0)
+    bad_steps, last_step = BadStepCounter(cfg.max_bad_steps), t.start
     stop = cfg.max_steps if cfg.stop_at_step is None else min(cfg.max_steps, cfg.stop_at_step)
-    batches = training_batches(dataset, keep, groups, collate, seed=cfg.seed, batch_size=cfg.batch_size, start=start,
-                               stop=stop, group_size=cfg.group_size, hflip_p=cfg.hflip, num_workers=cfg.num_workers,
-                               rank=rank, world=world)
-    per_step = min(cfg.batch_size, len(keep))  # samples in a step's batch, all ranks together
+    batches = training_batches(plan.dataset, plan.keep, plan.groups, collate, seed=cfg.seed, batch_size=cfg.batch_size,
+                               start=t.start, stop=stop, group_size=cfg.group_size, hflip_p=cfg.hflip,
+                               num_workers=cfg.num_workers, rank=plan.rank, world=plan.world)
+    per_step = min(cfg.batch_size, len(plan.keep))  # samples in a step's batch, all ranks together
     for step, batch in batches:
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            losses = net(batch, stage=cfg.stage)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()  # DDP averages the gradients across ranks here
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        rec = {k: float(_mean_across(v.detach(), ddp)) for k, v in losses.items()}
-        if bad_steps.check(rec["loss"], float(grad_norm), step, out):  # same values on every rank
-            optimizer.step()
-        scheduler.step()  # the schedule stays a function of the step, skipped or not
+        rec = _train_step(cfg, plan, t, net, batch, step, bad_steps)
         seen += per_step
         last_step = step + 1
         if not math.isfinite(rec["loss"]):
             continue  # a skipped step: no NaN in the history, the curve or the printed JSON
         rate = seen / (time.perf_counter() - t0)
-        history.append({"step": step + 1, **rec, "samples_per_s": rate, "lr": scheduler.get_last_lr()[0]})
+        t.history.append({"step": step + 1, **rec, "samples_per_s": rate, "lr": t.scheduler.get_last_lr()[0]})
         bar.set_postfix(loss=f"{rec['loss']:.3f}", samples_s=f"{rate:.1f}")
         bar.update(1)
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps:
-            _save(model, tokenizer, optimizer, scheduler, out, step + 1, history, cfg, rank)
+            write_checkpoint(t, plan.out, step + 1, cfg, plan.rank)
     bar.close()
-    result = _save(model, tokenizer, optimizer, scheduler, out, last_step, history, cfg, rank)
-    result["samples_per_s"] = seen / max(1e-9, time.perf_counter() - t0)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return result
+    return last_step, seen, t0
+
+
+def _train_step(cfg: TrainConfig, plan: TrainingPlan, t: Trainer, net, batch: dict, step: int,
+                bad_steps: BadStepCounter) -> dict:
+    """One update on one batch (skipped when non-finite); returns the losses averaged over the ranks."""
+    batch = {k: v.to(plan.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=plan.device.startswith("cuda")):
+        losses = net(batch, stage=cfg.stage)
+    t.optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()  # DDP averages the gradients across ranks here
+    grad_norm = torch.nn.utils.clip_grad_norm_(t.params, cfg.grad_clip)
+    rec = {k: float(_mean_across(v.detach(), plan.world > 1)) for k, v in losses.items()}
+    if bad_steps.check(rec["loss"], float(grad_norm), step, plan.out):  # same values on every rank
+        t.optimizer.step()
+    t.scheduler.step()  # the schedule stays a function of the step, skipped or not
+    return rec
 
 
 def _categories(dataset, previous) -> list[dict]:
@@ -436,10 +499,9 @@ def _rng_states_of_all_ranks(step: int) -> list[dict]:
     return every
 
 
-def _save(model, tokenizer, optimizer, scheduler, out: Path, step: int, history: list, cfg: TrainConfig, rank: int) -> dict:
-    """Write the whole checkpoint (weights, optimizer, scheduler, RNG of every rank, trainer state) into a
-    temp folder and publish it by rename: a kill at any moment leaves the previous checkpoint whole."""
-    bad = nonfinite_tensors(getattr(model, "module", model).state_dict())
+def write_checkpoint(t: Trainer, out: Path, step: int, cfg: TrainConfig, rank: int) -> dict:
+    """Write the whole checkpoint to a temp folder, published by rename: a kill never leaves a half one."""
+    bad = nonfinite_tensors(getattr(t.model, "module", t.model).state_dict())
     if bad:  # never replace a good checkpoint with a broken one
         raise TrainingDiverged(f"training diverged: {len(bad)} weight tensors are non-finite at step {step} "
                                f"({bad[0]}, ...); {_last_good(out)}; lower --lr")
@@ -452,19 +514,19 @@ def _save(model, tokenizer, optimizer, scheduler, out: Path, step: int, history:
             with writing(tmp / f"rng_state_{r}.json"):
                 (tmp / f"rng_state_{r}.json").write_text(json.dumps(rng))
         with writing(tmp / "model.safetensors"):
-            save_checkpoint(model, tokenizer, tmp, extra={"stage": cfg.stage, "step": step,
-                                                          "categories": cfg.categories})
-        for name, obj in (("optimizer.pt", optimizer), ("scheduler.pt", scheduler)):
+            save_checkpoint(t.model, t.tokenizer, tmp, extra={"stage": cfg.stage, "step": step,
+                                                              "categories": cfg.categories})
+        for name, obj in (("optimizer.pt", t.optimizer), ("scheduler.pt", t.scheduler)):
             with writing(tmp / name):
                 torch.save(obj.state_dict(), tmp / name)
-        state = {"step": step, "history": history, "config": {k: v for k, v in asdict(cfg).items() if k != "categories"}}
+        state = {"step": step, "history": t.history, "config": {k: v for k, v in asdict(cfg).items() if k != "categories"}}
         with writing(tmp / "trainer_state.json"):
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        if history:
+        if t.history:
             with writing(tmp / curve.name):
-                _loss_curve(history, tmp / curve.name, f"stage {cfg.stage} ({cfg.preset})")
+                _loss_curve(t.history, tmp / curve.name, f"stage {cfg.stage} ({cfg.preset})")
         publish_dir(tmp, out)
-    last = history[-1] if history else {}
+    last = t.history[-1] if t.history else {}
     return {"checkpoint_dir": str(out), "step": step, "metrics": {k: v for k, v in last.items() if k != "step"},
             "loss_curve_png": str(curve)}
 

@@ -28,6 +28,7 @@ import shutil
 import time
 from collections import Counter, defaultdict
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -177,13 +178,48 @@ def _mark_pulled(dataset, states) -> None:
         dataset.set_label_values(f"{path}.{PULLED_ATTR}", values, dynamic=True)
 
 
+@dataclass
+class _PullPlan:
+    """What a pull reads: the categories, the reviewed label fields and the reviewed images."""
+
+    categories: list[dict]
+    cat_ids: set
+    cat_by_name: dict
+    kp_cats: list[dict]
+    pred_fields: dict
+    corr_fields: dict
+    current: set
+    tagged: set
+    view: object
+
+
+@dataclass
+class _Pulled:
+    """The pulled files' lists as they fill, image by image, and the counts."""
+
+    images: list = field(default_factory=list)
+    kp_images: list = field(default_factory=list)
+    anns: list = field(default_factory=list)
+    kp_anns: list = field(default_factory=list)
+    prov: list = field(default_factory=list)
+    rejections: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+
+
 def _collect(dataset, reviewed_ids: set[str]) -> tuple[dict, dict]:
     """Build the files' content from every reviewed image, in a deterministic order."""
-    from fiftyone import ViewField as FF
+    plan = _plan_pull(dataset, reviewed_ids)
+    pulled = _Pulled()
+    for sample in sorted(plan.view, key=lambda s: (s.image_id, s.id)):
+        _pull_sample(sample, plan, pulled)
+    return _pulled_content(dataset.name, plan, pulled)
 
+
+def _plan_pull(dataset, reviewed_ids: set[str]) -> _PullPlan:
+    """Read the review's categories and fields, and select the reviewed or tagged images."""
     info = F.review_info(dataset)
     categories = info.get("categories", [])
-    cat_ids = {c["id"] for c in categories}
     cat_by_name = {c["name"]: c["id"] for c in categories}
     kp_cats = [c for c in categories if isinstance(c.get("keypoints"), list)] or \
         [{"id": cat_by_name.get("person", 1), "name": "person", "supercategory": "person",
@@ -194,73 +230,93 @@ def _collect(dataset, reviewed_ids: set[str]) -> tuple[dict, dict]:
     tagged = set(dataset.match_tags(F.REVIEWED_SAMPLE_TAG).values("id"))
     ids = sorted(reviewed_ids | tagged)
     view = dataset.select(ids).select_fields([*pred_fields, *corr_fields, "image_id", "file_name"])
+    return _PullPlan(categories, {c["id"] for c in categories}, cat_by_name, kp_cats, pred_fields, corr_fields,
+                     current, tagged, view)
 
-    images, kp_images, anns, kp_anns, prov, rejections, skipped = [], [], [], [], [], [], []
-    counts = Counter()
-    for sample in sorted(view, key=lambda s: (s.image_id, s.id)):
-        w, h = sample.metadata.width, sample.metadata.height
-        image = {"id": sample.image_id, "file_name": sample.file_name, "width": w, "height": h}
-        det_out, kp_out = [], []
-        touched = {"det": False, "kp": False}
-        for field in sorted(pred_fields) + sorted(corr_fields):
-            container = sample[field]
-            if container is None:
+
+def _pull_sample(sample, plan: _PullPlan, pulled: _Pulled) -> None:
+    """One image: sort its reviewed labels into annotations, rejections and skips; keep the image if reviewed."""
+    w, h = sample.metadata.width, sample.metadata.height
+    det_out, kp_out = [], []
+    touched = {"det": False, "kp": False}
+    for name in sorted(plan.pred_fields) + sorted(plan.corr_fields):
+        container = sample[name]
+        if container is None:
+            continue
+        is_corr = name in plan.corr_fields
+        for lab in getattr(container, label_list_name(container)):
+            action = action_of(lab.tags, is_corr)
+            if action is None:
+                pulled.counts["unreviewed_predictions"] += name in plan.current  # older versions are not nagged about
                 continue
-            is_corr = field in corr_fields
-            for lab in getattr(container, label_list_name(container)):
-                action = action_of(lab.tags, is_corr)
-                if action is None:
-                    counts["unreviewed_predictions"] += field in current  # older versions are not nagged about
-                    continue
-                touched["kp" if hasattr(lab, "points") else "det"] = True
-                where = {"image_id": sample.image_id, "file_name": sample.file_name, "field": field,
-                         "label_id": lab.id, "label": lab.label,
-                         "model_version": lab.get_field("model_version") if lab.has_field("model_version") else None}
-                if action == CONFLICT:
-                    skipped.append({**where, "reason": "tagged both accept and reject"})
-                    continue
-                cid = _category_id(lab, cat_ids, cat_by_name)
-                if cid is None:
-                    skipped.append({**where, "reason": f"unknown class {lab.label!r}"})
-                    continue
-                is_kp = hasattr(lab, "points")
-                ann = _keypoint_annotation(lab, w, h) if is_kp else _box_annotation(lab, w, h)
-                if ann is None:
-                    skipped.append({**where, "reason": "keypoints without any labeled point"})
-                    continue
-                ann.update(image_id=sample.image_id, category_id=cid)
-                if action == F.REJECT:
-                    rejections.append({**where, "category_id": cid, "bbox": ann["bbox"],
-                                       "score": lab.get_field("confidence") if lab.has_field("confidence") else None,
-                                       "keypoints": ann.get("keypoints")})
-                    continue
-                ann.update(model_version=where["model_version"], review_action=action)
-                (kp_out if is_kp else det_out).append((ann, where, action))
-        if touched["det"] or sample.id in tagged:  # all rejected: still an image, with no objects
-            images.append(image)
-        if touched["kp"]:
-            kp_images.append(image)
-        for out_list, entries in ((anns, det_out), (kp_anns, kp_out)):
-            for ann, where, action in entries:
-                ann["id"] = len(anns) + len(kp_anns) + 1  # unique over both files
-                out_list.append(ann)
-                prov.append({"annotation_id": ann["id"], "file": KEYPOINTS_FILE if out_list is kp_anns else INSTANCES_FILE,
-                             "action": action, "source": "correction" if action == CORRECT else "prediction",
-                             **where})
+            touched["kp" if hasattr(lab, "points") else "det"] = True
+            entry = _reviewed_label(sample, name, lab, action, plan, pulled, w, h)
+            if entry is not None:
+                (kp_out if hasattr(lab, "points") else det_out).append(entry)
+    image = {"id": sample.image_id, "file_name": sample.file_name, "width": w, "height": h}
+    if touched["det"] or sample.id in plan.tagged:  # all rejected: still an image, with no objects
+        pulled.images.append(image)
+    if touched["kp"]:
+        pulled.kp_images.append(image)
+    _number_annotations(pulled, det_out, kp_out)
+
+
+def _reviewed_label(sample, name: str, lab, action: str, plan: _PullPlan, pulled: _Pulled, w: int, h: int):
+    """(annotation, origin, action) of an accepted or corrected label; a rejected or unusable one is recorded why."""
+    where = {"image_id": sample.image_id, "file_name": sample.file_name, "field": name,
+             "label_id": lab.id, "label": lab.label,
+             "model_version": lab.get_field("model_version") if lab.has_field("model_version") else None}
+    if action == CONFLICT:
+        pulled.skipped.append({**where, "reason": "tagged both accept and reject"})
+        return None
+    cid = _category_id(lab, plan.cat_ids, plan.cat_by_name)
+    if cid is None:
+        pulled.skipped.append({**where, "reason": f"unknown class {lab.label!r}"})
+        return None
+    ann = _keypoint_annotation(lab, w, h) if hasattr(lab, "points") else _box_annotation(lab, w, h)
+    if ann is None:
+        pulled.skipped.append({**where, "reason": "keypoints without any labeled point"})
+        return None
+    ann.update(image_id=sample.image_id, category_id=cid)
+    if action == F.REJECT:
+        pulled.rejections.append({**where, "category_id": cid, "bbox": ann["bbox"],
+                                  "score": lab.get_field("confidence") if lab.has_field("confidence") else None,
+                                  "keypoints": ann.get("keypoints")})
+        return None
+    ann.update(model_version=where["model_version"], review_action=action)
+    return ann, where, action
+
+
+def _number_annotations(pulled: _Pulled, det_out: list, kp_out: list) -> None:
+    """Give one image's kept annotations their ids (unique over both files) and their provenance rows."""
+    for out_list, entries in ((pulled.anns, det_out), (pulled.kp_anns, kp_out)):
+        for ann, where, action in entries:
+            ann["id"] = len(pulled.anns) + len(pulled.kp_anns) + 1
+            out_list.append(ann)
+            pulled.prov.append({"annotation_id": ann["id"],
+                                "file": KEYPOINTS_FILE if out_list is pulled.kp_anns else INSTANCES_FILE,
+                                "action": action, "source": "correction" if action == CORRECT else "prediction",
+                                **where})
+
+
+def _pulled_content(dataset_name: str, plan: _PullPlan, pulled: _Pulled) -> tuple[dict, dict]:
+    """The files' content (the keypoints file only when there are keypoints) and the counts."""
+    info = {"description": f"corrections pulled from FiftyOne dataset {dataset_name}"}
     content = {
-        INSTANCES_FILE: {"info": {"description": f"corrections pulled from FiftyOne dataset {dataset.name}"},
-                         "images": images, "annotations": anns, "categories": categories},
-        "rejections.json": rejections,
-        "provenance.json": prov,
-        "skipped.json": skipped,
+        INSTANCES_FILE: {"info": info, "images": pulled.images, "annotations": pulled.anns,
+                         "categories": plan.categories},
+        "rejections.json": pulled.rejections,
+        "provenance.json": pulled.prov,
+        "skipped.json": pulled.skipped,
     }
-    if kp_anns:
-        content[KEYPOINTS_FILE] = {"info": content[INSTANCES_FILE]["info"], "images": kp_images,
-                                   "annotations": kp_anns, "categories": kp_cats}
-    counts.update(images=len(images), annotations=len(anns), keypoint_annotations=len(kp_anns),
-                  accepted=sum(p["action"] == F.ACCEPT for p in prov),
-                  corrections=sum(p["action"] == CORRECT for p in prov),
-                  rejections=len(rejections), skipped=len(skipped))
+    if pulled.kp_anns:
+        content[KEYPOINTS_FILE] = {"info": info, "images": pulled.kp_images, "annotations": pulled.kp_anns,
+                                   "categories": plan.kp_cats}
+    counts = pulled.counts
+    counts.update(images=len(pulled.images), annotations=len(pulled.anns), keypoint_annotations=len(pulled.kp_anns),
+                  accepted=sum(p["action"] == F.ACCEPT for p in pulled.prov),
+                  corrections=sum(p["action"] == CORRECT for p in pulled.prov),
+                  rejections=len(pulled.rejections), skipped=len(pulled.skipped))
     if counts["unreviewed_predictions"]:
         log.warning("%d predictions on reviewed images are neither accepted nor rejected: left out of training "
                     "data; settle them (or tag the image only when done)", counts["unreviewed_predictions"])
