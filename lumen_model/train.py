@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from lumen_model.checkpoint import build_model, load_model, nonfinite_tensors, save_checkpoint
-from lumen_model.config import get_preset
+from lumen_model.config import LumenConfig, get_preset
 from lumen_model.data import SHORT_ANSWER, Collator, hflip
 from lumen_model.tokenizer import train_tokenizer
 from lumen_model.train_config import STAGE_TASKS, TrainConfig, build_arg_parser, config_from_args  # noqa: F401 (public here too)
@@ -275,12 +275,12 @@ class TrainingPlan:
     rank: int
     world: int
     device: str
-    preset: object
+    preset: LumenConfig
     out: Path
-    dataset: object
-    keep: np.ndarray
-    groups: list[int]
-    resume: bool
+    dataset: object  # pipelines.dataset.ShardDataset
+    keep: np.ndarray  # positions of the training rows
+    groups: list[int]  # each training row's image number
+    resume: bool  # --resume and a checkpoint to resume from
 
 
 @dataclass
