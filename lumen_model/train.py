@@ -10,6 +10,7 @@ scheduler, step, RNG states and data position come back from the checkpoint fold
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -201,7 +202,23 @@ def training_batches(dataset, keep, groups, collate, *, seed: int, batch_size: i
     loader = torch.utils.data.DataLoader(_StepItems(dataset, keep, groups, seed, hflip_p), batch_sampler=sampler,
                                          collate_fn=collate, num_workers=num_workers, multiprocessing_context=context,
                                          generator=torch.Generator().manual_seed(seed))
-    return zip(range(start, stop), loader)
+    return _numbered(range(start, stop), loader)
+
+
+def _numbered(steps: range, loader):
+    """(step, batch) pairs; the loader's worker processes are stopped as soon as the steps end.
+
+    An iterator left to the garbage collector can outlive the training (it sits in a reference
+    cycle) and be copied into the next loader's forked workers, whose collector then tries to stop
+    workers that are not its children ("can only test a child process" tracebacks)."""
+    it = iter(loader)
+    try:
+        for step in steps:
+            yield step, next(it)
+    finally:
+        stop_workers = getattr(it, "_shutdown_workers", None)  # torch's own clean-up; absent without workers
+        if stop_workers is not None:
+            stop_workers()
 
 
 def _coin(seed: int, step: int, key: int) -> float:
@@ -396,15 +413,24 @@ def run_steps(cfg: TrainConfig, plan: TrainingPlan, t: Trainer) -> tuple[int, in
     net = torch.nn.parallel.DistributedDataParallel(t.model, find_unused_parameters=True) if plan.world > 1 else t.model
     p = plan.preset
     collate = Collator(t.tokenizer, p.num_image_tokens, p.max_text_tokens, p.heatmap_size, p.input_size)
-    t0, seen = time.perf_counter(), 0
+    t0 = time.perf_counter()
     bar = progress(total=cfg.max_steps, initial=t.start, desc=f"stage {cfg.stage}", unit="step",
                    enabled=cfg.progress and plan.rank == 0)
-    bad_steps, last_step = BadStepCounter(cfg.max_bad_steps), t.start
     stop = cfg.max_steps if cfg.stop_at_step is None else min(cfg.max_steps, cfg.stop_at_step)
     batches = training_batches(plan.dataset, plan.keep, plan.groups, collate, seed=cfg.seed, batch_size=cfg.batch_size,
                                start=t.start, stop=stop, group_size=cfg.group_size, hflip_p=cfg.hflip,
                                num_workers=cfg.num_workers, rank=plan.rank, world=plan.world)
     per_step = min(cfg.batch_size, len(plan.keep))  # samples in a step's batch, all ranks together
+    with contextlib.closing(batches):  # an exception mid-run stops the loader's workers too
+        last_step, seen = _steps_loop(cfg, plan, t, net, batches, bar, per_step, t0)
+    bar.close()
+    return last_step, seen, t0
+
+
+def _steps_loop(cfg: TrainConfig, plan: TrainingPlan, t: Trainer, net, batches, bar, per_step: int,
+                t0: float) -> tuple[int, int]:
+    """The step loop proper: one update per batch, the history, the bar, the periodic checkpoints."""
+    bad_steps, last_step, seen = BadStepCounter(cfg.max_bad_steps), t.start, 0
     for step, batch in batches:
         rec = _train_step(cfg, plan, t, net, batch, step, bad_steps)
         seen += per_step
@@ -417,8 +443,7 @@ def run_steps(cfg: TrainConfig, plan: TrainingPlan, t: Trainer) -> tuple[int, in
         bar.update(1)
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.max_steps:
             write_checkpoint(t, plan.out, step + 1, cfg, plan.rank)
-    bar.close()
-    return last_step, seen, t0
+    return last_step, seen
 
 
 def _train_step(cfg: TrainConfig, plan: TrainingPlan, t: Trainer, net, batch: dict, step: int,

@@ -145,3 +145,27 @@ def test_training_batches_come_from_the_workers(stage1_checkpoint):
                                batch_size=4, start=0, stop=4, group_size=4, hflip_p=0.5, num_workers=2)
     loaded = [pid for _, pid in batches]
     assert len(loaded) == 4 and os.getpid() not in loaded
+
+
+def test_loader_workers_stop_when_the_steps_end(stage1_checkpoint):
+    """The last step stops the DataLoader's worker processes at once: an iterator left to the garbage
+    collector survived into the next loader's forked workers ("can only test a child process")."""
+    import gc
+    import multiprocessing
+
+    from lumen_model.train import train_rows, training_batches
+    from pipelines.dataset import ShardDataset
+
+    _, _, shards = stage1_checkpoint
+    ds = ShardDataset(shards, input_size=128)
+    keep, groups = train_rows(ds)
+    before = set(multiprocessing.active_children())
+    gc.disable()  # what must stop the workers is the end of the steps, not a collection
+    try:
+        batches = training_batches(ds, keep, groups, lambda items: len(items), seed=0,
+                                   batch_size=4, start=0, stop=3, group_size=4, hflip_p=0.5, num_workers=2)
+        assert [step for step, _ in batches] == [0, 1, 2]
+        left = [p for p in multiprocessing.active_children() if p not in before]
+    finally:
+        gc.enable()
+    assert left == [], left
