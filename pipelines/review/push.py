@@ -16,6 +16,8 @@ touched (tagged, or already pulled) is never dropped even when a newer file lack
 
 from __future__ import annotations
 
+import functools
+import gc
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -39,6 +41,23 @@ log = logging.getLogger(__name__)
 
 
 
+def _gc_paused(push):
+    """Python's cyclic GC paused for the push: it allocates a few objects per label (records,
+    documents) that all live until written, and the collector rescanning them took a quarter of
+    the push's CPU (bench/bench_push.py). Nothing it builds forms cycles; the GC runs again after."""
+    @functools.wraps(push)
+    def paused(*args, **kwargs):
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return push(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+    return paused
+
+
+@_gc_paused
 def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_file=None, heatmaps_dir=None,
                      field="predictions", batch_size=500, categories_file=None, peak_threshold=0.5,
                      thresholds=None, progress=True) -> dict:
@@ -67,7 +86,8 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
     counts = _write_samples(dataset, plan, LabelBuilder(model_version, plan.cat_by_id, peak_threshold),
                             batch_size, progress_bar(total=len(images), desc=f"push {dataset_name}", unit="img",
                                                      enabled=progress))
-    dataset.add_dynamic_sample_fields()  # label attributes (model_version, ...) become filterable in the App
+    # label attributes (model_version, ...) become filterable in the App; other fields were declared when written
+    dataset.add_dynamic_sample_fields(fields=[f for f in plan.label_fields if f in dataset.get_field_schema()])
     apply_app_config(dataset)  # predictions shown, GT hidden, heatmap visible, one colour per class
     out = _summary(dataset, plan, counts, model_version, archived)
     log.info("pushed %s to %s (%s): %d samples added, %d updated, %d predictions, %d skipped %s",
@@ -94,6 +114,19 @@ class _PushPlan:
     det_field: str
     write_det: bool
     write_kp: bool
+
+    @property
+    def gt_field(self) -> str | None:
+        if not self.gt:
+            return None
+        return F.keypoints_field(F.GROUND_TRUTH) if self.gt.keypoints else F.GROUND_TRUTH
+
+    @property
+    def label_fields(self) -> list[str]:
+        """Every field this push writes labels into."""
+        return [f for f, on in ((self.gt_field, self.gt), (self.det_field, self.write_det),
+                                (self.below_field, self.below is not None), (self.kp_field, self.write_kp),
+                                (F.HEATMAP, self.heat_index is not None), (F.PEAKS, self.heat_index is not None)) if on]
 
     @property
     def kp_field(self) -> str:
@@ -200,8 +233,7 @@ def _image_content(plan: _PushPlan, builder: LabelBuilder, im, counts: Counter) 
     """{field: label document (or a lazy one, or None)} for one image."""
     c = {}
     if plan.gt:
-        gt_field = F.keypoints_field(F.GROUND_TRUTH) if plan.gt.keypoints else F.GROUND_TRUTH
-        c[gt_field] = builder.ground_truth(im, plan.gt.annotations.get(im.image_id, []), plan.gt.keypoints)
+        c[plan.gt_field] = builder.ground_truth(im, plan.gt.annotations.get(im.image_id, []), plan.gt.keypoints)
     if plan.write_det:
         c[plan.det_field] = builder.detections(im, plan.dets.get(im.image_id, []))
     if plan.below is not None:
