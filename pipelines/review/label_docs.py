@@ -92,7 +92,7 @@ class LabelBuilder:
         return inputs
 
     def _box(self, im, bbox) -> list[float]:
-        return [float(v) for v in relative_box(bbox, im.width, im.height)]
+        return relative_box(bbox, im.width, im.height)
 
     def detections(self, im, records) -> LazyLabels:
         keys = self._keys([(self.version, im.image_id, "det", r["category_id"], *(round(v, 2) for v in r["bbox"]),

@@ -57,10 +57,10 @@ def mask_crop(rle: dict, bbox, width: int, height: int) -> np.ndarray:
 
 
 def mask_crops(items: list[tuple[dict, list, int, int]]) -> list[np.ndarray]:
-    """Many (compressed RLE with str counts, bbox, width, height) -> their C-contiguous boolean
-    crops, exactly as `mask_crop` gives them, decoded together in a few numpy passes and only over
-    the image columns under each box (a full-image decode per mask dominated the push). An RLE that
-    is not well formed (e.g. counts not covering the image exactly) goes through `mask_crop`."""
+    """Many (compressed RLE with str counts, bbox, width, height) -> their boolean crops, equal to
+    what `mask_crop` gives, decoded together in a few numpy passes over the crops' pixels only (a
+    full-image decode per mask dominated the push). An RLE that is not well formed (e.g. counts
+    not covering the image exactly) goes through `mask_crop`, i.e. pycocotools."""
     out: list[np.ndarray | None] = [None] * len(items)
     runs = _RunLengths([rle["counts"] for rle, _, _, _ in items])
     heights = np.array([h for _, _, _, h in items], dtype=np.int64)
@@ -78,13 +78,13 @@ def mask_crops(items: list[tuple[dict, list, int, int]]) -> list[np.ndarray]:
         edges[first] = 1
         edges[last] -= 1
         pixels = np.cumsum(edges[:-1], dtype=np.int8).view(bool)
-        for i in good:
-            cols = pixels[offset[i]:offset[i + 1]].reshape(x1[i] - x0[i], y1[i] - y0[i])
-            out[i] = np.ascontiguousarray(cols.T)
+        starts, widths, crop_heights = offset.tolist(), (x1 - x0).tolist(), (y1 - y0).tolist()
+        for i in good.tolist():  # views of one buffer: rows x columns, as FiftyOne keeps a crop
+            out[i] = pixels[starts[i]:starts[i + 1]].reshape(widths[i], crop_heights[i]).T
     for i, crop in enumerate(out):
         if crop is None:
             rle, bbox, w, h = items[i]
-            out[i] = np.ascontiguousarray(mask_crop(rle, bbox, w, h))
+            out[i] = mask_crop(rle, bbox, w, h)
     return out
 
 
