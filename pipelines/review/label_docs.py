@@ -100,11 +100,19 @@ class LabelBuilder:
 
         def build(masks):
             return {"_cls": "Detections", "detections": [
-                self._label("Detection", label=self._name(r["category_id"]), bounding_box=self._box(im, r["bbox"]),
-                            mask=mask, confidence=float(r["score"]), model_version=self.version, label_key=key,
-                            category_id=int(r["category_id"]))
+                self._detection(r, im, mask, confidence=float(r["score"]), model_version=self.version, label_key=key,
+                                category_id=int(r["category_id"]))
                 for r, key, mask in zip(records, keys, masks)]}
         return LazyLabels("Detections", tuple(keys), self._mask_inputs(im, records), build)
+
+    def _detection(self, r, im, mask, **attributes) -> dict:
+        """`_label("Detection", ...)` for the push's most numerous label, without its generic filtering."""
+        d = {"_id": ObjectId(), "_cls": "Detection", "tags": [], "attributes": {}, "label": self._name(r["category_id"]),
+             "bounding_box": relative_box(r["bbox"], im.width, im.height)}
+        if mask is not None:
+            d["mask"] = mask
+        d.update(attributes)
+        return d
 
     def keypoints(self, im, records) -> dict:
         keys = self._keys([(self.version, im.image_id, "kp", r["category_id"], *(round(v, 2) for v in r["bbox"]),
@@ -131,9 +139,8 @@ class LabelBuilder:
 
         def build(masks):
             return {"_cls": "Detections", "detections": [
-                self._label("Detection", label=self._name(a["category_id"]), bounding_box=self._box(im, a["bbox"]),
-                            mask=mask, iscrowd=int(bool(a.get("iscrowd"))), label_key=f"gt:{a.get('id')}",
-                            category_id=int(a["category_id"]))
+                self._detection(a, im, mask, iscrowd=int(bool(a.get("iscrowd"))), label_key=f"gt:{a.get('id')}",
+                                category_id=int(a["category_id"]))
                 for a, mask in zip(anns, masks)]}
         return LazyLabels("Detections", tuple(f"gt:{a.get('id')}" for a in anns), self._mask_inputs(im, anns), build)
 

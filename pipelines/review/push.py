@@ -86,8 +86,9 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
     counts = _write_samples(dataset, plan, LabelBuilder(model_version, plan.cat_by_id, peak_threshold),
                             batch_size, progress_bar(total=len(images), desc=f"push {dataset_name}", unit="img",
                                                      enabled=progress))
-    # label attributes (model_version, ...) become filterable in the App; other fields were declared when written
-    dataset.add_dynamic_sample_fields(fields=[f for f in plan.label_fields if f in dataset.get_field_schema()])
+    undeclared = _fields_with_undeclared_attributes(dataset, plan, counts)
+    if undeclared:  # label attributes (model_version, ...) become filterable in the App
+        dataset.add_dynamic_sample_fields(fields=undeclared)
     apply_app_config(dataset)  # predictions shown, GT hidden, heatmap visible, one colour per class
     out = _summary(dataset, plan, counts, model_version, archived)
     log.info("pushed %s to %s (%s): %d samples added, %d updated, %d predictions, %d skipped %s",
@@ -265,8 +266,19 @@ def _write_batch(dataset, chunk: list, content: dict, existing: dict, counts: Co
     fa.set_sample_fields(dataset, writes)
     if to_merge:  # labels a labeler may have touched: merged label by label (the slow, rare path)
         _merge_touched_labels(dataset, to_merge, counts)
+    for fields in [content[im.path] for im in new] + list(writes.values()) + list(to_merge.values()):
+        counts.update(f"written:{k}" for k, v in fields.items() if v is not None)
     counts["samples_added"] += len(new)
     counts["samples_updated"] += len(old)
+
+
+def _fields_with_undeclared_attributes(dataset, plan: _PushPlan, counts: Counter) -> list[str]:
+    """The fields this push wrote labels into, and those whose `label_key` is not declared yet (a
+    push that died before declaring); scanning the others for new attributes would find none."""
+    schema = dataset.get_field_schema(flat=True)
+    lists = F.label_list_fields(dataset)
+    return [f for f in plan.label_fields if f in schema and (
+        counts[f"written:{f}"] or f"{lists.get(f, f)}.label_key" not in schema)]
 
 
 def _merge_touched_labels(dataset, to_merge: dict, counts: Counter) -> None:
