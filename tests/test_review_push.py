@@ -201,3 +201,13 @@ def test_push_without_ground_truth_uses_the_folder_and_predict_image_ids(review_
     assert out["predictions_pushed"] == info["results"]
     names = {c["name"] for c in json.loads(info["gt_file"].read_text())["categories"]}
     assert set(ds.distinct("predictions.detections.label")) <= names
+
+
+def test_a_push_leaves_the_garbage_collector_as_it_found_it(review_sources, tmp_path, fo_dataset_name):
+    """The push pauses Python's GC while it builds labels; it must come back on, also after an error."""
+    import gc
+
+    assert gc.isenabled()
+    with pytest.raises(InputError):
+        push_predictions(fo_dataset_name, tmp_path / "no-such-folder", tmp_path / "p.json", "v1", progress=False)
+    assert gc.isenabled()
