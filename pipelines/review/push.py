@@ -2,8 +2,9 @@
 
 One sample per image, keyed by its absolute file path. Writes are batched, never a save per
 sample: new images go in with one `insert_many` per batch of documents in FiftyOne's own storage
-format (fields declared first through the public API; labels built as plain dicts, skipping the
-per-object ORM layer that dominates `add_samples`: see bench/bench_push.py). Existing samples are
+format (fields declared first through the public API; labels built as plain dicts by
+`label_docs`, each batch's masks decoded together, skipping the per-object ORM layer that dominates
+`add_samples`: see bench/bench_push.py). Existing samples are
 planned field by field from their stored label keys (no masks read): a field that holds exactly the
 new keys is left alone (re-push of the same file), an empty one (a new field, or one a version move
 emptied) gets the new labels in one bulk write, and only a field whose labels differ is merged
@@ -12,6 +13,10 @@ the old one's field with a field rename (database side), tags and all.
 Re-pushing is idempotent: every label carries a stable `label_key`, an existing label with the
 same key is kept as it is (its id, tags and attributes survive), and a label that a labeler has
 touched (tagged, or already pulled) is never dropped even when a newer file lacks it.
+
+Steps of `push_predictions`: check the arguments, read the inputs, plan (`_plan_push`: which
+record goes to which field), move older versions aside (`_move_older_versions`), record the push in
+the dataset's info, write the samples batch by batch (`_write_samples`), summarise.
 """
 
 from __future__ import annotations
@@ -40,11 +45,11 @@ from pipelines.review.thresholds import summary as threshold_summary
 log = logging.getLogger(__name__)
 
 
-
 def _gc_paused(push):
     """Python's cyclic GC paused for the push: it allocates a few objects per label (records,
     documents) that all live until written, and the collector rescanning them took a quarter of
-    the push's CPU (bench/bench_push.py). Nothing it builds forms cycles; the GC runs again after."""
+    the push's CPU (bench/bench_push.py). Those are freed by reference counting; any cycle
+    (FiftyOne's objects) waits for the first collection after the push."""
     @functools.wraps(push)
     def paused(*args, **kwargs):
         was_enabled = gc.isenabled()
