@@ -25,6 +25,7 @@ import functools
 import gc
 import logging
 from collections import Counter, defaultdict
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,12 +89,12 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
     plan = _plan_push(dataset, det_field, images, gt, results, heat_index, th, categories_file)
     archived = _move_older_versions(dataset, plan, model_version)
     _record_push_in_info(dataset, plan, model_version, images_dir)
-    counts = _write_samples(dataset, plan, LabelBuilder(model_version, plan.cat_by_id, peak_threshold),
+    undeclared = _fields_never_declared(dataset, plan)
+    written = _WrittenLabels()
+    counts = _write_samples(dataset, plan, LabelBuilder(model_version, plan.cat_by_id, peak_threshold), written,
                             batch_size, progress_bar(total=len(images), desc=f"push {dataset_name}", unit="img",
                                                      enabled=progress))
-    undeclared = _fields_with_undeclared_attributes(dataset, plan, counts)
-    if undeclared:  # label attributes (model_version, ...) become filterable in the App
-        dataset.add_dynamic_sample_fields(fields=undeclared)
+    _declare_label_attributes(dataset, written, undeclared)
     apply_app_config(dataset)  # predictions shown, GT hidden, heatmap visible, one colour per class
     out = _summary(dataset, plan, counts, model_version, archived)
     log.info("pushed %s to %s (%s): %d samples added, %d updated, %d predictions, %d skipped %s",
@@ -221,7 +222,8 @@ def _record_push_in_info(dataset, plan: _PushPlan, version: str, images_dir: Pat
     F.save_review_info(dataset, info)
 
 
-def _write_samples(dataset, plan: _PushPlan, builder: LabelBuilder, batch_size: int, bar) -> Counter:
+def _write_samples(dataset, plan: _PushPlan, builder: LabelBuilder, written: _WrittenLabels, batch_size: int,
+                   bar) -> Counter:
     """Every image's labels, batch by batch: new samples inserted, existing ones updated."""
     existing = dict(zip(*dataset.values(["filepath", "id"]))) if len(dataset) else {}
     counts: Counter = Counter()
@@ -229,7 +231,7 @@ def _write_samples(dataset, plan: _PushPlan, builder: LabelBuilder, batch_size: 
     for start in range(0, len(ids), batch_size):
         chunk = [plan.images[i] for i in ids[start:start + batch_size]]
         content = {im.path: _image_content(plan, builder, im, counts) for im in chunk}
-        _write_batch(dataset, chunk, content, existing, counts)
+        _write_batch(dataset, chunk, content, existing, counts, written)
         bar.update(len(chunk))
     bar.close()
     return counts
@@ -259,7 +261,8 @@ def _image_content(plan: _PushPlan, builder: LabelBuilder, im, counts: Counter) 
     return c
 
 
-def _write_batch(dataset, chunk: list, content: dict, existing: dict, counts: Counter) -> None:
+def _write_batch(dataset, chunk: list, content: dict, existing: dict, counts: Counter,
+                 written: _WrittenLabels) -> None:
     """One batch: new samples in one insert, empty fields in one bulk write, the rest merged."""
     old = {im.path: existing[im.path] for im in chunk if im.path in existing}
     new = [im for im in chunk if im.path not in old]
@@ -271,19 +274,50 @@ def _write_batch(dataset, chunk: list, content: dict, existing: dict, counts: Co
     fa.set_sample_fields(dataset, writes)
     if to_merge:  # labels a labeler may have touched: merged label by label (the slow, rare path)
         _merge_touched_labels(dataset, to_merge, counts)
-    for fields in [content[im.path] for im in new] + list(writes.values()) + list(to_merge.values()):
-        counts.update(f"written:{k}" for k, v in fields.items() if v is not None)
+    path_of = {sid: path for path, sid in old.items()}
+    for path, fields in [(im.path, content[im.path]) for im in new] + [(path_of[s], f) for s, f in writes.items()]:
+        written.add(path, fields)
+    written.merged.update(k for fields in to_merge.values() for k in fields)
     counts["samples_added"] += len(new)
     counts["samples_updated"] += len(old)
 
 
-def _fields_with_undeclared_attributes(dataset, plan: _PushPlan, counts: Counter) -> list[str]:
-    """The fields this push wrote labels into, and those whose `label_key` is not declared yet (a
-    push that died before declaring); scanning the others for new attributes would find none."""
+@dataclass
+class _WrittenLabels:
+    """The label documents a push wrote, as one image per field and set of label attributes:
+    declaring the attributes then reads those few samples instead of scanning the whole dataset."""
+    examples: dict = dataclasses.field(default_factory=lambda: defaultdict(dict))  # field -> {attribute names: filepath}
+    merged: set = dataclasses.field(default_factory=set)  # fields merged label by label: older labels' attributes too
+
+    def add(self, path: str, fields: dict) -> None:
+        for name, doc in fields.items():
+            if doc is not None:
+                list_name = fa.LIST_FIELDS.get(doc["_cls"])
+                for label in doc[list_name] if list_name else [doc]:
+                    self.examples[name].setdefault(frozenset(label), path)
+
+
+def _fields_never_declared(dataset, plan: _PushPlan) -> list[str]:
+    """Fields of this push that exist but whose `label_key` attribute was never declared: a push
+    that died before declaring wrote them; their labels get a full scan."""
     schema = dataset.get_field_schema(flat=True)
     lists = F.label_list_fields(dataset)
-    return [f for f in plan.label_fields if f in schema and (
-        counts[f"written:{f}"] or f"{lists.get(f, f)}.label_key" not in schema)]
+    return [f for f in plan.label_fields if f in schema and f"{lists.get(f, f)}.label_key" not in schema]
+
+
+def _declare_label_attributes(dataset, written: _WrittenLabels, undeclared: list[str]) -> None:
+    """Label attributes (model_version, ...) become filterable in the App: the labels this push
+    built carry the same attribute types throughout, so one sample per attribute set shows them
+    all; merged fields and never-declared ones are scanned in full. Nothing written: nothing new."""
+    full = sorted(written.merged | set(undeclared))
+    sampled = sorted(f for f in written.examples if f not in full)
+    if sampled:
+        paths = sorted({p for f in sampled for p in written.examples[f].values()})
+        dynamic = dataset.select_by("filepath", paths).get_dynamic_field_schema(fields=sampled)
+        if dynamic:
+            dataset.add_dynamic_sample_fields(fields=dynamic)
+    if full:
+        dataset.add_dynamic_sample_fields(fields=full)
 
 
 def _merge_touched_labels(dataset, to_merge: dict, counts: Counter) -> None:
