@@ -101,3 +101,27 @@ def test_image_sizes_from_headers_match_pil(tmp_path):
     for p in files + [tmp_path / "gif.png"]:  # neither JPEG nor PNG inside: PIL reads it
         with Image.open(p) as img:
             assert image_size(p) == img.size, p.name
+
+
+def test_a_batch_of_large_masks_is_decoded_in_parts_with_the_same_result(monkeypatch):
+    """label_docs bounds the pixels decoded at once; cutting a batch into parts changes nothing."""
+    from pipelines.review import fo_adapter as fa
+    from pipelines.review import label_docs
+    from pipelines.review.inputs import ImageRow
+
+    rng = np.random.default_rng(5)
+    im = ImageRow(1, "a.jpg", "/a.jpg", 64, 48)
+    records = [{"category_id": 1, "score": 0.5, "bbox": _random_box(rng, 64, 48),
+                "segmentation": _rle(_random_mask(rng, 48, 64))} for _ in range(40)]
+    builder = label_docs.LabelBuilder("v1", {1: {"id": 1, "name": "a"}}, 0.5)
+
+    def masks(limit):
+        monkeypatch.setattr(label_docs, "MAX_CROP_PIXELS", limit)
+        assert len(label_docs._parts_by_area([(r["segmentation"], r["bbox"], 64, 48) for r in records])) > (limit < 1e6)
+        doc = {"f": builder.detections(im, records)}
+        label_docs.LabelBuilder.build_all([doc])
+        return [d["mask"] for d in doc["f"]["detections"]]
+
+    whole, parts = masks(1 << 24), masks(500)
+    assert whole == parts
+    assert whole == [fa.serialize_mask(mask_crop(r["segmentation"], r["bbox"], 64, 48)) for r in records]

@@ -15,10 +15,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 from bson import ObjectId
 
 from pipelines.review import fo_adapter as fa
-from pipelines.review.labels import keypoints_to_points, mask_crops, relative_box, stable_key
+from pipelines.review.labels import crop_windows, keypoints_to_points, mask_crops, relative_box, stable_key
 from pipelines.sources.coco import to_rles
 
 
@@ -47,6 +48,20 @@ def content_keys(raw) -> tuple | None:
     return tuple(lab.get("label_key") for lab in raw[name])
 
 
+MAX_CROP_PIXELS = 1 << 24  # decoded in one pass at the most: ~3 bytes a pixel while it runs
+
+
+def _parts_by_area(masks: list) -> list[list]:
+    """The (rle, bbox, width, height) list cut so that each part's crops hold at most about
+    MAX_CROP_PIXELS pixels: a batch of large masks does not decode all at once."""
+    if not masks:
+        return []
+    windows = crop_windows([b for _, b, _, _ in masks], [w for _, _, w, _ in masks], [h for _, _, _, h in masks])
+    part = np.cumsum((windows[:, 2] - windows[:, 0]) * (windows[:, 3] - windows[:, 1])) // MAX_CROP_PIXELS
+    cuts = (np.flatnonzero(np.diff(part)) + 1).tolist()
+    return [masks[a:b] for a, b in zip([0] + cuts, cuts + [len(masks)])]
+
+
 class LabelBuilder:
     """Builds the label documents of one model version's push."""
 
@@ -59,9 +74,10 @@ class LabelBuilder:
         decoded and serialized together."""
         lazy = [(d, k, v) for d in field_values for k, v in d.items() if isinstance(v, LazyLabels)]
         inputs = [v.mask_inputs() for _, _, v in lazy]
-        crops = iter(mask_crops([m for ms in inputs for m in ms if m is not None]))
+        masks = [m for ms in inputs for m in ms if m is not None]
+        serialized = iter([fa.serialize_mask(crop) for part in _parts_by_area(masks) for crop in mask_crops(part)])
         for (d, k, v), ms in zip(lazy, inputs):
-            d[k] = v.build([fa.serialize_mask(next(crops)) if m is not None else None for m in ms])
+            d[k] = v.build([next(serialized) if m is not None else None for m in ms])
 
     def _name(self, cid) -> str:
         return self.cats[cid]["name"] if cid in self.cats else f"category_{cid}"
