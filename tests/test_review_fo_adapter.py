@@ -70,3 +70,16 @@ def test_public_fallbacks_build_the_same_dataset(review_sources, tmp_path, fo_da
     finally:
         if fo.dataset_exists(public):
             fo.delete_dataset(public)
+
+
+def test_serialized_masks_read_back_through_fiftyone_as_the_same_array():
+    """serialize_mask skips np.save and compresses at level 1: FiftyOne must still read exactly the mask."""
+    import numpy as np
+    from fiftyone.core.utils import deserialize_numpy_array
+
+    rng = np.random.default_rng(1)
+    for h, w in [(1, 1), (3, 70), (41, 17), (120, 160)]:
+        m = rng.random((w, h)) < 0.4
+        for mask in (np.ascontiguousarray(m.T), m.T):  # a copy, and a transposed view as mask_crops gives
+            back = deserialize_numpy_array(fa.serialize_mask(mask))
+            assert back.dtype == bool and back.shape == (h, w) and np.array_equal(back, mask)

@@ -201,3 +201,36 @@ def test_push_without_ground_truth_uses_the_folder_and_predict_image_ids(review_
     assert out["predictions_pushed"] == info["results"]
     names = {c["name"] for c in json.loads(info["gt_file"].read_text())["categories"]}
     assert set(ds.distinct("predictions.detections.label")) <= names
+
+
+def test_a_push_leaves_the_garbage_collector_as_it_found_it(review_sources, tmp_path, fo_dataset_name):
+    """The push pauses Python's GC while it builds labels; it must come back on, also after an error."""
+    import gc
+
+    assert gc.isenabled()
+    with pytest.raises(InputError):
+        push_predictions(fo_dataset_name, tmp_path / "no-such-folder", tmp_path / "p.json", "v1", progress=False)
+    assert gc.isenabled()
+
+
+def test_every_label_attribute_pushed_is_declared_without_a_full_scan(review_sources, seg_input, fo_dataset_name,
+                                                                      tmp_path):
+    """Attributes are declared from one sample per attribute set: afterwards a full scan must find
+    nothing left undeclared, on a fresh push (GT, predictions, heatmaps, peaks) and on a new version."""
+    import fiftyone as fo
+
+    args = dict(gt_file=seg_input["gt_file"], heatmaps_dir=seg_input["heatmaps_dir"], batch_size=3, progress=False)
+    push_predictions(fo_dataset_name, review_sources / "images", tmp_path / "pred" / "seg.json", "v0001", **args)
+    ds = fo.load_dataset(fo_dataset_name)
+    assert ds.get_dynamic_field_schema() == {}
+    declared = ds.get_field_schema(flat=True)
+    for path in ("predictions.detections.label_key", "predictions.detections.model_version",
+                 "predictions.detections.category_id", "ground_truth.detections.iscrowd", "heatmap.label_key",
+                 "heatmap_peaks.keypoints.heat"):
+        assert path in declared, path
+    v2 = write_prediction_input(review_sources, tmp_path / "pred2" / "seg.json", split="train", seed=7)
+    push_predictions(fo_dataset_name, review_sources / "images", tmp_path / "pred2" / "seg.json", "v0002",
+                     **{**args, "gt_file": v2["gt_file"], "heatmaps_dir": v2["heatmaps_dir"]})
+    ds.reload()
+    assert ds.get_dynamic_field_schema() == {}
+    assert "predictions.detections.model_version" in ds.get_field_schema(flat=True)

@@ -9,8 +9,11 @@ is missing, every function here falls back to the public API (slower, same resul
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import random
+import zlib
 from datetime import datetime, timezone
 
 from bson import ObjectId
@@ -148,3 +151,23 @@ def serialize_array(arr) -> bytes:
     import fiftyone.core.utils as fou
 
     return fou.serialize_numpy_array(arr)
+
+
+def serialize_mask(mask) -> bytes:
+    """A boolean mask as FiftyOne stores it (zlib over `np.save`'s output, which
+    `fiftyone.core.utils.deserialize_numpy_array` reads), built without `np.save`'s per-call
+    header work and compressed at zlib level 1: on a push's small mask crops both cost more than
+    everything else about a label (level 1 is 2.5x faster than the default, ~20 bytes bigger).
+    tests/test_review_fo_adapter.py checks FiftyOne reads back the same array."""
+    if FORCE_PUBLIC or mask.dtype != bool:
+        return serialize_array(mask)
+    return zlib.compress(_npy_header(mask.shape) + mask.tobytes(), 1)  # tobytes: C order, as the header says
+
+
+@functools.lru_cache(maxsize=4096)
+def _npy_header(shape: tuple) -> bytes:
+    import numpy as np
+
+    with io.BytesIO() as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|b1", "fortran_order": False, "shape": shape})
+        return f.getvalue()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
+import struct
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,24 +96,71 @@ def list_folder_images(images_dir: Path, wanted: set | None = None, known_sizes:
                        ) -> dict[int, ImageRow]:
     """Every image in the folder (or those of the `wanted` ids), by the id `lumen predict` gives it;
     sizes read from the headers unless `known_sizes` (absolute path -> (width, height)) has them."""
-    from PIL import Image
-
-    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    names = sorted(e.name for e in os.scandir(images_dir) if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+    folder = str(images_dir.resolve())
     rows: dict[int, ImageRow] = {}
-    for i, p in enumerate(files):
-        image_id = image_id_from_name(p.name, i + 1)
+    for i, name in enumerate(names):
+        image_id = image_id_from_name(name, i + 1)
         if image_id in rows:
-            log.warning("image id %d of %s is already used by %s: skipped", image_id, p.name, rows[image_id].file_name)
+            log.warning("image id %d of %s is already used by %s: skipped", image_id, name, rows[image_id].file_name)
             continue
         if wanted is not None and image_id not in wanted:
             continue
-        path = str(p.resolve())
+        p = images_dir / name
+        # the resolved folder + the name is the file's resolved path unless the file is a link
+        path = str(p.resolve()) if p.is_symlink() else os.path.join(folder, name)
         size = (known_sizes or {}).get(path)
         if size is None or None in size:
-            with Image.open(p) as img:  # reads the header only
-                size = img.size
-        rows[image_id] = ImageRow(image_id, p.name, path, int(size[0]), int(size[1]))
+            size = image_size(p)
+        rows[image_id] = ImageRow(image_id, name, path, int(size[0]), int(size[1]))
     return rows
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a JPEG's frame header or a PNG's IHDR, reading a few bytes (opening
+    each file with PIL was a third of a fresh push); anything else, or anything unusual, via PIL."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+            return struct.unpack(">II", head[16:24])
+        if head[:2] == b"\xff\xd8":
+            size = _jpeg_frame_size(f)
+            if size:
+                return size
+    from PIL import Image
+
+    with Image.open(path) as img:  # reads the header only
+        return img.size
+
+
+_JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # SOFn
+
+
+def _jpeg_frame_size(f) -> tuple[int, int] | None:
+    """Walk a JPEG's marker segments to its frame header; None when the layout is not the plain one."""
+    f.seek(2)
+    for _ in range(1000):
+        marker = f.read(2)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            return None
+        while marker[1] == 0xFF:  # fill bytes
+            marker = marker[1:] + f.read(1)
+            if len(marker) < 2:
+                return None
+        length = f.read(2)
+        if len(length) < 2:
+            return None
+        (n,) = struct.unpack(">H", length)
+        if marker[1] in _JPEG_FRAMES:
+            frame = f.read(5)
+            if len(frame) < 5:
+                return None
+            height, width = struct.unpack(">HH", frame[1:5])
+            return (width, height) if width and height else None
+        if n < 2 or not (0xC0 <= marker[1] <= 0xFE) or marker[1] == 0xD9 or marker[1] == 0xDA:
+            return None  # no frame before the image data, or a marker without a length
+        f.seek(n - 2, 1)
+    return None
 
 
 def _bad_box(bbox) -> str | None:

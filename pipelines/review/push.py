@@ -2,8 +2,9 @@
 
 One sample per image, keyed by its absolute file path. Writes are batched, never a save per
 sample: new images go in with one `insert_many` per batch of documents in FiftyOne's own storage
-format (fields declared first through the public API; labels built as plain dicts, skipping the
-per-object ORM layer that dominates `add_samples`: see bench/bench_push.py). Existing samples are
+format (fields declared first through the public API; labels built as plain dicts by
+`label_docs`, each batch's masks decoded together, skipping the per-object ORM layer that dominates
+`add_samples`: see bench/bench_push.py). Existing samples are
 planned field by field from their stored label keys (no masks read): a field that holds exactly the
 new keys is left alone (re-push of the same file), an empty one (a new field, or one a version move
 emptied) gets the new labels in one bulk write, and only a field whose labels differ is merged
@@ -12,21 +13,21 @@ the old one's field with a field rename (database side), tags and all.
 Re-pushing is idempotent: every label carries a stable `label_key`, an existing label with the
 same key is kept as it is (its id, tags and attributes survive), and a label that a labeler has
 touched (tagged, or already pulled) is never dropped even when a newer file lacks it.
+
+Steps of `push_predictions`: check the arguments, read the inputs, plan (`_plan_push`: which
+record goes to which field), move older versions aside (`_move_older_versions`), record the push in
+the dataset's info, write the samples batch by batch (`_write_samples`), summarise.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
+import gc
 import logging
 from collections import Counter, defaultdict
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-from bson import ObjectId
-
-import numpy as np
-from pycocotools import mask as mask_utils
 
 from pipelines.errors import InputError
 from pipelines.progress import progress as progress_bar
@@ -37,15 +38,32 @@ from pipelines.review.fo_env import describe_database, fiftyone
 from pipelines.review.heat import image_heat
 from pipelines.review.inputs import (list_folder_images, prediction_problem, read_ground_truth, read_heatmap_index,
                                      read_json, read_predictions)
-from pipelines.review.labels import keypoints_to_points, relative_box, stable_key
+from pipelines.review.label_docs import LabelBuilder, cls_of, content_keys
+from pipelines.review.reviewed import PULLED_ATTR
 from pipelines.review.thresholds import load_thresholds, threshold_for
 from pipelines.review.thresholds import summary as threshold_summary
 
 log = logging.getLogger(__name__)
 
-PULLED_ATTR = "lumen_pulled"  # set by pull: the label's review state when it was last pulled
+
+def _gc_paused(push):
+    """Python's cyclic GC paused for the push: it allocates a few objects per label (records,
+    documents) that all live until written, and the collector rescanning them took a quarter of
+    the push's CPU (bench/bench_push.py). Those are freed by reference counting; any cycle
+    (FiftyOne's objects) waits for the first collection after the push."""
+    @functools.wraps(push)
+    def paused(*args, **kwargs):
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return push(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+    return paused
 
 
+@_gc_paused
 def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_file=None, heatmaps_dir=None,
                      field="predictions", batch_size=500, categories_file=None, peak_threshold=0.5,
                      thresholds=None, progress=True) -> dict:
@@ -59,20 +77,87 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
     """
     fo = fiftyone()
     images_dir = Path(images_dir)
+    det_field = _check_arguments(images_dir, model_version, field)
+    th = load_thresholds(thresholds) if thresholds is not None else None
+    gt = read_ground_truth(gt_file, images_dir) if gt_file else None
+    results = read_predictions(pred_file)
+    heat_index = read_heatmap_index(heatmaps_dir) if heatmaps_dir else None
+    images = _images_pushed(dataset_name, images_dir, gt, results, heat_index)
+    # created only once every input was read: a bad file leaves no empty dataset behind
+    dataset = fo.load_dataset(dataset_name) if fo.dataset_exists(dataset_name) else fo.Dataset(dataset_name,
+                                                                                                persistent=True)
+    plan = _plan_push(dataset, det_field, images, gt, results, heat_index, th, categories_file)
+    archived = _move_older_versions(dataset, plan, model_version)
+    _record_push_in_info(dataset, plan, model_version, images_dir)
+    undeclared = _fields_never_declared(dataset, plan)
+    written = _WrittenLabels()
+    counts = _write_samples(dataset, plan, LabelBuilder(model_version, plan.cat_by_id, peak_threshold), written,
+                            batch_size, progress_bar(total=len(images), desc=f"push {dataset_name}", unit="img",
+                                                     enabled=progress))
+    _declare_label_attributes(dataset, written, undeclared)
+    apply_app_config(dataset)  # predictions shown, GT hidden, heatmap visible, one colour per class
+    out = _summary(dataset, plan, counts, model_version, archived)
+    log.info("pushed %s to %s (%s): %d samples added, %d updated, %d predictions, %d skipped %s",
+             model_version, dataset_name, out["database"], out["samples_added"], out["samples_updated"],
+             out["predictions_pushed"] + out["keypoint_predictions_pushed"], out["results_skipped"],
+             out["skip_reasons"] or "")
+    return out
+
+
+@dataclass
+class _PushPlan:
+    """What one push writes: the images it speaks for, their records by kind, the fields."""
+    images: dict  # image id -> ImageRow
+    gt: object  # inputs.GroundTruth or None
+    results_read: int
+    heat_index: dict | None
+    th: dict | None
+    categories: list[dict]
+    cat_by_id: dict
+    skipped: Counter
+    dets: dict  # image id -> detection records at or above their threshold
+    kps: dict  # image id -> keypoint records
+    below: dict | None  # image id -> detection records under their threshold (None: no thresholds)
+    det_field: str
+    write_det: bool
+    write_kp: bool
+
+    @property
+    def gt_field(self) -> str | None:
+        if not self.gt:
+            return None
+        return F.keypoints_field(F.GROUND_TRUTH) if self.gt.keypoints else F.GROUND_TRUTH
+
+    @property
+    def label_fields(self) -> list[str]:
+        """Every field this push writes labels into."""
+        return [f for f, on in ((self.gt_field, self.gt), (self.det_field, self.write_det),
+                                (self.below_field, self.below is not None), (self.kp_field, self.write_kp),
+                                (F.HEATMAP, self.heat_index is not None), (F.PEAKS, self.heat_index is not None)) if on]
+
+    @property
+    def kp_field(self) -> str:
+        return F.keypoints_field(self.det_field)
+
+    @property
+    def below_field(self) -> str:
+        return F.below_threshold_field(self.det_field)
+
+
+def _check_arguments(images_dir: Path, model_version, field: str) -> str:
+    """One clear error for a missing folder, version or bad field name; returns the field."""
     if not images_dir.is_dir():
         raise InputError(f"images folder not found: {images_dir}")
     if not isinstance(model_version, str) or not model_version.strip():
         raise InputError("a model version is required (e.g. the checkpoint's version folder name)")
     F.version_slug(model_version)
-    det_field, kp_field = F.check_field_name(field), F.keypoints_field(field)
+    return F.check_field_name(field)
 
-    th = load_thresholds(thresholds) if thresholds is not None else None
-    below_field = F.below_threshold_field(det_field)
-    gt = read_ground_truth(gt_file, images_dir) if gt_file else None
-    results = read_predictions(pred_file)
-    heat_index = read_heatmap_index(heatmaps_dir) if heatmaps_dir else None
-    # The images this push speaks for: the GT's, and those the model ran on (a result or a
-    # heatmap). Other images in the folder are left alone, so a partial file wipes nothing.
+
+def _images_pushed(dataset_name: str, images_dir: Path, gt, results: list, heat_index) -> dict:
+    """The images this push speaks for: the GT's, and those the model ran on (a result or a
+    heatmap). Other images in the folder are left alone, so a partial file wipes nothing."""
+    fo = fiftyone()
     images = dict(gt.images) if gt else {}
     ran_on = {r.get("image_id") for r in results if isinstance(r, dict)} | set(heat_index or ())
     if ran_on - set(images):
@@ -83,14 +168,14 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
         # ids as `lumen predict` gives them without annotations
         folder = list_folder_images(images_dir, wanted=ran_on - set(images), known_sizes=known)
         images.update({i: folder[i] for i in ran_on - set(images) if i in folder})
+    return images
 
-    dataset = fo.load_dataset(dataset_name) if fo.dataset_exists(dataset_name) else fo.Dataset(dataset_name,
-                                                                                                persistent=True)
-    info = F.review_info(dataset)
-    categories = _merge_categories(info.get("categories", []), gt.categories if gt else [],
+
+def _plan_push(dataset, det_field: str, images: dict, gt, results: list, heat_index, th, categories_file) -> _PushPlan:
+    """Sort the records into the fields they go to; every record not pushed is counted with why."""
+    categories = _merge_categories(F.review_info(dataset).get("categories", []), gt.categories if gt else [],
                                    _categories_from(categories_file))
     cat_by_id = {c["id"]: c for c in categories}
-
     skipped: Counter = Counter()
     dets, kps = defaultdict(list), defaultdict(list)
     for r in results:
@@ -105,95 +190,164 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
             cat_by_id[cid] = {"id": cid, "name": f"category_{cid}"}
         categories = list(cat_by_id.values())
     write_det = bool(dets) or not kps  # an empty results file still says "nothing found" per image
-    write_kp = bool(kps)
     below = _split_below_threshold(dets, th) if th is not None and write_det else None
+    return _PushPlan(images, gt, len(results), heat_index, th, categories, cat_by_id, skipped, dets, kps, below,
+                     det_field, write_det, bool(kps))
 
+
+def _move_older_versions(dataset, plan: _PushPlan, version: str) -> list[str]:
+    """Each field this push writes becomes `version`'s home (field renames, database side)."""
     archived = []
-    if write_det:
-        archived += _take_over_field(dataset, det_field, "detections", model_version)
-        if below is not None or below_field in dataset.get_field_schema():
-            archived += _take_over_field(dataset, below_field, "detections", model_version)
-    if write_kp:
-        archived += _take_over_field(dataset, kp_field, "keypoints", model_version)
+    if plan.write_det:
+        archived += _take_over_field(dataset, plan.det_field, "detections", version)
+        if plan.below is not None or plan.below_field in dataset.get_field_schema():
+            archived += _take_over_field(dataset, plan.below_field, "detections", version)
+    if plan.write_kp:
+        archived += _take_over_field(dataset, plan.kp_field, "keypoints", version)
+    return archived
 
-    info["categories"] = categories
+
+def _record_push_in_info(dataset, plan: _PushPlan, version: str, images_dir: Path) -> None:
+    info = F.review_info(dataset)
+    info["categories"] = plan.categories
     info["images_dir"] = str(images_dir.resolve())
-    info["latest_version"] = model_version
-    info["field"] = det_field
-    info["current_fields"] = sorted(set(info.get("current_fields", [])) | {f for f, on in ((det_field, write_det),
-                                                                                            (kp_field, write_kp)) if on})
-    info["versions"] = sorted(set(info.get("versions", [])) | {model_version})
-    if th is not None:
-        info.setdefault("thresholds", {})[model_version] = threshold_summary(th)
-        info["below_threshold_field"] = below_field
+    info["latest_version"] = version
+    info["field"] = plan.det_field
+    written = {f for f, on in ((plan.det_field, plan.write_det), (plan.kp_field, plan.write_kp)) if on}
+    info["current_fields"] = sorted(set(info.get("current_fields", [])) | written)
+    info["versions"] = sorted(set(info.get("versions", [])) | {version})
+    if plan.th is not None:
+        info.setdefault("thresholds", {})[version] = threshold_summary(plan.th)
+        info["below_threshold_field"] = plan.below_field
     F.save_review_info(dataset, info)
 
-    builder = _LabelBuilder(model_version, cat_by_id, peak_threshold)
+
+def _write_samples(dataset, plan: _PushPlan, builder: LabelBuilder, written: _WrittenLabels, batch_size: int,
+                   bar) -> Counter:
+    """Every image's labels, batch by batch: new samples inserted, existing ones updated."""
     existing = dict(zip(*dataset.values(["filepath", "id"]))) if len(dataset) else {}
-    counts = Counter()
-    ids = sorted(images)
-    bar = progress_bar(total=len(ids), desc=f"push {dataset_name}", unit="img", enabled=progress)
+    counts: Counter = Counter()
+    ids = sorted(plan.images)
     for start in range(0, len(ids), batch_size):
-        updates = defaultdict(dict)
-        chunk = [images[i] for i in ids[start:start + batch_size]]
-        content = {}
-        for im in chunk:
-            c = {}
-            if gt:
-                gt_field = F.keypoints_field(F.GROUND_TRUTH) if gt.keypoints else F.GROUND_TRUTH
-                c[gt_field] = builder.ground_truth(im, gt.annotations.get(im.image_id, []), gt.keypoints)
-            if write_det:
-                c[det_field] = builder.detections(im, dets.get(im.image_id, []))
-            if below is not None:
-                c[below_field] = builder.detections(im, below.get(im.image_id, []))
-            if write_kp:
-                c[kp_field] = builder.keypoints(im, kps.get(im.image_id, []))
-            if heat_index is not None:
-                boxes = defaultdict(list)
-                for r in dets.get(im.image_id, []) + kps.get(im.image_id, []):
-                    boxes[r["category_id"]].append(r["bbox"])
-                h = image_heat(heat_index.get(im.image_id, []), im.width, im.height, boxes, peak_threshold)
-                skipped.update(h.problems)
-                c[F.HEATMAP] = builder.heatmap(h.heat)
-                c[F.PEAKS] = builder.peaks(im, h.peaks)
-                counts["heatmaps"] += h.heat is not None
-                counts["uncovered_peaks"] += len(h.peaks)
-            content[im.path] = c
-        old = {im.path: existing[im.path] for im in chunk if im.path in existing}
-        _declare_fields(dataset, content)
-        new_samples = [_sample_doc(dataset, im, content[im.path]) for im in chunk if im.path not in old]
-        writes, to_merge = _plan_updates(dataset, old, content, counts)
-        if new_samples:
-            fa.insert_sample_docs(dataset, new_samples)
-        fa.set_sample_fields(dataset, writes)
-        if to_merge:  # labels a labeler may have touched: merged label by label (the slow, rare path)
-            current = _current_labels(dataset, sorted(to_merge), {k for fields in to_merge.values() for k in fields})
-            for sid, fields in to_merge.items():
-                for k, v in fields.items():
-                    merged, kept = _merge(current.get((sid, k)), _to_label(v))
-                    counts["reviewed_labels_kept"] += kept
-                    updates[k][sid] = merged
-            for k, values in updates.items():
-                dataset.set_values(k, values, key_field="id", progress=False)
-        counts["samples_added"] += len(new_samples)
-        counts["samples_updated"] += len(old)
+        chunk = [plan.images[i] for i in ids[start:start + batch_size]]
+        content = {im.path: _image_content(plan, builder, im, counts) for im in chunk}
+        _write_batch(dataset, chunk, content, existing, counts, written)
         bar.update(len(chunk))
     bar.close()
-    dataset.add_dynamic_sample_fields()  # label attributes (model_version, ...) become filterable in the App
-    apply_app_config(dataset)  # predictions shown, GT hidden, heatmap visible, one colour per class
+    return counts
 
-    n_det = sum(len(v) for v in dets.values()) if write_det else 0
-    n_below = sum(len(v) for v in below.values()) if below is not None else 0
-    n_kp = sum(len(v) for v in kps.values())
+
+def _image_content(plan: _PushPlan, builder: LabelBuilder, im, counts: Counter) -> dict:
+    """{field: label document (or a lazy one, or None)} for one image."""
+    c = {}
+    if plan.gt:
+        c[plan.gt_field] = builder.ground_truth(im, plan.gt.annotations.get(im.image_id, []), plan.gt.keypoints)
+    if plan.write_det:
+        c[plan.det_field] = builder.detections(im, plan.dets.get(im.image_id, []))
+    if plan.below is not None:
+        c[plan.below_field] = builder.detections(im, plan.below.get(im.image_id, []))
+    if plan.write_kp:
+        c[plan.kp_field] = builder.keypoints(im, plan.kps.get(im.image_id, []))
+    if plan.heat_index is not None:
+        boxes = defaultdict(list)
+        for r in plan.dets.get(im.image_id, []) + plan.kps.get(im.image_id, []):
+            boxes[r["category_id"]].append(r["bbox"])
+        h = image_heat(plan.heat_index.get(im.image_id, []), im.width, im.height, boxes, builder.peak_threshold)
+        plan.skipped.update(h.problems)
+        c[F.HEATMAP] = builder.heatmap(h.heat)
+        c[F.PEAKS] = builder.peaks(im, h.peaks)
+        counts["heatmaps"] += h.heat is not None
+        counts["uncovered_peaks"] += len(h.peaks)
+    return c
+
+
+def _write_batch(dataset, chunk: list, content: dict, existing: dict, counts: Counter,
+                 written: _WrittenLabels) -> None:
+    """One batch: new samples in one insert, empty fields in one bulk write, the rest merged."""
+    old = {im.path: existing[im.path] for im in chunk if im.path in existing}
+    new = [im for im in chunk if im.path not in old]
+    _declare_fields(dataset, content)
+    writes, to_merge = _plan_updates(dataset, old, content, counts)
+    LabelBuilder.build_all([content[im.path] for im in new] + list(writes.values()) + list(to_merge.values()))
+    if new:
+        fa.insert_sample_docs(dataset, [_sample_doc(dataset, im, content[im.path]) for im in new])
+    fa.set_sample_fields(dataset, writes)
+    if to_merge:  # labels a labeler may have touched: merged label by label (the slow, rare path)
+        _merge_touched_labels(dataset, to_merge, counts)
+    path_of = {sid: path for path, sid in old.items()}
+    for path, fields in [(im.path, content[im.path]) for im in new] + [(path_of[s], f) for s, f in writes.items()]:
+        written.add(path, fields)
+    written.merged.update(k for fields in to_merge.values() for k in fields)
+    counts["samples_added"] += len(new)
+    counts["samples_updated"] += len(old)
+
+
+@dataclass
+class _WrittenLabels:
+    """The label documents a push wrote, as one image per field and set of label attributes:
+    declaring the attributes then reads those few samples instead of scanning the whole dataset."""
+    examples: dict = dataclasses.field(default_factory=lambda: defaultdict(dict))  # field -> {attribute names: filepath}
+    merged: set = dataclasses.field(default_factory=set)  # fields merged label by label: older labels' attributes too
+
+    def add(self, path: str, fields: dict) -> None:
+        for name, doc in fields.items():
+            if doc is not None:
+                list_name = fa.LIST_FIELDS.get(doc["_cls"])
+                for label in doc[list_name] if list_name else [doc]:
+                    self.examples[name].setdefault(frozenset(label), path)
+
+
+def _fields_never_declared(dataset, plan: _PushPlan) -> list[str]:
+    """Fields of this push that exist but whose `label_key` attribute was never declared: a push
+    that died before declaring wrote them; their labels get a full scan."""
+    schema = dataset.get_field_schema(flat=True)
+    lists = F.label_list_fields(dataset)
+    return [f for f in plan.label_fields if f in schema and f"{lists.get(f, f)}.label_key" not in schema]
+
+
+def _declare_label_attributes(dataset, written: _WrittenLabels, undeclared: list[str]) -> None:
+    """Label attributes (model_version, ...) become filterable in the App: the labels this push
+    built carry the same attribute types throughout, so one sample per attribute set shows them
+    all; merged fields and never-declared ones are scanned in full. Nothing written: nothing new."""
+    full = sorted(written.merged | set(undeclared))
+    sampled = sorted(f for f in written.examples if f not in full)
+    if sampled:
+        paths = sorted({p for f in sampled for p in written.examples[f].values()})
+        dynamic = dataset.select_by("filepath", paths).get_dynamic_field_schema(fields=sampled)
+        if dynamic:
+            dataset.add_dynamic_sample_fields(fields=dynamic)
+    if full:
+        dataset.add_dynamic_sample_fields(fields=full)
+
+
+def _merge_touched_labels(dataset, to_merge: dict, counts: Counter) -> None:
+    """{sample id: {field: new document}} merged with what is stored (see `_merge`), one
+    `set_values` per field."""
+    current = _current_labels(dataset, sorted(to_merge), {k for fields in to_merge.values() for k in fields})
+    updates = defaultdict(dict)
+    for sid, fields in to_merge.items():
+        for k, v in fields.items():
+            merged, kept = _merge(current.get((sid, k)), _to_label(v))
+            counts["reviewed_labels_kept"] += kept
+            updates[k][sid] = merged
+    for k, values in updates.items():
+        dataset.set_values(k, values, key_field="id", progress=False)
+
+
+def _summary(dataset, plan: _PushPlan, counts: Counter, version: str, archived: list[str]) -> dict:
+    n_det = sum(len(v) for v in plan.dets.values()) if plan.write_det else 0
+    n_below = sum(len(v) for v in plan.below.values()) if plan.below is not None else 0
+    n_kp = sum(len(v) for v in plan.kps.values())
+    gt, th, skipped = plan.gt, plan.th, plan.skipped
     out = {
-        "dataset": dataset_name,
+        "dataset": dataset.name,
         "database": describe_database(),
-        "model_version": model_version,
-        "images": len(images),
+        "model_version": version,
+        "images": len(plan.images),
         "samples_added": counts["samples_added"],
         "samples_updated": counts["samples_updated"],
         "samples_total": len(dataset),
-        "results_read": len(results),
+        "results_read": plan.results_read,
         "predictions_pushed": n_det,
         "predictions_below_threshold": n_below,
         "thresholds": {k: v["threshold"] for k, v in th["classes"].items()} if th is not None else None,
@@ -205,17 +359,12 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
         "heatmaps": counts["heatmaps"],
         "uncovered_peaks": counts["uncovered_peaks"],
         "reviewed_labels_kept": counts["reviewed_labels_kept"],
-        "fields": [f for f, on in ((det_field, write_det), (below_field, below is not None), (kp_field, write_kp)) if on],
+        "fields": [f for f, on in ((plan.det_field, plan.write_det), (plan.below_field, plan.below is not None),
+                                   (plan.kp_field, plan.write_kp)) if on],
         "archived_fields": archived,
     }
-    assert n_det + n_below + n_kp + out["results_skipped"] == len(results)
-    log.info("pushed %s to %s (%s): %d samples added, %d updated, %d predictions, %d skipped %s",
-             model_version, dataset_name, describe_database(), out["samples_added"], out["samples_updated"],
-             n_det + n_kp, out["results_skipped"], out["skip_reasons"] or "")
+    assert n_det + n_below + n_kp + out["results_skipped"] == plan.results_read
     return out
-
-
-_LABEL_TYPES = {"Detections", "Keypoints", "Heatmap"}
 
 
 def _split_below_threshold(dets: dict, th: dict) -> dict:
@@ -250,7 +399,7 @@ def _declare_fields(dataset, content: dict) -> None:
     for c in content.values():
         for name, raw in c.items():
             if raw is not None:
-                wanted.setdefault(name, _cls_of(raw))
+                wanted.setdefault(name, cls_of(raw))
     for name, cls in wanted.items():
         if name not in schema:
             dataset.add_sample_field(name, fo.EmbeddedDocumentField, embedded_doc_type=getattr(fo, cls))
@@ -259,7 +408,7 @@ def _declare_fields(dataset, content: dict) -> None:
 def _sample_doc(dataset, im, content: dict) -> dict:
     fields = {"filepath": im.path, "metadata": {"_cls": "ImageMetadata", "width": int(im.width), "height": int(im.height)},
               "image_id": int(im.image_id), "file_name": im.file_name}
-    fields.update({k: _doc(v) for k, v in content.items() if v is not None})
+    fields.update({k: v for k, v in content.items() if v is not None})
     return fa.new_sample_doc(dataset, fields)
 
 
@@ -311,41 +460,13 @@ def _take_over_field(dataset, field: str, kind: str, version: str) -> list[str]:
     return moved
 
 
-@dataclass(frozen=True)
-class _Lazy:
-    """A label document known by its keys; built (masks decoded, arrays serialized) only if written."""
-    cls: str
-    keys: tuple
-    build: Callable[[], dict]
-
-
-def _cls_of(v) -> str:
-    return v.cls if isinstance(v, _Lazy) else v["_cls"]
-
-
-def _doc(v):
-    return v.build() if isinstance(v, _Lazy) else v
-
-
-def _content_keys(raw) -> tuple | None:
-    """The label keys of a label document as built here (None: no label)."""
-    if raw is None:
-        return None
-    if isinstance(raw, _Lazy):
-        return raw.keys
-    name = fa.LIST_FIELDS.get(raw["_cls"])
-    if name is None:
-        return (raw.get("label_key"),)
-    return tuple(lab.get("label_key") for lab in raw[name])
-
-
 def _stored_keys(dataset, sample_ids: list[str], content: dict) -> dict:
     """(sample id, field) -> the label keys stored there (None: no label), read without masks or maps."""
     kinds = {}
     for c in content.values():
         for k, raw in c.items():
             if raw is not None:
-                kinds.setdefault(k, fa.LIST_FIELDS.get(_cls_of(raw)))
+                kinds.setdefault(k, fa.LIST_FIELDS.get(cls_of(raw)))
     schema = dataset.get_field_schema()
     names = sorted(k for k in kinds if k in schema)
     if not sample_ids or not names:
@@ -377,13 +498,13 @@ def _plan_updates(dataset, old: dict, content: dict, counts: Counter) -> tuple[d
     writes, to_merge = defaultdict(dict), defaultdict(dict)
     for path, sid in old.items():
         for k, raw in content[path].items():
-            have, new = stored.get((sid, k)), _content_keys(raw)
+            have, new = stored.get((sid, k)), content_keys(raw)
             if have == new:
                 counts["fields_unchanged"] += 1
             elif not have:
-                writes[sid][k] = _doc(raw)
+                writes[sid][k] = raw
             else:
-                to_merge[sid][k] = _doc(raw)
+                to_merge[sid][k] = raw
     return dict(writes), dict(to_merge)
 
 
@@ -431,112 +552,3 @@ def _merge(old, new):
             kept += 1
     setattr(new, name, out)
     return new, kept
-
-
-class _LabelBuilder:
-    """COCO records of one image -> label documents in FiftyOne's storage format (plain dicts,
-    masks as FiftyOne serializes numpy arrays), each with a stable `label_key`."""
-
-    def __init__(self, version: str, cats: dict, peak_threshold: float):
-        self.serialize = fa.serialize_array
-        self.version, self.cats, self.peak_threshold = version, cats, peak_threshold
-
-    def _name(self, cid) -> str:
-        return self.cats[cid]["name"] if cid in self.cats else f"category_{cid}"
-
-    @staticmethod
-    def _label(cls: str, **fields) -> dict:
-        d = {"_id": ObjectId(), "_cls": cls, "tags": []}
-        if cls != "Heatmap":
-            d["attributes"] = {}
-        d.update({k: v for k, v in fields.items() if v is not None})
-        return d
-
-    @staticmethod
-    def _keys(parts: list[tuple]) -> list[str]:
-        seen: Counter = Counter()
-        keys = []
-        for p in parts:
-            seen[p] += 1
-            keys.append(stable_key(*p, seen[p]))  # identical duplicates in a file stay distinct
-        return keys
-
-    def _masks(self, im, records) -> list[np.ndarray | None]:
-        from pipelines.review.labels import crop_window
-        from pipelines.sources.coco import to_rles
-
-        rles = to_rles([r.get("segmentation") for r in records], im.height, im.width)
-        have = [i for i, rle in enumerate(rles) if rle is not None]
-        out: list[np.ndarray | None] = [None] * len(records)
-        if have:
-            full = mask_utils.decode([{"size": rles[i]["size"], "counts": rles[i]["counts"].encode("ascii")}
-                                      for i in have])  # H x W x n, one call per image
-            for j, i in enumerate(have):
-                x0, y0, x1, y1 = crop_window(records[i]["bbox"], im.width, im.height)
-                out[i] = np.ascontiguousarray(full[y0:y1, x0:x1, j].astype(bool))
-        return out
-
-    def _box(self, im, bbox) -> list[float]:
-        return [float(v) for v in relative_box(bbox, im.width, im.height)]
-
-    def detections(self, im, records) -> _Lazy:
-        keys = self._keys([(self.version, im.image_id, "det", r["category_id"], *(round(v, 2) for v in r["bbox"]),
-                            round(r["score"], 5)) for r in records])
-
-        def build():
-            masks = self._masks(im, records)
-            return {"_cls": "Detections", "detections": [
-                self._label("Detection", label=self._name(r["category_id"]), bounding_box=self._box(im, r["bbox"]),
-                            mask=self.serialize(mask) if mask is not None else None, confidence=float(r["score"]),
-                            model_version=self.version, label_key=key, category_id=int(r["category_id"]))
-                for r, key, mask in zip(records, keys, masks)]}
-        return _Lazy("Detections", tuple(keys), build)
-
-    def keypoints(self, im, records) -> dict:
-        keys = self._keys([(self.version, im.image_id, "kp", r["category_id"], *(round(v, 2) for v in r["bbox"]),
-                            round(r["score"], 5)) for r in records])
-        labels = []
-        for r, key in zip(records, keys):
-            points, vis = keypoints_to_points(r["keypoints"], im.width, im.height)
-            labels.append(self._label("Keypoint", label=self._name(r["category_id"]), points=points,
-                                      score=float(r["score"]), visibility=vis, box=self._box(im, r["bbox"]),
-                                      model_version=self.version, label_key=key, category_id=int(r["category_id"])))
-        return {"_cls": "Keypoints", "keypoints": labels}
-
-    def ground_truth(self, im, anns, keypoints: bool) -> dict | _Lazy:
-        if keypoints:
-            labels = []
-            for a in anns:
-                if not a.get("keypoints"):
-                    continue
-                points, vis = keypoints_to_points(a["keypoints"], im.width, im.height)
-                labels.append(self._label("Keypoint", label=self._name(a["category_id"]), points=points,
-                                          visibility=vis, box=self._box(im, a["bbox"]), label_key=f"gt:{a.get('id')}",
-                                          category_id=int(a["category_id"])))
-            return {"_cls": "Keypoints", "keypoints": labels}
-        def build():
-            masks = self._masks(im, anns)
-            return {"_cls": "Detections", "detections": [
-                self._label("Detection", label=self._name(a["category_id"]), bounding_box=self._box(im, a["bbox"]),
-                            mask=self.serialize(mask) if mask is not None else None,
-                            iscrowd=int(bool(a.get("iscrowd"))), label_key=f"gt:{a.get('id')}",
-                            category_id=int(a["category_id"]))
-                for a, mask in zip(anns, masks)]}
-        return _Lazy("Detections", tuple(f"gt:{a.get('id')}" for a in anns), build)
-
-    def heatmap(self, heat) -> dict | None:
-        if heat is None:
-            return None
-        # scaled to its own range: a weak map still spans the whole colour scale
-        top = float(max(int(heat.max()), 1))
-        data = self.serialize(heat)
-        return self._label("Heatmap", map=data, range=[0.0, top], model_version=self.version,
-                           label_key=stable_key(self.version, "heat", hashlib.sha1(data).hexdigest()))
-
-    def peaks(self, im, peaks) -> dict:
-        keys = self._keys([(self.version, im.image_id, "peak", cid, round(x, 1), round(y, 1)) for cid, x, y, _ in peaks])
-        return {"_cls": "Keypoints", "keypoints": [
-            self._label("Keypoint", label=self._name(cid), points=[[x / im.width, y / im.height]],
-                        confidence=[round(v, 4)], heat=round(v, 4), model_version=self.version, label_key=key,
-                        category_id=int(cid) if cid is not None else None)
-            for (cid, x, y, v), key in zip(peaks, keys)]}
