@@ -15,10 +15,12 @@ ones included), so "there is none" is never said of something that is there.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -27,6 +29,7 @@ from pipelines.instructions import answer_for, instruction_for
 from pipelines.sources.common import (Draft, LazyUnits, ReadResult, SourcePlan, bad_box, image_outside, load_json,
                                       polygon_area_problems, polygon_structure_problem, require_keys, rle_problem,
                                       unsafe_image_name)
+from pipelines.sources.json_stream import stream_object_array
 
 NUM_KEYPOINTS = 17
 IMAGES_PER_UNIT = 1000  # a unit of work for a conversion worker: ~7k annotations of train2017
@@ -45,8 +48,21 @@ class CocoIndex:
 
 
 def index_coco(path: str | Path, what: str) -> CocoIndex:
+    """The whole file parsed (small files: RefCOCO's instances)."""
     data = load_json(path, dict, what)
     require_keys(data, ("images", "annotations", "categories"), path, what)
+    return _index(data)
+
+
+def stream_coco(path: str | Path, what: str) -> tuple[CocoIndex, Iterator[list]]:
+    """Images and categories indexed, the annotations still to come: (index with
+    `data["annotations"] == []`, chunks of annotations in file order)."""
+    data, chunks = stream_object_array(path, "annotations", what)
+    require_keys(data, ("images", "annotations", "categories"), path, what)
+    return _index(data), chunks
+
+
+def _index(data: dict) -> CocoIndex:
     image_ids = Counter(im.get("id") for im in data["images"] if isinstance(im, dict))
     cat_ids = Counter(c.get("id") for c in data["categories"] if isinstance(c, dict))
     index = CocoIndex(data, {}, {})
@@ -135,41 +151,140 @@ class _ImageFiles:
         return self._seen[file_name]
 
 
-def valid_annotations(index: CocoIndex, source_file: str, files: _ImageFiles, *, need_keypoints=False):
-    """Usable annotations grouped by image, quarantine rows, and every category seen per image."""
-    quarantine: list[tuple[str, str, str]] = []
-    anns = index.data["annotations"]
-    id_counts = Counter(a.get("id") for a in anns if isinstance(a, dict))
-    by_image: dict[int, list[dict]] = defaultdict(list)
+def valid_annotations(index: CocoIndex, chunks: Iterator[list], source_file: str, files: _ImageFiles, *,
+                      need_keypoints=False) -> tuple[AnnotationStore, list, dict, int]:
+    """Usable annotations (compact, by image), quarantine rows (in file order), every category
+    seen per image, and the number of annotations read. Each chunk of parsed annotations is
+    checked and made compact before the next is parsed: the file's dicts never exist all at once."""
+    store = AnnotationStore(need_keypoints)
+    ids: list = []  # every annotation's id, in file order (_NO_ID: not an object or no id)
+    reasons: list[str | None] = []  # why each one is unusable (the duplicate-id check comes last)
     seen_cats: dict[int, set] = defaultdict(set)  # categories an image has, even in rejected annotations
-    reasons = [_annotation_problem(a, index, id_counts, need_keypoints) for a in anns]
-    # polygon areas of every otherwise-valid annotation in one vectorized pass
-    poly_pos = [i for i, (a, r) in enumerate(zip(anns, reasons)) if r is None and isinstance(a.get("segmentation"), list)
-                and a["segmentation"]]
-    for lo in range(0, len(poly_pos), AREA_CHUNK):  # in chunks: one pass over train2017 would need ~1 GB of arrays
-        chunk = poly_pos[lo:lo + AREA_CHUNK]
-        for i, problem in zip(chunk, polygon_area_problems([anns[i]["segmentation"] for i in chunk])):
-            reasons[i] = problem
-    for pos, (a, reason) in enumerate(zip(anns, reasons)):
-        rid = f"ann:{a.get('id')}" if isinstance(a, dict) and a.get("id") is not None else f"ann:#{pos}"
-        if reason is None:
-            reason = files.problem(index.images[a["image_id"]]["file_name"])
-        if isinstance(a, dict) and isinstance(a.get("image_id"), int):
-            seen_cats[a["image_id"]].add(a.get("category_id"))
+    for anns in chunks:
+        first = len(ids)
+        chunk_reasons = [_annotation_problem(a, index, need_keypoints) for a in anns]
+        poly = [i for i, (a, r) in enumerate(zip(anns, chunk_reasons)) if r is None
+                and isinstance(a.get("segmentation"), list) and a["segmentation"]]
+        for lo in range(0, len(poly), AREA_CHUNK):
+            part = poly[lo:lo + AREA_CHUNK]
+            for i, problem in zip(part, polygon_area_problems([anns[i]["segmentation"] for i in part])):
+                chunk_reasons[i] = problem
+        for k, (a, reason) in enumerate(zip(anns, chunk_reasons)):
+            is_dict = isinstance(a, dict)
+            ids.append(a["id"] if is_dict and a.get("id") is not None else _NO_ID)
+            if reason is None:
+                reason = files.problem(index.images[a["image_id"]]["file_name"])
+            if is_dict and isinstance(a.get("image_id"), int):
+                seen_cats[a["image_id"]].add(a.get("category_id"))
+            reasons.append(reason)
+            if reason is None:
+                store.add(first + k, a)
+        store.end_chunk()
+        del anns  # this chunk's dicts go now: the store holds what the drafts need
+    id_counts = Counter(ids)
+    id_counts.pop(_NO_ID, None)
+    dup = {i for i, n in id_counts.items() if n > 1}  # every copy is rejected: which one is right is unknowable
+    quarantine: list[tuple[str, str, str]] = []
+    for pos, (aid, reason) in enumerate(zip(ids, reasons)):
+        if aid is not _NO_ID and aid in dup:
+            reason = f"duplicate annotation id {aid} ({id_counts[aid]} copies)"
         if reason is not None:
-            quarantine.append((source_file, rid, reason))
+            quarantine.append((source_file, f"ann:{aid}" if aid is not _NO_ID else f"ann:#{pos}", reason))
+    store.finish(lambda pos: ids[pos] in dup)
+    return store, quarantine, seen_cats, len(ids)
+
+
+_NO_ID = object()
+
+
+class AnnotationStore:
+    """The usable annotations of a COCO file as columns: polygons as float64 arrays (exactly the
+    values pycocotools converts them to), boxes as floats, rare RLE segmentations as they are.
+    `for_image(id)` gives an image's annotations back as the small dicts the draft builders read."""
+
+    def __init__(self, keypoints: bool):
+        self.keypoints = keypoints
+        self._chunks: list[dict] = []
+        self._new()
+
+    def _new(self):
+        self._cur = {"pos": [], "id": [], "image": [], "cat": [], "crowd": [], "bbox": [], "rings": [],
+                     "polys": [], "other": {}, "kps": []}
+
+    def add(self, pos: int, a: dict) -> None:
+        c = self._cur
+        c["pos"].append(pos)
+        c["id"].append(a["id"])
+        c["image"].append(a["image_id"])
+        c["cat"].append(a["category_id"])
+        c["crowd"].append(bool(a.get("iscrowd")))
+        c["bbox"].append([float(v) for v in a["bbox"]])
+        seg = a.get("segmentation")
+        if isinstance(seg, list) and seg:
+            c["rings"].append(len(seg))
+            c["polys"] += seg
         else:
-            by_image[a["image_id"]].append(a)
-    return by_image, quarantine, seen_cats
+            c["rings"].append(0)
+            if isinstance(seg, dict):
+                c["other"][len(c["pos"]) - 1] = seg
+        if self.keypoints:
+            kps = a.get("keypoints")
+            c["kps"].append([float(v) for v in kps] if not a.get("iscrowd") else [math.nan] * (3 * NUM_KEYPOINTS))
+
+    def end_chunk(self) -> None:
+        c = self._cur
+        if c["pos"]:
+            ring_len = np.fromiter((len(p) for p in c["polys"]), np.int64, len(c["polys"]))
+            coords = np.fromiter(itertools.chain.from_iterable(c["polys"]), np.float64, int(ring_len.sum()))
+            rings = np.asarray(c["rings"], np.int64)
+            self._chunks.append({
+                "pos": np.asarray(c["pos"], np.int64), "id": c["id"], "image": np.asarray(c["image"], np.int64),
+                "cat": c["cat"], "crowd": np.asarray(c["crowd"], bool), "bbox": np.asarray(c["bbox"], np.float64),
+                "ring_lo": np.concatenate([[0], np.cumsum(rings)]), "coord_lo": np.concatenate([[0], np.cumsum(ring_len)]),
+                "coords": coords, "other": c["other"],
+                "kps": np.asarray(c["kps"], np.float64) if self.keypoints else None})
+        self._new()
+
+    def finish(self, rejected) -> None:
+        """Index by image, leaving out the annotations `rejected(file position)` names."""
+        sizes = [len(ch["pos"]) for ch in self._chunks]
+        chunk_of = np.repeat(np.arange(len(sizes)), sizes)
+        local = np.concatenate([np.arange(n) for n in sizes]) if sizes else np.zeros(0, np.int64)
+        image = np.concatenate([ch["image"] for ch in self._chunks]) if sizes else np.zeros(0, np.int64)
+        pos = np.concatenate([ch["pos"] for ch in self._chunks]) if sizes else np.zeros(0, np.int64)
+        keep = np.fromiter((not rejected(int(p)) for p in pos), bool, len(pos))
+        order = np.flatnonzero(keep)[np.argsort(image[keep], kind="stable")]  # by image, file order within
+        self._where = np.stack([chunk_of[order], local[order]], axis=1)
+        self._image_ids, starts = np.unique(image[order], return_index=True)
+        self._bounds = np.append(starts, len(order))
+
+    def image_ids(self) -> list[int]:
+        return self._image_ids.tolist()
+
+    def for_image(self, image_id: int) -> list[dict]:
+        k = int(np.searchsorted(self._image_ids, image_id))
+        if k == len(self._image_ids) or self._image_ids[k] != image_id:
+            return []
+        return [self._annotation(int(c), int(i)) for c, i in self._where[self._bounds[k]:self._bounds[k + 1]]]
+
+    def _annotation(self, c: int, i: int) -> dict:
+        ch = self._chunks[c]
+        r0, r1 = ch["ring_lo"][i], ch["ring_lo"][i + 1]
+        lo = ch["coord_lo"]
+        seg = [ch["coords"][lo[r]:lo[r + 1]] for r in range(r0, r1)] if r1 > r0 else ch["other"].get(i)
+        a = {"id": ch["id"][i], "image_id": int(ch["image"][i]), "category_id": ch["cat"][i],
+             "iscrowd": bool(ch["crowd"][i]), "bbox": ch["bbox"][i].tolist(), "segmentation": seg}
+        if self.keypoints and not a["iscrowd"]:
+            a["keypoints"] = ch["kps"][i].tolist()
+        return a
 
 
-def _annotation_problem(a, index: CocoIndex, id_counts: Counter, need_keypoints: bool) -> str | None:
+def _annotation_problem(a, index: CocoIndex, need_keypoints: bool) -> str | None:
+    """Why one annotation is unusable (a duplicate id, known only at the end, is checked after)."""
     if not isinstance(a, dict):
         return "annotation is not an object"
     if a.get("id") is None:
         return "annotation has no id"
-    if id_counts[a["id"]] > 1:  # every copy is rejected: which one is right is unknowable
-        return f"duplicate annotation id {a['id']} ({id_counts[a['id']]} copies)"
     if a.get("image_id") not in index.images:
         return f"unknown image id {a.get('image_id')}"
     if a["image_id"] in index.bad_images:
@@ -225,21 +340,20 @@ def plan_coco_instances(path, *, images_dir=None, negative_ratio=0.5, seed=0, pa
     """Parse and validate the file here; the per-image drafts (RLEs, negatives) are built per unit of
     images, in image-id order, by `instance_drafts` (which can run in a worker process)."""
     src = str(path)
-    index = index_coco(path, "coco")
+    index, chunks = stream_coco(path, "coco")
     files = _ImageFiles(Path(images_dir) if images_dir else None)
-    by_image, quarantine, seen_cats = valid_annotations(index, src, files)
+    store, quarantine, seen_cats, n_annotations = valid_annotations(index, chunks, src, files)
     image_only = _image_only_records(index, seen_cats, files, negative_ratio, src, quarantine)
-    n_records = len(index.data["annotations"]) + sum(
+    n_records = n_annotations + sum(
         1 for im in index.data["images"] if not (isinstance(im, dict) and im.get("id") in seen_cats))
-    index.data["annotations"] = []  # by_image holds the usable ones; each is freed once its unit is built
     cat_ids = sorted(c for c in index.cats if c not in index.bad_cats)
     ctx = {"src": src, "images_dir": files.images_dir, "cats": {c: index.cats[c] for c in cat_ids}, "cat_ids": cat_ids,
            "negative_ratio": negative_ratio, "seed": seed, "paraphrase": paraphrase}
 
     def unit(ids):
-        return ctx, [(index.images[i], by_image.pop(i, []), seen_cats.get(i, set()), i in image_only) for i in ids]
+        return ctx, [(index.images[i], store.for_image(i), seen_cats.get(i, set()), i in image_only) for i in ids]
 
-    ids = sorted(set(by_image) | set(image_only))
+    ids = sorted(set(store.image_ids()) | set(image_only))
     return SourcePlan(quarantine, n_records, _units(ids, images_per_unit, unit), instance_drafts, images=len(ids))
 
 
@@ -334,18 +448,16 @@ def read_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0) -> R
 def plan_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0, images_per_unit=None) -> SourcePlan:
     """Parse and validate here; `pose_drafts` builds the drafts of each unit of images."""
     src = str(path)
-    index = index_coco(path, "coco-keypoints")
+    index, chunks = stream_coco(path, "coco-keypoints")
     files = _ImageFiles(Path(images_dir) if images_dir else None)
-    by_image, quarantine, _ = valid_annotations(index, src, files, need_keypoints=True)
-    n_records = len(index.data["annotations"])
-    index.data["annotations"] = []  # by_image holds the usable ones; each is freed once its unit is built
+    store, quarantine, _, n_records = valid_annotations(index, chunks, src, files, need_keypoints=True)
     ctx = {"src": src, "images_dir": files.images_dir, "seed": seed, "paraphrase": paraphrase}
 
     def unit(ids):
-        return ctx, [(index.images[i], by_image.pop(i)) for i in ids]
+        return ctx, [(index.images[i], store.for_image(i)) for i in ids]
 
-    return SourcePlan(quarantine, n_records, _units(sorted(by_image), images_per_unit, unit), pose_drafts,
-                      images=len(by_image))
+    ids = store.image_ids()
+    return SourcePlan(quarantine, n_records, _units(ids, images_per_unit, unit), pose_drafts, images=len(ids))
 
 
 def pose_drafts(unit) -> tuple[list[Draft], list]:
