@@ -38,7 +38,8 @@ from pipelines.schema import HEATMAP_TASKS, SAMPLE_SCHEMA, SCHEMA_VERSION
 from pipelines.convert_parallel import default_workers, unit_tables, worker_pool
 from pipelines.shards import write_partition_stream
 from pipelines.sources.coco import plan_coco_instances, plan_coco_keypoints, read_coco_instances, read_coco_keypoints
-from pipelines.sources.common import Draft, ReadResult, SourcePlan, plan_of, split_from_name, unsafe_image_name
+from pipelines.sources.common import (Draft, RealPaths, ReadResult, SourcePlan, is_inside, plan_of, split_from_name,
+                                      unsafe_image_name)
 from pipelines.sources.llava import read_llava
 from pipelines.sources.refcoco import read_refcoco
 from pipelines.sources.vqa import read_vqav2
@@ -224,13 +225,13 @@ def drafts_to_table(drafts: list[Draft], source: str, split: str, input_size: in
     return pa.table(columns, schema=SAMPLE_SCHEMA)
 
 
-def _image_problem(path: str, images_dir: Path | None, verify: bool) -> str | None:
+def _image_problem(path: str, images_dir: Path | None, verify: bool, real_path: RealPaths) -> str | None:
     """Why a draft's image may not be used: outside the images folder (symlinks resolved), or (verify)
     not decodable to the end, e.g. a truncated JPEG that would otherwise train with a grey fill."""
     if images_dir is None:
         return unsafe_image_name(path)
-    real, root = Path(path).resolve(), images_dir.resolve()
-    if not real.is_relative_to(root):
+    real, root = real_path(path), real_path(images_dir)
+    if not is_inside(real, root):
         return f"image path outside the images folder: {path} resolves to {real}"
     if not verify:
         return None
@@ -251,7 +252,8 @@ def check_images(result: ReadResult, source_file: str, images_dir, verify: bool 
     paths = sorted({d.image_path for d in result.drafts})
     if verify is None:
         verify = images_dir is not None and len(paths) <= VERIFY_IMAGES_AUTO_LIMIT
-    problems = {p: _image_problem(p, images_dir, verify) for p in paths}
+    real_path = RealPaths()
+    problems = {p: _image_problem(p, images_dir, verify, real_path) for p in paths}
     if not any(problems.values()):
         return result, verify
     kept, rows, seen = [], [], set()

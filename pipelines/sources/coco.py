@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,9 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from pipelines.instructions import answer_for, instruction_for
-from pipelines.sources.common import (Draft, LazyUnits, ReadResult, SourcePlan, bad_box, image_outside, load_json,
-                                      polygon_area_problems, polygon_structure_problem, require_keys, rle_problem,
-                                      unsafe_image_name)
+from pipelines.sources.common import (Draft, LazyUnits, RealPaths, ReadResult, SourcePlan, bad_box, image_outside,
+                                      load_json, polygon_area_problems, polygon_structure_problem, require_keys,
+                                      rle_problem, unsafe_image_name)
 from pipelines.sources.json_stream import stream_object_array
 
 NUM_KEYPOINTS = 17
@@ -127,8 +128,10 @@ def to_rles(segs: list, height: int, width: int) -> list[dict | None]:
     return out
 
 
-def image_path(images_dir: Path | None, file_name: str) -> str:
-    return str((images_dir / file_name).resolve()) if images_dir is not None else file_name
+def image_path(images_dir: Path | None, file_name: str, real_path: RealPaths | None = None) -> str:
+    if images_dir is None:
+        return file_name
+    return real_path(images_dir / file_name) if real_path else str((images_dir / file_name).resolve())
 
 
 class _ImageFiles:
@@ -137,6 +140,7 @@ class _ImageFiles:
     def __init__(self, images_dir: Path | None):
         self.images_dir = images_dir
         self._seen: dict[str, bool] = {}
+        self._real = RealPaths()
 
     def missing(self, file_name: str) -> bool:
         return self.problem(file_name) is not None
@@ -146,8 +150,8 @@ class _ImageFiles:
         if self.images_dir is None:
             return None
         if file_name not in self._seen:
-            self._seen[file_name] = image_outside(self.images_dir, file_name) or (
-                None if (self.images_dir / file_name).is_file() else f"image file not found: {file_name}")
+            self._seen[file_name] = image_outside(self.images_dir, file_name, self._real) or (
+                None if os.path.isfile(self.images_dir / file_name) else f"image file not found: {file_name}")
         return self._seen[file_name]
 
 
@@ -371,6 +375,7 @@ def instance_drafts(unit) -> tuple[list[Draft], list]:
     drafts: list[Draft] = []
     quarantine: list[tuple[str, str, str]] = []
     src, cat_ids, paraphrase, seed = ctx["src"], ctx["cat_ids"], ctx["paraphrase"], ctx["seed"]
+    real_path = RealPaths()
     for im, anns, seen, only in images:
         im_id = im["id"]
         w, h = im["width"], im["height"]
@@ -383,7 +388,7 @@ def instance_drafts(unit) -> tuple[list[Draft], list]:
         for a, m in zip(anns, rles):
             if not a.get("iscrowd"):
                 per_cat[a["category_id"]].append((a, m))
-        path_str = image_path(ctx["images_dir"], im["file_name"])
+        path_str = image_path(ctx["images_dir"], im["file_name"], real_path)
         absent = [c for c in cat_ids if c not in seen]
         n_neg = min(len(absent), negatives_for(len(per_cat), ctx["negative_ratio"], image_only=only))
         rng = np.random.default_rng([seed, im_id])
@@ -463,6 +468,7 @@ def plan_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0, imag
 def pose_drafts(unit) -> tuple[list[Draft], list]:
     ctx, images = unit
     src, paraphrase, seed = ctx["src"], ctx["paraphrase"], ctx["seed"]
+    real_path = RealPaths()
     drafts: list[Draft] = []
     quarantine: list[tuple[str, str, str]] = []
     for im, anns in images:
@@ -477,7 +483,7 @@ def pose_drafts(unit) -> tuple[list[Draft], list]:
             continue
         masks = [m for _, m in people]
         drafts.append(Draft(
-            task="pose", image_id=im_id, image_path=image_path(ctx["images_dir"], im["file_name"]), width=w, height=h,
+            task="pose", image_id=im_id, image_path=image_path(ctx["images_dir"], im["file_name"], real_path), width=w, height=h,
             instruction=instruction_for("pose", paraphrase=paraphrase, key=str(im_id), seed=seed),
             answer=answer_for("pose", True), source_ids=[f"ann:{a['id']}" for a, _ in people + crowd],
             category="person", category_id=people[0][0]["category_id"],
