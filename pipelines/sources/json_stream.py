@@ -8,9 +8,10 @@ document whole and that array's elements in chunks of a few MB, so a reader can 
 into compact arrays before the next is parsed.
 
 The result equals `load_json`'s: each chunk goes through the same parsers (orjson, then the
-standard one), and every chunk must hold exactly the elements the scan counted. A file the scan
-cannot frame this way (not an object, the array missing or twice, invalid json, a byte-order
-mark) is read by `load_json` whole, which also gives the usual one-line error.
+standard one) and must parse as a complete sequence of values, so the cuts can only fall between
+elements (invalid json inside the array: one error line naming the file). A file the scan cannot
+frame this way (not an object, the array missing or twice, a byte-order mark, invalid json outside
+the array) is read by `load_json` whole, which also gives the usual one-line error.
 """
 
 from __future__ import annotations
