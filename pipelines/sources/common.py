@@ -189,13 +189,21 @@ def polygon_area_problems(segs: list) -> list[str | None]:
         areas = polygon_areas(polys)
     except (TypeError, ValueError):  # some value is not a number: find which, one by one
         return [_numeric_problem(seg) or polygon_area_problems([seg])[0] for seg in segs]
-    out, k = [], 0
-    for seg in segs:
-        a = areas[k:k + len(seg)]
-        k += len(seg)
-        out.append("polygon has non-finite coordinates" if not np.isfinite(a).all()
-                   else "polygons have zero area" if a.max() <= 0 else None)
-    return out
+    counts = np.fromiter((len(seg) for seg in segs), np.int64, len(segs))
+    if not len(segs) or counts.min() == 0:  # reduceat needs every list non-empty (callers check that first)
+        out, k = [], 0
+        for n in counts.tolist():
+            a = areas[k:k + n]
+            k += n
+            out.append("polygon has non-finite coordinates" if not np.isfinite(a).all()
+                       else "polygons have zero area" if a.max(initial=0) <= 0 else None)
+        return out
+    # per annotation, in one pass: all areas finite, and the largest
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    finite = np.logical_and.reduceat(np.isfinite(areas), starts)
+    largest = np.maximum.reduceat(areas, starts)
+    return [None if f and m > 0 else "polygons have zero area" if f else "polygon has non-finite coordinates"
+            for f, m in zip(finite.tolist(), largest.tolist())]
 
 
 def _numeric_problem(seg) -> str | None:
