@@ -71,18 +71,20 @@ def read_source(fmt: str, input_path, *, images_dir=None, annotations=None, spli
 
 
 def plan_source(fmt: str, input_path, *, images_dir=None, annotations=None, split=None, split_by="unc",
-                negative_ratio=0.5, seed=0, paraphrase=False, verify_images=None) -> tuple[SourcePlan, bool]:
+                negative_ratio=0.5, seed=0, paraphrase=False, verify_images=None,
+                workers: int = 1) -> tuple[SourcePlan, bool]:
     """The source read and validated, its drafts built per unit (COCO files: per unit of images, so
     conversion workers share the per-image work); the other formats are read whole. Returns the plan
     and whether images are decoded.
 
     Every draft's image goes through `check_images`: COCO's in the unit that builds it (the drafts
     of one image are always in one unit, so a worker decodes it), the other formats' here, whole.
+    COCO annotations are parsed and checked in `workers` processes.
     """
     if fmt in ("coco", "coco-keypoints"):
         plan_coco = plan_coco_instances if fmt == "coco" else plan_coco_keypoints
         extra = {"negative_ratio": negative_ratio} if fmt == "coco" else {}
-        plan = plan_coco(input_path, images_dir=images_dir, seed=seed, paraphrase=paraphrase, **extra)
+        plan = plan_coco(input_path, images_dir=images_dir, seed=seed, paraphrase=paraphrase, workers=workers, **extra)
         verify = verify_images
         if verify is None:
             verify = images_dir is not None and plan.images <= VERIFY_IMAGES_AUTO_LIMIT
@@ -365,7 +367,7 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
         plan, verified = plan_source(fmt, input_path, images_dir=images_dir, annotations=annotations,
                                      split=split if fmt == "refcoco" and split != "all" else None, split_by=split_by,
                                      negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase,
-                                     verify_images=verify_images)
+                                     verify_images=verify_images, workers=pool.lumen_workers if pool else 1)
         tally = _Tally(plan)
         bar = progress_bar(total=len(plan.units), desc=f"convert {source}", unit="unit", enabled=progress)
         tables = tally.watch(unit_tables(plan, pool=pool, source=source, split=split, input_size=input_size,

@@ -30,7 +30,7 @@ from pipelines.instructions import answer_for, instruction_for
 from pipelines.sources.common import (Draft, LazyUnits, RealPaths, ReadResult, SourcePlan, bad_box, image_outside,
                                       load_json, polygon_area_problems, polygon_structure_problem, require_keys,
                                       rle_problem, unsafe_image_name)
-from pipelines.sources.json_stream import stream_object_array
+from pipelines.sources.json_stream import Chunks, stream_object_array
 
 NUM_KEYPOINTS = 17
 IMAGES_PER_UNIT = 1000  # a unit of work for a conversion worker: ~7k annotations of train2017
@@ -156,35 +156,23 @@ class _ImageFiles:
 
 
 def valid_annotations(index: CocoIndex, chunks: Iterator[list], source_file: str, files: _ImageFiles, *,
-                      need_keypoints=False) -> tuple[AnnotationStore, list, dict, int]:
+                      need_keypoints=False, workers: int = 1) -> tuple[AnnotationStore, list, dict, int]:
     """Usable annotations (compact, by image), quarantine rows (in file order), every category
     seen per image, and the number of annotations read. Each chunk of parsed annotations is
-    checked and made compact before the next is parsed: the file's dicts never exist all at once."""
+    checked and made compact before the next is parsed: the file's dicts never exist all at once.
+    With `workers` > 1 the chunks are parsed and checked in that many processes (results in order)."""
     store = AnnotationStore(need_keypoints)
     ids: list = []  # every annotation's id, in file order (_NO_ID: not an object or no id)
     reasons: list[str | None] = []  # why each one is unusable (the duplicate-id check comes last)
     seen_cats: dict[int, set] = defaultdict(set)  # categories an image has, even in rejected annotations
-    for anns in chunks:
-        first = len(ids)
-        chunk_reasons = [_annotation_problem(a, index, need_keypoints) for a in anns]
-        poly = [i for i, (a, r) in enumerate(zip(anns, chunk_reasons)) if r is None
-                and isinstance(a.get("segmentation"), list) and a["segmentation"]]
-        for lo in range(0, len(poly), AREA_CHUNK):
-            part = poly[lo:lo + AREA_CHUNK]
-            for i, problem in zip(part, polygon_area_problems([anns[i]["segmentation"] for i in part])):
-                chunk_reasons[i] = problem
-        for k, (a, reason) in enumerate(zip(anns, chunk_reasons)):
-            is_dict = isinstance(a, dict)
-            ids.append(a["id"] if is_dict and a.get("id") is not None else _NO_ID)
-            if reason is None:
-                reason = files.problem(index.images[a["image_id"]]["file_name"])
-            if is_dict and isinstance(a.get("image_id"), int):
-                seen_cats[a["image_id"]].add(a.get("category_id"))
-            reasons.append(reason)
-            if reason is None:
-                store.add(first + k, a)
-        store.end_chunk()
-        del anns  # this chunk's dicts go now: the store holds what the drafts need
+    for chunk_ids, chunk_reasons, seen, compact in _checked_chunks(index, chunks, files, need_keypoints, workers):
+        if compact is not None:
+            compact["pos"] += len(ids)
+            store.append(compact)
+        ids += chunk_ids
+        reasons += chunk_reasons
+        for image_id, cat in seen:
+            seen_cats[image_id].add(cat)
     id_counts = Counter(ids)
     id_counts.pop(_NO_ID, None)
     dup = {i for i, n in id_counts.items() if n > 1}  # every copy is rejected: which one is right is unknowable
@@ -201,6 +189,99 @@ def valid_annotations(index: CocoIndex, chunks: Iterator[list], source_file: str
 _NO_ID = object()
 
 
+def _check_chunk(index: CocoIndex, anns: list, files: _ImageFiles, need_keypoints: bool):
+    """One chunk: (ids, reasons, (image, category) pairs seen, the usable ones as compact columns)."""
+    reasons = [_annotation_problem(a, index, need_keypoints) for a in anns]
+    poly = [i for i, (a, r) in enumerate(zip(anns, reasons)) if r is None
+            and isinstance(a.get("segmentation"), list) and a["segmentation"]]
+    for lo in range(0, len(poly), AREA_CHUNK):
+        part = poly[lo:lo + AREA_CHUNK]
+        for i, problem in zip(part, polygon_area_problems([anns[i]["segmentation"] for i in part])):
+            reasons[i] = problem
+    ids, seen, usable = [], [], []
+    for k, (a, reason) in enumerate(zip(anns, reasons)):
+        is_dict = isinstance(a, dict)
+        ids.append(a["id"] if is_dict and a.get("id") is not None else _NO_ID)
+        if reason is None:
+            reason = reasons[k] = files.problem(index.images[a["image_id"]]["file_name"])
+        if is_dict and isinstance(a.get("image_id"), int):
+            seen.append((a["image_id"], a.get("category_id")))
+        if reason is None:
+            usable.append((k, a))
+    return ids, reasons, seen, _compact(usable, need_keypoints)
+
+
+_FORKED: tuple | None = None  # what forked chunk checkers read (set by the parent just before the fork)
+
+
+def _check_forked_chunk(k: int):
+    index, chunks, files, need_keypoints = _FORKED
+    result = _check_chunk(index, chunks.parse(k), files, need_keypoints)
+    ids = [None if i is _NO_ID else i for i in result[0]]  # the marker is one object per process
+    return (ids, [i is _NO_ID for i in result[0]]) + result[1:]
+
+
+def _checked_chunks(index, chunks, files, need_keypoints: bool, workers: int):
+    """`_check_chunk` of every chunk, in order; in `workers` forked processes when the chunks are
+    byte ranges of the file (each process reads and parses its own), else here."""
+    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    parallel = (workers > 1 and isinstance(chunks, Chunks) and len(chunks) > 1 and not mp.current_process().daemon
+                and "fork" in mp.get_all_start_methods())
+    if not parallel:
+        for anns in chunks:
+            yield _check_chunk(index, anns, files, need_keypoints)
+        return
+    global _FORKED
+    _FORKED = (index, chunks, files, need_keypoints)  # forked processes see it; nothing is pickled
+    try:
+        # forked now, after only images and categories were parsed: they share little with the parent
+        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=mp.get_context("fork")) as pool:
+            todo = iter(range(len(chunks)))
+            pending = deque(pool.submit(_check_forked_chunk, k) for _, k in zip(range(2 * workers), todo))
+            while pending:
+                ids, no_id, *rest = pending.popleft().result()
+                k = next(todo, None)
+                if k is not None:
+                    pending.append(pool.submit(_check_forked_chunk, k))
+                yield ([_NO_ID if n else i for i, n in zip(ids, no_id)], *rest)
+    finally:
+        _FORKED = None
+
+
+def _compact(usable: list[tuple[int, dict]], keypoints: bool) -> dict | None:
+    """Usable annotations (position in the chunk, dict) as the columns `AnnotationStore` keeps."""
+    if not usable:
+        return None
+    rings, polys, other = [], [], {}
+    for j, (_, a) in enumerate(usable):
+        seg = a.get("segmentation")
+        if isinstance(seg, list) and seg:
+            rings.append(len(seg))
+            polys += seg
+        else:
+            rings.append(0)
+            if isinstance(seg, dict):
+                other[j] = seg
+    ring_len = np.fromiter((len(p) for p in polys), np.int64, len(polys))
+    kps = None
+    if keypoints:
+        kps = np.asarray([[float(v) for v in a["keypoints"]] if not a.get("iscrowd") else [math.nan] * (3 * NUM_KEYPOINTS)
+                          for _, a in usable], np.float64).reshape(-1, 3 * NUM_KEYPOINTS)
+    return {"pos": np.fromiter((k for k, _ in usable), np.int64, len(usable)),
+            "id": [a["id"] for _, a in usable],
+            "image": np.fromiter((a["image_id"] for _, a in usable), np.int64, len(usable)),
+            "cat": [a["category_id"] for _, a in usable],
+            "crowd": np.fromiter((bool(a.get("iscrowd")) for _, a in usable), bool, len(usable)),
+            "bbox": np.asarray([[float(v) for v in a["bbox"]] for _, a in usable], np.float64).reshape(-1, 4),
+            "ring_lo": np.concatenate([[0], np.cumsum(rings)]).astype(np.int64),
+            "coord_lo": np.concatenate([[0], np.cumsum(ring_len)]).astype(np.int64),
+            "coords": np.fromiter(itertools.chain.from_iterable(polys), np.float64, int(ring_len.sum())),
+            "other": other, "kps": kps}
+
+
 class AnnotationStore:
     """The usable annotations of a COCO file as columns: polygons as float64 arrays (exactly the
     values pycocotools converts them to), boxes as floats, rare RLE segmentations as they are.
@@ -209,45 +290,10 @@ class AnnotationStore:
     def __init__(self, keypoints: bool):
         self.keypoints = keypoints
         self._chunks: list[dict] = []
-        self._new()
 
-    def _new(self):
-        self._cur = {"pos": [], "id": [], "image": [], "cat": [], "crowd": [], "bbox": [], "rings": [],
-                     "polys": [], "other": {}, "kps": []}
-
-    def add(self, pos: int, a: dict) -> None:
-        c = self._cur
-        c["pos"].append(pos)
-        c["id"].append(a["id"])
-        c["image"].append(a["image_id"])
-        c["cat"].append(a["category_id"])
-        c["crowd"].append(bool(a.get("iscrowd")))
-        c["bbox"].append([float(v) for v in a["bbox"]])
-        seg = a.get("segmentation")
-        if isinstance(seg, list) and seg:
-            c["rings"].append(len(seg))
-            c["polys"] += seg
-        else:
-            c["rings"].append(0)
-            if isinstance(seg, dict):
-                c["other"][len(c["pos"]) - 1] = seg
-        if self.keypoints:
-            kps = a.get("keypoints")
-            c["kps"].append([float(v) for v in kps] if not a.get("iscrowd") else [math.nan] * (3 * NUM_KEYPOINTS))
-
-    def end_chunk(self) -> None:
-        c = self._cur
-        if c["pos"]:
-            ring_len = np.fromiter((len(p) for p in c["polys"]), np.int64, len(c["polys"]))
-            coords = np.fromiter(itertools.chain.from_iterable(c["polys"]), np.float64, int(ring_len.sum()))
-            rings = np.asarray(c["rings"], np.int64)
-            self._chunks.append({
-                "pos": np.asarray(c["pos"], np.int64), "id": c["id"], "image": np.asarray(c["image"], np.int64),
-                "cat": c["cat"], "crowd": np.asarray(c["crowd"], bool), "bbox": np.asarray(c["bbox"], np.float64),
-                "ring_lo": np.concatenate([[0], np.cumsum(rings)]), "coord_lo": np.concatenate([[0], np.cumsum(ring_len)]),
-                "coords": coords, "other": c["other"],
-                "kps": np.asarray(c["kps"], np.float64) if self.keypoints else None})
-        self._new()
+    def append(self, compact: dict) -> None:
+        """A chunk's usable annotations (`_compact`), its "pos" already counted from the file's start."""
+        self._chunks.append(compact)
 
     def finish(self, rejected) -> None:
         """Index by image, leaving out the annotations `rejected(file position)` names."""
@@ -340,13 +386,13 @@ def read_coco_instances(path, *, images_dir=None, negative_ratio=0.5, seed=0, pa
 
 
 def plan_coco_instances(path, *, images_dir=None, negative_ratio=0.5, seed=0, paraphrase=False,
-                        images_per_unit=None) -> SourcePlan:
+                        images_per_unit=None, workers=1) -> SourcePlan:
     """Parse and validate the file here; the per-image drafts (RLEs, negatives) are built per unit of
     images, in image-id order, by `instance_drafts` (which can run in a worker process)."""
     src = str(path)
     index, chunks = stream_coco(path, "coco")
     files = _ImageFiles(Path(images_dir) if images_dir else None)
-    store, quarantine, seen_cats, n_annotations = valid_annotations(index, chunks, src, files)
+    store, quarantine, seen_cats, n_annotations = valid_annotations(index, chunks, src, files, workers=workers)
     image_only = _image_only_records(index, seen_cats, files, negative_ratio, src, quarantine)
     n_records = n_annotations + sum(
         1 for im in index.data["images"] if not (isinstance(im, dict) and im.get("id") in seen_cats))
@@ -450,12 +496,14 @@ def read_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0) -> R
     return plan_coco_keypoints(path, images_dir=images_dir, paraphrase=paraphrase, seed=seed).run()
 
 
-def plan_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0, images_per_unit=None) -> SourcePlan:
+def plan_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0, images_per_unit=None,
+                        workers=1) -> SourcePlan:
     """Parse and validate here; `pose_drafts` builds the drafts of each unit of images."""
     src = str(path)
     index, chunks = stream_coco(path, "coco-keypoints")
     files = _ImageFiles(Path(images_dir) if images_dir else None)
-    store, quarantine, _, n_records = valid_annotations(index, chunks, src, files, need_keypoints=True)
+    store, quarantine, _, n_records = valid_annotations(index, chunks, src, files, need_keypoints=True,
+                                                        workers=workers)
     ctx = {"src": src, "images_dir": files.images_dir, "seed": seed, "paraphrase": paraphrase}
 
     def unit(ids):

@@ -71,7 +71,7 @@ def stream_object_array(path: str | Path, key: str, what: str) -> tuple[dict, It
             return data, iter(())
         data[key] = []
         return data, _slices(items)
-    return root, _chunks(p, [start] + cuts + [end], what)
+    return root, Chunks(p, [start] + cuts + [end], what)
 
 
 def _slices(items: list) -> Iterator[list]:
@@ -83,21 +83,32 @@ def _slices(items: list) -> Iterator[list]:
         yield chunk
 
 
-def _chunks(path: Path, bounds: list[int], what: str) -> Iterator[list]:
-    """Parse the text between consecutive delimiters `bounds` ('[', commas between elements, ']').
-    Each piece parses as a complete sequence of values from the state right after a delimiter, so
-    the comma after it separates elements of the array: the pieces are exactly its elements."""
-    with open(path, "rb", buffering=0) as f:
-        for lo, hi in zip(bounds, bounds[1:]):
+class Chunks:
+    """The chunks of a framed array: iterate them in order, or `parse(k)` one (in any process: a
+    chunk is a byte range of the file, read and parsed where it is asked for)."""
+
+    def __init__(self, path: Path, bounds: list[int], what: str):
+        self.path, self.bounds, self.what = path, bounds, what
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __iter__(self) -> Iterator[list]:
+        return (self.parse(k) for k in range(len(self)))
+
+    def parse(self, k: int) -> list:
+        """Chunk k: the text between delimiters k and k+1 ('[', commas between elements, ']').
+        It parses as a complete sequence of values from the state right after a delimiter, so the
+        comma after it separates elements of the array: the chunks are exactly its elements."""
+        lo, hi = self.bounds[k], self.bounds[k + 1]
+        with open(self.path, "rb", buffering=0) as f:
             text = _read(f, lo + 1, hi - lo - 1)
-            if len(bounds) > 2 and not text.strip():  # "[1,,2]" or "[1,]" would otherwise pass
-                raise InputError(f"{what}: {path} is not valid JSON (an empty element at byte {lo + 1})")
-            try:
-                items = _parse(b"[" + text + b"]")
-            except _NotFramed as exc:
-                raise InputError(f"{what}: {path} is not valid JSON ({exc})") from None
-            if items:
-                yield items
+        if len(self.bounds) > 2 and not text.strip():  # "[1,,2]" or "[1,]" would otherwise pass
+            raise InputError(f"{self.what}: {self.path} is not valid JSON (an empty element at byte {lo + 1})")
+        try:
+            return _parse(b"[" + text + b"]")
+        except _NotFramed as exc:
+            raise InputError(f"{self.what}: {self.path} is not valid JSON ({exc})") from None
 
 
 def _parse(raw: bytes):
