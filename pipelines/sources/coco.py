@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import multiprocessing as mp
 import os
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -224,10 +226,6 @@ def _check_forked_chunk(k: int):
 def _checked_chunks(index, chunks, files, need_keypoints: bool, workers: int):
     """`_check_chunk` of every chunk, in order; in `workers` forked processes when the chunks are
     byte ranges of the file (each process reads and parses its own), else here."""
-    import multiprocessing as mp
-    from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
-
     parallel = (workers > 1 and isinstance(chunks, Chunks) and len(chunks) > 1 and not mp.current_process().daemon
                 and "fork" in mp.get_all_start_methods())
     if not parallel:
