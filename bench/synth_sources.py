@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +202,9 @@ def make_llava(image_ids: np.ndarray, n_entries: int, seed: int = 0) -> list[dic
 
 
 def write_images(images_dir: Path, file_names, width: int = 640, height: int = 480) -> int:
-    """Every file name as a hard link to one real JPEG (a symlink where hard links fail)."""
+    """Every file name as a hard link to a real JPEG: a new copy of it every `_LINKS_PER_FILE` links,
+    as file systems cap the links of one file (65,000 on ext4). No symlinks: one to a file outside
+    the images folder is (rightly) quarantined by conversion. A symlink an older run left is replaced."""
     import cv2
 
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -212,14 +215,19 @@ def write_images(images_dir: Path, file_names, width: int = 640, height: int = 4
     made = 0
     for name in file_names:
         target = images_dir / name
+        if target.is_symlink():
+            target.unlink()
         if target.exists():
             continue
-        try:
-            os.link(proto, target)
-        except OSError:
-            target.symlink_to(proto.resolve())
+        copy = images_dir.parent / f"_placeholder-{made // _LINKS_PER_FILE}.jpg"
+        if not copy.exists():
+            shutil.copyfile(proto, copy)
+        os.link(copy, target)
         made += 1
     return made
+
+
+_LINKS_PER_FILE = 60_000
 
 
 def write_refcoco(folder: Path, refs: list[dict], instances: dict) -> int:

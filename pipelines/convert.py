@@ -38,7 +38,8 @@ from pipelines.schema import HEATMAP_TASKS, SAMPLE_SCHEMA, SCHEMA_VERSION
 from pipelines.convert_parallel import default_workers, unit_tables, worker_pool
 from pipelines.shards import write_partition_stream
 from pipelines.sources.coco import plan_coco_instances, plan_coco_keypoints, read_coco_instances, read_coco_keypoints
-from pipelines.sources.common import Draft, ReadResult, SourcePlan, plan_of, split_from_name, unsafe_image_name
+from pipelines.sources.common import (Draft, RealPaths, ReadResult, SourcePlan, is_inside, plan_of, split_from_name,
+                                      unsafe_image_name)
 from pipelines.sources.llava import read_llava
 from pipelines.sources.refcoco import read_refcoco
 from pipelines.sources.vqa import read_vqav2
@@ -70,18 +71,20 @@ def read_source(fmt: str, input_path, *, images_dir=None, annotations=None, spli
 
 
 def plan_source(fmt: str, input_path, *, images_dir=None, annotations=None, split=None, split_by="unc",
-                negative_ratio=0.5, seed=0, paraphrase=False, verify_images=None) -> tuple[SourcePlan, bool]:
+                negative_ratio=0.5, seed=0, paraphrase=False, verify_images=None,
+                workers: int = 1) -> tuple[SourcePlan, bool]:
     """The source read and validated, its drafts built per unit (COCO files: per unit of images, so
     conversion workers share the per-image work); the other formats are read whole. Returns the plan
     and whether images are decoded.
 
     Every draft's image goes through `check_images`: COCO's in the unit that builds it (the drafts
     of one image are always in one unit, so a worker decodes it), the other formats' here, whole.
+    COCO annotations are parsed and checked in `workers` processes.
     """
     if fmt in ("coco", "coco-keypoints"):
         plan_coco = plan_coco_instances if fmt == "coco" else plan_coco_keypoints
         extra = {"negative_ratio": negative_ratio} if fmt == "coco" else {}
-        plan = plan_coco(input_path, images_dir=images_dir, seed=seed, paraphrase=paraphrase, **extra)
+        plan = plan_coco(input_path, images_dir=images_dir, seed=seed, paraphrase=paraphrase, workers=workers, **extra)
         verify = verify_images
         if verify is None:
             verify = images_dir is not None and plan.images <= VERIFY_IMAGES_AUTO_LIMIT
@@ -224,13 +227,13 @@ def drafts_to_table(drafts: list[Draft], source: str, split: str, input_size: in
     return pa.table(columns, schema=SAMPLE_SCHEMA)
 
 
-def _image_problem(path: str, images_dir: Path | None, verify: bool) -> str | None:
+def _image_problem(path: str, images_dir: Path | None, verify: bool, real_path: RealPaths) -> str | None:
     """Why a draft's image may not be used: outside the images folder (symlinks resolved), or (verify)
     not decodable to the end, e.g. a truncated JPEG that would otherwise train with a grey fill."""
     if images_dir is None:
         return unsafe_image_name(path)
-    real, root = Path(path).resolve(), images_dir.resolve()
-    if not real.is_relative_to(root):
+    real, root = real_path(path), real_path(images_dir)
+    if not is_inside(real, root):
         return f"image path outside the images folder: {path} resolves to {real}"
     if not verify:
         return None
@@ -251,7 +254,8 @@ def check_images(result: ReadResult, source_file: str, images_dir, verify: bool 
     paths = sorted({d.image_path for d in result.drafts})
     if verify is None:
         verify = images_dir is not None and len(paths) <= VERIFY_IMAGES_AUTO_LIMIT
-    problems = {p: _image_problem(p, images_dir, verify) for p in paths}
+    real_path = RealPaths()
+    problems = {p: _image_problem(p, images_dir, verify, real_path) for p in paths}
     if not any(problems.values()):
         return result, verify
     kept, rows, seen = [], [], set()
@@ -363,7 +367,7 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
         plan, verified = plan_source(fmt, input_path, images_dir=images_dir, annotations=annotations,
                                      split=split if fmt == "refcoco" and split != "all" else None, split_by=split_by,
                                      negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase,
-                                     verify_images=verify_images)
+                                     verify_images=verify_images, workers=pool.lumen_workers if pool else 1)
         tally = _Tally(plan)
         bar = progress_bar(total=len(plan.units), desc=f"convert {source}", unit="unit", enabled=progress)
         tables = tally.watch(unit_tables(plan, pool=pool, source=source, split=split, input_size=input_size,

@@ -15,18 +15,24 @@ ones included), so "there is none" is never said of something that is there.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections import Counter, defaultdict
+import multiprocessing as mp
+import os
+from collections import Counter, defaultdict, deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from pipelines.instructions import answer_for, instruction_for
-from pipelines.sources.common import (Draft, LazyUnits, ReadResult, SourcePlan, bad_box, image_outside, load_json,
-                                      polygon_area_problems, polygon_structure_problem, require_keys, rle_problem,
-                                      unsafe_image_name)
+from pipelines.sources.common import (Draft, LazyUnits, RealPaths, ReadResult, SourcePlan, bad_box, image_outside,
+                                      load_json, polygon_area_problems, polygon_structure_problem, require_keys,
+                                      rle_problem, unsafe_image_name)
+from pipelines.sources.json_stream import Chunks, stream_object_array
 
 NUM_KEYPOINTS = 17
 IMAGES_PER_UNIT = 1000  # a unit of work for a conversion worker: ~7k annotations of train2017
@@ -45,8 +51,21 @@ class CocoIndex:
 
 
 def index_coco(path: str | Path, what: str) -> CocoIndex:
+    """The whole file parsed (small files: RefCOCO's instances)."""
     data = load_json(path, dict, what)
     require_keys(data, ("images", "annotations", "categories"), path, what)
+    return _index(data)
+
+
+def stream_coco(path: str | Path, what: str) -> tuple[CocoIndex, Iterator[list]]:
+    """Images and categories indexed, the annotations still to come: (index with
+    `data["annotations"] == []`, chunks of annotations in file order)."""
+    data, chunks = stream_object_array(path, "annotations", what)
+    require_keys(data, ("images", "annotations", "categories"), path, what)
+    return _index(data), chunks
+
+
+def _index(data: dict) -> CocoIndex:
     image_ids = Counter(im.get("id") for im in data["images"] if isinstance(im, dict))
     cat_ids = Counter(c.get("id") for c in data["categories"] if isinstance(c, dict))
     index = CocoIndex(data, {}, {})
@@ -111,8 +130,10 @@ def to_rles(segs: list, height: int, width: int) -> list[dict | None]:
     return out
 
 
-def image_path(images_dir: Path | None, file_name: str) -> str:
-    return str((images_dir / file_name).resolve()) if images_dir is not None else file_name
+def image_path(images_dir: Path | None, file_name: str, real_path: RealPaths | None = None) -> str:
+    if images_dir is None:
+        return file_name
+    return real_path(images_dir / file_name) if real_path else str((images_dir / file_name).resolve())
 
 
 class _ImageFiles:
@@ -121,6 +142,7 @@ class _ImageFiles:
     def __init__(self, images_dir: Path | None):
         self.images_dir = images_dir
         self._seen: dict[str, bool] = {}
+        self._real = RealPaths()
 
     def missing(self, file_name: str) -> bool:
         return self.problem(file_name) is not None
@@ -130,46 +152,187 @@ class _ImageFiles:
         if self.images_dir is None:
             return None
         if file_name not in self._seen:
-            self._seen[file_name] = image_outside(self.images_dir, file_name) or (
-                None if (self.images_dir / file_name).is_file() else f"image file not found: {file_name}")
+            self._seen[file_name] = image_outside(self.images_dir, file_name, self._real) or (
+                None if os.path.isfile(self.images_dir / file_name) else f"image file not found: {file_name}")
         return self._seen[file_name]
 
 
-def valid_annotations(index: CocoIndex, source_file: str, files: _ImageFiles, *, need_keypoints=False):
-    """Usable annotations grouped by image, quarantine rows, and every category seen per image."""
-    quarantine: list[tuple[str, str, str]] = []
-    anns = index.data["annotations"]
-    id_counts = Counter(a.get("id") for a in anns if isinstance(a, dict))
-    by_image: dict[int, list[dict]] = defaultdict(list)
+def valid_annotations(index: CocoIndex, chunks: Iterator[list], source_file: str, files: _ImageFiles, *,
+                      need_keypoints=False, workers: int = 1) -> tuple[AnnotationStore, list, dict, int]:
+    """Usable annotations (compact, by image), quarantine rows (in file order), every category
+    seen per image, and the number of annotations read. Each chunk of parsed annotations is
+    checked and made compact before the next is parsed: the file's dicts never exist all at once.
+    With `workers` > 1 the chunks are parsed and checked in that many processes (results in order)."""
+    store = AnnotationStore(need_keypoints)
+    ids: list = []  # every annotation's id, in file order (_NO_ID: not an object or no id)
+    reasons: list[str | None] = []  # why each one is unusable (the duplicate-id check comes last)
     seen_cats: dict[int, set] = defaultdict(set)  # categories an image has, even in rejected annotations
-    reasons = [_annotation_problem(a, index, id_counts, need_keypoints) for a in anns]
-    # polygon areas of every otherwise-valid annotation in one vectorized pass
-    poly_pos = [i for i, (a, r) in enumerate(zip(anns, reasons)) if r is None and isinstance(a.get("segmentation"), list)
-                and a["segmentation"]]
-    for lo in range(0, len(poly_pos), AREA_CHUNK):  # in chunks: one pass over train2017 would need ~1 GB of arrays
-        chunk = poly_pos[lo:lo + AREA_CHUNK]
-        for i, problem in zip(chunk, polygon_area_problems([anns[i]["segmentation"] for i in chunk])):
-            reasons[i] = problem
-    for pos, (a, reason) in enumerate(zip(anns, reasons)):
-        rid = f"ann:{a.get('id')}" if isinstance(a, dict) and a.get("id") is not None else f"ann:#{pos}"
-        if reason is None:
-            reason = files.problem(index.images[a["image_id"]]["file_name"])
-        if isinstance(a, dict) and isinstance(a.get("image_id"), int):
-            seen_cats[a["image_id"]].add(a.get("category_id"))
+    for chunk_ids, chunk_reasons, seen, compact in _checked_chunks(index, chunks, files, need_keypoints, workers):
+        if compact is not None:
+            compact["pos"] += len(ids)
+            store.append(compact)
+        ids += chunk_ids
+        reasons += chunk_reasons
+        for image_id, cat in seen:
+            seen_cats[image_id].add(cat)
+    id_counts = Counter(ids)
+    id_counts.pop(_NO_ID, None)
+    dup = {i for i, n in id_counts.items() if n > 1}  # every copy is rejected: which one is right is unknowable
+    quarantine: list[tuple[str, str, str]] = []
+    for pos, (aid, reason) in enumerate(zip(ids, reasons)):
+        if aid is not _NO_ID and aid in dup:
+            reason = f"duplicate annotation id {aid} ({id_counts[aid]} copies)"
         if reason is not None:
-            quarantine.append((source_file, rid, reason))
+            quarantine.append((source_file, f"ann:{aid}" if aid is not _NO_ID else f"ann:#{pos}", reason))
+    store.finish(lambda pos: ids[pos] in dup)
+    return store, quarantine, seen_cats, len(ids)
+
+
+_NO_ID = object()
+
+
+def _check_chunk(index: CocoIndex, anns: list, files: _ImageFiles, need_keypoints: bool):
+    """One chunk: (ids, reasons, (image, category) pairs seen, the usable ones as compact columns)."""
+    reasons = [_annotation_problem(a, index, need_keypoints) for a in anns]
+    poly = [i for i, (a, r) in enumerate(zip(anns, reasons)) if r is None
+            and isinstance(a.get("segmentation"), list) and a["segmentation"]]
+    for lo in range(0, len(poly), AREA_CHUNK):
+        part = poly[lo:lo + AREA_CHUNK]
+        for i, problem in zip(part, polygon_area_problems([anns[i]["segmentation"] for i in part])):
+            reasons[i] = problem
+    ids, seen, usable = [], [], []
+    for k, (a, reason) in enumerate(zip(anns, reasons)):
+        is_dict = isinstance(a, dict)
+        ids.append(a["id"] if is_dict and a.get("id") is not None else _NO_ID)
+        if reason is None:
+            reason = reasons[k] = files.problem(index.images[a["image_id"]]["file_name"])
+        if is_dict and isinstance(a.get("image_id"), int):
+            seen.append((a["image_id"], a.get("category_id")))
+        if reason is None:
+            usable.append((k, a))
+    return ids, reasons, seen, _compact(usable, need_keypoints)
+
+
+_FORKED: tuple | None = None  # what forked chunk checkers read (set by the parent just before the fork)
+
+
+def _check_forked_chunk(k: int):
+    index, chunks, files, need_keypoints = _FORKED
+    result = _check_chunk(index, chunks.parse(k), files, need_keypoints)
+    ids = [None if i is _NO_ID else i for i in result[0]]  # the marker is one object per process
+    return (ids, [i is _NO_ID for i in result[0]]) + result[1:]
+
+
+def _checked_chunks(index, chunks, files, need_keypoints: bool, workers: int):
+    """`_check_chunk` of every chunk, in order; in `workers` forked processes when the chunks are
+    byte ranges of the file (each process reads and parses its own), else here."""
+    parallel = (workers > 1 and isinstance(chunks, Chunks) and len(chunks) > 1 and not mp.current_process().daemon
+                and "fork" in mp.get_all_start_methods())
+    if not parallel:
+        for anns in chunks:
+            yield _check_chunk(index, anns, files, need_keypoints)
+        return
+    global _FORKED
+    _FORKED = (index, chunks, files, need_keypoints)  # forked processes see it; nothing is pickled
+    try:
+        # forked now, after only images and categories were parsed: they share little with the parent
+        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=mp.get_context("fork")) as pool:
+            todo = iter(range(len(chunks)))
+            pending = deque(pool.submit(_check_forked_chunk, k) for _, k in zip(range(2 * workers), todo))
+            while pending:
+                ids, no_id, *rest = pending.popleft().result()
+                k = next(todo, None)
+                if k is not None:
+                    pending.append(pool.submit(_check_forked_chunk, k))
+                yield ([_NO_ID if n else i for i, n in zip(ids, no_id)], *rest)
+    finally:
+        _FORKED = None
+
+
+def _compact(usable: list[tuple[int, dict]], keypoints: bool) -> dict | None:
+    """Usable annotations (position in the chunk, dict) as the columns `AnnotationStore` keeps."""
+    if not usable:
+        return None
+    rings, polys, other = [], [], {}
+    for j, (_, a) in enumerate(usable):
+        seg = a.get("segmentation")
+        if isinstance(seg, list) and seg:
+            rings.append(len(seg))
+            polys += seg
         else:
-            by_image[a["image_id"]].append(a)
-    return by_image, quarantine, seen_cats
+            rings.append(0)
+            if isinstance(seg, dict):
+                other[j] = seg
+    ring_len = np.fromiter((len(p) for p in polys), np.int64, len(polys))
+    kps = None
+    if keypoints:
+        kps = np.asarray([[float(v) for v in a["keypoints"]] if not a.get("iscrowd") else [math.nan] * (3 * NUM_KEYPOINTS)
+                          for _, a in usable], np.float64).reshape(-1, 3 * NUM_KEYPOINTS)
+    return {"pos": np.fromiter((k for k, _ in usable), np.int64, len(usable)),
+            "id": [a["id"] for _, a in usable],
+            "image": np.fromiter((a["image_id"] for _, a in usable), np.int64, len(usable)),
+            "cat": [a["category_id"] for _, a in usable],
+            "crowd": np.fromiter((bool(a.get("iscrowd")) for _, a in usable), bool, len(usable)),
+            "bbox": np.asarray([[float(v) for v in a["bbox"]] for _, a in usable], np.float64).reshape(-1, 4),
+            "ring_lo": np.concatenate([[0], np.cumsum(rings)]).astype(np.int64),
+            "coord_lo": np.concatenate([[0], np.cumsum(ring_len)]).astype(np.int64),
+            "coords": np.fromiter(itertools.chain.from_iterable(polys), np.float64, int(ring_len.sum())),
+            "other": other, "kps": kps}
 
 
-def _annotation_problem(a, index: CocoIndex, id_counts: Counter, need_keypoints: bool) -> str | None:
+class AnnotationStore:
+    """The usable annotations of a COCO file as columns: polygons as float64 arrays (exactly the
+    values pycocotools converts them to), boxes as floats, rare RLE segmentations as they are.
+    `for_image(id)` gives an image's annotations back as the small dicts the draft builders read."""
+
+    def __init__(self, keypoints: bool):
+        self.keypoints = keypoints
+        self._chunks: list[dict] = []
+
+    def append(self, compact: dict) -> None:
+        """A chunk's usable annotations (`_compact`), its "pos" already counted from the file's start."""
+        self._chunks.append(compact)
+
+    def finish(self, rejected) -> None:
+        """Index by image, leaving out the annotations `rejected(file position)` names."""
+        sizes = [len(ch["pos"]) for ch in self._chunks]
+        chunk_of = np.repeat(np.arange(len(sizes)), sizes)
+        local = np.concatenate([np.arange(n) for n in sizes]) if sizes else np.zeros(0, np.int64)
+        image = np.concatenate([ch["image"] for ch in self._chunks]) if sizes else np.zeros(0, np.int64)
+        pos = np.concatenate([ch["pos"] for ch in self._chunks]) if sizes else np.zeros(0, np.int64)
+        keep = np.fromiter((not rejected(int(p)) for p in pos), bool, len(pos))
+        order = np.flatnonzero(keep)[np.argsort(image[keep], kind="stable")]  # by image, file order within
+        self._where = np.stack([chunk_of[order], local[order]], axis=1)
+        self._image_ids, starts = np.unique(image[order], return_index=True)
+        self._bounds = np.append(starts, len(order))
+
+    def image_ids(self) -> list[int]:
+        return self._image_ids.tolist()
+
+    def for_image(self, image_id: int) -> list[dict]:
+        k = int(np.searchsorted(self._image_ids, image_id))
+        if k == len(self._image_ids) or self._image_ids[k] != image_id:
+            return []
+        return [self._annotation(int(c), int(i)) for c, i in self._where[self._bounds[k]:self._bounds[k + 1]]]
+
+    def _annotation(self, c: int, i: int) -> dict:
+        ch = self._chunks[c]
+        r0, r1 = ch["ring_lo"][i], ch["ring_lo"][i + 1]
+        lo = ch["coord_lo"]
+        seg = [ch["coords"][lo[r]:lo[r + 1]] for r in range(r0, r1)] if r1 > r0 else ch["other"].get(i)
+        a = {"id": ch["id"][i], "image_id": int(ch["image"][i]), "category_id": ch["cat"][i],
+             "iscrowd": bool(ch["crowd"][i]), "bbox": ch["bbox"][i].tolist(), "segmentation": seg}
+        if self.keypoints and not a["iscrowd"]:
+            a["keypoints"] = ch["kps"][i].tolist()
+        return a
+
+
+def _annotation_problem(a, index: CocoIndex, need_keypoints: bool) -> str | None:
+    """Why one annotation is unusable (a duplicate id, known only at the end, is checked after)."""
     if not isinstance(a, dict):
         return "annotation is not an object"
     if a.get("id") is None:
         return "annotation has no id"
-    if id_counts[a["id"]] > 1:  # every copy is rejected: which one is right is unknowable
-        return f"duplicate annotation id {a['id']} ({id_counts[a['id']]} copies)"
     if a.get("image_id") not in index.images:
         return f"unknown image id {a.get('image_id')}"
     if a["image_id"] in index.bad_images:
@@ -221,25 +384,24 @@ def read_coco_instances(path, *, images_dir=None, negative_ratio=0.5, seed=0, pa
 
 
 def plan_coco_instances(path, *, images_dir=None, negative_ratio=0.5, seed=0, paraphrase=False,
-                        images_per_unit=None) -> SourcePlan:
+                        images_per_unit=None, workers=1) -> SourcePlan:
     """Parse and validate the file here; the per-image drafts (RLEs, negatives) are built per unit of
     images, in image-id order, by `instance_drafts` (which can run in a worker process)."""
     src = str(path)
-    index = index_coco(path, "coco")
+    index, chunks = stream_coco(path, "coco")
     files = _ImageFiles(Path(images_dir) if images_dir else None)
-    by_image, quarantine, seen_cats = valid_annotations(index, src, files)
+    store, quarantine, seen_cats, n_annotations = valid_annotations(index, chunks, src, files, workers=workers)
     image_only = _image_only_records(index, seen_cats, files, negative_ratio, src, quarantine)
-    n_records = len(index.data["annotations"]) + sum(
+    n_records = n_annotations + sum(
         1 for im in index.data["images"] if not (isinstance(im, dict) and im.get("id") in seen_cats))
-    index.data["annotations"] = []  # by_image holds the usable ones; each is freed once its unit is built
     cat_ids = sorted(c for c in index.cats if c not in index.bad_cats)
     ctx = {"src": src, "images_dir": files.images_dir, "cats": {c: index.cats[c] for c in cat_ids}, "cat_ids": cat_ids,
            "negative_ratio": negative_ratio, "seed": seed, "paraphrase": paraphrase}
 
     def unit(ids):
-        return ctx, [(index.images[i], by_image.pop(i, []), seen_cats.get(i, set()), i in image_only) for i in ids]
+        return ctx, [(index.images[i], store.for_image(i), seen_cats.get(i, set()), i in image_only) for i in ids]
 
-    ids = sorted(set(by_image) | set(image_only))
+    ids = sorted(set(store.image_ids()) | set(image_only))
     return SourcePlan(quarantine, n_records, _units(ids, images_per_unit, unit), instance_drafts, images=len(ids))
 
 
@@ -257,6 +419,7 @@ def instance_drafts(unit) -> tuple[list[Draft], list]:
     drafts: list[Draft] = []
     quarantine: list[tuple[str, str, str]] = []
     src, cat_ids, paraphrase, seed = ctx["src"], ctx["cat_ids"], ctx["paraphrase"], ctx["seed"]
+    real_path = RealPaths()
     for im, anns, seen, only in images:
         im_id = im["id"]
         w, h = im["width"], im["height"]
@@ -269,7 +432,7 @@ def instance_drafts(unit) -> tuple[list[Draft], list]:
         for a, m in zip(anns, rles):
             if not a.get("iscrowd"):
                 per_cat[a["category_id"]].append((a, m))
-        path_str = image_path(ctx["images_dir"], im["file_name"])
+        path_str = image_path(ctx["images_dir"], im["file_name"], real_path)
         absent = [c for c in cat_ids if c not in seen]
         n_neg = min(len(absent), negatives_for(len(per_cat), ctx["negative_ratio"], image_only=only))
         rng = np.random.default_rng([seed, im_id])
@@ -331,26 +494,27 @@ def read_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0) -> R
     return plan_coco_keypoints(path, images_dir=images_dir, paraphrase=paraphrase, seed=seed).run()
 
 
-def plan_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0, images_per_unit=None) -> SourcePlan:
+def plan_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0, images_per_unit=None,
+                        workers=1) -> SourcePlan:
     """Parse and validate here; `pose_drafts` builds the drafts of each unit of images."""
     src = str(path)
-    index = index_coco(path, "coco-keypoints")
+    index, chunks = stream_coco(path, "coco-keypoints")
     files = _ImageFiles(Path(images_dir) if images_dir else None)
-    by_image, quarantine, _ = valid_annotations(index, src, files, need_keypoints=True)
-    n_records = len(index.data["annotations"])
-    index.data["annotations"] = []  # by_image holds the usable ones; each is freed once its unit is built
+    store, quarantine, _, n_records = valid_annotations(index, chunks, src, files, need_keypoints=True,
+                                                        workers=workers)
     ctx = {"src": src, "images_dir": files.images_dir, "seed": seed, "paraphrase": paraphrase}
 
     def unit(ids):
-        return ctx, [(index.images[i], by_image.pop(i)) for i in ids]
+        return ctx, [(index.images[i], store.for_image(i)) for i in ids]
 
-    return SourcePlan(quarantine, n_records, _units(sorted(by_image), images_per_unit, unit), pose_drafts,
-                      images=len(by_image))
+    ids = store.image_ids()
+    return SourcePlan(quarantine, n_records, _units(ids, images_per_unit, unit), pose_drafts, images=len(ids))
 
 
 def pose_drafts(unit) -> tuple[list[Draft], list]:
     ctx, images = unit
     src, paraphrase, seed = ctx["src"], ctx["paraphrase"], ctx["seed"]
+    real_path = RealPaths()
     drafts: list[Draft] = []
     quarantine: list[tuple[str, str, str]] = []
     for im, anns in images:
@@ -365,7 +529,7 @@ def pose_drafts(unit) -> tuple[list[Draft], list]:
             continue
         masks = [m for _, m in people]
         drafts.append(Draft(
-            task="pose", image_id=im_id, image_path=image_path(ctx["images_dir"], im["file_name"]), width=w, height=h,
+            task="pose", image_id=im_id, image_path=image_path(ctx["images_dir"], im["file_name"], real_path), width=w, height=h,
             instruction=instruction_for("pose", paraphrase=paraphrase, key=str(im_id), seed=seed),
             answer=answer_for("pose", True), source_ids=[f"ann:{a['id']}" for a, _ in people + crowd],
             category="person", category_id=people[0][0]["category_id"],
