@@ -22,7 +22,9 @@ labeler actions (accepts + rejects + boxes drawn), boxes drawn, wall time. Write
 loop.png (val AP against boxes drawn) into --out. The seeds vary the retraining (data order,
 flips) and C's order; the starting model and the pool's pseudo-labels are shared. The default
 run is sized for 40 minutes on 2 idle cores; wall times on a shared machine are longer (the CPU
-seconds and load average are printed).
+seconds and load average are printed). Every review round runs before the retraining, so FiftyOne's
+database is needed for minutes, not the hour. A run that is killed keeps what it finished in
+`<out>/loop_state.json`: the same command with the same --out goes on from there.
 """
 
 from __future__ import annotations
@@ -163,6 +165,42 @@ class Loop:
                 "train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - t, 1)}
 
 
+class LoopState:
+    """What a run has finished, in `<out>/loop_state.json` (written atomically after every phase,
+    review round and retraining): the same command with the same --out goes on from there after a
+    kill, and refuses in one line when the settings that decide the results differ."""
+
+    KEYS = ("images", "val_fraction", "pool", "budget", "start_steps", "stage1_steps", "stage2_steps",
+            "batch_size", "lr")
+
+    def __init__(self, path: Path, data: dict):
+        self.path, self.data = path, data
+        self.started = time.perf_counter()
+
+    @classmethod
+    def open(cls, root: Path, args) -> "LoopState":
+        path = root / "loop_state.json"
+        settings = {k: getattr(args, k) for k in cls.KEYS}
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if data["settings"] != settings:
+                changed = {k: (data["settings"].get(k), v) for k, v in settings.items() if data["settings"].get(k) != v}
+                raise SystemExit(f"bench_loop: {root} holds a run with other settings {changed} (old, new): "
+                                 "use another --out or the same flags")
+            data["resumed"] += 1
+            state = cls(path, data)
+            state.data["earlier_runs_s"] = data.get("elapsed_s", 0.0)
+            return state
+        return cls(path, {"settings": settings, "done": {}, "phases_s": {}, "labels": {}, "label_s": {}, "runs": {},
+                          "resumed": 0, "earlier_runs_s": 0.0})
+
+    def save(self) -> None:
+        self.data["elapsed_s"] = round(self.data["earlier_runs_s"] + time.perf_counter() - self.started, 1)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        os.replace(tmp, self.path)
+
+
 def _stats(values: list[float]) -> dict:
     return {"mean": round(statistics.fmean(values), 4), "min": round(min(values), 4), "max": round(max(values), 4),
             "spread": round(max(values) - min(values), 4), "per_seed": [round(v, 4) for v in values]}
@@ -232,44 +270,54 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     loop = Loop(args, root)
-    t_all, times = time.perf_counter(), {}
+    state = LoopState.open(root, args)
+    t_all, times = time.perf_counter(), state.data["phases_s"]
 
     def phase(name, fn, *a):
+        if name in state.data["done"]:  # a re-run with the same --out goes on where the last one stopped
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: done before ({times.get(name)} s)", flush=True)
+            return state.data["done"][name]
         t = time.perf_counter()
         out = fn(*a)
         times[name] = round(time.perf_counter() - t, 1)
+        state.data["done"][name] = str(out) if isinstance(out, Path) else out
+        state.save()
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {times[name]} s", flush=True)
         return out
 
     counts = phase("data", loop.data)
-    start = phase("starting model", loop.start_model)
-    pred = phase("pool pseudo-labels", loop.pseudo_labels, start)
+    start = Path(phase("starting model", loop.start_model))
+    pred = Path(phase("pool pseudo-labels", loop.pseudo_labels, start))
 
-    labeled, labels, label_s = {}, {}, {}
-    for arm in ("B", "D", "E"):
+    # every review round first: FiftyOne's database is needed only here, not during the hour of retraining
+    labels, label_s = state.data["labels"], state.data["label_s"]
+    keys = ["B", "D", "E"] + [f"C-s{seed}" for seed in range(args.seeds)]
+    for key in keys:
+        if key in labels:
+            continue
+        arm, seed = (key.split("-s")[0], int(key.split("-s")[1])) if "-s" in key else (key, 0)
         t = time.perf_counter()
         queue_ids = labels["B"][2] if arm == "D" else None
-        labels[arm] = loop.labeled_partition(arm, pred, 0, queue_ids)
-        label_s[arm] = round(time.perf_counter() - t, 1)
-        print(f"[{time.strftime('%H:%M:%S')}] labeled {arm}: {labels[arm][1]} ({label_s[arm]} s)", flush=True)
-    runs = {arm: [] for arm in ARMS}
+        labels[key] = list(loop.labeled_partition(arm, Path(pred), seed, queue_ids))
+        label_s[key] = round(time.perf_counter() - t, 1)
+        state.save()
+        print(f"[{time.strftime('%H:%M:%S')}] labeled {key}: {labels[key][1]} ({label_s[key]} s)", flush=True)
+    runs = state.data["runs"]
     for seed in range(args.seeds):
-        c_key = f"C-s{seed}"
-        t = time.perf_counter()
-        labels[c_key] = loop.labeled_partition("C", pred, seed, None)
-        label_s[c_key] = round(time.perf_counter() - t, 1)
-        print(f"[{time.strftime('%H:%M:%S')}] labeled C (seed {seed}): {labels[c_key][1]} ({label_s[c_key]} s)", flush=True)
         for arm in ARMS:
-            key = c_key if arm == "C" else arm
+            key = f"C-s{seed}" if arm == "C" else arm
+            done = runs.setdefault(arm, {})
+            if str(seed) in done:
+                continue
             extra = [labels[key][0]] if key in labels else []
             r = loop.retrain_and_evaluate(arm, extra, start, seed)
             r["label_s"] = label_s.get(key, 0.0)
-            runs[arm].append(r)
+            done[str(seed)] = r
+            state.save()  # a cut-short run keeps what it has; the same command finishes it
             print(f"[{time.strftime('%H:%M:%S')}] arm {arm} seed {seed}: det AP {r['det_AP']:.3f} AP50 "
                   f"{r['det_AP50']:.3f} segm AP {r['segm_AP']:.3f} ({r['train_s']} s train, {r['eval_s']} s eval)",
                   flush=True)
-            (root / "loop_runs.json").write_text(json.dumps(  # a cut-short run keeps what it has
-                {"runs": runs, "labels": {k: v[1] for k, v in labels.items()}}, indent=1))
+    runs = {arm: [runs[arm][str(seed)] for seed in range(args.seeds)] for arm in ARMS}
 
     arms = {}
     for arm, rs in runs.items():
@@ -281,9 +329,10 @@ def main() -> int:
                      "boxes_drawn": mean("boxes_drawn"), "actions": mean("actions"),
                      "pulled": [c["pull"] for c in key_counts],
                      "wall_s": round(statistics.fmean(r["label_s"] + r["train_s"] + r["eval_s"] for r in rs), 1)}
-    total = time.perf_counter() - t_all
+    total = time.perf_counter() - t_all + state.data["earlier_runs_s"]
     summary = {
         "arms": arms, "goals": _goals(arms), "runs": runs, "phases_s": times, "total_s": round(total, 1),
+        "resumed": state.data["resumed"],
         "total_cpu_s": round(_cpu_seconds(), 1), "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "sample_data": counts, "config": vars(args),
     }
