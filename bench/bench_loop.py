@@ -176,6 +176,7 @@ class LoopState:
     def __init__(self, path: Path, data: dict):
         self.path, self.data = path, data
         self.started = time.perf_counter()
+        self.earlier_s = data.get("elapsed_s", 0.0)  # wall time of the sittings before this one
 
     @classmethod
     def open(cls, root: Path, args) -> "LoopState":
@@ -188,14 +189,12 @@ class LoopState:
                 raise SystemExit(f"bench_loop: {root} holds a run with other settings {changed} (old, new): "
                                  "use another --out or the same flags")
             data["resumed"] += 1
-            state = cls(path, data)
-            state.data["earlier_runs_s"] = data.get("elapsed_s", 0.0)
-            return state
+            return cls(path, data)
         return cls(path, {"settings": settings, "done": {}, "phases_s": {}, "labels": {}, "label_s": {}, "runs": {},
-                          "resumed": 0, "earlier_runs_s": 0.0})
+                          "resumed": 0})
 
     def save(self) -> None:
-        self.data["elapsed_s"] = round(self.data["earlier_runs_s"] + time.perf_counter() - self.started, 1)
+        self.data["elapsed_s"] = round(self.earlier_s + time.perf_counter() - self.started, 1)
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=1))
         os.replace(tmp, self.path)
@@ -291,14 +290,13 @@ def main() -> int:
 
     # every review round first: FiftyOne's database is needed only here, not during the hour of retraining
     labels, label_s = state.data["labels"], state.data["label_s"]
-    keys = ["B", "D", "E"] + [f"C-s{seed}" for seed in range(args.seeds)]
-    for key in keys:
+    rounds = [("B", "B", 0), ("D", "D", 0), ("E", "E", 0)] + [(f"C-s{seed}", "C", seed) for seed in range(args.seeds)]
+    for key, arm, seed in rounds:
         if key in labels:
             continue
-        arm, seed = (key.split("-s")[0], int(key.split("-s")[1])) if "-s" in key else (key, 0)
         t = time.perf_counter()
         queue_ids = labels["B"][2] if arm == "D" else None
-        labels[key] = list(loop.labeled_partition(arm, Path(pred), seed, queue_ids))
+        labels[key] = list(loop.labeled_partition(arm, pred, seed, queue_ids))
         label_s[key] = round(time.perf_counter() - t, 1)
         state.save()
         print(f"[{time.strftime('%H:%M:%S')}] labeled {key}: {labels[key][1]} ({label_s[key]} s)", flush=True)
@@ -329,7 +327,7 @@ def main() -> int:
                      "boxes_drawn": mean("boxes_drawn"), "actions": mean("actions"),
                      "pulled": [c["pull"] for c in key_counts],
                      "wall_s": round(statistics.fmean(r["label_s"] + r["train_s"] + r["eval_s"] for r in rs), 1)}
-    total = time.perf_counter() - t_all + state.data["earlier_runs_s"]
+    total = time.perf_counter() - t_all + state.earlier_s
     summary = {
         "arms": arms, "goals": _goals(arms), "runs": runs, "phases_s": times, "total_s": round(total, 1),
         "resumed": state.data["resumed"],
