@@ -4,8 +4,9 @@
         [--start-steps 1000] [--stage1-steps 300] [--stage2-steps 150] [--out DIR]
 
 One starting model (stage 1 `--start-steps` + stage 2 `--stage2-steps` on the demo's labeled COCO
-train split) pseudo-labels the unlabeled pool (`lumen sample-data`'s image_info_unlabeled.json).
-A simulated labeler (pipelines/simulated_labeler.py, FiftyOne's public API, truth from `oracle/`)
+train split) pseudo-labels the unlabeled pool (`lumen sample-data`'s image_info_unlabeled.json);
+they are pushed with that model's review thresholds (per class, F1 on val, as the pipeline records
+them for every model version), so predictions under them are hidden as in the App. A simulated labeler (pipelines/simulated_labeler.py, FiftyOne's public API, truth from `oracle/`)
 works in a fresh FiftyOne review dataset per arm; its work is pulled (`pull_corrections`, what
 `lumen review pull` runs), converted (`convert_source`, what `lumen convert coco` runs) and every
 arm retrains from the same starting checkpoint with the same steps (stage 1 `--stage1-steps`,
@@ -15,7 +16,7 @@ then stage 2 `--stage2-steps`), once per seed:
     B  + K pool images reviewed in the review queue's order (K = --budget)
     C  + K pool images reviewed in random order (a new order per seed)
     D  + B's K images labeled from scratch (every true object drawn)
-    E  + every pool image's pseudo-labels, unreviewed (self-training)
+    E  + every pool image's shown pseudo-labels (at or above the thresholds), unreviewed (self-training)
 
 Per arm: val detection AP / AP50 and instance-segmentation AP (mean and range over the seeds),
 labeler actions (accepts + rejects + boxes drawn), boxes drawn, wall time. Writes loop.json and
@@ -106,7 +107,20 @@ class Loop:
                 progress=False)
         return out
 
-    def labeled_partition(self, arm: str, pred: Path, seed: int, queue_ids: list | None) -> tuple[str, dict, list]:
+    def review_thresholds(self, checkpoint: Path) -> Path:
+        """The starting model's per-class review thresholds (F1 on val), as the pipeline records them
+        for every model version: pool predictions under them are hidden from the labeler, and arm E
+        self-trains on the shown ones only."""
+        from lumen_model.predict import predict
+        from pipelines.review.thresholds import compute_thresholds, save_thresholds
+
+        pred = self.root / "start" / "val_segm.json"
+        predict(checkpoint, "instance_segmentation", self.images, pred, annotations=self.val_json, progress=False)
+        return save_thresholds(compute_thresholds(self.val_json, pred, model_version="start"),
+                               self.root / "start" / "review_thresholds.json")
+
+    def labeled_partition(self, arm: str, pred: Path, thresholds: Path, seed: int,
+                          queue_ids: list | None) -> tuple[str, dict, list]:
         """One arm's review round in its own FiftyOne dataset -> pull -> convert; returns the shard
         folder, the labeler's counts and the reviewed images (in the order worked)."""
         import fiftyone as fo
@@ -123,7 +137,7 @@ class Loop:
         if fo.dataset_exists(name):
             fo.delete_dataset(name)
         push_predictions(name, self.images, pred, "start", heatmaps_dir=pred.with_name(pred.stem + "_heatmaps"),
-                         categories_file=pool_file(self.sources), progress=False)
+                         categories_file=pool_file(self.sources), thresholds=thresholds, progress=False)
         build_review_queue(name)
         ds = fo.load_dataset(name)
         by_image = dict(zip(*ds.values(["image_id", "id"])))
@@ -287,6 +301,7 @@ def main() -> int:
     counts = phase("data", loop.data)
     start = Path(phase("starting model", loop.start_model))
     pred = Path(phase("pool pseudo-labels", loop.pseudo_labels, start))
+    thresholds = Path(phase("review thresholds", loop.review_thresholds, start))
 
     # every review round first: FiftyOne's database is needed only here, not during the hour of retraining
     labels, label_s = state.data["labels"], state.data["label_s"]
@@ -296,7 +311,7 @@ def main() -> int:
             continue
         t = time.perf_counter()
         queue_ids = labels["B"][2] if arm == "D" else None
-        labels[key] = list(loop.labeled_partition(arm, pred, seed, queue_ids))
+        labels[key] = list(loop.labeled_partition(arm, pred, thresholds, seed, queue_ids))
         label_s[key] = round(time.perf_counter() - t, 1)
         state.save()
         print(f"[{time.strftime('%H:%M:%S')}] labeled {key}: {labels[key][1]} ({label_s[key]} s)", flush=True)

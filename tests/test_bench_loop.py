@@ -48,7 +48,7 @@ def test_a_killed_loop_bench_goes_on_where_it_stopped(tmp_path):
 
     second = subprocess.run(_bench(out), capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=1800)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    for phase in ("data", "starting model", "pool pseudo-labels"):
+    for phase in ("data", "starting model", "pool pseudo-labels", "review thresholds"):
         assert f"{phase}: done before" in second.stdout
     assert "arm A seed 0:" not in second.stdout and "] labeled " not in second.stdout  # nothing redone
     assert "arm A seed 1:" in second.stdout
