@@ -226,7 +226,10 @@ def _goals(arms: dict) -> dict:
     share = gain_b / gain_d if gain_d > 0 else None
     boxes_b, boxes_d = arms["B"]["boxes_drawn"], arms["D"]["boxes_drawn"]
     return {
+        # per seed too: A and B retrain with the same seed, so the paired differences show how often B wins
         "B beats A by more than the seed spread": {"B-A": round(gain_b, 4), "spread": round(spread, 4),
+                                                   "B-A per seed": [round(y - x, 4) for x, y in
+                                                                    zip(a["per_seed"], b["per_seed"])],
                                                    "met": gain_b > spread},
         "B >= C": {"B": b["mean"], "C": c["mean"], "met": b["mean"] >= c["mean"]},
         "B reaches >= 90% of D's gain with <= half of D's boxes": {
