@@ -63,9 +63,10 @@ class LumenConfig:
     # the CNN's stride-8 tokens also go to the LLM (added to the ViT's before pooling): answering "what shape is
     # the red object?" needs shape, which a from-scratch ViT barely has (cnn pixel encoder only)
     llm_pixel_tokens: bool = False
-    # LayerNorm on the LLM's image tokens, its gain starting at the text embeddings' scale (the LLM's
-    # initializer_range): the CNN's tokens come out ~50x larger than the text embeddings, so in the LLM's
-    # pre-norm residual stream the answer's gradient reaching them is ~50x smaller (RMSNorm divides by the norm)
+    # the LLM's image tokens centred over each image's tokens, then a LayerNorm whose gain starts at the text
+    # embeddings' scale (the LLM's initializer_range): the CNN's tokens come out ~50x larger than the text
+    # embeddings, mostly one vector shared by all tokens, and in the LLM's pre-norm residual stream the
+    # answer's gradient reaching them is that much smaller (RMSNorm divides by the norm)
     llm_image_norm: bool = False
     # training-only: the state that says a VQA answer's first word names the question's own words through the
     # concept head, as [LOC] does (0 = off). Answer-token CE alone is minimised first by the question type's

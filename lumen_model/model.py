@@ -86,7 +86,12 @@ class LumenModel(nn.Module):
             g = self.cfg.patch_grid
             grid = image_feats.transpose(1, 2).reshape(b, d, g, g)
             image_feats = F.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)
-        return image_feats if self.llm_image_norm is None else self.llm_image_norm(image_feats)
+        if self.llm_image_norm is None:
+            return image_feats
+        # the CNN's tokens are one large vector shared by every token of every image (norm 19-27) plus a smaller
+        # part that depends on the pixels: centre each channel over the image's tokens, then bring each token
+        # to the text embeddings' scale
+        return self.llm_image_norm(image_feats - image_feats.mean(1, keepdim=True))
 
     def vision(self, batch: dict) -> tuple[torch.Tensor, tuple]:
         """Per row: the ViT tokens through the projector, and the aligner's pixel features (each image encoded once)."""
