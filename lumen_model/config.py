@@ -63,6 +63,15 @@ class LumenConfig:
     # the CNN's stride-8 tokens also go to the LLM (added to the ViT's before pooling): answering "what shape is
     # the red object?" needs shape, which a from-scratch ViT barely has (cnn pixel encoder only)
     llm_pixel_tokens: bool = False
+    # the LLM's image tokens centred over each image's tokens, then a LayerNorm whose gain starts at the text
+    # embeddings' scale (the LLM's initializer_range): the CNN's tokens come out ~50x larger than the text
+    # embeddings, mostly one vector shared by all tokens, and in the LLM's pre-norm residual stream the
+    # answer's gradient reaching them is that much smaller (RMSNorm divides by the norm)
+    llm_image_norm: bool = False
+    # training-only: the state that says a VQA answer's first word names the question's own words through the
+    # concept head, as [LOC] does (0 = off). Answer-token CE alone is minimised first by the question type's
+    # most frequent answer, which needs no object word, and a from-scratch LLM then never looks for "the square"
+    vqa_concept_weight: float = 0.0
     # weight of a VQA sample's answer loss against the other tasks' (their answers are fixed sentences)
     vqa_text_weight: float = 1.0
     max_text_tokens: int = 48

@@ -78,6 +78,13 @@ class Collator:
             if len(where):
                 loc[i] = where[0, 0]
         batch.update(input_ids=input_ids, labels=labels, attention_mask=attn, loc_index=loc)
+        # VQA: the position whose next token is the answer's first, and the question's own words ("square",
+        # "blue"), which that state is asked to name (`vqa_concept_weight`): see LumenModel.concept_loss
+        is_vqa = [it["task"] == "vqa" and it["answer"] is not None for it in items]
+        first_answer = (labels[:, 1:] != -100).float().argmax(1)  # hidden[:, j] predicts token j + 1
+        batch["answer_index"] = torch.where(torch.tensor(is_vqa, dtype=torch.bool), first_answer, -1)
+        batch["question_ids"] = [torch.tensor(self.concept_ids(it["instruction"]) if v else [], dtype=torch.long)
+                                 for it, v in zip(items, is_vqa)]
         # each distinct image once: the vision encoders run on `images`, rows gather by `image_index`
         keys = [it.get("image_path") or f"#{i}" for i, it in enumerate(items)]
         first = {}

@@ -20,7 +20,7 @@ from lumen_model.decoders.pose import PoseHead, keypoint_loss, keypoint_targets
 from lumen_model.decoders.roi_masks import RoiMaskHead
 from lumen_model.losses import gather_at, gaussian_focal_loss, per_sample_l1
 
-STAGE1_PARTS = ("llava", "aligner", "concept_head", "llm_pixels")
+STAGE1_PARTS = ("llava", "aligner", "concept_head", "llm_pixels", "llm_image_norm")
 STAGE2_PARTS = ("masks", "pose")
 
 
@@ -40,6 +40,13 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return (onehot @ x.reshape(x.shape[0], -1)).reshape(len(index), *x.shape[1:])
 
 
+def image_token_norm(dim: int, text_scale: float) -> nn.LayerNorm:
+    """LayerNorm whose gain starts at the text embeddings' per-dimension scale (their init std)."""
+    norm = nn.LayerNorm(dim)
+    nn.init.constant_(norm.weight, text_scale)
+    return norm
+
+
 class LumenModel(nn.Module):
     def __init__(self, cfg: LumenConfig, vocab_size: int, image_token_id: int, pad_token_id: int):
         super().__init__()
@@ -52,9 +59,10 @@ class LumenModel(nn.Module):
                                     cfg.aligner_image_self_attn, cfg.patch_grid)
         self.masks = RoiMaskHead(cfg.aligner_dim, cfg.input_size) if cfg.mask_decoder == "roi" else SamBoxPrompts(cfg)
         # vocabulary-sized: only built where used (tiny), never for the 7B's 32k x 4096
-        self.concept_head = nn.Linear(text_dim, vocab_size) if cfg.concept_weight > 0 else None
+        self.concept_head = nn.Linear(text_dim, vocab_size) if cfg.concept_weight > 0 or cfg.vqa_concept_weight > 0 else None
         use_pixels = cfg.llm_pixel_tokens and cfg.pixel_encoder == "cnn"
         self.llm_pixels = nn.Linear(cfg.aligner_dim, text_dim) if use_pixels else None
+        self.llm_image_norm = image_token_norm(text_dim, cfg.text.get("initializer_range", 0.02)) if cfg.llm_image_norm else None
         self.pose = PoseHead(cfg.aligner_dim, cfg.pose_dim, cfg.num_keypoints, cfg.pose_crop, cfg.input_size)
         self.register_buffer("pixel_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
@@ -73,12 +81,17 @@ class LumenModel(nn.Module):
         if self.llm_pixels is not None and pixel_tokens is not None:
             image_feats = image_feats + self.llm_pixels(pixel_tokens)
         pool = self.cfg.llm_image_pool
-        if pool == 1:
+        if pool != 1:
+            b, n, d = image_feats.shape
+            g = self.cfg.patch_grid
+            grid = image_feats.transpose(1, 2).reshape(b, d, g, g)
+            image_feats = F.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)
+        if self.llm_image_norm is None:
             return image_feats
-        b, n, d = image_feats.shape
-        g = self.cfg.patch_grid
-        grid = image_feats.transpose(1, 2).reshape(b, d, g, g)
-        return F.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)
+        # the CNN's tokens are one large vector shared by every token of every image (norm 19-27) plus a smaller
+        # part that depends on the pixels: centre each channel over the image's tokens, then bring each token
+        # to the text embeddings' scale
+        return self.llm_image_norm(image_feats - image_feats.mean(1, keepdim=True))
 
     def vision(self, batch: dict) -> tuple[torch.Tensor, tuple]:
         """Per row: the ViT tokens through the projector, and the aligner's pixel features (each image encoded once)."""
@@ -143,10 +156,15 @@ class LumenModel(nn.Module):
             offset = per_sample_l1(pred_o, offs, idx, b).sum() / b
         total = cfg.text_weight * text + heat + cfg.size_weight * size + cfg.offset_weight * offset
         losses = {"text": text.detach(), "heatmap": heat.detach(), "size": size.detach(), "offset": offset.detach()}
-        if self.concept_head is not None:
+        if cfg.concept_weight > 0:
             concept = self.concept_loss(out["loc_state"], batch["concept_ids"])
             total = total + cfg.concept_weight * concept
             losses["concept"] = concept.detach()
+        if cfg.vqa_concept_weight > 0:
+            answer_state = out["hidden"][torch.arange(b), batch["answer_index"].clamp(min=0)]
+            vqa_concept = self.concept_loss(answer_state, batch["question_ids"])
+            total = total + cfg.vqa_concept_weight * vqa_concept
+            losses["vqa_concept"] = vqa_concept.detach()
         return {"loss": total, **losses}
 
     def concept_loss(self, loc_state: torch.Tensor, concept_ids: list[torch.Tensor]) -> torch.Tensor:
