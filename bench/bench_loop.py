@@ -191,6 +191,7 @@ class LoopState:
         self.path, self.data = path, data
         self.started = time.perf_counter()
         self.earlier_s = data.get("elapsed_s", 0.0)  # wall time of the sittings before this one
+        self.earlier_cpu_s = data.get("cpu_s", 0.0)  # and their CPU time
 
     @classmethod
     def open(cls, root: Path, args) -> "LoopState":
@@ -209,6 +210,7 @@ class LoopState:
 
     def save(self) -> None:
         self.data["elapsed_s"] = round(self.earlier_s + time.perf_counter() - self.started, 1)
+        self.data["cpu_s"] = round(self.earlier_cpu_s + _cpu_seconds(), 1)
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=1))
         os.replace(tmp, self.path)
@@ -349,7 +351,7 @@ def main() -> int:
     summary = {
         "arms": arms, "goals": _goals(arms), "runs": runs, "phases_s": times, "total_s": round(total, 1),
         "resumed": state.data["resumed"],
-        "total_cpu_s": round(_cpu_seconds(), 1), "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+        "total_cpu_s": round(state.earlier_cpu_s + _cpu_seconds(), 1), "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "sample_data": counts, "config": vars(args),
     }
     (root / "loop.json").write_text(json.dumps(summary, indent=2))

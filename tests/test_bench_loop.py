@@ -54,6 +54,7 @@ def test_a_killed_loop_bench_goes_on_where_it_stopped(tmp_path):
     assert "arm A seed 1:" in second.stdout
     summary = json.loads((out / "loop.json").read_text())
     assert summary["resumed"] == 1
+    assert summary["total_cpu_s"] > state["cpu_s"] > 0  # the first sitting's CPU time counts too
     assert set(summary["arms"]) == set("ABCDE")
     assert all(len(summary["runs"][arm]) == 2 for arm in "ABCDE")
     assert summary["runs"]["A"][0] == state["runs"]["A"]["0"]  # the result from before the kill, kept
