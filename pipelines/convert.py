@@ -23,6 +23,7 @@ import hashlib
 import logging
 import re
 from collections import Counter
+from itertools import chain
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -33,9 +34,9 @@ import pyarrow.compute as pc
 
 from pipelines.errors import InputError
 from pipelines.geometry import SquarePad
-from pipelines.heatmaps import encode_png, gaussian_radius, render_heatmap
+from pipelines.heatmaps import encode_png, gaussian_radius, heatmap_png
 from pipelines.schema import HEATMAP_TASKS, SAMPLE_SCHEMA, SCHEMA_VERSION
-from pipelines.convert_parallel import default_workers, unit_tables, worker_pool
+from pipelines.convert_parallel import default_workers, unit_tables, usable_workers
 from pipelines.shards import write_partition_stream
 from pipelines.sources.coco import plan_coco_instances, plan_coco_keypoints, read_coco_instances, read_coco_keypoints
 from pipelines.sources.common import (Draft, RealPaths, ReadResult, SourcePlan, is_inside, plan_of, split_from_name,
@@ -77,8 +78,9 @@ def plan_source(fmt: str, input_path, *, images_dir=None, annotations=None, spli
     conversion workers share the per-image work); the other formats are read whole. Returns the plan
     and whether images are decoded.
 
-    Every draft's image goes through `check_images`: COCO's in the unit that builds it (the drafts
-    of one image are always in one unit, so a worker decodes it), the other formats' here, whole.
+    Every draft's image is checked (inside the images folder, there; decoded when `verify`): COCO's
+    while its annotations are checked and, to decode it, in the unit that builds it (the drafts of
+    one image are always in one unit, so a worker decodes it); the other formats' here, whole.
     COCO annotations are parsed and checked in `workers` processes.
     """
     if fmt in ("coco", "coco-keypoints"):
@@ -100,6 +102,8 @@ def checked_unit(build, source_file: str, images_dir: Path | None, verify: bool,
     """`build(unit)`, then `check_images` over the unit's drafts (a module-level function, so it runs
     in the worker that builds the unit)."""
     drafts, quarantine = build(unit)
+    if not verify:  # planning already checked each image's file (inside the folder, there): no decode asked
+        return drafts, quarantine
     checked, _ = check_images(ReadResult(drafts, [], 0), source_file, images_dir, verify)
     return checked.drafts, quarantine + checked.quarantine
 
@@ -161,7 +165,7 @@ def render_all(drafts: list[Draft], input_size: int, heatmap_size: int, progress
     group_pngs = []
     for g in progress_bar(range(len(groups)), desc="render heatmaps", unit="map", enabled=progress):
         lo, hi = ends[g] - counts[g], ends[g]
-        group_pngs.append(encode_png(render_heatmap(centers[lo:hi], radii[lo:hi], heatmap_size)))
+        group_pngs.append(heatmap_png(centers[lo:hi], radii[lo:hi], heatmap_size))
     pngs, out_c, out_s = [], [], []
     for d in drafts:
         if d.task not in HEATMAP_TASKS:
@@ -187,6 +191,19 @@ def _pairs_column(arrays: list[np.ndarray], value_type) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.FixedSizeListArray.from_arrays(values, k))
 
 
+def _nested_column(rows: list, value_type) -> pa.Array:
+    """A list<fixed_size_list<k>> column from per-row lists of k-number lists (boxes), flattened in
+    one pass instead of one numpy array per row."""
+    k = value_type.list_size
+    lengths = np.fromiter(map(len, rows), np.int64, len(rows))
+    n = int(lengths.sum())
+    flat = np.fromiter(chain.from_iterable(chain.from_iterable(rows)), value_type.value_type.to_pandas_dtype())
+    if len(flat) != n * k:
+        raise ValueError(f"expected {k} numbers per item, got {len(flat)} numbers for {n} items")
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.FixedSizeListArray.from_arrays(pa.array(flat), k))
+
+
 def drafts_to_table(drafts: list[Draft], source: str, split: str, input_size: int, heatmap_size: int,
                     progress: bool = True) -> pa.Table:
     pngs, centers, sizes = render_all(drafts, input_size, heatmap_size, progress)
@@ -195,8 +212,8 @@ def drafts_to_table(drafts: list[Draft], source: str, split: str, input_size: in
     def col(name, values):
         return pa.array(values, type=SAMPLE_SCHEMA.field(name).type)
 
-    def box_arrays(attr):
-        return [np.asarray(getattr(d, attr) or [], dtype=np.float32).reshape(-1, 4) for d in drafts]
+    def box_column(attr):
+        return _nested_column([getattr(d, attr) or () for d in drafts], SAMPLE_SCHEMA.field(attr).type.value_type)
 
     columns = {
         "sample_id": col("sample_id", [sample_id(source, split, d) for d in drafts]),
@@ -214,10 +231,10 @@ def drafts_to_table(drafts: list[Draft], source: str, split: str, input_size: in
         "category": col("category", [d.category for d in drafts]),
         "category_id": col("category_id", [d.category_id for d in drafts]),
         "expression": col("expression", [d.expression for d in drafts]),
-        "boxes": _pairs_column(box_arrays("boxes"), SAMPLE_SCHEMA.field("boxes").type.value_type),
+        "boxes": box_column("boxes"),
         "masks": col("masks", [d.masks for d in drafts]),
         "keypoints": col("keypoints", [d.keypoints for d in drafts]),
-        "ignore_boxes": _pairs_column(box_arrays("ignore_boxes"), SAMPLE_SCHEMA.field("ignore_boxes").type.value_type),
+        "ignore_boxes": box_column("ignore_boxes"),
         "ignore_masks": col("ignore_masks", [d.ignore_masks for d in drafts]),
         "source_ids": col("source_ids", [d.source_ids for d in drafts]),
         "heatmap": col("heatmap", pngs),
@@ -363,41 +380,41 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
     # llava has no splits; refcoco without --split converts the refs of every split
     split = split or ("all" if fmt in ("llava", "refcoco") else split_from_name(input_path))
     source = source_name or fmt
-    with worker_pool(1 if fmt in _IN_PROCESS else (workers or default_workers())) as pool:
-        plan, verified = plan_source(fmt, input_path, images_dir=images_dir, annotations=annotations,
-                                     split=split if fmt == "refcoco" and split != "all" else None, split_by=split_by,
-                                     negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase,
-                                     verify_images=verify_images, workers=pool.lumen_workers if pool else 1)
-        tally = _Tally(plan)
-        bar = progress_bar(total=len(plan.units), desc=f"convert {source}", unit="unit", enabled=progress)
-        tables = tally.watch(unit_tables(plan, pool=pool, source=source, split=split, input_size=input_size,
-                                         heatmap_size=heatmap_size), bar)
+    workers = usable_workers(1 if fmt in _IN_PROCESS else (workers or default_workers()))
+    plan, verified = plan_source(fmt, input_path, images_dir=images_dir, annotations=annotations,
+                                 split=split if fmt == "refcoco" and split != "all" else None, split_by=split_by,
+                                 negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase,
+                                 verify_images=verify_images, workers=workers)
+    tally = _Tally(plan)
+    bar = progress_bar(total=len(plan.units), desc=f"convert {source}", unit="unit", enabled=progress)
+    tables = tally.watch(unit_tables(plan, workers=workers, source=source, split=split, input_size=input_size,
+                                     heatmap_size=heatmap_size), bar)
 
-        def finish():
-            bar.close()
-            counts = tally.counts()
-            quarantine = pa.table({"source_file": [q[0] for q in tally.quarantine],
-                                   "record_id": [q[1] for q in tally.quarantine],
-                                   "reason": [q[2] for q in tally.quarantine]})
-            reasons = Counter(_reason_kind(q[2]) for q in tally.quarantine)
-            manifest = {
-                "schema_version": SCHEMA_VERSION,
-                "source": source,
-                "format": fmt,
-                "split": split,
-                "inputs": {"input": str(input_path), "annotations": str(annotations) if annotations else None,
-                           "images_dir": str(images_dir) if images_dir else None},
-                "options": {"input_size": input_size, "heatmap_size": heatmap_size, "negative_ratio": negative_ratio,
-                            "seed": seed, "split_by": split_by if fmt == "refcoco" else None, "paraphrase": paraphrase,
-                            "rows_per_shard": rows_per_shard},
-                "counts": counts,
-                "quarantine_reasons": dict(reasons.most_common()),
-                "images_verified": verified,
-                "long_texts": tally.long_texts(),
-            }
-            return quarantine, manifest
+    def finish():
+        bar.close()
+        counts = tally.counts()
+        quarantine = pa.table({"source_file": [q[0] for q in tally.quarantine],
+                               "record_id": [q[1] for q in tally.quarantine],
+                               "reason": [q[2] for q in tally.quarantine]})
+        reasons = Counter(_reason_kind(q[2]) for q in tally.quarantine)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "source": source,
+            "format": fmt,
+            "split": split,
+            "inputs": {"input": str(input_path), "annotations": str(annotations) if annotations else None,
+                       "images_dir": str(images_dir) if images_dir else None},
+            "options": {"input_size": input_size, "heatmap_size": heatmap_size, "negative_ratio": negative_ratio,
+                        "seed": seed, "split_by": split_by if fmt == "refcoco" else None, "paraphrase": paraphrase,
+                        "rows_per_shard": rows_per_shard},
+            "counts": counts,
+            "quarantine_reasons": dict(reasons.most_common()),
+            "images_verified": verified,
+            "long_texts": tally.long_texts(),
+        }
+        return quarantine, manifest
 
-        manifest = write_partition_stream(tables, finish, out_dir, rows_per_shard)
+    manifest = write_partition_stream(tables, finish, out_dir, rows_per_shard)
     counts = manifest["counts"]
     log.info("%s -> %s: %d records read, %d samples, %d quarantined", input_path, out_dir,
              counts["records_read"], counts["samples_written"], counts["records_quarantined"])

@@ -1,20 +1,22 @@
 """Conversion on every core: the units of a `SourcePlan` are built and rendered in worker processes.
 
-The parent parses and validates the source (one pass that needs the whole file), then hands out
-units of work (COCO: a thousand images with their annotations) and receives each unit's finished
-Arrow table, in unit order, so the output does not depend on the number of workers. At most
-two units per worker are in flight, so memory holds the parsed source plus a few units, never
-all the samples.
+The parent parses and validates the source (one pass that needs the whole file; COCO annotations
+are parsed and checked in worker processes of their own), then forks the unit workers, which find
+the plan in their copy of the parent's memory: a worker is sent a unit's number, builds the unit
+(COCO: a thousand images with their annotations) and returns its finished Arrow table, in unit
+order, so the output does not depend on the number of workers. Nothing of the source travels
+pickled. At most two units per worker are in flight, so memory holds the parsed source plus a few
+units' tables, never all the samples.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import gc
 import logging
+import multiprocessing as mp
 import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from functools import partial
 from typing import Iterator
 
@@ -33,60 +35,62 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def usable_workers(workers: int) -> int:
+    """`workers`, or 1 where this process cannot fork workers: a daemonic process (a Celery
+    worker's pool process) may not have children, and without fork the plan cannot be shared."""
+    if workers > 1 and mp.current_process().daemon:
+        log.info("conversion runs in this process: it is daemonic and may not start workers")
+        return 1
+    if workers > 1 and "fork" not in mp.get_all_start_methods():  # pragma: no cover - not Linux/macOS
+        log.info("conversion runs in this process: this platform cannot fork workers")
+        return 1
+    return workers
+
+
 def unit_table(build, source: str, split: str, input_size: int, heatmap_size: int, unit) -> tuple[pa.Table, list]:
-    """One unit -> (its samples as an Arrow table, its quarantine rows). Runs in a worker."""
+    """One unit -> (its samples as an Arrow table, its quarantine rows)."""
     from pipelines.convert import drafts_to_table
 
     drafts, quarantine = build(unit)
     return drafts_to_table(drafts, source, split, input_size, heatmap_size, progress=False), quarantine
 
 
-@contextmanager
-def worker_pool(workers: int):
-    """Conversion worker processes, started NOW, before the source is parsed: a worker forked
-    later would keep a private copy of every page of the parsed source that the parent then
-    writes to (reference counts change on every access), multiplying the memory. Units reach the
-    workers pickled. None when one process is asked for."""
-    if workers > 1 and mp.current_process().daemon:
-        # a daemonic process (a Celery worker's pool process) may not have children: convert here
-        log.info("conversion runs in this process: it is daemonic and may not start workers")
-        workers = 1
-    if workers <= 1:
-        yield None
-        return
-    # fork: the workers start at once and re-import nothing (spawn would re-run a caller's
-    # unguarded __main__); a fork pool launches every worker at its first task
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
-    try:
-        pool.lumen_workers = workers
-        pool.submit(int).result()
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+_FORKED_PLAN: SourcePlan | None = None  # what forked unit workers read (set by the parent just before the fork)
 
 
-def unit_tables(plan: SourcePlan, *, pool, source: str, split: str, input_size: int,
+def _forked_unit_table(source: str, split: str, input_size: int, heatmap_size: int, k: int):
+    plan = _FORKED_PLAN
+    return unit_table(plan.build, source, split, input_size, heatmap_size, plan.units[k])
+
+
+def unit_tables(plan: SourcePlan, *, workers: int, source: str, split: str, input_size: int,
                 heatmap_size: int) -> Iterator[tuple[pa.Table, list]]:
-    """(table, quarantine rows) of every unit, in unit order; built in `pool`'s workers (at most
-    two units per worker in flight), or here when there is no pool."""
-    job = partial(unit_table, plan.build, source, split, input_size, heatmap_size)
-    if pool is None or len(plan.units) <= 1:
+    """(table, quarantine rows) of every unit, in unit order; built in `workers` forked processes
+    (at most two units per worker in flight), or here with one worker."""
+    workers = min(usable_workers(workers), len(plan.units))
+    if workers <= 1:
+        job = partial(unit_table, plan.build, source, split, input_size, heatmap_size)
         for unit in plan.units:
             yield job(unit)
         return
-    units = iter(plan.units)
-    pending = deque(pool.submit(job, u) for _, u in zip(range(2 * pool.lumen_workers), units))
+    global _FORKED_PLAN
+    _FORKED_PLAN = plan
+    job = partial(_forked_unit_table, source, split, input_size, heatmap_size)
+    # frozen objects are never visited by the workers' garbage collector, so the pages of the
+    # parsed source stay shared with the parent instead of being copied into every worker
+    gc.freeze()
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
     try:
+        todo = iter(range(len(plan.units)))
+        pending = deque(pool.submit(job, k) for _, k in zip(range(2 * workers), todo))  # forks every worker
+        gc.unfreeze()
         while pending:
             done = pending.popleft().result()
-            nxt = next(units, _END)
-            if nxt is not _END:
-                pending.append(pool.submit(job, nxt))
+            k = next(todo, None)
+            if k is not None:
+                pending.append(pool.submit(job, k))
             yield done
     finally:
-        for f in pending:
-            f.cancel()
-
-
-_END = object()
+        gc.unfreeze()
+        _FORKED_PLAN = None
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -6,6 +6,8 @@ so a COCO-sized file renders in seconds.
 
 from __future__ import annotations
 
+import struct
+import zlib
 from functools import lru_cache
 
 import cv2
@@ -39,13 +41,16 @@ def gaussian_kernel(radius: int) -> np.ndarray:
     return g
 
 
-def render_heatmap(centers: np.ndarray, radii: np.ndarray, size: int) -> np.ndarray:
-    """Max-combined Gaussians (sigma = (2r+1)/6), exactly 1.0 at each center pixel.
+@lru_cache(maxsize=512)
+def _kernel_u8(radius: int) -> np.ndarray:
+    k = to_uint8(gaussian_kernel(radius))
+    k.flags.writeable = False
+    return k
 
-    Each instance touches only its (2r+1)^2 window, with a cached kernel per radius: the
-    per-instance cost is one numpy `maximum` over the window, never a per-pixel Python loop.
-    """
-    heat = np.zeros((size, size), dtype=np.float32)
+
+def _max_in(heat: np.ndarray, centers, radii, kernel, x_off: int = 0) -> None:
+    """Max-combine each instance's windowed kernel into `heat` (columns shifted by `x_off`)."""
+    size = heat.shape[0]
     centers = np.asarray(centers, dtype=np.int64).reshape(-1, 2)
     radii = np.asarray(radii, dtype=np.int64).reshape(-1)
     if len(centers) != len(radii):
@@ -53,11 +58,30 @@ def render_heatmap(centers: np.ndarray, radii: np.ndarray, size: int) -> np.ndar
     for (cx, cy), r in zip(centers.tolist(), radii.tolist()):
         if not (0 <= cx < size and 0 <= cy < size):
             continue  # a center off the map has no pixel to peak at
-        g = gaussian_kernel(r)
+        g = kernel(r)
         x0, x1 = max(0, cx - r), min(size, cx + r + 1)
         y0, y1 = max(0, cy - r), min(size, cy + r + 1)
-        window = heat[y0:y1, x0:x1]
+        window = heat[y0:y1, x_off + x0:x_off + x1]
         np.maximum(window, g[y0 - cy + r:y1 - cy + r, x0 - cx + r:x1 - cx + r], out=window)
+
+
+def heatmap_png(centers: np.ndarray, radii: np.ndarray, size: int) -> bytes:
+    """`encode_png(render_heatmap(centers, radii, size))`, byte for byte, at a fraction of the cost:
+    rendered straight in uint8 (rounding is monotonic, so the max of rounded kernels is the rounded
+    max) into the PNG's row layout, then deflated once."""
+    rows = np.zeros((size, size + 1), np.uint8)  # column 0: each row's PNG filter byte (0: none)
+    _max_in(rows, centers, radii, _kernel_u8, x_off=1)
+    return _png_gray8(rows, size, size)
+
+
+def render_heatmap(centers: np.ndarray, radii: np.ndarray, size: int) -> np.ndarray:
+    """Max-combined Gaussians (sigma = (2r+1)/6), exactly 1.0 at each center pixel.
+
+    Each instance touches only its (2r+1)^2 window, with a cached kernel per radius: the
+    per-instance cost is one numpy `maximum` over the window, never a per-pixel Python loop.
+    """
+    heat = np.zeros((size, size), dtype=np.float32)
+    _max_in(heat, centers, radii, gaussian_kernel)
     return heat
 
 
@@ -78,10 +102,30 @@ def to_uint8(heat: np.ndarray) -> np.ndarray:
 
 def encode_png(heat: np.ndarray) -> bytes:
     """uint8 grayscale PNG; 1.0 -> 255 so the center pixels read back as exactly 255."""
-    ok, buf = cv2.imencode(".png", to_uint8(heat) if heat.dtype != np.uint8 else heat)
-    if not ok:  # pragma: no cover - cv2 fails only on invalid arrays
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
+    img = to_uint8(heat) if heat.dtype != np.uint8 else heat
+    if img.ndim != 2:
+        raise ValueError(f"a heatmap is 2-D, got shape {img.shape}")
+    h, w = img.shape
+    rows = np.zeros((h, w + 1), np.uint8)
+    rows[:, 1:] = img
+    return _png_gray8(rows, w, h)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def _png_gray8(rows: np.ndarray, width: int, height: int) -> bytes:
+    """A PNG of 8-bit grey from rows that already start with their filter byte. Heatmaps are
+    mostly zeros: unfiltered rows at deflate level 1 are smaller than OpenCV's adaptive filters
+    and take a third of the time."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale, no interlace
+    return (_PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(rows, 1))
+            + _PNG_END)
 
 
 def decode_png(data: bytes) -> np.ndarray:

@@ -63,6 +63,12 @@ class LazyUnits:
     def __iter__(self):
         return (self._make(k) for k in range(self._n))
 
+    def __getitem__(self, k: int):
+        """Unit `k` (a forked conversion worker makes its own units from the shared plan)."""
+        if not 0 <= k < self._n:
+            raise IndexError(k)
+        return self._make(k)
+
 
 @dataclass
 class SourcePlan:
