@@ -22,6 +22,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
+from pipelines.gc_pause import gc_paused
 from pipelines.sources.common import SourcePlan
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def usable_workers(workers: int) -> int:
     return workers
 
 
+@gc_paused
 def unit_table(build, source: str, split: str, input_size: int, heatmap_size: int, unit) -> tuple[pa.Table, list]:
     """One unit -> (its samples as an Arrow table, its quarantine rows)."""
     from pipelines.convert import drafts_to_table

@@ -21,8 +21,6 @@ the dataset's info, write the samples batch by batch (`_write_samples`), summari
 
 from __future__ import annotations
 
-import functools
-import gc
 import logging
 from collections import Counter, defaultdict
 import dataclasses
@@ -38,6 +36,7 @@ from pipelines.review.fo_env import describe_database, fiftyone
 from pipelines.review.heat import image_heat
 from pipelines.review.inputs import (list_folder_images, prediction_problem, read_ground_truth, read_heatmap_index,
                                      read_json, read_predictions)
+from pipelines.gc_pause import gc_paused
 from pipelines.review.label_docs import LabelBuilder, cls_of, content_keys
 from pipelines.review.reviewed import PULLED_ATTR
 from pipelines.review.thresholds import load_thresholds, threshold_for
@@ -46,24 +45,7 @@ from pipelines.review.thresholds import summary as threshold_summary
 log = logging.getLogger(__name__)
 
 
-def _gc_paused(push):
-    """Python's cyclic GC paused for the push: it allocates a few objects per label (records,
-    documents) that all live until written, and the collector rescanning them took a quarter of
-    the push's CPU (bench/bench_push.py). Those are freed by reference counting; any cycle
-    (FiftyOne's objects) waits for the first collection after the push."""
-    @functools.wraps(push)
-    def paused(*args, **kwargs):
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return push(*args, **kwargs)
-        finally:
-            if was_enabled:
-                gc.enable()
-    return paused
-
-
-@_gc_paused
+@gc_paused  # a few objects per label (records, documents) that all live until written
 def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_file=None, heatmaps_dir=None,
                      field="predictions", batch_size=500, categories_file=None, peak_threshold=0.5,
                      thresholds=None, progress=True) -> dict:

@@ -29,6 +29,7 @@ from typing import Iterator
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from pipelines.gc_pause import gc_paused
 from pipelines.instructions import answer_for, instruction_for
 from pipelines.sources.common import (Draft, LazyUnits, RealPaths, ReadResult, SourcePlan, bad_box, image_outside,
                                       load_json, polygon_area_problems, polygon_structure_problem, require_keys,
@@ -160,6 +161,7 @@ class _ImageFiles:
         return self._seen[file_name]
 
 
+@gc_paused  # parsing and checking allocate millions of objects that die young
 def valid_annotations(index: CocoIndex, chunks: Iterator[list], source_file: str, files: _ImageFiles, *,
                       need_keypoints=False, workers: int = 1) -> tuple[AnnotationStore, list, dict, int]:
     """Usable annotations (compact, by image), quarantine rows (in file order), every category
@@ -219,6 +221,7 @@ def _check_chunk(index: CocoIndex, anns: list, files: _ImageFiles, need_keypoint
 _FORKED: tuple | None = None  # what forked chunk checkers read (set by the parent just before the fork)
 
 
+@gc_paused  # the chunk's parse too
 def _check_forked_chunk(k: int):
     index, chunks, files, need_keypoints = _FORKED
     result = _check_chunk(index, chunks.parse(k), files, need_keypoints)
