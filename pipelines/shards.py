@@ -25,9 +25,18 @@ QUARANTINE = "quarantine.parquet"
 PART_GLOB = "part-*.parquet"
 
 
+# min/max statistics where readers filter (ids, task, split, sizes): not on PNG bytes, masks or
+# per-instance lists, where they cost time and say nothing
+_NESTED = {"heatmap", "masks", "ignore_masks", "boxes", "ignore_boxes", "keypoints", "centers", "sizes", "source_ids"}
+# every value different: a dictionary would be tried, filled and thrown away
+_UNIQUE = {"sample_id", "heatmap", "masks", "boxes", "centers", "sizes", "source_ids"}
+
+
 def _write_parquet(table: pa.Table, path: Path) -> None:
+    names = table.column_names
     pq.write_table(table, path, compression="zstd", compression_level=3, row_group_size=1024,
-                   write_statistics=True, store_schema=True)
+                   write_statistics=[c for c in names if c not in _NESTED],
+                   use_dictionary=[c for c in names if c not in _UNIQUE], store_schema=True)
 
 
 def sha256_file(path: Path) -> str:
