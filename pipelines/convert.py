@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.errors import InputError
-from pipelines.geometry import SquarePad
+from pipelines.geometry import box_targets
 from pipelines.heatmaps import encode_png, gaussian_radius, heatmap_png
 from pipelines.schema import HEATMAP_TASKS, SAMPLE_SCHEMA, SCHEMA_VERSION
 from pipelines.convert_parallel import default_workers, unit_tables, usable_workers
@@ -131,9 +131,9 @@ def render_targets(d: Draft, input_size: int, heatmap_size: int):
 def render_all(drafts: list[Draft], input_size: int, heatmap_size: int, progress: bool = False):
     """Heatmap PNGs, center pixels [n, 2] and size targets [n, 2] of every draft.
 
-    The geometry runs once per distinct image size over all its boxes (vectorized, through
-    `SquarePad`), and drafts that share a boxes list (a category's detection and segmentation
-    samples) share one rendered heatmap.
+    The geometry runs over all boxes at once (`box_targets`, SquarePad's arithmetic), and drafts
+    that share a boxes list (a category's detection and segmentation samples) share one rendered
+    heatmap.
     """
     empty_c, empty_s = np.zeros((0, 2), np.int32), np.zeros((0, 2), np.float32)
     slot_of: dict[tuple, int] = {}  # (id(boxes list), image size) -> index into `groups`
@@ -147,19 +147,7 @@ def render_all(drafts: list[Draft], input_size: int, heatmap_size: int, progress
     ends = np.cumsum(counts)
     boxes = np.asarray([b for g in groups for b in g[2]], dtype=np.float64).reshape(-1, 4)
     img_wh = np.repeat(np.asarray([g[:2] for g in groups], dtype=np.int64).reshape(-1, 2), counts, axis=0)
-    centers = np.zeros((len(boxes), 2), np.int64)
-    sizes = np.zeros((len(boxes), 2), np.float64)
-    wh_heat = np.zeros((len(boxes), 2), np.float64)  # box (w, h) in heatmap pixels
-    if len(boxes):
-        uniq, inverse = np.unique(img_wh, axis=0, return_inverse=True)
-        order = np.argsort(inverse.reshape(-1), kind="stable")
-        bounds = np.searchsorted(inverse.reshape(-1)[order], np.arange(len(uniq) + 1))
-        for k, (w, h) in enumerate(uniq.tolist()):
-            idx = order[bounds[k]:bounds[k + 1]]
-            geo = SquarePad(w, h, input_size, heatmap_size)
-            centers[idx] = geo.center_pixels(boxes[idx])
-            sizes[idx] = geo.sizes_normalized(boxes[idx])
-            wh_heat[idx] = boxes[idx, 2:] * geo.scale / geo.heatmap_stride
+    centers, sizes, wh_heat = box_targets(boxes, img_wh, input_size, heatmap_size)
     radii = gaussian_radius(np.ceil(wh_heat[:, 1]), np.ceil(wh_heat[:, 0]))
     zero_png = encode_png(np.zeros((heatmap_size, heatmap_size), np.uint8))
     group_pngs = []

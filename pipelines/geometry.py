@@ -86,6 +86,20 @@ class SquarePad:
         return cv2.resize(crop, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
 
 
+def box_targets(boxes_xywh: np.ndarray, image_wh: np.ndarray, size: int, heatmap_size: int):
+    """`SquarePad(w, h, size, heatmap_size)`'s center pixels, normalized sizes and (w, h) in heatmap
+    pixels for boxes of many images at once (`image_wh`: each box's image size), the same floats
+    operation for operation (a test holds them equal)."""
+    boxes = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
+    wh = np.asarray(image_wh, dtype=np.int64).reshape(-1, 2)
+    scale = (size / np.maximum(wh[:, 0], wh[:, 1]))[:, None]
+    offset = (size - wh * scale) / 2.0
+    stride = size / heatmap_size
+    centers = boxes[:, :2] + boxes[:, 2:] / 2.0
+    px = np.clip(np.floor((centers * scale + offset) / stride).astype(np.int64), 0, heatmap_size - 1)
+    return px, boxes[:, 2:] * scale / size, boxes[:, 2:] * scale / stride
+
+
 def pad_image(image: np.ndarray, size: int, fill: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
     """Resize an HxWx3 uint8 image (longer side -> size) and center it on a size x size square."""
     import cv2

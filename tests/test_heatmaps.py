@@ -102,3 +102,23 @@ def test_encoded_png_is_a_standard_png_that_other_readers_decode():
     heat = render_heatmap([[5, 6], [30, 2]], [3, 8], 40)
     img = np.asarray(Image.open(io.BytesIO(encode_png(heat))))
     assert img.shape == (40, 40) and img.dtype == np.uint8 and img[6, 5] == 255 and img[2, 30] == 255
+
+
+def test_box_targets_of_many_images_equal_squarepad_per_image():
+    """Conversion computes every box's targets in one vectorized pass; they must be SquarePad's
+    floats exactly (centers that fall on a pixel edge would otherwise flip a pixel)."""
+    from pipelines.geometry import SquarePad, box_targets
+
+    rng = np.random.default_rng(5)
+    wh = np.stack([rng.integers(1, 1200, 400), rng.integers(1, 1200, 400)], 1)
+    wh[:20] = [640, 480]  # many boxes of one size, some of another
+    xy = rng.uniform(-10, 1, (400, 2)) * wh
+    boxes = np.concatenate([xy, rng.uniform(0.01, 1.2, (400, 2)) * wh], 1)
+    boxes[0] = [0, 0, 640, 480]
+    for size, m in ((448, 112), (128, 32), (100, 7)):
+        centers, sizes, wh_heat = box_targets(boxes, wh, size, m)
+        for i, ((w, h), box) in enumerate(zip(wh.tolist(), boxes)):
+            geo = SquarePad(w, h, size, m)
+            assert centers[i].tolist() == geo.center_pixels(box)[0].tolist()
+            assert sizes[i].tolist() == geo.sizes_normalized(box)[0].tolist()
+            assert wh_heat[i].tolist() == (box[2:] * geo.scale / geo.heatmap_stride).tolist()
