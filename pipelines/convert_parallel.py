@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from pipelines.gc_pause import gc_paused
 from pipelines.sources.common import SourcePlan
+from pipelines.worker_tuning import tune_worker
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def unit_tables(plan: SourcePlan, *, workers: int, source: str, split: str, inpu
     # frozen objects are never visited by the workers' garbage collector, so the pages of the
     # parsed source stay shared with the parent instead of being copied into every worker
     gc.freeze()
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=tune_worker)
     try:
         todo = iter(range(len(plan.units)))
         pending = deque(pool.submit(job, k) for _, k in zip(range(2 * workers), todo))  # forks every worker

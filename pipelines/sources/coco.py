@@ -35,6 +35,7 @@ from pipelines.sources.common import (Draft, LazyUnits, RealPaths, ReadResult, S
                                       load_json, polygon_area_problems, polygon_structure_problem, require_keys,
                                       rle_problem, unsafe_image_name)
 from pipelines.sources.json_stream import Chunks, stream_object_array
+from pipelines.worker_tuning import tune_worker
 
 NUM_KEYPOINTS = 17
 IMAGES_PER_UNIT = 1000  # a unit of work for a conversion worker: ~7k annotations of train2017
@@ -242,7 +243,8 @@ def _checked_chunks(index, chunks, files, need_keypoints: bool, workers: int):
     _FORKED = (index, chunks, files, need_keypoints)  # forked processes see it; nothing is pickled
     try:
         # forked now, after only images and categories were parsed: they share little with the parent
-        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=mp.get_context("fork")) as pool:
+        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=mp.get_context("fork"),
+                                 initializer=tune_worker) as pool:
             todo = iter(range(len(chunks)))
             pending = deque(pool.submit(_check_forked_chunk, k) for _, k in zip(range(2 * workers), todo))
             while pending:
