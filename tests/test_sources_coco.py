@@ -72,6 +72,20 @@ def test_bad_records_are_quarantined_with_reasons(tmp_path):
     assert sum("ann:9" in r["source_ids"] for r in rows) == 1
 
 
+def test_ids_that_are_lists_or_objects_are_quarantined_not_a_traceback(tmp_path):
+    anns = [ann(1), ann(2, cat=[2]), ann([3]), ann(4, image_id={"id": 1}), ann(5, cat={"a": 1})]
+    for fmt, extra in (("coco", {}), ("coco-keypoints", {"keypoints": [1.0] * 51})):
+        data = coco([img(1)], [dict(a, **extra) for a in anns])
+        (tmp_path / fmt).mkdir()
+        m, rows, q, out = convert(tmp_path / fmt, data, fmt=fmt)
+        assert q["ann:2"] == "annotation category_id is a list, not a number"
+        assert q["ann:#2"] == "annotation id is a list, not a number"  # no usable id: named by position
+        assert q["ann:4"] == "annotation image_id is a dict, not a number"
+        assert q["ann:5"] == "annotation category_id is a dict, not a number"
+        assert "ann:1" not in q and check_accounting(out)[0]
+        assert m["counts"]["records_read"] == 5
+
+
 def test_one_sample_per_image_and_category_and_task(tmp_path):
     anns = [ann(1, cat=2), ann(2, cat=2, bbox=(50, 40, 10, 10)), ann(3, cat=3)]
     _, rows, q, _ = convert(tmp_path, coco([img(1)], anns), negative_ratio=0)
