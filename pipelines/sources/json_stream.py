@@ -138,7 +138,8 @@ def _frame(f, key: str) -> tuple[tuple[int, int], list[int]]:
         n = f.readinto(buf)
         if not n:
             break
-        _scan_block(bytes(memoryview(buf)[:n]).translate(_CLASSES), offset, st, f)
+        # bytearray.translate reads the buffer in place (a full block needs no copy first)
+        _scan_block((buf if n == len(buf) else buf[:n]).translate(_CLASSES), offset, st, f)
         offset += n
     if st.in_string or st.depth != 0:
         raise _NotFramed
