@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import stat
 import multiprocessing as mp
 import os
 from collections import Counter, defaultdict, deque
@@ -157,9 +158,23 @@ class _ImageFiles:
         if self.images_dir is None:
             return None
         if file_name not in self._seen:
-            self._seen[file_name] = image_outside(self.images_dir, file_name, self._real) or (
-                None if os.path.isfile(self.images_dir / file_name) else f"image file not found: {file_name}")
+            self._seen[file_name] = None if self._plain_file(file_name) else self._check(file_name)
         return self._seen[file_name]
+
+    def _plain_file(self, file_name: str) -> bool:
+        """Whether a name without folders is a regular file (not a link) right in the images folder:
+        inside by construction, so one lstat says all (COCO's case). False: `_check` decides."""
+        if "/" in file_name or "\\" in file_name or unsafe_image_name(file_name):
+            return False
+        try:
+            st = os.lstat(os.path.join(self._real.folder(self.images_dir), file_name))
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode)
+
+    def _check(self, file_name: str) -> str | None:
+        return image_outside(self.images_dir, file_name, self._real) or (
+            None if os.path.isfile(self.images_dir / file_name) else f"image file not found: {file_name}")
 
 
 @gc_paused  # parsing and checking allocate millions of objects that die young
