@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -19,4 +20,24 @@ def prepare_dagster_home(home: str | Path | None = None) -> Path:
     if not (home / "dagster.yaml").exists():
         shutil.copyfile(LOCAL_CONFIG, home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(home)
+    create_storage(home)
     return home
+
+
+def create_storage(home: str | Path) -> None:
+    """Open the instance once, one process at a time, so its databases exist before anything else
+    opens them. Dagster creates SQLite storage on first open and stamps its schema version; two
+    processes opening a fresh home at once (the main command and the UI, or a poller) can both
+    stamp, after which every open fails with "more than one head"."""
+    import dagster as dg
+
+    home = Path(home)
+    ready = home / ".storage-created"
+    if ready.exists():
+        return
+    with open(home / ".storage.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+        if not ready.exists():
+            with dg.DagsterInstance.from_config(str(home)):
+                pass
+            ready.touch()

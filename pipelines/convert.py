@@ -293,13 +293,14 @@ def account(result: ReadResult) -> dict:
 
 
 def check_accounting(in_samples: set, quarantined: list, records_read: int) -> dict:
-    overlap = in_samples & set(quarantined)
-    accounted = len(in_samples) + len(quarantined)
-    if overlap or accounted != records_read:
-        raise RuntimeError(f"accounting bug: read {records_read}, in samples {len(in_samples)}, "
-                           f"quarantined {len(quarantined)}, in both {sorted(overlap)[:5]}")
-    return {"records_read": records_read, "records_in_samples": len(in_samples),
-            "records_quarantined": len(quarantined)}
+    return _accounted(len(in_samples), in_samples & set(quarantined), len(quarantined), records_read)
+
+
+def _accounted(n_in_samples: int, overlap, n_quarantined: int, records_read: int) -> dict:
+    if overlap or n_in_samples + n_quarantined != records_read:
+        raise RuntimeError(f"accounting bug: read {records_read}, in samples {n_in_samples}, "
+                           f"quarantined {n_quarantined}, in both {sorted(overlap)[:5]}")
+    return {"records_read": records_read, "records_in_samples": n_in_samples, "records_quarantined": n_quarantined}
 
 
 class _Tally:
@@ -308,7 +309,7 @@ class _Tally:
     def __init__(self, plan: SourcePlan):
         self.records_read = plan.records_read
         self.quarantine = list(plan.quarantine)
-        self.in_samples: set[str] = set()
+        self._source_ids: list[pa.Array] = []  # every sample's record ids, kept in Arrow (C++ counts them)
         self.per_task: Counter = Counter()
         self.samples = 0
         self.long_samples, self.long_example = 0, None
@@ -316,8 +317,9 @@ class _Tally:
     def watch(self, results, bar=None):
         for table, quarantine in results:
             self.quarantine += quarantine
-            self.in_samples.update(pc.list_flatten(table["source_ids"]).to_pylist())
-            self.per_task.update(table["task"].to_pylist())
+            self._source_ids.append(pc.list_flatten(table["source_ids"]))
+            for count in pc.value_counts(table["task"]).to_pylist():
+                self.per_task[count["values"]] += count["counts"]
             self.samples += table.num_rows
             self._count_long(table)
             if bar is not None:
@@ -338,7 +340,10 @@ class _Tally:
         return {"limit_chars": LONG_TEXT_CHARS, "samples": self.long_samples}
 
     def counts(self) -> dict:
-        counts = check_accounting(self.in_samples, [rid for _, rid, _ in self.quarantine], self.records_read)
+        in_samples = pc.unique(pa.chunked_array(self._source_ids, pa.string()))
+        quarantined = pa.array([rid for _, rid, _ in self.quarantine], pa.string())
+        overlap = in_samples.filter(pc.is_in(in_samples, value_set=quarantined)).to_pylist()
+        counts = _accounted(len(in_samples), overlap, len(quarantined), self.records_read)
         counts["samples_written"] = self.samples
         counts["per_task"] = dict(sorted(self.per_task.items()))
         return counts

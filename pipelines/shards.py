@@ -34,7 +34,7 @@ _UNIQUE = {"sample_id", "heatmap", "masks", "boxes", "centers", "sizes", "source
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
     names = table.column_names
-    pq.write_table(table, path, compression="zstd", compression_level=3, row_group_size=1024,
+    pq.write_table(table, path, compression="zstd", compression_level=1, row_group_size=1024,
                    write_statistics=[c for c in names if c not in _NESTED],
                    use_dictionary=[c for c in names if c not in _UNIQUE], store_schema=True)
 

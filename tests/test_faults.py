@@ -16,6 +16,7 @@ import uuid
 import dagster as dg
 import pytest
 
+from assets_defs.instance import create_storage
 from tests.conftest import ROOT
 
 
@@ -39,6 +40,7 @@ def _gpu_holders(home) -> set[str]:
 @pytest.mark.timeout(600)  # before the fix the second run waited for the slot forever
 def test_main_killed_mid_training_then_next_run_finishes(tmp_path, dagster_home, monkeypatch, capsys):
     data = tmp_path / "data"
+    create_storage(dagster_home)  # as the main command does first: the poll below must not race it
     cmd = [sys.executable, "-m", "assets_defs.main", "--data-root", str(data), "--dagster-home", str(dagster_home),
            "--images", "16", "--stage1-steps", "5000", "--stage2-steps", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(DAGSTER_HOME=str(dagster_home)),
