@@ -73,7 +73,7 @@ def read_source(fmt: str, input_path, *, images_dir=None, annotations=None, spli
 
 def plan_source(fmt: str, input_path, *, images_dir=None, annotations=None, split=None, split_by="unc",
                 negative_ratio=0.5, seed=0, paraphrase=False, verify_images=None,
-                workers: int = 1) -> tuple[SourcePlan, bool]:
+                workers: int = 1, progress: bool = False) -> tuple[SourcePlan, bool]:
     """The source read and validated, its drafts built per unit (COCO files: per unit of images, so
     conversion workers share the per-image work); the other formats are read whole. Returns the plan
     and whether images are decoded.
@@ -86,7 +86,8 @@ def plan_source(fmt: str, input_path, *, images_dir=None, annotations=None, spli
     if fmt in ("coco", "coco-keypoints"):
         plan_coco = plan_coco_instances if fmt == "coco" else plan_coco_keypoints
         extra = {"negative_ratio": negative_ratio} if fmt == "coco" else {}
-        plan = plan_coco(input_path, images_dir=images_dir, seed=seed, paraphrase=paraphrase, workers=workers, **extra)
+        plan = plan_coco(input_path, images_dir=images_dir, seed=seed, paraphrase=paraphrase, workers=workers,
+                         progress=progress, **extra)
         verify = verify_images
         if verify is None:
             verify = images_dir is not None and plan.images <= VERIFY_IMAGES_AUTO_LIMIT
@@ -377,7 +378,7 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
     plan, verified = plan_source(fmt, input_path, images_dir=images_dir, annotations=annotations,
                                  split=split if fmt == "refcoco" and split != "all" else None, split_by=split_by,
                                  negative_ratio=negative_ratio, seed=seed, paraphrase=paraphrase,
-                                 verify_images=verify_images, workers=workers)
+                                 verify_images=verify_images, workers=workers, progress=progress)
     tally = _Tally(plan)
     bar = progress_bar(total=len(plan.units), desc=f"convert {source}", unit="unit", enabled=progress)
     tables = tally.watch(unit_tables(plan, workers=workers, source=source, split=split, input_size=input_size,

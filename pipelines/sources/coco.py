@@ -32,6 +32,7 @@ from pycocotools import mask as mask_utils
 
 from pipelines.gc_pause import gc_paused
 from pipelines.instructions import answer_for, instruction_for
+from pipelines.progress import progress as progress_bar
 from pipelines.sources.common import (Draft, LazyUnits, RealPaths, ReadResult, SourcePlan, bad_box, image_outside,
                                       load_json, polygon_area_problems, polygon_structure_problem, require_keys,
                                       rle_problem, unsafe_image_name)
@@ -179,7 +180,8 @@ class _ImageFiles:
 
 @gc_paused  # parsing and checking allocate millions of objects that die young
 def valid_annotations(index: CocoIndex, chunks: Iterator[list], source_file: str, files: _ImageFiles, *,
-                      need_keypoints=False, workers: int = 1) -> tuple[AnnotationStore, list, dict, int]:
+                      need_keypoints=False, workers: int = 1, progress: bool = False
+                      ) -> tuple[AnnotationStore, list, dict, int]:
     """Usable annotations (compact, by image), quarantine rows (in file order), every category
     seen per image, and the number of annotations read. Each chunk of parsed annotations is
     checked and made compact before the next is parsed: the file's dicts never exist all at once.
@@ -188,7 +190,10 @@ def valid_annotations(index: CocoIndex, chunks: Iterator[list], source_file: str
     ids: list = []  # every annotation's id, in file order (_NO_ID: not an object or no id)
     reasons: list[str | None] = []  # why each one is unusable (the duplicate-id check comes last)
     seen_cats: dict[int, set] = defaultdict(set)  # categories an image has, even in rejected annotations
-    for chunk_ids, chunk_reasons, seen, compact in _checked_chunks(index, chunks, files, need_keypoints, workers):
+    checked = _checked_chunks(index, chunks, files, need_keypoints, workers)
+    total = len(chunks) if isinstance(chunks, Chunks) else None
+    for chunk_ids, chunk_reasons, seen, compact in progress_bar(checked, total=total, desc="check annotations",
+                                                                unit="chunk", enabled=progress):
         if compact is not None:
             compact["pos"] += len(ids)
             store.append(compact)
@@ -448,13 +453,14 @@ def read_coco_instances(path, *, images_dir=None, negative_ratio=0.5, seed=0, pa
 
 
 def plan_coco_instances(path, *, images_dir=None, negative_ratio=0.5, seed=0, paraphrase=False,
-                        images_per_unit=None, workers=1) -> SourcePlan:
+                        images_per_unit=None, workers=1, progress=False) -> SourcePlan:
     """Parse and validate the file here; the per-image drafts (RLEs, negatives) are built per unit of
     images, in image-id order, by `instance_drafts` (which can run in a worker process)."""
     src = str(path)
     index, chunks = stream_coco(path, "coco")
     files = _ImageFiles(Path(images_dir) if images_dir else None)
-    store, quarantine, seen_cats, n_annotations = valid_annotations(index, chunks, src, files, workers=workers)
+    store, quarantine, seen_cats, n_annotations = valid_annotations(index, chunks, src, files, workers=workers,
+                                                                    progress=progress)
     image_only = _image_only_records(index, seen_cats, files, negative_ratio, src, quarantine)
     n_records = n_annotations + sum(
         1 for im in index.data["images"] if not (isinstance(im, dict) and im.get("id") in seen_cats))
@@ -561,13 +567,13 @@ def read_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0) -> R
 
 
 def plan_coco_keypoints(path, *, images_dir=None, paraphrase=False, seed=0, images_per_unit=None,
-                        workers=1) -> SourcePlan:
+                        workers=1, progress=False) -> SourcePlan:
     """Parse and validate here; `pose_drafts` builds the drafts of each unit of images."""
     src = str(path)
     index, chunks = stream_coco(path, "coco-keypoints")
     files = _ImageFiles(Path(images_dir) if images_dir else None)
     store, quarantine, _, n_records = valid_annotations(index, chunks, src, files, need_keypoints=True,
-                                                        workers=workers)
+                                                        workers=workers, progress=progress)
     ctx = {"src": src, "images_dir": files.images_dir, "seed": seed, "paraphrase": paraphrase}
 
     def unit(ids):
