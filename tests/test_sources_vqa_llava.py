@@ -56,6 +56,23 @@ def test_vqa_bad_questions_are_quarantined(tmp_path):
     assert m["counts"]["records_read"] == 9 and check_accounting(tmp_path / "vqa")[0]
 
 
+def test_vqa_annotations_read_in_chunks_give_the_same_shards(tmp_path, monkeypatch):
+    """The annotations file is parsed a few elements at a time (VQAv2 train: 4.4M answers); cut into
+    many chunks, the samples and quarantine are those of one chunk."""
+    from pipelines.sources import json_stream
+
+    qs = [{"image_id": 1, "question": f"q{i}?", "question_id": i} for i in range(40)]
+    anns = [{"question_id": i, "image_id": 1, "answers": _answers(*(["yes", "no", "no"] if i % 3 else ["two"]))}
+            for i in range(40) if i != 7] + [{"question_id": 9, "image_id": 1, "answers": _answers("x")}]
+    (tmp_path / "one").mkdir(), (tmp_path / "many").mkdir()
+    m1, rows1, q1 = _vqa(tmp_path / "one", qs, anns)
+    monkeypatch.setattr(json_stream, "CHUNK_BYTES", 300)
+    m2, rows2, q2 = _vqa(tmp_path / "many", qs, anns)
+    assert rows1 == rows2 and q1 == q2 and m1["counts"] == m2["counts"]
+    assert dict(q1) == {"q:7": "question without annotations", "q:9": "question has 2 annotation entries "
+                        "(which one is right is unknowable)"}
+
+
 def test_vqa_needs_its_annotations_file(tmp_path):
     (tmp_path / "q.json").write_text(json.dumps({"questions": []}))
     with pytest.raises(InputError, match="--annotations"):

@@ -9,7 +9,9 @@ from pathlib import Path
 from PIL import Image
 
 from pipelines.errors import InputError
+from pipelines.gc_pause import gc_paused
 from pipelines.sources.common import Draft, ReadResult, load_json, require_keys
+from pipelines.sources.json_stream import stream_object_array
 
 
 def find_image(images_dir: Path | None, image_id: int, cache: dict) -> tuple[str, int, int] | None:
@@ -63,10 +65,7 @@ def read_vqav2(questions_path, *, annotations=None, images_dir=None) -> ReadResu
         raise InputError("vqav2: --annotations (the v2_mscoco_*_annotations.json file) is required")
     qdata = load_json(questions_path, dict, "vqav2 questions")
     require_keys(qdata, ("questions",), questions_path, "vqav2 questions")
-    adata = load_json(annotations, dict, "vqav2 annotations")
-    require_keys(adata, ("annotations",), annotations, "vqav2 annotations")
-    ann_counts = Counter(_key(a.get("question_id")) for a in adata["annotations"] if isinstance(a, dict))
-    by_qid = {_key(a.get("question_id")): a for a in adata["annotations"] if isinstance(a, dict)}
+    ann_counts, answer_of = _answers_by_question(annotations)
     images_dir = Path(images_dir) if images_dir else None
     src = str(questions_path)
     drafts, quarantine, cache = [], [], {}
@@ -78,8 +77,7 @@ def read_vqav2(questions_path, *, annotations=None, images_dir=None) -> ReadResu
         if reason:
             quarantine.append((src, rid, reason))
             continue
-        ann = by_qid[qid]
-        answer = vqa_answer(ann.get("answers")) or _text(ann.get("multiple_choice_answer")) or None
+        answer = answer_of[qid]
         if answer is None:
             quarantine.append((src, rid, "annotation has no answers"))
             continue
@@ -91,6 +89,24 @@ def read_vqav2(questions_path, *, annotations=None, images_dir=None) -> ReadResu
         drafts.append(Draft(task="vqa", image_id=q["image_id"], image_path=path, width=w, height=h,
                             instruction=q["question"].strip(), answer=answer, source_ids=[rid]))
     return ReadResult(drafts, quarantine, len(qdata["questions"]))
+
+
+@gc_paused  # millions of small answer dicts, each dropped as soon as its chunk is reduced
+def _answers_by_question(path) -> tuple[Counter, dict]:
+    """Per question id: how many annotation entries name it, and the answer of the entry (the last
+    one; a question with several is quarantined anyway). VQAv2 train's 4.4M human answers are
+    parsed a chunk of annotations at a time and reduced at once, never held all together."""
+    data, chunks = stream_object_array(path, "annotations", "vqav2 annotations")
+    require_keys(data, ("annotations",), path, "vqav2 annotations")
+    counts: Counter = Counter()
+    answer_of: dict = {}
+    for chunk in chunks:
+        for a in chunk:
+            if isinstance(a, dict):
+                qid = _key(a.get("question_id"))
+                counts[qid] += 1
+                answer_of[qid] = vqa_answer(a.get("answers")) or _text(a.get("multiple_choice_answer")) or None
+    return counts, answer_of
 
 
 def _key(qid):
