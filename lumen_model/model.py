@@ -120,13 +120,16 @@ class LumenModel(nn.Module):
             return tuple(None if f is None else gather_rows(f, index) for f in out)
         return gather_rows(out, index)
 
-    def stage1(self, batch: dict) -> dict:
+    def stage1(self, batch: dict, dense: bool = True) -> dict:
+        """dense=False: the heads only, no dense map and no pixels (all that stage-1 training reads)."""
         image_feats, pixel_feats = self.vision(batch)
         llm_feats = self.llm_image_tokens(image_feats, pixel_feats[1])
         hidden = self.language(batch["input_ids"], batch["attention_mask"], llm_feats)
         loc = batch["loc_index"].clamp(min=0)
         loc_state = hidden[torch.arange(hidden.shape[0]), loc]
-        dense = self.aligner(image_feats, loc_state, pixel_feats)
+        dense = self.aligner(image_feats, loc_state, pixel_feats, dense=dense)
+        if "dense" not in dense:
+            return {"hidden": hidden, "loc_state": loc_state, **dense}
         # normalized pixels per row, for the box-aligned mask head (a cheap gather; no gradient needed)
         pixels = self.per_image(batch, lambda x: (x - self.pixel_mean) / self.pixel_std).detach()
         return {"hidden": hidden, "loc_state": loc_state, "pixels": pixels, **dense}
@@ -207,7 +210,7 @@ class LumenModel(nn.Module):
     def forward(self, batch: dict, stage: int = 1) -> dict:
         """Training losses of one stage (DistributedDataParallel wraps this call)."""
         if stage == 1:
-            return self.stage1_losses(self.stage1(batch), batch)
+            return self.stage1_losses(self.stage1(batch, dense=False), batch)
         with torch.no_grad():
             out = self.stage1(batch)
         return self.stage2_losses(out, batch)

@@ -397,7 +397,9 @@ def start_trainer(cfg: TrainConfig, plan: TrainingPlan) -> Trainer:
     model.train()
     model.set_stage(cfg.stage)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel over all parameters instead of ~10 small ops per tensor (the same update, up to float
+    # rounding; ~3% of a tiny-preset CPU step)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_schedule(cfg))
     start, history = 0, []
     if plan.resume:
@@ -454,7 +456,7 @@ def _train_step(cfg: TrainConfig, plan: TrainingPlan, t: Trainer, net, batch: di
         losses = net(batch, stage=cfg.stage)
     t.optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()  # DDP averages the gradients across ranks here
-    grad_norm = torch.nn.utils.clip_grad_norm_(t.params, cfg.grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(t.params, cfg.grad_clip, foreach=True)
     rec = {k: float(_mean_across(v.detach(), plan.world > 1)) for k, v in losses.items()}
     if bad_steps.check(rec["loss"], float(grad_norm), step, plan.out):  # same values on every rank
         t.optimizer.step()

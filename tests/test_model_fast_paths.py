@@ -1,0 +1,42 @@
+"""Faster ways to compute the same training values: each one against the plain computation it replaces."""
+
+import torch
+
+from lumen_model.aligner import DenseAligner
+
+HEADS = ("heatmap_logits", "sizes", "offsets")
+
+
+def _aligner_and_inputs(seed: int = 0):
+    torch.manual_seed(seed)
+    al = DenseAligner(48, 40, 32, 2, 4, 16, pixel_encoder="cnn", image_self_attn=True, token_grid=8)
+    with torch.no_grad():  # non-zero biases everywhere the fold moves them
+        for p in al.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return al, torch.randn(3, 64, 48), torch.randn(3, 40), torch.randn(2, 3, 64, 64)
+
+
+def _pixel_feats(al, pixels):
+    fine, tokens = al.encode_pixels(pixels)
+    index = torch.tensor([0, 0, 1])  # two instructions on the first image, one on the second
+    return fine[index], tokens[index]
+
+
+def test_heads_without_the_dense_map_equal_the_dense_heads_and_their_gradients():
+    al, image_tokens, loc, pixels = _aligner_and_inputs()
+    with torch.no_grad():
+        weights = {k: torch.randn(3, *al(image_tokens, loc, _pixel_feats(al, pixels))[k].shape[1:]) for k in HEADS}
+    results = []
+    for dense in (True, False):
+        al.zero_grad()
+        out = al(image_tokens, loc, _pixel_feats(al, pixels), dense=dense)
+        assert ("dense" in out) == dense
+        sum((out[k] * weights[k]).sum() for k in HEADS).backward()
+        results.append(({k: out[k].detach() for k in HEADS},
+                        {n: p.grad.clone() for n, p in al.named_parameters() if p.grad is not None}))
+    (full, full_grads), (heads, head_grads) = results
+    for k in HEADS:
+        assert torch.allclose(full[k], heads[k], atol=1e-5, rtol=1e-4), k
+    assert set(full_grads) == set(head_grads)  # every parameter still learns, the fuse's last conv included
+    for n in full_grads:
+        assert torch.allclose(full_grads[n], head_grads[n], atol=1e-5, rtol=1e-3), n
