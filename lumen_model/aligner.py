@@ -25,16 +25,35 @@ def sine_positions(h: int, w: int, dim: int, device) -> torch.Tensor:
     return torch.cat(parts, 1)
 
 
+class Attention(nn.MultiheadAttention):
+    """nn.MultiheadAttention (same parameters, initialisation and state-dict keys) for batch-first inputs
+    without a mask, computed without the (L, b, E) transposes and copies of its general path: the
+    aligner's image tokens (16 rows x 256 tokens) go through four of them per layer."""
+
+    def forward(self, query, key, value, need_weights: bool = False):
+        assert not need_weights, "the aligner never reads attention weights"
+        e, h = self.embed_dim, self.num_heads
+        w, b = self.in_proj_weight, self.in_proj_bias
+        if key is query:  # q and k from one input: one matmul for both
+            q, k = F.linear(query, w[:2 * e], b[:2 * e]).split(e, -1)
+        else:
+            q, k = F.linear(query, w[:e], b[:e]), F.linear(key, w[e:2 * e], b[e:2 * e])
+        v = F.linear(value, w[2 * e:], b[2 * e:])
+        heads = [t.unflatten(-1, (h, e // h)).transpose(1, 2) for t in (q, k, v)]  # (b, h, L, d)
+        out = F.scaled_dot_product_attention(*heads, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).flatten(2)), None
+
+
 class TwoWayLayer(nn.Module):
     def __init__(self, dim: int, heads: int, image_self_attn: bool = False):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.self_attn = Attention(dim, heads, batch_first=True)
         # image tokens attend to each other after hearing the queries: "the circle on the left"
         # needs the circles compared, which no single token can do alone
-        self.img_attn = nn.MultiheadAttention(dim, heads, batch_first=True) if image_self_attn else None
+        self.img_attn = Attention(dim, heads, batch_first=True) if image_self_attn else None
         self.img_norm = nn.LayerNorm(dim) if image_self_attn else None
-        self.q2i = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.i2q = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.q2i = Attention(dim, heads, batch_first=True)
+        self.i2q = Attention(dim, heads, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(4))
 

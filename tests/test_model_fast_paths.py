@@ -2,7 +2,7 @@
 
 import torch
 
-from lumen_model.aligner import DenseAligner
+from lumen_model.aligner import Attention, DenseAligner
 
 HEADS = ("heatmap_logits", "sizes", "offsets")
 
@@ -40,3 +40,22 @@ def test_heads_without_the_dense_map_equal_the_dense_heads_and_their_gradients()
     assert set(full_grads) == set(head_grads)  # every parameter still learns, the fuse's last conv included
     for n in full_grads:
         assert torch.allclose(full_grads[n], head_grads[n], atol=1e-5, rtol=1e-3), n
+
+
+def test_batch_first_attention_equals_torch_multihead_attention():
+    torch.manual_seed(1)
+    ours = Attention(32, 4, batch_first=True)
+    with torch.no_grad():
+        ours.in_proj_bias.normal_()
+        ours.out_proj.bias.normal_()
+    ref = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    ref.load_state_dict(ours.state_dict())  # the same keys: checkpoints load into either
+    x, other = torch.randn(3, 10, 32), torch.randn(3, 5, 32)
+    for q, k, v in ((x, x, other[:, :0].new_zeros(3, 10, 32) + x * 2), (x, other, other), (other, x, x)):
+        got = ours(q, k, v, need_weights=False)[0]
+        want = ref(q, k, v, need_weights=False)[0]
+        assert torch.allclose(got, want, atol=1e-5)
+        got.square().sum().backward()
+        want.square().sum().backward()
+    for (name, p), r in zip(ours.named_parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, r.grad, atol=1e-4), name
