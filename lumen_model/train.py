@@ -324,6 +324,46 @@ def train(cfg: TrainConfig) -> dict:
     return result
 
 
+class TrainingProcessesFailed(LumenError):
+    """A multi-process (torchrun) training run exited with an error; `stderr` holds its last lines."""
+
+    def __init__(self, message: str, stderr: str = ""):
+        super().__init__(message)
+        self.stderr = stderr
+
+
+def train_processes(cfg: TrainConfig, nproc: int) -> dict:
+    """`train(cfg)` in `nproc` DistributedDataParallel processes (torchrun; gloo and 1 thread each on a CPU).
+
+    The same global batch, data order and updates as one process (tests/test_model_ddp.py). On a CPU,
+    N single-threaded processes use N cores far better than one process with N threads: a tiny-preset
+    step is many small ops that threads barely split, and on a shared machine threads that wait for
+    each other lose their turn. 1 process: plain `train(cfg)` here.
+    """
+    if nproc <= 1:
+        return train(cfg)
+    import subprocess
+
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result_file = out.with_name(f".{out.name}.result.json")
+    result_file.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "lumen_model.train", *cfg.to_argv(), "--result-file", str(result_file)]
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's lumen_model, also in the children
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    log.info("running %s", " ".join(cmd))
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    if proc.returncode != 0 or not result_file.is_file():
+        tail = proc.stderr[-4000:]
+        last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "no output")
+        raise TrainingProcessesFailed(f"training in {nproc} processes failed (exit {proc.returncode}): {last}", tail)
+    result = json.loads(result_file.read_text())  # rank 0 writes it whole, then renames it
+    result_file.unlink()
+    return result
+
+
 def _check_inputs(cfg: TrainConfig) -> None:
     """Fail in one line on bad input before any slow work: missing shards, clashing flags, leaked eval images."""
     missing = [d for d in cfg.shards if not Path(d).is_dir()]
