@@ -3,6 +3,9 @@
 import torch
 
 from lumen_model.aligner import Attention, DenseAligner
+from lumen_model.decoders.pose import crop_features
+from lumen_model.decoders.roi_masks import RoiMaskHead, enlarge
+from lumen_model.losses import mask_loss
 
 HEADS = ("heatmap_logits", "sizes", "offsets")
 
@@ -59,3 +62,43 @@ def test_batch_first_attention_equals_torch_multihead_attention():
         want.square().sum().backward()
     for (name, p), r in zip(ours.named_parameters(), ref.parameters()):
         assert torch.allclose(p.grad, r.grad, atol=1e-4), name
+
+
+def _crop_per_box(dense, boxes, input_size, crop):
+    """The per-box loop crop_features replaced: one grid per box, built from Python floats."""
+    grids, batch = [], []
+    lin = (torch.arange(crop, dtype=dense.dtype) + 0.5) / crop
+    for i, bx in enumerate(boxes):
+        for x0, y0, x1, y1 in bx.tolist():
+            gy, gx = torch.meshgrid((y0 + (y1 - y0) * lin) / input_size * 2 - 1,
+                                    (x0 + (x1 - x0) * lin) / input_size * 2 - 1, indexing="ij")
+            grids.append(torch.stack([gx, gy], -1))
+            batch.append(i)
+    return torch.nn.functional.grid_sample(dense[batch], torch.stack(grids), align_corners=False)
+
+
+def _random_boxes(n, size=128):
+    xy = torch.rand(n, 2) * size * 0.8
+    return torch.cat([xy, xy + 2 + torch.rand(n, 2) * size * 0.5], 1)
+
+
+def test_crops_of_all_boxes_at_once_equal_the_per_box_crops():
+    torch.manual_seed(2)
+    dense = torch.randn(3, 8, 32, 32)
+    boxes = [_random_boxes(4), _random_boxes(0), _random_boxes(3)]
+    assert torch.allclose(crop_features(dense, boxes, 128, 14), _crop_per_box(dense, boxes, 128, 14), atol=1e-6)
+    assert crop_features(dense, [_random_boxes(0)] * 3, 128, 14).shape == (0, 8, 14, 14)
+
+
+def test_mask_targets_cropped_at_once_equal_the_per_mask_crops():
+    torch.manual_seed(3)
+    head = RoiMaskHead(16, 128)
+    head.eval()  # no box jitter: the rois are the enlarged boxes
+    boxes = [_random_boxes(2), _random_boxes(3)]
+    masks = [torch.rand(len(b), 128, 128) > 0.5 for b in boxes]
+    dense, heat, pixels = torch.randn(2, 16, 32, 32), torch.randn(2, 32, 32), torch.randn(2, 3, 128, 128)
+    rois = [enlarge(b, head.context) for b in boxes]
+    logits = head.box_logits(dense, heat, pixels, rois)
+    target = torch.cat([_crop_per_box(m.float()[None, None], [r[None]], 128, head.out_size)
+                        for ms, rs in zip(masks, rois) for m, r in zip(ms, rs)])
+    assert torch.allclose(head.loss(dense, heat, pixels, boxes, masks), mask_loss(logits, target[:, 0]), atol=1e-6)
