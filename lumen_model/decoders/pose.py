@@ -61,9 +61,15 @@ def keypoint_targets(kps: torch.Tensor, box: torch.Tensor, size: int, sigma: flo
 
 def keypoint_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """BCE against the Gaussian maps, summed per map and normalized by its Gaussian mass, visible only."""
+    total, count = keypoint_loss_sum(logits, target, weight)
+    return total / count.clamp(min=1.0)
+
+
+def keypoint_loss_sum(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`keypoint_loss` as (sum over the visible keypoints' maps, their number), for a mean over DDP ranks."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum((2, 3))
     per_map = bce / target.sum((2, 3)).clamp(min=1.0)
-    return (per_map * weight).sum() / weight.sum().clamp(min=1.0)
+    return (per_map * weight).sum(), weight.sum()
 
 
 def decode_keypoints(maps: np.ndarray, box_xyxy: np.ndarray) -> tuple[np.ndarray, float]:
