@@ -338,7 +338,8 @@ def train_processes(cfg: TrainConfig, nproc: int) -> dict:
     The same global batch, data order and updates as one process (tests/test_model_ddp.py). On a CPU,
     N single-threaded processes use N cores far better than one process with N threads: a tiny-preset
     step is many small ops that threads barely split, and on a shared machine threads that wait for
-    each other lose their turn. 1 process: plain `train(cfg)` here.
+    each other lose their turn. 1 process: plain `train(cfg)` here. (Stage 2's box jitter draws from each
+    rank's own RNG: the same distribution as one process, other draws.)
     """
     if nproc <= 1:
         return train(cfg)
