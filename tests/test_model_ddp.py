@@ -52,6 +52,9 @@ def _mask_loss_rank(rank: int, world: int, port: int, out: str) -> None:
     loss.backward()  # DDP averages the two ranks' gradients
     Path(out, f"rank{rank}.json").write_text(json.dumps({"grad": head.module.weight.grad.item(),
                                                          "loss": loss.item(), "w": head.module.weight.item()}))
+    # the DDP wrapper goes while its process group lives: freed after this function returns, the group's
+    # destructor waits for its gloo thread, which waits for the GIL the destructor holds (a hang at exit)
+    del head, loss
     dist.destroy_process_group()
 
 
