@@ -335,10 +335,10 @@ class TrainingProcessesFailed(LumenError):
 def train_processes(cfg: TrainConfig, nproc: int) -> dict:
     """`train(cfg)` in `nproc` DistributedDataParallel processes (torchrun; gloo and 1 thread each on a CPU).
 
-    The same global batch, data order and updates as one process (tests/test_model_ddp.py). On a CPU,
-    N single-threaded processes use N cores far better than one process with N threads: a tiny-preset
-    step is many small ops that threads barely split, and on a shared machine threads that wait for
-    each other lose their turn. 1 process: plain `train(cfg)` here. (Stage 2's box jitter draws from each
+    The same global batch, data order and updates as one process (tests/test_model_ddp.py). On a CPU the
+    ranks need ~8% more CPU than one thread for the same step (README, "Measured"), where one process's
+    threads split a tiny-preset step's many small ops only partly; on a loaded machine both lose time
+    waiting for each other. 1 process: plain `train(cfg)` here. (Stage 2's box jitter draws from each
     rank's own RNG: the same distribution as one process, other draws.)
     """
     if nproc <= 1:
