@@ -25,16 +25,35 @@ def sine_positions(h: int, w: int, dim: int, device) -> torch.Tensor:
     return torch.cat(parts, 1)
 
 
+class Attention(nn.MultiheadAttention):
+    """nn.MultiheadAttention (same parameters, initialisation and state-dict keys) for batch-first inputs
+    without a mask, computed without the (L, b, E) transposes and copies of its general path: the
+    aligner's image tokens (16 rows x 256 tokens) go through four of them per layer."""
+
+    def forward(self, query, key, value, need_weights: bool = False):
+        assert not need_weights, "the aligner never reads attention weights"
+        e, h = self.embed_dim, self.num_heads
+        w, b = self.in_proj_weight, self.in_proj_bias
+        if key is query:  # q and k from one input: one matmul for both
+            q, k = F.linear(query, w[:2 * e], b[:2 * e]).split(e, -1)
+        else:
+            q, k = F.linear(query, w[:e], b[:e]), F.linear(key, w[e:2 * e], b[e:2 * e])
+        v = F.linear(value, w[2 * e:], b[2 * e:])
+        heads = [t.unflatten(-1, (h, e // h)).transpose(1, 2) for t in (q, k, v)]  # (b, h, L, d)
+        out = F.scaled_dot_product_attention(*heads, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).flatten(2)), None
+
+
 class TwoWayLayer(nn.Module):
     def __init__(self, dim: int, heads: int, image_self_attn: bool = False):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.self_attn = Attention(dim, heads, batch_first=True)
         # image tokens attend to each other after hearing the queries: "the circle on the left"
         # needs the circles compared, which no single token can do alone
-        self.img_attn = nn.MultiheadAttention(dim, heads, batch_first=True) if image_self_attn else None
+        self.img_attn = Attention(dim, heads, batch_first=True) if image_self_attn else None
         self.img_norm = nn.LayerNorm(dim) if image_self_attn else None
-        self.q2i = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.i2q = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.q2i = Attention(dim, heads, batch_first=True)
+        self.i2q = Attention(dim, heads, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(4))
 
@@ -127,8 +146,9 @@ class DenseAligner(nn.Module):
             fine = F.interpolate(fine, size=(m, m), mode="bilinear", align_corners=False)
         return self.fuse_pix(fine), tokens
 
-    def forward(self, image_tokens, loc_state, pixel_feats):
-        """pixel_feats: `encode_pixels` of each sample's image (computed once per image by the caller)."""
+    def forward(self, image_tokens, loc_state, pixel_feats, dense: bool = True):
+        """pixel_feats: `encode_pixels` of each sample's image (computed once per image by the caller).
+        dense=False: the heads only, without the dense map (stage-1 training needs no more; see `_heads_only`)."""
         b, n, _ = image_tokens.shape
         g = int(math.isqrt(n))
         img = self.img_proj(image_tokens)
@@ -141,6 +161,8 @@ class DenseAligner(nn.Module):
             q, img = layer(q, img, pos)
         grid = img.transpose(1, 2).reshape(b, self.dim, g, g)
         m = self.heatmap_size
+        if not dense:
+            return self._heads_only(q, grid, fine)
         up, up_fuse = F.interpolate(torch.cat([grid, self.fuse_grid(grid)], 1), size=(m, m), mode="bilinear",
                                     align_corners=False).split(self.dim, 1)
         dense = self.fuse(up_fuse + fine) + up  # (b, dim, m, m)
@@ -149,3 +171,27 @@ class DenseAligner(nn.Module):
         sizes = torch.sigmoid(torch.einsum("bkc,bchw->bkhw", q[:, 2:4], dense) * scale)  # (b, 2, m, m): w/S, h/S
         offsets = torch.sigmoid(self.offset_head(dense))  # (b, 2, m, m) in [0, 1) of a heatmap pixel
         return {"heatmap_logits": heat, "sizes": sizes, "offsets": offsets, "dense": dense, "grid": grid}
+
+    def _heads_only(self, q, grid, fine) -> dict:
+        """The heatmap, size and offset maps of `forward` without building the dense map.
+
+        Every head is linear in dense = W h + b + up(grid), where h is the fuse up to its last 1x1 conv
+        (W, b) and up() the bilinear upsampling; a head's vector v gives v.dense = (W^T v).h + v.b +
+        up(v.grid). So the 5 head vectors are pushed through W and the upsampling instead of the
+        (b, dim, M, M) map: the same values (up to float rounding) without the dim x dim conv over every
+        pixel, the upsampled half of the grid and their gradients (on a CPU, a tenth of a stage-1 step).
+        """
+        b, m = q.shape[0], self.heatmap_size
+        last = self.fuse[-1]
+        h = self.fuse[:-1](F.interpolate(self.fuse_grid(grid), size=(m, m), mode="bilinear", align_corners=False) + fine)
+        scale = 1.0 / math.sqrt(self.dim)
+        off_w = self.offset_head.weight[:, :, 0, 0]  # (2, dim)
+        v = torch.cat([q[:, 1:4] * scale, off_w.unsqueeze(0).expand(b, -1, -1)], 1)  # (b, 5, dim): heat, w, h, dx, dy
+        maps = torch.einsum("bkc,bchw->bkhw", v @ last.weight[:, :, 0, 0], h)
+        maps = maps + F.interpolate(torch.einsum("bkc,bchw->bkhw", v, grid), size=(m, m), mode="bilinear",
+                                    align_corners=False)
+        maps = maps + (v @ last.bias).unsqueeze(-1).unsqueeze(-1)
+        heat = maps[:, 0] + self.heat_bias
+        sizes = torch.sigmoid(maps[:, 1:3])
+        offsets = torch.sigmoid(maps[:, 3:5] + self.offset_head.bias.view(1, 2, 1, 1))
+        return {"heatmap_logits": heat, "sizes": sizes, "offsets": offsets, "grid": grid}

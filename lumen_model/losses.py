@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 
@@ -50,3 +51,23 @@ def dice_loss(logits, target) -> torch.Tensor:
 
 def mask_loss(logits, target) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target) + dice_loss(logits, target)
+
+
+def mask_loss_sum(logits, target) -> tuple[torch.Tensor, torch.Tensor]:
+    """`mask_loss` as (sum over the masks, number of masks): mask_loss == sum / number."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+    p, t = torch.sigmoid(logits).flatten(1), target.flatten(1)
+    dice = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
+    return (bce + dice).sum(), logits.new_tensor(float(len(logits)))
+
+
+def mean_over_ranks(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """total / count, where under DDP the count is every rank's together (and the value scaled by the
+    number of ranks, which DDP's gradient average divides out): each rank's gradient is then its share
+    of the one-process loss over the whole batch, whichever rank holds more masks or people. Every rank
+    must call it every step (it all-reduces the count)."""
+    if dist.is_available() and dist.is_initialized():
+        count = count.detach().clone()
+        dist.all_reduce(count)
+        return total * dist.get_world_size() / count.clamp(min=1.0)
+    return total / count.clamp(min=1.0)

@@ -16,9 +16,9 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 from lumen_model.aligner import DenseAligner
 from lumen_model.config import LumenConfig
 from lumen_model.decoders.masks import SamBoxPrompts
-from lumen_model.decoders.pose import PoseHead, keypoint_loss, keypoint_targets
+from lumen_model.decoders.pose import PoseHead, keypoint_loss_sum, keypoint_targets
 from lumen_model.decoders.roi_masks import RoiMaskHead
-from lumen_model.losses import gather_at, gaussian_focal_loss, per_sample_l1
+from lumen_model.losses import gather_at, gaussian_focal_loss, mean_over_ranks, per_sample_l1
 
 STAGE1_PARTS = ("llava", "aligner", "concept_head", "llm_pixels", "llm_image_norm")
 STAGE2_PARTS = ("masks", "pose")
@@ -120,13 +120,16 @@ class LumenModel(nn.Module):
             return tuple(None if f is None else gather_rows(f, index) for f in out)
         return gather_rows(out, index)
 
-    def stage1(self, batch: dict) -> dict:
+    def stage1(self, batch: dict, dense: bool = True) -> dict:
+        """dense=False: the heads only, no dense map and no pixels (all that stage-1 training reads)."""
         image_feats, pixel_feats = self.vision(batch)
         llm_feats = self.llm_image_tokens(image_feats, pixel_feats[1])
         hidden = self.language(batch["input_ids"], batch["attention_mask"], llm_feats)
         loc = batch["loc_index"].clamp(min=0)
         loc_state = hidden[torch.arange(hidden.shape[0]), loc]
-        dense = self.aligner(image_feats, loc_state, pixel_feats)
+        dense = self.aligner(image_feats, loc_state, pixel_feats, dense=dense)
+        if "dense" not in dense:
+            return {"hidden": hidden, "loc_state": loc_state, **dense}
         # normalized pixels per row, for the box-aligned mask head (a cheap gather; no gradient needed)
         pixels = self.per_image(batch, lambda x: (x - self.pixel_mean) / self.pixel_std).detach()
         return {"hidden": hidden, "loc_state": loc_state, "pixels": pixels, **dense}
@@ -186,12 +189,15 @@ class LumenModel(nn.Module):
         zero = dense.sum() * 0
         seg_idx = [i for i, t in enumerate(tasks) if t in ("instance_segmentation", "referring_segmentation")
                    and len(batch["masks_input"][i])]
-        mask_l = zero
+        # each loss is a sum and a count, averaged over every DDP rank's masks / keypoints (mean_over_ranks)
+        mask_l = mask_n = zero
         if seg_idx and self.cfg.mask_decoder == "roi":  # a pretrained SAM stays frozen: nothing to learn
-            mask_l = self.masks.loss(dense[seg_idx], out["heatmap_logits"].detach()[seg_idx], out["pixels"][seg_idx],
-                                     [batch["boxes_input"][i] for i in seg_idx], [batch["masks_input"][i] for i in seg_idx])
+            mask_l, mask_n = self.masks.loss_sum(dense[seg_idx], out["heatmap_logits"].detach()[seg_idx],
+                                                 out["pixels"][seg_idx], [batch["boxes_input"][i] for i in seg_idx],
+                                                 [batch["masks_input"][i] for i in seg_idx])
+        mask_l = mean_over_ranks(mask_l, mask_n)
         pose_idx = [i for i, t in enumerate(tasks) if t == "pose" and len(batch["keypoints_input"][i])]
-        pose_l = zero
+        pose_l = pose_n = zero
         if pose_idx:
             boxes = [batch["boxes_input"][i] for i in pose_idx]
             maps = self.pose(dense[pose_idx], boxes)
@@ -201,13 +207,15 @@ class LumenModel(nn.Module):
                     t, w = keypoint_targets(kp, bx, self.pose.out_size, self.cfg.pose_sigma)
                     targets.append(t)
                     weights.append(w)
-            pose_l = keypoint_loss(maps, torch.stack(targets).to(maps.device), torch.stack(weights).to(maps.device))
+            pose_l, pose_n = keypoint_loss_sum(maps, torch.stack(targets).to(maps.device),
+                                               torch.stack(weights).to(maps.device))
+        pose_l = mean_over_ranks(pose_l, pose_n)
         return {"loss": mask_l + pose_l, "mask": mask_l.detach(), "pose": pose_l.detach()}
 
     def forward(self, batch: dict, stage: int = 1) -> dict:
         """Training losses of one stage (DistributedDataParallel wraps this call)."""
         if stage == 1:
-            return self.stage1_losses(self.stage1(batch), batch)
+            return self.stage1_losses(self.stage1(batch, dense=False), batch)
         with torch.no_grad():
             out = self.stage1(batch)
         return self.stage2_losses(out, batch)

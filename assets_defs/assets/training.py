@@ -13,8 +13,6 @@ which version does and why, and the `promote_model` job puts a version into use 
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -126,17 +124,13 @@ def _train(context, stage: int, cfg: RetrainConfig, paths: LumenPaths, device: s
 
 def _torchrun(context, train_cfg: TrainConfig, nproc_per_node: int) -> dict:
     """Multi-process (DDP) training: the same `lumen_model.train` module under torchrun."""
-    out = Path(train_cfg.out)
-    result_file = out.with_name(f".{out.name}.result.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-           "-m", "lumen_model.train", *train_cfg.to_argv(), "--result-file", str(result_file)]
-    context.log.info("running %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise dg.Failure(f"torchrun failed (exit {proc.returncode})", metadata={"stderr": proc.stderr[-4000:]})
-    result = json.loads(result_file.read_text())  # rank 0 writes it; stdout stays for people
-    result_file.unlink()
-    return result
+    from lumen_model.train import TrainingProcessesFailed, train_processes
+
+    context.log.info("training in %d processes (torchrun)", nproc_per_node)
+    try:
+        return train_processes(train_cfg, nproc_per_node)
+    except TrainingProcessesFailed as exc:
+        raise dg.Failure(str(exc), metadata={"stderr": exc.stderr}) from None
 
 
 def _model_metadata(ckpt: Checkpoint, result: dict, cfg: RetrainConfig, device: str) -> dict:

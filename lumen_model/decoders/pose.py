@@ -8,20 +8,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def roi_grids(rois: torch.Tensor, input_size: int, crop: int) -> torch.Tensor:
+    """grid_sample grids (n, crop, crop, 2) of the crop x crop cell centres of each xyxy input-pixel roi."""
+    lin = (torch.arange(crop, dtype=rois.dtype, device=rois.device) + 0.5) / crop
+    x0, y0, x1, y1 = (rois[:, k, None] for k in range(4))
+    xs = (x0 + (x1 - x0) * lin) / input_size * 2 - 1  # (n, crop)
+    ys = (y0 + (y1 - y0) * lin) / input_size * 2 - 1
+    n = len(rois)
+    return torch.stack([xs[:, None, :].expand(n, crop, crop), ys[:, :, None].expand(n, crop, crop)], -1)
+
+
 def crop_features(dense: torch.Tensor, boxes: list[torch.Tensor], input_size: int, crop: int) -> torch.Tensor:
-    """Bilinear crops (n, C, crop, crop) of each xyxy input-pixel box from (b, C, M, M) maps."""
-    grids, batch = [], []
-    lin = (torch.arange(crop, dtype=dense.dtype, device=dense.device) + 0.5) / crop
-    for i, bx in enumerate(boxes):
-        for x0, y0, x1, y1 in bx.tolist():
-            xs = (x0 + (x1 - x0) * lin) / input_size * 2 - 1
-            ys = (y0 + (y1 - y0) * lin) / input_size * 2 - 1
-            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-            grids.append(torch.stack([gx, gy], -1))
-            batch.append(i)
-    if not grids:
+    """Bilinear crops (n, C, crop, crop) of each xyxy input-pixel box from (b, C, M, M) maps (one
+    grid_sample for all boxes: the per-box Python loop cost stage 2 more than the crops)."""
+    counts = [len(bx) for bx in boxes]
+    if not sum(counts):
         return dense.new_zeros((0, dense.shape[1], crop, crop))
-    return F.grid_sample(dense[batch], torch.stack(grids), align_corners=False)
+    rois = torch.cat([bx.reshape(-1, 4) for bx in boxes]).to(device=dense.device, dtype=dense.dtype)
+    batch = torch.repeat_interleave(torch.arange(len(boxes), device=dense.device),
+                                    torch.tensor(counts, device=dense.device))
+    return F.grid_sample(dense[batch], roi_grids(rois, input_size, crop), align_corners=False)
 
 
 class PoseHead(nn.Module):
@@ -55,9 +61,15 @@ def keypoint_targets(kps: torch.Tensor, box: torch.Tensor, size: int, sigma: flo
 
 def keypoint_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """BCE against the Gaussian maps, summed per map and normalized by its Gaussian mass, visible only."""
+    total, count = keypoint_loss_sum(logits, target, weight)
+    return total / count.clamp(min=1.0)
+
+
+def keypoint_loss_sum(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`keypoint_loss` as (sum over the visible keypoints' maps, their number), for a mean over DDP ranks."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum((2, 3))
     per_map = bce / target.sum((2, 3)).clamp(min=1.0)
-    return (per_map * weight).sum() / weight.sum().clamp(min=1.0)
+    return (per_map * weight).sum(), weight.sum()
 
 
 def decode_keypoints(maps: np.ndarray, box_xyxy: np.ndarray) -> tuple[np.ndarray, float]:

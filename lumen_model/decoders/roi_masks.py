@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lumen_model.decoders.pose import crop_features
-from lumen_model.losses import mask_loss
+from lumen_model.decoders.pose import crop_features, roi_grids
+from lumen_model.losses import mask_loss_sum
 
 
 def _block(cin: int, cout: int) -> nn.Module:
@@ -61,11 +61,19 @@ class RoiMaskHead(nn.Module):
 
     def loss(self, dense, heat_logits, pixels, boxes: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
         """BCE + dice between the head's masks and the true masks (n_i, S, S) cropped to the same rois."""
+        total, count = self.loss_sum(dense, heat_logits, pixels, boxes, masks)
+        return total / count
+
+    def loss_sum(self, dense, heat_logits, pixels, boxes: list[torch.Tensor],
+                 masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`loss` as (sum over the masks, number of masks), for a mean over every DDP rank's masks."""
         rois = [enlarge(jitter(b, self.box_jitter) if self.training else b, self.context) for b in boxes]
         logits = self.box_logits(dense, heat_logits, pixels, rois)
-        per_mask = [(m.float()[None, None], r) for ms, rs in zip(masks, rois) for m, r in zip(ms, rs)]
-        target = torch.cat([crop_features(m, [r[None]], self.input_size, self.out_size) for m, r in per_mask])
-        return mask_loss(logits, target[:, 0])
+        # each true mask cropped to its own roi, all in one grid_sample
+        every = torch.cat([ms.reshape(-1, *ms.shape[-2:]) for ms in masks]).float()[:, None].to(logits.device)
+        target = F.grid_sample(every, roi_grids(torch.cat(rois).to(every), self.input_size, self.out_size),
+                               align_corners=False)
+        return mask_loss_sum(logits, target[:, 0])
 
     def forward(self, dense, heat_logits, pixels, boxes: list[torch.Tensor]) -> list[torch.Tensor]:
         """Mask logits on the input canvas (n_i, S, S) per sample; far below 0 outside the enlarged box."""
