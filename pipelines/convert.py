@@ -174,21 +174,22 @@ def _pairs_column(arrays: list[np.ndarray], value_type) -> pa.Array:
     """A list<fixed_size_list<k>> column built from per-row [n, k] arrays without Python lists."""
     k = value_type.list_size
     lengths = np.fromiter((len(a) for a in arrays), np.int64, len(arrays))
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     flat = np.concatenate([a.reshape(-1, k) for a in arrays]) if arrays else np.zeros((0, k))
-    values = pa.array(flat.reshape(-1).astype(value_type.value_type.to_pandas_dtype()), value_type.value_type)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.FixedSizeListArray.from_arrays(values, k))
+    return _list_column(lengths, flat.reshape(-1).astype(value_type.value_type.to_pandas_dtype()), k)
 
 
 def _nested_column(rows: list, value_type) -> pa.Array:
-    """A list<fixed_size_list<k>> column from per-row lists of k-number lists (boxes), flattened in
-    one pass instead of one numpy array per row."""
+    """The same from per-row lists of k-number lists (boxes), flattened in one pass instead of one
+    numpy array per row."""
     k = value_type.list_size
     lengths = np.fromiter(map(len, rows), np.int64, len(rows))
-    n = int(lengths.sum())
     flat = np.fromiter(chain.from_iterable(chain.from_iterable(rows)), value_type.value_type.to_pandas_dtype())
-    if len(flat) != n * k:
-        raise ValueError(f"expected {k} numbers per item, got {len(flat)} numbers for {n} items")
+    if len(flat) != int(lengths.sum()) * k:
+        raise ValueError(f"expected {k} numbers per item, got {len(flat)} numbers for {int(lengths.sum())} items")
+    return _list_column(lengths, flat, k)
+
+
+def _list_column(lengths: np.ndarray, flat: np.ndarray, k: int) -> pa.Array:
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), pa.FixedSizeListArray.from_arrays(pa.array(flat), k))
 

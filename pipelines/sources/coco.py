@@ -151,9 +151,6 @@ class _ImageFiles:
         self._seen: dict[str, bool] = {}
         self._real = RealPaths()
 
-    def missing(self, file_name: str) -> bool:
-        return self.problem(file_name) is not None
-
     def problem(self, file_name: str) -> str | None:
         """Why the image cannot be used (outside the images folder, symlinks resolved; not there), or None."""
         if self.images_dir is None:
@@ -319,7 +316,7 @@ def _compact(usable: list[tuple[int, dict]], keypoints: bool) -> dict | None:
 class AnnotationStore:
     """The usable annotations of a COCO file as columns: polygons as float64 arrays (exactly the
     values pycocotools converts them to), boxes as floats, rare RLE segmentations as they are.
-    `for_image(id)` gives an image's annotations back as the small dicts the draft builders read."""
+    `for_images(ids)` gives images' annotations back as the small dicts the draft builders read."""
 
     def __init__(self, keypoints: bool):
         self.keypoints = keypoints
@@ -346,30 +343,25 @@ class AnnotationStore:
     def image_ids(self) -> list[int]:
         return self._image_ids.tolist()
 
-    def for_image(self, image_id: int) -> list[dict]:
-        return self.for_images([image_id])[0]
-
     def for_images(self, image_ids: list[int]) -> list[list[dict]]:
         """The annotations of each image, as dicts, gathered per column for all the images at once
         (one numpy gather per column and chunk instead of scalar reads per annotation)."""
+        if not len(self._image_ids):
+            return [[] for _ in image_ids]
         ids = np.asarray(image_ids, np.int64)
-        k = np.searchsorted(self._image_ids, ids)
-        k_ok = np.minimum(k, max(len(self._image_ids) - 1, 0))
-        found = (k < len(self._image_ids)) & (self._image_ids[k_ok] == ids) if len(self._image_ids) else k < 0
-        lo = np.where(found, self._bounds[k_ok], 0) if len(self._image_ids) else np.zeros(len(ids), np.int64)
-        hi = np.where(found, self._bounds[np.minimum(k_ok + 1, len(self._bounds) - 1)], 0) if len(self._image_ids) else lo
-        rows = np.concatenate([np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist())]) if len(ids) else np.zeros(0, np.int64)
-        where = self._where[rows.astype(np.int64)] if len(rows) else np.zeros((0, 2), np.int64)
+        k = np.minimum(np.searchsorted(self._image_ids, ids), len(self._image_ids) - 1)
+        found = self._image_ids[k] == ids
+        lo = np.where(found, self._bounds[k], 0)
+        hi = np.where(found, self._bounds[k + 1], 0)
+        rows = np.concatenate([np.arange(a, b) for a, b in zip(lo.tolist(), hi.tolist())] + [np.zeros(0, np.int64)])
+        where = self._where[rows]
         anns: list = [None] * len(where)
         for c in np.unique(where[:, 0]).tolist():
             sel = np.flatnonzero(where[:, 0] == c)
             for j, a in zip(sel.tolist(), self._chunk_annotations(self._chunks[c], where[sel, 1])):
                 anns[j] = a
-        out, at = [], 0
-        for n in (hi - lo).tolist():
-            out.append(anns[at:at + n])
-            at += n
-        return out
+        ends = np.cumsum(hi - lo).tolist()
+        return [anns[e - n:e] for e, n in zip(ends, (hi - lo).tolist())]
 
     def _chunk_annotations(self, ch: dict, local: np.ndarray) -> list[dict]:
         ring_lo, coord_lo, coords, other = ch["ring_lo"], ch["coord_lo"], ch["coords"], ch["other"]
