@@ -151,7 +151,7 @@ def test_compact_annotations_give_back_what_the_file_holds(tmp_path, monkeypatch
     assert n == len(data["annotations"])
     bad = {rid for _, rid, _ in quarantine}
     original = {a["id"]: a for a in data["annotations"] if isinstance(a, dict) and "id" in a and f"ann:{a['id']}" not in bad}
-    got = {a["id"]: a for i in store.image_ids() for a in store.for_image(i)}
+    got = {a["id"]: a for anns in store.for_images(store.image_ids()) for a in anns}
     assert set(got) == set(original) and len(original) > 250
     for aid, a in original.items():
         b = got[aid]
