@@ -72,6 +72,9 @@ class LumenConfig:
     # concept head, as [LOC] does (0 = off). Answer-token CE alone is minimised first by the question type's
     # most frequent answer, which needs no object word, and a from-scratch LLM then never looks for "the square"
     vqa_concept_weight: float = 0.0
+    # VQA: the question drives the aligner as [LOC] does, and what its heatmap points at (pixel features, colour,
+    # peak, peak counts) is added to the LLM's answer positions (lumen_model/vqa_readout.py)
+    vqa_readout: bool = False
     # weight of a VQA sample's answer loss against the other tasks' (their answers are fixed sentences)
     vqa_text_weight: float = 1.0
     max_text_tokens: int = 48
@@ -139,6 +142,8 @@ def _tiny() -> LumenConfig:
         # the LLM answers questions too: give it the CNN's shape-aware tokens, and the answers more weight
         # than the fixed sentences of the heatmap tasks (their loss is ~0 after a few hundred steps)
         llm_pixel_tokens=True, vqa_text_weight=2.0,
+        # ...and a from-scratch LLM still answers from priors alone: hand it what the question's heatmap points at
+        vqa_readout=True,
     )
 
 

@@ -19,8 +19,9 @@ from lumen_model.decoders.masks import SamBoxPrompts
 from lumen_model.decoders.pose import PoseHead, keypoint_loss_sum, keypoint_targets
 from lumen_model.decoders.roi_masks import RoiMaskHead
 from lumen_model.losses import gather_at, gaussian_focal_loss, mean_over_ranks, per_sample_l1
+from lumen_model.vqa_readout import VqaReadout, answer_positions
 
-STAGE1_PARTS = ("llava", "aligner", "concept_head", "llm_pixels", "llm_image_norm")
+STAGE1_PARTS = ("llava", "aligner", "concept_head", "llm_pixels", "llm_image_norm", "vqa_readout")
 STAGE2_PARTS = ("masks", "pose")
 
 
@@ -63,6 +64,7 @@ class LumenModel(nn.Module):
         use_pixels = cfg.llm_pixel_tokens and cfg.pixel_encoder == "cnn"
         self.llm_pixels = nn.Linear(cfg.aligner_dim, text_dim) if use_pixels else None
         self.llm_image_norm = image_token_norm(text_dim, cfg.text.get("initializer_range", 0.02)) if cfg.llm_image_norm else None
+        self.vqa_readout = VqaReadout(cfg.aligner_dim, text_dim) if cfg.vqa_readout else None
         self.pose = PoseHead(cfg.aligner_dim, cfg.pose_dim, cfg.num_keypoints, cfg.pose_crop, cfg.input_size)
         self.register_buffer("pixel_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
@@ -125,14 +127,33 @@ class LumenModel(nn.Module):
         image_feats, pixel_feats = self.vision(batch)
         llm_feats = self.llm_image_tokens(image_feats, pixel_feats[1])
         hidden = self.language(batch["input_ids"], batch["attention_mask"], llm_feats)
-        loc = batch["loc_index"].clamp(min=0)
-        loc_state = hidden[torch.arange(hidden.shape[0]), loc]
+        loc = batch["loc_index"]
+        if self.vqa_readout is not None and "answer_index" in batch:
+            loc = torch.where(loc >= 0, loc, batch["answer_index"])  # a question drives the aligner as [LOC] does
+        loc_state = hidden[torch.arange(hidden.shape[0]), loc.clamp(min=0)]
         dense = self.aligner(image_feats, loc_state, pixel_feats, dense=dense)
+        if self.vqa_readout is not None:
+            dense["vqa_readout"] = self.answer_readout(batch, dense["heatmap_logits"], pixel_feats)
         if "dense" not in dense:
             return {"hidden": hidden, "loc_state": loc_state, **dense}
         # normalized pixels per row, for the box-aligned mask head (a cheap gather; no gradient needed)
         pixels = self.per_image(batch, lambda x: (x - self.pixel_mean) / self.pixel_std).detach()
         return {"hidden": hidden, "loc_state": loc_state, "pixels": pixels, **dense}
+
+    def answer_readout(self, batch: dict, heat_logits: torch.Tensor, pixel_feats: tuple) -> torch.Tensor:
+        """`vqa_readout`: what each row's heatmap points at, as a vector for its answer positions."""
+        m = self.cfg.heatmap_size
+        pixels = self.per_image(batch, lambda x: F.adaptive_avg_pool2d((x - self.pixel_mean) / self.pixel_std, (m, m)))
+        return self.vqa_readout(heat_logits, pixel_feats[0], pixels)
+
+    def answer_hidden(self, out: dict, batch: dict) -> torch.Tensor:
+        """The LLM's last hidden states as the vocabulary head reads them: with `vqa_readout`, plus the
+        readout at the positions that predict a VQA answer's tokens."""
+        hidden = out["hidden"]
+        if "vqa_readout" not in out or "answer_index" not in batch:
+            return hidden
+        where = answer_positions(batch["answer_index"], hidden.shape[1]).unsqueeze(-1)
+        return hidden + where.to(hidden.dtype) * out["vqa_readout"].unsqueeze(1)
 
     def stage1_losses(self, out: dict, batch: dict) -> dict:
         """Every term is a per-sample value summed and divided by the batch size (DDP-consistent)."""
@@ -140,7 +161,7 @@ class LumenModel(nn.Module):
         labels = batch["labels"][:, 1:]
         b = labels.shape[0]
         sel = labels != -100  # next-token logits only at answer positions
-        tok = F.cross_entropy(self.lm_logits(out["hidden"][:, :-1][sel]), labels[sel], reduction="none")
+        tok = F.cross_entropy(self.lm_logits(self.answer_hidden(out, batch)[:, :-1][sel]), labels[sel], reduction="none")
         per_sample = tok.new_zeros(b).index_add(0, sel.nonzero()[:, 0], tok) / sel.sum(1).clamp(min=1)
         if cfg.vqa_text_weight != 1.0:
             per_sample = per_sample * torch.tensor([cfg.vqa_text_weight if t == "vqa" else 1.0 for t in batch["task"]],

@@ -137,14 +137,20 @@ class Predictor:
         """Greedy generation of the LLM's answer (VQA)."""
         batch = self._batch(paths, questions, None)
         image_feats, pixel_feats = self.model.vision(batch)
-        image_feats = self.model.llm_image_tokens(image_feats, pixel_feats[1])
+        llm_feats = self.model.llm_image_tokens(image_feats, pixel_feats[1])
         ids, attn = batch["input_ids"], batch["attention_mask"]
         lengths = attn.sum(1)
+        rows = torch.arange(len(paths))
         done = torch.zeros(len(paths), dtype=torch.bool, device=ids.device)
         outs = [[] for _ in paths]
-        for _ in range(max_new_tokens):
-            hidden = self.model.language(ids, attn, image_feats)
-            nxt = self.model.lm_logits(hidden[torch.arange(len(paths)), lengths - 1]).argmax(-1)
+        readout = 0
+        for step in range(max_new_tokens):
+            hidden = self.model.language(ids, attn, llm_feats)
+            state = hidden[rows, lengths - 1]
+            if step == 0 and self.model.vqa_readout is not None:  # what the question points at (see training)
+                heat = self.model.aligner(image_feats, state, pixel_feats, dense=False)["heatmap_logits"]
+                readout = self.model.answer_readout(batch, heat, pixel_feats)
+            nxt = self.model.lm_logits(state + readout).argmax(-1)
             ids = torch.cat([ids, torch.full_like(nxt[:, None], self.tok.pad_token_id)], 1)
             attn = torch.cat([attn, torch.zeros_like(attn[:, :1])], 1)
             for i in range(len(paths)):
