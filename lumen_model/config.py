@@ -142,8 +142,9 @@ def _tiny() -> LumenConfig:
         # the LLM answers questions too: give it the CNN's shape-aware tokens, and the answers more weight
         # than the fixed sentences of the heatmap tasks (their loss is ~0 after a few hundred steps)
         llm_pixel_tokens=True, vqa_text_weight=2.0,
-        # ...and a from-scratch LLM still answers from priors alone: hand it what the question's heatmap points at
-        vqa_readout=True,
+        # ...and a from-scratch LLM still answers from priors alone: hand it what the question's heatmap points at,
+        # and have the question's state name the question's own words (as [LOC] does) so that heatmap finds them
+        vqa_readout=True, vqa_concept_weight=1.0,
     )
 
 

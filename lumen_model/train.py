@@ -489,10 +489,21 @@ def _steps_loop(cfg: TrainConfig, plan: TrainingPlan, t: Trainer, net, batches, 
     return last_step, seen
 
 
+def batch_to(batch: dict, device: str) -> dict:
+    """The batch's tensors on `device`, also those in per-row lists (boxes, masks, centers, keypoints, word ids)."""
+    def move(v):
+        if torch.is_tensor(v):
+            return v.to(device, non_blocking=True)
+        if isinstance(v, (list, tuple)) and v and all(torch.is_tensor(x) for x in v):
+            return type(v)(x.to(device, non_blocking=True) for x in v)
+        return v
+    return {k: move(v) for k, v in batch.items()}
+
+
 def _train_step(cfg: TrainConfig, plan: TrainingPlan, t: Trainer, net, batch: dict, step: int,
                 bad_steps: BadStepCounter) -> dict:
     """One update on one batch (skipped when non-finite); returns the losses averaged over the ranks."""
-    batch = {k: v.to(plan.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    batch = batch_to(batch, plan.device)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=plan.device.startswith("cuda")):
         losses = net(batch, stage=cfg.stage)
     t.optimizer.zero_grad(set_to_none=True)

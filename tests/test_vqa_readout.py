@@ -47,3 +47,15 @@ def test_untrained_readout_changes_no_answer():
 def test_answer_positions_are_the_states_that_predict_the_answer():
     where = answer_positions(torch.tensor([2, -1, 0]), 4)
     assert where.tolist() == [[False, False, True, True], [False] * 4, [True] * 4]
+
+
+def test_a_batch_moves_whole_to_the_training_device():
+    """Per-row lists (boxes, masks, centers, keypoints, word ids) travel with the tensors: a GPU run of
+    stage 1 and 2 failed on CPU tensors left in them."""
+    from lumen_model.train import batch_to
+
+    batch = {"input_ids": torch.zeros(2, 3), "boxes_input": [torch.zeros(1, 4), torch.zeros(0, 4)],
+             "task": ["vqa", "detection"], "concept_ids": (torch.zeros(2), torch.zeros(0)), "empty": []}
+    moved = batch_to(batch, "meta")
+    assert moved["input_ids"].is_meta and all(t.is_meta for t in moved["boxes_input"] + list(moved["concept_ids"]))
+    assert isinstance(moved["concept_ids"], tuple) and moved["task"] == ["vqa", "detection"] and moved["empty"] == []

@@ -52,7 +52,7 @@ def keypoint_targets(kps: torch.Tensor, box: torch.Tensor, size: int, sigma: flo
     x0, y0, x1, y1 = box.tolist()
     u = (kps[:, 0] - x0) / max(x1 - x0, 1e-3) * size - 0.5
     v = (kps[:, 1] - y0) / max(y1 - y0, 1e-3) * size - 0.5
-    grid = torch.arange(size, dtype=torch.float32)
+    grid = torch.arange(size, dtype=torch.float32, device=kps.device)
     g = torch.exp(-((grid[None, None, :] - u[:, None, None]) ** 2 + (grid[None, :, None] - v[:, None, None]) ** 2)
                   / (2 * sigma**2))
     weight = (kps[:, 2] > 0).float()
