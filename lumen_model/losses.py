@@ -43,22 +43,26 @@ def gather_at(maps: torch.Tensor, centers: list[torch.Tensor]) -> tuple[torch.Te
     return maps[b, :, y, x], b
 
 
+def dice_per_mask(logits, target) -> torch.Tensor:
+    """1 - soft dice of each mask (n,), smoothed by 1 so that an empty mask predicted empty costs 0."""
+    p, t = torch.sigmoid(logits).flatten(1), target.flatten(1)
+    return 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
+
+
 def dice_loss(logits, target) -> torch.Tensor:
-    p = torch.sigmoid(logits).flatten(1)
-    t = target.flatten(1)
-    return (1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
-
-
-def mask_loss(logits, target) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits, target) + dice_loss(logits, target)
+    return dice_per_mask(logits, target).mean()
 
 
 def mask_loss_sum(logits, target) -> tuple[torch.Tensor, torch.Tensor]:
-    """`mask_loss` as (sum over the masks, number of masks): mask_loss == sum / number."""
+    """BCE (mean over each mask's pixels) + dice, as (sum over the masks, number of masks)."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
-    p, t = torch.sigmoid(logits).flatten(1), target.flatten(1)
-    dice = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
-    return (bce + dice).sum(), logits.new_tensor(float(len(logits)))
+    return (bce + dice_per_mask(logits, target)).sum(), logits.new_tensor(float(len(logits)))
+
+
+def mask_loss(logits, target) -> torch.Tensor:
+    """BCE + dice averaged over the masks (every mask the same size, so BCE's mean is the pixels' mean)."""
+    total, n = mask_loss_sum(logits, target)
+    return total / n
 
 
 def mean_over_ranks(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
