@@ -37,9 +37,21 @@ def _remove_stale_databases() -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def _remove_if_unused(folder: str) -> None:
+    """At exit: this session's database folder when no mongod ever wrote to it (most test runs touch no
+    FiftyOne); a used one is left to `_remove_stale_databases` of a later session."""
+    try:
+        os.rmdir(folder)  # only an empty folder
+    except OSError:
+        pass
+
+
 if not os.environ.get("FIFTYONE_DATABASE_URI"):
+    import atexit
+
     _remove_stale_databases()
     os.environ["FIFTYONE_DATABASE_DIR"] = tempfile.mkdtemp(prefix=_DB_PREFIX)
+    atexit.register(_remove_if_unused, os.environ["FIFTYONE_DATABASE_DIR"])
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 
