@@ -128,11 +128,12 @@ class LumenModel(nn.Module):
         llm_feats = self.llm_image_tokens(image_feats, pixel_feats[1])
         hidden = self.language(batch["input_ids"], batch["attention_mask"], llm_feats)
         loc = batch["loc_index"]
-        if self.vqa_readout is not None and "answer_index" in batch:
+        answers = self.vqa_readout is not None and "answer_index" in batch  # (inference answers in Predictor.answer)
+        if answers:
             loc = torch.where(loc >= 0, loc, batch["answer_index"])  # a question drives the aligner as [LOC] does
         loc_state = hidden[torch.arange(hidden.shape[0]), loc.clamp(min=0)]
         dense = self.aligner(image_feats, loc_state, pixel_feats, dense=dense)
-        if self.vqa_readout is not None:
+        if answers:
             dense["vqa_readout"] = self.answer_readout(batch, dense["heatmap_logits"], pixel_feats)
         if "dense" not in dense:
             return {"hidden": hidden, "loc_state": loc_state, **dense}

@@ -90,3 +90,28 @@ def test_vqa_rows_name_their_answer_position_and_question_words(model_shard_dirs
     other = Collator(tok, preset.num_image_tokens, preset.max_text_tokens, preset.heatmap_size,
                      preset.input_size)([ds[0]])
     assert other["answer_index"].tolist() == [-1] and not len(other["question_ids"][0])
+
+
+def test_the_answer_reads_the_image_where_the_question_points(model_shard_dirs):
+    """With `vqa_readout`, the question's state drives the aligner and what its heatmap points at is added to
+    the answer positions only: another image gives another readout (the answer can follow the image), and
+    the question's own positions are left as the LLM computed them."""
+    import torch
+
+    from lumen_model.checkpoint import build_model
+    from lumen_model.config import get_preset
+
+    preset = get_preset("tiny")
+    assert preset.vqa_readout
+    tok, batch = _vqa_batch(model_shard_dirs, preset)
+    torch.manual_seed(0)
+    model = build_model(preset, tok).eval()
+    torch.nn.init.normal_(model.vqa_readout.mlp[-1].weight, std=0.02)  # as after training: not zero
+    assert len(batch["images"]) > 1
+    other = dict(batch, images=batch["images"].roll(1, 0))  # every question about another image
+    with torch.no_grad():
+        out, moved = model.stage1(batch, dense=False), model.stage1(other, dense=False)
+        hidden = model.answer_hidden(out, batch)
+    assert (out["vqa_readout"] - moved["vqa_readout"]).norm(dim=1).min() > 1e-3
+    before = torch.arange(hidden.shape[1]).unsqueeze(0) < batch["answer_index"].unsqueeze(1)
+    assert torch.equal(hidden[before], out["hidden"][before]) and not torch.equal(hidden[~before], out["hidden"][~before])
