@@ -7,7 +7,7 @@ import dagster as dg
 from assets_defs.assets import review, sources, training
 from assets_defs.checks import heatmap_peaks_at_centers, no_eval_images_in_training, records_accounted
 from assets_defs.executors import executor_from_env
-from assets_defs.handover import HandOverIOManager
+from assets_defs.handover import handover_io_manager
 from assets_defs.jobs import JOBS
 from assets_defs.resources import Compute, FiftyOneSettings, LumenPaths
 from assets_defs.schedules import SCHEDULES
@@ -25,7 +25,7 @@ def build_defs(paths: LumenPaths | None = None, compute: Compute | None = None,
         schedules=SCHEDULES,
         sensors=SENSORS,
         resources={"paths": paths, "compute": compute or Compute(), "fiftyone": fiftyone or FiftyOneSettings(),
-                   "io_manager": HandOverIOManager(paths=paths)},
+                   "io_manager": handover_io_manager},
         executor=executor_from_env(),
     )
 

@@ -1,7 +1,7 @@
 """How assets hand their work to the assets downstream: typed values, scoped to the run.
 
 Each model-side asset returns a small value (a checkpoint, an evaluation, the model in use, a
-predictions file). `HandOverIOManager` stores it as JSON under `<data root>/handover/<asset>/<run id>.json`,
+predictions file). `HandOverIOManager` (the `io_manager` resource, `handover_io_manager`) stores it as JSON under `<data root>/handover/<asset>/<run id>.json`,
 and an asset downstream reads the value that its upstream produced IN THE SAME RUN. Only when the
 upstream did not run in this run (e.g. the `label` job, which starts at `pseudo_labels`) does it
 read the upstream's latest materialization, and it says so. Two runs at once (a retrain next to a
@@ -79,10 +79,11 @@ def from_json(doc: dict):
     return cls(**kwargs)
 
 
-class HandOverIOManager(dg.ConfigurableIOManager):
+class HandOverIOManager(dg.IOManager):
     """Run-scoped JSON hand-over of the typed values above (see the module docstring)."""
 
-    paths: dg.ResourceDependency[LumenPaths]  # under the data root, so it moves with the data
+    def __init__(self, paths: LumenPaths):
+        self.paths = paths
 
     def _path(self, asset_key: dg.AssetKey, run_id: str) -> Path:
         return self.paths.base / "handover" / asset_key.to_python_identifier() / f"{run_id}.json"
@@ -115,6 +116,15 @@ class HandOverIOManager(dg.ConfigurableIOManager):
         context.log.info("input %s from %s", key.to_user_string(), origin)
         HANDED_OVER[(run_id, key.to_user_string())] = origin
         return value
+
+
+@dg.io_manager(required_resource_keys={"paths"},
+               description="Run-scoped JSON hand-over of the model-side assets' values, under <data root>/handover")
+def handover_io_manager(init_context) -> HandOverIOManager:
+    """The hand-over under the run's own `paths` resource: a data root set in the run's config (the Launchpad,
+    `dagster job execute -c`) moves the hand-over with the data. (A `ConfigurableIOManager` holding the paths
+    resource as a nested instance kept the definitions' default root whatever the run's config said.)"""
+    return HandOverIOManager(init_context.resources.paths)
 
 
 # (run id, asset) -> where the value came from, so the consuming asset can say it in its metadata

@@ -108,8 +108,10 @@ def _gate_holds_while_a_label_run_goes_on(instance, defs, paths, fo, tmp):
                                          "evaluation": {"config": {"tolerance": -1.0, "tasks": ["bbox"]}}}}, paths, fo, tmp),
              _launch("label", {"ops": {"pseudo_labels": {"config": {"batch_size": 8, "task": "detection"}}}}, paths, fo, tmp)]
     outputs = [p.communicate(timeout=3000)[0] for p in procs]
-    _, r, checks = _run_of(instance, "retrain")
+    retrain_run, r, checks = _run_of(instance, "retrain")
     label_run, labelled, _ = _run_of(instance, "label")
+    # the hand-over lies under the data root the run's config names, not the definitions' default (var/)
+    assert (paths.base / "handover" / "stage2_model" / f"{retrain_run.run_id}.json").is_file()
     assert label_run.status == dg.DagsterRunStatus.SUCCESS, outputs[1][-3000:]
     assert checks == {"no_regression": False}, outputs[0][-3000:]
     assert r["stage2_model"]["model_version"] == "v0002" and r["evaluation"]["model_version"] == "v0002"

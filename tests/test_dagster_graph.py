@@ -185,3 +185,17 @@ def test_seeding_partitions_is_idempotent(dagster_instance):
     before = dagster_instance.get_dynamic_partitions("sources")
     assert before == list(SOURCES)
     assert ensure_source_partitions(dagster_instance) == before
+
+
+def test_the_hand_over_follows_the_data_root_of_the_runs_config(tmp_path):
+    """The `io_manager` is built from the run's own `paths` resource: a data root given in the run's config
+    (the Launchpad, `dagster job execute -c`) holds the hand-over too, not the definitions' default var/."""
+    from assets_defs.handover import Checkpoint, handover_io_manager
+
+    assert defs.resources["io_manager"] is handover_io_manager
+    init = dg.build_init_resource_context(resources={"paths": LumenPaths(root=str(tmp_path / "data"))})
+    manager = handover_io_manager(init)
+    out = dg.build_output_context(asset_key=dg.AssetKey("stage1_model"), run_id="r1")
+    manager.handle_output(out, Checkpoint(stage=1, version="v0001", checkpoint_dir="/x", partitions=["coco"]))
+    written = tmp_path / "data" / "handover" / "stage1_model" / "r1.json"
+    assert json.loads(written.read_text())["value"]["version"] == "v0001"
