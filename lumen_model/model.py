@@ -70,10 +70,14 @@ class LumenModel(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
 
     # ---- stage 1 -------------------------------------------------------------------------------
+    def normalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1] -> the encoders' input (CLIP's mean and std)."""
+        return (pixel_values - self.pixel_mean) / self.pixel_std
+
     def image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """CLIP patch features (CLS dropped) through LLaVA's projector: (b, N, text_dim), the full grid."""
         m = self.llava.model
-        x = (pixel_values - self.pixel_mean) / self.pixel_std
+        x = self.normalize(pixel_values)
         hidden = m.vision_tower(x, output_hidden_states=True).hidden_states[self.llava.config.vision_feature_layer]
         return m.multi_modal_projector(hidden[:, 1:])
 
@@ -138,13 +142,13 @@ class LumenModel(nn.Module):
         if "dense" not in dense:
             return {"hidden": hidden, "loc_state": loc_state, **dense}
         # normalized pixels per row, for the box-aligned mask head (a cheap gather; no gradient needed)
-        pixels = self.per_image(batch, lambda x: (x - self.pixel_mean) / self.pixel_std).detach()
+        pixels = self.per_image(batch, self.normalize).detach()
         return {"hidden": hidden, "loc_state": loc_state, "pixels": pixels, **dense}
 
     def answer_readout(self, batch: dict, heat_logits: torch.Tensor, pixel_feats: tuple) -> torch.Tensor:
         """`vqa_readout`: what each row's heatmap points at, as a vector for its answer positions."""
         m = self.cfg.heatmap_size
-        pixels = self.per_image(batch, lambda x: F.adaptive_avg_pool2d((x - self.pixel_mean) / self.pixel_std, (m, m)))
+        pixels = self.per_image(batch, lambda x: F.adaptive_avg_pool2d(self.normalize(x), (m, m)))
         return self.vqa_readout(heat_logits, pixel_feats[0], pixels)
 
     def answer_hidden(self, out: dict, batch: dict) -> torch.Tensor:
