@@ -128,7 +128,7 @@ def _torchrun(context, train_cfg: TrainConfig, nproc_per_node: int) -> dict:
 
     context.log.info("training in %d processes (torchrun)", nproc_per_node)
     try:
-        return train_processes(train_cfg, nproc_per_node)
+        return train_processes(train_cfg, nproc_per_node, on_line=lambda line: context.log.info(line.rstrip()))
     except TrainingProcessesFailed as exc:
         raise dg.Failure(str(exc), metadata={"stderr": exc.stderr}) from None
 
