@@ -153,6 +153,24 @@ def train_rows(dataset, splits=TRAIN_SPLITS) -> tuple[np.ndarray, list[int]]:
     return keep, groups.tolist()
 
 
+def task_repeats(tasks: list[str]) -> dict[str, int]:
+    """Repeat-factor sampling (LVIS, Gupta et al. 2019) over tasks instead of categories: with T tasks, a
+    task holding a share f < 1/T of the rows has each of them r = round(sqrt(1 / (T f))) times per epoch
+    (the square root keeps a rare task from crowding out the others). Pose has 1.4% of the demo's stage-1
+    rows and 3.4% of stage 2's: at 400 stage-2 steps its decoder saw each person about once or twice."""
+    counts = collections.Counter(tasks)
+    share = 1.0 / max(1, len(counts))
+    return {t: max(1, round(math.sqrt(share * len(tasks) / c))) for t, c in counts.items()}
+
+
+def balanced_rows(dataset, keep: np.ndarray, groups: list[int]) -> tuple[np.ndarray, list[int], dict[str, int]]:
+    """`keep` and `groups` with each row repeated as `task_repeats` says (repeats stay with their image's group)."""
+    tasks = dataset.column("task").take(pa.array(keep)).to_pylist()
+    reps = task_repeats(tasks)
+    per_row = np.array([reps[t] for t in tasks], dtype=np.int64)
+    return np.repeat(keep, per_row), np.repeat(np.asarray(groups, dtype=np.int64), per_row).tolist(), reps
+
+
 class _StepItems(torch.utils.data.Dataset):
     """Training items addressed by (step, position into `keep`): whether an image is mirrored is a
     pure function of (seed, step, image), so whichever worker fetches an item gets the same one."""
@@ -417,6 +435,10 @@ def plan_training(cfg: TrainConfig) -> TrainingPlan:
     keep, groups = train_rows(dataset, TRAIN_SPLITS)
     if not len(keep):
         raise InputError(f"no train/all-split samples for tasks {', '.join(tasks)} in {', '.join(cfg.shards)}")
+    if cfg.balance_tasks:
+        keep, groups, reps = balanced_rows(dataset, keep, groups)
+        if rank == 0:
+            log.info("task repeats per epoch: %s", ", ".join(f"{t} x{r}" for t, r in sorted(reps.items())))
     cfg.categories = _categories(dataset, cfg.init or (out if cfg.resume else None))
     if rank == 0:
         clean_stale(out)  # temp folders of a killed save; an interrupted swap is put back

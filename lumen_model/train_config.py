@@ -93,6 +93,9 @@ class TrainConfig:
                               "once); 1: plain shuffle", check=_at_least(1))
     hflip: float = knob(0.5, "probability of mirroring an image (\"left\"/\"right\" swapped in its texts); 0: off",
                         check=_within(0.0, 1.0))
+    balance_tasks: bool = knob(False, "repeat the rows of rare tasks in each epoch (repeat-factor sampling: a task "
+                                      "with a share f < 1/T of the rows, T tasks, has each row r = round(sqrt(1/(T f))) "
+                                      "times; pose is ~1-3% of the demo's rows)")
     seed: int = knob(0, "random seed (data order, initialisation)")
     num_workers: int = knob(2, "DataLoader processes loading batches ahead of the model (0: in the training "
                                "process); the batches do not depend on it", check=_at_least(0))
