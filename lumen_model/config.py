@@ -75,10 +75,6 @@ class LumenConfig:
     # VQA: the question drives the aligner as [LOC] does, and what its heatmap points at (pixel features, colour,
     # peak, peak counts) is added to the LLM's answer positions (lumen_model/vqa_readout.py)
     vqa_readout: bool = False
-    # the readout reads the heatmap and pixel features without sending the answer's gradient back into them:
-    # the aligner then learns only from the [LOC] tasks, whose heatmaps the questions' share (session 7 saw
-    # grounding and referring segmentation lose ~0.04 when the answers trained the aligner too)
-    vqa_readout_detach: bool = False
     # weight of a VQA sample's answer loss against the other tasks' (their answers are fixed sentences)
     vqa_text_weight: float = 1.0
     max_text_tokens: int = 48

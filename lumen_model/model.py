@@ -149,10 +149,7 @@ class LumenModel(nn.Module):
         """`vqa_readout`: what each row's heatmap points at, as a vector for its answer positions."""
         m = self.cfg.heatmap_size
         pixels = self.per_image(batch, lambda x: F.adaptive_avg_pool2d(self.normalize(x), (m, m)))
-        features = pixel_feats[0]
-        if self.cfg.vqa_readout_detach:
-            heat_logits, features = heat_logits.detach(), features.detach()
-        return self.vqa_readout(heat_logits, features, pixels)
+        return self.vqa_readout(heat_logits, pixel_feats[0], pixels)
 
     def answer_hidden(self, out: dict, batch: dict) -> torch.Tensor:
         """The LLM's last hidden states as the vocabulary head reads them: with `vqa_readout`, plus the

@@ -116,29 +116,3 @@ def test_the_answer_reads_the_image_where_the_question_points(model_shard_dirs):
     before = torch.arange(hidden.shape[1]).unsqueeze(0) < batch["answer_index"].unsqueeze(1)
     assert torch.equal(hidden[before], out["hidden"][before]) and not torch.equal(hidden[~before], out["hidden"][~before])
 
-
-def test_a_detached_readout_leaves_the_aligner_to_the_loc_tasks(model_shard_dirs):
-    """`vqa_readout_detach`: the answers still train the readout, but their gradient stops at the heatmap and
-    the stride-4 pixel features, so the aligner's attention layers and its fuse learn only from the [LOC] tasks.
-    (The CNN's trunk still hears the answers through the LLM's image tokens, as without the readout.)"""
-    import dataclasses
-
-    import torch
-
-    from lumen_model.checkpoint import build_model
-    from lumen_model.config import get_preset
-
-    def answer_grads(detach: bool) -> tuple[float, float]:
-        preset = dataclasses.replace(get_preset("tiny"), vqa_readout_detach=detach, vqa_concept_weight=0.0)
-        tok, batch = _vqa_batch(model_shard_dirs, preset)
-        torch.manual_seed(0)
-        model = build_model(preset, tok)
-        torch.nn.init.normal_(model.vqa_readout.mlp[-1].weight, std=0.02)  # as after training: not zero
-        model.stage1_losses(model.stage1(batch, dense=False), batch)["loss"].backward()
-        norm = lambda mod: sum(float(p.grad.norm()) for p in mod.parameters() if p.grad is not None)  # noqa: E731
-        aligner = norm(model.aligner.layers) + norm(model.aligner.fuse_pix) + norm(model.aligner.fuse)
-        return aligner, norm(model.vqa_readout.mlp)
-
-    attached, detached = answer_grads(False), answer_grads(True)
-    assert attached[0] > 0 and attached[1] > 0
-    assert detached[0] == 0 and detached[1] > 0
