@@ -93,9 +93,10 @@ class TrainConfig:
                               "once); 1: plain shuffle", check=_at_least(1))
     hflip: float = knob(0.5, "probability of mirroring an image (\"left\"/\"right\" swapped in its texts); 0: off",
                         check=_within(0.0, 1.0))
-    balance_tasks: bool = knob(False, "repeat the rows of rare tasks in each epoch (repeat-factor sampling: a task "
-                                      "with a share f < 1/T of the rows, T tasks, has each row r = round(sqrt(1/(T f))) "
-                                      "times; pose is ~1-3% of the demo's rows)")
+    balance_tasks: bool = knob(True, "repeat the rows of rare tasks in each epoch (on unless --no-balance-tasks): "
+                                     "with T tasks, a task holding a share f < 1/T of the rows has each row "
+                                     "round(sqrt(1/(T f))) times (pose: 1 to 3 in 100 of the demo's rows, x3)",
+                               flag="--no-balance-tasks")
     seed: int = knob(0, "random seed (data order, initialisation)")
     num_workers: int = knob(2, "DataLoader processes loading batches ahead of the model (0: in the training "
                                "process); the batches do not depend on it", check=_at_least(0))
@@ -131,8 +132,8 @@ class TrainConfig:
         argv = []
         for f in cli_fields():
             v = getattr(self, f.name)
-            if f.metadata["flag"] == "--no-progress":
-                argv += [] if v else ["--no-progress"]
+            if f.default is True:  # on by default: only its --no-... flag exists
+                argv += [] if v else [_flag(f)]
             elif isinstance(v, bool):
                 argv += [_flag(f)] if v else []
             elif isinstance(v, list):
@@ -197,8 +198,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
         m, want = f.metadata, knob_type(f)
         default = f.default if f.default is not dataclasses.MISSING else None
         helptext = m["help"] + (" (default: %(default)s)" if default is not None and want is not bool else "")
-        if m["flag"] == "--no-progress":
-            p.add_argument("--no-progress", dest=f.name, action="store_false", help=m["help"])
+        if f.default is True:  # on by default: a --no-... flag turns it off
+            p.add_argument(_flag(f), dest=f.name, action="store_false", help=m["help"])
         elif want is bool:
             p.add_argument(_flag(f), dest=f.name, action="store_true", help=m["help"])
         elif want is list:
