@@ -7,8 +7,8 @@ whole run is meant to fit 15 minutes on 2 idle cores; the wall and CPU time of e
 average are printed, since a shared machine inflates the wall time. Training runs in one DDP process
 of 1 thread per core, up to 2 (`--procs`, `lumen_model.train.train_processes`; the same updates as one
 process): on 2 idle cores a stage-1 step takes 0.40 s that way against 0.50 s in one process of 2
-threads, whose threads split the tiny preset's many small ops badly (bench/bench_train_step.py). Grounding accuracy is also given
-apart for spatial expressions ("the circle on the left") and the others; VQA per question kind, and
+threads, whose threads split the tiny preset's many small ops badly (bench/bench_train_step.py).
+Grounding accuracy is also given apart for spatial expressions ("the circle on the left") and the others; VQA per question kind, and
 again with every question asked about another image (`shuffled_questions`): a model that answers from
 the image loses most of its accuracy there, one that answers from priors does not.
 """

@@ -115,4 +115,3 @@ def test_the_answer_reads_the_image_where_the_question_points(model_shard_dirs):
     assert (out["vqa_readout"] - moved["vqa_readout"]).norm(dim=1).min() > 1e-3
     before = torch.arange(hidden.shape[1]).unsqueeze(0) < batch["answer_index"].unsqueeze(1)
     assert torch.equal(hidden[before], out["hidden"][before]) and not torch.equal(hidden[~before], out["hidden"][~before])
-
