@@ -1,7 +1,8 @@
 """How assets hand their work to the assets downstream: typed values, scoped to the run.
 
 Each model-side asset returns a small value (a checkpoint, an evaluation, the model in use, a
-predictions file). `HandOverIOManager` (the `io_manager` resource, `handover_io_manager`) stores it as JSON under `<data root>/handover/<asset>/<run id>.json`,
+predictions file). `HandOverIOManager` (the `io_manager` resource, `handover_io_manager`) stores it as
+JSON under `<data root>/handover/<asset>/<run id>.json`,
 and an asset downstream reads the value that its upstream produced IN THE SAME RUN. Only when the
 upstream did not run in this run (e.g. the `label` job, which starts at `pseudo_labels`) does it
 read the upstream's latest materialization, and it says so. Two runs at once (a retrain next to a

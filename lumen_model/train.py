@@ -379,13 +379,13 @@ def train_processes(cfg: TrainConfig, nproc: int, on_line=None) -> dict:
     # process's stderr; a Dagster step's log) as it comes, so a long run is not silent; its last lines also make
     # the error message
     on_line = on_line or sys.stderr.write
-    tail: collections.deque[str] = collections.deque(maxlen=200)
+    last_lines: collections.deque[str] = collections.deque(maxlen=200)
     with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) as proc:
         for line in proc.stderr:
             on_line(line)
-            tail.append(line)
+            last_lines.append(line)
     if proc.returncode != 0 or not result_file.is_file():
-        tail = "".join(tail)[-4000:]
+        tail = "".join(last_lines)[-4000:]
         raise TrainingProcessesFailed(f"training in {nproc} processes failed (exit {proc.returncode}): "
                                       f"{_rank_error(tail)}", tail)
     result = json.loads(result_file.read_text())  # rank 0 writes it whole, then renames it

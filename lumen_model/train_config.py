@@ -55,13 +55,13 @@ def _device(v: str | None) -> str | None:
     return None if v is None or _DEVICE.fullmatch(v) else "must be auto, cpu, cuda or cuda:N"
 
 
-def knob(default=None, help: str = "", *, choices=None, check=None, flag: str | None = None, required: bool = False,
-         shared: bool = True, cli: bool = True, default_factory=None):
+def knob(default=None, help: str = "", *, choices=None, check=None, required: bool = False, shared: bool = True,
+         cli: bool = True, default_factory=None):
     """A TrainConfig field with what the CLI and Dagster need to show and check it.
 
     shared: also a field of the Dagster retrain config (run-specific settings such as the shard
     folders or the stage are chosen by the asset); cli: also a `lumen train` flag."""
-    meta = dict(help=help, choices=choices, check=check, flag=flag, required=required, shared=shared, cli=cli)
+    meta = dict(help=help, choices=choices, check=check, required=required, shared=shared, cli=cli)
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -95,8 +95,7 @@ class TrainConfig:
                         check=_within(0.0, 1.0))
     balance_tasks: bool = knob(True, "repeat the rows of rare tasks in each epoch (on unless --no-balance-tasks): "
                                      "with T tasks, a task holding a share f < 1/T of the rows has each row "
-                                     "round(sqrt(1/(T f))) times (pose: 1 to 3 in 100 of the demo's rows, x3)",
-                               flag="--no-balance-tasks")
+                                     "round(sqrt(1/(T f))) times (pose: 1 to 3 in 100 of the demo's rows, x3)")
     seed: int = knob(0, "random seed (data order, initialisation)")
     num_workers: int = knob(2, "DataLoader processes loading batches ahead of the model (0: in the training "
                                "process); the batches do not depend on it", check=_at_least(0))
@@ -107,7 +106,7 @@ class TrainConfig:
     allow_eval_overlap: bool = knob(False, "train even when a training image has the content of a val/test image of "
                                            "the given shards (refused by default: such a model is scored on what it "
                                            "trained on)", shared=False)
-    progress: bool = knob(True, "no progress bar (logs only)", flag="--no-progress", shared=False)
+    progress: bool = knob(True, "no progress bar (logs only)", shared=False)
     # tests and fault drills only: stop (and checkpoint) early, as an interrupted run would; resume later
     stop_at_step: int | None = knob(None, shared=False, cli=False)
     # filled by train(): the detection categories the model learns (kept in the checkpoint's config.json)
@@ -178,7 +177,9 @@ def _type_name(f: dataclasses.Field) -> str:
 
 
 def _flag(f: dataclasses.Field) -> str:
-    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+    """--name, or --no-name for a setting that is on by default (the flag turns it off)."""
+    name = f.name.replace("_", "-")
+    return f"--no-{name}" if f.default is True else f"--{name}"
 
 
 def cli_fields() -> list[dataclasses.Field]:
