@@ -105,7 +105,8 @@ class DenseAligner(nn.Module):
     """(image tokens, [LOC] state, pixels) -> heatmap logits, size maps, offsets, dense features."""
 
     def __init__(self, image_dim: int, text_dim: int, dim: int, layers: int, heads: int, heatmap_size: int,
-                 pixel_encoder: str = "stem", image_self_attn: bool = False, token_grid: int = 16):
+                 pixel_encoder: str = "stem", image_self_attn: bool = False, token_grid: int = 16,
+                 colour_match: int = 0):
         super().__init__()
         self.dim, self.heatmap_size = dim, heatmap_size
         self.img_proj = nn.Linear(image_dim, dim)
@@ -129,11 +130,22 @@ class DenseAligner(nn.Module):
         self.fuse = nn.Sequential(nn.GELU(), nn.Conv2d(dim, dim, 3, 1, 1, groups=dim), nn.GELU(), nn.Conv2d(dim, dim, 1))
         self.offset_head = nn.Conv2d(dim, 2, 1)  # sub-pixel center offset (adopted; see config)
         self.heat_bias = nn.Parameter(torch.tensor(-4.0))  # start near 'no object' so focal loss is stable
+        # colour_match > 0: a low-rank bilinear term between the [LOC] state and each heatmap pixel's own colour
+        # (the image average-pooled to the heatmap grid). Trained from scratch, the heatmap above followed the
+        # shape word and ignored the colour word, though [LOC] held both: "the yellow square" scored the purple
+        # square as high as the yellow one. The loc side starts at zero, so the term starts as a no-op
+        self.colour = None
+        if colour_match:
+            self.colour = nn.Sequential(nn.Conv2d(3, colour_match, 1), nn.GELU(), nn.Conv2d(colour_match, colour_match, 1))
+            self.loc_colour = nn.Linear(dim, colour_match)
+            nn.init.zeros_(self.loc_colour.weight)
+            nn.init.zeros_(self.loc_colour.bias)
 
-    def encode_pixels(self, pixel_values) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_pixels(self, pixel_values) -> tuple:
         """Instruction-independent pixel features, computed once per image and shared by its instructions:
-        the stride-4 map as the fuse's pixel half (u, dim, M, M), and the stride-8 CNN tokens that are
-        added to the ViT's (u, g*g, dim), None without the CNN."""
+        the stride-4 map as the fuse's pixel half (u, dim, M, M), the stride-8 CNN tokens that are
+        added to the ViT's (u, g*g, dim), None without the CNN, and with `colour_match` each heatmap pixel's
+        colour embedding (u, k, M, M)."""
         m = self.heatmap_size
         if self.pixel_encoder == "cnn":
             fine, coarse = self.pixels(pixel_values)
@@ -144,7 +156,16 @@ class DenseAligner(nn.Module):
             fine, tokens = self.stem(pixel_values), None
         if fine.shape[-1] != m:
             fine = F.interpolate(fine, size=(m, m), mode="bilinear", align_corners=False)
-        return self.fuse_pix(fine), tokens
+        if self.colour is None:
+            return self.fuse_pix(fine), tokens
+        rgb = F.adaptive_avg_pool2d(pixel_values, (m, m)) - 0.5
+        return self.fuse_pix(fine), tokens, self.colour(rgb)
+
+    def colour_logits(self, loc, pixel_feats) -> torch.Tensor | float:
+        """`colour_match`: (b, M, M) agreement of each row's [LOC] with every heatmap pixel's colour (0 without)."""
+        if self.colour is None:
+            return 0.0
+        return torch.einsum("bk,bkhw->bhw", self.loc_colour(loc), pixel_feats[2])
 
     def forward(self, image_tokens, loc_state, pixel_feats, dense: bool = True):
         """pixel_feats: `encode_pixels` of each sample's image (computed once per image by the caller).
@@ -152,22 +173,26 @@ class DenseAligner(nn.Module):
         b, n, _ = image_tokens.shape
         g = int(math.isqrt(n))
         img = self.img_proj(image_tokens)
-        fine, tokens = pixel_feats
+        fine, tokens = pixel_feats[:2]
         if tokens is not None:
             img = img + tokens
         pos = sine_positions(g, g, self.dim, img.device).unsqueeze(0)
-        q = torch.cat([self.loc_proj(loc_state).unsqueeze(1), self.queries.unsqueeze(0).expand(b, -1, -1)], 1)
+        loc = self.loc_proj(loc_state)
+        q = torch.cat([loc.unsqueeze(1), self.queries.unsqueeze(0).expand(b, -1, -1)], 1)
         for layer in self.layers:
             q, img = layer(q, img, pos)
         grid = img.transpose(1, 2).reshape(b, self.dim, g, g)
         m = self.heatmap_size
+        colour = self.colour_logits(loc, pixel_feats)
         if not dense:
-            return self._heads_only(q, grid, fine)
+            out = self._heads_only(q, grid, fine)
+            out["heatmap_logits"] = out["heatmap_logits"] + colour
+            return out
         up, up_fuse = F.interpolate(torch.cat([grid, self.fuse_grid(grid)], 1), size=(m, m), mode="bilinear",
                                     align_corners=False).split(self.dim, 1)
         dense = self.fuse(up_fuse + fine) + up  # (b, dim, m, m)
         scale = 1.0 / math.sqrt(self.dim)
-        heat = torch.einsum("bc,bchw->bhw", q[:, 1], dense) * scale + self.heat_bias
+        heat = torch.einsum("bc,bchw->bhw", q[:, 1], dense) * scale + self.heat_bias + colour
         sizes = torch.sigmoid(torch.einsum("bkc,bchw->bkhw", q[:, 2:4], dense) * scale)  # (b, 2, m, m): w/S, h/S
         offsets = torch.sigmoid(self.offset_head(dense))  # (b, 2, m, m) in [0, 1) of a heatmap pixel
         return {"heatmap_logits": heat, "sizes": sizes, "offsets": offsets, "dense": dense, "grid": grid}

@@ -40,6 +40,8 @@ class LumenConfig:
     # the aligner's own pixel path: "cnn" (a small conv encoder, stride 4 + 8) or "stem" (two convs, stride 4)
     pixel_encoder: str = "stem"
     aligner_image_self_attn: bool = False
+    # width of the aligner's [LOC]-to-pixel-colour term (0 = off; lumen_model/aligner.py, DenseAligner.colour)
+    aligner_colour_match: int = 0
     # masks: "sam" = the pretrained SAM, frozen, prompted with the boxes (paper; needs SAM weights), or
     # "roi" = a small box-aligned head on the aligner's stride-4 features + heatmap + pixels, trained in stage 2
     mask_decoder: str = "sam"
@@ -145,6 +147,8 @@ def _tiny() -> LumenConfig:
         # ...and a from-scratch LLM still answers from priors alone: hand it what the question's heatmap points at,
         # and have the question's state name the question's own words (as [LOC] does) so that heatmap finds them
         vqa_readout=True, vqa_concept_weight=1.0,
+        # ...and the heatmap followed the shape word but not the colour word ("the yellow square" found either square)
+        aligner_colour_match=16,
     )
 
 

@@ -57,7 +57,7 @@ class LumenModel(nn.Module):
         text_dim = cfg.text["hidden_size"]
         self.aligner = DenseAligner(text_dim, text_dim, cfg.aligner_dim, cfg.aligner_layers, cfg.aligner_heads,
                                     cfg.heatmap_size, cfg.pixel_encoder,
-                                    cfg.aligner_image_self_attn, cfg.patch_grid)
+                                    cfg.aligner_image_self_attn, cfg.patch_grid, cfg.aligner_colour_match)
         self.masks = RoiMaskHead(cfg.aligner_dim, cfg.input_size) if cfg.mask_decoder == "roi" else SamBoxPrompts(cfg)
         # vocabulary-sized: only built where used (tiny), never for the 7B's 32k x 4096
         self.concept_head = nn.Linear(text_dim, vocab_size) if cfg.concept_weight > 0 or cfg.vqa_concept_weight > 0 else None
