@@ -10,9 +10,10 @@ from lumen_model.losses import mask_loss
 HEADS = ("heatmap_logits", "sizes", "offsets")
 
 
-def _aligner_and_inputs(seed: int = 0):
+def _aligner_and_inputs(seed: int = 0, colour_match: int = 6):
     torch.manual_seed(seed)
-    al = DenseAligner(48, 40, 32, 2, 4, 16, pixel_encoder="cnn", image_self_attn=True, token_grid=8)
+    al = DenseAligner(48, 40, 32, 2, 4, 16, pixel_encoder="cnn", image_self_attn=True, token_grid=8,
+                      colour_match=colour_match)
     with torch.no_grad():  # non-zero biases everywhere the fold moves them
         for p in al.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -20,9 +21,8 @@ def _aligner_and_inputs(seed: int = 0):
 
 
 def _pixel_feats(al, pixels):
-    fine, tokens = al.encode_pixels(pixels)
     index = torch.tensor([0, 0, 1])  # two instructions on the first image, one on the second
-    return fine[index], tokens[index]
+    return tuple(f[index] for f in al.encode_pixels(pixels))
 
 
 def test_heads_without_the_dense_map_equal_the_dense_heads_and_their_gradients():
