@@ -3,7 +3,9 @@
 Stage 1 (task-agnostic): the LLM reads the image and the instruction and answers with a sentence
 holding [LOC] and a task token; the [LOC] hidden state drives the aligner's heatmap.
 Stage 2 (task-specific): boxes from peaks + sizes, masks from SAM prompted with boxes (or the
-tiny preset's box-aligned mask head), keypoints from a top-down head. VQA answers come from the LLM's generation.
+tiny preset's box-aligned mask head), keypoints from a top-down head. VQA answers come from the LLM's generation
+(with `vqa_readout`, what the question's heatmap points at is added to it; stage 2 trains that readout again, on
+the frozen stage-1 features it reads).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from lumen_model.losses import gather_at, gaussian_focal_loss, mean_over_ranks, 
 from lumen_model.vqa_readout import VqaReadout, answer_positions
 
 STAGE1_PARTS = ("llava", "aligner", "concept_head", "llm_pixels", "llm_image_norm", "vqa_readout")
-STAGE2_PARTS = ("masks", "pose")
+STAGE2_PARTS = ("masks", "pose", "vqa_readout")  # the readout is the tiny preset's answer decoder
 
 
 def build_llava(cfg: LumenConfig, vocab_size: int, image_token_id: int, pad_token_id: int) -> LlavaForConditionalGeneration:
@@ -139,6 +141,7 @@ class LumenModel(nn.Module):
         dense = self.aligner(image_feats, loc_state, pixel_feats, dense=dense)
         if answers:
             dense["vqa_readout"] = self.answer_readout(batch, dense["heatmap_logits"], pixel_feats)
+            dense["answer_features"] = pixel_feats[0]  # what stage 2 reads the readout from again
         if "dense" not in dense:
             return {"hidden": hidden, "loc_state": loc_state, **dense}
         # normalized pixels per row, for the box-aligned mask head (a cheap gather; no gradient needed)
@@ -163,11 +166,8 @@ class LumenModel(nn.Module):
     def stage1_losses(self, out: dict, batch: dict) -> dict:
         """Every term is a per-sample value summed and divided by the batch size (DDP-consistent)."""
         cfg = self.cfg
-        labels = batch["labels"][:, 1:]
-        b = labels.shape[0]
-        sel = labels != -100  # next-token logits only at answer positions
-        tok = F.cross_entropy(self.lm_logits(self.answer_hidden(out, batch)[:, :-1][sel]), labels[sel], reduction="none")
-        per_sample = tok.new_zeros(b).index_add(0, sel.nonzero()[:, 0], tok) / sel.sum(1).clamp(min=1)
+        b = batch["labels"].shape[0]
+        per_sample = self.answer_token_loss(self.answer_hidden(out, batch), batch["labels"])
         if cfg.vqa_text_weight != 1.0:
             per_sample = per_sample * torch.tensor([cfg.vqa_text_weight if t == "vqa" else 1.0 for t in batch["task"]],
                                                    device=per_sample.device)
@@ -195,6 +195,13 @@ class LumenModel(nn.Module):
             total = total + cfg.vqa_concept_weight * vqa_concept
             losses["vqa_concept"] = vqa_concept.detach()
         return {"loss": total, **losses}
+
+    def answer_token_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(b,) mean next-token cross-entropy of each row's answer tokens (labels -100 elsewhere)."""
+        labels = labels[:, 1:]
+        sel = labels != -100  # next-token logits only at answer positions
+        tok = F.cross_entropy(self.lm_logits(hidden[:, :-1][sel]), labels[sel], reduction="none")
+        return tok.new_zeros(labels.shape[0]).index_add(0, sel.nonzero()[:, 0], tok) / sel.sum(1).clamp(min=1)
 
     def concept_loss(self, loc_state: torch.Tensor, concept_ids: list[torch.Tensor]) -> torch.Tensor:
         """Cross-entropy of the [LOC] state against the instruction's own words (e.g. "red", "circle").
@@ -236,7 +243,24 @@ class LumenModel(nn.Module):
             pose_l, pose_n = keypoint_loss_sum(maps, torch.stack(targets).to(maps.device),
                                                torch.stack(weights).to(maps.device))
         pose_l = mean_over_ranks(pose_l, pose_n)
-        return {"loss": mask_l + pose_l, "mask": mask_l.detach(), "pose": pose_l.detach()}
+        losses = {"loss": mask_l + pose_l, "mask": mask_l.detach(), "pose": pose_l.detach()}
+        if self.vqa_readout is not None and "answer_index" in batch:
+            vqa_l = mean_over_ranks(*self.readout_loss_sum(out, batch))
+            losses.update(loss=losses["loss"] + vqa_l, vqa=vqa_l.detach())
+        return losses
+
+    def readout_loss_sum(self, out: dict, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 2's VQA loss: the answers' cross-entropy through a readout recomputed with gradients on the
+        frozen stage-1 outputs -> (sum over the batch's questions, their count)."""
+        rows = (batch["answer_index"] >= 0).nonzero()[:, 0]
+        zero = out["hidden"].sum() * 0
+        if not len(rows) or "answer_features" not in out:
+            return zero + sum(p.sum() * 0 for p in self.vqa_readout.parameters()), zero
+        readout = self.vqa_readout(out["heatmap_logits"][rows], out["answer_features"][rows], out["pixels"][rows])
+        where = answer_positions(batch["answer_index"][rows], out["hidden"].shape[1]).unsqueeze(-1)
+        hidden = out["hidden"][rows] + where.to(readout.dtype) * readout.unsqueeze(1)
+        per_sample = self.answer_token_loss(hidden, batch["labels"][rows])
+        return per_sample.sum(), per_sample.new_tensor(float(len(rows)))
 
     def forward(self, batch: dict, stage: int = 1) -> dict:
         """Training losses of one stage (DistributedDataParallel wraps this call)."""

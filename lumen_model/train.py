@@ -428,6 +428,8 @@ def plan_training(cfg: TrainConfig) -> TrainingPlan:
     preset = get_preset(cfg.preset)
     out = Path(cfg.out)
     tasks = cfg.tasks or STAGE_TASKS[cfg.stage]
+    if cfg.stage == 2 and not preset.vqa_readout:
+        tasks = tuple(t for t in tasks if t != "vqa")  # no answer decoder to train: the questions would be dead weight
     from pipelines.dataset import ShardDataset
 
     _check_inputs(cfg)
@@ -476,6 +478,17 @@ def _lr_schedule(cfg: TrainConfig):
     return lr_at
 
 
+def param_groups(model, cfg: TrainConfig) -> list[dict]:
+    """The trainable parameters; the VQA readout's at `readout_lr_scale` x the learning rate (the schedule scales
+    both). Trained at the base rate its answers still followed priors after 2000 steps, though the colour under its
+    heatmap named the right colour 81% of the time; alone on frozen features it learned colours in a few hundred."""
+    readout = getattr(model, "vqa_readout", None)
+    fast = {id(p) for p in readout.parameters()} if readout is not None and cfg.readout_lr_scale != 1.0 else set()
+    base = [p for p in model.parameters() if p.requires_grad and id(p) not in fast]
+    head = [p for p in model.parameters() if p.requires_grad and id(p) in fast]
+    return [g for g in ({"params": base}, {"params": head, "lr": cfg.lr * cfg.readout_lr_scale}) if g["params"]]
+
+
 def start_trainer(cfg: TrainConfig, plan: TrainingPlan) -> Trainer:
     """Model, optimizer and schedule at the run's first step, with the RNG where that step expects it."""
     model, tokenizer = _start_model(cfg, plan)
@@ -484,7 +497,7 @@ def start_trainer(cfg: TrainConfig, plan: TrainingPlan) -> Trainer:
     params = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel over all parameters instead of ~10 small ops per tensor (the same update, up to float
     # rounding; ~3% of a tiny-preset CPU step)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_schedule(cfg))
     start, history = 0, []
     if plan.resume:

@@ -24,7 +24,8 @@ from pipelines.errors import InputError
 
 STAGE_TASKS = {
     1: ("detection", "instance_segmentation", "pose", "grounding", "referring_segmentation", "vqa"),
-    2: ("instance_segmentation", "referring_segmentation", "pose"),
+    # vqa: the VQA readout (lumen_model/vqa_readout.py) is the tiny preset's answer decoder; without one it is dropped
+    2: ("instance_segmentation", "referring_segmentation", "pose", "vqa"),
 }
 STAGE_STEPS = {1: 1200, 2: 300}  # default optimizer steps per stage
 _DEVICE = re.compile(r"(auto|cpu|cuda|cuda:\d+)")
@@ -86,6 +87,9 @@ class TrainConfig:
     lr: float = knob(1e-3, "peak learning rate", check=_at_least(0.0))
     lr_floor: float = knob(0.05, "the cosine schedule ends at this fraction of the peak learning rate", check=_within(0.0, 1.0))
     warmup_steps: int = knob(20, "linear learning-rate warm-up, then cosine", check=_at_least(0))
+    readout_lr_scale: float = knob(5.0, "learning-rate multiplier of the VQA readout (a small head that learns from "
+                                        "the ~10%% of rows that are questions, on features that move under it)",
+                                   check=_at_least(0.0))
     weight_decay: float = knob(0.01, "AdamW weight decay", check=_at_least(0.0))
     grad_clip: float = knob(1.0, "clip the gradient norm to this", check=_at_least(0.0))
     batch_size: int = knob(16, "global batch size (split across processes)", check=_at_least(1))

@@ -115,3 +115,44 @@ def test_the_answer_reads_the_image_where_the_question_points(model_shard_dirs):
     assert (out["vqa_readout"] - moved["vqa_readout"]).norm(dim=1).min() > 1e-3
     before = torch.arange(hidden.shape[1]).unsqueeze(0) < batch["answer_index"].unsqueeze(1)
     assert torch.equal(hidden[before], out["hidden"][before]) and not torch.equal(hidden[~before], out["hidden"][~before])
+
+
+def test_stage2_trains_the_readout_on_frozen_features(model_shard_dirs):
+    """Stage 2 trains the VQA readout again, as the tiny preset's answer decoder, on the stage-1 features it
+    reads (frozen there): the answers' loss reaches the readout and nothing of stage 1, and a few steps on
+    the same questions lower it."""
+    import torch
+
+    from lumen_model.checkpoint import build_model
+    from lumen_model.config import get_preset
+
+    preset = get_preset("tiny")
+    tok, batch = _vqa_batch(model_shard_dirs, preset, n=8)
+    torch.manual_seed(0)
+    model = build_model(preset, tok)
+    model.set_stage(2)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    losses = []
+    for _ in range(8):
+        out = model(batch, stage=2)
+        opt.zero_grad()
+        out["loss"].backward()
+        losses.append(float(out["vqa"]))
+        if len(losses) == 1:
+            assert all(p.grad is None for p in model.llava.parameters())
+            assert all(p.grad is None for p in model.aligner.parameters())
+            assert model.vqa_readout.mlp[-1].weight.grad.abs().sum() > 0
+        opt.step()
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_stage2_plans_questions_only_for_a_model_with_a_readout(model_shard_dirs, tmp_path):
+    from lumen_model.train import TrainConfig, plan_training
+
+    def tasks(preset):
+        cfg = TrainConfig(stage=2, preset=preset, shards=model_shard_dirs, out=str(tmp_path / preset), progress=False)
+        plan = plan_training(cfg)
+        return set(plan.dataset.column("task").to_pylist())
+
+    assert "vqa" in tasks("tiny")
+    assert "vqa" not in tasks("lumen-7b")
