@@ -1,6 +1,7 @@
 """Quality benchmark: sample data -> shards -> stage 1 + stage 2 (tiny, CPU) -> every val metric.
 
     .venv/bin/python bench/bench_quality.py [--images 400] [--stage1-steps 2000] [--stage2-steps 400] [--seed 0] [--procs 2] [--out DIR]
+    .venv/bin/python bench/bench_quality.py --from-run DIR --seed N --out DIR2   # stage 2 + evaluation on DIR's stage 1
 
 Prints the goal table of issue 12 (before / goal / measured) and writes metrics.json into --out. The
 whole run is meant to fit 15 minutes on 2 idle cores; the wall and CPU time of each phase and the load
@@ -78,7 +79,12 @@ def main() -> int:
                     help="training processes (DDP, 1 thread each; the same updates as 1 process, up to float rounding); "
                          "1: in this process with OMP_NUM_THREADS threads (default: one per core, up to 2)")
     ap.add_argument("--out", default=None, help="keep everything here (default: a temp folder)")
+    ap.add_argument("--from-run", default=None, metavar="DIR",
+                    help="reuse the sample data, shards and stage-1 checkpoint of an earlier run kept with --out (pass "
+                         "its --seed): only stage 2 and the evaluation run, ~4 of the ~22 minutes (for decoder work)")
     args = ap.parse_args()
+    if args.from_run and not (Path(args.from_run) / "stage1" / "config.json").is_file():
+        ap.error(f"--from-run {args.from_run}: no finished run there (its stage1/config.json is missing)")
 
     from lumen_model.predict import predict
     from lumen_model.train import TrainConfig, train_processes
@@ -87,31 +93,37 @@ def main() -> int:
     from pipelines.sample_data import write_sample_data
 
     root = Path(args.out or tempfile.mkdtemp(prefix="lumen-quality-"))
+    data = Path(args.from_run) if args.from_run else root  # where the sources, shards and stage1 are
     cpu = {}
     times, t = {}, time.perf_counter()
-    write_sample_data(root / "sources", n_images=args.images)
-    for s in SOURCES:
-        convert_partition(s, root / "sources", root / "shards", input_size=128)
-    times["data"] = time.perf_counter() - t
-    cpu["data"] = _cpu_seconds() - sum(cpu.values())
-    shard_dirs = sorted(str(p.parent) for p in (root / "shards").glob("*/*/manifest.json"))
-
-    t = time.perf_counter()
     workers = 2 if args.procs <= 1 else 1  # DataLoader processes per training process
-    s1 = train_processes(TrainConfig(stage=1, preset="tiny", shards=shard_dirs, out=str(root / "stage1"),
-                                     max_steps=args.stage1_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                                     num_workers=workers), args.procs)
-    times["stage1"] = time.perf_counter() - t
-    cpu["stage1"] = _cpu_seconds() - sum(cpu.values())
+    if args.from_run:
+        s1 = {"samples_per_s": float("nan")}
+        times["data"] = times["stage1"] = cpu["data"] = cpu["stage1"] = 0.0
+    else:
+        write_sample_data(root / "sources", n_images=args.images)
+        for s in SOURCES:
+            convert_partition(s, root / "sources", root / "shards", input_size=128)
+        times["data"] = time.perf_counter() - t
+        cpu["data"] = _cpu_seconds() - sum(cpu.values())
+    shard_dirs = sorted(str(p.parent) for p in (data / "shards").glob("*/*/manifest.json"))
+
+    if not args.from_run:
+        t = time.perf_counter()
+        s1 = train_processes(TrainConfig(stage=1, preset="tiny", shards=shard_dirs, out=str(root / "stage1"),
+                                         max_steps=args.stage1_steps, lr=args.lr, batch_size=args.batch_size,
+                                         seed=args.seed, num_workers=workers), args.procs)
+        times["stage1"] = time.perf_counter() - t
+        cpu["stage1"] = _cpu_seconds() - sum(cpu.values())
     t = time.perf_counter()
     s2 = train_processes(TrainConfig(stage=2, preset="tiny", shards=shard_dirs, out=str(root / "stage2"),
-                                     init=str(root / "stage1"), max_steps=args.stage2_steps, lr=args.lr,
+                                     init=str(data / "stage1"), max_steps=args.stage2_steps, lr=args.lr,
                                      batch_size=args.batch_size, seed=args.seed, num_workers=workers), args.procs)
     times["stage2"] = time.perf_counter() - t
     cpu["stage2"] = _cpu_seconds() - sum(cpu.values())
 
     t = time.perf_counter()
-    src = root / "sources"
+    src = data / "sources"
     inst, kp = src / "coco/annotations/instances_val.json", src / "coco/annotations/person_keypoints_val.json"
     expr = root / "expressions_val.json"
     expr.write_text(json.dumps(refcoco_expressions(src / "refcoco", "val")))
@@ -145,7 +157,7 @@ def main() -> int:
         "train_samples_per_s": {"stage1": round(s1["samples_per_s"], 2), "stage2": round(s2["samples_per_s"], 2)},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "steps": {"stage1": args.stage1_steps, "stage2": args.stage2_steps}, "images": args.images, "seed": args.seed,
-        "training_processes": args.procs,
+        "training_processes": args.procs, "stage1_from": args.from_run,
     }
     (root / "metrics.json").write_text(json.dumps(summary, indent=2))
     print_goal_table(metrics)

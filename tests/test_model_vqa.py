@@ -156,3 +156,24 @@ def test_stage2_plans_questions_only_for_a_model_with_a_readout(model_shard_dirs
 
     assert "vqa" in tasks("tiny")
     assert "vqa" not in tasks("lumen-7b")
+
+
+def test_the_readout_learns_faster_in_stage2_only(model_shard_dirs, tmp_path):
+    """`readout_lr_scale` speeds up the readout where it trains alone on frozen features (stage 2); stage 1
+    keeps one learning rate for everything (5x there cost detection AP)."""
+    from lumen_model.checkpoint import build_model
+    from lumen_model.config import get_preset
+    from lumen_model.train import TrainConfig, param_groups
+
+    preset = get_preset("tiny")
+    tok, _ = _vqa_batch(model_shard_dirs, preset, n=2)
+    model = build_model(preset, tok)
+    readout = {id(p) for p in model.vqa_readout.parameters()}
+    for stage, want in ((1, [None]), (2, [None, 5 * 1e-3])):
+        model.set_stage(stage)
+        cfg = TrainConfig(stage=stage, shards=model_shard_dirs, out=str(tmp_path), lr=1e-3, readout_lr_scale=5.0)
+        groups = param_groups(model, cfg)
+        assert [g.get("lr") for g in groups] == want
+        assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+        if stage == 2:
+            assert {id(p) for p in groups[1]["params"]} == readout

@@ -21,7 +21,7 @@ BASE = dict(stage=1, shards=["s"], out="o")
     (dict(batch_size="16"), "batch_size='16': expected int"),
     (dict(resume="yes"), "resume='yes': expected bool"),
     (dict(stage=3), "stage=3: expected one of 1, 2"),
-    (dict(stage=2, tasks=["vqa"]), "tasks: vqa not trained in stage 2"),
+    (dict(stage=2, tasks=["detection"]), "tasks: detection not trained in stage 2"),
 ])
 def test_invalid_value_fails_in_one_line(bad, says):
     with pytest.raises(InvalidTrainConfig) as err:
@@ -40,7 +40,8 @@ def test_every_field_round_trips_through_the_torchrun_argv():
     cfg = TrainConfig(stage=2, shards=["a", "b"], out="o2", init="i", tasks=["pose"], weights="w", device="cuda:0",
                       preset="lumen-7b", max_steps=7, lr=3e-4, lr_floor=0.1, warmup_steps=2, weight_decay=0.0,
                       grad_clip=0.5, batch_size=8, group_size=1, hflip=0.25, seed=5, num_workers=0, save_every=3, max_bad_steps=2,
-                      allow_eval_overlap=True, progress=False, resume=True, balance_tasks=False)
+                      allow_eval_overlap=True, progress=False, resume=True, balance_tasks=False, readout_lr_scale=2.0,
+                      question_share=0.25)
     back = config_from_args(build_arg_parser().parse_args(cfg.to_argv()))
     assert back == cfg
     changed = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(TrainConfig(**BASE), f.name)}
