@@ -92,8 +92,8 @@ class TrainConfig:
                                         "(stage 1 trains it at the base rate: 5x there cost detection 0.04 AP)",
                                    check=_at_least(0.0))
     question_share: float = knob(0.1, "stage 2: the share of its rows that are short-answer questions (VQAv2), for "
-                                      "the VQA readout; at most, taken evenly from them (all of them were 29%% of "
-                                      "the rows and cost pose 0.03 AP); 0: none", check=_within(0.0, 0.9))
+                                      "the VQA readout; at most, taken evenly from them (all of them, 29 in 100 of "
+                                      "the demo's rows, cost pose ~0.03 AP); 0: none", check=_within(0.0, 0.9))
     weight_decay: float = knob(0.01, "AdamW weight decay", check=_at_least(0.0))
     grad_clip: float = knob(1.0, "clip the gradient norm to this", check=_at_least(0.0))
     batch_size: int = knob(16, "global batch size (split across processes)", check=_at_least(1))
