@@ -33,6 +33,7 @@ import torch.distributed as dist
 from lumen_model.checkpoint import build_model, load_model, nonfinite_tensors, save_checkpoint
 from lumen_model.config import LumenConfig, get_preset
 from lumen_model.data import SHORT_ANSWER, SHORT_ANSWER_SOURCES, Collator, hflip
+from lumen_model.parent_death import AGENT_PID, STARTER_PID, arm_from_env
 from lumen_model.tokenizer import train_tokenizer
 from lumen_model.train_config import STAGE_TASKS, TrainConfig, build_arg_parser, config_from_args  # noqa: F401 (public here too)
 from pipelines.errors import InputError, LumenError
@@ -389,11 +390,13 @@ def train_processes(cfg: TrainConfig, nproc: int, on_line=None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     result_file = out.with_name(f".{out.name}.result.json")
     result_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+    # lumen_model.torchrun: torch.distributed.run that, with its ranks, dies when this process is killed
+    cmd = [sys.executable, "-m", "lumen_model.torchrun", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "lumen_model.train", *cfg.to_argv(), "--result-file", str(result_file)]
     root = str(Path(__file__).resolve().parents[1])  # this checkout's lumen_model, also in the children
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     env.setdefault("OMP_NUM_THREADS", "1")
+    env[STARTER_PID] = str(os.getpid())
     log.info("running %s", " ".join(cmd))
     # the ranks' log (rank 0's progress line every few seconds, warnings, a traceback) goes to `on_line` (this
     # process's stderr; a Dagster step's log) as it comes, so a long run is not silent; its last lines also make
@@ -703,6 +706,7 @@ def write_checkpoint(t: Trainer, out: Path, step: int, cfg: TrainConfig, rank: i
 
 
 def main(argv=None) -> int:
+    arm_from_env(AGENT_PID)  # a rank of train_processes: killed with torchrun, not left training alone
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_arg_parser().parse_args(argv)
     try:

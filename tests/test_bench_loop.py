@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ["--images", "20", "--pool", "12", "--budget", "3", "--seeds", "2", "--start-steps", "3",
-       "--stage1-steps", "2", "--stage2-steps", "2", "--batch-size", "4", "--threads", "1"]
+       "--stage1-steps", "2", "--stage2-steps", "2", "--batch-size", "4", "--threads", "1", "--procs", "1"]
 
 
 def _env() -> dict:
