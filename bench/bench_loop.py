@@ -84,12 +84,12 @@ class Loop:
         return counts
 
     def _train(self, stage: int, shards: list[str], out: Path, init, steps: int, seed: int) -> dict:
-        from lumen_model.train import TrainConfig, train_processes
+        from lumen_model.train import TrainConfig, loader_workers, train_processes
 
         procs = self.args.procs
         cfg = TrainConfig(stage=stage, preset="tiny", shards=shards, out=str(out),
-                          init=None if init is None else str(init), max_steps=steps, lr=self.args.lr, batch_size=self.args.batch_size, seed=seed, progress=False,
-                          num_workers=2 if procs <= 1 else 1)
+                          init=None if init is None else str(init), max_steps=steps, lr=self.args.lr,
+                          batch_size=self.args.batch_size, seed=seed, progress=False, num_workers=loader_workers(procs))
         return train_processes(cfg, procs, on_line=lambda line: None)  # the ranks' progress lines: quiet
 
     def start_model(self) -> Path:

@@ -89,7 +89,7 @@ def main() -> int:
         ap.error(f"--from-run {args.from_run}: no finished run there (its stage1/config.json is missing)")
 
     from lumen_model.predict import predict
-    from lumen_model.train import TrainConfig, train_processes
+    from lumen_model.train import TrainConfig, loader_workers, train_processes
     from pipelines.evaluation import evaluate, refcoco_expressions, shuffled_questions
     from pipelines.layout import SOURCES, convert_partition
     from pipelines.sample_data import write_sample_data
@@ -98,7 +98,7 @@ def main() -> int:
     data = Path(args.from_run) if args.from_run else root  # where the sources, shards and stage1 are
     cpu = {}
     times, t = {}, time.perf_counter()
-    workers = 2 if args.procs <= 1 else 1  # DataLoader processes per training process
+    workers = loader_workers(args.procs)  # DataLoader processes per training process
     if args.from_run:
         s1 = {"samples_per_s": float("nan")}
         times["data"] = times["stage1"] = cpu["data"] = cpu["stage1"] = 0.0

@@ -38,7 +38,7 @@ def main() -> int:
     if not 0 < few < more:
         ap.error("--steps FEW MORE with 0 < FEW < MORE")
 
-    from lumen_model.train import TrainConfig, train_processes
+    from lumen_model.train import TrainConfig, loader_workers, train_processes
     from pipelines.layout import SOURCES, convert_partition
     from pipelines.sample_data import write_sample_data
 
@@ -47,7 +47,7 @@ def main() -> int:
     for s in SOURCES:
         convert_partition(s, root / "sources", root / "shards", input_size=128)
     shards = sorted(str(p.parent) for p in (root / "shards").glob("*/*/manifest.json"))
-    workers = 2 if args.procs <= 1 else 1
+    workers = loader_workers(args.procs)
 
     def run(stage: int, steps: int) -> tuple[float, float]:
         init = str(root / f"s1_{more}") if stage == 2 else None

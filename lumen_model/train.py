@@ -373,6 +373,12 @@ class TrainingProcessesFailed(LumenError):
         self.stderr = stderr
 
 
+def loader_workers(nproc: int) -> int:
+    """DataLoader processes per training process on a 2-core CPU: 2 beside one process, 1 beside each of
+    several DDP ranks (each rank already has a core)."""
+    return 2 if nproc <= 1 else 1
+
+
 def train_processes(cfg: TrainConfig, nproc: int, on_line=None) -> dict:
     """`train(cfg)` in `nproc` DistributedDataParallel processes (torchrun; gloo and 1 thread each on a CPU).
 

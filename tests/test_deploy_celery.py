@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+from tests.processes import alive, live_pids
+
 pytestmark = pytest.mark.slow
 
 GPU_STEPS = {"models", "evaluation", "pseudo_labels"}
@@ -67,12 +69,8 @@ def stack(tmp_path_factory):
         started |= s.all_pids() | ({postgres} if postgres else set())  # and what they spawned since
         s.stop()
         time.sleep(0.5)
-        left = [p for p in started if _alive(p)] + [p for p in _all_pids() if _pgid(p) in groups]
+        left = [p for p in started if alive(p)] + [p for p in live_pids() if _pgid(p) in groups]
         assert not left, f"processes left running after stop(): {sorted(set(left))}"
-
-
-def _all_pids() -> list[int]:
-    return [int(d) for d in os.listdir("/proc") if d.isdigit() and _alive(int(d))]
 
 
 def _pgid(pid: int) -> int | None:
@@ -80,14 +78,6 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except OSError:
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 # ---- GraphQL ------------------------------------------------------------------------------------

@@ -14,24 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import command_line, live_pids
+
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 
 
 def _processes_naming(text: str) -> list[int]:
-    """Pids of the live processes whose command line holds `text` (zombies left out)."""
-    pids = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit() or int(p.name) == os.getpid():
-            continue
-        try:
-            if text in (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace") and \
-                    (p / "stat").read_text().split(") ")[1][0] != "Z":
-                pids.append(int(p.name))
-        except OSError:  # gone meanwhile
-            continue
-    return pids
+    """Pids of the live processes whose command line holds `text`."""
+    return [pid for pid in live_pids() if pid != os.getpid() and text in command_line(pid)]
 
 
 @pytest.mark.slow
