@@ -176,6 +176,7 @@ class LocalStack:
             self._timed("redis", self.start_redis)
             self._timed("mongod", self.start_mongod)
             self.write_instance()
+            self._timed("schema", self.create_schema)
             self._timed("workers", self.start_workers)
             self._timed("daemon", self.start_daemon)
             self._timed("webserver", self.start_webserver)
@@ -254,6 +255,15 @@ class LocalStack:
         """DAGSTER_HOME/dagster.yaml = deploy/dagster.yaml as is (its settings come from env vars)."""
         shutil.copyfile(DEPLOY / "dagster.yaml", self.dagster_home / "dagster.yaml")
         (self.workdir / "celery_run_config.yaml").write_text(yaml.safe_dump(self.celery_run_config()))
+
+    def create_schema(self):
+        """Dagster's tables in the empty Postgres, by one process: the two workers starting at once each created
+        them and one failed (`type "secondary_indexes" already exists`)."""
+        bin_dir = Path(self.python).parent
+        done = subprocess.run([str(bin_dir / "dagster"), "instance", "migrate"], env=self.env(), cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"dagster instance migrate failed: {(done.stdout + done.stderr)[-2000:]}")
 
     def start_workers(self):
         cfg = str(self.workdir / "celery_run_config.yaml")
