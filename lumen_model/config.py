@@ -77,6 +77,9 @@ class LumenConfig:
     # VQA: the question drives the aligner as [LOC] does, and what its heatmap points at (pixel features, colour,
     # peak, peak counts) is added to the LLM's answer positions (lumen_model/vqa_readout.py)
     vqa_readout: bool = False
+    # VQA, stage 2: a look at the object under the question heatmap's peak, cropped to the size the box head
+    # predicts there, added to the readout (lumen_model/vqa_readout.py `ObjectGlimpse`); needs `vqa_readout`
+    vqa_glimpse: bool = False
     # weight of a VQA sample's answer loss against the other tasks' (their answers are fixed sentences)
     vqa_text_weight: float = 1.0
     max_text_tokens: int = 48
@@ -147,6 +150,9 @@ def _tiny() -> LumenConfig:
         # ...and a from-scratch LLM still answers from priors alone: hand it what the question's heatmap points at,
         # and have the question's state name the question's own words (as [LOC] does) so that heatmap finds them
         vqa_readout=True, vqa_concept_weight=1.0,
+        # ...and the softmax-pooled features under a diffuse heatmap blur the one object a colour or shape question
+        # is about: stage 2 also looks at that object, cropped at the heatmap's peak
+        vqa_glimpse=True,
         # ...and the heatmap followed the shape word but not the colour word ("the yellow square" found either square)
         aligner_colour_match=16,
     )

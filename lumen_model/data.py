@@ -85,6 +85,9 @@ class Collator:
         batch["answer_index"] = torch.where(torch.tensor(is_vqa, dtype=torch.bool), first_answer, -1)
         batch["question_ids"] = [torch.tensor(self.concept_ids(it["instruction"]) if v else [], dtype=torch.long)
                                  for it, v in zip(items, is_vqa)]
+        # the word naming the row's objects ("circle"): what the VQA glimpse learns to say of each box (stage 2)
+        batch["category_word_ids"] = [torch.tensor(self.tok(it["category"], add_special_tokens=False)["input_ids"]
+                                                   if it.get("category") else [], dtype=torch.long) for it in items]
         # each distinct image once: the vision encoders run on `images`, rows gather by `image_index`
         keys = [it.get("image_path") or f"#{i}" for i, it in enumerate(items)]
         first = {}

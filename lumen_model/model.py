@@ -21,10 +21,10 @@ from lumen_model.decoders.masks import SamBoxPrompts
 from lumen_model.decoders.pose import PoseHead, keypoint_loss_sum, keypoint_targets
 from lumen_model.decoders.roi_masks import RoiMaskHead
 from lumen_model.losses import gather_at, gaussian_focal_loss, mean_over_ranks, per_sample_l1
-from lumen_model.vqa_readout import VqaReadout, answer_positions
+from lumen_model.vqa_readout import ObjectGlimpse, VqaReadout, answer_positions
 
 STAGE1_PARTS = ("llava", "aligner", "concept_head", "llm_pixels", "llm_image_norm", "vqa_readout")
-STAGE2_PARTS = ("masks", "pose", "vqa_readout")  # the readout is the tiny preset's answer decoder
+STAGE2_PARTS = ("masks", "pose", "vqa_readout", "vqa_glimpse")  # the readout (+ glimpse): the tiny preset's answer decoder
 
 
 def build_llava(cfg: LumenConfig, vocab_size: int, image_token_id: int, pad_token_id: int) -> LlavaForConditionalGeneration:
@@ -70,6 +70,12 @@ class LumenModel(nn.Module):
         self.pose = PoseHead(cfg.aligner_dim, cfg.pose_dim, cfg.num_keypoints, cfg.pose_crop, cfg.input_size)
         self.register_buffer("pixel_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
+        # built last and on a forked RNG: every other part's weights, and the random draws of training after
+        # this, stay what they were without it (a stage 1 is the same with and without a glimpse)
+        self.vqa_glimpse = None
+        if cfg.vqa_glimpse and cfg.vqa_readout:
+            with torch.random.fork_rng(devices=[]):
+                self.vqa_glimpse = ObjectGlimpse(cfg.input_size, text_dim)
 
     # ---- stage 1 -------------------------------------------------------------------------------
     def normalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -153,6 +159,15 @@ class LumenModel(nn.Module):
         m = self.cfg.heatmap_size
         pixels = self.per_image(batch, lambda x: F.adaptive_avg_pool2d(self.normalize(x), (m, m)))
         return self.vqa_readout(heat_logits, pixel_feats[0], pixels)
+
+    def answer_glimpse(self, batch: dict, heads: dict, question: torch.Tensor) -> tuple:
+        """`vqa_glimpse` (trained in stage 2): the object under each question heatmap's peak -> (for every answer
+        position, for the first one only); (0, 0) without one. heads: the aligner's heatmap and offset maps
+        of the question rows; question: their states before the answer's first word."""
+        if self.vqa_glimpse is None:
+            return 0.0, 0.0
+        pixels = self.per_image(batch, self.normalize)
+        return self.vqa_glimpse(heads["heatmap_logits"], heads["offsets"], pixels, question)
 
     def answer_hidden(self, out: dict, batch: dict) -> torch.Tensor:
         """The LLM's last hidden states as the vocabulary head reads them: with `vqa_readout`, plus the
@@ -247,7 +262,38 @@ class LumenModel(nn.Module):
         if self.vqa_readout is not None and "answer_index" in batch:
             vqa_l = mean_over_ranks(*self.readout_loss_sum(out, batch))
             losses.update(loss=losses["loss"] + vqa_l, vqa=vqa_l.detach())
+        if self.vqa_glimpse is not None and "category_word_ids" in batch:
+            name_l = mean_over_ranks(*self.glimpse_name_loss_sum(out, batch))
+            losses.update(loss=losses["loss"] + name_l, glimpse_name=name_l.detach())
         return losses
+
+    def glimpse_name_loss_sum(self, out: dict, batch: dict, max_boxes: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 2: the glimpse names the object in each ground-truth box of the segmentation and pose rows (the
+        category's words, through the frozen vocabulary head; a referring row's box is also described by its
+        expression's own words: the colour words are there) -> (sum of the cross-entropies, their count). At
+        most `max_boxes` per batch (the first ones), to bound the step's cost."""
+        rows = [i for i, t in enumerate(batch["task"]) if t in ("instance_segmentation", "referring_segmentation", "pose")
+                and len(batch["boxes_input"][i]) and len(batch["category_word_ids"][i])]
+        zero = out["hidden"].sum() * 0
+        if not rows:
+            return zero, zero
+        owner = torch.cat([torch.full((len(batch["boxes_input"][i]),), i, dtype=torch.long) for i in rows])[:max_boxes]
+        boxes = torch.cat([batch["boxes_input"][i] for i in rows])[:max_boxes].to(out["pixels"].device)
+        names, descriptions = self.vqa_glimpse.name_states(out["pixels"][owner.to(out["pixels"].device)], boxes)
+        per_box = self._words_loss(names, [batch["category_word_ids"][i] for i in owner.tolist()])
+        referring = [k for k, i in enumerate(owner.tolist()) if batch["task"][i] == "referring_segmentation"
+                     and len(batch["concept_ids"][i])]
+        if referring:
+            per_box = per_box.index_add(0, torch.tensor(referring, device=per_box.device), self._words_loss(
+                descriptions[referring], [batch["concept_ids"][owner[k].item()] for k in referring]))
+        return per_box.sum(), per_box.new_tensor(float(len(per_box)))
+
+    def _words_loss(self, states: torch.Tensor, words: list[torch.Tensor]) -> torch.Tensor:
+        """(n,) mean cross-entropy of each state's vocabulary logits against its words."""
+        logp = F.log_softmax(self.lm_logits(states), -1)
+        ids = nn.utils.rnn.pad_sequence(words, batch_first=True, padding_value=-1).to(logp.device)  # (n, most words)
+        known = (ids >= 0).to(logp.dtype)
+        return -(logp.gather(1, ids.clamp(min=0)) * known).sum(1) / known.sum(1)
 
     def readout_loss_sum(self, out: dict, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 2's VQA loss: the answers' cross-entropy through a readout recomputed with gradients on the
@@ -257,8 +303,16 @@ class LumenModel(nn.Module):
             zero = out["hidden"].sum() * 0
             return zero, zero
         readout = self.vqa_readout(out["heatmap_logits"][rows], out["answer_features"][rows], out["pixels"][rows])
-        where = answer_positions(batch["answer_index"][rows], out["hidden"].shape[1]).unsqueeze(-1)
-        hidden = out["hidden"][rows] + where.to(readout.dtype) * readout.unsqueeze(1)
+        hidden = out["hidden"][rows]
+        if self.vqa_glimpse is not None:
+            question = hidden[torch.arange(len(rows)), batch["answer_index"][rows]]
+            every, first_word = self.vqa_glimpse(out["heatmap_logits"][rows], out["offsets"][rows], out["pixels"][rows],
+                                                 question)
+            readout = readout + every
+            at_first = F.one_hot(batch["answer_index"][rows], hidden.shape[1]).unsqueeze(-1).to(hidden.dtype)
+            hidden = hidden + at_first * first_word.unsqueeze(1)
+        where = answer_positions(batch["answer_index"][rows], hidden.shape[1]).unsqueeze(-1)
+        hidden = hidden + where.to(readout.dtype) * readout.unsqueeze(1)
         per_sample = self.answer_token_loss(hidden, batch["labels"][rows])
         return per_sample.sum(), per_sample.new_tensor(float(len(rows)))
 

@@ -143,14 +143,15 @@ class Predictor:
         rows = torch.arange(len(paths))
         done = torch.zeros(len(paths), dtype=torch.bool, device=ids.device)
         outs = [[] for _ in paths]
-        readout = 0
+        readout = first_word = 0
         for step in range(max_new_tokens):
             hidden = self.model.language(ids, attn, llm_feats)
             state = hidden[rows, lengths - 1]
             if step == 0 and self.model.vqa_readout is not None:  # what the question points at (see training)
-                heat = self.model.aligner(image_feats, state, pixel_feats, dense=False)["heatmap_logits"]
-                readout = self.model.answer_readout(batch, heat, pixel_feats)
-            nxt = self.model.lm_logits(state + readout).argmax(-1)
+                heads = self.model.aligner(image_feats, state, pixel_feats, dense=False)
+                every, first_word = self.model.answer_glimpse(batch, heads, state)
+                readout = self.model.answer_readout(batch, heads["heatmap_logits"], pixel_feats) + every
+            nxt = self.model.lm_logits(state + readout + (first_word if step == 0 else 0)).argmax(-1)
             ids = torch.cat([ids, torch.full_like(nxt[:, None], self.tok.pad_token_id)], 1)
             attn = torch.cat([attn, torch.zeros_like(attn[:, :1])], 1)
             for i in range(len(paths)):

@@ -156,6 +156,7 @@ class ShardDataset(Dataset):
             "image_id": row["image_id"],
             "image_path": row["image_path"],
             "category_id": row["category_id"],
+            "category": row.get("category"),
             "image_width": w,
             "image_height": h,
         }

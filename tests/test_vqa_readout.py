@@ -59,3 +59,108 @@ def test_a_batch_moves_whole_to_the_training_device():
     moved = batch_to(batch, "meta")
     assert moved["input_ids"].is_meta and all(t.is_meta for t in moved["boxes_input"] + list(moved["concept_ids"]))
     assert isinstance(moved["concept_ids"], tuple) and moved["task"] == ["vqa", "detection"] and moved["empty"] == []
+
+
+def test_glimpse_centre_is_the_peak_plus_its_offset():
+    from lumen_model.vqa_readout import peak_centres
+
+    heat = torch.full((1, 32, 32), -4.0)
+    heat[0, 20, 10] = 3.0  # row 20, column 10
+    offsets = torch.zeros(1, 2, 32, 32)
+    offsets[0, :, 20, 10] = torch.tensor([0.25, 0.75])
+    assert torch.allclose(peak_centres(heat, offsets, input_size=128)[0], torch.tensor([41.0, 83.0]))
+
+
+def _circle_and_square(rng, s=128, m=32):
+    """An image with one circle and one square of random colours and sizes, and the heatmap and offset
+    maps of a question about one of them (label 0: the peak is on the circle, 1: on the square)."""
+    import cv2
+    import numpy as np
+
+    img = np.full((s, s, 3), 240, np.uint8)
+    r = rng.integers(6, 14, 2)
+    centres = [(int(rng.integers(16, 48)), int(rng.integers(16, 112))), (int(rng.integers(80, 112)), int(rng.integers(16, 112)))]
+    if rng.random() < 0.5:
+        centres.reverse()
+    colours = [tuple(int(c) for c in rng.integers(0, 200, 3)) for _ in range(2)]
+    cv2.circle(img, centres[0], int(r[0]), colours[0], -1)
+    (x, y), h = centres[1], int(r[1])
+    cv2.rectangle(img, (x - h, y - h), (x + h, y + h), colours[1], -1)
+    label = int(rng.integers(2))
+    cx, cy = centres[label]
+    heat = torch.full((m, m), -4.0)
+    heat[cy // 4, cx // 4] = 0.5  # a weak peak, as a question's heatmap has
+    offsets = torch.full((2, m, m), 0.5)
+    pixels = torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1
+    return heat, offsets, pixels, label
+
+
+def test_glimpse_reads_the_shape_under_the_peak():
+    """Every image holds a circle and a square, so only a look at the object under the peak tells which one
+    the question is about: the glimpse (and a linear answer on it) learns that from 256 examples."""
+    import numpy as np
+
+    from lumen_model.vqa_readout import ObjectGlimpse
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    heat, offsets, pixels, labels = (torch.stack([torch.as_tensor(v) for v in col])
+                                            for col in zip(*(_circle_and_square(rng) for _ in range(320))))
+    question = torch.zeros(320, 16)
+    glimpse, answer = ObjectGlimpse(input_size=128, text_dim=16), torch.nn.Linear(16, 2)
+    torch.nn.init.normal_(glimpse.answer[-1].weight, std=0.1)  # a zero last layer passes no gradient to the rest
+    opt = torch.optim.Adam([*glimpse.parameters(), *answer.parameters()], lr=2e-3)
+    for step in range(150):
+        i = torch.randint(0, 256, (32,))
+        loss = torch.nn.functional.cross_entropy(answer(glimpse(heat[i], offsets[i], pixels[i], question[i])[0]), labels[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        guess = answer(glimpse(heat[256:], offsets[256:], pixels[256:], question[256:])[0]).argmax(1)
+    assert (guess == labels[256:]).float().mean() >= 0.9
+
+
+def test_untrained_glimpse_changes_no_answer():
+    from lumen_model.vqa_readout import ObjectGlimpse
+
+    every, first_word = ObjectGlimpse(input_size=128, text_dim=16)(
+        torch.randn(2, 32, 32), torch.rand(2, 2, 32, 32), torch.randn(2, 3, 128, 128), torch.randn(2, 16))
+    assert every.shape == first_word.shape == (2, 16)
+    assert torch.count_nonzero(every) == 0 and torch.count_nonzero(first_word) == 0
+
+
+def test_stage2_has_the_glimpse_name_every_box(model_shard_dirs):
+    """The glimpse learns what objects look like from the ground-truth boxes of the stage-2 rows: each box is
+    named by its category's word, and a referring row's box also described by its expression's words (where
+    the colour is); the loss reaches the encoders once the name layers are no longer zero."""
+    from lumen_model.checkpoint import build_model
+    from lumen_model.config import get_preset
+    from lumen_model.data import Collator
+    from lumen_model.tokenizer import train_tokenizer
+    from pipelines.dataset import ShardDataset
+
+    preset = get_preset("tiny")
+    ds = ShardDataset(model_shard_dirs, input_size=preset.input_size,
+                      tasks=["instance_segmentation", "referring_segmentation"])
+    items = [it for it in (ds[i] for i in range(len(ds))) if len(it["boxes_input"])]
+    items = [next(it for it in items if it["task"] == t) for t in ("instance_segmentation", "referring_segmentation")]
+    tok = train_tokenizer([t for it in items for t in (it["instruction"], it["answer"], it["category"])],
+                          vocab_size=preset.text["vocab_size"])
+    batch = Collator(tok, preset.num_image_tokens, preset.max_text_tokens, preset.heatmap_size, preset.input_size)(items)
+    assert [w.tolist() for w in batch["category_word_ids"]] == [
+        tok(it["category"], add_special_tokens=False)["input_ids"] for it in items]
+    torch.manual_seed(0)
+    model = build_model(preset, tok)
+    model.set_stage(2)
+    glimpse = model.vqa_glimpse
+    for layer in (glimpse.name, glimpse.describe[-1]):
+        torch.nn.init.normal_(layer.weight, std=0.02)  # as after a few steps
+    with torch.no_grad():
+        out = model.stage1(batch)
+    total, count = model.glimpse_name_loss_sum(out, batch)
+    assert count.item() == sum(len(it["boxes_input"]) for it in items) and torch.isfinite(total) and total > 0
+    total.backward()
+    assert glimpse.encode[0][0].weight.grad.abs().sum() > 0  # the names
+    assert glimpse.describe[0][0][0].weight.grad.abs().sum() > 0  # the referring row's words
+    assert model.llava.lm_head.weight.grad is None  # the vocabulary head stays frozen in stage 2
