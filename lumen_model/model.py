@@ -5,7 +5,7 @@ holding [LOC] and a task token; the [LOC] hidden state drives the aligner's heat
 Stage 2 (task-specific): boxes from peaks + sizes, masks from SAM prompted with boxes (or the
 tiny preset's box-aligned mask head), keypoints from a top-down head. VQA answers come from the LLM's generation
 (with `vqa_readout`, what the question's heatmap points at is added to it; stage 2 trains that readout again, on
-the frozen stage-1 features it reads).
+the frozen stage-1 features it reads, and with `vqa_glimpse` a look at the object under the heatmap's peak).
 """
 
 from __future__ import annotations
