@@ -79,7 +79,12 @@ def load_model(folder, device: str = "cpu") -> tuple[LumenModel, object]:
     model = LumenModel(LumenConfig.from_dict(config["lumen"]), config["vocab_size"], config["image_token_id"],
                        config["pad_token_id"])
     state = _read_weights(folder / WEIGHTS)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensors of other shapes (another version of a part): torch lists every one
+        shapes = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        raise InputError(f"checkpoint {folder} does not fit this model: {len(shapes)} tensors of another shape "
+                         f"({shapes[0][:160] if shapes else str(exc).splitlines()[0][:160]})") from None
     if missing or unexpected:  # a checkpoint from another version of the model: refuse, never half-load
         raise InputError(f"checkpoint {folder} does not fit this model: {len(missing)} missing tensors "
                          f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}), {len(unexpected)} unexpected "

@@ -188,6 +188,27 @@ def _steps_of(ckpt) -> set:
             json.loads((ckpt / "config.json").read_text())["step"]}
 
 
+def test_a_checkpoint_with_tensors_of_another_shape_is_one_line(small_checkpoint, tmp_path):
+    """Another version of a part (a glimpse encoder of other widths) is refused in one line, not torch's list."""
+    import shutil
+
+    import torch
+    from lumen_model.checkpoint import WEIGHTS, load_model
+    from pipelines.errors import InputError
+    from safetensors.torch import load_file, save_file
+
+    ckpt = tmp_path / "other-shapes"
+    shutil.copytree(small_checkpoint, ckpt)
+    state = load_file(str(ckpt / WEIGHTS))
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.dim() == 2)
+    state[name] = torch.zeros(state[name].shape[0] + 1, state[name].shape[1])
+    save_file(state, str(ckpt / WEIGHTS))
+    with pytest.raises(InputError) as err:
+        load_model(ckpt)
+    message = str(err.value)
+    assert "does not fit this model" in message and name in message and "\n" not in message
+
+
 def test_kill_during_a_save_keeps_the_previous_checkpoint_whole(model_shard_dirs, tmp_path):
     from lumen_model.train import TrainConfig, train
 

@@ -168,7 +168,8 @@ def test_the_readout_learns_faster_in_stage2_only(model_shard_dirs, tmp_path):
     preset = get_preset("tiny")
     tok, _ = _vqa_batch(model_shard_dirs, preset, n=2)
     model = build_model(preset, tok)
-    readout = {id(p) for p in model.vqa_readout.parameters()}
+    # the answer decoder: the readout and (tiny preset) the glimpse, both trained alone in stage 2
+    readout = {id(p) for part in (model.vqa_readout, model.vqa_glimpse) for p in part.parameters()}
     for stage, want in ((1, [None]), (2, [None, 5 * 1e-3])):
         model.set_stage(stage)
         cfg = TrainConfig(stage=stage, shards=model_shard_dirs, out=str(tmp_path), lr=1e-3, readout_lr_scale=5.0)

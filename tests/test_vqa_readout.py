@@ -121,6 +121,50 @@ def test_glimpse_reads_the_shape_under_the_peak():
     assert (guess == labels[256:]).float().mean() >= 0.9
 
 
+def _two_discs(rng, s=128, m=32):
+    """Two discs of two of five colours; the peak on one of them (label: its colour)."""
+    import cv2
+    import numpy as np
+
+    palette = [(220, 40, 40), (40, 170, 60), (40, 80, 220), (235, 200, 30), (150, 60, 190)]
+    img = np.full((s, s, 3), 240, np.uint8)
+    pair = rng.choice(5, 2, replace=False)
+    centres = [(int(rng.integers(16, 48)), int(rng.integers(16, 112))), (int(rng.integers(80, 112)), int(rng.integers(16, 112)))]
+    for (x, y), c in zip(centres, pair):
+        cv2.circle(img, (x, y), int(rng.integers(5, 14)), palette[c], -1)
+    k = int(rng.integers(2))
+    cx, cy = centres[k]
+    heat = torch.full((m, m), -4.0)
+    heat[cy // 4, cx // 4] = 0.5
+    return heat, torch.full((2, m, m), 0.5), torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1, int(pair[k])
+
+
+def test_glimpse_reads_the_colour_under_the_peak():
+    """Two discs of different colours in every image: the glimpse's answer path learns the colour of the one
+    under the peak (the readout's softmax pool over a diffuse heatmap mixes both)."""
+    import numpy as np
+
+    from lumen_model.vqa_readout import ObjectGlimpse
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    heat, offsets, pixels, labels = (torch.stack([torch.as_tensor(v) for v in col])
+                                     for col in zip(*(_two_discs(rng) for _ in range(320))))
+    question = torch.zeros(320, 16)
+    glimpse, answer = ObjectGlimpse(input_size=128, text_dim=16), torch.nn.Linear(16, 5)
+    torch.nn.init.normal_(glimpse.answer[-1].weight, std=0.1)
+    opt = torch.optim.Adam([*glimpse.parameters(), *answer.parameters()], lr=2e-3)
+    for step in range(150):
+        i = torch.randint(0, 256, (32,))
+        loss = torch.nn.functional.cross_entropy(answer(glimpse(heat[i], offsets[i], pixels[i], question[i])[0]), labels[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        guess = answer(glimpse(heat[256:], offsets[256:], pixels[256:], question[256:])[0]).argmax(1)
+    assert (guess == labels[256:]).float().mean() >= 0.9
+
+
 def test_untrained_glimpse_changes_no_answer():
     from lumen_model.vqa_readout import ObjectGlimpse
 
