@@ -233,7 +233,9 @@ def test_main_job_on_postgres_celery_and_external_mongo(stack):
 
 
 def test_two_runs_at_once_never_share_the_gpu_queue(stack):
-    ops = {"models": {"config": {"stage1_steps": 2, "stage2_steps": 2, "batch_size": 4}},
+    # a stage 1 long enough that the first run is still going when the second starts: with 2 steps, on an idle
+    # machine the first run ended (7.7 s) before the daemon dequeued the second (11.4 s after the first began)
+    ops = {"models": {"config": {"stage1_steps": 60, "stage2_steps": 2, "batch_size": 4}},
            "evaluation": {"config": {**EVAL_FAST, "tasks": ["bbox"]}}}
     runs = [launch(stack, "retrain", ops), launch(stack, "retrain", ops)]
     statuses = [wait_run(stack, r) for r in runs]
