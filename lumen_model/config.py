@@ -77,8 +77,8 @@ class LumenConfig:
     # VQA: the question drives the aligner as [LOC] does, and what its heatmap points at (pixel features, colour,
     # peak, peak counts) is added to the LLM's answer positions (lumen_model/vqa_readout.py)
     vqa_readout: bool = False
-    # VQA, stage 2: a look at the object under the question heatmap's peak, cropped to the size the box head
-    # predicts there, added to the readout (lumen_model/vqa_readout.py `ObjectGlimpse`); needs `vqa_readout`
+    # VQA, stage 2: a look at the object under the question heatmap's peak, through fixed windows around it,
+    # added to the readout (lumen_model/vqa_readout.py `ObjectGlimpse`); needs `vqa_readout`
     vqa_glimpse: bool = False
     # weight of a VQA sample's answer loss against the other tasks' (their answers are fixed sentences)
     vqa_text_weight: float = 1.0

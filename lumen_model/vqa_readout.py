@@ -94,10 +94,11 @@ class ObjectGlimpse(nn.Module):
     answers fell from 0.52 to 0.44 on the demo). So stage 2 also has the glimpse name the object at the centre
     of the same windows, placed on every ground-truth box of its segmentation and pose rows (`name_states`:
     the category's word, through the LLM's vocabulary head). That name goes to the answer's first word as much
-    as a gate on the question's state says ("What shape is ...?": all of it). What the smallest window holds
-    also goes to every answer position, through an encoder of its own that only the answers train (colour).
-    Stage 2 trains it all, on frozen stage-1 features; the name and answer layers start at zero, so an
-    untrained glimpse changes no answer.
+    as a gate on the question's state says ("What shape is ...?": all of it). Likewise a description of the
+    smallest window in a referring expression's words (learned from the referring rows' boxes; "What color
+    is ...?" opens its gate). What the smallest window holds also goes to every answer position, through an
+    encoder of its own that only the answers train. Stage 2 trains it all, on frozen stage-1 features; the
+    name, description and answer layers start at zero, so an untrained glimpse changes no answer.
     """
 
     def __init__(self, input_size: int, text_dim: int, crop: int = 16, windows: tuple = (24.0, 56.0)):
