@@ -80,6 +80,15 @@ class LumenConfig:
     # VQA, stage 2: a look at the object under the question heatmap's peak, through fixed windows around it,
     # added to the readout (lumen_model/vqa_readout.py `ObjectGlimpse`); needs `vqa_readout`
     vqa_glimpse: bool = False
+    # how many of the question heatmap's highest peaks the glimpse looks at, to read the one the question names
+    vqa_glimpse_candidates: int = 3
+    # detection and instance segmentation: each box's score times the probability that the glimpse names it the
+    # category asked for (a second look that the heatmap's peaks alone cannot give: a square in "all circles")
+    glimpse_checks_boxes: bool = True
+    # grounding and referring segmentation: of the expression heatmap's `vqa_glimpse_candidates` highest peaks,
+    # the one whose logit + a stage-2-fit scale x (how much the glimpse's name and description say the
+    # expression's words) is highest ("the red square": the peak on the blue one loses)
+    glimpse_grounds: bool = True
     # weight of a VQA sample's answer loss against the other tasks' (their answers are fixed sentences)
     vqa_text_weight: float = 1.0
     max_text_tokens: int = 48

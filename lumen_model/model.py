@@ -21,7 +21,7 @@ from lumen_model.decoders.masks import SamBoxPrompts
 from lumen_model.decoders.pose import PoseHead, keypoint_loss_sum, keypoint_targets
 from lumen_model.decoders.roi_masks import RoiMaskHead
 from lumen_model.losses import gather_at, gaussian_focal_loss, mean_over_ranks, per_sample_l1
-from lumen_model.vqa_readout import ObjectGlimpse, VqaReadout, answer_positions
+from lumen_model.vqa_readout import ObjectGlimpse, VqaReadout, answer_positions, peak_candidates
 
 STAGE1_PARTS = ("llava", "aligner", "concept_head", "llm_pixels", "llm_image_norm", "vqa_readout")
 STAGE2_PARTS = ("masks", "pose", "vqa_readout", "vqa_glimpse")  # the readout (+ glimpse): the tiny preset's answer decoder
@@ -75,7 +75,7 @@ class LumenModel(nn.Module):
         self.vqa_glimpse = None
         if cfg.vqa_glimpse and cfg.vqa_readout:
             with torch.random.fork_rng(devices=[]):
-                self.vqa_glimpse = ObjectGlimpse(cfg.input_size, text_dim)
+                self.vqa_glimpse = ObjectGlimpse(cfg.input_size, text_dim, candidates=cfg.vqa_glimpse_candidates)
 
     # ---- stage 1 -------------------------------------------------------------------------------
     def normalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -160,14 +160,16 @@ class LumenModel(nn.Module):
         pixels = self.per_image(batch, lambda x: F.adaptive_avg_pool2d(self.normalize(x), (m, m)))
         return self.vqa_readout(heat_logits, pixel_feats[0], pixels)
 
-    def answer_glimpse(self, batch: dict, heads: dict, question: torch.Tensor) -> tuple:
-        """`vqa_glimpse` (trained in stage 2): the object under each question heatmap's peak -> (for every answer
-        position, for the first one only); (0, 0) without one. heads: the aligner's heatmap and offset maps
-        of the question rows; question: their states before the answer's first word."""
+    def answer_glimpse(self, batch: dict, heads: dict, question: torch.Tensor, question_words: list) -> tuple:
+        """`vqa_glimpse` (trained in stage 2): the object under the question heatmap's peak that the question names
+        -> (for every answer position, for the first one only); (0, 0) without one. heads: the aligner's heatmap
+        and offset maps of the question rows; question: their states before the answer's first word;
+        question_words: their questions' own word ids (`Collator.concept_ids`)."""
         if self.vqa_glimpse is None:
             return 0.0, 0.0
         pixels = self.per_image(batch, self.normalize)
-        return self.vqa_glimpse(heads["heatmap_logits"], heads["offsets"], pixels, question)
+        return self.vqa_glimpse(heads["heatmap_logits"], heads["offsets"], pixels, question, question_words,
+                                self.lm_logits)
 
     def answer_hidden(self, out: dict, batch: dict) -> torch.Tensor:
         """The LLM's last hidden states as the vocabulary head reads them: with `vqa_readout`, plus the
@@ -263,30 +265,71 @@ class LumenModel(nn.Module):
             vqa_l = mean_over_ranks(*self.readout_loss_sum(out, batch))
             losses.update(loss=losses["loss"] + vqa_l, vqa=vqa_l.detach())
         if self.vqa_glimpse is not None and "category_word_ids" in batch:
-            name_l = mean_over_ranks(*self.glimpse_name_loss_sum(out, batch))
-            losses.update(loss=losses["loss"] + name_l, glimpse_name=name_l.detach())
+            # each averaged over its own boxes: the few referring boxes' descriptions, summed in with every box's
+            # name, had a tenth of the names' weight (and colour answers swung by 0.3 between two seeds)
+            named, described = self.glimpse_loss_sums(out, batch)
+            name_l, describe_l = mean_over_ranks(*named), mean_over_ranks(*described)
+            losses.update(loss=losses["loss"] + name_l + describe_l, glimpse_name=name_l.detach(),
+                          glimpse_describe=describe_l.detach())
+            if self.cfg.glimpse_grounds:
+                ground_l = mean_over_ranks(*self.grounding_pick_loss_sum(out, batch))
+                losses.update(loss=losses["loss"] + ground_l, glimpse_ground=ground_l.detach())
         return losses
 
-    def glimpse_name_loss_sum(self, out: dict, batch: dict, max_boxes: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    def grounding_pick_loss_sum(self, out: dict, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 2: fit `ground_scale` on the referring rows. Each row's candidates are its (frozen) heatmap's
+        highest peaks; the target is the best-ranked one inside the referred box, where some other is not ->
+        (sum of the cross-entropies of heat logit + ground_scale x word mass, their count). The names and
+        descriptions are not trained by it (a distractor of the same category must still be named so)."""
+        g = self.vqa_glimpse
+        rows = [i for i, t in enumerate(batch["task"]) if t == "referring_segmentation"
+                and len(batch["boxes_input"][i]) and len(batch["concept_ids"][i])]
+        zero = out["hidden"].sum() * 0 + g.ground_scale * 0
+        if not rows:
+            return zero, zero.detach()
+        centres, heat = peak_candidates(out["heatmap_logits"][rows], out["offsets"][rows], self.cfg.input_size,
+                                        g.candidates)
+        with torch.no_grad():
+            mass = g.candidate_word_mass(out["pixels"][rows], centres, [batch["concept_ids"][i] for i in rows],
+                                         self.lm_logits)
+        box = torch.stack([batch["boxes_input"][i][0] for i in rows]).to(centres.device).unsqueeze(1)
+        inside = ((centres >= box[..., :2]) & (centres <= box[..., 2:])).all(-1)
+        useful = inside.any(1) & ~inside.all(1)
+        if not useful.any():
+            return zero, zero.detach()
+        picks = heat[useful] + g.ground_scale * mass[useful]
+        loss = F.cross_entropy(picks, inside[useful].float().argmax(1), reduction="sum")
+        return loss, loss.new_tensor(float(useful.sum()))
+
+    def glimpse_loss_sums(self, out: dict, batch: dict, max_boxes: int = 64) -> tuple[tuple, tuple]:
         """Stage 2: the glimpse names the object in each ground-truth box of the segmentation and pose rows (the
-        category's words, through the frozen vocabulary head; a referring row's box is also described by its
-        expression's own words: the colour words are there) -> (sum of the cross-entropies, their count). At
-        most `max_boxes` per batch (the first ones), to bound the step's cost."""
+        category's words, through the frozen vocabulary head), and describes a referring row's box in its
+        expression's other words (the colour words are there) -> ((sum of the naming cross-entropies, their
+        count), (the same of the descriptions)). At most `max_boxes` per batch (the first ones), to bound the
+        step's cost."""
         rows = [i for i, t in enumerate(batch["task"]) if t in ("instance_segmentation", "referring_segmentation", "pose")
                 and len(batch["boxes_input"][i]) and len(batch["category_word_ids"][i])]
         zero = out["hidden"].sum() * 0
         if not rows:
-            return zero, zero
+            return (zero, zero), (zero, zero)
         owner = torch.cat([torch.full((len(batch["boxes_input"][i]),), i, dtype=torch.long) for i in rows])[:max_boxes]
         boxes = torch.cat([batch["boxes_input"][i] for i in rows])[:max_boxes].to(out["pixels"].device)
         names, descriptions = self.vqa_glimpse.name_states(out["pixels"][owner.to(out["pixels"].device)], boxes)
-        per_box = self._words_loss(names, [batch["category_word_ids"][i] for i in owner.tolist()])
-        referring = [k for k, i in enumerate(owner.tolist()) if batch["task"][i] == "referring_segmentation"
-                     and len(batch["concept_ids"][i])]
-        if referring:
-            per_box = per_box.index_add(0, torch.tensor(referring, device=per_box.device), self._words_loss(
-                descriptions[referring], [batch["concept_ids"][owner[k].item()] for k in referring]))
-        return per_box.sum(), per_box.new_tensor(float(len(per_box)))
+        named = self._words_loss(names, [batch["category_word_ids"][i] for i in owner.tolist()])
+        described = [(k, words) for k, i in enumerate(owner.tolist()) if batch["task"][i] == "referring_segmentation"
+                     and len(words := self._description_words(batch, i))]
+        if not described:
+            return (named.sum(), named.new_tensor(float(len(named)))), (zero, zero)
+        per_box = self._words_loss(descriptions[[k for k, _ in described]], [w for _, w in described])
+        return ((named.sum(), named.new_tensor(float(len(named)))),
+                (per_box.sum(), per_box.new_tensor(float(len(per_box)))))
+
+    @staticmethod
+    def _description_words(batch: dict, i: int) -> torch.Tensor:
+        """A referring expression's words but its category's ("red", "big", "left" of "the big red square on the
+        left"): the category's word is in every expression, and as a target it drowned the colour."""
+        words, category = batch["concept_ids"][i], batch["category_word_ids"][i]
+        return words[~torch.isin(words, category)]
 
     def _words_loss(self, states: torch.Tensor, words: list[torch.Tensor]) -> torch.Tensor:
         """(n,) mean cross-entropy of each state's vocabulary logits against its words."""
@@ -307,7 +350,8 @@ class LumenModel(nn.Module):
         if self.vqa_glimpse is not None:
             question = hidden[torch.arange(len(rows)), batch["answer_index"][rows]]
             every, first_word = self.vqa_glimpse(out["heatmap_logits"][rows], out["offsets"][rows], out["pixels"][rows],
-                                                 question)
+                                                 question, [batch["question_ids"][i] for i in rows.tolist()],
+                                                 self.lm_logits)
             readout = readout + every
             at_first = F.one_hot(batch["answer_index"][rows], hidden.shape[1]).unsqueeze(-1).to(hidden.dtype)
             hidden = hidden + at_first * first_word.unsqueeze(1)

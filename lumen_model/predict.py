@@ -149,7 +149,8 @@ class Predictor:
             state = hidden[rows, lengths - 1]
             if step == 0 and self.model.vqa_readout is not None:  # what the question points at (see training)
                 heads = self.model.aligner(image_feats, state, pixel_feats, dense=False)
-                every, first_word = self.model.answer_glimpse(batch, heads, state)
+                words = [torch.tensor(self.collate.concept_ids(q), dtype=torch.long) for q in questions]
+                every, first_word = self.model.answer_glimpse(batch, heads, state, words)
                 readout = self.model.answer_readout(batch, heads["heatmap_logits"], pixel_feats) + every
             nxt = self.model.lm_logits(state + readout + (first_word if step == 0 else 0)).argmax(-1)
             ids = torch.cat([ids, torch.full_like(nxt[:, None], self.tok.pad_token_id)], 1)
@@ -166,6 +167,40 @@ class Predictor:
             if done.all():
                 break
         return [self.tok.decode(o, skip_special_tokens=True).strip() for o in outs]
+
+    @property
+    def grounds(self) -> bool:
+        """Whether grounding picks among the heatmap's peaks by what the glimpse sees there (`glimpse_grounds`)."""
+        return self.model.vqa_glimpse is not None and self.cfg.glimpse_grounds
+
+    @torch.no_grad()
+    def pick_named(self, out: dict, row: int, boxes_xywh: np.ndarray, scores: np.ndarray, geo: SquarePad,
+                   expression: str) -> int:
+        """Of a referring expression's candidate boxes (the heatmap's highest peaks), the index of the one whose
+        logit + `ground_scale` x (how much the glimpse's name and description say the expression's words) is
+        highest."""
+        g = self.model.vqa_glimpse
+        b = np.asarray(boxes_xywh, dtype=np.float64)
+        centres = torch.tensor(geo.to_input(b[:, :2] + b[:, 2:] / 2), dtype=out["pixels"].dtype,
+                               device=out["pixels"].device).unsqueeze(0)
+        words = [torch.tensor(self.collate.concept_ids(expression), dtype=torch.long)]
+        mass = g.candidate_word_mass(out["pixels"][row:row + 1], centres, words, self.model.lm_logits)[0]
+        p = torch.as_tensor(np.clip(scores, 1e-6, 1 - 1e-6), dtype=mass.dtype, device=mass.device)
+        return int((torch.log(p / (1 - p)) + g.ground_scale * mass).argmax())
+
+    @torch.no_grad()
+    def named_as(self, out: dict, row: int, boxes_xywh: np.ndarray, geo: SquarePad, category: str | None) -> np.ndarray:
+        """Per box, the probability that the glimpse names its object `category` (`glimpse_checks_boxes`; 1.0
+        without a glimpse or a known category word): the second look that detection's scores are multiplied by."""
+        ids = [t for t in self.tok(category or "", add_special_tokens=False)["input_ids"] if t != self.tok.unk_token_id]
+        if self.model.vqa_glimpse is None or not self.cfg.glimpse_checks_boxes or not ids:
+            return np.ones(len(boxes_xywh))  # (a word the model never learned cannot be checked)
+        words = torch.tensor(ids, dtype=torch.long)
+        b = np.asarray(boxes_xywh, dtype=np.float64)
+        xyxy = torch.tensor(np.concatenate([geo.to_input(b[:, :2]), geo.to_input(b[:, :2] + b[:, 2:])], 1),
+                            dtype=out["pixels"].dtype, device=out["pixels"].device)
+        pixels = out["pixels"][row:row + 1].expand(len(b), -1, -1, -1)
+        return self.model.vqa_glimpse.names_at(pixels, xyxy, words, self.model.lm_logits).cpu().numpy()
 
     def geometry(self, path: str) -> SquarePad:
         h, w = self._image(path).shape[:2]
@@ -246,8 +281,8 @@ def plan_jobs(checkpoint, task: str, images_dir, *, annotations=None, categories
     if task in ("detection", "instance_segmentation", "pose"):
         images = list_images(images_dir, annotations)[:max_images]
         cats = _task_categories(checkpoint, task, annotations, categories)
-        return ImageInstructionJobs(images, [(instruction_for(task, category=c["name"]), {"category_id": c["id"]})
-                                             for c in cats])
+        return ImageInstructionJobs(images, [(instruction_for(task, category=c["name"]),
+                                              {"category_id": c["id"], "category": c["name"]}) for c in cats])
     if task in ("grounding", "referring_segmentation"):
         return _expression_jobs(task, images_dir, expressions)
     return _question_jobs(images_dir, questions)
@@ -340,9 +375,15 @@ def write_located(p: Predictor, task: str, chunk: list[tuple], files: Prediction
     for i, (im, _, meta) in enumerate(chunk):
         geo = p.geometry(im["path"])
         keep = 1 - float(out["p_none"][i])
-        boxes, scores = decode_boxes(heat[i], sizes[i], offsets[i], geo, k=1 if single else p.cfg.top_k,
+        picks = p.cfg.vqa_glimpse_candidates if p.grounds else 1
+        boxes, scores = decode_boxes(heat[i], sizes[i], offsets[i], geo, k=picks if single else p.cfg.top_k,
                                      threshold=0.0 if single else p.threshold)
+        if single and len(boxes) > 1:
+            best = p.pick_named(out, i, boxes, scores, geo, meta["expression"])
+            boxes, scores = boxes[best:best + 1], scores[best:best + 1]
         scores = scores * (1.0 if single else keep)
+        if task in ("detection", "instance_segmentation") and len(boxes):
+            scores = scores * p.named_as(out, i, boxes, geo, meta.get("category"))
         name = f"{im['id']}_{meta.get('category_id', meta.get('sent_id'))}.png"
         files.index.append({"image_id": im["id"], "task": task, "category_id": meta.get("category_id"),
                             "expression": meta.get("expression"), "sent_id": meta.get("sent_id"),

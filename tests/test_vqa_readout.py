@@ -153,6 +153,68 @@ def test_glimpse_reads_the_colour_under_the_peak():
     assert _glimpse_accuracy([_two_discs(rng) for _ in range(320)], classes=5) >= 0.9
 
 
+def _circle_and_square_scene(rng, s=128, m=32):
+    """A circle and a square of random colours; the heatmap peaks on both, higher on a random one -> (heat,
+    offsets, pixels, xyxy boxes (circle, square), which one the higher peak is on: 0 circle, 1 square)."""
+    import cv2
+    import numpy as np
+
+    img = np.full((s, s, 3), 240, np.uint8)
+    r = rng.integers(7, 14, 2)
+    centres = [(int(rng.integers(16, 48)), int(rng.integers(16, 112))), (int(rng.integers(80, 112)), int(rng.integers(16, 112)))]
+    if rng.random() < 0.5:
+        centres.reverse()
+    colours = [tuple(int(c) for c in rng.integers(0, 200, 3)) for _ in range(2)]
+    cv2.circle(img, centres[0], int(r[0]), colours[0], -1)
+    (x, y), h = centres[1], int(r[1])
+    cv2.rectangle(img, (x - h, y - h), (x + h, y + h), colours[1], -1)
+    boxes = torch.tensor([[c[0] - q, c[1] - q, c[0] + q, c[1] + q] for c, q in zip(centres, r.tolist())], dtype=torch.float32)
+    higher = int(rng.integers(2))
+    heat = torch.full((m, m), -4.0)
+    for k, (cx, cy) in enumerate(centres):
+        heat[cy // 4, cx // 4] = 0.5 if k == higher else 0.0
+    return heat, torch.full((2, m, m), 0.5), torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1, boxes, higher
+
+
+def test_glimpse_reads_the_peak_the_question_names():
+    """A question heatmap's highest peak is not always on the object asked about. With the question's words, the
+    glimpse weighs its highest peaks by how much their names say those words: once it has learned to name
+    circles and squares, "... the square?" reads the square under the lower peak; without words, the highest."""
+    import numpy as np
+
+    from lumen_model.vqa_readout import ObjectGlimpse
+
+    rng = np.random.default_rng(2)
+    heat, offsets, pixels, boxes, higher = (torch.stack([torch.as_tensor(v) for v in col])
+                                            for col in zip(*[_circle_and_square_scene(rng) for _ in range(320)]))
+    torch.manual_seed(0)
+    glimpse = ObjectGlimpse(input_size=128, text_dim=16)
+    vocabulary = torch.nn.Linear(16, 6).requires_grad_(False)  # words 0: circle, 1: square, 2-5: others
+    opt = torch.optim.Adam(glimpse.parameters(), lr=2e-3)
+    for step in range(150):  # naming, as stage 2 trains it on ground-truth boxes
+        i = torch.randint(0, 256, (16,))
+        names, _ = glimpse.name_states(pixels[i].repeat_interleave(2, 0), boxes[i].reshape(-1, 4))
+        loss = torch.nn.functional.cross_entropy(vocabulary(names), torch.tensor([0, 1]).repeat(16))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    lower = 1 - higher[256:]
+    with torch.no_grad():
+        asked = glimpse.look(heat[256:], offsets[256:], pixels[256:], [torch.tensor([int(w)]) for w in lower], vocabulary)
+        plain = glimpse.look(heat[256:], offsets[256:], pixels[256:])
+    target = boxes[256:][torch.arange(64), lower]  # the object asked about
+    read = asked["centres"][torch.arange(64), asked["weights"].argmax(1)]
+    inside = ((read >= target[:, :2]) & (read <= target[:, 2:])).all(1)
+    assert inside.float().mean() >= 0.9 and asked["weights"].amax(1).mean() > 0.8
+    top = plain["centres"][:, 0]
+    assert plain["weights"].shape == (64, 1) and not ((top >= target[:, :2]) & (top <= target[:, 2:])).all(1).any()
+    # detection's second look (`glimpse_checks_boxes`): how much the glimpse names a box "square"
+    with torch.no_grad():
+        said = glimpse.names_at(pixels[256:].repeat_interleave(2, 0), boxes[256:].reshape(-1, 4), torch.tensor([1]),
+                                vocabulary).view(64, 2)
+    assert (said[:, 1] > said[:, 0]).float().mean() >= 0.9  # the square's box over the circle's
+
+
 def test_untrained_glimpse_changes_no_answer():
     from lumen_model.vqa_readout import ObjectGlimpse
 
@@ -176,23 +238,69 @@ def test_stage2_has_the_glimpse_name_every_box(model_shard_dirs):
     ds = ShardDataset(model_shard_dirs, input_size=preset.input_size,
                       tasks=["instance_segmentation", "referring_segmentation"])
     items = [it for it in (ds[i] for i in range(len(ds))) if len(it["boxes_input"])]
-    items = [next(it for it in items if it["task"] == t) for t in ("instance_segmentation", "referring_segmentation")]
+    items = [next(it for it in items if it["task"] == "instance_segmentation"),
+             max((it for it in items if it["task"] == "referring_segmentation"), key=lambda it: len(it["instruction"]))]
     tok = train_tokenizer([t for it in items for t in (it["instruction"], it["answer"], it["category"])],
                           vocab_size=preset.text["vocab_size"])
     batch = Collator(tok, preset.num_image_tokens, preset.max_text_tokens, preset.heatmap_size, preset.input_size)(items)
     assert [w.tolist() for w in batch["category_word_ids"]] == [
         tok(it["category"], add_special_tokens=False)["input_ids"] for it in items]
+    # the description's words are the expression's but its category's (which alone would drown the colour)
     torch.manual_seed(0)
     model = build_model(preset, tok)
+    described = model._description_words(batch, 1).tolist()
+    assert described and batch["category_word_ids"][1].tolist()[0] not in described
+    assert set(described) < set(batch["concept_ids"][1].tolist())
     model.set_stage(2)
     glimpse = model.vqa_glimpse
     for layer in (glimpse.name, glimpse.describe[-1]):
         torch.nn.init.normal_(layer.weight, std=0.02)  # as after a few steps
     with torch.no_grad():
         out = model.stage1(batch)
-    total, count = model.glimpse_name_loss_sum(out, batch)
+    (total, count), (described, descriptions) = model.glimpse_loss_sums(out, batch)
     assert count.item() == sum(len(it["boxes_input"]) for it in items) and torch.isfinite(total) and total > 0
-    total.backward()
+    assert descriptions.item() == 1 and torch.isfinite(described) and described > 0  # the referring row's box
+    (total + described).backward()
     assert glimpse.encode[0][0].weight.grad.abs().sum() > 0  # the names
     assert glimpse.describe[0][0][0].weight.grad.abs().sum() > 0  # the referring row's words
     assert model.llava.lm_head.weight.grad is None  # the vocabulary head stays frozen in stage 2
+
+
+def test_stage2_fits_the_grounding_scale_only(model_shard_dirs):
+    """Stage 2 fits how much grounding trusts the glimpse's words (`ground_scale`) on the referring rows whose
+    heatmap has candidates both inside and outside the referred box; that loss trains no name or description."""
+    from lumen_model.checkpoint import build_model
+    from lumen_model.config import get_preset
+    from lumen_model.data import Collator
+    from lumen_model.tokenizer import train_tokenizer
+    from pipelines.dataset import ShardDataset
+
+    preset = get_preset("tiny")
+    ds = ShardDataset(model_shard_dirs, input_size=preset.input_size, tasks=["referring_segmentation"])
+    items = [it for it in (ds[i] for i in range(min(len(ds), 8))) if len(it["boxes_input"])]
+    tok = train_tokenizer([t for it in items for t in (it["instruction"], it["answer"], it["category"])],
+                          vocab_size=preset.text["vocab_size"])
+    batch = Collator(tok, preset.num_image_tokens, preset.max_text_tokens, preset.heatmap_size, preset.input_size)(items)
+    torch.manual_seed(0)
+    model = build_model(preset, tok)
+    model.set_stage(2)
+    glimpse = model.vqa_glimpse
+    for layer in (glimpse.name, glimpse.describe[-1]):
+        torch.nn.init.normal_(layer.weight, std=0.5)  # as after some steps: the candidates' words differ
+    with torch.no_grad():
+        out = model.stage1(batch)
+    side = out["heatmap_logits"].shape[-1]
+    # an untrained heatmap: put two peaks on each row, one inside its referred box (the lower) and one outside
+    heat = torch.full_like(out["heatmap_logits"], -6.0)
+    stride = preset.input_size / side
+    for r, it in enumerate(items):
+        x0, y0, x1, y1 = (it["boxes_input"][0] / stride).tolist()
+        cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
+        heat[r, cy, cx] = 0.0
+        heat[r, (cy + side // 2) % side, (cx + side // 2) % side] = 1.0
+    out["heatmap_logits"], out["offsets"] = heat, torch.full_like(out["offsets"], 0.5)
+    total, count = model.grounding_pick_loss_sum(out, batch)
+    assert 0 < count.item() <= len(items) and torch.isfinite(total)
+    total.backward()
+    assert glimpse.ground_scale.grad is not None and glimpse.ground_scale.grad.abs() > 1e-4
+    assert all(p.grad is None for p in (*glimpse.encode.parameters(), *glimpse.describe.parameters()))
