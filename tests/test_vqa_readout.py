@@ -71,14 +71,14 @@ def test_glimpse_centre_is_the_peak_plus_its_offset():
     assert torch.allclose(peak_centres(heat, offsets, input_size=128)[0], torch.tensor([41.0, 83.0]))
 
 
-def _circle_and_square(rng, s=128, m=32):
-    """An image with one circle and one square of random colours and sizes, and the heatmap and offset
-    maps of a question about one of them (label 0: the peak is on the circle, 1: on the square)."""
+def _draw_circle_and_square(rng, s: int, smallest: int):
+    """A circle and a square of random colours and sizes, one in each half -> (image, [circle centre, square
+    centre], their radii)."""
     import cv2
     import numpy as np
 
     img = np.full((s, s, 3), 240, np.uint8)
-    r = rng.integers(6, 14, 2)
+    r = rng.integers(smallest, 14, 2)
     centres = [(int(rng.integers(16, 48)), int(rng.integers(16, 112))), (int(rng.integers(80, 112)), int(rng.integers(16, 112)))]
     if rng.random() < 0.5:
         centres.reverse()
@@ -86,6 +86,13 @@ def _circle_and_square(rng, s=128, m=32):
     cv2.circle(img, centres[0], int(r[0]), colours[0], -1)
     (x, y), h = centres[1], int(r[1])
     cv2.rectangle(img, (x - h, y - h), (x + h, y + h), colours[1], -1)
+    return img, centres, r.tolist()
+
+
+def _circle_and_square(rng, s=128, m=32):
+    """An image with one circle and one square of random colours and sizes, and the heatmap and offset
+    maps of a question about one of them (label 0: the peak is on the circle, 1: on the square)."""
+    img, centres, _ = _draw_circle_and_square(rng, s, smallest=6)
     label = int(rng.integers(2))
     cx, cy = centres[label]
     heat = torch.full((m, m), -4.0)
@@ -156,19 +163,8 @@ def test_glimpse_reads_the_colour_under_the_peak():
 def _circle_and_square_scene(rng, s=128, m=32):
     """A circle and a square of random colours; the heatmap peaks on both, higher on a random one -> (heat,
     offsets, pixels, xyxy boxes (circle, square), which one the higher peak is on: 0 circle, 1 square)."""
-    import cv2
-    import numpy as np
-
-    img = np.full((s, s, 3), 240, np.uint8)
-    r = rng.integers(7, 14, 2)
-    centres = [(int(rng.integers(16, 48)), int(rng.integers(16, 112))), (int(rng.integers(80, 112)), int(rng.integers(16, 112)))]
-    if rng.random() < 0.5:
-        centres.reverse()
-    colours = [tuple(int(c) for c in rng.integers(0, 200, 3)) for _ in range(2)]
-    cv2.circle(img, centres[0], int(r[0]), colours[0], -1)
-    (x, y), h = centres[1], int(r[1])
-    cv2.rectangle(img, (x - h, y - h), (x + h, y + h), colours[1], -1)
-    boxes = torch.tensor([[c[0] - q, c[1] - q, c[0] + q, c[1] + q] for c, q in zip(centres, r.tolist())], dtype=torch.float32)
+    img, centres, radii = _draw_circle_and_square(rng, s, smallest=7)
+    boxes = torch.tensor([[c[0] - q, c[1] - q, c[0] + q, c[1] + q] for c, q in zip(centres, radii)], dtype=torch.float32)
     higher = int(rng.integers(2))
     heat = torch.full((m, m), -4.0)
     for k, (cx, cy) in enumerate(centres):
