@@ -372,12 +372,12 @@ def write_located(p: Predictor, task: str, chunk: list[tuple], files: Prediction
     heat = out["heat"].cpu().numpy()
     sizes, offsets = out["sizes"].cpu().numpy(), out["offsets"].cpu().numpy()
     single = task in ("grounding", "referring_segmentation")
+    # a referring expression's box: the best of the highest peaks by what the glimpse sees there (`pick_named`)
+    k = (p.cfg.vqa_glimpse_candidates if p.grounds else 1) if single else p.cfg.top_k
     for i, (im, _, meta) in enumerate(chunk):
         geo = p.geometry(im["path"])
         keep = 1 - float(out["p_none"][i])
-        picks = p.cfg.vqa_glimpse_candidates if p.grounds else 1
-        boxes, scores = decode_boxes(heat[i], sizes[i], offsets[i], geo, k=picks if single else p.cfg.top_k,
-                                     threshold=0.0 if single else p.threshold)
+        boxes, scores = decode_boxes(heat[i], sizes[i], offsets[i], geo, k=k, threshold=0.0 if single else p.threshold)
         if single and len(boxes) > 1:
             best = p.pick_named(out, i, boxes, scores, geo, meta["expression"])
             boxes, scores = boxes[best:best + 1], scores[best:best + 1]
