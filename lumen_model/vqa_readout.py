@@ -183,8 +183,7 @@ class ObjectGlimpse(nn.Module):
         k = self.candidates if question_words is not None and vocabulary is not None else 1
         centres, heat = peak_candidates(heat_logits.detach(), offsets.detach(), self.input_size, k)
         k = centres.shape[1]
-        crops = self.windows_at(pixels if k == 1 else pixels.repeat_interleave(k, 0), centres.reshape(-1, 2))
-        names, descriptions = self.name(self.looks(crops)), self.describe(crops[0])
+        crops, names, descriptions = self.read_at(pixels, centres)
         weights = torch.ones_like(heat)
         if k > 1:
             weights = torch.softmax(heat + self.match_scale * self.word_mass(
@@ -202,9 +201,15 @@ class ObjectGlimpse(nn.Module):
                             vocabulary) -> torch.Tensor:
         """pixels (b, 3, S, S), normalized; centres (b, k, 2) input-pixel xy; each row's word ids -> (b, k) how
         much the glimpse's name and description at each centre say the row's words (`word_mass`)."""
-        b, k = centres.shape[:2]
-        crops = self.windows_at(pixels.repeat_interleave(k, 0), centres.reshape(-1, 2))
-        return self.word_mass(self.name(self.looks(crops)), self.describe(crops[0]), words, vocabulary).view(b, k)
+        _, names, descriptions = self.read_at(pixels, centres)
+        return self.word_mass(names, descriptions, words, vocabulary).view(centres.shape[:2])
+
+    def read_at(self, pixels: torch.Tensor, centres: torch.Tensor) -> tuple:
+        """pixels (b, 3, S, S), normalized; centres (b, k, 2) input-pixel xy -> the windows there (per window,
+        (b * k, 3, crop, crop)) and their name and description states (b * k, text_dim)."""
+        k = centres.shape[1]
+        crops = self.windows_at(pixels if k == 1 else pixels.repeat_interleave(k, 0), centres.reshape(-1, 2))
+        return crops, self.name(self.looks(crops)), self.describe(crops[0])
 
     @staticmethod
     def word_mass(names: torch.Tensor, descriptions: torch.Tensor, question_words: list[torch.Tensor],
