@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--questions", help="vqa: VQAv2 questions json")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--score-threshold", type=float, help="drop detections below this score (default: the preset's)")
+    p.add_argument("--flip-tta", action="store_true",
+                   help="detection / instance segmentation: also predict on each image's mirror image and fuse the two "
+                        "(tighter boxes, fewer false positives; twice the passes). The pseudo_labels asset uses it")
     p.add_argument("--out", required=True, help="results json (heatmaps go to <out stem>_heatmaps/)")
     p.set_defaults(func=_predict)
 
@@ -54,7 +57,8 @@ def _predict(args) -> int:
 
     res = predict(args.checkpoint, args.task, args.images, args.out, annotations=args.annotations,
                   categories=args.categories, expressions=args.expressions, questions=args.questions,
-                  batch_size=args.batch_size, score_threshold=args.score_threshold)
+                  batch_size=args.batch_size, score_threshold=args.score_threshold,
+                  flip_tta=args.flip_tta)
     print(json.dumps(res, indent=2))
     return 0
 

@@ -19,7 +19,7 @@ from pycocotools import mask as mask_utils
 
 from lumen_model.checkpoint import check_finite, load_model
 from lumen_model.data import Collator, short_answer_question
-from lumen_model.decoders.boxes import decode_boxes
+from lumen_model.decoders.boxes import decode_boxes, fuse_views, unflip_boxes
 from lumen_model.decoders.pose import decode_keypoints
 from lumen_model.streaming import ImageInstructionJobs, JsonArrayWriter
 from pipelines.errors import InputError
@@ -29,6 +29,7 @@ from pipelines.heatmaps import encode_png
 from pipelines.instructions import TASK_TOKENS, instruction_for
 from pipelines.progress import progress as progress_bar
 
+FLIP_TTA_TASKS = ("detection", "instance_segmentation")  # pose would need left and right keypoints swapped
 log = logging.getLogger(__name__)
 TASK_TOKENS_ORDER = list(TASK_TOKENS.values())
 TASKS = ("detection", "instance_segmentation", "pose", "grounding", "referring_segmentation", "vqa")
@@ -91,10 +92,16 @@ class Predictor:
             self._images[path] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         return self._images[path]
 
-    def _batch(self, paths: list[str], instructions: list[str], answer_prefix: str | None):
+    def _view(self, path: str, flip: bool) -> np.ndarray:
+        """The image, or its mirror image (left and right swapped) for test-time augmentation."""
+        image = self._image(path)
+        return np.ascontiguousarray(image[:, ::-1]) if flip else image
+
+    def _batch(self, paths: list[str], instructions: list[str], answer_prefix: str | None, flip: bool = False):
         s = self.cfg.input_size
         unique = list(dict.fromkeys(paths))  # one encoder pass per image, however many instructions it has
-        images = torch.stack([torch.from_numpy(pad_image(self._image(p), s)).permute(2, 0, 1).float() / 255 for p in unique])
+        images = torch.stack([torch.from_numpy(pad_image(self._view(p, flip), s)).permute(2, 0, 1).float() / 255
+                              for p in unique])
         image_index = torch.tensor([unique.index(p) for p in paths], dtype=torch.long)
         seqs = []
         for ins in instructions:
@@ -115,9 +122,10 @@ class Predictor:
                 "attention_mask": attn.to(self.device), "loc_index": last.to(self.device)}
 
     @torch.no_grad()
-    def locate(self, paths: list[str], instructions: list[str]) -> dict:
-        """Stage-1 outputs for (image, instruction) pairs, read at the [LOC] of the forced answer."""
-        batch = self._batch(paths, instructions, LOC_PREFIX)
+    def locate(self, paths: list[str], instructions: list[str], flip: bool = False) -> dict:
+        """Stage-1 outputs for (image, instruction) pairs, read at the [LOC] of the forced answer (of the mirrored
+        images when `flip`: their maps are in the mirror image's pixels)."""
+        batch = self._batch(paths, instructions, LOC_PREFIX, flip)
         out = self.model.stage1(batch)
         # p_none: at "Sure ," the LLM chooses between "the (location ...)" and "there (is none)"
         rows = torch.arange(len(paths))
@@ -202,32 +210,53 @@ class Predictor:
         pixels = out["pixels"][row:row + 1].expand(len(b), -1, -1, -1)
         return self.model.vqa_glimpse.names_at(pixels, xyxy, words, self.model.lm_logits).cpu().numpy()
 
+    def checked_boxes(self, out: dict, row: int, boxes: np.ndarray, scores: np.ndarray, geo: SquarePad,
+                      category: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """Detection's boxes with their scores times the glimpse's check (`named_as`)."""
+        if not len(boxes):
+            return boxes, scores
+        return boxes, scores * self.named_as(out, row, boxes, geo, category)
+
     def geometry(self, path: str) -> SquarePad:
         h, w = self._image(path).shape[:2]
         return SquarePad(w, h, self.cfg.input_size, self.cfg.heatmap_size)
 
     @torch.no_grad()
-    def masks_for(self, out: dict, row: int, boxes_xywh: np.ndarray, geo: SquarePad, path: str) -> list[dict]:
-        """RLE masks in original pixels for one row's boxes: SAM on the original image, or the roi head."""
+    def masks_for(self, out: dict, row: int, boxes_xywh: np.ndarray, geo: SquarePad, path: str,
+                  flipped: dict | None = None) -> list[dict]:
+        """RLE masks in original pixels for one row's boxes: SAM on the original image, or the roi head. With
+        `flipped` (the same row's `locate` outputs on the mirror image), each mask is where the mean of the two
+        views' mask probabilities is over one half."""
+        rles = []
+        for start in range(0, len(boxes_xywh), 16):  # bounded memory: full-size maps of 16 boxes at a time
+            boxes = np.asarray(boxes_xywh[start:start + 16], dtype=np.float64)
+            logits = self._mask_logits(out, row, boxes, geo, path, flip=False)
+            if flipped is None:
+                full_masks = logits > 0
+            else:
+                mirror = self._mask_logits(flipped, row, unflip_boxes(boxes, geo.width), geo, path, flip=True)
+                full_masks = (_sigmoid(logits) + _sigmoid(mirror[:, :, ::-1])) > 1.0
+            for full in full_masks:
+                rle = mask_utils.encode(np.asfortranarray(full.astype(np.uint8)))
+                rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")})
+        return rles
+
+    def _mask_logits(self, out: dict, row: int, boxes_xywh: np.ndarray, geo: SquarePad, path: str,
+                     flip: bool) -> np.ndarray:
+        """(n, H, W) mask logits in the view's own pixels (the mirror image's when `flip`)."""
         if not len(boxes_xywh):
-            return []
+            return np.zeros((0, geo.height, geo.width), dtype=np.float32)
         if self.cfg.mask_decoder == "sam":
             xyxy = np.concatenate([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], 1)
-            full_masks = (self.model.masks.predict(self._image(path), xyxy) > 0).numpy().astype(np.uint8)
-        else:
-            xy0 = geo.to_input(boxes_xywh[:, :2])
-            xy1 = geo.to_input(boxes_xywh[:, :2] + boxes_xywh[:, 2:])
-            bx = torch.tensor(np.concatenate([xy0, xy1], 1), dtype=torch.float32, device=out["dense"].device)
-            r = slice(row, row + 1)
-            logits = self.model.masks(out["dense"][r], out["heatmap_logits"][r], out["pixels"][r], [bx])[0].cpu().numpy()
-            x0, y0, x1, y1 = geo.content_box_input()
-            full_masks = [cv2.resize((lg[y0:y1, x0:x1] > 0).astype(np.uint8), (geo.width, geo.height),
-                                     interpolation=cv2.INTER_NEAREST) for lg in logits]
-        rles = []
-        for full in full_masks:
-            rle = mask_utils.encode(np.asfortranarray(full))
-            rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")})
-        return rles
+            return self.model.masks.predict(self._view(path, flip), xyxy).numpy().astype(np.float32)
+        xy0 = geo.to_input(boxes_xywh[:, :2])
+        xy1 = geo.to_input(boxes_xywh[:, :2] + boxes_xywh[:, 2:])
+        bx = torch.tensor(np.concatenate([xy0, xy1], 1), dtype=torch.float32, device=out["dense"].device)
+        r = slice(row, row + 1)
+        logits = self.model.masks(out["dense"][r], out["heatmap_logits"][r], out["pixels"][r], [bx])[0].cpu().numpy()
+        x0, y0, x1, y1 = geo.content_box_input()
+        return np.stack([cv2.resize(lg[y0:y1, x0:x1].astype(np.float32), (geo.width, geo.height),
+                                    interpolation=cv2.INTER_NEAREST) for lg in logits])
 
     @torch.no_grad()
     def keypoints_for(self, dense: torch.Tensor, boxes_xywh: np.ndarray, geo: SquarePad) -> list[tuple]:
@@ -245,6 +274,10 @@ class Predictor:
         return out
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
 def _write_heatmap(folder: Path, name: str, heat: np.ndarray) -> str:
     (folder / name).write_bytes(encode_png(heat))
     return name
@@ -252,12 +285,17 @@ def _write_heatmap(folder: Path, name: str, heat: np.ndarray) -> str:
 
 def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, categories=None, expressions=None,
             questions=None, batch_size: int = 16, score_threshold: float | None = None, progress: bool = True,
-            max_images: int | None = None, device: str | None = None) -> dict:
+            max_images: int | None = None, device: str | None = None, flip_tta: bool = False) -> dict:
     """Run one task over images; writes COCO results json (or answers) and the heatmaps folder.
 
-    `device`: "cpu", "cuda", "cuda:1" ...; None picks the GPU when there is one."""
+    `device`: "cpu", "cuda", "cuda:1" ...; None picks the GPU when there is one.
+    `flip_tta` (detection, instance segmentation): also look at each image's mirror image and fuse the two views'
+    boxes and masks (`fuse_views`): tighter boxes and fewer false positives, for twice the model passes. Pseudo-labels
+    use it: labelers accept boxes as they are."""
     if task not in TASKS:
         raise InputError(f"predict: unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if flip_tta and task not in FLIP_TTA_TASKS:
+        raise InputError(f"predict: flip TTA is for {' and '.join(FLIP_TTA_TASKS)}, not {task}")
     jobs = plan_jobs(checkpoint, task, images_dir, annotations=annotations, categories=categories,
                      expressions=expressions, questions=questions, max_images=max_images)
     # inputs are checked above before the (slow) model load
@@ -269,7 +307,7 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
         if task == "vqa":
             write_answers(p, chunk, files)
         else:
-            write_located(p, task, chunk, files)
+            write_located(p, task, chunk, files, flip_tta=flip_tta)
         bar.update(len(chunk))
     bar.close()
     return close_prediction_files(files, task)
@@ -366,9 +404,11 @@ def write_answers(p: Predictor, chunk: list[tuple], files: PredictionFiles) -> N
         files.results.append({"question_id": meta["question_id"], "image_id": im["id"], "answer": ans})
 
 
-def write_located(p: Predictor, task: str, chunk: list[tuple], files: PredictionFiles) -> None:
+def write_located(p: Predictor, task: str, chunk: list[tuple], files: PredictionFiles, flip_tta: bool = False) -> None:
     """Heatmap tasks: locate a batch, then write each instruction's heatmap, index entry and results."""
-    out = p.locate([j[0]["path"] for j in chunk], [j[1] for j in chunk])
+    paths, instructions = [j[0]["path"] for j in chunk], [j[1] for j in chunk]
+    out = p.locate(paths, instructions)
+    mirror = p.locate(paths, instructions, flip=True) if flip_tta else None
     heat = out["heat"].cpu().numpy()
     sizes, offsets = out["sizes"].cpu().numpy(), out["offsets"].cpu().numpy()
     single = task in ("grounding", "referring_segmentation")
@@ -376,29 +416,37 @@ def write_located(p: Predictor, task: str, chunk: list[tuple], files: Prediction
     k = (p.cfg.vqa_glimpse_candidates if p.grounds else 1) if single else p.cfg.top_k
     for i, (im, _, meta) in enumerate(chunk):
         geo = p.geometry(im["path"])
-        keep = 1 - float(out["p_none"][i])
         boxes, scores = decode_boxes(heat[i], sizes[i], offsets[i], geo, k=k, threshold=0.0 if single else p.threshold)
         if single and len(boxes) > 1:
             best = p.pick_named(out, i, boxes, scores, geo, meta["expression"])
             boxes, scores = boxes[best:best + 1], scores[best:best + 1]
+        keep = 1 - float(out["p_none"][i])
         scores = scores * (1.0 if single else keep)
-        if task in ("detection", "instance_segmentation") and len(boxes):
-            scores = scores * p.named_as(out, i, boxes, geo, meta.get("category"))
+        if task in FLIP_TTA_TASKS:
+            boxes, scores = p.checked_boxes(out, i, boxes, scores, geo, meta.get("category"))
+        if mirror is not None:  # the same instruction on the mirror image; its boxes back in the image's pixels
+            m_boxes, m_scores = decode_boxes(mirror["heat"][i].cpu().numpy(), mirror["sizes"][i].cpu().numpy(),
+                                             mirror["offsets"][i].cpu().numpy(), geo, k=k, threshold=p.threshold)
+            m_keep = 1 - float(mirror["p_none"][i])
+            m_boxes, m_scores = p.checked_boxes(mirror, i, m_boxes, m_scores * m_keep, geo, meta.get("category"))
+            boxes, scores = fuse_views(boxes, scores, unflip_boxes(m_boxes, geo.width), m_scores)
+            boxes, scores = boxes[:k], scores[:k]
+            keep = (keep + m_keep) / 2
         name = f"{im['id']}_{meta.get('category_id', meta.get('sent_id'))}.png"
         files.index.append({"image_id": im["id"], "task": task, "category_id": meta.get("category_id"),
                             "expression": meta.get("expression"), "sent_id": meta.get("sent_id"),
                             "file": _write_heatmap(files.heat_dir, name, heat[i]), "input_size": p.cfg.input_size,
                             "heatmap_size": p.cfg.heatmap_size, "p_none": round(1 - keep, 4),
                             "task_token": out["task_token"][i], "expected_task_token": TASK_TOKENS[task]})
-        for r in _result_rows(p, task, out, i, im, meta, boxes, scores, geo):
+        for r in _result_rows(p, task, out, i, im, meta, boxes, scores, geo, mirror):
             files.results.append(r)
 
 
 def _result_rows(p: Predictor, task: str, out: dict, i: int, im: dict, meta: dict, boxes, scores,
-                 geo: SquarePad) -> list[dict]:
+                 geo: SquarePad, mirror: dict | None = None) -> list[dict]:
     """One instruction's COCO result rows: its boxes, with masks or keypoints where the task has them."""
     segm = task in ("instance_segmentation", "referring_segmentation")
-    masks = p.masks_for(out, i, boxes, geo, im["path"]) if segm else None
+    masks = p.masks_for(out, i, boxes, geo, im["path"], flipped=mirror) if segm else None
     kps = p.keypoints_for(out["dense"][i], boxes, geo) if task == "pose" else None
     rows = []
     for j, (b, s) in enumerate(zip(boxes, scores)):

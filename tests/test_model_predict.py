@@ -118,3 +118,64 @@ def test_predict_cli_reports_bad_input_in_one_line(tiny_stage2, tmp_path):
                            "--images", str(tmp_path), "--categories", "circle", "--out", str(tmp_path / "o.json")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_fuse_views_averages_matched_boxes_and_halves_the_rest():
+    from lumen_model.decoders.boxes import fuse_views, unflip_boxes
+
+    here = np.array([[10.0, 10, 20, 20], [60, 60, 10, 10]])
+    there = np.array([[12.0, 10, 20, 20], [100, 0, 5, 5]])
+    boxes, scores = fuse_views(here, np.array([0.8, 0.6]), there, np.array([0.6, 0.4]))
+    assert scores.tolist() == pytest.approx([0.7, 0.3, 0.2])  # matched mean, then each view's lone box at half
+    assert boxes[0].tolist() == pytest.approx([11, 10, 20, 20])
+    assert boxes[1].tolist() == pytest.approx([60, 60, 10, 10]) and boxes[2].tolist() == pytest.approx([100, 0, 5, 5])
+    assert unflip_boxes(np.array([[10.0, 5, 20, 8]]), 100).tolist() == [[70, 5, 20, 8]]
+    empty, none = fuse_views(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 4)), np.zeros(0))
+    assert empty.shape == (0, 4) and none.shape == (0,)
+
+
+def test_flip_tta_sees_an_image_and_its_mirror_image_alike(tiny_stage2, sample_data_dir, val_images, tmp_path):
+    """Fusing both views makes prediction mirror-equivariant: on the mirrored images, the results are the mirror of
+    the results on the images (boxes, scores, masks), which one view alone is not."""
+    ann_path, data = val_images
+    mirror_dir = tmp_path / "mirror"
+    mirror_dir.mkdir()
+    for im in data["images"]:
+        img = cv2.imread(str(sample_data_dir / "coco/images" / im["file_name"]))
+        cv2.imwrite(str(mirror_dir / im["file_name"]), img[:, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 100])
+    widths = {im["id"]: im["width"] for im in data["images"]}
+
+    def run(images, name, **kw):
+        predict(tiny_stage2[0], "instance_segmentation", images, tmp_path / name, annotations=ann_path,
+                score_threshold=0.2, progress=False, **kw)
+        return json.loads((tmp_path / name).read_text())
+
+    def unmirror(rows):
+        for r in rows:
+            x, y, w, h = r["bbox"]
+            r["bbox"] = [widths[r["image_id"]] - x - w, y, w, h]
+            m = mask_utils.decode({**r["segmentation"], "counts": r["segmentation"]["counts"].encode()})
+            r["mask"] = m[:, ::-1]
+        return rows
+
+    def disagreement(a, b):
+        """How many of a's results have no twin in b (same image and class, near-same box, score and mask)."""
+        missing = 0
+        for r in a:
+            m = mask_utils.decode({**r["segmentation"], "counts": r["segmentation"]["counts"].encode()})
+            twins = [q for q in b if q["image_id"] == r["image_id"] and q["category_id"] == r["category_id"]
+                     and np.allclose(q["bbox"], r["bbox"], atol=1.0) and abs(q["score"] - r["score"]) < 0.02
+                     and (q["mask"] != m).mean() < 0.02]
+            missing += not twins
+        return missing
+
+    # the mirrored JPEGs are not bit-exact mirrors, so "alike" has a tolerance; one view alone is far outside it
+    tta, tta_mirrored = run(sample_data_dir / "coco/images", "tta.json", flip_tta=True), unmirror(
+        run(mirror_dir, "tta_m.json", flip_tta=True))
+    plain, plain_mirrored = run(sample_data_dir / "coco/images", "p.json"), unmirror(run(mirror_dir, "p_m.json"))
+    assert len(tta) > 0 and len(plain) > 0
+    assert disagreement(tta, tta_mirrored) <= 0.1 * len(tta)
+    assert disagreement(plain, plain_mirrored) > 0.1 * len(plain)
+    with pytest.raises(Exception, match="flip TTA is for detection and instance_segmentation"):
+        predict(tiny_stage2[0], "pose", sample_data_dir / "coco/images", tmp_path / "k.json", flip_tta=True,
+                annotations=sample_data_dir / "coco/annotations/person_keypoints_val.json", progress=False)

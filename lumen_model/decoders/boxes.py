@@ -25,3 +25,48 @@ def decode_boxes(heat: np.ndarray, sizes: np.ndarray, offsets: np.ndarray, geo: 
     x1 = np.clip(boxes[:, 0] + boxes[:, 2], 0, geo.width)
     y1 = np.clip(boxes[:, 1] + boxes[:, 3], 0, geo.height)
     return np.stack([x0, y0, x1 - x0, y1 - y0], 1), scores
+
+
+def unflip_boxes(boxes_xywh: np.ndarray, width: float) -> np.ndarray:
+    """Boxes found on the horizontally flipped image -> the same boxes on the image itself."""
+    b = np.array(boxes_xywh, dtype=np.float64).reshape(-1, 4)
+    b[:, 0] = width - b[:, 0] - b[:, 2]
+    return b
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, :2] + a[:, None, 2:], b[None, :, :2] + b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), -1)
+    union = np.prod(a[:, 2:], -1)[:, None] + np.prod(b[:, 2:], -1)[None] - inter
+    return inter / np.maximum(union, 1e-9)
+
+
+def fuse_views(boxes: np.ndarray, scores: np.ndarray, other_boxes: np.ndarray, other_scores: np.ndarray,
+               iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Test-time augmentation: one instruction's boxes from two views of the image (both in the image's own
+    pixels) -> one set. Greedily by score, a box and the other view's best unmatched box with IoU >= `iou` become
+    their mean box with their mean score; a box only one view found keeps its place with half its score (the
+    mean with the 0 of the view that did not see it), which is what sinks most false positives."""
+    a, b = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(other_boxes, np.float64).reshape(-1, 4)
+    sa, sb = np.asarray(scores, np.float64), np.asarray(other_scores, np.float64)
+    overlap = _iou_matrix(a, b) if len(a) and len(b) else np.zeros((len(a), len(b)))
+    taken = np.zeros(len(b), dtype=bool)
+    out_boxes, out_scores = [], []
+    for i in np.argsort(-sa, kind="stable"):
+        cand = np.where(~taken & (overlap[i] >= iou))[0]
+        if len(cand):
+            j = cand[np.argmax(overlap[i, cand])]
+            taken[j] = True
+            out_boxes.append((a[i] + b[j]) / 2)
+            out_scores.append((sa[i] + sb[j]) / 2)
+        else:
+            out_boxes.append(a[i])
+            out_scores.append(sa[i] / 2)
+    for j in np.where(~taken)[0]:
+        out_boxes.append(b[j])
+        out_scores.append(sb[j] / 2)
+    if not out_boxes:
+        return np.zeros((0, 4)), np.zeros(0)
+    order = np.argsort(-np.asarray(out_scores), kind="stable")
+    return np.asarray(out_boxes)[order], np.asarray(out_scores)[order]
