@@ -4,7 +4,8 @@
         [--start-steps 1000] [--stage1-steps 300] [--stage2-steps 150] [--out DIR]
 
 One starting model (stage 1 `--start-steps` + stage 2 `--stage2-steps` on the demo's labeled COCO
-train split) pseudo-labels the unlabeled pool (`lumen sample-data`'s image_info_unlabeled.json);
+train split) pseudo-labels the unlabeled pool (`lumen sample-data`'s image_info_unlabeled.json; each
+image and its mirror image fused, as the pseudo_labels asset does; `--no-flip-tta`: one view);
 they are pushed with that model's review thresholds (per class, F1 on val, as the pipeline records
 them for every model version), so predictions under them are hidden as in the App. A simulated labeler (pipelines/simulated_labeler.py, FiftyOne's public API, truth from `oracle/`)
 works in a fresh FiftyOne review dataset per arm; its work is pulled (`pull_corrections`, what
@@ -104,7 +105,7 @@ class Loop:
 
         out = self.root / "pool" / "segm.json"
         predict(checkpoint, "instance_segmentation", self.images, out, annotations=pool_file(self.sources),
-                progress=False)
+                progress=False, flip_tta=self.args.flip_tta)
         return out
 
     def review_thresholds(self, checkpoint: Path) -> Path:
@@ -115,7 +116,8 @@ class Loop:
         from pipelines.review.thresholds import compute_thresholds, save_thresholds
 
         pred = self.root / "start" / "val_segm.json"
-        predict(checkpoint, "instance_segmentation", self.images, pred, annotations=self.val_json, progress=False)
+        predict(checkpoint, "instance_segmentation", self.images, pred, annotations=self.val_json, progress=False,
+                flip_tta=self.args.flip_tta)  # the same kind of predictions as the pool's
         return save_thresholds(compute_thresholds(self.val_json, pred, model_version="start"),
                                self.root / "start" / "review_thresholds.json")
 
@@ -185,7 +187,7 @@ class LoopState:
     kill, and refuses in one line when the settings that decide the results differ."""
 
     KEYS = ("images", "val_fraction", "pool", "budget", "start_steps", "stage1_steps", "stage2_steps",
-            "batch_size", "lr")
+            "batch_size", "lr", "flip_tta")
 
     def __init__(self, path: Path, data: dict):
         self.path, self.data = path, data
@@ -276,6 +278,9 @@ def main() -> int:
     ap.add_argument("--stage1-steps", type=int, default=300, help="stage-1 steps of every arm's retraining (default: 300)")
     ap.add_argument("--stage2-steps", type=int, default=150,
                     help="stage-2 steps of the starting model and of every arm (default: 150)")
+    ap.add_argument("--no-flip-tta", dest="flip_tta", action="store_false",
+                    help="pseudo-label the pool with one view per image (default: image + mirror image fused, as the "
+                         "pseudo_labels asset does)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--procs", type=int, default=min(2, os.cpu_count() or 1),
