@@ -72,6 +72,11 @@ def test_main_graph_small_then_gate_handover_and_review_loop(tmp_path, dagster_h
     paths = LumenPaths(root=str(data), demo_images=24)
     assert done["pseudo_labels"]["images"] == str(pool_file(paths.sources))
     assert done["pseudo_labels"]["model_in_use_from"] == "this run"
+    # made with flip TTA, and the review thresholds were chosen on val detections made the same way
+    assert done["pseudo_labels"]["flip_tta"] is True
+    eval_dir = paths.predictions / "eval" / "v0001"
+    assert json.loads((eval_dir / "review_thresholds.json").read_text())["flip_tta"] is True
+    assert (eval_dir / "review_bbox.json").is_file()
 
     defs = build_defs(paths=paths, fiftyone=fo)
     _gate_holds_while_a_label_run_goes_on(instance, defs, paths, fo, tmp_path)

@@ -206,6 +206,9 @@ class EvaluationConfig(dg.Config):
     tolerance: float = Field(default=0.05, description="largest allowed drop of any metric vs the model in use")
     tasks: list[str] = Field(default=list(EVAL_TASKS), description=f"evaluation tasks, of {list(EVAL_TASKS)}")
     batch_size: int = Field(default=16, description="instructions per forward pass")
+    review_flip_tta: bool = Field(default=True, description=(
+        "choose the review thresholds on val detections made as pseudo_labels makes them by default: each image and "
+        "its mirror image fused (flip TTA). Set it as pseudo_labels' flip_tta is set"))
 
 
 @dg.asset(group_name="model", pool="gpu", op_tags=GPU_OP_TAGS, dagster_type=Evaluation,
@@ -234,7 +237,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, path
                 progress=False, device=device, **kwargs)
         metrics[task] = evaluate(task, str(gt), str(pred))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    thresholds = _review_thresholds(context, paths, out_dir, model.version)
+    thresholds = _review_thresholds(context, paths, out_dir, model, config, device)
 
     registry = ModelRegistry(paths.model_registry)
     baseline = registry.in_use()
@@ -259,19 +262,29 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, path
                                         "regressions": table(regressions) if regressions else dg.MetadataValue.md("none")})
 
 
-def _review_thresholds(context, paths: LumenPaths, out_dir: Path, version: str) -> Path | None:
+def _review_thresholds(context, paths: LumenPaths, out_dir: Path, model: Checkpoint, config: EvaluationConfig,
+                       device: str) -> Path | None:
     """Per-class score thresholds that maximise F1 on the val split's detections: the review dataset
-    shows predictions at or above them (the rest stay hidden), so the queue is not all noise."""
+    shows predictions at or above them (the rest stay hidden), so the queue is not all noise. The
+    detections are made as the pseudo-labels are (flip TTA by default), so the thresholds fit their scores."""
+    from lumen_model.predict import predict
     from pipelines.review.thresholds import compute_thresholds, save_thresholds
 
-    pred = out_dir / "bbox.json"
-    if not pred.is_file():
-        context.log.warning("no bbox evaluation in this run: no review thresholds for %s (every prediction is shown)",
-                            version)
-        return None
-    _, _, gt = eval_ground_truth("bbox", paths.sources, out_dir)
-    path = save_thresholds(compute_thresholds(gt, pred, model_version=version), out_dir / "review_thresholds.json")
-    context.log.info("review thresholds of %s (F1 on the val split) -> %s", version, path)
+    predict_task, kwargs, gt = eval_ground_truth("bbox", paths.sources, out_dir)
+    if config.review_flip_tta:
+        pred = out_dir / "review_bbox.json"
+        context.log.info("review thresholds: val detections with flip TTA -> %s", pred)
+        predict(model.checkpoint_dir, predict_task, str(paths.images), str(pred), batch_size=config.batch_size,
+                progress=False, device=device, flip_tta=True, **kwargs)
+    else:
+        pred = out_dir / "bbox.json"
+        if not pred.is_file():
+            context.log.warning("no bbox evaluation in this run: no review thresholds for %s (every prediction is "
+                                "shown)", model.version)
+            return None
+    thresholds = {**compute_thresholds(gt, pred, model_version=model.version), "flip_tta": config.review_flip_tta}
+    path = save_thresholds(thresholds, out_dir / "review_thresholds.json")
+    context.log.info("review thresholds of %s (F1 on the val split) -> %s", model.version, path)
     return path
 
 
