@@ -228,8 +228,10 @@ class Predictor:
         `flipped` (the same row's `locate` outputs on the mirror image), each mask is where the mean of the two
         views' mask probabilities is over one half."""
         rles = []
-        for start in range(0, len(boxes_xywh), 16):  # bounded memory: full-size maps of 16 boxes at a time
-            boxes = np.asarray(boxes_xywh[start:start + 16], dtype=np.float64)
+        # the roi head: full-size maps of 16 boxes at a time (bounded memory); SAM encodes the image once per call
+        step = max(len(boxes_xywh), 1) if self.cfg.mask_decoder == "sam" else 16
+        for start in range(0, len(boxes_xywh), step):
+            boxes = np.asarray(boxes_xywh[start:start + step], dtype=np.float64)
             logits = self._mask_logits(out, row, boxes, geo, path, flip=False)
             if flipped is None:
                 full_masks = logits > 0
