@@ -75,8 +75,8 @@ def _warn_if_thresholds_differ(context, thresholds_file: str, flip_tta: bool) ->
     chosen_with = load_json(thresholds_file, dict, "review thresholds json").get("flip_tta", False)
     if chosen_with != flip_tta:
         context.log.warning("the review thresholds (%s) were chosen on predictions with flip_tta=%s, these use %s: "
-                            "what the App hides may be off; set this flip_tta to match, or evaluate the model again with "
-                            "evaluation's review_flip_tta set as it is",
+                            "what the App hides may be off; set this flip_tta to match, or evaluate the model "
+                            "again with evaluation's review_flip_tta set as it is",
                             thresholds_file, chosen_with, flip_tta)
 
 
