@@ -76,7 +76,7 @@ def test_main_graph_small_then_gate_handover_and_review_loop(tmp_path, dagster_h
     assert done["pseudo_labels"]["flip_tta"] is True
     eval_dir = paths.predictions / "eval" / "v0001"
     assert json.loads((eval_dir / "review_thresholds.json").read_text())["flip_tta"] is True
-    assert (eval_dir / "review_bbox.json").is_file()
+    assert (eval_dir / "review_bbox.json").is_file() and "pseudo_label_detection" in done["evaluation"]
 
     defs = build_defs(paths=paths, fiftyone=fo)
     _gate_holds_while_a_label_run_goes_on(instance, defs, paths, fo, tmp_path)

@@ -256,7 +256,8 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, path
 
     value = Evaluation(model=model, metrics_file=str(out_dir / "metrics.json"), passed=passed,
                        baseline_version=baseline["version"] if baseline else "", regressions=regressions)
-    yield dg.Output(value, metadata=_evaluation_metadata(model, metrics, baseline, reason, out_dir))
+    yield dg.Output(value, metadata={**_evaluation_metadata(model, metrics, baseline, reason, out_dir),
+                                     **_pseudo_label_detection(context, paths, out_dir)})
     yield dg.AssetCheckResult(check_name="no_regression", passed=passed, severity=dg.AssetCheckSeverity.ERROR,
                               metadata={"tolerance": config.tolerance, "verdict": reason,
                                         "regressions": table(regressions) if regressions else dg.MetadataValue.md("none")})
@@ -286,6 +287,21 @@ def _review_thresholds(context, paths: LumenPaths, out_dir: Path, model: Checkpo
     path = save_thresholds(thresholds, out_dir / "review_thresholds.json")
     context.log.info("review thresholds of %s (F1 on the val split) -> %s", model.version, path)
     return path
+
+
+def _pseudo_label_detection(context, paths: LumenPaths, out_dir: Path) -> dict:
+    """The val detection AP of predictions made as pseudo-labels are (flip TTA; the review thresholds' own run):
+    beside the single-view metrics, what labelers get. Not a gated metric: the registry compares single views."""
+    from pipelines.evaluation import evaluate
+
+    pred = out_dir / "review_bbox.json"
+    if not pred.is_file():
+        return {}
+    _, _, gt = eval_ground_truth("bbox", paths.sources, out_dir)
+    m = evaluate("bbox", str(gt), str(pred))
+    context.log.info("val detection as pseudo-labels are made (flip TTA): AP %.3f, AP50 %.3f", m["AP"], m["AP50"])
+    return {"pseudo_label_detection": table([{"what": "val detection, flip TTA (as pseudo-labels are made)",
+                                              "AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"]}])}
 
 
 def _evaluation_metadata(model: Checkpoint, metrics: dict, baseline: dict | None, reason: str, out_dir: Path) -> dict:
