@@ -201,7 +201,7 @@ class Predictor:
         """Per box, the probability that the glimpse names its object `category` (`glimpse_checks_boxes`; 1.0
         without a glimpse or a known category word): the second look that detection's scores are multiplied by."""
         ids = [t for t in self.tok(category or "", add_special_tokens=False)["input_ids"] if t != self.tok.unk_token_id]
-        if self.model.vqa_glimpse is None or not self.cfg.glimpse_checks_boxes or not ids:
+        if self.model.vqa_glimpse is None or not self.cfg.glimpse_checks_boxes or not ids or not len(boxes_xywh):
             return np.ones(len(boxes_xywh))  # (a word the model never learned cannot be checked)
         words = torch.tensor(ids, dtype=torch.long)
         b = np.asarray(boxes_xywh, dtype=np.float64)
@@ -209,13 +209,6 @@ class Predictor:
                             dtype=out["pixels"].dtype, device=out["pixels"].device)
         pixels = out["pixels"][row:row + 1].expand(len(b), -1, -1, -1)
         return self.model.vqa_glimpse.names_at(pixels, xyxy, words, self.model.lm_logits).cpu().numpy()
-
-    def checked_boxes(self, out: dict, row: int, boxes: np.ndarray, scores: np.ndarray, geo: SquarePad,
-                      category: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """Detection's boxes with their scores times the glimpse's check (`named_as`)."""
-        if not len(boxes):
-            return boxes, scores
-        return boxes, scores * self.named_as(out, row, boxes, geo, category)
 
     def geometry(self, path: str) -> SquarePad:
         h, w = self._image(path).shape[:2]
@@ -411,8 +404,8 @@ def write_located(p: Predictor, task: str, chunk: list[tuple], files: Prediction
     paths, instructions = [j[0]["path"] for j in chunk], [j[1] for j in chunk]
     out = p.locate(paths, instructions)
     mirror = p.locate(paths, instructions, flip=True) if flip_tta else None
-    heat = out["heat"].cpu().numpy()
-    sizes, offsets = out["sizes"].cpu().numpy(), out["offsets"].cpu().numpy()
+    heat, sizes, offsets = _box_maps(out)
+    m_heat, m_sizes, m_offsets = _box_maps(mirror) if mirror is not None else (None, None, None)
     single = task in ("grounding", "referring_segmentation")
     # a referring expression's box: the best of the highest peaks by what the glimpse sees there (`pick_named`)
     k = (p.cfg.vqa_glimpse_candidates if p.grounds else 1) if single else p.cfg.top_k
@@ -425,12 +418,11 @@ def write_located(p: Predictor, task: str, chunk: list[tuple], files: Prediction
         keep = 1 - float(out["p_none"][i])
         scores = scores * (1.0 if single else keep)
         if task in FLIP_TTA_TASKS:
-            boxes, scores = p.checked_boxes(out, i, boxes, scores, geo, meta.get("category"))
+            scores = scores * p.named_as(out, i, boxes, geo, meta.get("category"))
         if mirror is not None:  # the same instruction on the mirror image; its boxes back in the image's pixels
-            m_boxes, m_scores = decode_boxes(mirror["heat"][i].cpu().numpy(), mirror["sizes"][i].cpu().numpy(),
-                                             mirror["offsets"][i].cpu().numpy(), geo, k=k, threshold=p.threshold)
+            m_boxes, m_scores = decode_boxes(m_heat[i], m_sizes[i], m_offsets[i], geo, k=k, threshold=p.threshold)
             m_keep = 1 - float(mirror["p_none"][i])
-            m_boxes, m_scores = p.checked_boxes(mirror, i, m_boxes, m_scores * m_keep, geo, meta.get("category"))
+            m_scores = m_scores * m_keep * p.named_as(mirror, i, m_boxes, geo, meta.get("category"))
             boxes, scores = fuse_views(boxes, scores, unflip_boxes(m_boxes, geo.width), m_scores)
             boxes, scores = boxes[:k], scores[:k]
             keep = (keep + m_keep) / 2
@@ -442,6 +434,11 @@ def write_located(p: Predictor, task: str, chunk: list[tuple], files: Prediction
                             "task_token": out["task_token"][i], "expected_task_token": TASK_TOKENS[task]})
         for r in _result_rows(p, task, out, i, im, meta, boxes, scores, geo, mirror):
             files.results.append(r)
+
+
+def _box_maps(out: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A located batch's heatmaps, size and offset maps, on the CPU once for the whole batch."""
+    return out["heat"].cpu().numpy(), out["sizes"].cpu().numpy(), out["offsets"].cpu().numpy()
 
 
 def _result_rows(p: Predictor, task: str, out: dict, i: int, im: dict, meta: dict, boxes, scores,

@@ -237,7 +237,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, path
                 progress=False, device=device, **kwargs)
         metrics[task] = evaluate(task, str(gt), str(pred))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    thresholds = _review_thresholds(context, paths, out_dir, model, config, device)
+    thresholds, review_metadata = _review_thresholds(context, paths, out_dir, model, config, device)
 
     registry = ModelRegistry(paths.model_registry)
     baseline = registry.in_use()
@@ -257,48 +257,45 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, path
     value = Evaluation(model=model, metrics_file=str(out_dir / "metrics.json"), passed=passed,
                        baseline_version=baseline["version"] if baseline else "", regressions=regressions)
     yield dg.Output(value, metadata={**_evaluation_metadata(model, metrics, baseline, reason, out_dir),
-                                     **_pseudo_label_detection(context, paths, out_dir)})
+                                     **review_metadata})
     yield dg.AssetCheckResult(check_name="no_regression", passed=passed, severity=dg.AssetCheckSeverity.ERROR,
                               metadata={"tolerance": config.tolerance, "verdict": reason,
                                         "regressions": table(regressions) if regressions else dg.MetadataValue.md("none")})
 
 
 def _review_thresholds(context, paths: LumenPaths, out_dir: Path, model: Checkpoint, config: EvaluationConfig,
-                       device: str) -> Path | None:
+                       device: str) -> tuple[Path | None, dict]:
     """Per-class score thresholds that maximise F1 on the val split's detections: the review dataset
     shows predictions at or above them (the rest stay hidden), so the queue is not all noise. The
-    detections are made as the pseudo-labels are (flip TTA by default), so the thresholds fit their scores."""
+    detections are made as the pseudo-labels are (flip TTA by default), so the thresholds fit their scores.
+    Returns the thresholds file and the metadata that shows those detections' AP."""
     from lumen_model.predict import predict
+    from pipelines.evaluation import evaluate
     from pipelines.review.thresholds import compute_thresholds, save_thresholds
 
     predict_task, kwargs, gt = eval_ground_truth("bbox", paths.sources, out_dir)
+    metadata = {}
     if config.review_flip_tta:
         pred = out_dir / "review_bbox.json"
         context.log.info("review thresholds: val detections with flip TTA -> %s", pred)
         predict(model.checkpoint_dir, predict_task, str(paths.images), str(pred), batch_size=config.batch_size,
                 progress=False, device=device, flip_tta=True, **kwargs)
+        metadata = _pseudo_label_detection(context, evaluate("bbox", str(gt), str(pred)))
     else:
         pred = out_dir / "bbox.json"
         if not pred.is_file():
             context.log.warning("no bbox evaluation in this run: no review thresholds for %s (every prediction is "
                                 "shown)", model.version)
-            return None
+            return None, metadata
     thresholds = {**compute_thresholds(gt, pred, model_version=model.version), "flip_tta": config.review_flip_tta}
     path = save_thresholds(thresholds, out_dir / "review_thresholds.json")
     context.log.info("review thresholds of %s (F1 on the val split) -> %s", model.version, path)
-    return path
+    return path, metadata
 
 
-def _pseudo_label_detection(context, paths: LumenPaths, out_dir: Path) -> dict:
+def _pseudo_label_detection(context, m: dict) -> dict:
     """The val detection AP of predictions made as pseudo-labels are (flip TTA; the review thresholds' own run):
     beside the single-view metrics, what labelers get. Not a gated metric: the registry compares single views."""
-    from pipelines.evaluation import evaluate
-
-    pred = out_dir / "review_bbox.json"
-    if not pred.is_file():
-        return {}
-    _, _, gt = eval_ground_truth("bbox", paths.sources, out_dir)
-    m = evaluate("bbox", str(gt), str(pred))
     context.log.info("val detection as pseudo-labels are made (flip TTA): AP %.3f, AP50 %.3f", m["AP"], m["AP50"])
     return {"pseudo_label_detection": table([{"what": "val detection, flip TTA (as pseudo-labels are made)",
                                               "AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"]}])}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from pipelines.geometry import SquarePad
 from pipelines.heatmaps import find_peaks
@@ -34,14 +35,6 @@ def unflip_boxes(boxes_xywh: np.ndarray, width: float) -> np.ndarray:
     return b
 
 
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, :2] + a[:, None, 2:], b[None, :, :2] + b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), -1)
-    union = np.prod(a[:, 2:], -1)[:, None] + np.prod(b[:, 2:], -1)[None] - inter
-    return inter / np.maximum(union, 1e-9)
-
-
 def fuse_views(boxes: np.ndarray, scores: np.ndarray, other_boxes: np.ndarray, other_scores: np.ndarray,
                iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Test-time augmentation: one instruction's boxes from two views of the image (both in the image's own
@@ -50,7 +43,8 @@ def fuse_views(boxes: np.ndarray, scores: np.ndarray, other_boxes: np.ndarray, o
     mean with the 0 of the view that did not see it), which is what sinks most false positives."""
     a, b = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(other_boxes, np.float64).reshape(-1, 4)
     sa, sb = np.asarray(scores, np.float64), np.asarray(other_scores, np.float64)
-    overlap = _iou_matrix(a, b) if len(a) and len(b) else np.zeros((len(a), len(b)))
+    overlap = (mask_utils.iou(a, b, np.zeros(len(b), np.uint8)) if len(a) and len(b)  # xywh box IoU, as COCO's
+               else np.zeros((len(a), len(b))))
     taken = np.zeros(len(b), dtype=bool)
     out_boxes, out_scores = [], []
     for i in np.argsort(-sa, kind="stable"):
