@@ -17,6 +17,11 @@ from pipelines.geometry import SquarePad
 from pipelines.heatmaps import decode_png, find_peaks
 
 STORED_MAX_SIDE = 128  # the map is a low-resolution signal; the App stretches it over the image
+# The App paints every non-zero heatmap pixel and leaves only exact zeros transparent. A model's map
+# never reaches zero (its background sits at 1-2 % of the peak), so without a cut the whole image is
+# tinted. Below this share of the image's own peak a pixel is set to zero: the image shows through
+# everywhere but where the model looked. (A fixed value would hide a weak map completely.)
+VISIBLE_SHARE = 0.2
 
 
 @dataclass
@@ -62,5 +67,11 @@ def image_heat(entries, width: int, height: int, boxes_by_cat: dict, peak_thresh
                 peaks.append((e.category_id, float(x), float(y), float(v)))
     if not maps:
         return ImageHeat(None, peaks, problems)
-    top = np.max(np.stack(maps), axis=0)
-    return ImageHeat(np.clip(np.round(top * 255), 0, 255).astype(np.uint8), peaks, problems)
+    return ImageHeat(visible_heat(np.max(np.stack(maps), axis=0)), peaks, problems)
+
+
+def visible_heat(top: np.ndarray) -> np.ndarray:
+    """[0, 1] map -> uint8 for the App, zero (transparent) below `VISIBLE_SHARE` of its own peak."""
+    out = np.clip(np.round(top * 255), 0, 255).astype(np.uint8)
+    out[top < VISIBLE_SHARE * float(top.max())] = 0
+    return out
