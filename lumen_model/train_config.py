@@ -40,29 +40,21 @@ class InvalidTrainConfig(InputError, ValueError):
     """A training setting of the wrong type or outside its allowed values (one line, no traceback)."""
 
 
-def _at_least(low: float) -> Callable[[Any], str | None]:
-    return lambda v: None if v >= low else f"must be >= {low}"
-
-
-def _within(low: float, high: float) -> Callable[[Any], str | None]:
-    return lambda v: None if low <= v <= high else f"must be within [{low}, {high}]"
-
-
-def _known_preset(v: str) -> str | None:
-    return None if v in PRESETS else f"unknown preset; expected one of {', '.join(PRESETS)}"
-
-
 def _device(v: str | None) -> str | None:
     return None if v is None or _DEVICE.fullmatch(v) else "must be auto, cpu, cuda or cuda:N"
 
 
-def knob(default=None, help: str = "", *, choices=None, check=None, required: bool = False, shared: bool = True,
-         cli: bool = True, default_factory=None):
+def knob(default=None, help: str = "", *, choices=None, ge=None, gt=None, le=None, check=None, required: bool = False,
+         shared: bool = True, cli: bool = True, default_factory=None):
     """A TrainConfig field with what the CLI and Dagster need to show and check it.
 
-    shared: also a field of the Dagster retrain config (run-specific settings such as the shard
-    folders or the stage are chosen by the asset); cli: also a `lumen train` flag."""
-    meta = dict(help=help, choices=choices, check=check, required=required, shared=shared, cli=cli)
+    choices / ge / gt / le: the allowed values, declared (not as code) so that the Dagster retrain
+    config turns them into the same pydantic constraints (`Literal[...]`, `Field(ge=...)`); check:
+    a further test of a value (returns what is wrong, or None). shared: also a field of the Dagster
+    retrain config (run-specific settings such as the shard folders or the stage are chosen by the
+    asset); cli: also a `lumen train` flag."""
+    meta = dict(help=help, choices=choices, ge=ge, gt=gt, le=le, check=check, required=required, shared=shared,
+                cli=cli)
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -81,36 +73,36 @@ class TrainConfig:
     device: str | None = knob(None, "auto, cpu, cuda or cuda:N (default: the GPU when there is one; DDP: one GPU "
                                     "per rank)", check=_device, shared=False)
     # the model and the optimisation
-    preset: str = knob("tiny", "model preset: tiny (CPU) or lumen-7b", check=_known_preset)
+    preset: str = knob("tiny", "model preset: tiny (CPU) or lumen-7b", choices=tuple(PRESETS))
     max_steps: int | None = knob(None, "optimizer steps (default: stage 1 %d, stage 2 %d)" % (STAGE_STEPS[1], STAGE_STEPS[2]),
-                                 check=_at_least(0), shared=False)
-    lr: float = knob(1e-3, "peak learning rate", check=_at_least(0.0))
-    lr_floor: float = knob(0.05, "the cosine schedule ends at this fraction of the peak learning rate", check=_within(0.0, 1.0))
-    warmup_steps: int = knob(20, "linear learning-rate warm-up, then cosine", check=_at_least(0))
+                                 ge=1, shared=False)
+    lr: float = knob(1e-3, "peak learning rate", gt=0.0)
+    lr_floor: float = knob(0.05, "the cosine schedule ends at this fraction of the peak learning rate", ge=0.0, le=1.0)
+    warmup_steps: int = knob(20, "linear learning-rate warm-up, then cosine", ge=0)
     readout_lr_scale: float = knob(5.0, "stage 2: learning-rate multiplier of the VQA readout, which trains there "
                                         "alone on the frozen stage-1 features from the few questions of each batch "
                                         "(stage 1 trains it at the base rate: 5x there cost detection 0.04 AP)",
-                                   check=_at_least(0.0))
+                                   ge=0.0)
     question_share: float = knob(0.1, "stage 2: the share of its rows that are short-answer questions (VQAv2), for "
                                       "the VQA readout; at most, taken evenly from them (all of them, 29 in 100 of "
-                                      "the demo's rows, cost pose ~0.03 AP); 0: none", check=_within(0.0, 0.9))
-    weight_decay: float = knob(0.01, "AdamW weight decay", check=_at_least(0.0))
-    grad_clip: float = knob(1.0, "clip the gradient norm to this", check=_at_least(0.0))
-    batch_size: int = knob(16, "global batch size (split across processes)", check=_at_least(1))
+                                      "the demo's rows, cost pose ~0.03 AP); 0: none", ge=0.0, le=0.9)
+    weight_decay: float = knob(0.01, "AdamW weight decay", ge=0.0)
+    grad_clip: float = knob(1.0, "clip the gradient norm to this", gt=0.0)
+    batch_size: int = knob(16, "global batch size (split across processes)", ge=1)
     group_size: int = knob(4, "instructions of the same image side by side in a batch (their image is encoded "
-                              "once); 1: plain shuffle", check=_at_least(1))
+                              "once); 1: plain shuffle", ge=1)
     hflip: float = knob(0.5, "probability of mirroring an image (\"left\"/\"right\" swapped in its texts); 0: off",
-                        check=_within(0.0, 1.0))
+                        ge=0.0, le=1.0)
     balance_tasks: bool = knob(True, "repeat the rows of rare tasks in each epoch (on unless --no-balance-tasks): "
                                      "with T tasks, a task holding a share f < 1/T of the rows has each row "
                                      "round(sqrt(1/(T f))) times (pose: 1 to 3 in 100 of the demo's rows, x3)")
     seed: int = knob(0, "random seed (data order, initialisation)")
     num_workers: int = knob(2, "DataLoader processes loading batches ahead of the model (0: in the training "
-                               "process); the batches do not depend on it", check=_at_least(0))
+                               "process); the batches do not depend on it", ge=0)
     # safety and bookkeeping
-    save_every: int = knob(0, "also checkpoint every N steps (0: only at the end)", check=_at_least(0))
+    save_every: int = knob(0, "also checkpoint every N steps (0: only at the end)", ge=0)
     max_bad_steps: int = knob(3, "stop after this many steps in a row with a non-finite loss or gradient",
-                              check=_at_least(1))
+                              ge=1)
     allow_eval_overlap: bool = knob(False, "train even when a training image has the content of a val/test image of "
                                            "the given shards (refused by default: such a model is scored on what it "
                                            "trained on)", shared=False)
@@ -169,9 +161,27 @@ def _check(f: dataclasses.Field, v) -> None:
     if choices and v not in choices:
         raise InvalidTrainConfig(f"invalid training setting {f.name}={v!r}: expected one of "
                                  f"{', '.join(map(str, choices))}")
-    problem = check(v) if check else None
+    problem = _out_of_bounds(f, v) or (check(v) if check else None)
     if problem:
         raise InvalidTrainConfig(f"invalid training setting {f.name}={v!r}: {problem}")
+
+
+def knob_bounds(f: dataclasses.Field) -> dict:
+    """The declared range of a field, as pydantic's `Field` takes it: {"ge": 0.0, "le": 1.0}, ..."""
+    return {k: f.metadata[k] for k in ("ge", "gt", "le") if f.metadata.get(k) is not None}
+
+
+def _out_of_bounds(f: dataclasses.Field, v) -> str | None:
+    b = knob_bounds(f)
+    if "ge" in b and "le" in b:
+        return None if b["ge"] <= v <= b["le"] else f"must be within [{b['ge']}, {b['le']}]"
+    if "ge" in b and v < b["ge"]:
+        return f"must be >= {b['ge']}"
+    if "gt" in b and v <= b["gt"]:
+        return f"must be > {b['gt']}"
+    if "le" in b and v > b["le"]:
+        return f"must be <= {b['le']}"
+    return None
 
 
 def knob_type(f: dataclasses.Field) -> type:
