@@ -89,6 +89,9 @@ def _register_catalog(sub) -> None:
     p.add_argument("--eval-overlap", action="store_true",
                    help="also list training images whose content (SHA-256) is an image of a val/test split of these "
                         "folders: what `lumen train` refuses")
+    p.add_argument("--verify-checksums", action="store_true",
+                   help="also check every part file's sha256 against its manifest (reads every byte; without it "
+                        "each listed part is checked to be there with its recorded size)")
     p.set_defaults(func=_catalog)
 
 
@@ -103,7 +106,7 @@ def _catalog(args) -> int:
     missing = [d for d in args.dirs if not (Path(d) / "manifest.json").is_file() and "://" not in d]
     if missing:
         raise InputError(f"not a shard folder (no manifest.json): {missing[0]}")
-    rows = build_catalog(args.db, args.dirs)
+    rows = build_catalog(args.db, args.dirs, checksums=args.verify_checksums)
     print(format_table(rows))
     q = quarantine_summary(args.db)
     if q:
@@ -123,14 +126,14 @@ def _query(db: str, sql: str) -> int:
 
     import duckdb
 
-    from pipelines.catalog import format_table
+    from pipelines.catalog import connect, format_table
     from pipelines.errors import InputError
 
     if not sql.strip():
         raise InputError('lumen catalog query: give one SQL statement, e.g. "SELECT count(*) FROM samples"')
-    if not Path(db).is_file():
+    if not Path(db).exists():
         raise InputError(f"no catalog at {db}: build it first with `lumen catalog DIR ... --db {db}`")
-    with duckdb.connect(db, read_only=True) as con:
+    with connect(db, read_only=True) as con:  # a folder or a file another process writes: one line
         try:
             cur = con.execute(sql)
         except duckdb.Error as e:

@@ -6,7 +6,8 @@ manifest), and every later process maps it: opening costs no decoding, the pages
 page cache (shared by DDP ranks and DataLoader workers, dropped under memory pressure), and a
 re-converted partition gets new files because its parts have new hashes.
 
-Cache folder: $LUMEN_ARROW_CACHE, else $XDG_CACHE_HOME/lumen/arrow (~/.cache/lumen/arrow).
+Cache folder: $LUMEN_ARROW_CACHE, else $XDG_CACHE_HOME/lumen/arrow (~/.cache/lumen/arrow). A cache
+disk that is full (or read-only) is one line naming the file and the variable; the partial file goes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import InputError
 from pipelines.shards import read_manifest, read_verified, shard_files
+from pipelines.tempdirs import StorageError, writing
 
 
 def cache_root() -> Path:
@@ -65,12 +67,16 @@ def _decode(data: bytes, url: str, target: Path) -> None:
         table = pq.read_table(pa.BufferReader(data)).combine_chunks()
     except (pa.ArrowException, OSError) as exc:  # checksum fine (or none), yet unreadable
         raise InputError(f"corrupt shard file {url}: {exc}") from None
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        os.replace(tmp, target)
+        with writing(target):  # a full or read-only cache disk: one line, not pyarrow's traceback
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+            os.replace(tmp, target)
+    except StorageError as exc:
+        raise StorageError(f"{exc} (the Arrow cache of decoded shard parts: free space there, or set "
+                           "LUMEN_ARROW_CACHE to a folder on a disk with room)") from None
     finally:
         tmp.unlink(missing_ok=True)
 

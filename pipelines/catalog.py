@@ -1,20 +1,25 @@
 """A DuckDB file catalog over shard folders: views over the Parquet files, never copies.
 
 Re-running `build_catalog` re-points the views at the folders' current files, so it is the
-refresh. Data engineers query it with plain SQL:
+refresh. The `samples` view reads only the part files a partition's manifest lists (read at query
+time, so a re-converted folder shows without a refresh; a stray or half-written file beside them
+is never counted). Building checks that every listed part is there with its recorded size, and
+with `checksums=True` (`lumen catalog --verify-checksums`) also its sha256, which reads every byte.
+Data engineers query it with plain SQL:
 
     duckdb var/catalog.duckdb "SELECT source, split, task, count(*) FROM samples GROUP BY ALL"
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path, PurePosixPath
 
 import duckdb
 import fsspec
 
 from pipelines.errors import InputError
-from pipelines.shards import MANIFEST, PART_GLOB, QUARANTINE, shard_files
+from pipelines.shards import MANIFEST, PART_GLOB, QUARANTINE, check_parts, shard_files
 from pipelines.tempdirs import is_leftover
 
 
@@ -34,12 +39,48 @@ def partition_names(shard_dirs) -> list[str]:
     return ["/".join(p[common:]) for p in parts]
 
 
-def build_catalog(db_path: str | Path, shard_dirs) -> list[dict]:
+def connect(db_path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A connection to the catalog file; a folder, a file another process holds, or a file that is
+    no DuckDB database is one line."""
+    db = Path(db_path)
+    if db.is_dir():
+        raise InputError(f"catalog {db} is a folder, not a DuckDB file; give a file path such as {db / 'catalog.duckdb'}")
+    try:
+        if not read_only:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        return duckdb.connect(str(db), read_only=read_only)
+    except (duckdb.Error, OSError) as exc:
+        raise InputError(_open_error(db, exc)) from None
+
+
+def _open_error(db: Path, exc: Exception) -> str:
+    text = str(exc)
+    if "Could not set lock" in text:  # DuckDB: one writer process, or any number of read-only ones
+        holder = re.search(r"held in (.+?) \(PID (\d+)\)", text)
+        who = f"process {holder[2]} ({holder[1]})" if holder else "another process"
+        return (f"catalog {db} is in use by {who}; close it (or wait for it to finish), then re-run "
+                "(DuckDB lets one process write a file, or several read it)")
+    return f"cannot open catalog {db}: {text.splitlines()[0] if text else type(exc).__name__}"
+
+
+def _samples_sql(name: str, d: str) -> str:
+    """A partition's rows from the part files its manifest lists, read at query time (a stray
+    file matched by the glob is filtered out by name)."""
+    listed = (f"SELECT unnest(shards).file FROM read_json({_sql_str(d + '/' + MANIFEST)}, "
+              "columns = {'shards': 'STRUCT(file VARCHAR)[]'})")
+    return (f"SELECT {_sql_str(name)} AS partition, * EXCLUDE (_part_file) FROM "
+            f"read_parquet({_sql_str(d + '/' + PART_GLOB)}, filename = '_part_file') "
+            f"WHERE parse_filename(_part_file) IN ({listed})")
+
+
+def build_catalog(db_path: str | Path, shard_dirs, checksums: bool = False) -> list[dict]:
     """Create or refresh the views `samples`, `quarantine`, `manifests`; returns `summary()`.
 
-    The views read `<dir>/part-*.parquet` by glob, so a re-converted folder shows its new files
-    without a refresh; re-running picks up added or removed folders. A folder is only ever
-    published whole (pipelines.tempdirs), and the temp folders beside it are refused here.
+    `samples` reads the part files each manifest lists (see the module doc), so a re-converted
+    folder shows its new files without a refresh; re-running picks up added or removed folders.
+    A folder is only ever published whole (pipelines.tempdirs), and the temp folders beside it are
+    refused here. Every listed part must be there with its recorded size (and, with `checksums`,
+    its sha256): a missing or damaged one is one line naming the partition and the file.
     """
     dirs = [str(d).rstrip("/") for d in shard_dirs]
     for d in dirs:
@@ -53,11 +94,14 @@ def build_catalog(db_path: str | Path, shard_dirs) -> list[dict]:
         raise InputError(f"shard folders given twice: {sorted(n for n in names if names.count(n) > 1)[0]}")
     sample_parts, quarantine_parts = [], []
     for d, name in zip(dirs, names):
+        try:
+            check_parts(d, checksums=checksums)
+        except InputError as exc:
+            raise InputError(f"partition {name}: {exc}") from None
         if shard_files(d):
-            sample_parts.append(f"SELECT {_sql_str(name)} AS partition, * FROM read_parquet({_sql_str(d + '/' + PART_GLOB)})")
+            sample_parts.append(_samples_sql(name, d))
         quarantine_parts.append(f"SELECT {_sql_str(name)} AS partition, * FROM read_parquet({_sql_str(d + '/' + QUARANTINE)})")
-    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(db_path))
+    con = connect(db_path)
     try:
         con.execute("BEGIN")
         con.execute("CREATE OR REPLACE VIEW samples AS " + (" UNION ALL BY NAME ".join(sample_parts) or _EMPTY_SAMPLES))
@@ -82,7 +126,7 @@ _EMPTY_QUARANTINE = ("SELECT NULL::VARCHAR AS partition, NULL::VARCHAR AS source
 
 def summary(db_path: str | Path) -> list[dict]:
     """Samples per source, split and task."""
-    con = duckdb.connect(str(db_path), read_only=True)
+    con = connect(db_path, read_only=True)
     try:
         rows = con.execute("SELECT source, split, task, count(*) AS samples FROM samples "
                            "GROUP BY ALL ORDER BY source, split, task").fetchall()
@@ -92,7 +136,7 @@ def summary(db_path: str | Path) -> list[dict]:
 
 
 def quarantine_summary(db_path: str | Path) -> list[dict]:
-    con = duckdb.connect(str(db_path), read_only=True)
+    con = connect(db_path, read_only=True)
     try:
         rows = con.execute("SELECT partition, reason, count(*) FROM quarantine GROUP BY ALL ORDER BY 3 DESC").fetchall()
     finally:

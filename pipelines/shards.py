@@ -109,7 +109,8 @@ def _write_files(tables, finish, tmp: Path, rows_per_shard: int) -> dict:
             _write_parquet(part, tmp / name)
         digest = sha256_file(tmp / name)
         total.update(digest.encode())
-        shards.append({"file": name, "rows": part.num_rows, "sha256": digest})
+        # the size lets a reader notice a truncated or replaced file without hashing it
+        shards.append({"file": name, "rows": part.num_rows, "sha256": digest, "bytes": (tmp / name).stat().st_size})
     quarantine, manifest = finish()
     with writing(tmp / QUARANTINE):
         _write_parquet(quarantine.cast(QUARANTINE_SCHEMA), tmp / QUARANTINE)
@@ -175,6 +176,24 @@ def read_verified(fs, path: str, sha256: str | None) -> bytes:
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
         raise InputError(f"corrupt shard file {path}: its sha256 does not match the manifest (re-run the conversion)")
     return data
+
+
+def check_parts(out_dir: str | Path, checksums: bool = False) -> None:
+    """Every part file the manifest lists is there with its recorded size (manifests written before
+    sizes were recorded: only there); with `checksums`, its sha256 matches too (reads every byte).
+    A problem is one line naming the file."""
+    fs, p = _fs_and_path(out_dir)
+    for s in _listed_shards(out_dir):
+        path = f"{p.rstrip('/')}/{s['file']}"
+        try:
+            size = fs.info(path)["size"]
+        except FileNotFoundError:
+            raise InputError(f"part file {path} listed in its manifest is missing (re-run the conversion)") from None
+        if s.get("bytes") is not None and size != s["bytes"]:
+            raise InputError(f"corrupt shard file {path}: {size} bytes, its manifest says {s['bytes']} "
+                             "(re-run the conversion)")
+        if checksums:
+            read_verified(fs, path, s.get("sha256"))
 
 
 def verify_shards(out_dir: str | Path) -> None:

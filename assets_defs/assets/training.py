@@ -11,9 +11,11 @@ which version does and why, and the `promote_model` job puts a version into use 
 """
 
 
+import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -27,39 +29,49 @@ from assets_defs.regression import find_regressions, flatten_metrics
 from assets_defs.resources import Compute, LumenPaths
 from assets_defs.train_knobs import TrainingKnobs, knob_values
 from assets_defs.versions import next_version, versions
-from lumen_model.train_config import STAGE_STEPS, TrainConfig
+from lumen_model.train_config import STAGE_STEPS, TrainConfig, knob_bounds
 from pipelines.checks import check_accounting, check_heatmap_peaks
 from pipelines.errors import InputError
 from pipelines.layout import EVAL_TASKS, eval_ground_truth
 from pipelines.model_registry import ModelRegistry
+from pipelines.training_partitions import corrections_number, training_partitions
 
 STAGES = ("1+2", "1", "2")
+STEPS_RANGE = knob_bounds(next(f for f in dataclasses.fields(TrainConfig) if f.name == "max_steps"))
 
 
 class RetrainConfig(TrainingKnobs):
     """What an ML engineer edits in the Launchpad of the `retrain` job: the shared training knobs
     (`lumen_model/train_config.py`: learning rate, batch size, weight decay, ...) and these."""
 
-    stage: str = Field(default="1+2", description="stages to train: '1+2', '1', or '2' (decoders only, "
-                                                  "from the stage-1 checkpoint of the model in use)")
+    stage: Literal[STAGES] = Field(default="1+2", description="stages to train: '1+2', '1', or '2' (decoders "
+                                                             "only, from the stage-1 checkpoint of the model in use)")
     stage1_steps: int = Field(default=int(os.environ.get("LUMEN_STAGE1_STEPS", STAGE_STEPS[1])),
-                              description="stage-1 optimizer steps")
+                              description="stage-1 optimizer steps", **STEPS_RANGE)
     stage2_steps: int = Field(default=int(os.environ.get("LUMEN_STAGE2_STEPS", STAGE_STEPS[2])),
-                              description="stage-2 optimizer steps")
+                              description="stage-2 optimizer steps", **STEPS_RANGE)
     partitions: list[str] = Field(default=[], description=(
         "source partitions to train on, e.g. ['coco', 'refcoco', 'corrections-v0001']; "
-        "empty = every partition that has shards, corrections included"))
-    nproc_per_node: int = Field(default=1, description="processes (GPUs) for training; > 1 runs torchrun with DDP")
+        "empty = every partition that has shards, corrections included. Of several corrections versions only "
+        "the newest trains: each pull holds every reviewed image with its latest labels"))
+    nproc_per_node: int = Field(default=1, ge=1, description="processes (GPUs) for training; > 1 runs torchrun with DDP")
 
 
 def train_shard_dirs(context, paths: LumenPaths, partitions: list[str]) -> tuple[list[str], list[Path]]:
-    """Training folders (every split but val) of the chosen partitions, each passing the shard checks."""
+    """Training folders (every split but val) of the chosen partitions, each passing the shard checks.
+
+    Of the corrections versions only the newest trains: each pull is a cumulative snapshot, so it
+    supersedes the older ones (`pipelines.training_partitions`)."""
     if not partitions:
         partitions = sorted(context.instance.get_materialized_partitions(dg.AssetKey("shards")))
     known = set(context.instance.get_dynamic_partitions(source_partitions.name))
     unknown = [p for p in partitions if p not in known]
     if unknown:
         raise dg.Failure(f"unknown source partitions {unknown}; known: {sorted(known)}")
+    partitions, superseded = training_partitions(partitions)
+    if superseded:
+        context.log.info("not training on %s: superseded by %s (each pull holds every reviewed image)",
+                         ", ".join(superseded), next(p for p in partitions if corrections_number(p) is not None))
     dirs, bad = [], []
     for p in partitions:
         for spec in paths.specs(p):
