@@ -19,7 +19,8 @@ from pycocotools import mask as mask_utils
 
 from lumen_model.checkpoint import check_finite, load_model
 from lumen_model.data import Collator, short_answer_question
-from lumen_model.decoders.boxes import decode_boxes, fuse_views, unflip_boxes
+from lumen_model.answers import FLIP_TTA_TASKS, Answer, located_answers, text_answers
+from lumen_model.decoders.boxes import unflip_boxes
 from lumen_model.decoders.pose import decode_keypoints
 from lumen_model.streaming import ImageInstructionJobs, JsonArrayWriter
 from pipelines.errors import InputError
@@ -29,7 +30,6 @@ from pipelines.heatmaps import encode_png
 from pipelines.instructions import TASK_TOKENS, instruction_for
 from pipelines.progress import progress as progress_bar
 
-FLIP_TTA_TASKS = ("detection", "instance_segmentation")  # pose would need left and right keypoints swapped
 log = logging.getLogger(__name__)
 TASK_TOKENS_ORDER = list(TASK_TOKENS.values())
 TASKS = ("detection", "instance_segmentation", "pose", "grounding", "referring_segmentation", "vqa")
@@ -394,71 +394,36 @@ def close_prediction_files(files: PredictionFiles, task: str) -> dict:
 
 def write_answers(p: Predictor, chunk: list[tuple], files: PredictionFiles) -> None:
     """VQA: answer a batch of questions and write one answer per question."""
-    paths = [j[0]["path"] for j in chunk]
-    for (im, _, meta), ans in zip(chunk, p.answer(paths, [j[1] for j in chunk])):
-        files.results.append({"question_id": meta["question_id"], "image_id": im["id"], "answer": ans})
+    for (im, _, meta), a in zip(chunk, text_answers(p, chunk)):
+        files.results.append({"question_id": meta["question_id"], "image_id": im["id"], "answer": a.text})
 
 
 def write_located(p: Predictor, task: str, chunk: list[tuple], files: PredictionFiles, flip_tta: bool = False) -> None:
-    """Heatmap tasks: locate a batch, then write each instruction's heatmap, index entry and results."""
-    paths, instructions = [j[0]["path"] for j in chunk], [j[1] for j in chunk]
-    out = p.locate(paths, instructions)
-    mirror = p.locate(paths, instructions, flip=True) if flip_tta else None
-    heat, sizes, offsets = _box_maps(out)
-    m_heat, m_sizes, m_offsets = _box_maps(mirror) if mirror is not None else (None, None, None)
-    single = task in ("grounding", "referring_segmentation")
-    # a referring expression's box: the best of the highest peaks by what the glimpse sees there (`pick_named`)
-    k = (p.cfg.vqa_glimpse_candidates if p.grounds else 1) if single else p.cfg.top_k
-    for i, (im, _, meta) in enumerate(chunk):
-        geo = p.geometry(im["path"])
-        boxes, scores = decode_boxes(heat[i], sizes[i], offsets[i], geo, k=k, threshold=0.0 if single else p.threshold)
-        if single and len(boxes) > 1:
-            best = p.pick_named(out, i, boxes, scores, geo, meta["expression"])
-            boxes, scores = boxes[best:best + 1], scores[best:best + 1]
-        keep = 1 - float(out["p_none"][i])
-        scores = scores * (1.0 if single else keep)
-        if task in FLIP_TTA_TASKS:
-            scores = scores * p.named_as(out, i, boxes, geo, meta.get("category"))
-        if mirror is not None:  # the same instruction on the mirror image; its boxes back in the image's pixels
-            m_boxes, m_scores = decode_boxes(m_heat[i], m_sizes[i], m_offsets[i], geo, k=k, threshold=p.threshold)
-            m_keep = 1 - float(mirror["p_none"][i])
-            m_scores = m_scores * m_keep * p.named_as(mirror, i, m_boxes, geo, meta.get("category"))
-            boxes, scores = fuse_views(boxes, scores, unflip_boxes(m_boxes, geo.width), m_scores)
-            boxes, scores = boxes[:k], scores[:k]
-            keep = (keep + m_keep) / 2
+    """Heatmap tasks: locate a batch (`located_answers`, the decoding `lumen ask` shares), then write each
+    instruction's heatmap, index entry and results."""
+    for (im, _, meta), a in zip(chunk, located_answers(p, task, chunk, flip_tta=flip_tta)):
         name = f"{im['id']}_{meta.get('category_id', meta.get('sent_id'))}.png"
         files.index.append({"image_id": im["id"], "task": task, "category_id": meta.get("category_id"),
                             "expression": meta.get("expression"), "sent_id": meta.get("sent_id"),
-                            "file": _write_heatmap(files.heat_dir, name, heat[i]), "input_size": p.cfg.input_size,
-                            "heatmap_size": p.cfg.heatmap_size, "p_none": round(1 - keep, 4),
-                            "task_token": out["task_token"][i], "expected_task_token": TASK_TOKENS[task]})
-        for r in _result_rows(p, task, out, i, im, meta, boxes, scores, geo, mirror):
+                            "file": _write_heatmap(files.heat_dir, name, a.grid), "input_size": a.input_size,
+                            "heatmap_size": a.heatmap_size, "p_none": round(a.p_none, 4),
+                            "task_token": a.task_token, "expected_task_token": TASK_TOKENS[task]})
+        for r in result_rows(a, im["id"]):
             files.results.append(r)
 
 
-def _box_maps(out: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A located batch's heatmaps, size and offset maps, on the CPU once for the whole batch."""
-    return out["heat"].cpu().numpy(), out["sizes"].cpu().numpy(), out["offsets"].cpu().numpy()
-
-
-def _result_rows(p: Predictor, task: str, out: dict, i: int, im: dict, meta: dict, boxes, scores,
-                 geo: SquarePad, mirror: dict | None = None) -> list[dict]:
-    """One instruction's COCO result rows: its boxes, with masks or keypoints where the task has them."""
-    segm = task in ("instance_segmentation", "referring_segmentation")
-    masks = p.masks_for(out, i, boxes, geo, im["path"], flipped=mirror) if segm else None
-    kps = p.keypoints_for(out["dense"][i], boxes, geo) if task == "pose" else None
+def result_rows(a: Answer, image_id) -> list[dict]:
+    """One answer's COCO result rows: its boxes, with masks or keypoints where the task has them."""
     rows = []
-    for j, (b, s) in enumerate(zip(boxes, scores)):
-        r = {"image_id": im["id"], "bbox": [round(float(v), 2) for v in b], "score": round(float(s), 5)}
-        if task in ("grounding", "referring_segmentation"):
-            r.update(sent_id=meta["sent_id"], ref_id=meta.get("ref_id"), category_id=1)
+    for j, (b, s) in enumerate(zip(a.boxes, a.scores)):
+        r = {"image_id": image_id, "bbox": [round(float(v), 2) for v in b], "score": round(float(s), 5)}
+        if a.task in ("grounding", "referring_segmentation"):
+            r.update(sent_id=a.meta["sent_id"], ref_id=a.meta.get("ref_id"), category_id=1)
         else:
-            r["category_id"] = meta["category_id"]
-        if segm:
-            r["segmentation"] = masks[j]
-        if task == "pose":
-            k, ks = kps[j]
-            r["keypoints"] = [round(float(v), 2) for v in k.reshape(-1)]
-            r["score"] = round(float(s) * ks, 5)
+            r["category_id"] = a.meta["category_id"]
+        if a.masks is not None:
+            r["segmentation"] = a.masks[j]
+        if a.keypoints is not None:
+            r["keypoints"] = [round(float(v), 2) for v in a.keypoints[j].reshape(-1)]
         rows.append(r)
     return rows
