@@ -26,6 +26,7 @@ from lumen_model.streaming import ImageInstructionJobs, JsonArrayWriter
 from pipelines.errors import InputError
 from pipelines.sources.common import load_json
 from pipelines.geometry import SquarePad, pad_image
+from pipelines.images import check_pixels
 from pipelines.heatmaps import encode_png
 from pipelines.instructions import TASK_TOKENS, instruction_for
 from pipelines.progress import progress as progress_bar
@@ -85,6 +86,7 @@ class Predictor:
 
     def _image(self, path: str) -> np.ndarray:
         if path not in self._images:
+            check_pixels(path)  # from the header: a 30000x30000 PNG is one line, not 5.8 GB decoded
             img = cv2.imread(path, cv2.IMREAD_COLOR)
             if img is None:
                 raise InputError(f"predict: image not readable: {path}")

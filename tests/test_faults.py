@@ -336,9 +336,12 @@ def test_coco_file_names_outside_the_images_folder_are_quarantined(sample_data_d
     from pipelines.convert import convert_source
     from pipelines.shards import read_quarantine, read_table
 
+    from PIL import Image
+
     images, good = _hostile_images(sample_data_dir, tmp_path)
     names = [good, "/etc/hostname", "../outside.jpg", "link.jpg"]
-    coco = {"images": [{"id": i + 1, "file_name": n, "width": 64, "height": 64} for i, n in enumerate(names)],
+    w, h = Image.open(images / good).size  # the size the file has (conversion compares them)
+    coco = {"images": [{"id": i + 1, "file_name": n, "width": w, "height": h} for i, n in enumerate(names)],
             "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [4, 4, 20, 20], "area": 400,
                              "iscrowd": 0} for i in range(len(names))],
             "categories": [{"id": 1, "name": "thing"}]}

@@ -108,9 +108,10 @@ def test_streamed_conversion_equals_the_whole_file_parse(tmp_path, monkeypatch, 
     path.write_text(json.dumps(_messy_coco(), indent=1, ensure_ascii=False), encoding="utf-8")
     images = tmp_path / "images"
     images.mkdir()
-    jpg = next((sample_data_dir / "coco" / "images").glob("*.jpg"))
-    for im in _messy_coco()["images"]:
-        (images / im["file_name"]).write_bytes(jpg.read_bytes())
+    from PIL import Image
+
+    for im in _messy_coco()["images"]:  # each file of its declared size (conversion compares them)
+        Image.new("RGB", (im["width"], im["height"])).save(images / im["file_name"], "JPEG")
     monkeypatch.setattr(coco, "IMAGES_PER_UNIT", 7)
     monkeypatch.setattr(js, "CHUNK_BYTES", 2000)  # about 40 chunks
     monkeypatch.setattr(js, "SCAN_BLOCK", 1000)

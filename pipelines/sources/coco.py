@@ -31,10 +31,11 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from pipelines.gc_pause import gc_paused
+from pipelines.images import size_problem
 from pipelines.instructions import answer_for, instruction_for
 from pipelines.progress import progress as progress_bar
-from pipelines.sources.common import (Draft, LazyUnits, RealPaths, ReadResult, SourcePlan, bad_box, image_outside,
-                                      load_json, polygon_area_problems, polygon_structure_problem, require_keys,
+from pipelines.sources.common import (Draft, LazyUnits, RealPaths, ReadResult, SourcePlan, bad_box,
+                                      box_image_problem, image_outside, load_json, polygon_area_problems, polygon_structure_problem, require_keys,
                                       rle_problem, unsafe_image_name)
 from pipelines.sources.json_stream import Chunks, stream_object_array
 from pipelines.worker_tuning import tune_worker
@@ -71,8 +72,8 @@ def stream_coco(path: str | Path, what: str) -> tuple[CocoIndex, Iterator[list]]
 
 
 def _index(data: dict) -> CocoIndex:
-    image_ids = Counter(im.get("id") for im in data["images"] if isinstance(im, dict))
-    cat_ids = Counter(c.get("id") for c in data["categories"] if isinstance(c, dict))
+    image_ids = Counter(im["id"] for im in data["images"] if isinstance(im, dict) and isinstance(im.get("id"), int))
+    cat_ids = Counter(c["id"] for c in data["categories"] if isinstance(c, dict) and _usable_id(c.get("id")))
     index = CocoIndex(data, {}, {})
     for im in data["images"]:
         if not isinstance(im, dict) or not isinstance(im.get("id"), int):
@@ -87,11 +88,17 @@ def _index(data: dict) -> CocoIndex:
         elif unsafe_image_name(im["file_name"]):
             index.bad_images[im["id"]] = unsafe_image_name(im["file_name"])
     for c in data["categories"]:
-        if isinstance(c, dict) and "id" in c and isinstance(c.get("name"), str):
+        if isinstance(c, dict) and _usable_id(c.get("id")) and isinstance(c.get("name"), str):
             index.cats[c["id"]] = c
-            if cat_ids[c["id"]] > 1:
+            if not _int_id(c["id"]):  # the schema's category_id is an integer (a '1' would fail writing it)
+                index.bad_cats[c["id"]] = f"category id {c['id']!r} is a {type(c['id']).__name__}, not an integer"
+            elif cat_ids[c["id"]] > 1:
                 index.bad_cats[c["id"]] = f"category id {c['id']} appears {cat_ids[c['id']]} times in 'categories'"
     return index
+
+
+def _int_id(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _positive_int(v) -> bool:
@@ -395,20 +402,20 @@ def _annotation_problem(a, index: CocoIndex, need_keypoints: bool) -> str | None
         if isinstance(a.get(key), (list, dict)):  # not an id, and no dict lookup may see it
             return f"annotation {key} is a {type(a[key]).__name__}, not a number"
     if a.get("image_id") not in index.images:
-        return f"unknown image id {a.get('image_id')}"
+        return f"unknown image id {a.get('image_id')!r}"
     if a["image_id"] in index.bad_images:
         return index.bad_images[a["image_id"]]
     if a.get("category_id") not in index.cats:
-        return f"unknown category id {a.get('category_id')}"
+        return f"unknown category id {a.get('category_id')!r}"
     if a["category_id"] in index.bad_cats:
         return index.bad_cats[a["category_id"]]
     problem = bad_box(a.get("bbox"))
     if problem:
         return problem
     im = index.images[a["image_id"]]
-    x, y, w, h = (float(v) for v in a["bbox"])
-    if x >= im["width"] or y >= im["height"] or x + w <= 0 or y + h <= 0:
-        return f"bbox {list(a['bbox'])} lies outside the {im['width']}x{im['height']} image"
+    problem = box_image_problem(a["bbox"], im["width"], im["height"])
+    if problem:
+        return problem
     seg = a.get("segmentation")
     if seg not in (None, []):
         problem = rle_problem(seg, im["height"], im["width"]) if isinstance(seg, dict) else polygon_structure_problem(seg)
@@ -486,6 +493,11 @@ def instance_drafts(unit) -> tuple[list[Draft], list]:
     for im, anns, seen, only in images:
         im_id = im["id"]
         w, h = im["width"], im["height"]
+        path_str = image_path(ctx["images_dir"], im["file_name"], real_path)
+        problem = _file_size_problem(ctx, path_str, w, h)
+        if problem:
+            quarantine += [(src, f"ann:{a['id']}", problem) for a in anns] + ([(src, f"img:{im_id}", problem)] if only else [])
+            continue
         anns = sorted(anns, key=lambda a: a["id"])
         rles = to_rles([a.get("segmentation") for a in anns], h, w)
         crowd = [(a, m) for a, m in zip(anns, rles) if a.get("iscrowd")]
@@ -495,7 +507,6 @@ def instance_drafts(unit) -> tuple[list[Draft], list]:
         for a, m in zip(anns, rles):
             if not a.get("iscrowd"):
                 per_cat[a["category_id"]].append((a, m))
-        path_str = image_path(ctx["images_dir"], im["file_name"], real_path)
         absent = [c for c in cat_ids if c not in seen]
         n_neg = min(len(absent), negatives_for(len(per_cat), ctx["negative_ratio"], image_only=only))
         # a seeded draw per image, so an image's negatives depend on nothing else (random.Random:
@@ -523,6 +534,13 @@ def instance_drafts(unit) -> tuple[list[Draft], list]:
                 quarantine += [(src, rid, "no sample to carry it: the image has no instance and no absent category to ask about")
                                for rid in extra]
     return drafts, quarantine
+
+
+def _file_size_problem(ctx: dict, path: str, width: int, height: int) -> str | None:
+    """Why the image file cannot serve its records: its header (read, not decoded) gives another size
+    than the json declares, or too many pixels. Once per image, in the unit that builds it (about
+    35 us a JPEG). Without an images folder there is no file to look at."""
+    return None if ctx["images_dir"] is None else size_problem(path, width, height)
 
 
 def _image_only_records(index: CocoIndex, seen_cats, files: _ImageFiles, negative_ratio: float, src: str,
@@ -584,6 +602,11 @@ def pose_drafts(unit) -> tuple[list[Draft], list]:
     for im, anns in images:
         im_id = im["id"]
         w, h = im["width"], im["height"]
+        path_str = image_path(ctx["images_dir"], im["file_name"], real_path)
+        problem = _file_size_problem(ctx, path_str, w, h)
+        if problem:
+            quarantine += [(src, f"ann:{a['id']}", problem) for a in anns]
+            continue
         anns = sorted(anns, key=lambda a: a["id"])
         rles = to_rles([a.get("segmentation") for a in anns], h, w)
         people = [(a, m) for a, m in zip(anns, rles) if not a.get("iscrowd")]
@@ -593,7 +616,7 @@ def pose_drafts(unit) -> tuple[list[Draft], list]:
             continue
         masks = [m for _, m in people]
         drafts.append(Draft(
-            task="pose", image_id=im_id, image_path=image_path(ctx["images_dir"], im["file_name"], real_path), width=w, height=h,
+            task="pose", image_id=im_id, image_path=path_str, width=w, height=h,
             instruction=instruction_for("pose", paraphrase=paraphrase, key=str(im_id), seed=seed),
             answer=answer_for("pose", True), source_ids=[f"ann:{a['id']}" for a, _ in people + crowd],
             category="person", category_id=people[0][0]["category_id"],

@@ -130,12 +130,16 @@ def load_json(path: str | Path, expect: type, what: str) -> Any:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{what}: {p} is not valid JSON ({exc.__class__.__name__}: {exc})") from None
+        except RecursionError:
+            raise InputError(f"{what}: {p} {TOO_DEEP}") from None
     if not isinstance(data, expect):
         raise InputError(f"{what}: {p} must hold a JSON {expect.__name__} at the top level, found {type(data).__name__}")
     return data
 
 
 _NOT_PARSED = object()
+# what the parsers refuse (orjson: 1024 levels; Python's json: its recursion limit, 1000 by default)
+TOO_DEEP = "nests arrays/objects deeper than the JSON parsers allow (about 1000 levels)"
 
 
 def require_keys(data: dict, keys: tuple[str, ...], path, what: str) -> None:
@@ -156,6 +160,23 @@ def bad_box(bbox) -> str | None:
         return f"bbox has a non-finite value {list(bbox)}"
     if w <= 0 or h <= 0:
         return f"bbox has non-positive size (w={w:g}, h={h:g})"
+    return None
+
+
+BOX_SLACK = 0.1  # how far (a fraction of the image's side, plus a pixel) a box may reach past the image
+
+
+def box_image_problem(bbox, width: int, height: int) -> str | None:
+    """Why a valid xywh box (`bad_box` passed) cannot belong to a width x height image: it lies
+    outside, or reaches far past it (its heatmap Gaussian would be sized by pixels that are not
+    there: a [0, 0, 1e6, 1e6] box asks for a 68 GiB kernel). Boxes that overhang by a little
+    (rounding, objects cut by the border) are kept as they are, not clipped."""
+    x, y, w, h = (float(v) for v in bbox)
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        return f"bbox {list(bbox)} lies outside the {width}x{height} image"
+    sx, sy = BOX_SLACK * width + 1, BOX_SLACK * height + 1
+    if x < -sx or y < -sy or x + w > width + sx or y + h > height + sy:
+        return f"bbox {list(bbox)} reaches far past the {width}x{height} image (more than a tenth of its side)"
     return None
 
 
@@ -221,16 +242,65 @@ def _numeric_problem(seg) -> str | None:
 
 
 def rle_problem(seg: dict, height: int | None = None, width: int | None = None) -> str | None:
+    """Why an RLE segmentation is unusable, or None: its size must be the image's, and its runs must
+    decode and cover the height x width pixels exactly (pycocotools trusts them: a wrong total reads or
+    writes past the mask when training decodes it)."""
     if "counts" not in seg or "size" not in seg:
         return "RLE segmentation without 'counts' and 'size'"
     size = seg["size"]
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
         return "RLE 'size' is not [height, width]"
     if height is not None and list(size) != [height, width]:
         return f"RLE size {size} does not match the image ({height}x{width})"
-    if not isinstance(seg["counts"], (str, list)):
+    counts = seg["counts"]
+    if isinstance(counts, str):
+        runs = rle_string_runs(counts)
+        if runs is None:
+            return "RLE 'counts' string does not decode (a character outside '0'..'o', a cut-off or negative run)"
+    elif isinstance(counts, list):
+        if not all(_is_int(v) and 0 <= v < 2**32 for v in counts):
+            return "RLE 'counts' list holds values that are not run lengths (integers >= 0)"
+        runs = counts
+    else:
         return "RLE 'counts' is neither a string nor a list"
+    total = int(sum(runs))
+    if total != size[0] * size[1]:
+        return f"RLE runs do not add up to its size (they cover {total} pixels, {size[0]}x{size[1]} has {size[0] * size[1]})"
     return None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def rle_string_runs(s: str) -> np.ndarray | None:
+    """The run lengths of a compressed COCO RLE string (pycocotools' `rleFrString`, vectorized), or
+    None where that C code would read past the string, overflow or produce a negative run.
+
+    Each value is 5-bit groups ('0' + bits, 0x20: more groups follow, 0x10 in the last: negative);
+    from the fourth value on, a value is a difference to the value two places before it."""
+    try:
+        raw = np.frombuffer(s.encode("ascii"), np.uint8).astype(np.int64) - 48
+    except UnicodeEncodeError:
+        return None
+    if not len(raw):
+        return np.zeros(0, np.int64)
+    if raw.min() < 0 or raw.max() > 63 or raw[-1] & 0x20:  # outside the alphabet, or cut off mid-value
+        return None
+    last = np.flatnonzero((raw & 0x20) == 0)  # the last group of each value
+    starts = np.concatenate([[0], last[:-1] + 1])
+    lengths = last - starts + 1
+    if lengths.max() > 7:  # 35 bits: more than a run of a uint32 can hold
+        return None
+    k = np.arange(len(raw)) - np.repeat(starts, lengths)
+    x = np.add.reduceat((raw & 0x1F) << (5 * k), starts)
+    x = np.where(raw[last] & 0x10, x - (np.int64(1) << (5 * lengths)), x)  # sign-extended
+    runs = x.copy()
+    runs[3::2] = np.cumsum(x[1::2])[1:]  # odd positions from 3: x + the run two before
+    runs[4::2] = np.cumsum(x[2::2])[1:]  # even positions from 4
+    if len(runs) and (runs.min() < 0 or runs.max() >= 2**32):
+        return None
+    return runs
 
 
 def bad_segmentation(seg, height: int | None = None, width: int | None = None) -> str | None:
@@ -247,6 +317,12 @@ def unsafe_image_name(name: str) -> str | None:
     """Why an image name from a source file cannot be a path below the images folder (absolute,
     `..`, a home or drive prefix), or None. A source file must never point the pipeline, the shards
     or the review App at files elsewhere on the machine."""
+    if "\x00" in name:  # the OS cannot name such a file; os.stat raises ValueError on it
+        return f"image file name holds a NUL byte: {name!r}"
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape: no file can have this name
+        return f"image file name is not valid text: {name!r}"
     posix = name.replace("\\", "/")  # string tests, what PurePosixPath would say (per image: 118k of them)
     if posix.startswith(("/", "~")) or ".." in posix.split("/") or _DRIVE.match(name):
         return f"image path outside the images folder: {name!r}"

@@ -27,7 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from pipelines.errors import InputError
-from pipelines.sources.common import load_json, orjson
+from pipelines.sources.common import TOO_DEEP, load_json, orjson
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,8 @@ class Chunks:
         try:
             return _parse(b"[" + text + b"]")
         except _NotFramed as exc:
+            if str(exc) == TOO_DEEP:
+                raise InputError(f"{self.what}: {self.path} {TOO_DEEP}") from None
             raise InputError(f"{self.what}: {self.path} is not valid JSON ({exc})") from None
 
 
@@ -121,6 +123,8 @@ def _parse(raw: bytes):
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _NotFramed(f"{exc.__class__.__name__}: {exc}") from None
+    except RecursionError:  # read whole, the file gets load_json's one line; a chunk names it in Chunks.parse
+        raise _NotFramed(TOO_DEEP) from None
 
 
 def _read(f, offset: int, n: int) -> bytes:

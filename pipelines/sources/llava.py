@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image
-
+from pipelines.images import ImageProblem, ImageTooLarge, image_size
 from pipelines.sources.common import Draft, ReadResult, image_outside, load_json, unsafe_image_name
 
 
@@ -58,10 +57,11 @@ def read_llava(path, *, images_dir=None) -> ReadResult:
                 f = images_dir / image
                 sizes[image] = None
                 if f.is_file():
-                    try:
-                        with Image.open(f) as im:
-                            sizes[image] = (str(f.resolve()), im.width, im.height)
-                    except OSError:  # not an image: quarantined below like a missing one
+                    try:  # the header only; too many pixels to decode is a reason of its own
+                        sizes[image] = (str(f.resolve()), *image_size(f))
+                    except ImageTooLarge as exc:
+                        sizes[image] = str(exc)
+                    except ImageProblem:  # not an image: quarantined below like a missing one
                         pass
             size = sizes[image]
         for k, (question, answer) in enumerate(turns):
@@ -73,6 +73,8 @@ def read_llava(path, *, images_dir=None) -> ReadResult:
                 quarantine.append((src, rid, "conversation without an image"))
             elif outside:
                 quarantine.append((src, rid, outside))
+            elif isinstance(size, str):
+                quarantine.append((src, rid, size))
             elif images_dir is not None and size is None:
                 quarantine.append((src, rid, f"image file not found or unreadable: {image}"))
             elif not question or not str(question).replace("<image>", "").strip():

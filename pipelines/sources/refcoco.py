@@ -10,9 +10,10 @@ from collections import Counter
 from pathlib import Path
 
 from pipelines.errors import InputError
+from pipelines.images import size_problem
 from pipelines.instructions import answer_for, instruction_for
 from pipelines.sources.coco import image_path, index_coco, to_rle
-from pipelines.sources.common import Draft, ReadResult, bad_box, bad_segmentation
+from pipelines.sources.common import Draft, ReadResult, bad_box, bad_segmentation, box_image_problem
 from pipelines.sources.safe_pickle import load_plain_pickle
 
 SPLIT_BYS = ("unc", "google", "umd")
@@ -29,10 +30,12 @@ def read_refcoco(folder, *, split_by="unc", split=None, images_dir=None, paraphr
     if not isinstance(refs, list):
         raise InputError(f"refcoco: {refs_path.name} must hold a list of refs, found {type(refs).__name__}")
     index = index_coco(folder / "instances.json", "refcoco")
-    ann_counts = Counter(a.get("id") for a in index.data["annotations"] if isinstance(a, dict))
-    anns = {a["id"]: a for a in index.data["annotations"] if isinstance(a, dict) and ann_counts[a.get("id")] == 1}
-    dup_anns = {i for i, n in ann_counts.items() if n > 1}
-    ref_counts = Counter(r.get("ref_id") for r in refs if isinstance(r, dict))
+    # ids that are lists or dicts cannot be looked up (nor counted): such records are unusable, not a traceback
+    ann_counts = Counter(_key(a.get("id")) for a in index.data["annotations"] if isinstance(a, dict))
+    anns = {a["id"]: a for a in index.data["annotations"] if isinstance(a, dict) and _key(a.get("id")) is not None
+            and ann_counts[a["id"]] == 1}
+    dup_anns = {i for i, n in ann_counts.items() if n > 1 and i is not None}
+    ref_counts = Counter(_key(r.get("ref_id")) for r in refs if isinstance(r, dict))
     if images_dir is None and (folder.parent / "coco" / "images").is_dir():
         images_dir = folder.parent / "coco" / "images"
     images_dir = Path(images_dir) if images_dir else None
@@ -40,6 +43,7 @@ def read_refcoco(folder, *, split_by="unc", split=None, images_dir=None, paraphr
     drafts: list[Draft] = []
     quarantine: list[tuple[str, str, str]] = []
     read = 0
+    checked: dict = {}  # image id -> why its file cannot be used (None: it can), each image's header read once
     for pos, ref in enumerate(refs):
         if not isinstance(ref, dict):
             read += 1
@@ -48,16 +52,16 @@ def read_refcoco(folder, *, split_by="unc", split=None, images_dir=None, paraphr
         if split is not None and ref.get("split") != split:
             continue
         sentences = ref.get("sentences") if isinstance(ref.get("sentences"), list) else []
-        rid = ref.get("ref_id")
+        rid = _key(ref.get("ref_id"))
         if not sentences:
             read += 1
             quarantine.append((src, f"ref:{rid}", "ref has no sentences"))
             continue
-        reason = _ref_problem(ref, anns, dup_anns, ref_counts, index, images_dir)
-        sent_counts = Counter(s.get("sent_id") if isinstance(s, dict) else None for s in sentences)
+        reason = _ref_problem(ref, anns, dup_anns, ref_counts, index, images_dir, checked)
+        sent_counts = Counter(_key(s.get("sent_id")) if isinstance(s, dict) else None for s in sentences)
         for s in sentences:
             read += 1
-            sid = s.get("sent_id") if isinstance(s, dict) else None
+            sid = _key(s.get("sent_id")) if isinstance(s, dict) else None
             record = f"ref:{rid}/sent:{sid}"
             text = _sentence_text(s)
             why = reason
@@ -92,12 +96,23 @@ def _sentence_text(s) -> str:
     return " ".join(text.split()) if isinstance(text, str) else ""
 
 
-def _ref_problem(ref, anns, dup_anns, ref_counts, index, images_dir) -> str | None:
+def _key(v):
+    """An id usable as a dict key, or None (a list or dict from a hostile file)."""
+    try:
+        hash(v)
+    except TypeError:
+        return None
+    return v
+
+
+def _ref_problem(ref, anns, dup_anns, ref_counts, index, images_dir, checked: dict) -> str | None:
     """Why no sentence of this ref can be used, or None."""
-    if ref.get("ref_id") is None:
+    if _key(ref.get("ref_id")) is None:
         return "ref has no ref_id"
     if ref_counts[ref["ref_id"]] > 1:
         return f"duplicate ref id {ref['ref_id']} ({ref_counts[ref['ref_id']]} copies)"
+    if _key(ref.get("ann_id")) is None or _key(ref.get("image_id")) is None:
+        return "ref ann_id or image_id is not an id"
     if ref.get("ann_id") in dup_anns:
         return f"duplicate annotation id {ref['ann_id']} in instances.json"
     if ref.get("ann_id") not in anns:
@@ -107,18 +122,26 @@ def _ref_problem(ref, anns, dup_anns, ref_counts, index, images_dir) -> str | No
         return f"unknown image id {ref.get('image_id')} (or not the annotation's image)"
     if ref["image_id"] in index.bad_images:
         return index.bad_images[ref["image_id"]]
-    if ann.get("category_id") not in index.cats or ann["category_id"] in index.bad_cats:
-        return f"unknown category id {ann.get('category_id')}"
+    if _key(ann.get("category_id")) is None or ann["category_id"] not in index.cats \
+            or ann["category_id"] in index.bad_cats:
+        return f"unknown category id {ann.get('category_id')!r}"
     if ann.get("iscrowd"):
         return f"annotation {ann['id']} is a crowd region, not one object"
     problem = bad_box(ann.get("bbox"))
     if problem:
         return problem
     im = index.images[ref["image_id"]]
+    problem = box_image_problem(ann["bbox"], im["width"], im["height"])
+    if problem:
+        return problem
     if ann.get("segmentation"):
         problem = bad_segmentation(ann["segmentation"], im["height"], im["width"])
         if problem:
             return problem
     if images_dir is not None and not (images_dir / im["file_name"]).is_file():
         return f"image file not found: {im['file_name']}"
+    if images_dir is not None:
+        if im["id"] not in checked:
+            checked[im["id"]] = size_problem(images_dir / im["file_name"], im["width"], im["height"])
+        return checked[im["id"]]
     return None

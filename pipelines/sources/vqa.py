@@ -6,16 +6,16 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image
-
 from pipelines.errors import InputError
 from pipelines.gc_pause import gc_paused
+from pipelines.images import ImageProblem, ImageTooLarge, image_size
 from pipelines.sources.common import Draft, ReadResult, load_json, require_keys
 from pipelines.sources.json_stream import stream_object_array
 
 
-def find_image(images_dir: Path | None, image_id: int, cache: dict) -> tuple[str, int, int] | None:
-    """Path and size of a COCO image by id: `<id:012d>.jpg` or `COCO_<subtype>_<id:012d>.jpg`."""
+def find_image(images_dir: Path | None, image_id: int, cache: dict) -> tuple[str, int, int] | str | None:
+    """Path and size of a COCO image by id: `<id:012d>.jpg` or `COCO_<subtype>_<id:012d>.jpg`
+    (None: not there or no image; a string: why it cannot be used, e.g. too many pixels)."""
     if image_id in cache:
         return cache[image_id]
     found = None
@@ -25,10 +25,11 @@ def find_image(images_dir: Path | None, image_id: int, cache: dict) -> tuple[str
         candidates = [plain] if plain.is_file() else [images_dir / n for n in _prefixed_names(images_dir, cache).get(name, [])]
         for c in candidates:
             if c.is_file():
-                try:
-                    with Image.open(c) as im:
-                        found = (str(c.resolve()), im.width, im.height)
-                except OSError:  # unreadable: treated as missing, the question is quarantined
+                try:  # the header only
+                    found = (str(c.resolve()), *image_size(c))
+                except ImageTooLarge as exc:
+                    found = str(exc)
+                except ImageProblem:  # unreadable: treated as missing, the question is quarantined
                     pass
                 break
     cache[image_id] = found
@@ -84,6 +85,9 @@ def read_vqav2(questions_path, *, annotations=None, images_dir=None) -> ReadResu
         image = find_image(images_dir, q["image_id"], cache)
         if images_dir is not None and image is None:
             quarantine.append((src, rid, f"image {q['image_id']} not found in {images_dir}"))
+            continue
+        if isinstance(image, str):
+            quarantine.append((src, rid, image))
             continue
         path, w, h = image or (f"{q['image_id']:012d}.jpg", 0, 0)
         drafts.append(Draft(task="vqa", image_id=q["image_id"], image_path=path, width=w, height=h,
