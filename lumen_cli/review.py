@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipelines.review.fields import SESSION_SIZE
+
 DB_NOTE = ("Database: the embedded MongoDB (files in $FIFTYONE_DATABASE_DIR, default ~/.fiftyone), or an external "
            "one with FIFTYONE_DATABASE_URI=mongodb://HOST:PORT.")
 
@@ -100,6 +102,10 @@ def _register_queue(sub) -> None:
     p.add_argument("--model-version", metavar="V", help="evaluate this version's field (default: the latest)")
     p.add_argument("--low", type=float, default=0.3, help="confidence below this is weak (default: 0.3)")
     p.add_argument("--high", type=float, default=0.7, help="confidence in [low, high] is ambiguous (default: 0.7)")
+    p.add_argument("--labelers", type=int, default=1, metavar="N",
+                   help="deal likely-wrong out to N labelers: views review/labeler-1..N, disjoint (default: 1)")
+    p.add_argument("--session-size", type=int, default=SESSION_SIZE, metavar="K",
+                   help=f"images in review/next and in each labeler's view: one sitting (default: {SESSION_SIZE})")
     p.add_argument("--count-since-pull", action="store_true",
                    help="only print how many labels were reviewed since the last pull")
     p.set_defaults(func=_queue)
@@ -112,7 +118,8 @@ def _queue(args) -> int:
         print(json.dumps({"dataset": args.dataset, "reviewed_since_last_pull": count_review_work(args.dataset)}))
         return 0
     print(json.dumps(build_review_queue(args.dataset, model_version=args.model_version, low=args.low,
-                                        high=args.high), indent=2))
+                                        high=args.high, labelers=args.labelers, session_size=args.session_size),
+                     indent=2))
     return 0
 
 
@@ -123,12 +130,22 @@ def _register_app(sub) -> None:
     p.add_argument("--dataset", metavar="NAME", help="dataset to open (default: the App's dataset picker)")
     p.add_argument("--port", type=int, default=5151, help="port (default: 5151)")
     p.add_argument("--address", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--labelers", type=int, metavar="N",
+                   help="one App per labeler on ports PORT..PORT+N-1, each on its own share of the queue "
+                        "(review/labeler-i; review/next for N=1; needs --dataset and `lumen review queue --labelers N`)")
     p.set_defaults(func=_app)
 
 
 def _app(args) -> int:
-    from pipelines.review.app import launch_app, wait_app
+    from pipelines.review.app import launch_app, launch_labeler_apps, wait_app
 
+    if args.labelers is not None:
+        if not args.dataset:
+            raise SystemExit("lumen review app: --labelers needs --dataset")
+        for i, url in enumerate(launch_labeler_apps(args.dataset, args.labelers, args.port, args.address), 1):
+            print(f"labeler {i}: {url}", flush=True)
+        wait_app()
+        return 0
     url = launch_app(args.dataset, port=args.port, address=args.address)
     print(url, flush=True)
     wait_app(args.port)

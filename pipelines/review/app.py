@@ -23,15 +23,29 @@ def app_url(address: str, port: int, dataset_name: str | None = None) -> str:
     return f"http://{host}:{port}/" + (f"datasets/{dataset_name}" if dataset_name else "")
 
 
-def launch_app(dataset_name=None, port=5151, address="127.0.0.1", *, wait_ready_s: float = 90.0) -> str:
-    """Start the App (on the dataset if given) and return its URL once it answers HTTP."""
+def launch_app(dataset_name=None, port=5151, address="127.0.0.1", *, view_name: str | None = None,
+               wait_ready_s: float = 90.0) -> str:
+    """Start the App (on the dataset, and its saved view, if given) and return its URL once it answers HTTP.
+
+    Each call serves its own App server on its own port with its own session state (sample, view,
+    selection): one per labeler, so two labelers never share a screen.
+    """
     fo = fiftyone()
     dataset = load_dataset(dataset_name) if dataset_name else None
     if not isinstance(port, int) or not 0 < port < 65536:
         raise InputError(f"port must be 1-65535, got {port!r}")
-    session = fo.launch_app(dataset, port=port, address=address, remote=True)
+    view = None
+    if view_name:
+        if dataset is None or not dataset.has_saved_view(view_name):
+            raise InputError(f"no saved view {view_name!r} in dataset {dataset_name!r}; run `lumen review queue` first")
+        view = dataset.load_saved_view(view_name)
+    session = fo.launch_app(dataset, view=view, port=port, address=address, remote=True)
     _sessions[port] = session
     url = app_url(address, port, dataset_name)
+    if view_name:
+        from fiftyone.core.utils import to_slug
+
+        url += f"?view={to_slug(view_name)}"
     deadline = time.monotonic() + wait_ready_s
     while True:
         try:
@@ -48,6 +62,29 @@ def launch_app(dataset_name=None, port=5151, address="127.0.0.1", *, wait_ready_
     return url
 
 
+def launch_labeler_apps(dataset_name: str, labelers: int, first_port=5151, address="127.0.0.1") -> list[str]:
+    """One App server per labeler on consecutive ports, each opened on that labeler's share of the queue
+    (`review/labeler-i`, or `review/next` for one labeler); returns their URLs in labeler order."""
+    from pipelines.review.queue import labeler_view_name
+
+    if not isinstance(labelers, int) or labelers < 1:
+        raise InputError(f"labelers must be a whole number >= 1, got {labelers!r}")
+    dataset = load_dataset(dataset_name)
+    names = ["review/next"] if labelers == 1 else [labeler_view_name(i) for i in range(1, labelers + 1)]
+    missing = [n for n in names if not dataset.has_saved_view(n)]
+    if missing:
+        raise InputError(f"dataset {dataset_name!r} has no view {missing[0]!r}: run "
+                         f"`lumen review queue --dataset {dataset_name} --labelers {labelers}` first")
+    urls = []
+    try:
+        for i, name in enumerate(names):
+            urls.append(launch_app(dataset_name, port=first_port + i, address=address, view_name=name))
+    except BaseException:
+        close_app()
+        raise
+    return urls
+
+
 def close_app(port: int | None = None) -> None:
     """Close the session(s) this process started and stop their App server."""
     from pipelines.review.fo_adapter import stop_app_server
@@ -59,8 +96,8 @@ def close_app(port: int | None = None) -> None:
         stop_app_server(p)  # the child process serving the App
 
 
-def wait_app(port: int) -> None:
-    """Block until Ctrl-C, then stop the App."""
+def wait_app(port: int | None = None) -> None:
+    """Block until Ctrl-C, then stop the App (every App this process started when `port` is None)."""
     try:
         while True:
             time.sleep(1)

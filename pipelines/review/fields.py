@@ -23,6 +23,7 @@ GROUND_TRUTH = "ground_truth"
 CORRECTIONS = "corrections"
 HEATMAP = "heatmap"
 PEAKS = "heatmap_peaks"
+SESSION_SIZE = 40  # images in one working session of the queue (`review/next`, each labeler's view)
 ACCEPT, REJECT = "accept", "reject"
 REVIEWED_SAMPLE_TAG = "reviewed"  # an image the labeler has finished (also one with no label at all)
 INFO_KEY = "lumen_review"

@@ -19,6 +19,14 @@ on pseudo-labels without ground truth. Saved views, without images tagged `revie
 - `review/possible-missed`: a missed object (GT), or at least half an expected miss, by
   `review_possible_missed` (misses, then expected misses);
 - `review/low-confidence`: a prediction with P(right) in [low, high], by `review_uncertain`.
+
+The likely-wrong view is most of the dataset on a weak model, no list a person finishes. So the
+queue also deals its order out in working sessions:
+- `review/next`: the first `session_size` open images of likely-wrong, most errors first: what one
+  labeler does in one sitting; it refills as images are tagged `reviewed`;
+- with `labelers=N` > 1, `review/labeler-1` ... `review/labeler-N`: likely-wrong dealt round-robin
+  (sample field `review_share`), each sized to a session: every labeler gets an equal share of the
+  most useful images, and no image is in two labelers' views.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import logging
 from datetime import datetime
 
 from pipelines.review import fields as F
-from pipelines.review.fo_env import fiftyone, load_dataset
+from pipelines.review.fo_env import database_errors, fiftyone, load_dataset
 from pipelines.review.reviewed import scan
 from pipelines.review.thresholds import precision_at
 
@@ -36,6 +44,12 @@ log = logging.getLogger(__name__)
 EVAL_KEY = "review_eval"
 VIEWS = ("review/likely-wrong", "review/possible-missed", "review/low-confidence")
 MIN_EXPECTED = 0.5  # without ground truth: an image joins a view from half an expected error
+SESSION_SIZE = F.SESSION_SIZE
+SHARE_FIELD = "review_share"
+
+
+def labeler_view_name(i: int) -> str:
+    return f"review/labeler-{i}"
 
 
 def _prediction_field(dataset, model_version) -> str:
@@ -123,8 +137,16 @@ def score_samples(dataset, field: str, *, low: float, high: float, has_eval: boo
     return out
 
 
-def build_review_queue(dataset_name, *, model_version=None, low=0.3, high=0.7) -> dict:
+@database_errors("queue")  # mongod gone mid-way: one line
+def build_review_queue(dataset_name, *, model_version=None, low=0.3, high=0.7, labelers: int = 1,
+                       session_size: int = SESSION_SIZE) -> dict:
     """Evaluate, prioritize and save the labelers' views; returns the counts per view."""
+    from pipelines.errors import InputError
+
+    if not isinstance(labelers, int) or labelers < 1:
+        raise InputError(f"labelers must be a whole number >= 1, got {labelers!r}")
+    if not isinstance(session_size, int) or session_size < 1:
+        raise InputError(f"session_size must be a whole number >= 1, got {session_size!r}")
     from fiftyone import ViewField as FF
 
     fiftyone()
@@ -155,15 +177,44 @@ def build_review_queue(dataset_name, *, model_version=None, low=0.3, high=0.7) -
                 else open_work.limit(0))
         dataset.save_view(name, view, description=f"{why}; sorted by {order}", overwrite=True)
         counts[name] = len(view)
+    counts.update(_save_sessions(dataset, dataset.load_saved_view("review/likely-wrong"), labelers, session_size))
     info = F.review_info(dataset)
-    info["queue"] = {"field": field, "built_at": datetime.utcnow().isoformat(), "low": low, "high": high}
+    info["queue"] = {"field": field, "built_at": datetime.utcnow().isoformat(), "low": low, "high": high,
+                     "labelers": labelers, "session_size": session_size}
     F.save_review_info(dataset, info)
     log.info("review queue of %s (%s): tp %d, fp %d, fn %d; %s", dataset_name, field, tp, fp, fn, counts)
     return {"dataset": dataset_name, "field": field, "eval_key": EVAL_KEY if tp + fp + fn else None,
-            "tp": tp, "fp": fp, "fn": fn, "views": list(views), "view_counts": counts,
+            "tp": tp, "fp": fp, "fn": fn, "views": list(counts), "view_counts": counts,
             "samples_prioritized": len(scores["review_priority"])}
 
 
+def _save_sessions(dataset, likely_wrong, labelers: int, session_size: int) -> dict[str, int]:
+    """`review/next` and, for several labelers, their disjoint shares (see the module doc)."""
+    from fiftyone import ViewField as FF
+
+    counts = {}
+    view = likely_wrong.limit(session_size)
+    dataset.save_view("review/next", view, overwrite=True,
+                      description=f"the next {session_size} images of review/likely-wrong: one working session")
+    counts["review/next"] = len(view)
+    stale = [n for n in dataset.list_saved_views() if n.startswith("review/labeler-")]
+    for name in stale:  # a queue for fewer labelers than before must not leave old shares behind
+        dataset.delete_saved_view(name)
+    if labelers == 1:
+        return counts
+    ids = likely_wrong.values("id")
+    dataset.set_values(SHARE_FIELD, {sid: 1 + k % labelers for k, sid in enumerate(ids)}, key_field="id",
+                       progress=False)
+    for i in range(1, labelers + 1):
+        share = likely_wrong.match(FF(SHARE_FIELD) == i).limit(session_size)
+        dataset.save_view(labeler_view_name(i), share, overwrite=True,
+                          description=f"labeler {i} of {labelers}: every {labelers}th image of review/likely-wrong, "
+                                      f"the next {session_size}")
+        counts[labeler_view_name(i)] = len(share)
+    return counts
+
+
+@database_errors("queue")  # mongod gone mid-way: one line
 def count_review_work(dataset_name, since=None) -> int:
     """Reviewed labels the last pull has not seen: new or changed accept/reject tags and
     corrections, plus reviews withdrawn since (a tag removed, a correction deleted).
@@ -174,7 +225,7 @@ def count_review_work(dataset_name, since=None) -> int:
     fo = fiftyone()
     if not fo.dataset_exists(dataset_name):
         return 0
-    dataset = fo.load_dataset(dataset_name)
+    dataset = load_dataset(dataset_name)  # reloaded: a long-lived process (the sensor's) may hold a stale one
     states = scan(dataset, since=since)
     changed = sum(1 for s in states if s.signature != s.pulled)
     # corrections deleted after a pull leave no label behind to compare: count them by number
