@@ -1,4 +1,4 @@
-"""`lumen train`, `lumen predict`, `lumen evaluate`."""
+"""`lumen train`, `lumen predict`, `lumen ask`, `lumen evaluate`."""
 
 from __future__ import annotations
 
@@ -34,6 +34,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(tighter boxes, fewer false positives; twice the passes). The pseudo_labels asset uses it")
     p.add_argument("--out", required=True, help="results json (heatmaps go to <out stem>_heatmaps/)")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("ask", help="ask a checkpoint about one image: boxes / masks / keypoints / answer as JSON",
+                       description="One typed instruction about one image, answered as JSON (boxes in image pixels, "
+                                   "scores, masks as RLE, keypoints, the heatmap's peaks, the text answer, timings). "
+                                   "Decoded exactly as `lumen predict` decodes: same boxes and scores.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--instruction", required=True,
+                   help="what to find or ask: 'every square', 'the star left of the person', 'what colour is the "
+                        "triangle?'")
+    p.add_argument("--task", default="auto", choices=("auto", "detection", "instance_segmentation", "pose",
+                                                     "grounding", "referring_segmentation", "vqa"),
+                   help="auto (default): a question is answered, 'every X' finds every X, anything else one object")
+    p.add_argument("--score-threshold", type=float, help="drop detections below this score (default: the preset's)")
+    p.add_argument("--flip-tta", action="store_true", help="detection / instance segmentation: also look at the "
+                                                           "mirror image and fuse the two views")
+    p.add_argument("--heatmap", metavar="PNG", help="also save the heatmap at image size as a grayscale PNG")
+    p.add_argument("--no-masks", action="store_true", help="leave the (long) RLE masks out of the JSON")
+    p.set_defaults(func=_ask)
 
     p = sub.add_parser("evaluate", help="metrics JSON for predictions against ground truth",
                        description="bbox/segm/keypoints: COCO AP via pycocotools; grounding: acc@0.5; "
@@ -73,4 +92,21 @@ def _evaluate(args) -> int:
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text)
+    return 0
+
+
+def _ask(args) -> int:
+    from pathlib import Path
+
+    from lumen_model.ask import load_asker
+    from pipelines.heatmaps import encode_png
+
+    answer = load_asker(args.checkpoint, score_threshold=args.score_threshold).ask(
+        args.image, args.instruction, args.task, flip_tta=args.flip_tta)
+    out = answer.to_json(masks=not args.no_masks)
+    if args.heatmap and answer.grid is not None:
+        Path(args.heatmap).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.heatmap).write_bytes(encode_png(answer.heatmap()))
+        out["heatmap"]["file"] = str(args.heatmap)
+    print(json.dumps(out, indent=2))
     return 0
