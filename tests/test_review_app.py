@@ -122,8 +122,8 @@ def test_app_opens_the_review_view_readable(review_sources, tmp_path, fo_dataset
             page.locator("canvas").first.click()  # open the first (most errors) sample
             page.wait_for_timeout(4000)
             page.screenshot(path=str(artifacts_dir / "review_app_sample.png"))
-            # switch the heatmap off in the sample's sidebar: the picture must change where it was
-            page.locator("[data-cy='checkbox-heatmap']").last.click()
+            # switch the (unexplained) heatmap off in the sample's sidebar: the picture must change where it was
+            page.locator("[data-cy='checkbox-heatmap_unexplained']").last.click()
             page.wait_for_timeout(2500)
             page.screenshot(path=str(artifacts_dir / "review_app_sample_no_heatmap.png"))
             browser.close()
@@ -139,3 +139,61 @@ def test_app_opens_the_review_view_readable(review_sources, tmp_path, fo_dataset
     # and it lets the image show: only where the model looked, not a tint over the whole image (the
     # fixture's maps carry a model's 1-2 % floor; before the cut every image pixel changed)
     assert changed.mean() < 0.15, f"the heatmap tints the image ({changed.mean():.3f} of the pixels differ)"
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_a_click_on_a_box_selects_the_box_not_the_heatmap(review_sources, tmp_path, fo_dataset_name, artifacts_dir):
+    """A labeler clicks the middle of a predicted box, where the heatmap is hottest: the App must
+    select the box (what the labeler tags), not the whole-image heatmap."""
+    from playwright.sync_api import sync_playwright
+
+    import fiftyone as fo
+
+    from pipelines.review.app import _sessions
+
+    chromium = _chromium()
+    info = write_prediction_input(review_sources, tmp_path / "pred" / "seg.json", split="train", seed=1)
+    push_predictions(fo_dataset_name, review_sources / "images", tmp_path / "pred" / "seg.json", "v0001",
+                     gt_file=info["gt_file"], heatmaps_dir=info["heatmaps_dir"], progress=False)
+    ds = fo.load_dataset(fo_dataset_name)
+    sample = next(s for s in ds if s.predictions is not None and s.heatmap is not None
+                  and any(d.bounding_box[2] * d.bounding_box[3] > 0.02 for d in s.predictions.detections))
+    box = max(sample.predictions.detections, key=lambda d: d.bounding_box[2] * d.bounding_box[3])
+    ds.save_view("one", ds.select(sample.id), overwrite=True)
+    width, height = sample.metadata.width, sample.metadata.height
+    port = _free_port()
+    launch_app(fo_dataset_name, port=port, address="127.0.0.1", view_name="one")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/datasets/{fo_dataset_name}", wait_until="domcontentloaded",
+                      timeout=120_000)
+            page.get_by_text("1 sample").first.wait_for(timeout=120_000)
+            page.wait_for_function("document.querySelectorAll('canvas').length >= 1", timeout=60_000)
+            dismiss = page.get_by_text("Dismiss", exact=True)
+            if dismiss.count():
+                dismiss.first.click()
+            page.locator("canvas").first.click()  # open the sample
+            page.get_by_text("Explore", exact=True).first.wait_for(timeout=60_000)
+            page.wait_for_timeout(3000)
+            canvases = [c.bounding_box() for c in page.locator("canvas").all()]
+            area = max((c for c in canvases if c), key=lambda c: c["width"] * c["height"])  # the sample's looker
+            scale = min(area["width"] / width, area["height"] / height)  # the image is fit into it, centred
+            x0 = area["x"] + (area["width"] - width * scale) / 2
+            y0 = area["y"] + (area["height"] - height * scale) / 2
+            bx, by, bw, bh = box.bounding_box
+            page.mouse.click(x0 + (bx + bw / 2) * width * scale, y0 + (by + bh / 2) * height * scale)
+            session = _sessions[port]
+            for _ in range(20):
+                if session.selected_labels:
+                    break
+                page.wait_for_timeout(250)
+            page.screenshot(path=str(artifacts_dir / "review_app_click_selects_box.png"))
+            browser.close()
+        picked = {(d["field"], d["label_id"]) for d in session.selected_labels}
+        assert picked, "the click selected nothing"
+        assert all(f == "predictions" for f, _ in picked), f"the click selected {picked}, not a predicted box"
+    finally:
+        close_app(port)

@@ -39,3 +39,16 @@ def test_the_cut_follows_each_maps_own_peak():
     assert out[0, 0] > 0 and out[0, 1] > 0  # 0.02 >= 0.2 * 0.05
     assert out[1, 0] == 0 and out[1, 1] == 0  # 0.009 < VISIBLE_SHARE * 0.05
     assert VISIBLE_SHARE * 0.05 > 0.009
+
+
+def test_blobs_inside_shown_boxes_leave_the_unexplained_map():
+    from pipelines.review.heat import unexplained_heat
+
+    heat = (255 * np.maximum(render_heatmap(np.array([[8, 8], [24, 24]]), np.array([2, 2]), 32), 0)).astype(np.uint8)
+    heat[heat < 40] = 0
+    # a shown box (image pixels, 4 per map pixel) around the first blob only
+    out = unexplained_heat(heat, [[16, 16, 40, 40]], 4.0, 4.0)
+    assert out[8, 8] == 0 and heat[8, 8] > 0  # boxed: gone, so a click there reaches the box
+    assert out[24, 24] == heat[24, 24] > 0  # where the model looked and drew nothing: kept
+    assert (out[16:, 16:] == heat[16:, 16:]).all()
+    assert (unexplained_heat(heat, [], 4.0, 4.0) == heat).all()

@@ -2,7 +2,8 @@
 
 FiftyOne keeps per-dataset App defaults in `dataset.app_config` (public API, FiftyOne >= 0.21):
 - `active_fields`: which fields are switched on when the App opens: the current predictions, the
-  heatmap and its unexplained peaks; ground truth, older versions and the below-threshold
+  heatmap's blobs no shown box explains (`heatmap_unexplained`; the whole map, `heatmap`, is one click
+  away) and its unexplained peaks; ground truth, older versions and the below-threshold
   predictions stay off (one click in the sidebar turns them on);
 - `color_scheme`: one colour per class (`color_by="value"`, the same class keeps its colour in
   every field), translucent masks (`opacity`), the heatmap in a bright "hot" colour scale, and
@@ -40,7 +41,7 @@ def shown_fields(dataset) -> list[str]:
     """The fields switched on when the App opens."""
     info = F.review_info(dataset)
     schema = dataset.get_field_schema()
-    wanted = [*info.get("current_fields", []), F.HEATMAP, F.PEAKS]
+    wanted = [*info.get("current_fields", []), F.HEATMAP_UNEXPLAINED, F.PEAKS]
     return [f for f in wanted if f in schema]
 
 
@@ -63,7 +64,7 @@ def apply_app_config(dataset) -> dict:
         color_pool=CLASS_COLORS,
         fields=fields,
         opacity=MASK_OPACITY,
-        colorscales=[{"path": F.HEATMAP, "name": None, "list": HEATMAP_COLORS}],
+        colorscales=[{"path": f, "name": None, "list": HEATMAP_COLORS} for f in (F.HEATMAP, F.HEATMAP_UNEXPLAINED)],
         default_colorscale={"name": None, "list": HEATMAP_COLORS},
         label_tags={"fieldColor": "#ffffff",
                     "valueColors": [{"value": k, "color": v} for k, v in TAG_COLORS.items()]},

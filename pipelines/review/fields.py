@@ -7,8 +7,9 @@ Fields (documented for labelers in the README, "The labeler's workflow in the Fi
   `predictions_keypoints_<version>` when a new version is pushed, tags and all;
 - `predictions_below_threshold` (Detections): with review thresholds, the latest version's
   detections under their class's threshold (hidden in the App by default; archived like `predictions`);
-- `heatmap` (Heatmap: max over the image's instructions) and `heatmap_peaks` (Keypoints: peaks
-  no predicted box of their category contains);
+- `heatmap` (Heatmap: max over the image's instructions, off in the App), `heatmap_unexplained`
+  (the same without the blobs whose peak a shown box holds: on in the App, so a click inside a box
+  selects the box) and `heatmap_peaks` (Keypoints: peaks no predicted box of their category contains);
 - `corrections` (Detections) and `corrections_keypoints` (Keypoints): labelers' edited or added
   labels; nothing in the pipeline ever writes them.
 """
@@ -22,6 +23,7 @@ from pipelines.errors import InputError
 GROUND_TRUTH = "ground_truth"
 CORRECTIONS = "corrections"
 HEATMAP = "heatmap"
+HEATMAP_UNEXPLAINED = "heatmap_unexplained"  # the heatmap's blobs no shown box holds (on in the App)
 PEAKS = "heatmap_peaks"
 SESSION_SIZE = 40  # images in one working session of the queue (`review/next`, each labeler's view)
 ACCEPT, REJECT = "accept", "reject"

@@ -1,4 +1,5 @@
-"""Instruction heatmaps for labelers: one map per image, and the peaks no predicted box explains.
+"""Instruction heatmaps for labelers: one map per image, the part of it no shown box explains, and
+the peaks no predicted box explains.
 
 `lumen predict` writes one M x M heatmap per (image, instruction) over the square-padded model
 input. Labelers get, per image, the maximum over its instructions mapped back onto the image
@@ -29,6 +30,7 @@ class ImageHeat:
     heat: np.ndarray | None  # uint8, image aspect, long side <= STORED_MAX_SIDE
     peaks: list[tuple[int | None, float, float, float]]  # (category_id, x px, y px, value), not covered
     problems: Counter
+    unexplained: np.ndarray | None = None  # `heat` without the blobs whose peak a shown box holds
 
 
 def image_heat(entries, width: int, height: int, boxes_by_cat: dict, peak_threshold: float) -> ImageHeat:
@@ -67,7 +69,34 @@ def image_heat(entries, width: int, height: int, boxes_by_cat: dict, peak_thresh
                 peaks.append((e.category_id, float(x), float(y), float(v)))
     if not maps:
         return ImageHeat(None, peaks, problems)
-    return ImageHeat(visible_heat(np.max(np.stack(maps), axis=0)), peaks, problems)
+    heat = visible_heat(np.max(np.stack(maps), axis=0))
+    all_boxes = [b for bs in boxes_by_cat.values() for b in bs]
+    return ImageHeat(heat, peaks, problems, unexplained_heat(heat, all_boxes, width / small_w, height / small_h))
+
+
+def unexplained_heat(heat: np.ndarray, boxes, sx: float, sy: float) -> np.ndarray:
+    """The visible heat without each blob whose hottest pixel lies in a shown box (`boxes` in image
+    pixels, [x, y, w, h]; `sx`, `sy` image pixels per map pixel).
+
+    Why: the App gives a click to a non-zero heatmap pixel before any box under it (FiftyOne 1.22
+    ranks a heatmap pixel at mouse distance 0, a box by the distance to its edge), so a blob over a
+    box makes the box unclickable. A blob inside a box says what the box already says; the blobs
+    left are where the model looked and drew nothing: likely misses.
+    """
+    import cv2
+
+    out = heat.copy()
+    if not len(boxes) or not out.any():
+        return out
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    n, comp = cv2.connectedComponents((out > 0).astype(np.uint8), connectivity=8)
+    for k in range(1, n):
+        ys, xs = np.nonzero(comp == k)
+        i = int(np.argmax(out[ys, xs]))
+        x, y = (xs[i] + 0.5) * sx, (ys[i] + 0.5) * sy
+        if np.any((b[:, 0] <= x) & (x <= b[:, 0] + b[:, 2]) & (b[:, 1] <= y) & (y <= b[:, 1] + b[:, 3])):
+            out[ys, xs] = 0
+    return out
 
 
 def visible_heat(top: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from pipelines.progress import progress as progress_bar
 from pipelines.review import fields as F
 from pipelines.review import fo_adapter as fa
 from pipelines.review.app_config import apply_app_config
-from pipelines.review.fo_env import describe_database, fiftyone
+from pipelines.review.fo_env import database_errors, describe_database, fiftyone, load_dataset
 from pipelines.review.heat import image_heat
 from pipelines.review.inputs import (list_folder_images, prediction_problem, read_ground_truth, read_heatmap_index,
                                      read_json, read_predictions)
@@ -45,6 +45,7 @@ from pipelines.review.thresholds import summary as threshold_summary
 log = logging.getLogger(__name__)
 
 
+@database_errors("push")  # mongod gone mid-way: one line; a re-run finds the samples written so far
 @gc_paused  # a few objects per label (records, documents) that all live until written
 def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_file=None, heatmaps_dir=None,
                      field="predictions", batch_size=500, categories_file=None, peak_threshold=0.5,
@@ -65,9 +66,10 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
     results = read_predictions(pred_file)
     heat_index = read_heatmap_index(heatmaps_dir) if heatmaps_dir else None
     images = _images_pushed(dataset_name, images_dir, gt, results, heat_index)
-    # created only once every input was read: a bad file leaves no empty dataset behind
-    dataset = fo.load_dataset(dataset_name) if fo.dataset_exists(dataset_name) else fo.Dataset(dataset_name,
-                                                                                                persistent=True)
+    # created only once every input was read: a bad file leaves no empty dataset behind; an existing one
+    # as it is now (load_dataset reloads: another process may have pushed since this one loaded it)
+    dataset = load_dataset(dataset_name) if fo.dataset_exists(dataset_name) else fo.Dataset(dataset_name,
+                                                                                             persistent=True)
     plan = _plan_push(dataset, det_field, images, gt, results, heat_index, th, categories_file)
     archived = _move_older_versions(dataset, plan, model_version)
     _record_push_in_info(dataset, plan, model_version, images_dir)
@@ -115,7 +117,9 @@ class _PushPlan:
         """Every field this push writes labels into."""
         return [f for f, on in ((self.gt_field, self.gt), (self.det_field, self.write_det),
                                 (self.below_field, self.below is not None), (self.kp_field, self.write_kp),
-                                (F.HEATMAP, self.heat_index is not None), (F.PEAKS, self.heat_index is not None)) if on]
+                                (F.HEATMAP, self.heat_index is not None),
+                                (F.HEATMAP_UNEXPLAINED, self.heat_index is not None),
+                                (F.PEAKS, self.heat_index is not None)) if on]
 
     @property
     def kp_field(self) -> str:
@@ -207,8 +211,8 @@ def _record_push_in_info(dataset, plan: _PushPlan, version: str, images_dir: Pat
 def _write_samples(dataset, plan: _PushPlan, builder: LabelBuilder, written: _WrittenLabels, batch_size: int,
                    bar) -> Counter:
     """Every image's labels, batch by batch: new samples inserted, existing ones updated."""
-    existing = dict(zip(*dataset.values(["filepath", "id"]))) if len(dataset) else {}
-    counts: Counter = Counter()
+    existing = _existing_samples(dataset)
+    counts: Counter = Counter(samples_stored=len(existing))
     ids = sorted(plan.images)
     for start in range(0, len(ids), batch_size):
         chunk = [plan.images[i] for i in ids[start:start + batch_size]]
@@ -217,6 +221,25 @@ def _write_samples(dataset, plan: _PushPlan, builder: LabelBuilder, written: _Wr
         bar.update(len(chunk))
     bar.close()
     return counts
+
+
+def _existing_samples(dataset) -> dict:
+    """filepath -> sample id, read from the sample documents themselves: FiftyOne's `len(dataset)` is
+    the server's estimated count, which a killed mongod leaves stale (0 after a crash in a first push,
+    and a re-run inserted every image again). Extra copies of an image that such a re-run left are
+    deleted; the oldest (first inserted) stays."""
+    paths, ids = dataset.values(["filepath", "id"])
+    existing, extra = {}, []
+    for path, sid in sorted(zip(paths, ids), key=lambda p_s: p_s[1]):  # ObjectId hex: creation order
+        if path in existing:
+            extra.append(sid)
+        else:
+            existing[path] = sid
+    if extra:
+        log.warning("%s: deleting %d extra samples of images already in the dataset (left by a push re-run "
+                    "after a crash)", dataset.name, len(extra))
+        dataset.delete_samples(extra)
+    return existing
 
 
 def _image_content(plan: _PushPlan, builder: LabelBuilder, im, counts: Counter) -> dict:
@@ -237,6 +260,7 @@ def _image_content(plan: _PushPlan, builder: LabelBuilder, im, counts: Counter) 
         h = image_heat(plan.heat_index.get(im.image_id, []), im.width, im.height, boxes, builder.peak_threshold)
         plan.skipped.update(h.problems)
         c[F.HEATMAP] = builder.heatmap(h.heat)
+        c[F.HEATMAP_UNEXPLAINED] = builder.heatmap(h.unexplained)
         c[F.PEAKS] = builder.peaks(im, h.peaks)
         counts["heatmaps"] += h.heat is not None
         counts["uncovered_peaks"] += len(h.peaks)
@@ -328,7 +352,7 @@ def _summary(dataset, plan: _PushPlan, counts: Counter, version: str, archived: 
         "images": len(plan.images),
         "samples_added": counts["samples_added"],
         "samples_updated": counts["samples_updated"],
-        "samples_total": len(dataset),
+        "samples_total": counts["samples_stored"] + counts["samples_added"],  # not len(): an estimate
         "results_read": plan.results_read,
         "predictions_pushed": n_det,
         "predictions_below_threshold": n_below,
