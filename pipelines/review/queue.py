@@ -7,22 +7,29 @@ thresholds), its hidden ones (`predictions_below_threshold`) and its heatmap pea
 - `review_expected_fp` = sum over shown predictions of 1 - P(right): how many are likely wrong;
 - `review_expected_missed` = sum over hidden predictions of P(right) + sum of the values of heatmap
   peaks no shown box explains: how many objects are likely missing;
-- `review_uncertain` = number of predictions (shown or hidden) with P(right) in [low, high].
+- `review_uncertain` = number of predictions (shown or hidden) with P(right) in [low, high];
+- `review_gain_per_s` = errors a labeler is expected to fix per second of review: the image's errors
+  (as in `review_priority`) over its expected review seconds (effort.py's `ActionCosts`: verify each
+  shown prediction, draw each (likely) missed object, mask included where `draw_masks`).
 Where ground truth exists, FiftyOne's COCO-style evaluation (IoU 0.5) marks every shown prediction
 `tp`/`fp` and every ground-truth object `tp`/`fn` (label attribute `review_eval`, per-sample
 `review_eval_tp/fp/fn`), and the exact counts replace the estimates: `review_errors` = FP + FN.
 
-`review_priority` (the order of `review/likely-wrong`) is the number of errors: exact where ground
-truth exists (the estimate only breaks ties), estimated (`review_expected_fp + review_expected_missed`)
-on pseudo-labels without ground truth. Saved views, without images tagged `reviewed`:
-- `review/likely-wrong`: an error (GT), or at least half an expected error (no GT), most first;
+`review_priority` (the order of `review/likely-wrong` by default, `order="errors"`) is the number of
+errors: exact where ground truth exists (the estimate only breaks ties), estimated
+(`review_expected_fp + review_expected_missed`) on pseudo-labels without ground truth. That order gives
+a labeler the most work per image, not the most fixed errors per second of their time: with
+`order="gain_per_s"` likely-wrong (and so `review/next` and the labelers' shares) is sorted by
+`review_gain_per_s` instead, so an image with one cheap likely error comes before one with as many
+expected errors among many boxes to verify. Saved views, without images tagged `reviewed`:
+- `review/likely-wrong`: an error (GT), or at least half an expected error (no GT), in the chosen order;
 - `review/possible-missed`: a missed object (GT), or at least half an expected miss, by
   `review_possible_missed` (misses, then expected misses);
 - `review/low-confidence`: a prediction with P(right) in [low, high], by `review_uncertain`.
 
 The likely-wrong view is most of the dataset on a weak model, no list a person finishes. So the
 queue also deals its order out in working sessions:
-- `review/next`: the first `session_size` open images of likely-wrong, most errors first: what one
+- `review/next`: the first `session_size` open images of likely-wrong, in its order: what one
   labeler does in one sitting; it refills as images are tagged `reviewed`;
 - with `labelers=N` > 1, `review/labeler-1` ... `review/labeler-N`: likely-wrong dealt round-robin
   (sample field `review_share`), each sized to a session: every labeler gets an equal share of the
@@ -35,6 +42,7 @@ import logging
 from datetime import datetime
 
 from pipelines.review import fields as F
+from pipelines.review.effort import ActionCosts, gain_per_second
 from pipelines.review.fo_env import database_errors, fiftyone, load_dataset
 from pipelines.review.reviewed import scan
 from pipelines.review.thresholds import precision_at
@@ -46,6 +54,16 @@ VIEWS = ("review/likely-wrong", "review/possible-missed", "review/low-confidence
 MIN_EXPECTED = 0.5  # without ground truth: an image joins a view from half an expected error
 SESSION_SIZE = F.SESSION_SIZE
 SHARE_FIELD = "review_share"
+# the orders of review/likely-wrong: name -> the per-sample field sorted on, most first
+ORDERS = {"errors": "review_priority", "gain_per_s": "review_gain_per_s"}
+
+
+def order_field(order: str) -> str:
+    from pipelines.errors import InputError
+
+    if order not in ORDERS:
+        raise InputError(f"unknown review queue order {order!r}; expected one of {', '.join(ORDERS)}")
+    return ORDERS[order]
 
 
 def labeler_view_name(i: int) -> str:
@@ -90,8 +108,10 @@ def _evaluate(dataset, field: str) -> tuple[int, int, int]:
     return tuple(int(with_gt.sum(f"{EVAL_KEY}_{k}")) for k in ("tp", "fp", "fn"))
 
 
-def score_samples(dataset, field: str, *, low: float, high: float, has_eval: bool) -> dict[str, dict]:
+def score_samples(dataset, field: str, *, low: float, high: float, has_eval: bool, costs: ActionCosts | None = None,
+                  draw_masks: bool = True) -> dict[str, dict]:
     """Per-sample queue numbers (column name -> {sample id: value}) from plain column reads."""
+    costs = costs or ActionCosts()
     info = F.review_info(dataset)
     versions = dataset.distinct(f"{field}.detections.model_version") if field in dataset.get_field_schema() else []
     thresholds = (info.get("thresholds") or {}).get(versions[0]) if len(versions) == 1 else None
@@ -101,7 +121,8 @@ def score_samples(dataset, field: str, *, low: float, high: float, has_eval: boo
         f"{below}.detections.category_id", f"{field}.detections.{EVAL_KEY}", F.GROUND_TRUTH,
         f"{F.PEAKS}.keypoints.heat", f"{EVAL_KEY}_fn"])
     out = {k: {} for k in ("review_priority", "review_errors", "review_expected_fp", "review_expected_missed",
-                           "review_likely_wrong", "review_possible_missed", "review_uncertain")}
+                           "review_likely_wrong", "review_possible_missed", "review_uncertain",
+                           "review_gain_per_s")}
 
     def p_right(cs, ks):
         ks = ks or [None] * len(cs or [])
@@ -123,10 +144,14 @@ def score_samples(dataset, field: str, *, low: float, high: float, has_eval: boo
             wrong = errors
             missed = n_fn + _tiebreak(exp_missed)
             in_missed = n_fn > 0
+            # what the labeler will do: accept the tp, reject the fp, draw the fn
+            review_s = costs.expected_review_s(max(0, len(shown) - n_fp), n_fp, n_fn, masks=draw_masks)
         else:
             priority = wrong = exp_fp + exp_missed
             missed = exp_missed
             in_missed = exp_missed >= MIN_EXPECTED
+            review_s = costs.expected_review_s(sum(shown), exp_fp, exp_missed, masks=draw_masks)
+        out["review_gain_per_s"][s] = round(gain_per_second(wrong, review_s), 6)
         out["review_priority"][s] = round(priority, 4)
         out["review_expected_fp"][s] = round(exp_fp, 4)
         out["review_expected_missed"][s] = round(exp_missed, 4)
@@ -139,10 +164,14 @@ def score_samples(dataset, field: str, *, low: float, high: float, has_eval: boo
 
 @database_errors("queue")  # mongod gone mid-way: one line
 def build_review_queue(dataset_name, *, model_version=None, low=0.3, high=0.7, labelers: int = 1,
-                       session_size: int = SESSION_SIZE) -> dict:
-    """Evaluate, prioritize and save the labelers' views; returns the counts per view."""
+                       session_size: int = SESSION_SIZE, order: str = "errors", costs: ActionCosts | None = None,
+                       draw_masks: bool = True) -> dict:
+    """Evaluate, prioritize and save the labelers' views; returns the counts per view. `order`: how
+    likely-wrong (and so review/next and the labelers' shares) is sorted, one of `ORDERS`; `costs`,
+    `draw_masks`: the seconds behind `review_gain_per_s`."""
     from pipelines.errors import InputError
 
+    wrong_order = order_field(order)
     if not isinstance(labelers, int) or labelers < 1:
         raise InputError(f"labelers must be a whole number >= 1, got {labelers!r}")
     if not isinstance(session_size, int) or session_size < 1:
@@ -157,30 +186,33 @@ def build_review_queue(dataset_name, *, model_version=None, low=0.3, high=0.7, l
 
         raise InputError(f"dataset {dataset_name!r} has no field {field!r}: push predictions first")
     tp, fp, fn = _evaluate(dataset, field)
-    scores = score_samples(dataset, field, low=low, high=high, has_eval=tp + fp + fn > 0)
+    scores = score_samples(dataset, field, low=low, high=high, has_eval=tp + fp + fn > 0, costs=costs,
+                           draw_masks=draw_masks)
     for name, vals in scores.items():
         if vals:
             dataset.set_values(name, vals, key_field="id", progress=False)
 
     open_work = dataset.match_tags(F.REVIEWED_SAMPLE_TAG, bool=False)
     views = {
-        "review/likely-wrong": ("review_likely_wrong", "review_priority",
-                                "false positives and misses (estimated where there is no ground truth), most first"),
+        "review/likely-wrong": ("review_likely_wrong", wrong_order,
+                                "false positives and misses (estimated where there is no ground truth), "
+                                + ("most first" if order == "errors" else "most per expected review second first")),
         "review/possible-missed": ("review_possible_missed", "review_possible_missed",
                                    "missed objects, hidden below-threshold predictions, unexplained heatmap peaks"),
         "review/low-confidence": ("review_uncertain", "review_uncertain",
                                   f"predictions whose estimated precision is in [{low}, {high}]"),
     }
     counts = {}
-    for name, (member, order, why) in views.items():
-        view = (open_work.match(FF(member) > 0).sort_by(order, reverse=True) if scores["review_priority"]
+    for name, (member, sort_field, why) in views.items():
+        view = (open_work.match(FF(member) > 0).sort_by(sort_field, reverse=True) if scores["review_priority"]
                 else open_work.limit(0))
-        dataset.save_view(name, view, description=f"{why}; sorted by {order}", overwrite=True)
+        dataset.save_view(name, view, description=f"{why}; sorted by {sort_field}", overwrite=True)
         counts[name] = len(view)
     counts.update(_save_sessions(dataset, dataset.load_saved_view("review/likely-wrong"), labelers, session_size))
     info = F.review_info(dataset)
     info["queue"] = {"field": field, "built_at": datetime.utcnow().isoformat(), "low": low, "high": high,
-                     "labelers": labelers, "session_size": session_size}
+                     "labelers": labelers, "session_size": session_size, "order": order,
+                     "costs": (costs or ActionCosts()).as_dict(), "draw_masks": draw_masks}
     F.save_review_info(dataset, info)
     log.info("review queue of %s (%s): tp %d, fp %d, fn %d; %s", dataset_name, field, tp, fp, fn, counts)
     return {"dataset": dataset_name, "field": field, "eval_key": EVAL_KEY if tp + fp + fn else None,

@@ -1,4 +1,5 @@
-"""A simulated labeler for measuring the review loop (bench/bench_loop.py): it reviews a FiftyOne
+"""A simulated labeler for measuring the review loop (bench/bench_loop.py; bench only, so it lives
+here and not in the library): it reviews a FiftyOne
 review dataset the way the README tells a person to, through FiftyOne's public API only, and
 knows the truth from a COCO json kept apart from the pipeline (the demo's `oracle/`).
 
@@ -11,7 +12,15 @@ Per image, in the order it is given and within a budget of images:
 - `accept_all`: every prediction is tagged `accept` (self-training: no person involved, so no
   action is counted).
 The image is then tagged `reviewed`. Crowd regions are not objects to draw or match.
-Counts: images, accepts, rejects, boxes drawn; actions = accepts + rejects + boxes drawn.
+Counts: images, accepts, rejects, boxes drawn (every object drawn) and, of those, masks drawn;
+actions = accepts + rejects + boxes drawn. `by_kind()` gives the counts per action kind of
+pipelines/review/effort.py (accept, reject, draw_box: an object drawn without a mask, draw_mask: one
+drawn with its mask, image: an image a person opened, prompt: an instruction typed and its answer
+accepted), which `ActionCosts.seconds` turns into a person's seconds.
+
+TODO(arm F, prompted corrections): a `prompted` mode that types an instruction per image (the App's
+ask feature) and accepts the answer where it matches the truth counts `prompts` (and draws what the
+answer missed); its seconds need `ActionCosts.prompt_s`, which no study gives yet.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from pipelines.errors import InputError
 from pipelines.evaluation import box_iou
 from pipelines.review import fields as F
 from pipelines.review.labels import absolute_box, mask_crop, relative_box
+from pipelines.review.queue import order_field
 from pipelines.sources.coco import to_rles
 from pipelines.sources.common import load_json
 
@@ -33,24 +43,37 @@ MODES = ("review", "scratch", "accept_all")
 
 @dataclass
 class LabelerCounts:
-    images: int = 0
+    images: int = 0  # images worked through (tagged `reviewed`)
+    images_opened: int = 0  # of those, images a person looked at (not accept_all's)
     accepts: int = 0
     rejects: int = 0
-    boxes_drawn: int = 0
+    boxes_drawn: int = 0  # objects drawn, with or without a mask
+    masks_drawn: int = 0  # of those, drawn with their mask
+    prompts: int = 0  # instructions typed and answers accepted (arm F, not built yet)
 
     @property
     def actions(self) -> int:
-        return self.accepts + self.rejects + self.boxes_drawn
+        return self.accepts + self.rejects + self.boxes_drawn + self.prompts
+
+    def by_kind(self) -> dict[str, int]:
+        """Counts per action kind of pipelines/review/effort.py (`ActionCosts.seconds` takes them)."""
+        return {"accept": self.accepts, "reject": self.rejects, "draw_box": self.boxes_drawn - self.masks_drawn,
+                "draw_mask": self.masks_drawn, "image": self.images_opened, "prompt": self.prompts}
+
+    def add(self, other: "LabelerCounts") -> "LabelerCounts":
+        return LabelerCounts(**{k: v + getattr(other, k) for k, v in asdict(self).items()})
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "actions": self.actions}
+        return {**asdict(self), "actions": self.actions, "by_kind": self.by_kind()}
 
 
-def queue_order(dataset) -> list[str]:
-    """The review queue's order: open images (not tagged `reviewed`), highest `review_priority` first."""
-    if "review_priority" not in dataset.get_field_schema():
+def queue_order(dataset, order: str = "errors") -> list[str]:
+    """The review queue's order (`order`: one of pipelines.review.queue.ORDERS, the same field the
+    likely-wrong view sorts on): open images (not tagged `reviewed`), highest first."""
+    field = order_field(order)
+    if field not in dataset.get_field_schema():
         raise InputError(f"dataset {dataset.name!r} has no review queue yet: run `lumen review queue` first")
-    return dataset.match_tags(F.REVIEWED_SAMPLE_TAG, bool=False).sort_by("review_priority", reverse=True).values("id")
+    return dataset.match_tags(F.REVIEWED_SAMPLE_TAG, bool=False).sort_by(field, reverse=True).values("id")
 
 
 def random_order(dataset, seed: int) -> list[str]:
@@ -94,6 +117,10 @@ def _drawn(fo, truth: dict, name: str, w: int, h: int):
     return fo.Detection(label=name, bounding_box=relative_box(truth["bbox"], w, h), mask=mask)
 
 
+def _has_mask(det) -> bool:
+    return det.mask is not None and bool(det.mask.any())
+
+
 def label(dataset_name, truth_file, order: list[str], *, budget: int | None, mode: str = "review",
           iou: float = 0.5) -> LabelerCounts:
     """Work through `order` (sample ids) until `budget` images are done; returns what was done."""
@@ -125,10 +152,12 @@ def label(dataset_name, truth_file, order: list[str], *, budget: int | None, mod
             counts.rejects += len(dets) - len(hit_p)
             drawn = [t for j, t in enumerate(true) if j not in hit_t]
         if drawn:
-            sample[F.CORRECTIONS] = fo.Detections(detections=[
-                _drawn(fo, t, names.get(t["category_id"], str(t["category_id"])), w, h) for t in drawn])
-            counts.boxes_drawn += len(drawn)
+            objects = [_drawn(fo, t, names.get(t["category_id"], str(t["category_id"])), w, h) for t in drawn]
+            sample[F.CORRECTIONS] = fo.Detections(detections=objects)
+            counts.boxes_drawn += len(objects)
+            counts.masks_drawn += sum(_has_mask(d) for d in objects)
         sample.tags.append(F.REVIEWED_SAMPLE_TAG)
         sample.save()
         counts.images += 1
+        counts.images_opened += mode != "accept_all"  # self-training: no person looks
     return counts
