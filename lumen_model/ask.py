@@ -136,11 +136,14 @@ class Asker:
         job = self.job(str(path), text, task, categories)
         t = time.perf_counter()
         with self._lock:
-            if task == "vqa":
-                a = text_answers(self.predictor, [job])[0]
-            else:
-                a = located_answers(self.predictor, task, [job], flip_tta=flip_tta)[0]
-                a.heatmap()  # part of the answer the App shows: in the measured time
+            try:
+                if task == "vqa":
+                    a = text_answers(self.predictor, [job])[0]
+                else:
+                    a = located_answers(self.predictor, task, [job], flip_tta=flip_tta)[0]
+                    a.heatmap()  # part of the answer the App shows: in the measured time
+            except InputError as exc:  # the image checks are predict's: say which command failed
+                raise InputError(re.sub(r"^predict: ", "ask: ", str(exc))) from None
         a.meta["typed"] = text
         a.timings["total_ms"] = round((time.perf_counter() - t) * 1000, 2)
         return a
