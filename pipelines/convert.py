@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from pipelines.errors import InputError
 from pipelines.geometry import box_targets
 from pipelines.heatmaps import encode_png, gaussian_radius, heatmap_png
+from pipelines.images import ImageProblem, check_pixels
 from pipelines.schema import HEATMAP_TASKS, SAMPLE_SCHEMA, SCHEMA_VERSION
 from pipelines.convert_parallel import default_workers, unit_tables, usable_workers
 from pipelines.shards import write_partition_stream
@@ -247,8 +248,11 @@ def _image_problem(path: str, images_dir: Path | None, verify: bool, real_path: 
     from PIL import Image
 
     try:
+        check_pixels(real)  # from the header: an image too large to decode is refused before decoding it
         with Image.open(real) as im:
             im.load()  # a full decode: a truncated file fails here, not mid-training
+    except ImageProblem as exc:
+        return str(exc)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         return f"image does not decode: {path} ({str(exc).splitlines()[0][:100]})"
     return None
@@ -368,6 +372,8 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
     _check_options(input_size, heatmap_size, negative_ratio, rows_per_shard)
     if workers is not None and not (isinstance(workers, int) and workers >= 1):
         raise InputError(f"workers must be an integer >= 1, got {workers!r}")
+    if images_dir is not None and not Path(images_dir).is_dir():  # else every record: "image not found"
+        raise InputError(f"{fmt}: images folder not found: {images_dir}")
     if images_dir is None:
         images_dir = _default_images_dir(fmt, input_path)
         if images_dir is not None:

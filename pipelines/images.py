@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import warnings
 
 from pipelines.errors import InputError
@@ -42,15 +43,26 @@ def image_size(path, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below says it better
             with Image.open(path) as im:
                 width, height = im.size
-    except Image.DecompressionBombError as exc:  # over twice PIL's limit: refused by PIL before we see the size
-        raise ImageTooLarge(f"image has too many pixels to decode (more than twice the PIL bomb limit; the limit "
-                            f"here is {max_pixels:,}): {path}") from None
+    except Image.DecompressionBombError:  # over twice PIL's limit: PIL refuses before showing the size
+        width, height = _png_size(path) or (0, 0)
+        if not width:
+            raise ImageTooLarge(f"image has too many pixels to decode (more than twice the PIL bomb limit; the "
+                                f"limit here is {max_pixels:,}): {path}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageProblem(f"image does not open: {path} ({str(exc).splitlines()[0][:100]})") from None
     if width * height > max_pixels:
         raise ImageTooLarge(f"image has too many pixels to decode ({width}x{height} = {width * height:,}; the limit "
                             f"is {max_pixels:,}, 256 MiB as RGB): {path}")
     return width, height
+
+
+def _png_size(path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR (the usual bomb: a tiny file of a huge size), else None."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return struct.unpack(">II", head[16:24])
+    return None
 
 
 def size_problem(path, width: int, height: int, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
