@@ -1,32 +1,59 @@
-"""Blocking checks: bad shards never reach training (downstream steps of the run are skipped)."""
+"""Blocking checks: bad shards never reach training (downstream steps of the run are skipped).
+
+The shard checks are partitioned like `shards`: a run of one partition records its result under
+that partition. A run over several partitions (the main job: one run for all) gives one result
+for the step, which blocks, and records each partition's own result beside it, so every
+partition's Checks tab says how it stands. Metadata are numbers and inline tables, not JSON.
+"""
 
 
 import dagster as dg
 
 from assets_defs.assets.sources import shards
+from assets_defs.metadata import table
+from assets_defs.partitions import source_partitions
 from assets_defs.resources import LumenPaths
 from pipelines.checks import check_accounting, check_heatmap_peaks
 
 
+def _folder_rows(check, source: str, paths: LumenPaths) -> list[dict]:
+    rows = []
+    for spec in paths.specs(source):
+        passed, meta = check(spec.shard_dir)
+        rows.append({"partition": source, "folder": spec.shard_dir.name, "passed": passed,
+                     **{k: v for k, v in meta.items() if isinstance(v, (int, float))}})
+    return rows
+
+
+def _check_metadata(rows: list[dict]) -> dict:
+    failed = [f"{r['partition']}/{r['folder']}" for r in rows if not r["passed"]]
+    totals = {k: sum(r[k] for r in rows) for k in rows[0] if k not in ("partition", "folder", "passed")} if rows else {}
+    return {"folders_checked": len(rows), "folders_failed": len(failed), **totals,
+            "failed_folders": dg.MetadataValue.md(", ".join(failed) or "none"),
+            "per_folder": table(rows)}
+
+
 def _run(check, context: dg.AssetCheckExecutionContext, paths: LumenPaths) -> dg.AssetCheckResult:
-    results = {}
-    for source in context.op_execution_context.partition_keys:
-        for spec in paths.specs(source):
-            passed, meta = check(spec.shard_dir)
-            results[f"{source}/{spec.shard_dir.name}"] = {"passed": passed, **meta}
-    failed = sorted(k for k, r in results.items() if not r["passed"])
-    return dg.AssetCheckResult(passed=not failed, metadata={
-        "per_folder": dg.MetadataValue.json(results),
-        "failed_folders": dg.MetadataValue.json(failed),
-    })
+    op = context.op_execution_context
+    by_partition = {source: _folder_rows(check, source, paths) for source in op.partition_keys}
+    rows = [r for rs in by_partition.values() for r in rs]
+    if not op.has_partition_key:  # a run over several partitions: each partition's own result too
+        check_name = context.check_specs[0].name
+        for source, rs in by_partition.items():
+            context.instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+                asset_key=shards.key, check_name=check_name, passed=all(r["passed"] for r in rs),
+                metadata={**_check_metadata(rs), "run_id": op.run_id}, partition=source))
+    return dg.AssetCheckResult(passed=all(r["passed"] for r in rows), metadata=_check_metadata(rows))
 
 
-@dg.asset_check(asset=shards, blocking=True, description="Every source record is in a sample or in the quarantine.")
+@dg.asset_check(asset=shards, blocking=True, partitions_def=source_partitions,
+                description="Every source record is in a sample or in the quarantine.")
 def records_accounted(context: dg.AssetCheckExecutionContext, paths: LumenPaths) -> dg.AssetCheckResult:
     return _run(check_accounting, context, paths)
 
 
-@dg.asset_check(asset=shards, blocking=True, description="Each heatmap peaks (255) exactly at its instance centers.")
+@dg.asset_check(asset=shards, blocking=True, partitions_def=source_partitions,
+                description="Each heatmap peaks (255) exactly at its instance centers.")
 def heatmap_peaks_at_centers(context: dg.AssetCheckExecutionContext, paths: LumenPaths) -> dg.AssetCheckResult:
     return _run(check_heatmap_peaks, context, paths)
 

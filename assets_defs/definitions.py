@@ -9,7 +9,7 @@ from assets_defs.checks import heatmap_peaks_at_centers, no_eval_images_in_train
 from assets_defs.executors import executor_from_env
 from assets_defs.handover import handover_io_manager
 from assets_defs.jobs import JOBS
-from assets_defs.resources import Compute, FiftyOneSettings, LumenPaths
+from assets_defs.resources import Compute, FiftyOneSettings, LoopRetrain, LumenPaths
 from assets_defs.schedules import SCHEDULES
 from assets_defs.sensors import SENSORS
 
@@ -25,7 +25,7 @@ def build_defs(paths: LumenPaths | None = None, compute: Compute | None = None,
         schedules=SCHEDULES,
         sensors=SENSORS,
         resources={"paths": paths, "compute": compute or Compute(), "fiftyone": fiftyone or FiftyOneSettings(),
-                   "io_manager": handover_io_manager},
+                   "loop_retrain": LoopRetrain(), "io_manager": handover_io_manager},
         executor=executor_from_env(),
     )
 

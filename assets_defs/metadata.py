@@ -28,13 +28,14 @@ def number(v):
     return v
 
 
-def table(rows: list[dict], columns: list[str] | None = None) -> dg.MetadataValue:
-    """An inline table (numbers rounded; missing cells empty)."""
+def table(rows: list[dict], columns: list[str] | None = None, missing: str = "") -> dg.MetadataValue:
+    """An inline table (numbers rounded; missing cells `missing`: "n/a" where a metric had nothing to measure)."""
     if not rows:
         return dg.MetadataValue.md("(none)")
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))
     types = {c: _column_type([r.get(c) for r in rows]) for c in columns}
-    records = [dg.TableRecord({c: _cell(r.get(c), types[c]) for c in columns}) for r in rows]
+    records = [dg.TableRecord({c: missing if r.get(c) is None and missing else _cell(r.get(c), types[c])
+                               for c in columns}) for r in rows]
     schema = dg.TableSchema(columns=[dg.TableColumn(c, types[c]) for c in columns])
     return dg.MetadataValue.table(records=records, schema=schema)
 
@@ -59,6 +60,67 @@ def _cell(v, kind: str):
     if kind in ("int", "bool"):
         return v
     return str(v)
+
+
+NOT_APPLICABLE = "n/a"  # a metric pycocotools marks -1: nothing of that kind to measure (e.g. APl, no large object)
+
+
+def metric_values(flat: dict[str, float | None]) -> dict:
+    """Each metric as its own metadata entry: a float Dagster plots across materializations (the
+    asset's Plots tab, one line per metric over the versions), or "n/a"."""
+    return {k: dg.MetadataValue.float(float(v)) if v is not None else dg.MetadataValue.text(NOT_APPLICABLE)
+            for k, v in flat.items()}
+
+
+def _figure(width: float = 7.0, height: float = 3.6):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width, height), dpi=90)
+    return plt, fig, ax
+
+
+def _png(plt, fig) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def metrics_by_version_png(by_version: dict[str, dict[str, float | None]], title: str = "metrics by version") -> bytes:
+    """One line per metric over the versions in order (a gap where a version has no value)."""
+    plt, fig, ax = _figure()
+    versions = sorted(by_version)
+    names = sorted({k for m in by_version.values() for k in m})
+    for name in names:
+        ys = [by_version[v].get(name) for v in versions]
+        ax.plot(versions, [float("nan") if y is None else y for y in ys], marker="o", label=name)
+    ax.set_title(title)
+    ax.set_xlabel("stage-2 version")
+    ax.set_ylabel("score (higher is better)")
+    ax.grid(alpha=0.3)
+    if names:
+        ax.legend(fontsize=7, ncol=2, loc="best")
+    return _png(plt, fig)
+
+
+def loss_overlay_png(curves: dict[str, tuple[list[float], list[float]]], title: str = "training loss") -> bytes:
+    """Loss curves of several versions on one axis: label -> (steps, losses)."""
+    plt, fig, ax = _figure()
+    for label, (steps, losses) in curves.items():
+        ax.plot(steps, losses, linewidth=1.2, label=label)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(plt, fig)
 
 
 def png_markdown(png: bytes, alt: str = "image") -> str:

@@ -7,15 +7,19 @@ fewer boxes has not regressed by that number, so counts never enter the comparis
 from __future__ import annotations
 
 
-def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+def flatten_metrics(metrics: dict, prefix: str = "", keep_missing: bool = False) -> dict[str, float | None]:
     """{"bbox": {"AP50": 0.6}, "grounding": {"by_kind": {"spatial": {...}}}} -> {"bbox/AP50": 0.6,
-    "grounding/by_kind/spatial/acc@0.5": ...}; counts (ints), NaN and non-numbers dropped."""
+    "grounding/by_kind/spatial/acc@0.5": ...}; counts (ints), NaN and non-numbers dropped. With
+    `keep_missing`, a metric with nothing to measure (None: pycocotools' -1) stays, as None, to be shown "n/a"
+    (the comparison never sees it: a version is not better or worse at what neither could measure)."""
     out = {}
     for k, v in metrics.items():
         if isinstance(v, dict):
-            out.update(flatten_metrics(v, f"{prefix}{k}/"))
+            out.update(flatten_metrics(v, f"{prefix}{k}/", keep_missing))
         elif prefix and isinstance(v, float) and v == v:  # v == v drops NaN
             out[f"{prefix}{k}"] = float(v)
+        elif prefix and keep_missing and v is None:
+            out[f"{prefix}{k}"] = None
     return out
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
+from pydantic import Field
 
 from assets_defs.layout import PartitionSpec, partition_specs
+from lumen_model.train_config import STAGE_STEPS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,3 +112,29 @@ class FiftyOneSettings(dg.ConfigurableResource):
 
         url = f"http://{self.app_address}:{self.app_port}/datasets/{quote(self.dataset)}"
         return f"{url}?view={quote(view)}" if view else url
+
+
+class LoopRetrain(dg.ConfigurableResource):
+    """The size of the retrain the `corrections_loop` sensor requests once a corrections round is ingested.
+
+    Defaults are the retrain job's (what the tiny preset needs on the demo data; about an hour on
+    2 CPU cores): a smaller loop retrain mostly comes out worse than the model in use and is
+    rejected by no_regression. Set them smaller on a slow machine to see the loop turn, larger for a
+    bigger model, here or through the environment variables named below."""
+
+    stage: Literal["1+2", "1", "2"] = Field(default=os.environ.get("LUMEN_LOOP_STAGE", "1+2"),
+                                            description="stages the loop's retrain trains")
+    stage1_steps: int = Field(default=int(os.environ.get("LUMEN_LOOP_STAGE1_STEPS", STAGE_STEPS[1])), ge=1,
+                              description="stage-1 steps of the loop's retrain (env LUMEN_LOOP_STAGE1_STEPS)")
+    stage2_steps: int = Field(default=int(os.environ.get("LUMEN_LOOP_STAGE2_STEPS", STAGE_STEPS[2])), ge=1,
+                              description="stage-2 steps of the loop's retrain (env LUMEN_LOOP_STAGE2_STEPS)")
+
+    def run_config(self) -> dict:
+        """The retrain job's run config of this size (checked by the job's own config, as the Launchpad is)."""
+        return {"ops": {"models": {"config": {"stage": self.stage, "stage1_steps": self.stage1_steps,
+                                              "stage2_steps": self.stage2_steps}}}}
+
+    def size(self) -> str:
+        steps = {"1+2": f"{self.stage1_steps}+{self.stage2_steps}", "1": str(self.stage1_steps),
+                 "2": str(self.stage2_steps)}.get(self.stage, "?")
+        return f"stage {self.stage}, {steps} steps"

@@ -1,4 +1,8 @@
-"""Sensors: new source files -> ingest; enough review work -> pull corrections, ingest, retrain."""
+"""Sensors: new source files -> ingest; enough review work -> pull corrections, ingest, retrain.
+
+Each partition has one watcher: `new_source_files` the built-in sources, `corrections_loop` the
+corrections versions, so one new version is ingested once, not once per sensor. A tick that asks
+for nothing says why (its skip reason)."""
 
 from __future__ import annotations
 
@@ -10,11 +14,12 @@ import dagster as dg
 from assets_defs.jobs import ingest, pull_corrections_job, retrain
 from assets_defs.layout import fingerprint, partition_files
 from assets_defs.metadata import latest_metadata
-from assets_defs.partitions import corrections_partition, is_corrections, source_partitions
-from assets_defs.resources import FiftyOneSettings, LumenPaths
+from assets_defs.partitions import corrections_partition, source_partitions
+from assets_defs.resources import FiftyOneSettings, LoopRetrain, LumenPaths
 from assets_defs.versions import versions
 from pipelines.layout import SOURCES
 from pipelines.model_registry import ModelRegistry
+from pipelines.training_partitions import training_partitions
 
 
 def ingested_fingerprint(instance: dg.DagsterInstance, partition: str) -> str | None:
@@ -31,16 +36,17 @@ def ingested_fingerprint(instance: dg.DagsterInstance, partition: str) -> str | 
 
 
 @dg.sensor(job=ingest, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Watches the sources folder (and pulled corrections versions): a new or changed file "
-                       "ingests its partition; a new source or corrections folder becomes a partition.")
+           description="Watches the built-in sources' folders: a new or changed file ingests its partition; a new "
+                       "source becomes a partition. Corrections versions are the corrections_loop sensor's.")
 def new_source_files(context: dg.SensorEvaluationContext, paths: LumenPaths):
     seen = json.loads(context.cursor) if context.cursor else {}
     have = set(context.instance.get_dynamic_partitions(source_partitions.name))
-    candidates = list(SOURCES) + [corrections_partition(v) for v in versions(paths.corrections)]
-    add, runs = [], []
-    for key in candidates:
+    add, runs, missing, unchanged = [], [], [], []
+    # corrections versions are not watched here: `corrections_loop` ingests them (one run, not one per sensor)
+    for key in SOURCES:
         files = partition_files(paths.specs(key))
         if not files or not all(f.exists() for f in files):
+            missing.append(key)
             continue
         stamp = fingerprint(files)
         if key not in seen and key in have:  # first look: compare with what was last ingested
@@ -50,9 +56,21 @@ def new_source_files(context: dg.SensorEvaluationContext, paths: LumenPaths):
             if key not in have:
                 add.append(key)
             runs.append(dg.RunRequest(run_key=f"{key}-{stamp}", partition_key=key))
+        else:
+            unchanged.append(key)
     context.update_cursor(json.dumps(seen))
     return dg.SensorResult(run_requests=runs,
-                           dynamic_partitions_requests=[source_partitions.build_add_request(add)] if add else [])
+                           dynamic_partitions_requests=[source_partitions.build_add_request(add)] if add else [],
+                           skip_reason=None if runs or add else _unchanged_reason(paths, unchanged, missing))
+
+
+def _unchanged_reason(paths: LumenPaths, unchanged: list[str], missing: list[str]) -> dg.SkipReason:
+    parts = []
+    if unchanged:
+        parts.append(f"no file changed since the last ingest of {', '.join(unchanged)}")
+    if missing:
+        parts.append(f"no complete source files yet for {', '.join(missing)} under {paths.sources}")
+    return dg.SkipReason("; ".join(parts))
 
 
 def recorded_corrections(instance: dg.DagsterInstance) -> set[str]:
@@ -62,54 +80,62 @@ def recorded_corrections(instance: dg.DagsterInstance) -> set[str]:
             if "source_partition" in r.asset_materialization.metadata}
 
 
+def record_command_line_pulls(instance: dg.DagsterInstance, paths: LumenPaths) -> list[str]:
+    """Record each version folder pulled outside Dagster (`lumen review pull`) as a `corrections`
+    materialization, at once. Done here rather than returned as the tick's asset events, which only
+    the daemon's ticks apply: a "Preview tick result" and its "Apply" in the UI record it too."""
+    from assets_defs.assets.review import corrections_metadata
+
+    recorded = recorded_corrections(instance)
+    new = []
+    for v in versions(paths.corrections):
+        if corrections_partition(v) not in recorded:
+            instance.report_runless_asset_event(dg.AssetMaterialization("corrections", metadata=corrections_metadata(
+                Path(paths.corrections) / v, pulled_by="command line (recorded by the corrections_loop sensor)")))
+            new.append(corrections_partition(v))
+    return new
+
+
 @dg.sensor(jobs=[pull_corrections_job, ingest, retrain], minimum_interval_seconds=120,
            default_status=dg.DefaultSensorStatus.STOPPED,
            description="Closes the review loop: records pulls made from the command line, pulls corrections once "
-                       "more than N labels were reviewed, ingests each new corrections partition, then retrains.")
-def corrections_loop(context: dg.SensorEvaluationContext, paths: LumenPaths, fiftyone: FiftyOneSettings):
-    from assets_defs.assets.review import corrections_metadata
-
+                       "more than N labels were reviewed, ingests each new corrections partition, then retrains "
+                       "(its size: the loop_retrain resource).")
+def corrections_loop(context: dg.SensorEvaluationContext, paths: LumenPaths, fiftyone: FiftyOneSettings,
+                     loop_retrain: LoopRetrain):
     instance = context.instance
-    requests, events, new_partitions = [], [], []
-    # a version folder pulled outside Dagster (`lumen review pull`) is the same event as a Dagster pull
+    recorded = record_command_line_pulls(instance, paths)
     known = set(instance.get_dynamic_partitions(source_partitions.name))
-    recorded = recorded_corrections(instance)
-    for v in versions(paths.corrections):
-        key = corrections_partition(v)
-        if key not in recorded:
-            events.append(dg.AssetMaterialization("corrections", metadata=corrections_metadata(
-                Path(paths.corrections) / v, pulled_by="command line (recorded by the corrections_loop sensor)")))
-        if key not in known:
-            new_partitions.append(key)
+    corrections = [corrections_partition(v) for v in versions(paths.corrections)]
+    new_partitions = [k for k in corrections if k not in known]
 
+    requests = []
     shards_done = instance.get_materialized_partitions(dg.AssetKey("shards"))
-    in_use = ModelRegistry(paths.model_registry).in_use() or {}
-    trained_on = set(in_use.get("partitions") or [])  # the partitions the model in use saw
-    untrained = []
-    for key in sorted(known | set(new_partitions)):
-        if not is_corrections(key):
-            continue
+    for key in corrections:
         if key not in shards_done:
             requests.append(dg.RunRequest(job_name="ingest", partition_key=key, run_key=f"ingest-{key}"))
-        elif key not in trained_on:
-            untrained.append(key)
-    if untrained:  # one retrain for every ingested round the model in use has not seen
-        requests.append(dg.RunRequest(job_name="retrain", run_key="retrain-" + "+".join(untrained)))
+    # a retrain reads only the newest corrections version (each pull holds every review so far)
+    trains_on = [k for k in training_partitions(corrections)[0] if k in shards_done]
+    in_use = ModelRegistry(paths.model_registry).in_use() or {}
+    untrained = [k for k in trains_on if k not in set(in_use.get("partitions") or [])]
+    if untrained:  # one retrain for the ingested round the model in use has not seen
+        requests.append(dg.RunRequest(job_name="retrain", run_key="retrain-" + "+".join(untrained),
+                                      run_config=loop_retrain.run_config(),
+                                      tags={"lumen/retrain_size": loop_retrain.size()}))
 
     fiftyone.apply()
-    from pipelines.review.queue import count_review_work
+    from pipelines.review.work import review_work
 
-    reviewed = count_review_work(fiftyone.dataset)  # compared with the last pull, whoever made it
-    latest = versions(paths.corrections)[-1] if versions(paths.corrections) else "start"
-    if reviewed > fiftyone.min_reviewed_labels:
-        requests.append(dg.RunRequest(job_name="pull_corrections", run_key=f"pull-after-{latest}"))
-    context.log.info("%d labels reviewed since the last pull (threshold %d); %d pulled versions not yet recorded",
-                     reviewed, fiftyone.min_reviewed_labels, len(events))
+    work = review_work(fiftyone.dataset)  # fresh from the database, whoever pulled last
+    if work.reviewed > fiftyone.min_reviewed_labels:
+        requests.append(dg.RunRequest(job_name="pull_corrections", run_key=f"pull-{work.key}"))
+    summary = (f"{work.reviewed} labels reviewed since the last pull (threshold {fiftyone.min_reviewed_labels}); "
+               f"recorded {len(recorded)} command-line pull(s); loop retrain size: {loop_retrain.size()}")
+    context.log.info(summary)
     return dg.SensorResult(
-        run_requests=requests, asset_events=events,
+        run_requests=requests,
         dynamic_partitions_requests=[source_partitions.build_add_request(new_partitions)] if new_partitions else [],
-        skip_reason=None if requests or events else
-        f"{reviewed} labels reviewed since the last pull (threshold {fiftyone.min_reviewed_labels})")
+        skip_reason=None if requests or new_partitions else dg.SkipReason(summary))
 
 
 SENSORS = [new_source_files, corrections_loop]

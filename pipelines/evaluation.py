@@ -33,6 +33,7 @@ def _load(x):
 
 
 def coco_metrics(task: str, gt, pred) -> dict:
+    """COCOeval's AP summary; None ("n/a") for a metric with nothing to measure (pycocotools' -1)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -49,7 +50,9 @@ def coco_metrics(task: str, gt, pred) -> dict:
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {n: float(max(0.0, v)) for n, v in zip(names, ev.stats)} | {"detections": len(preds)}
+    # pycocotools says -1 where a metric has nothing to measure (APl with no large object): None, shown "n/a",
+    # never 0, which would read as a model that found none of them (and would gate a later version on it)
+    return {n: float(v) if v >= 0 else None for n, v in zip(names, ev.stats)} | {"detections": len(preds)}
 
 
 def box_iou(a, b) -> float:

@@ -2,7 +2,8 @@
 
 A tqdm bar redraws itself with carriage returns; in a file (the main command's log, a Dagster
 step's stderr, CI) every redraw stays, which made 300 KB lines. Off a terminal this logs one plain
-line every `every_s` seconds (and one at the end) through `logging`, which Dagster captures.
+line every `every_s` seconds (and one at the end) through `logging`, which Dagster captures; with a
+known total each line says about how long is left, at the rate so far.
 """
 
 from __future__ import annotations
@@ -59,7 +60,28 @@ class LogProgress:
         rate = (self.n - self.start_n) / elapsed if elapsed > 0 else 0.0
         of = f"/{self.total}" if self.total else ""
         extra = f" ({self.postfix})" if self.postfix else ""
-        log.info("%s: %d%s %s, %.1f %s/s, %.0f s%s", self.desc, self.n, of, self.unit, rate, self.unit, elapsed, extra)
+        log.info("%s: %d%s %s, %.1f %s/s, %s elapsed%s%s", self.desc, self.n, of, self.unit, rate, self.unit,
+                 duration(elapsed), self._left(rate), extra)
+
+    def _left(self, rate: float) -> str:
+        """`, about 12 min left` at the rate so far (nothing without a total or a rate; `done` at the end)."""
+        if not self.total:
+            return ""
+        if self.n >= self.total:
+            return ", done"
+        if rate <= 0:
+            return ""
+        return f", about {duration((self.total - self.n) / rate)} left"
+
+
+def duration(seconds: float) -> str:
+    """45 s, 12 min, 1 h 05 min: as a person reads a time left."""
+    s = int(round(seconds))
+    if s < 90:
+        return f"{s} s"
+    if s < 3600:
+        return f"{round(s / 60)} min"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
 
 
 def progress(iterable=None, *, total=None, desc="", unit="it", enabled=True, initial=0, every_s=10.0):

@@ -121,7 +121,11 @@ def _gate_holds_while_a_label_run_goes_on(instance, defs, paths, fo, tmp):
     assert checks == {"no_regression": False}, outputs[0][-3000:]
     assert r["stage2_model"]["model_version"] == "v0002" and r["evaluation"]["model_version"] == "v0002"
     assert r["evaluation"]["stage2_model"] == "this run" and r["evaluation"]["compared_with"] == "v0001"
-    assert "model_in_use" not in r  # blocked by the failed gate
+    # the failed gate is a warning, not a failed run: model_in_use runs, keeps v0001 and lists v0002 as rejected
+    assert retrain_run.status == dg.DagsterRunStatus.SUCCESS
+    assert r["model_in_use"]["model_version"] == "v0001"
+    assert {row.data["version"]: row.data["status"] for row in r["model_in_use"]["versions"].records} == {
+        "v0001": "in use", "v0002": "rejected"}
     assert labelled["pseudo_labels"]["model_version"] == "v0001"
     registry = ModelRegistry(paths.model_registry)
     assert registry.in_use()["version"] == "v0001" and registry.get("v0002")["status"] == "rejected"
@@ -146,6 +150,7 @@ def _promotion_on_purpose(instance, defs):
 def _review_pulled_from_the_command_line_is_seen(instance, defs, paths: LumenPaths, fo: FiftyOneSettings):
     import fiftyone as fol
 
+    from assets_defs.resources import LoopRetrain
     from assets_defs.sensors import corrections_loop
     from pipelines.review.pull import pull_corrections
 
@@ -165,17 +170,17 @@ def _review_pulled_from_the_command_line_is_seen(instance, defs, paths: LumenPat
 
         # the sensor records the command-line pull as a `corrections` materialization, adds the partition
         # and asks to ingest it
-        ctx = dg.build_sensor_context(instance=instance, resources={"paths": paths, "fiftyone": fo})
-        result = corrections_loop(ctx)
-        assert [e.metadata["source_partition"].value for e in result.asset_events] == [partition]
+        resources = {"paths": paths, "fiftyone": fo, "loop_retrain": LoopRetrain(stage1_steps=4, stage2_steps=2)}
+        result = corrections_loop(dg.build_sensor_context(instance=instance, resources=resources))
+        recorded = instance.fetch_materializations(dg.AssetKey("corrections"), limit=10).records
+        assert [m.asset_materialization.metadata["source_partition"].value for m in recorded] == [partition]
         assert result.dynamic_partitions_requests[0].partition_keys == [partition]
         assert [(r.job_name, r.partition_key) for r in result.run_requests] == [("ingest", partition)]
-        instance.report_runless_asset_event(result.asset_events[0])  # what the daemon does with the sensor's events
         instance.add_dynamic_partitions("sources", [partition])
         ingest = defs.resolve_job_def("ingest").execute_in_process(partition_key=partition, instance=instance)
         assert ingest.success and _checks(ingest)["records_accounted"]
-        result = corrections_loop(dg.build_sensor_context(instance=instance, resources={"paths": paths, "fiftyone": fo}))
-        assert result.asset_events == []  # recorded once
+        result = corrections_loop(dg.build_sensor_context(instance=instance, resources=resources))
+        assert len(instance.fetch_materializations(dg.AssetKey("corrections"), limit=10).records) == 1  # once
         assert [r.job_name for r in result.run_requests] == ["retrain"]
     finally:
         ds.delete()

@@ -8,6 +8,7 @@ main job does), and a sensor or a person can still launch a single partition.
 import dagster as dg
 
 from assets_defs.layout import fingerprint, partition_files
+from assets_defs.logs import each_line_once
 from assets_defs.metadata import png_markdown, table
 from assets_defs.partitions import is_corrections, source_partitions
 from assets_defs.resources import LumenPaths
@@ -46,29 +47,32 @@ def source_data(context: dg.AssetExecutionContext, paths: LumenPaths) -> dg.Mate
 def shards(context: dg.AssetExecutionContext, paths: LumenPaths) -> dg.MaterializeResult:
     from pipelines.convert import convert_source
 
-    for source in context.partition_keys:
-        counts, tasks, reasons, folders = [], [], [], []
-        for spec in paths.specs(source):
-            m = convert_source(spec.fmt, spec.input_path, spec.shard_dir, source_name=source,
-                               input_size=paths.input_size, progress=False, **spec.options)
-            c = m["counts"]
-            counts.append({"split": spec.split, "format": spec.fmt, "records_read": c["records_read"],
-                           "samples_written": c["samples_written"], "quarantined": c["records_quarantined"]})
-            tasks += [{"split": spec.split, "task": t, "samples": n} for t, n in c["per_task"].items()]
-            reasons += [{"split": spec.split, "reason": r, "records": n} for r, n in m["quarantine_reasons"].items()]
-            folders.append(str(spec.shard_dir))
-            context.log.info("%s/%s: read %d records from %s -> wrote %d samples to %s (%d quarantined)", source,
-                             spec.split, c["records_read"], spec.input_path, c["samples_written"], spec.shard_dir,
-                             c["records_quarantined"])
-        context.add_asset_metadata({
-            **{k: sum(r[k] for r in counts) for k in ("records_read", "samples_written", "quarantined")},
-            "counts": table(counts),
-            "samples_per_task": table(tasks),
-            "quarantine_reasons": table(reasons) if reasons else dg.MetadataValue.md("no record quarantined"),
-            "folders": dg.MetadataValue.json(folders),
-            "preview": dg.MetadataValue.md(_preview_markdown(source, paths.specs(source)[0].shard_dir)),
-        }, partition_key=source)
+    with each_line_once("pipelines.convert"):  # convert_source logs each folder it writes; a note once
+        for source in context.partition_keys:
+            _shard_partition(context, paths, source, convert_source)
     return dg.MaterializeResult()
+
+
+def _shard_partition(context: dg.AssetExecutionContext, paths: LumenPaths, source: str, convert_source) -> None:
+    """Convert every folder of one partition; its counts become that partition's metadata."""
+    counts, tasks, reasons, folders = [], [], [], []
+    for spec in paths.specs(source):
+        m = convert_source(spec.fmt, spec.input_path, spec.shard_dir, source_name=source,
+                           input_size=paths.input_size, progress=False, **spec.options)
+        c = m["counts"]
+        counts.append({"split": spec.split, "format": spec.fmt, "records_read": c["records_read"],
+                       "samples_written": c["samples_written"], "quarantined": c["records_quarantined"]})
+        tasks += [{"split": spec.split, "task": t, "samples": n} for t, n in c["per_task"].items()]
+        reasons += [{"split": spec.split, "reason": r, "records": n} for r, n in m["quarantine_reasons"].items()]
+        folders.append(str(spec.shard_dir))
+    context.add_asset_metadata({
+        **{k: sum(r[k] for r in counts) for k in ("records_read", "samples_written", "quarantined")},
+        "counts": table(counts),
+        "samples_per_task": table(tasks),
+        "quarantine_reasons": table(reasons) if reasons else dg.MetadataValue.md("no record quarantined"),
+        "folders": dg.MetadataValue.md("\n".join(f"- `{f}`" for f in folders)),
+        "preview": dg.MetadataValue.md(_preview_markdown(source, paths.specs(source)[0].shard_dir)),
+    }, partition_key=source)
 
 
 def _preview_markdown(source: str, shard_dir) -> str:

@@ -23,7 +23,8 @@ from pydantic import Field
 from assets_defs.assets.sources import catalog
 from assets_defs.executors import GPU_OP_TAGS
 from assets_defs.handover import Checkpoint, Evaluation, ModelInUse
-from assets_defs.metadata import image_file_markdown, number, sparkline, table
+from assets_defs.metadata import (NOT_APPLICABLE, image_file_markdown, loss_overlay_png, metric_values,
+                                  metrics_by_version_png, number, png_markdown, sparkline, table)
 from assets_defs.partitions import source_partitions
 from assets_defs.regression import find_regressions, flatten_metrics
 from assets_defs.resources import Compute, LumenPaths
@@ -224,10 +225,14 @@ class EvaluationConfig(dg.Config):
 
 
 @dg.asset(group_name="model", pool="gpu", op_tags=GPU_OP_TAGS, dagster_type=Evaluation,
-          check_specs=[dg.AssetCheckSpec("no_regression", asset="evaluation", blocking=True,
-                                         description="No metric dropped more than the tolerance vs the model in use.")],
+          check_specs=[dg.AssetCheckSpec("no_regression", asset="evaluation",
+                                         description="No metric dropped more than the tolerance vs the model in use. "
+                                                     "A failure is a warning, not a failed run: the registry keeps "
+                                                     "the version out of use, and model_in_use still runs and "
+                                                     "lists it as rejected.")],
           description="Val-split metrics of the stage-2 model trained in this run, compared with the model in "
-                      "use; the verdict goes into the model registry (a regressed version is kept but not used).")
+                      "use; the verdict goes into the model registry (a regressed version is kept but not used). "
+                      "Each metric is also a number of its own (the Plots tab draws them across versions).")
 def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, paths: LumenPaths, compute: Compute,
                stage2_model: Checkpoint):
     from lumen_model.predict import predict
@@ -263,14 +268,16 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, path
                   f"{r['metric']} {number(r['previous'])}->{number(r['new'])}" for r in regressions)))
     registry.decide({"version": model.version, "checkpoint_dir": model.checkpoint_dir, "init_dir": model.init_dir,
                      "partitions": model.partitions, "metrics": metrics, "metrics_file": str(out_dir / "metrics.json"),
-                     "review_thresholds": str(thresholds) if thresholds else ""}, passed=passed, reason=reason)
+                     "review_thresholds": str(thresholds) if thresholds else ""}, passed=passed, reason=reason,
+                    by=_who(context, "evaluation"))
     context.log.info("model %s: %s", model.version, reason)
 
     value = Evaluation(model=model, metrics_file=str(out_dir / "metrics.json"), passed=passed,
                        baseline_version=baseline["version"] if baseline else "", regressions=regressions)
     yield dg.Output(value, metadata={**_evaluation_metadata(model, metrics, baseline, reason, out_dir),
-                                     **review_metadata})
-    yield dg.AssetCheckResult(check_name="no_regression", passed=passed, severity=dg.AssetCheckSeverity.ERROR,
+                                     **_loss_overlay(model, baseline), **review_metadata})
+    # a rejected version is the gate working, not a broken run: a warning, and the run stays green
+    yield dg.AssetCheckResult(check_name="no_regression", passed=passed, severity=dg.AssetCheckSeverity.WARN,
                               metadata={"tolerance": config.tolerance, "verdict": reason,
                                         "regressions": table(regressions) if regressions else dg.MetadataValue.md("none")})
 
@@ -308,22 +315,24 @@ def _review_thresholds(context, paths: LumenPaths, out_dir: Path, model: Checkpo
 def _pseudo_label_detection(context, m: dict) -> dict:
     """The val detection AP of predictions made as pseudo-labels are (flip TTA; the review thresholds' own run):
     beside the single-view metrics, what labelers get. Not a gated metric: the registry compares single views."""
-    context.log.info("val detection as pseudo-labels are made (flip TTA): AP %.3f, AP50 %.3f", m["AP"], m["AP50"])
+    context.log.info("val detection as pseudo-labels are made (flip TTA): AP %s, AP50 %s", number(m["AP"]),
+                     number(m["AP50"]))
     return {"pseudo_label_detection": table([{"what": "val detection, flip TTA (as pseudo-labels are made)",
-                                              "AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"]}])}
+                                              "AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"]}], missing=NOT_APPLICABLE)}
 
 
 def _evaluation_metadata(model: Checkpoint, metrics: dict, baseline: dict | None, reason: str, out_dir: Path) -> dict:
-    new = flatten_metrics(metrics)
-    old = flatten_metrics(baseline["metrics"]) if baseline else {}
+    new = flatten_metrics(metrics, keep_missing=True)
+    old = flatten_metrics(baseline["metrics"], keep_missing=True) if baseline else {}
     in_use = baseline["version"] if baseline else "none"
     rows = [{"metric": k, model.version: v, f"in use ({in_use})": old.get(k),
-             "change": (v - old[k]) if k in old else None} for k, v in new.items()]
+             "change": (v - old[k]) if v is not None and old.get(k) is not None else None} for k, v in new.items()]
     return {
         "model_version": model.version,
         "compared_with": in_use,
         "verdict": reason,
-        "metrics": table(rows),
+        "metrics": table(rows, missing=NOT_APPLICABLE),
+        **metric_values(headline_metrics(new)),
         "trained_on": table([{"model": model.version, "partitions": ", ".join(model.partitions)}]
                             + ([{"model": in_use, "partitions": ", ".join(baseline.get("partitions") or [])}] if baseline else [])),
         "metrics_json": dg.MetadataValue.json(metrics),
@@ -343,11 +352,14 @@ class PromoteConfig(dg.Config):
                       "or one promoted on purpose (job `promote_model`). A regressed version never gets here.")
 def model_in_use(context: dg.AssetExecutionContext, config: PromoteConfig, paths: LumenPaths):
     registry = ModelRegistry(paths.model_registry)
+    warning = ""
     try:
         if config.version:
             if not config.reason.strip():
                 raise dg.Failure("promote_model: say why in `reason` (it is kept with the decision)")
-            registry.promote(config.version, config.reason.strip())
+            warning = registry.promote(config.version, config.reason.strip(), by=_who(context, "promote_model"))["warning"]
+            if warning:
+                context.log.warning(warning)
         entry = registry.in_use()
     except InputError as e:
         raise dg.Failure(str(e)) from None
@@ -356,8 +368,6 @@ def model_in_use(context: dg.AssetExecutionContext, config: PromoteConfig, paths
                          f"version with the `promote_model` job (registry: {registry.path})")
     ckpt = Checkpoint(stage=2, version=entry["version"], checkpoint_dir=entry["checkpoint_dir"],
                       partitions=entry.get("partitions") or [], init_dir=entry.get("init_dir") or "")
-    history = [{"version": v, "status": e["status"], "reason": _short(e["reason"]), "decided_at": e["decided_at"]}
-               for v, e in sorted(registry.entries().items(), reverse=True)]
     value = ModelInUse(model=ckpt, reason=entry["reason"], decided_at=entry["decided_at"],
                        review_thresholds=entry.get("review_thresholds") or "")
     return dg.Output(value, metadata={
@@ -366,10 +376,56 @@ def model_in_use(context: dg.AssetExecutionContext, config: PromoteConfig, paths
         "decided_at": entry["decided_at"],
         "checkpoint_dir": dg.MetadataValue.path(entry["checkpoint_dir"]),
         "trained_on": ", ".join(entry.get("partitions") or []),
-        "versions": table(history),
+        **({"warning": dg.MetadataValue.md(f"**{warning}**")} if warning else {}),
+        **_registry_metadata(registry),
         "registry": dg.MetadataValue.path(str(registry.path)),
         **({"review_thresholds": _thresholds_table(value.review_thresholds)} if value.review_thresholds else {}),
     })
+
+
+def _who(context, step: str) -> str:
+    """Who made a registry decision: the step and its run, and the person when the run says (tag `user`)."""
+    import getpass
+
+    user = context.run.tags.get("user") or getpass.getuser()
+    return f"{step} (run {context.run_id[:8]}, {user})"
+
+
+def _registry_metadata(registry: ModelRegistry) -> dict:
+    """Every evaluated version at once (its status, its gate's verdict, its headline metrics), the
+    registry's history of decisions, and the metrics of every version drawn side by side."""
+    entries = sorted(registry.entries().items(), reverse=True)
+    heads = {v: headline_metrics(flatten_metrics(e.get("metrics") or {}, keep_missing=True)) for v, e in entries}
+    rows = [{"version": v, "status": e["status"], "why": _short(e["reason"]),
+             "verdict": _short(e.get("verdict") or e["reason"]), "decided_at": e["decided_at"], **heads[v]}
+            for v, e in entries]
+    events = [{"at": h["at"], "version": h["version"], "status": h["status"], "why": _short(h["reason"]),
+               "by": h.get("by") or ""} for h in reversed(registry.history())]
+    meta = {"versions": table(rows, missing=NOT_APPLICABLE), "history": table(events[:50])}
+    if any(heads.values()):
+        meta["metrics_by_version"] = dg.MetadataValue.md(png_markdown(metrics_by_version_png(heads), "metrics by version"))
+    return meta
+
+
+def headline_metrics(flat: dict[str, float | None]) -> dict[str, float | None]:
+    """Each task's own scores (bbox/AP, grounding/acc@0.5, ...), not the breakdowns by kind or size."""
+    sizes = ("APs", "APm", "APl")
+    return {k: v for k, v in flat.items() if k.count("/") == 1 and not k.endswith(sizes)}
+
+
+def _loss_overlay(model: Checkpoint, baseline: dict | None) -> dict:
+    """Stage-2 training loss of this version and of the model in use, on one plot."""
+    curves = {}
+    for label, ckpt in ((f"{model.version} (this run)", model.checkpoint_dir),
+                        (f"{baseline['version']} (in use)" if baseline else "", baseline and baseline["checkpoint_dir"])):
+        state = Path(ckpt) / "trainer_state.json" if ckpt else None
+        if state and state.is_file():
+            history = json.loads(state.read_text()).get("history") or []
+            curves[label] = ([h["step"] for h in history], [h["loss"] for h in history])
+    if not any(steps for steps, _ in curves.values()):
+        return {}
+    return {"loss_overlay": dg.MetadataValue.md(png_markdown(loss_overlay_png(curves, "stage-2 training loss"),
+                                                             "loss overlay"))}
 
 
 def _short(text: str, limit: int = 80) -> str:
