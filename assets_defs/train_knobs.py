@@ -36,7 +36,8 @@ class CheckedConfig(dg.Config):
 
 
 def config_name(cls) -> str:
-    return {"RetrainConfig": "retrain config"}.get(cls.__name__, cls.__name__)
+    return {"RetrainConfig": "retrain config", "EvaluationConfig": "evaluation config",
+            "PseudoLabelConfig": "pseudo_labels config"}.get(cls.__name__, cls.__name__)
 
 
 def describe_errors(e: pydantic.ValidationError) -> str:
@@ -44,7 +45,7 @@ def describe_errors(e: pydantic.ValidationError) -> str:
     parts = []
     for err in e.errors():
         name = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"].replace("Input should be ", "must be ").replace("greater than or equal to", ">=") \
+        msg = err["msg"].replace("Value error, ", "").replace("Input should be ", "must be ").replace("greater than or equal to", ">=") \
             .replace("less than or equal to", "<=").replace("greater than", ">").replace("less than", "<")
         parts.append(f"{name}={err.get('input')!r}: {msg}")
     return "; ".join(parts)

@@ -44,6 +44,10 @@ def test_bad_settings_are_refused_in_the_launchpad_or_in_one_line():
         RetrainConfig(lr=-1, hflip=1.5, stage1_steps=0)
     assert err.value.description == ("retrain config: lr=-1: must be > 0; hflip=1.5: must be <= 1; "
                                      "stage1_steps=0: must be >= 1")
+    with pytest.raises(dg.Failure, match=r"^evaluation config: tasks=\['box'\]: unknown task\(s\) \['box'\]"):
+        __import__("assets_defs.assets.training", fromlist=["EvaluationConfig"]).EvaluationConfig(tasks=["box"])
+    with pytest.raises(DagsterInvalidConfigError, match="not in enum type"):
+        validate_run_config(defs.resolve_job_def("label"), {"ops": {"pseudo_labels": {"config": {"task": "pose"}}}})
     # the range is train_config's, not a copy
     hflip = next(f for f in __import__("dataclasses").fields(TrainConfig) if f.name == "hflip")
     assert knob_bounds(hflip) == {"ge": 0.0, "le": 1.0}

@@ -7,6 +7,7 @@ asset upstream of it in the same run (`assets_defs/handover.py`), and says where
 
 
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -16,18 +17,20 @@ from assets_defs.handover import ModelInUse, Predictions, origin_of
 from assets_defs.metadata import number, table
 from assets_defs.partitions import corrections_partition, source_partitions
 from assets_defs.resources import Compute, FiftyOneSettings, LumenPaths
+from assets_defs.train_knobs import CheckedConfig
 from pipelines.layout import pool_file
 from pipelines.review.queue import VIEWS as REVIEW_VIEWS
 from pipelines.sources.common import load_json
 
 
-class PseudoLabelConfig(dg.Config):
-    task: str = Field(default="instance_segmentation", description="prediction task: detection or instance_segmentation")
+class PseudoLabelConfig(CheckedConfig):
+    task: Literal["detection", "instance_segmentation"] = Field(
+        default="instance_segmentation", description="prediction task: detection or instance_segmentation")
     images_dir: str = Field(default="", description="images to label; empty = the sources' coco/images")
     annotations: str = Field(default="", description=(
         "json naming the images to label and the categories (COCO image_info layout, no labels needed); "
         "empty = the sources' unlabeled pool, coco/annotations/image_info_unlabeled.json. Never an evaluation split."))
-    batch_size: int = Field(default=16, description="instructions per forward pass")
+    batch_size: int = Field(default=16, ge=1, description="instructions per forward pass")
     flip_tta: bool = Field(default=True, description=(
         "fuse each image's predictions with its mirror image's (detection, instance_segmentation): tighter boxes and "
         "masks for labelers to accept, for twice the model passes. The review thresholds are chosen the same way "
@@ -152,9 +155,9 @@ def corrections(context: dg.AssetExecutionContext, config: CorrectionsConfig, pa
                 fiftyone: FiftyOneSettings):
     fiftyone.apply()
     from pipelines.review.pull import pull_corrections
-    from pipelines.review.queue import count_review_work
+    from pipelines.review.work import review_work
 
-    reviewed = count_review_work(fiftyone.dataset)
+    reviewed = review_work(fiftyone.dataset).reviewed  # as the database holds it now
     if reviewed == 0 and not config.force:
         context.log.info("no label reviewed in %s since the last pull: nothing to pull", fiftyone.dataset)
         return  # no materialization: no empty corrections partition

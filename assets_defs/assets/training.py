@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import dagster as dg
+import pydantic
 from pydantic import Field
 
 from assets_defs.assets.sources import catalog
@@ -28,7 +29,7 @@ from assets_defs.metadata import (NOT_APPLICABLE, image_file_markdown, loss_over
 from assets_defs.partitions import source_partitions
 from assets_defs.regression import find_regressions, flatten_metrics
 from assets_defs.resources import Compute, LumenPaths
-from assets_defs.train_knobs import TrainingKnobs, knob_values
+from assets_defs.train_knobs import CheckedConfig, TrainingKnobs, knob_values
 from assets_defs.versions import next_version, versions
 from lumen_model.train_config import STAGE_STEPS, TrainConfig, knob_bounds
 from pipelines.checks import check_accounting, check_heatmap_peaks
@@ -215,10 +216,18 @@ def models(context: dg.AssetExecutionContext, config: RetrainConfig, paths: Lume
         yield dg.Output(stage2, output_name="stage2_model", metadata=_model_metadata(stage2, result, config, device))
 
 
-class EvaluationConfig(dg.Config):
+class EvaluationConfig(CheckedConfig):
     tolerance: float = Field(default=0.05, description="largest allowed drop of any metric vs the model in use")
-    tasks: list[str] = Field(default=list(EVAL_TASKS), description=f"evaluation tasks, of {list(EVAL_TASKS)}")
-    batch_size: int = Field(default=16, description="instructions per forward pass")
+    tasks: list[str] = Field(default=list(EVAL_TASKS), min_length=1, description=f"evaluation tasks, of {list(EVAL_TASKS)}")
+    batch_size: int = Field(default=16, ge=1, description="instructions per forward pass")
+
+    @pydantic.field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: list[str]) -> list[str]:  # the Launchpad has no list-of-enum: checked here
+        unknown = [t for t in tasks if t not in EVAL_TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; expected some of {list(EVAL_TASKS)}")
+        return tasks
     review_flip_tta: bool = Field(default=True, description=(
         "choose the review thresholds on val detections made as pseudo_labels makes them by default: each image and "
         "its mirror image fused (flip TTA). Set it as pseudo_labels' flip_tta is set"))
