@@ -72,8 +72,16 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
+    from lumen_model.checkpoint import read_config
     from lumen_model.predict import predict
+    from pipelines.errors import InputError
+    from pipelines.tempdirs import check_output_file
 
+    # what would otherwise fail after the model load, or after all the work (the results file is written last)
+    if args.batch_size < 1:
+        raise InputError(f"predict: --batch-size must be at least 1, got {args.batch_size}")
+    check_output_file(args.out)
+    read_config(args.checkpoint)  # a missing folder or a broken config.json: one line naming it
     res = predict(args.checkpoint, args.task, args.images, args.out, annotations=args.annotations,
                   categories=args.categories, expressions=args.expressions, questions=args.questions,
                   batch_size=args.batch_size, score_threshold=args.score_threshold,

@@ -2,6 +2,11 @@
 
 The same `load_model` path loads a trained tiny model and a full-size model whose LLaVA / SAM
 weights come from local folders (`--weights DIR` or LUMEN_WEIGHTS_DIR); nothing is fetched from a hub.
+
+Every file of a checkpoint has its sha256 in checksums.json, checked when it is read: flipped bytes
+are one line naming the file, not a model that loads and predicts garbage. A checkpoint saved
+before checksums loads unverified (a log line says so). A run that diverged from its checkpoint's
+weights leaves diverged.json beside them: loading refuses it, since it would predict nothing.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -18,10 +24,17 @@ from lumen_model.config import LumenConfig, get_preset
 from lumen_model.model import LumenModel
 from lumen_model.tokenizer import load_tokenizer
 from pipelines.errors import InputError
+from pipelines.shards import sha256_file
 
 log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+CHECKSUMS = "checksums.json"
+DIVERGED = "diverged.json"
+# files of the training state (read by --resume only); the rest is the model that load_model reads
+_TRAIN_STATE = re.compile(r"^(optimizer\.pt|scheduler\.pt|trainer_state\.json|loss_curve\.png|rng_state_\d+\.json)$")
+_IDS = ("vocab_size", "image_token_id", "pad_token_id")
+_unverified_said: set[str] = set()
 
 
 def save_checkpoint(model: LumenModel, tokenizer, out_dir, extra: dict | None = None) -> Path:
@@ -36,8 +49,120 @@ def save_checkpoint(model: LumenModel, tokenizer, out_dir, extra: dict | None = 
     config = {"model_type": "lumen", "lumen": model.cfg.to_dict(), "vocab_size": model.vocab_size,
               "image_token_id": model.image_token_id, "pad_token_id": model.pad_token_id, **(extra or {})}
     (out / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
-    tokenizer.save_pretrained(str(out))
+    written = tokenizer.save_pretrained(str(out))
+    (out / DIVERGED).unlink(missing_ok=True)  # new weights: an old run's verdict no longer applies
+    write_checksums(out, [WEIGHTS, CONFIG, *sorted({Path(f).name for f in written})], fresh=True)
     return out
+
+
+def write_checksums(folder, names, fresh: bool = False) -> None:
+    """Record the sha256 of each named file in the folder's checksums.json (added to what it holds, unless
+    `fresh`); written whole, then renamed."""
+    folder = Path(folder)
+    sums = {} if fresh else (_read_checksums(folder) or {})
+    sums.update({name: sha256_file(folder / name) for name in names})
+    tmp = folder / (CHECKSUMS + ".tmp")
+    tmp.write_text(json.dumps({"sha256": dict(sorted(sums.items()))}, indent=1) + "\n")
+    tmp.replace(folder / CHECKSUMS)
+
+
+def _read_checksums(folder: Path) -> dict | None:
+    """{file name: sha256} of a checkpoint, None for one saved before checksums."""
+    path = folder / CHECKSUMS
+    if not path.is_file():
+        return None
+    try:
+        sums = json.loads(path.read_text())["sha256"]
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise InputError(f"checkpoint checksums unreadable: {path} ({exc.__class__.__name__})") from None
+    if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+        raise InputError(f"checkpoint checksums unreadable: {path} (no {{file: sha256}} object)")
+    return sums
+
+
+def verify_files(folder, names=None) -> None:
+    """Check files of a checkpoint against its checksums.json: one line naming the first that differs or is
+    missing. `names`: those to check (default: the model's files, not the training state)."""
+    folder = Path(folder)
+    sums = _read_checksums(folder)
+    if sums is None:
+        if str(folder) not in _unverified_said:  # once per folder: a resume reads it twice
+            _unverified_said.add(str(folder))
+            log.warning("%s has no %s (saved before checkpoints had checksums): its files are not verified",
+                        folder, CHECKSUMS)
+        return
+    for name in (names if names is not None else [n for n in sums if not _TRAIN_STATE.match(n)]):
+        if name not in sums:
+            continue
+        path = folder / name
+        if not path.is_file():
+            raise InputError(f"checkpoint file missing: {path} (listed in {CHECKSUMS})")
+        if sha256_file(path) != sums[name]:
+            raise InputError(f"checkpoint file {path} does not match its sha256 in {CHECKSUMS}: "
+                             "changed or corrupt since it was saved")
+
+
+def check_folder(folder) -> Path:
+    """The checkpoint folder, or one line saying it is not there (before any file in it is read)."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"checkpoint folder does not exist: {folder}")
+    if not folder.is_dir():
+        raise InputError(f"checkpoint is a file, not a checkpoint folder: {folder}")
+    if not (folder / CONFIG).is_file():
+        raise InputError(f"not a Lumen checkpoint (no {CONFIG}): {folder}")
+    return folder
+
+
+def read_config(folder) -> dict:
+    """A checkpoint's config.json, its structure checked: one line naming the file for anything unusable
+    (not JSON, not an object, no `lumen` settings, ids that are not integers); a diverged run's is refused."""
+    folder = check_folder(folder)
+    path = folder / CONFIG
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"checkpoint config {path} is not valid JSON ({exc.__class__.__name__}: "
+                         f"{str(exc).splitlines()[0][:100] if str(exc) else ''})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"checkpoint config {path} must hold a JSON object, found {type(config).__name__}")
+    if not isinstance(config.get("lumen"), dict):
+        raise InputError(f"checkpoint config {path} has no `lumen` object (the model's settings): "
+                         "not a Lumen checkpoint")
+    for key in _IDS:
+        value = config.get(key)
+        if type(value) is not int or value < 0:
+            raise InputError(f"checkpoint config {path}: {key} must be a non-negative integer, found {value!r}")
+    _refuse_diverged(folder)
+    return config
+
+
+def mark_diverged(folder, reason: str) -> None:
+    """Record beside a checkpoint that its weights gave non-finite losses: loading it is refused from now on."""
+    path = Path(folder) / DIVERGED
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"reason": reason}) + "\n")
+    tmp.replace(path)
+
+
+def _refuse_diverged(folder: Path) -> None:
+    path = folder / DIVERGED
+    if not path.exists():
+        return
+    try:
+        reason = str(json.loads(path.read_text())["reason"])
+    except (OSError, ValueError, TypeError, KeyError):
+        reason = "see that file"
+    raise InputError(f"checkpoint {folder} is of a run that diverged ({reason}; {path}): it would predict nothing; "
+                     "train again with a lower --lr, without --resume")
+
+
+def _read_tokenizer(folder: Path):
+    try:
+        return load_tokenizer(folder)
+    except Exception as exc:  # tokenizers / transformers / json each raise their own kind for a broken file
+        raise InputError(f"checkpoint tokenizer unreadable (truncated or corrupt?): {folder / 'tokenizer.json'} "
+                         f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''})") from None
 
 
 def _read_weights(path: Path) -> dict:
@@ -70,14 +195,18 @@ def build_model(cfg: LumenConfig, tokenizer) -> LumenModel:
 
 
 def load_model(folder, device: str = "cpu") -> tuple[LumenModel, object]:
-    """A checkpoint folder -> (model in eval mode, tokenizer)."""
-    folder = Path(folder)
-    if not (folder / CONFIG).is_file():
-        raise InputError(f"not a Lumen checkpoint (no {CONFIG}): {folder}")
-    config = json.loads((folder / CONFIG).read_text())
-    tokenizer = load_tokenizer(folder)
-    model = LumenModel(LumenConfig.from_dict(config["lumen"]), config["vocab_size"], config["image_token_id"],
-                       config["pad_token_id"])
+    """A checkpoint folder -> (model in eval mode, tokenizer). Its files are checked against their checksums
+    first; anything unusable is one line naming the file."""
+    folder = check_folder(folder)
+    verify_files(folder)
+    config = read_config(folder)
+    tokenizer = _read_tokenizer(folder)
+    try:
+        cfg = LumenConfig.from_dict(config["lumen"])
+        model = LumenModel(cfg, config["vocab_size"], config["image_token_id"], config["pad_token_id"])
+    except (InputError, TypeError, ValueError, KeyError, AttributeError) as exc:  # a setting of another type
+        raise InputError(f"checkpoint config {folder / CONFIG}: no model can be built from its settings "
+                         f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
     state = _read_weights(folder / WEIGHTS)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -30,7 +30,8 @@ import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
 
-from lumen_model.checkpoint import build_model, load_model, nonfinite_tensors, save_checkpoint
+from lumen_model.checkpoint import (build_model, load_model, mark_diverged, nonfinite_tensors, read_config,
+                                    save_checkpoint, verify_files, write_checksums)
 from lumen_model.config import LumenConfig, get_preset
 from lumen_model.data import SHORT_ANSWER, SHORT_ANSWER_SOURCES, Collator, hflip
 from lumen_model.parent_death import AGENT_PID, STARTER_PID, arm_from_env
@@ -38,7 +39,7 @@ from lumen_model.tokenizer import train_tokenizer
 from lumen_model.train_config import STAGE_TASKS, TrainConfig, build_arg_parser, config_from_args  # noqa: F401 (public here too)
 from pipelines.errors import InputError, LumenError
 from pipelines.progress import progress
-from pipelines.tempdirs import clean_stale, publish_dir, staged, writing
+from pipelines.tempdirs import check_replaceable, clean_stale, publish_dir, staged, writing
 
 log = logging.getLogger(__name__)
 TRAIN_SPLITS = ("train", "all")
@@ -55,7 +56,7 @@ class BadStepCounter:
     limit: int
     in_a_row: int = 0
 
-    def check(self, loss: float, grad_norm: float, step: int, out: Path) -> bool:
+    def check(self, loss: float, grad_norm: float, step: int, out: Path, rank: int = 0) -> bool:
         """True when this step's update may be applied; raises TrainingDiverged at the limit."""
         if math.isfinite(loss) and math.isfinite(grad_norm):
             self.in_a_row = 0
@@ -64,16 +65,38 @@ class BadStepCounter:
         log.warning("step %d: non-finite loss %s / gradient norm %s: update skipped (%d in a row)",
                     step + 1, loss, grad_norm, self.in_a_row)
         if self.in_a_row >= max(1, self.limit):
+            first_bad = step + 2 - self.in_a_row  # the streak's first step (1-based); no update was applied since
             raise TrainingDiverged(f"training diverged: loss {loss} / gradient norm {grad_norm} for {self.in_a_row} "
-                                   f"steps in a row at step {step + 1}; {_last_good(out)}; lower --lr")
+                                   f"steps in a row at step {step + 1}; {_last_good(out, first_bad, rank)}; lower --lr")
         return False
 
 
-def _last_good(out: Path) -> str:
-    state = out / "trainer_state.json"
-    if not state.is_file():
+def _saved_step(out: Path) -> int | None:
+    """The step of the checkpoint in `out`, None when there is none (or its state is unreadable)."""
+    try:
+        step = json.loads((out / "trainer_state.json").read_text())["step"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+def _last_good(out: Path, first_bad: int | None = None, rank: int = 0) -> str:
+    """What a diverged run leaves: the last good checkpoint, or none.
+
+    A checkpoint saved at step N holds the weights that step N+1 runs with. When every step from N+1 on was
+    skipped as non-finite, those weights are the ones that diverged (the usual case for a too-high --lr: one
+    update at it and every later loss is NaN): they would predict nothing. They are then marked (diverged.json,
+    refused by `load_model`) and the message says that no good checkpoint is left.
+    """
+    step = _saved_step(out)
+    if step is None:
         return f"no checkpoint was saved in {out}"
-    return f"the last good checkpoint (step {json.loads(state.read_text())['step']}) is kept in {out}"
+    if first_bad is not None and step >= first_bad - 1:
+        if rank == 0:
+            mark_diverged(out, f"its weights (step {step}) gave non-finite losses from step {first_bad} on")
+        return (f"no good checkpoint is left: the one in {out} (step {step}) holds the weights that diverged, "
+                "and predict and --resume refuse it")
+    return f"the last good checkpoint (step {step}) is kept in {out}"
 
 
 def _dist_info() -> tuple[int, int]:
@@ -451,6 +474,20 @@ def _check_inputs(cfg: TrainConfig) -> None:
             raise InputError(describe_overlap(leaks) + "; take them out of training, or pass --allow-eval-overlap")
 
 
+def _can_resume(out: Path) -> bool:
+    """--resume: True when `out` holds a checkpoint to continue; False when there is nothing yet (a first run
+    starts at step 0). Weights without their trainer_state.json are refused: training from step 0 over them
+    would silently throw the run away."""
+    if (out / "trainer_state.json").is_file():
+        return True
+    if out.is_dir() and any(out.iterdir()):
+        raise InputError(f"cannot resume {out}: it has no trainer_state.json (the step, optimizer and schedule "
+                         f"to continue from); start again without --resume, or with --init {out} to start from "
+                         "its weights")
+    log.info("--resume: nothing to resume in %s yet; starting at step 0", out)
+    return False
+
+
 def plan_training(cfg: TrainConfig) -> TrainingPlan:
     """Join the process group, check the inputs, open the shards and decide whether to resume."""
     _init_distributed()
@@ -483,7 +520,8 @@ def plan_training(cfg: TrainConfig) -> TrainingPlan:
     cfg.categories = _categories(dataset, cfg.init or (out if cfg.resume else None))
     if rank == 0:
         clean_stale(out)  # temp folders of a killed save; an interrupted swap is put back
-    resume = cfg.resume and (out / "trainer_state.json").is_file()  # after clean_stale: it may put one back
+    check_replaceable(out, "checkpoint")  # a user's folder or a partition as --out: refused before any training
+    resume = cfg.resume and _can_resume(out)  # after clean_stale: it may put one back
     return TrainingPlan(rank, world, device, preset, out, dataset, keep, groups, resume)
 
 
@@ -612,7 +650,7 @@ def _train_step(cfg: TrainConfig, plan: TrainingPlan, t: Trainer, net, batch: di
     norms = [torch.nn.utils.clip_grad_norm_(g["params"], cfg.grad_clip, foreach=True) for g in t.optimizer.param_groups]
     grad_norm = torch.stack(norms).norm() if len(norms) > 1 else norms[0]
     rec = _means_across(losses, plan.world > 1)
-    if bad_steps.check(rec["loss"], float(grad_norm), step, plan.out):  # same values on every rank
+    if bad_steps.check(rec["loss"], float(grad_norm), step, plan.out, plan.rank):  # same values on every rank
         t.optimizer.step()
     t.scheduler.step()  # the schedule stays a function of the step, skipped or not
     return rec
@@ -627,7 +665,7 @@ def _categories(dataset, previous) -> list[dict]:
                          pc.and_(pc.is_valid(t["category_id"]), pc.fill_null(pc.not_equal(t["category"], ""), False))))
     by_id = dict(zip(t["category_id"].to_pylist(), t["category"].to_pylist()))
     if not by_id and previous and (Path(previous) / "config.json").is_file():
-        return json.loads((Path(previous) / "config.json").read_text()).get("categories", [])
+        return read_config(previous).get("categories", [])  # a broken config: one line naming it
     return [{"id": int(k), "name": by_id[k]} for k in sorted(by_id)]
 
 
@@ -650,24 +688,54 @@ def _load(path: Path, load):
                          f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'})") from None
 
 
+def _unusable(path: Path, what: str) -> InputError:
+    return InputError(f"cannot resume: checkpoint file {path} {what}")
+
+
 def _load_resume_state(out: Path, optimizer, scheduler, rank: int) -> tuple[int, list]:
-    """Optimizer, scheduler and RNG back from `out`, after checking every file is of the same step."""
+    """Optimizer, scheduler and RNG back from `out`, after checking every file (checksum, structure, same step)."""
+    rng_name = f"rng_state_{rank}.json"
+    verify_files(out, ["trainer_state.json", "optimizer.pt", "scheduler.pt", rng_name])
     state = _load(out / "trainer_state.json", lambda p: json.loads(p.read_text()))
+    if not (isinstance(state, dict) and type(state.get("step")) is int and isinstance(state.get("history"), list)):
+        raise _unusable(out / "trainer_state.json", "is not a trainer state (a JSON object with an integer `step` "
+                                                    "and a `history` list)")
     step = state["step"]
     opt = _load(out / "optimizer.pt", lambda p: torch.load(p, weights_only=True))
     sched = _load(out / "scheduler.pt", lambda p: torch.load(p, weights_only=True))
-    rng = _load(out / f"rng_state_{rank}.json", lambda p: json.loads(p.read_text()))
-    config = _load(out / "config.json", lambda p: json.loads(p.read_text()))
+    rng = _load(out / rng_name, lambda p: json.loads(p.read_text()))
+    if not isinstance(sched, dict) or not isinstance(rng, dict):
+        raise _unusable(out / (rng_name if isinstance(sched, dict) else "scheduler.pt"), "does not hold a state object")
+    config = read_config(out)
     steps = {"trainer_state.json": step, "config.json": config.get("step"), "scheduler.pt": sched.get("last_epoch"),
-             f"rng_state_{rank}.json": rng.get("step", step)}
+             rng_name: rng.get("step", step)}
     if len(set(steps.values())) != 1:  # a checkpoint mixed from two saves: resuming would not be exact
         raise InputError(f"cannot resume {out}: its files are of different steps "
                          f"({', '.join(f'{k} {v}' for k, v in steps.items())})")
-    optimizer.load_state_dict(opt)
-    scheduler.load_state_dict(sched)
-    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
-    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+    python_rng, torch_rng = _rng_from(rng, out / rng_name)
+    try:
+        optimizer.load_state_dict(opt)
+        scheduler.load_state_dict(sched)
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:  # another model's or version's optimizer
+        raise _unusable(out / "optimizer.pt", f"does not fit this model's optimizer ({exc.__class__.__name__}: "
+                                              f"{str(exc).splitlines()[0][:100] if str(exc) else ''})") from None
+    random.setstate(python_rng)
+    torch.set_rng_state(torch_rng)
     return step, state["history"]
+
+
+def _rng_from(rng: dict, path: Path) -> tuple:
+    """(Python RNG state, torch RNG state) of a saved rank, checked by trying them on throwaway generators."""
+    try:
+        py = rng["python"]
+        python_rng = (py[0], tuple(py[1]), py[2])
+        random.Random().setstate(python_rng)
+        torch_rng = torch.tensor(rng["torch"], dtype=torch.uint8)
+        torch.Generator().set_state(torch_rng)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise _unusable(path, f"does not hold an RNG state of this version ({exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0][:100] if str(exc) else ''})") from None
+    return python_rng, torch_rng
 
 
 def _rng_states_of_all_ranks(step: int) -> list[dict]:
@@ -692,7 +760,7 @@ def write_checkpoint(t: Trainer, out: Path, step: int, cfg: TrainConfig, rank: i
     if rank != 0:
         return {}
     curve = out / "loss_curve.png"
-    with staged(out) as tmp:
+    with staged(out, "checkpoint") as tmp:
         for r, rng in enumerate(rng_states):
             with writing(tmp / f"rng_state_{r}.json"):
                 (tmp / f"rng_state_{r}.json").write_text(json.dumps(rng))
@@ -708,7 +776,11 @@ def write_checkpoint(t: Trainer, out: Path, step: int, cfg: TrainConfig, rank: i
         if t.history:
             with writing(tmp / curve.name):
                 _loss_curve(t.history, tmp / curve.name, f"stage {cfg.stage} ({cfg.preset})")
-        publish_dir(tmp, out)
+        state_files = [f"rng_state_{r}.json" for r in range(len(rng_states))] + [
+            "optimizer.pt", "scheduler.pt", "trainer_state.json"] + ([curve.name] if t.history else [])
+        with writing(tmp / "checksums.json"):  # save_checkpoint recorded the model's files; these are the rest
+            write_checksums(tmp, state_files)
+        publish_dir(tmp, out, "checkpoint")
     last = t.history[-1] if t.history else {}
     return {"checkpoint_dir": str(out), "step": step, "metrics": {k: v for k, v in last.items() if k != "step"},
             "loss_curve_png": str(curve)}

@@ -38,7 +38,7 @@ from pipelines.heatmaps import encode_png, gaussian_radius, heatmap_png
 from pipelines.images import ImageProblem, check_pixels
 from pipelines.schema import HEATMAP_TASKS, SAMPLE_SCHEMA, SCHEMA_VERSION
 from pipelines.convert_parallel import default_workers, unit_tables, usable_workers
-from pipelines.shards import write_partition_stream
+from pipelines.shards import check_partition_out, write_partition_stream
 from pipelines.sources.coco import plan_coco_instances, plan_coco_keypoints, read_coco_instances, read_coco_keypoints
 from pipelines.sources.common import (Draft, RealPaths, ReadResult, SourcePlan, is_inside, plan_of, split_from_name,
                                       unsafe_image_name)
@@ -372,6 +372,7 @@ def convert_source(fmt, input_path, out_dir, *, images_dir=None, annotations=Non
     _check_options(input_size, heatmap_size, negative_ratio, rows_per_shard)
     if workers is not None and not (isinstance(workers, int) and workers >= 1):
         raise InputError(f"workers must be an integer >= 1, got {workers!r}")
+    check_partition_out(out_dir)  # a user's folder or a checkpoint as --out: refused before any work
     if images_dir is not None and not Path(images_dir).is_dir():  # else every record: "image not found"
         raise InputError(f"{fmt}: images folder not found: {images_dir}")
     if images_dir is None:

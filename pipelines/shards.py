@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import InputError
 from pipelines.schema import QUARANTINE_SCHEMA, SAMPLE_SCHEMA
-from pipelines.tempdirs import publish_dir, staged, writing
+from pipelines.tempdirs import OutputInUse, check_replaceable, publish_dir, staged, writing
 
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.parquet"
@@ -66,6 +66,7 @@ def write_partition_stream(tables, finish, out_dir: str | Path, rows_per_shard: 
     fs, path = _fs_and_path(out_dir)
     if _is_local(fs):
         return _write_local(tables, finish, Path(path), rows_per_shard)
+    check_partition_out(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         manifest = _write_local(tables, finish, Path(tmp) / "partition", rows_per_shard)
         staging = f"{path.rstrip('/')}.tmp-{os.getpid()}"
@@ -74,6 +75,23 @@ def write_partition_stream(tables, finish, out_dir: str | Path, rows_per_shard: 
             fs.rm(path, recursive=True)
         fs.mv(staging, path, recursive=True)
     return manifest
+
+
+def check_partition_out(out_dir: str | Path) -> None:
+    """Refuse, before any work, an output folder that a partition may not replace (`tempdirs.check_replaceable`):
+    only an empty folder or a partition of ours (a manifest listing its shards) is replaced."""
+    fs, path = _fs_and_path(out_dir)
+    if _is_local(fs):
+        return check_replaceable(Path(path), "partition")
+    if not fs.exists(path) or not fs.isdir(path) or not fs.ls(path):
+        return
+    try:
+        ours = isinstance(json.loads(fs.cat_file(f"{path.rstrip('/')}/{MANIFEST}")).get("shards"), list)
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise OutputInUse(f"refusing to replace {out_dir} with a shard partition: it holds files this project did "
+                          f"not write (no {MANIFEST} of a shard partition); give a new or empty folder")
 
 
 def _parts(tables, rows_per_shard: int):
@@ -95,9 +113,10 @@ def _parts(tables, rows_per_shard: int):
 def _write_local(tables, finish, out: Path, rows_per_shard: int) -> dict:
     if rows_per_shard < 1:
         raise ValueError("rows_per_shard must be at least 1")
-    with staged(out) as tmp:  # stale temp folders of killed runs go first; ours goes on any error (`finish` included)
+    # stale temp folders of killed runs go first, then `out` is checked; ours goes on any error (`finish` included)
+    with staged(out, "partition") as tmp:
         manifest = _write_files(tables, finish, tmp, rows_per_shard)
-        publish_dir(tmp, out)
+        publish_dir(tmp, out, "partition")
     return manifest
 
 
