@@ -1,33 +1,48 @@
-"""Does a review round pay off? pool -> pseudo-labels -> simulated review -> pull -> convert -> retrain.
+"""Does a review round pay off, per hour of a person's time? pool -> pseudo-labels -> simulated review
+-> pull -> convert -> retrain, at one or several labeling budgets.
 
-    .venv/bin/python bench/bench_loop.py [--images 320] [--val-fraction 0.625] [--pool 240] [--budget 60] [--seeds 2] \
-        [--start-steps 1000] [--stage1-steps 300] [--stage2-steps 150] [--out DIR]
+    .venv/bin/python bench/bench_loop.py [--images 320] [--val-fraction 0.625] [--pool 240] [--budgets 60]
+        [--curve] [--arms ABCDEG] [--seeds 2] [--start-steps 1000] [--stage1-steps 300] [--stage2-steps 150]
+        [--accept-s 2] [--reject-s 2] [--box-s 7] [--mask-s 79.2] [--image-s 0] [--out DIR]
 
 One starting model (stage 1 `--start-steps` + stage 2 `--stage2-steps` on the demo's labeled COCO
 train split) pseudo-labels the unlabeled pool (`lumen sample-data`'s image_info_unlabeled.json; each
 image and its mirror image fused, as the pseudo_labels asset does; `--no-flip-tta`: one view);
 they are pushed with that model's review thresholds (per class, F1 on val, as the pipeline records
-them for every model version), so predictions under them are hidden as in the App. A simulated labeler (pipelines/simulated_labeler.py, FiftyOne's public API, truth from `oracle/`)
-works in a fresh FiftyOne review dataset per arm; its work is pulled (`pull_corrections`, what
-`lumen review pull` runs), converted (`convert_source`, what `lumen convert coco` runs) and every
-arm retrains from the same starting checkpoint with the same steps (stage 1 `--stage1-steps`,
-then stage 2 `--stage2-steps`), once per seed:
+them for every model version), so predictions under them are hidden as in the App. A simulated
+labeler (bench/simulated_labeler.py, FiftyOne's public API, truth from `oracle/`) works in a fresh
+FiftyOne review dataset per arm (and per seed for C); its work is pulled (`pull_corrections`, what
+`lumen review pull` runs) and converted (`convert_source`, what `lumen convert coco` runs) after
+each budget K of `--budgets` (the first K images of the arm's order: the budgets nest), and every arm
+retrains from the same starting checkpoint with the same steps (stage 1 `--stage1-steps`, then
+stage 2 `--stage2-steps`), once per seed:
 
     A  no new data (the starting model trained on, on the labeled train split only)
-    B  + K pool images reviewed in the review queue's order (K = --budget)
+    B  + K pool images reviewed in the review queue's errors-first order (`review_priority`)
     C  + K pool images reviewed in random order (a new order per seed)
     D  + B's K images labeled from scratch (every true object drawn)
     E  + every pool image's shown pseudo-labels (at or above the thresholds), unreviewed (self-training)
+    G  + K pool images reviewed in the queue's gain-per-second order (`review_gain_per_s`: expected
+       errors per expected review second, from the cost flags below)
+    (F, prompted corrections through the App's ask feature: not built yet, see simulated_labeler.py)
 
-Per arm: val detection AP / AP50 and instance-segmentation AP (mean and range over the seeds),
-labeler actions (accepts + rejects + boxes drawn), boxes drawn, wall time. Writes loop.json and
-loop.png (val AP against boxes drawn) into --out. The seeds vary the retraining (data order,
-flips) and C's order; the starting model and the pool's pseudo-labels are shared. Training runs in
-`--procs` DDP processes of 1 thread each, as bench_quality.py trains. The default run is sized for
-40 minutes on 2 idle cores; wall times on a shared machine are longer (the CPU
-seconds and load average are printed). Every review round runs before the retraining, so FiftyOne's
-database is needed for minutes, not the hour. A run that is killed keeps what it finished in
-`<out>/loop_state.json`: the same command with the same --out goes on from there.
+A person's time: the labeler counts its actions per kind (accept, reject, an object drawn as a box,
+one drawn with its mask, an image opened) and pipelines/review/effort.py's `ActionCosts` turns them
+into seconds (`--accept-s`, `--reject-s`, `--box-s`, `--mask-s`, `--image-s`; the defaults and their
+sources are in effort.py). Per arm and budget: val detection AP / AP50 and instance-segmentation AP
+(mean and range over the seeds), the labeler's actions, boxes and masks drawn, labeler seconds (per
+kind and total) and AP gained over A per labeler hour, wall time. Writes loop.json and loop.png (val
+detection and mask AP against labeler hours, one line per arm through the budgets, bands: the range
+over seeds) into --out. The seeds vary the retraining (data order, flips) and C's order; the starting
+model and the pool's pseudo-labels are shared by every arm and budget.
+
+`--curve`: budgets 30, 60 and 120 (about 2 h on 2 idle cores). The default (one budget, 60) is sized
+for about 45 minutes on 2 idle cores (arm G added two retrainings to the 40 of before; `--arms ABCDE`
+is the old run); wall times on a shared machine are longer (the CPU seconds and load average are
+printed). Training runs in `--procs` DDP processes of 1 thread each, as bench_quality.py trains. Every
+review round runs before the retraining, so FiftyOne's database is needed for minutes, not the hour.
+A run that is killed keeps what it finished in `<out>/loop_state.json`: the same command with the same
+--out goes on from there; more budgets, seeds or arms on the same --out reuse what is done.
 """
 
 from __future__ import annotations
@@ -47,11 +62,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ARMS = {
     "A": "no new data",
-    "B": "K reviewed, queue order",
+    "B": "K reviewed, errors-first order",
     "C": "K reviewed, random order",
     "D": "K labeled from scratch",
     "E": "all pseudo-labels, unreviewed",
+    "G": "K reviewed, gain-per-second order",
+    # TODO(arm F): "K reviewed with prompted corrections" once the App's ask feature lands; it needs the
+    # labeler's `prompted` mode (bench/simulated_labeler.py) and ActionCosts.prompt_s
 }
+BUDGET_ARMS = ("B", "C", "D", "G")  # the arms that spend --budgets; A and E have no budget
+QUEUE_ORDER = {"B": "errors", "G": "gain_per_s"}  # pipelines.review.queue.ORDERS
+CURVE_BUDGETS = (30, 60, 120)
 INPUT_SIZE = 128  # the tiny preset's S
 
 
@@ -121,46 +142,57 @@ class Loop:
         return save_thresholds(compute_thresholds(self.val_json, pred, model_version="start"),
                                self.root / "start" / "review_thresholds.json")
 
-    def labeled_partition(self, arm: str, pred: Path, thresholds: Path, seed: int,
-                          queue_ids: list | None) -> tuple[str, dict, list]:
-        """One arm's review round in its own FiftyOne dataset -> pull -> convert; returns the shard
-        folder, the labeler's counts and the reviewed images (in the order worked)."""
+    def label_group(self, group: str, arm: str, seed: int, pred: Path, thresholds: Path, budgets: list,
+                    costs, b_order: list | None) -> dict:
+        """One arm's review rounds (per seed for C) in its own FiftyOne dataset: the labeler works
+        through the arm's order up to each budget in turn (the budgets nest), and after each one its
+        work is pulled and converted. Returns per budget the shard folder, the labeler's counts (so
+        far) and the reviewed images in the order worked; and the order's first max(budgets) images."""
         import fiftyone as fo
 
+        from bench.simulated_labeler import LabelerCounts, label, queue_order, random_order
         from pipelines.convert import convert_source
         from pipelines.layout import pool_file
         from pipelines.review.pull import pull_corrections
         from pipelines.review.push import push_predictions
         from pipelines.review.queue import build_review_queue
         from pipelines.sample_data import ORACLE_FILE
-        from pipelines.simulated_labeler import label, queue_order, random_order
 
-        name = f"lumen-bench-loop-{arm}-s{seed}"
+        name = f"lumen-bench-loop-{group}"
         if fo.dataset_exists(name):
             fo.delete_dataset(name)
         push_predictions(name, self.images, pred, "start", heatmaps_dir=pred.with_name(pred.stem + "_heatmaps"),
                          categories_file=pool_file(self.sources), thresholds=thresholds, progress=False)
-        build_review_queue(name)
+        build_review_queue(name, order=QUEUE_ORDER.get(arm, "errors"), costs=costs)
         ds = fo.load_dataset(name)
         by_image = dict(zip(*ds.values(["image_id", "id"])))
-        if arm == "B":
-            order, budget, mode = queue_order(ds), self.args.budget, "review"
-        elif arm == "C":
-            order, budget, mode = random_order(ds, seed), self.args.budget, "review"
-        elif arm == "D":  # the same images as B
-            order, budget, mode = [by_image[i] for i in queue_ids], None, "scratch"
-        else:
-            order, budget, mode = ds.values("id"), None, "accept_all"
-        counts = label(name, self.sources / ORACLE_FILE, order, budget=budget, mode=mode)
         image_of = {v: k for k, v in by_image.items()}
-        reviewed = [image_of[i] for i in (order if budget is None else order[:budget])]
-        pulled = pull_corrections(name, self.root / "corrections" / f"{arm}-s{seed}", progress=False)
-        shard_dir = self.shards / f"corrections-{arm}-s{seed}" / "train"
-        convert_source("coco", Path(pulled["version_dir"]) / "instances_train.json", shard_dir, images_dir=self.images,
-                       split="train", source_name=f"corrections-{arm}", input_size=INPUT_SIZE, progress=False)
+        mode = {"D": "scratch", "E": "accept_all"}.get(arm, "review")
+        if arm in QUEUE_ORDER:
+            order = queue_order(ds, QUEUE_ORDER[arm])
+        elif arm == "C":
+            order = random_order(ds, seed)
+        elif arm == "D":  # the same images as B, in B's order
+            order = [by_image[i] for i in b_order]
+        else:
+            order = ds.values("id")
+        out, counts, done = {}, LabelerCounts(), 0
+        for budget in budgets:
+            end = len(order) if budget is None else budget
+            counts = counts.add(label(name, self.sources / ORACLE_FILE, order[done:end], budget=None, mode=mode))
+            done = end
+            pulled = pull_corrections(name, self.root / "corrections" / group, progress=False)
+            tag = "all" if budget is None else f"k{budget}"
+            shard_dir = self.shards / f"corrections-{group}-{tag}" / "train"
+            convert_source("coco", Path(pulled["version_dir"]) / "instances_train.json", shard_dir,
+                           images_dir=self.images, split="train", source_name=f"corrections-{arm}",
+                           input_size=INPUT_SIZE, progress=False)
+            pull_counts = {k: pulled.get(k) for k in ("images", "annotations", "accepted", "corrections",
+                                                      "rejections")}
+            out[_budget_key(budget)] = {"shard": str(shard_dir), "counts": {**counts.as_dict(), "pull": pull_counts},
+                                        "reviewed": [image_of[i] for i in order[:end]]}
         fo.delete_dataset(name)
-        pull_counts = {k: pulled.get(k) for k in ("images", "annotations", "accepted", "corrections", "rejections")}
-        return str(shard_dir), {**counts.as_dict(), "pull": pull_counts}, reviewed
+        return {"budgets": out, "order": [image_of[i] for i in order[:done]]}
 
     def retrain_and_evaluate(self, arm: str, extra: list[str], start: Path, seed: int) -> dict:
         from lumen_model.predict import predict
@@ -186,8 +218,10 @@ class LoopState:
     review round and retraining): the same command with the same --out goes on from there after a
     kill, and refuses in one line when the settings that decide the results differ."""
 
-    KEYS = ("images", "val_fraction", "pool", "budget", "start_steps", "stage1_steps", "stage2_steps",
-            "batch_size", "lr", "flip_tta")
+    # what decides the results (more budgets, seeds or arms on the same --out reuse what is done; the
+    # costs decide arm G's order only, checked per group)
+    KEYS = ("images", "val_fraction", "pool", "start_steps", "stage1_steps", "stage2_steps", "batch_size", "lr",
+            "flip_tta")
 
     def __init__(self, path: Path, data: dict):
         self.path, self.data = path, data
@@ -218,50 +252,187 @@ class LoopState:
         os.replace(tmp, self.path)
 
 
+def _budget_key(budget) -> str:
+    return "all" if budget is None else str(budget)
+
+
+def run_key(arm: str, budget: int | None) -> str:
+    """A retraining's name: the arm, and for the budget arms the budget (`B-k60`)."""
+    return arm if budget is None else f"{arm}-k{budget}"
+
+
+def label_groups(arms: str, seeds: int) -> list[tuple[str, str, int]]:
+    """The review rounds the arms need, in the order they run: (group, arm, seed). D works on B's
+    images, so B's round runs whenever D does."""
+    groups = [(a, a, 0) for a in "BGDE" if a in arms or (a == "B" and "D" in arms)]
+    return groups + [(f"C-s{seed}", "C", seed) for seed in range(seeds) if "C" in arms]
+
+
+def runs_to_do(arms: str, budgets: list[int], seeds: int) -> list[tuple[str, str, int | None, int]]:
+    """Every retraining: (run key, arm, budget, seed), seed by seed (a cut-short run has whole seeds)."""
+    keys = [(a, None) for a in "A" if a in arms]
+    keys += [(a, k) for k in budgets for a in BUDGET_ARMS if a in arms]
+    keys += [(a, None) for a in "E" if a in arms]
+    return [(run_key(a, k), a, k, seed) for seed in range(seeds) for a, k in keys]
+
+
+def _label_entry(labels: dict, arm: str, budget: int | None, seed: int) -> dict | None:
+    """The review round behind a retraining (None for A)."""
+    if arm == "A":
+        return None
+    group = f"C-s{seed}" if arm == "C" else arm
+    return labels[group]["budgets"][_budget_key(budget)]
+
+
 def _stats(values: list[float]) -> dict:
     return {"mean": round(statistics.fmean(values), 4), "min": round(min(values), 4), "max": round(max(values), 4),
             "spread": round(max(values) - min(values), 4), "per_seed": [round(v, 4) for v in values]}
 
 
-def _goals(arms: dict) -> dict:
-    a, b, c, d = (arms[k]["det_AP"] for k in "ABCD")
-    spread = max(a["spread"], b["spread"])
-    gain_b, gain_d = b["mean"] - a["mean"], d["mean"] - a["mean"]
-    share = gain_b / gain_d if gain_d > 0 else None
-    boxes_b, boxes_d = arms["B"]["boxes_drawn"], arms["D"]["boxes_drawn"]
-    return {
+COUNT_KEYS = ("images", "images_opened", "accepts", "rejects", "boxes_drawn", "masks_drawn", "prompts", "actions")
+
+
+def aggregate(runs: dict, labels: dict, todo: list, costs) -> dict:
+    """Per retraining key: AP statistics over the seeds, the labeler's counts and seconds (per kind
+    and total; C: the mean over its seeds' orders) and the AP gained over A per labeler hour."""
+    arms = {}
+    for key, arm, budget, _ in todo:
+        if key in arms:
+            continue
+        seeds = sorted(int(s) for s in runs[key])
+        rs = [runs[key][str(s)] for s in seeds]
+        entries = [_label_entry(labels, arm, budget, s) for s in (seeds if arm == "C" else [0])]
+        counts = [e["counts"] for e in entries if e is not None]
+        seconds = [costs.seconds(c["by_kind"]) for c in counts]
+
+        def mean(values):
+            return round(statistics.fmean(values), 1) if values else 0
+
+        arms[key] = {"arm": arm, "budget": budget, "what": ARMS[arm],
+                     "det_AP": _stats([r["det_AP"] for r in rs]), "det_AP50": _stats([r["det_AP50"] for r in rs]),
+                     "segm_AP": _stats([r["segm_AP"] for r in rs]),
+                     **{k if k != "images" else "images_reviewed": mean([c.get(k, 0) for c in counts])
+                        for k in COUNT_KEYS},
+                     "labeler_s": {k: mean([x[k] for x in seconds]) for k in (seconds[0] if seconds else {"total": 0})},
+                     "pulled": [c["pull"] for c in counts],
+                     "wall_s": round(statistics.fmean(r.get("label_s", 0.0) + r["train_s"] + r["eval_s"] for r in rs),
+                                     1)}
+        arms[key]["labeler_h"] = round(arms[key]["labeler_s"]["total"] / 3600, 3)
+    base = arms.get("A")
+    for r in arms.values():  # what a labeler hour bought: AP over A per hour (None: no person, or no A)
+        h = r["labeler_s"]["total"] / 3600
+        for m in ("det_AP", "segm_AP"):
+            r[f"{m}_gain_per_h"] = (round((r[m]["mean"] - base[m]["mean"]) / h, 5)
+                                    if base is not None and h > 0 else None)
+    return arms
+
+
+def _goals_at(arms: dict, budget: int) -> dict:
+    """The loop's goals at one budget, each where its arms ran."""
+    get = {a: arms.get(run_key(a, budget)) for a in BUDGET_ARMS}
+    a, b, c, d, g = arms.get("A"), get["B"], get["C"], get["D"], get["G"]
+    goals = {}
+    if a and b:
+        ap_a, ap_b = a["det_AP"], b["det_AP"]
+        spread = max(ap_a["spread"], ap_b["spread"])
+        gain_b = ap_b["mean"] - ap_a["mean"]
         # per seed too: A and B retrain with the same seed, so the paired differences show how often B wins
-        "B beats A by more than the seed spread": {"B-A": round(gain_b, 4), "spread": round(spread, 4),
-                                                   "B-A per seed": [round(y - x, 4) for x, y in
-                                                                    zip(a["per_seed"], b["per_seed"])],
-                                                   "met": gain_b > spread},
-        "B >= C": {"B": b["mean"], "C": c["mean"], "met": b["mean"] >= c["mean"]},
-        "B reaches >= 90% of D's gain with <= half of D's boxes": {
-            "share_of_D_gain": None if share is None else round(share, 3), "boxes_B": boxes_b, "boxes_D": boxes_d,
-            "met": share is not None and share >= 0.9 and boxes_b <= 0.5 * boxes_d},
-    }
+        goals["B beats A by more than the seed spread"] = {
+            "B-A": round(gain_b, 4), "spread": round(spread, 4),
+            "B-A per seed": [round(y - x, 4) for x, y in zip(ap_a["per_seed"], ap_b["per_seed"])], "met": gain_b > spread}
+    if b and c:
+        goals["B >= C"] = {"B": b["det_AP"]["mean"], "C": c["det_AP"]["mean"],
+                           "met": b["det_AP"]["mean"] >= c["det_AP"]["mean"]}
+    if a and b and d:
+        gain_b, gain_d = (x["det_AP"]["mean"] - a["det_AP"]["mean"] for x in (b, d))
+        share = gain_b / gain_d if gain_d > 0 else None
+        ok = share is not None and share >= 0.9
+        goals["B reaches >= 90% of D's gain with <= half of D's boxes"] = {
+            "share_of_D_gain": None if share is None else round(share, 3), "boxes_B": b["boxes_drawn"],
+            "boxes_D": d["boxes_drawn"], "met": ok and b["boxes_drawn"] <= 0.5 * d["boxes_drawn"]}
+        goals["B reaches >= 90% of D's gain with <= half of D's labeler time"] = {
+            "share_of_D_gain": None if share is None else round(share, 3), "labeler_h_B": b["labeler_h"],
+            "labeler_h_D": d["labeler_h"], "met": ok and b["labeler_h"] <= 0.5 * d["labeler_h"]}
+    per_h = {x: r["det_AP_gain_per_h"] for x, r in (("B", b), ("C", c), ("G", g)) if r}
+    if per_h.get("B") is not None and per_h.get("C") is not None:
+        goals["B gains >= C's det AP per labeler hour"] = {**per_h, "met": per_h["B"] >= per_h["C"]}
+    if per_h.get("G") is not None and per_h.get("B") is not None:
+        goals["G gains >= B's det AP per labeler hour"] = {**per_h, "met": per_h["G"] >= per_h["B"]}
+    return goals
 
 
-def _plot(arms: dict, path: Path, title: str) -> None:
+def goals(arms: dict, budgets: list[int]) -> dict:
+    return {str(k): _goals_at(arms, k) for k in budgets}
+
+
+def plot_curve(arms: dict, path: Path, title: str) -> None:
+    """Val detection and mask AP against labeler hours: a line per budget arm through its budgets
+    (band: the range over seeds), A as a level (no new data), E at zero hours (no person)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for arm, r in arms.items():
-        ap = r["det_AP"]
-        ax.errorbar([r["boxes_drawn"]], [ap["mean"]], yerr=[[ap["mean"] - ap["min"]], [ap["max"] - ap["mean"]]],
-                    fmt="o", capsize=4, label=f"{arm}: {ARMS[arm]}")
-        ax.annotate(arm, (r["boxes_drawn"], ap["mean"]), textcoords="offset points", xytext=(6, 4))
-    ax.set_xlabel("boxes drawn by the labeler")
-    ax.set_ylabel("val detection AP (mean; bars: range over seeds)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    colours = {"A": "grey", "B": "tab:blue", "C": "tab:orange", "D": "tab:green", "E": "tab:purple", "G": "tab:red"}
+    xmax = max([r["labeler_h"] for r in arms.values()] + [0.1])
+    for ax, metric, name in ((axes[0], "det_AP", "detection AP"), (axes[1], "segm_AP", "mask AP")):
+        for arm in ARMS:
+            rows = sorted((r for r in arms.values() if r["arm"] == arm), key=lambda r: r["budget"] or 0)
+            if not rows:
+                continue
+            label = f"{arm}: {ARMS[arm]}"
+            if arm == "A":
+                m = rows[0][metric]
+                ax.axhline(m["mean"], color=colours[arm], ls="--", lw=1, label=label)
+                ax.axhspan(m["min"], m["max"], color=colours[arm], alpha=0.12)
+                continue
+            x = [r["labeler_h"] for r in rows]
+            mean, lo, hi = ([r[metric][k] for r in rows] for k in ("mean", "min", "max"))
+            ax.plot(x, mean, "o-" if len(rows) > 1 else "o", color=colours[arm], label=label)
+            ax.fill_between(x, lo, hi, color=colours[arm], alpha=0.18)
+            if len(rows) == 1:
+                ax.errorbar(x, mean, yerr=[[m - lo_ for m, lo_ in zip(mean, lo)], [h - m for m, h in zip(mean, hi)]],
+                            fmt="none", ecolor=colours[arm], capsize=4)
+            for r, xi, yi in zip(rows, x, mean):
+                if r["budget"] is not None:
+                    ax.annotate(f"K={r['budget']}", (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.set_xlim(-0.03 * xmax, xmax * 1.08)
+        ax.set_xlabel("labeler hours (ActionCosts: seconds per accept, reject, box, mask, image)")
+        ax.set_ylabel(f"val {name} (mean; band: range over seeds)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _budgets(text: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, got {text!r}") from None
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"budgets must be whole numbers >= 1, got {text!r}")
+    return values
+
+
+def _arms(text: str) -> str:
+    arms = "".join(a for a in ARMS if a in text.upper())
+    unknown = sorted(set(text.upper()) - set(ARMS) - set(", "))
+    if unknown or not arms:
+        raise argparse.ArgumentTypeError(f"arms are letters of {''.join(ARMS)} (F is not built yet), got {text!r}")
+    return arms
+
+
+def _check_g_costs(labels: dict, costs) -> None:
+    """Arm G's order was built from the cost flags: resuming with other costs would mix two orders."""
+    done = labels.get("G", {}).get("costs")
+    if done is not None and done != costs.as_dict():
+        changed = {k: (done.get(k), v) for k, v in costs.as_dict().items() if done.get(k) != v}
+        raise SystemExit(f"bench_loop: arm G's order in this --out was built with other labeler costs {changed} "
+                         "(old, new): use the same cost flags or another --out")
 
 
 def main() -> int:
@@ -272,12 +443,35 @@ def main() -> int:
     ap.add_argument("--val-fraction", type=float, default=0.625,
                     help="share of --images in val (default: 0.625: 120 train, 200 val)")
     ap.add_argument("--pool", type=int, default=240, help="unlabeled pool images (default: 240)")
-    ap.add_argument("--budget", type=int, default=60, help="K: pool images a labeler reviews in B, C, D (default: 60)")
+    ap.add_argument("--budgets", "--budget", dest="budgets", type=_budgets, default=[60], metavar="K[,K...]",
+                    help="K: pool images a labeler works through in B, C, D and G; several (30,60,120) give a "
+                         "learning curve, the budgets nesting (default: 60)")
+    ap.add_argument("--curve", action="store_true",
+                    help=f"the learning curve: --budgets {','.join(map(str, CURVE_BUDGETS))} (about 2 h on 2 idle "
+                         "cores)")
+    ap.add_argument("--arms", type=_arms, default="".join(ARMS), help=f"which arms (default: {''.join(ARMS)})")
     ap.add_argument("--seeds", type=int, default=2, help="retraining seeds per arm (default: 2)")
     ap.add_argument("--start-steps", type=int, default=1000, help="stage-1 steps of the starting model (default: 1000)")
     ap.add_argument("--stage1-steps", type=int, default=300, help="stage-1 steps of every arm's retraining (default: 300)")
     ap.add_argument("--stage2-steps", type=int, default=150,
                     help="stage-2 steps of the starting model and of every arm (default: 150)")
+    from pipelines.review.effort import ActionCosts
+
+    default = ActionCosts()
+    cost = ap.add_argument_group("labeler seconds per action (pipelines/review/effort.py cites each default)")
+    cost.add_argument("--accept-s", type=float, default=default.accept_s,
+                      help=f"verify a shown label as right (default: {default.accept_s}; assumed under the "
+                           "Papadopoulos et al. CVPR 2016 bound of 4.7-7 s of verifying per box produced)")
+    cost.add_argument("--reject-s", type=float, default=default.reject_s,
+                      help=f"verify a shown label as wrong (default: {default.reject_s}; as --accept-s)")
+    cost.add_argument("--box-s", type=float, default=default.draw_box_s,
+                      help=f"draw an object without a mask, as a box (default: {default.draw_box_s}: extreme clicking, "
+                           "Papadopoulos et al. ICCV 2017; about 35 drawn the usual way)")
+    cost.add_argument("--mask-s", type=float, default=default.draw_mask_s,
+                      help=f"draw an object's mask, its box included (default: {default.draw_mask_s}: COCO, Lin et al. "
+                           "2014, over 22 worker hours per 1,000 segmentations)")
+    cost.add_argument("--image-s", type=float, default=default.image_s,
+                      help=f"open an image and look it over (default: {default.image_s}; no study gives a number)")
     ap.add_argument("--no-flip-tta", dest="flip_tta", action="store_false",
                     help="pseudo-label the pool with one view per image (default: image + mirror image fused, as the "
                          "pseudo_labels asset does)")
@@ -291,8 +485,17 @@ def main() -> int:
                                                            "with --procs 1) (default: 2)")
     ap.add_argument("--out", default=None, help="keep everything here (default: a temp folder)")
     args = ap.parse_args()
-    if args.seeds < 1 or args.budget < 1 or args.pool < args.budget:
-        ap.error("need --seeds >= 1 and 1 <= --budget <= --pool")
+    if args.curve:
+        args.budgets = list(CURVE_BUDGETS)
+    if args.seeds < 1 or args.budgets[-1] > args.pool:
+        ap.error("need --seeds >= 1 and every budget <= --pool")
+    from pipelines.errors import InputError
+
+    try:
+        costs = ActionCosts(accept_s=args.accept_s, reject_s=args.reject_s, draw_box_s=args.box_s,
+                            draw_mask_s=args.mask_s, image_s=args.image_s)
+    except InputError as e:
+        ap.error(str(e))
 
     root = Path(args.out or tempfile.mkdtemp(prefix="lumen-loop-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -321,67 +524,78 @@ def main() -> int:
     pred = Path(phase("pool pseudo-labels", loop.pseudo_labels, start))
     thresholds = Path(phase("review thresholds", loop.review_thresholds, start))
 
-    # every review round first: FiftyOne's database is needed only here, not during the hour of retraining
+    # every review round first: FiftyOne's database is needed only here, not during the hours of retraining
     labels, label_s = state.data["labels"], state.data["label_s"]
-    rounds = [("B", "B", 0), ("D", "D", 0), ("E", "E", 0)] + [(f"C-s{seed}", "C", seed) for seed in range(args.seeds)]
-    for key, arm, seed in rounds:
-        if key in labels:
+    if "G" in args.arms:
+        _check_g_costs(labels, costs)
+    for group, arm, seed in label_groups(args.arms, args.seeds):
+        budgets = [None] if arm == "E" else args.budgets
+        if group in labels and all(_budget_key(k) in labels[group]["budgets"] for k in budgets):
             continue
+        # a new budget relabels the group from its start (the labeler is deterministic: the budgets done
+        # before come out the same)
         t = time.perf_counter()
-        queue_ids = labels["B"][2] if arm == "D" else None
-        labels[key] = list(loop.labeled_partition(arm, pred, thresholds, seed, queue_ids))
-        label_s[key] = round(time.perf_counter() - t, 1)
+        b_order = labels["B"]["order"] if arm == "D" else None
+        labels[group] = loop.label_group(group, arm, seed, pred, thresholds, budgets, costs, b_order)
+        if arm == "G":
+            labels[group]["costs"] = costs.as_dict()
+        label_s[group] = round(time.perf_counter() - t, 1)
         state.save()
-        print(f"[{time.strftime('%H:%M:%S')}] labeled {key}: {labels[key][1]} ({label_s[key]} s)", flush=True)
+        for k, entry in labels[group]["budgets"].items():
+            c = entry["counts"]
+            print(f"[{time.strftime('%H:%M:%S')}] labeled {group} K={k}: {c['images']} images, {c['accepts']} accepts, "
+                  f"{c['rejects']} rejects, {c['boxes_drawn']} drawn ({c['masks_drawn']} masks): "
+                  f"{costs.seconds(c['by_kind'])['total']:.0f} labeler s", flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] labeled {group}: {label_s[group]} s", flush=True)
     runs = state.data["runs"]
-    for seed in range(args.seeds):
-        for arm in ARMS:
-            key = f"C-s{seed}" if arm == "C" else arm
-            done = runs.setdefault(arm, {})
-            if str(seed) in done:
-                continue
-            extra = [labels[key][0]] if key in labels else []
-            r = loop.retrain_and_evaluate(arm, extra, start, seed)
-            r["label_s"] = label_s.get(key, 0.0)
-            done[str(seed)] = r
-            state.save()  # a cut-short run keeps what it has; the same command finishes it
-            print(f"[{time.strftime('%H:%M:%S')}] arm {arm} seed {seed}: det AP {r['det_AP']:.3f} AP50 "
-                  f"{r['det_AP50']:.3f} segm AP {r['segm_AP']:.3f} ({r['train_s']} s train, {r['eval_s']} s eval)",
-                  flush=True)
-    runs = {arm: [runs[arm][str(seed)] for seed in range(args.seeds)] for arm in ARMS}
+    todo = runs_to_do(args.arms, args.budgets, args.seeds)
+    for key, arm, budget, seed in todo:
+        done = runs.setdefault(key, {})
+        if str(seed) in done:
+            continue
+        entry = _label_entry(labels, arm, budget, seed)
+        r = loop.retrain_and_evaluate(key, [entry["shard"]] if entry else [], start, seed)
+        group = None if arm == "A" else (f"C-s{seed}" if arm == "C" else arm)
+        r["label_s"] = label_s.get(group, 0.0) if group else 0.0
+        done[str(seed)] = r
+        state.save()  # a cut-short run keeps what it has; the same command finishes it
+        print(f"[{time.strftime('%H:%M:%S')}] arm {key} seed {seed}: det AP {r['det_AP']:.3f} AP50 "
+              f"{r['det_AP50']:.3f} segm AP {r['segm_AP']:.3f} ({r['train_s']} s train, {r['eval_s']} s eval)",
+              flush=True)
+    wanted = {}
+    for key, _, _, seed in todo:
+        wanted.setdefault(key, {})[str(seed)] = runs[key][str(seed)]
+    arms = aggregate(wanted, labels, todo, costs)
 
-    arms = {}
-    for arm, rs in runs.items():
-        key_counts = [labels[k][1] for k in labels if k == arm or k.startswith(f"{arm}-s")]
-        mean = lambda k: round(statistics.fmean(c[k] for c in key_counts), 1) if key_counts else 0  # noqa: E731
-        arms[arm] = {"what": ARMS[arm], "det_AP": _stats([r["det_AP"] for r in rs]),
-                     "det_AP50": _stats([r["det_AP50"] for r in rs]), "segm_AP": _stats([r["segm_AP"] for r in rs]),
-                     "images_reviewed": mean("images"), "accepts": mean("accepts"), "rejects": mean("rejects"),
-                     "boxes_drawn": mean("boxes_drawn"), "actions": mean("actions"),
-                     "pulled": [c["pull"] for c in key_counts],
-                     "wall_s": round(statistics.fmean(r["label_s"] + r["train_s"] + r["eval_s"] for r in rs), 1)}
     total = time.perf_counter() - t_all + state.earlier_s
     summary = {
-        "arms": arms, "goals": _goals(arms), "runs": runs, "phases_s": times, "total_s": round(total, 1),
-        "resumed": state.data["resumed"],
-        "total_cpu_s": round(state.earlier_cpu_s + _cpu_seconds(), 1), "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-        "sample_data": counts, "config": vars(args),
+        "arms": arms, "goals": goals(arms, args.budgets), "labeler_costs_s": costs.as_dict(),
+        "runs": {k: [v[str(s)] for s in range(args.seeds)] for k, v in wanted.items()}, "phases_s": times,
+        "total_s": round(total, 1), "resumed": state.data["resumed"],
+        "total_cpu_s": round(state.earlier_cpu_s + _cpu_seconds(), 1),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2), "sample_data": counts, "config": vars(args),
     }
     (root / "loop.json").write_text(json.dumps(summary, indent=2))
-    title = (f"{args.images} labeled images ({counts['images_train']} train), pool {args.pool}, K={args.budget}, "
-             f"{args.seeds} seeds, {args.stage1_steps}+{args.stage2_steps} retrain steps")
-    _plot(arms, root / "loop.png", title)
+    title = (f"{args.images} labeled images ({counts['images_train']} train), pool {args.pool}, "
+             f"K={','.join(map(str, args.budgets))}, {args.seeds} seeds, {args.stage1_steps}+{args.stage2_steps} "
+             f"retrain steps; labeler s: accept {costs.accept_s}, reject {costs.reject_s}, box {costs.draw_box_s}, "
+             f"mask {costs.draw_mask_s}, image {costs.image_s}")
+    plot_curve(arms, root / "loop.png", title)
 
     print(f"\n{title}")
-    print(f"{'arm':4}{'what':32}{'det AP':>16}{'AP50':>8}{'segm AP':>9}{'actions':>9}{'boxes':>7}{'wall s':>8}")
-    for arm, r in arms.items():
+    print(f"{'arm':7}{'what':34}{'det AP':>16}{'AP50':>7}{'segm AP':>8}{'actions':>8}{'boxes':>6}{'masks':>6}"
+          f"{'labeler s':>10}{'dAP/h':>7}{'wall s':>8}")
+    for key, r in arms.items():
         d = r["det_AP"]
-        print(f"{arm:4}{r['what']:32}{d['mean']:>7.3f} [{d['min']:.3f}-{d['max']:.3f}]"
-              f"{r['det_AP50']['mean']:>8.3f}{r['segm_AP']['mean']:>9.3f}{r['actions']:>9}{r['boxes_drawn']:>7}"
-              f"{r['wall_s']:>8}")
+        per_h = "-" if r["det_AP_gain_per_h"] is None else f"{r['det_AP_gain_per_h']:.3f}"
+        print(f"{key:7}{r['what']:34}{d['mean']:>7.3f} [{d['min']:.3f}-{d['max']:.3f}]"
+              f"{r['det_AP50']['mean']:>7.3f}{r['segm_AP']['mean']:>8.3f}{r['actions']:>8}{r['boxes_drawn']:>6}"
+              f"{r['masks_drawn']:>6}{r['labeler_s']['total']:>10}{per_h:>7}{r['wall_s']:>8}")
     print("\ngoals:")
-    for goal, v in summary["goals"].items():
-        print(f"  {'MET    ' if v['met'] else 'NOT MET'} {goal}: {({k: x for k, x in v.items() if k != 'met'})}")
+    for budget, gs in summary["goals"].items():
+        for goal, v in gs.items():
+            print(f"  K={budget} {'MET    ' if v['met'] else 'NOT MET'} {goal}: "
+                  f"{({k: x for k, x in v.items() if k != 'met'})}")
     print(f"\nphases (s): {times}; total {summary['total_s']} s wall, {summary['total_cpu_s']} s CPU, "
           f"load average at the end {summary['load_average_1min_at_end']}; everything in {root}")
     return 0

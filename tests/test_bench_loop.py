@@ -1,5 +1,7 @@
-"""bench/bench_loop.py at a toy size: killed with SIGKILL after its first retraining, the same command
-finishes the run without redoing what was done, and other settings on the same --out are refused."""
+"""bench/bench_loop.py: its accounting (labeler seconds per arm and budget, AP per labeler hour, the
+goals, the curve plot) on made-up results, fast; and at a toy size (slow): killed with SIGKILL after its
+first retraining, the same command finishes the run without redoing what was done, a second budget on
+the same --out reuses what is done, and other settings on the same --out are refused."""
 
 from __future__ import annotations
 
@@ -11,11 +13,92 @@ import sys
 import time
 from pathlib import Path
 
+import argparse
+
 import pytest
+
+from bench import bench_loop as bl
+from pipelines.review.effort import ActionCosts
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ["--images", "20", "--pool", "12", "--budget", "3", "--seeds", "2", "--start-steps", "3",
        "--stage1-steps", "2", "--stage2-steps", "2", "--batch-size", "4", "--threads", "1", "--procs", "1"]
+
+
+def _counts(accepts=0, rejects=0, boxes=0, masks=0, images=0, opened=None) -> dict:
+    opened = images if opened is None else opened
+    return {"images": images, "images_opened": opened, "accepts": accepts, "rejects": rejects, "boxes_drawn": boxes,
+            "masks_drawn": masks, "prompts": 0, "actions": accepts + rejects + boxes,
+            "by_kind": {"accept": accepts, "reject": rejects, "draw_box": boxes - masks, "draw_mask": masks,
+                        "image": opened, "prompt": 0}, "pull": {}}
+
+
+def test_arms_budgets_and_seeds_plan_the_review_rounds_and_retrainings():
+    todo = bl.runs_to_do("ABCDEG", [30, 60], 2)
+    keys = [k for k, _, _, seed in todo if seed == 0]
+    assert keys == ["A", "B-k30", "C-k30", "D-k30", "G-k30", "B-k60", "C-k60", "D-k60", "G-k60", "E"]
+    assert [seed for *_, seed in todo] == [0] * 10 + [1] * 10  # whole seeds first: a cut-short run is usable
+    assert bl.label_groups("ABCDEG", 2) == [("B", "B", 0), ("G", "G", 0), ("D", "D", 0), ("E", "E", 0),
+                                            ("C-s0", "C", 0), ("C-s1", "C", 1)]
+    assert bl.label_groups("AD", 1) == [("B", "B", 0), ("D", "D", 0)]  # D labels B's images: B's round runs
+    assert bl._budgets("120,30,60,60") == [30, 60, 120]
+    for bad in ("0,30", "30,x", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bl._budgets(bad)
+    assert bl._arms("a,b,g") == "ABG"
+    with pytest.raises(argparse.ArgumentTypeError, match="F is not built yet"):
+        bl._arms("ABF")
+
+
+def test_labeler_seconds_and_ap_per_labeler_hour_per_arm(tmp_path):
+    costs = ActionCosts()
+    labels = {
+        "B": {"budgets": {"60": {"counts": _counts(accepts=100, rejects=80, boxes=90, masks=88, images=60)}}},
+        "G": {"budgets": {"60": {"counts": _counts(accepts=150, rejects=40, boxes=30, masks=30, images=60)}}},
+        "D": {"budgets": {"60": {"counts": _counts(boxes=200, masks=190, images=60)}}},
+        "E": {"budgets": {"all": {"counts": _counts(images=240, opened=0)}}},
+        "C-s0": {"budgets": {"60": {"counts": _counts(accepts=60, rejects=50, boxes=50, masks=50, images=60)}}},
+        "C-s1": {"budgets": {"60": {"counts": _counts(accepts=70, rejects=40, boxes=54, masks=50, images=60)}}},
+    }
+    ap = {"A": (0.10, 0.12), "B-k60": (0.14, 0.15), "C-k60": (0.13, 0.14), "D-k60": (0.16, 0.17),
+          "G-k60": (0.14, 0.16), "E": (0.09, 0.10)}
+    runs = {k: {str(s): {"det_AP": v[s], "det_AP50": v[s] * 2, "segm_AP": v[s] / 2, "train_s": 10.0, "eval_s": 1.0,
+                         "label_s": 5.0} for s in (0, 1)} for k, v in ap.items()}
+    todo = bl.runs_to_do("ABCDEG", [60], 2)
+    arms = bl.aggregate(runs, labels, todo, costs)
+
+    b = arms["B-k60"]
+    want_b = 2.0 * 180 + 7.0 * 2 + 79.2 * 88  # verify 180 shown labels, 2 boxes, 88 masks
+    assert b["labeler_s"]["total"] == pytest.approx(want_b, abs=0.1)
+    assert b["labeler_s"]["draw_mask"] == pytest.approx(79.2 * 88, abs=0.1)
+    assert (b["boxes_drawn"], b["masks_drawn"], b["actions"], b["images_reviewed"]) == (90, 88, 270, 60)
+    assert b["labeler_h"] == pytest.approx(want_b / 3600, abs=1e-3)
+    assert b["det_AP_gain_per_h"] == pytest.approx((0.145 - 0.11) / (want_b / 3600), abs=1e-5)
+    # C: the mean over its seeds' random orders
+    c_s = [2.0 * 110 + 79.2 * 50, 2.0 * 110 + 7.0 * 4 + 79.2 * 50]
+    assert arms["C-k60"]["labeler_s"]["total"] == pytest.approx(sum(c_s) / 2, abs=0.1)
+    assert arms["C-k60"]["boxes_drawn"] == 52
+    # no person: no time, no rate
+    assert arms["A"]["labeler_s"]["total"] == arms["E"]["labeler_s"]["total"] == 0
+    assert arms["A"]["det_AP_gain_per_h"] is None and arms["E"]["det_AP_gain_per_h"] is None
+    assert arms["E"]["images_reviewed"] == 240
+
+    g = bl.goals(arms, [60])["60"]
+    assert g["G gains >= B's det AP per labeler hour"]["met"]  # as much AP for a third of the mask drawing
+    assert g["B gains >= C's det AP per labeler hour"]["met"] is (b["det_AP_gain_per_h"] >= arms["C-k60"][
+        "det_AP_gain_per_h"])
+    assert not g["B reaches >= 90% of D's gain with <= half of D's labeler time"]["met"]  # 0.035 of 0.055
+    assert set(bl.goals({k: v for k, v in arms.items() if k in ("A", "B-k60")}, [60])["60"]) == {
+        "B beats A by more than the seed spread"}  # a goal needs its arms
+
+    # other costs change the seconds, not the counts
+    cheap_masks = bl.aggregate(runs, labels, todo, ActionCosts(draw_mask_s=20.0))
+    assert cheap_masks["B-k60"]["labeler_s"]["total"] == pytest.approx(2.0 * 180 + 7.0 * 2 + 20.0 * 88, abs=0.1)
+    assert cheap_masks["B-k60"]["boxes_drawn"] == 90
+
+    png = tmp_path / "loop.png"
+    bl.plot_curve(arms, png, "made-up results")
+    assert png.stat().st_size > 10_000
 
 
 def _env() -> dict:
@@ -43,7 +126,8 @@ def test_a_killed_loop_bench_goes_on_where_it_stopped(tmp_path):
         proc.wait()
     state = json.loads((out / "loop_state.json").read_text())
     assert state["runs"]["A"] == {"0": state["runs"]["A"]["0"]}  # A seed 0 was recorded before the kill
-    assert set(state["labels"]) == {"B", "D", "E", "C-s0", "C-s1"}  # every review round came first
+    assert set(state["labels"]) == {"B", "G", "D", "E", "C-s0", "C-s1"}  # every review round came first
+    assert state["labels"]["G"]["costs"] == ActionCosts().as_dict()  # G's order came from these costs
     assert not (out / "loop.json").exists()
 
     second = subprocess.run(_bench(out), capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=1800)
@@ -55,12 +139,30 @@ def test_a_killed_loop_bench_goes_on_where_it_stopped(tmp_path):
     summary = json.loads((out / "loop.json").read_text())
     assert summary["resumed"] == 1
     assert summary["total_cpu_s"] > state["cpu_s"] > 0  # the first sitting's CPU time counts too
-    assert set(summary["arms"]) == set("ABCDE")
-    assert all(len(summary["runs"][arm]) == 2 for arm in "ABCDE")
+    keys = {"A", "B-k3", "C-k3", "D-k3", "G-k3", "E"}
+    assert set(summary["arms"]) == keys and all(len(summary["runs"][k]) == 2 for k in keys)
     assert summary["runs"]["A"][0] == state["runs"]["A"]["0"]  # the result from before the kill, kept
+    b = summary["arms"]["B-k3"]
+    assert b["images_reviewed"] == 3 and b["labeler_s"]["total"] > 0 and summary["arms"]["A"]["labeler_s"]["total"] == 0
+    assert b["labeler_s"]["total"] == pytest.approx(ActionCosts().seconds(
+        state["labels"]["B"]["budgets"]["3"]["counts"]["by_kind"])["total"], abs=0.1)
+    assert "labeler s" in second.stdout and (out / "loop.png").stat().st_size > 0
     assert "Traceback" not in second.stderr
 
-    other = subprocess.run(_bench(out, "--budget", "4"), capture_output=True, text=True, env=_env(),
+    # a second budget on the same --out: the rounds are relabeled (the same for K=3), nothing retrained twice
+    curve = subprocess.run(_bench(out, "--budgets", "2,3", "--seeds", "1", "--arms", "ABG"), capture_output=True,
+                           text=True, env=_env(), cwd=ROOT, timeout=1800)
+    assert curve.returncode == 0, curve.stdout[-3000:] + curve.stderr[-3000:]
+    assert "arm B-k2 seed 0:" in curve.stdout and "arm B-k3 seed 0:" not in curve.stdout
+    again = json.loads((out / "loop_state.json").read_text())
+    assert again["labels"]["B"]["budgets"]["3"]["counts"] == state["labels"]["B"]["budgets"]["3"]["counts"]
+    assert again["labels"]["B"]["budgets"]["2"]["reviewed"] == state["labels"]["B"]["budgets"]["3"]["reviewed"][:2]
+    assert set(json.loads((out / "loop.json").read_text())["arms"]) == {"A", "B-k2", "G-k2", "B-k3", "G-k3"}
+
+    other = subprocess.run(_bench(out, "--stage1-steps", "4"), capture_output=True, text=True, env=_env(),
                            cwd=ROOT, timeout=300)
     assert other.returncode != 0
-    assert "other settings" in other.stderr and "budget" in other.stderr and "Traceback" not in other.stderr
+    assert "other settings" in other.stderr and "stage1_steps" in other.stderr and "Traceback" not in other.stderr
+    g_costs = subprocess.run(_bench(out, "--mask-s", "30"), capture_output=True, text=True, env=_env(),
+                             cwd=ROOT, timeout=300)
+    assert g_costs.returncode != 0 and "arm G's order" in g_costs.stderr and "Traceback" not in g_costs.stderr
