@@ -7,8 +7,10 @@ running until `close_app` (or the end of this process). `lumen review app` waits
 from __future__ import annotations
 
 import logging
+import os
 import time
 import urllib.request
+from pathlib import Path
 
 from pipelines.errors import InputError
 from pipelines.review.fo_env import describe_database, fiftyone, load_dataset
@@ -16,6 +18,24 @@ from pipelines.review.fo_env import describe_database, fiftyone, load_dataset
 log = logging.getLogger(__name__)
 
 _sessions: dict[int, object] = {}  # port -> fiftyone Session
+# the repository's FiftyOne plugins (Ask Lumen, Accept prompted): served by every App this module starts
+PLUGINS_DIR = Path(__file__).resolve().parents[2] / "fiftyone_plugins"
+
+
+def serve_lumen_plugins() -> str:
+    """Point FiftyOne at the repository's plugin folder, for this process and the App server it starts (a
+    child process: it inherits the environment). A FIFTYONE_PLUGINS_DIR set elsewhere on purpose is kept
+    (FiftyOne reads one folder); a warning says how to add Lumen's plugin there."""
+    fo = fiftyone()
+    current = os.environ.get("FIFTYONE_PLUGINS_DIR")
+    if current and Path(current).resolve() != PLUGINS_DIR.resolve():
+        if not (Path(current) / "lumen").exists():
+            log.warning("FIFTYONE_PLUGINS_DIR=%s: the App serves the plugins there, without Lumen's Ask Lumen; "
+                        "add it with: ln -s %s %s", current, PLUGINS_DIR / "lumen", Path(current) / "lumen")
+        return current
+    os.environ["FIFTYONE_PLUGINS_DIR"] = str(PLUGINS_DIR)
+    fo.config.plugins_dir = str(PLUGINS_DIR)
+    return str(PLUGINS_DIR)
 
 
 def app_url(address: str, port: int, dataset_name: str | None = None) -> str:
@@ -39,6 +59,7 @@ def launch_app(dataset_name=None, port=5151, address="127.0.0.1", *, view_name: 
         if dataset is None or not dataset.has_saved_view(view_name):
             raise InputError(f"no saved view {view_name!r} in dataset {dataset_name!r}; run `lumen review queue` first")
         view = dataset.load_saved_view(view_name)
+    serve_lumen_plugins()  # before the server process starts: it reads the folder from its environment
     session = fo.launch_app(dataset, view=view, port=port, address=address, remote=True)
     _sessions[port] = session
     url = app_url(address, port, dataset_name)

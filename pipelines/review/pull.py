@@ -7,7 +7,9 @@
 - `person_keypoints_train.json` where accepted or corrected labels carry keypoints;
 - `rejections.json`: rejected predictions, for hard-negative mining;
 - `provenance.json`: per annotation its origin (model version or correction) and the labeler's
-  action; the same two facts also sit on each annotation (`model_version`, `review_action`);
+  action; the same two facts also sit on each annotation (`model_version`, `review_action`); a label
+  the labeler asked for in the App and accepted (`prompted*` fields, see prompted.py) has source
+  "prompted" and carries the typed `instruction` too;
 - `skipped.json`: reviewed labels that could not become COCO (e.g. an unknown class), with why;
 - `manifest.json`: counts and a hash of the content.
 Both json files are valid inputs of `lumen convert coco` / `coco-keypoints` (split `train`).
@@ -39,6 +41,7 @@ from pipelines.review import fields as F
 from pipelines.review.fo_adapter import label_list_name
 from pipelines.review.fo_env import fiftyone, load_dataset
 from pipelines.review.labels import absolute_box, box_of_points, crop_to_rle, points_to_keypoints
+from pipelines.review.prompted import PROMPTED_SOURCE, is_prompted_field
 from pipelines.review.reviewed import CONFLICT, CORRECT, PULLED_ATTR, action_of, scan
 from pipelines.tempdirs import pid_alive
 
@@ -266,6 +269,8 @@ def _reviewed_label(sample, name: str, lab, action: str, plan: _PullPlan, pulled
     where = {"image_id": sample.image_id, "file_name": sample.file_name, "field": name,
              "label_id": lab.id, "label": lab.label,
              "model_version": lab.get_field("model_version") if lab.has_field("model_version") else None}
+    if is_prompted_field(name):  # asked for in the App ("Ask Lumen"): what the labeler typed travels with it
+        where["instruction"] = lab.get_field("instruction") if lab.has_field("instruction") else None
     if action == CONFLICT:
         pulled.skipped.append({**where, "reason": "tagged both accept and reject"})
         return None
@@ -284,6 +289,8 @@ def _reviewed_label(sample, name: str, lab, action: str, plan: _PullPlan, pulled
                                   "keypoints": ann.get("keypoints")})
         return None
     ann.update(model_version=where["model_version"], review_action=action)
+    if "instruction" in where:
+        ann["instruction"] = where["instruction"]
     return ann, where, action
 
 
@@ -295,8 +302,14 @@ def _number_annotations(pulled: _Pulled, det_out: list, kp_out: list) -> None:
             out_list.append(ann)
             pulled.prov.append({"annotation_id": ann["id"],
                                 "file": KEYPOINTS_FILE if out_list is pulled.kp_anns else INSTANCES_FILE,
-                                "action": action, "source": "correction" if action == CORRECT else "prediction",
-                                **where})
+                                "action": action, "source": _source(where["field"], action), **where})
+
+
+def _source(field: str, action: str) -> str:
+    """Where a pulled label came from: drawn by the labeler, asked for in the App, or a pushed prediction."""
+    if action == CORRECT:
+        return "correction"
+    return PROMPTED_SOURCE if is_prompted_field(field) else "prediction"
 
 
 def _pulled_content(dataset_name: str, plan: _PullPlan, pulled: _Pulled) -> tuple[dict, dict]:
@@ -316,6 +329,7 @@ def _pulled_content(dataset_name: str, plan: _PullPlan, pulled: _Pulled) -> tupl
     counts.update(images=len(pulled.images), annotations=len(pulled.anns), keypoint_annotations=len(pulled.kp_anns),
                   accepted=sum(p["action"] == F.ACCEPT for p in pulled.prov),
                   corrections=sum(p["action"] == CORRECT for p in pulled.prov),
+                  prompted=sum(p["source"] == PROMPTED_SOURCE for p in pulled.prov),
                   rejections=len(pulled.rejections), skipped=len(pulled.skipped))
     if counts["unreviewed_predictions"]:
         log.warning("%d predictions on reviewed images are neither accepted nor rejected: left out of training "

@@ -1,0 +1,284 @@
+"""Lumen in the FiftyOne App: ask the model about the image you look at, accept what it found.
+
+Operators (the App's operator browser, key `, or the buttons over an opened sample):
+- Ask Lumen (`ask_lumen`): type an instruction ("every square", "the star left of the person",
+  "what colour is the triangle?") and pick what to get; the model runs on the opened sample (or the
+  selected ones) and its boxes / masks / keypoints land in `prompted*` fields, the heatmap in
+  `prompted_heatmap`, an answer in `prompted_answer` and a notification. The form keeps the last
+  instruction, model and choice as its defaults (per dataset).
+- Ask Lumen again (`ask_lumen_again`): the last instruction on the opened sample, no form: one click
+  per image.
+- Accept prompted labels (`accept_prompted`): the selected prompted labels (else every untagged one
+  of the opened sample) are tagged `accept`; the next pull takes them into the training data.
+
+Why here: this folder is glue above both `lumen_model` (the model) and `pipelines.review` (FiftyOne
+storage), as `lumen_cli` is; FiftyOne loads it by path from FIFTYONE_PLUGINS_DIR, which
+`lumen review app` points at `fiftyone_plugins/`. `pipelines` never imports `lumen_model` and
+`lumen_model` never imports fiftyone (tests/test_layering.py); only this folder holds both.
+
+The model is loaded once per App server process (`lumen_model.ask.load_asker`, keyed by checkpoint
+folder and weights mtime). Any problem (no model, a missing checkpoint, an unreadable image, an
+empty instruction) is one notification in the App; no sample is written half.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STORE = "lumen_ask"  # dataset-scoped execution store: the form's last values
+MAX_SAMPLES = 25  # one immediate App action; a whole pool is `pseudo_labels`' job
+WHAT = [("auto", "Lumen decides: a question is answered, 'every X' finds every X, else one object"),
+        ("grounding", "One object (a box)"),
+        ("referring_segmentation", "One object (a mask)"),
+        ("detection", "Every object of a kind (boxes)"),
+        ("instance_segmentation", "Every object of a kind (masks)"),
+        ("pose", "People's keypoints"),
+        ("vqa", "An answer to a question")]
+
+
+# ---- which model -----------------------------------------------------------------------------
+def registry_path() -> Path:
+    """The model registry the pipeline keeps (assets_defs.resources.LumenPaths.model_registry)."""
+    if os.environ.get("LUMEN_MODEL_REGISTRY"):
+        return Path(os.environ["LUMEN_MODEL_REGISTRY"])
+    root = Path(os.environ.get("LUMEN_DATA_ROOT", str(REPO_ROOT / "var")))
+    return root / "models" / "registry.json"
+
+
+def _registry_versions() -> list[tuple[str, dict]]:
+    """(version, entry) of every registered model, the one in use first."""
+    from pipelines.model_registry import IN_USE, ModelRegistry
+
+    try:
+        entries = ModelRegistry(registry_path()).entries()
+    except (OSError, ValueError, KeyError):  # an unreadable registry: no choices, the checkpoint field remains
+        return []
+    return sorted(entries.items(), key=lambda kv: (kv[1].get("status") != IN_USE, kv[0]))
+
+
+def resolve_model(params: dict) -> tuple[str, str]:
+    """(checkpoint folder, model version) of the labeler's choice: a typed checkpoint folder, else a
+    registry version, else LUMEN_ASK_CHECKPOINT, else the registry's model in use."""
+    from pipelines.errors import InputError
+    from pipelines.model_registry import ModelRegistry
+
+    if params.get("checkpoint"):
+        return str(params["checkpoint"]), Path(str(params["checkpoint"])).name
+    registry = ModelRegistry(registry_path())
+    if params.get("model"):
+        entry = registry.get(params["model"])
+        return entry["checkpoint_dir"], entry["version"]
+    if os.environ.get("LUMEN_ASK_CHECKPOINT"):
+        ckpt = os.environ["LUMEN_ASK_CHECKPOINT"]
+        return ckpt, Path(ckpt).name
+    entry = registry.in_use()
+    if entry is None:
+        raise InputError(f"no model is in use yet ({registry_path()} names none): train and evaluate one, or type "
+                         "a checkpoint folder in the form")
+    return entry["checkpoint_dir"], entry["version"]
+
+
+# ---- what it runs on -------------------------------------------------------------------------
+def target_ids(ctx) -> list[str]:
+    """The opened sample, else the selected samples."""
+    from pipelines.errors import InputError
+
+    if ctx.current_sample:
+        return [ctx.current_sample]
+    if ctx.selected:
+        if len(ctx.selected) > MAX_SAMPLES:
+            raise InputError(f"{len(ctx.selected)} samples selected; ask about at most {MAX_SAMPLES} at a time "
+                             "(a whole pool is what the pseudo_labels asset does)")
+        return list(ctx.selected)
+    raise InputError("open a sample (or select some in the grid) to ask Lumen about it")
+
+
+def _last(ctx) -> dict:
+    try:
+        return ctx.store(STORE).get("last") or {}
+    except Exception:  # no dataset yet (the operator browser before a dataset is open)
+        return {}
+
+
+def _fail(ctx, exc: Exception) -> dict:
+    """One notification for the labeler, the stack trace (of an unexpected error) in the server log only."""
+    from pipelines.errors import LumenError
+
+    if isinstance(exc, LumenError):
+        message = str(exc)
+    else:
+        log.exception("Lumen operator failed")
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        message = f"Lumen failed: {type(exc).__name__}: {first}"
+    ctx.ops.notify(message, variant="error")
+    return {"error": message}
+
+
+# ---- asking ----------------------------------------------------------------------------------
+def run_ask(ctx, params: dict) -> dict:
+    """Ask about every target sample, then write each (answers first: a model or image error writes nothing)."""
+    from lumen_model.ask import load_asker
+    from pipelines.review import fields as F
+    from pipelines.review.prompted import declare_prompted_fields, write_answer
+
+    ids = target_ids(ctx)
+    checkpoint, version = resolve_model(params)
+    t = time.perf_counter()
+    asker = load_asker(checkpoint)
+    dataset = ctx.dataset
+    categories = F.review_info(dataset).get("categories") or None
+    view = dataset.select(ids, ordered=True)
+    samples = list(view)
+    answers = [asker.ask(s.filepath, params.get("instruction"), params.get("what") or "auto",
+                         categories=categories) for s in samples]
+    label = (params.get("label") or "").strip() or None
+    written = [write_answer(s, a, version, label) for s, a in zip(samples, answers)]
+    shown = declare_prompted_fields(dataset)
+    ctx.store(STORE).set("last", {k: params.get(k) for k in ("instruction", "what", "model", "checkpoint", "label")})
+    seconds = time.perf_counter() - t
+    ctx.ops.notify(_summary(answers, version, seconds), variant="success")
+    ctx.ops.reload_samples()
+    if ctx.active_fields:  # the App's sidebar: switch the prompted fields on where the labeler looks
+        ctx.ops.set_active_fields(fields=sorted(set(ctx.active_fields) | set(shown)))
+    return {"model_version": version, "samples": len(samples), "labels": sum(w["labels"] for w in written),
+            "answers": [a.to_json(masks=False) for a in answers]}
+
+
+def _summary(answers, version: str, seconds: float) -> str:
+    a = answers[0]
+    if a.task == "vqa":
+        text = "; ".join(f"{x.text or '(no answer)'}" for x in answers)
+        return f"Lumen {version}: {a.meta.get('typed')!r} -> {text}"
+    n = sum(len(x.boxes) for x in answers)
+    what = {"detection": "boxes", "instance_segmentation": "masks", "pose": "people",
+            "grounding": "box", "referring_segmentation": "mask"}[a.task]
+    return f"Lumen {version}: {n} {what} for {a.meta.get('typed')!r} ({seconds:.2f} s)"
+
+
+class AskLumen(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="ask_lumen", label="Ask Lumen", description="Ask the Lumen model about "
+                                  "the opened (or selected) images", dynamic=True,
+                                  allow_immediate_execution=True, allow_delegated_execution=False)
+
+    def resolve_placement(self, ctx):
+        return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS,
+                               types.Button(label="Ask Lumen", prompt=True))
+
+    def resolve_input(self, ctx):
+        last = _last(ctx)
+        inputs = types.Object()
+        inputs.str("instruction", label="Instruction", required=True, default=last.get("instruction"),
+                   description="e.g. every square / the star left of the person / what colour is the triangle?")
+        what = types.RadioGroup()
+        for value, label in WHAT:
+            what.add_choice(value, label=label)
+        inputs.enum("what", what.values(), label="What to get", default=last.get("what") or "auto", view=what)
+        versions = _registry_versions()
+        if versions:
+            choices = types.Dropdown()
+            for v, e in versions:
+                choices.add_choice(v, label=f"{v} ({e.get('status')})")
+            inputs.enum("model", choices.values(), label="Model version", view=choices,
+                        default=last.get("model") if last.get("model") in choices.values() else versions[0][0])
+        inputs.str("checkpoint", label="Or a checkpoint folder", default=last.get("checkpoint"),
+                   description="overrides the model version (optional)")
+        inputs.str("label", label="Class of the new labels", default=last.get("label"),
+                   description="optional; default: the class the instruction names")
+        return types.Property(inputs, view=types.View(label="Ask Lumen"))
+
+    def execute(self, ctx):
+        try:
+            return run_ask(ctx, dict(ctx.params))
+        except Exception as exc:  # one message in the App, never a stack trace
+            return _fail(ctx, exc)
+
+
+class AskLumenAgain(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="ask_lumen_again", label="Ask Lumen again",
+                                  description="The last instruction, on the opened sample (no form)",
+                                  allow_immediate_execution=True, allow_delegated_execution=False)
+
+    def resolve_placement(self, ctx):
+        return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS,
+                               types.Button(label="Ask Lumen again"))
+
+    def execute(self, ctx):
+        try:
+            last = _last(ctx)
+            if not last.get("instruction"):
+                from pipelines.errors import InputError
+
+                raise InputError("nothing asked yet on this dataset: use Ask Lumen first")
+            return run_ask(ctx, last)
+        except Exception as exc:
+            return _fail(ctx, exc)
+
+
+class AcceptPrompted(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="accept_prompted", label="Accept prompted labels",
+                                  description="Tag the selected prompted labels (else the opened sample's untagged "
+                                              "ones) accept: the next pull trains on them",
+                                  dynamic=True, allow_immediate_execution=True, allow_delegated_execution=False)
+
+    def resolve_placement(self, ctx):
+        return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS, types.Button(label="Accept prompted"))
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        try:
+            n = len(_accept_ids(ctx))
+            inputs.view("what", types.Notice(label=f"Accept {n} prompted label{'s' * (n != 1)}"))
+        except Exception as exc:  # shown in the form; execute says it again
+            inputs.view("what", types.Warning(label=str(exc)))
+        return types.Property(inputs, view=types.View(label="Accept prompted labels"))
+
+    def execute(self, ctx):
+        from pipelines.review import fields as F
+        from pipelines.review.prompted import accept_prompted
+
+        try:
+            ids = _accept_ids(ctx)
+            names = {c["name"] for c in F.review_info(ctx.dataset).get("categories", [])}
+            out = accept_prompted(ctx.dataset, ids, known_classes=names or None)
+            ctx.ops.notify(f"accepted {out['accepted']} prompted label{'s' * (out['accepted'] != 1)}: "
+                           "the next pull trains on them", variant="success")
+            ctx.ops.reload_samples()
+            return out
+        except Exception as exc:
+            return _fail(ctx, exc)
+
+
+def _accept_ids(ctx) -> list[str]:
+    """The selected prompted labels, else every untagged prompted label of the opened sample."""
+    from pipelines.errors import InputError
+    from pipelines.review.prompted import is_prompted_field, prompted_label_ids
+
+    chosen = [x["label_id"] for x in ctx.selected_labels or [] if is_prompted_field(x.get("field", ""))]
+    if chosen:
+        return chosen
+    if ctx.current_sample:
+        ids = prompted_label_ids(ctx.dataset[ctx.current_sample])
+        if ids:
+            return ids
+    raise InputError("no prompted label to accept: ask Lumen first, or click one of its boxes")
+
+
+def register(p):
+    p.register(AskLumen)
+    p.register(AskLumenAgain)
+    p.register(AcceptPrompted)

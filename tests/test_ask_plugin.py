@@ -1,0 +1,194 @@
+"""The App's Lumen plugin (fiftyone_plugins/lumen), its operators run by FiftyOne's own executor against a real
+database: Ask Lumen writes prompted labels and a heatmap, Accept prompted feeds the pull, problems are one message."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipelines.model_registry import ModelRegistry
+from pipelines.review.app import PLUGINS_DIR, serve_lumen_plugins
+from pipelines.review.pull import pull_corrections
+from pipelines.review.push import push_predictions
+from tests.fixtures_review import write_prediction_input
+
+ASK, AGAIN, ACCEPT = "@lumen/review/ask_lumen", "@lumen/review/ask_lumen_again", "@lumen/review/accept_prompted"
+
+
+@pytest.fixture
+def plugin(monkeypatch, tmp_path, tiny_stage2):
+    """FiftyOne pointed at the repository's plugins (as `lumen review app` does) and a model registry whose model
+    in use is the tiny stage-2 checkpoint, version v0007."""
+    import fiftyone as fo
+
+    monkeypatch.setenv("FIFTYONE_PLUGINS_DIR", str(PLUGINS_DIR))  # restored after the test
+    monkeypatch.setattr(fo.config, "plugins_dir", fo.config.plugins_dir)
+    monkeypatch.delenv("LUMEN_ASK_CHECKPOINT", raising=False)
+    assert serve_lumen_plugins() == str(PLUGINS_DIR) and fo.config.plugins_dir == str(PLUGINS_DIR)
+    registry = tmp_path / "models" / "registry.json"
+    monkeypatch.setenv("LUMEN_MODEL_REGISTRY", str(registry))
+    ModelRegistry(registry).decide({"version": "v0007", "checkpoint_dir": str(tiny_stage2[0]), "metrics": {}},
+                                   passed=True, reason="first evaluated model")
+    return {"checkpoint": str(tiny_stage2[0]), "registry": registry}
+
+
+@pytest.fixture
+def dataset(review_sources, tmp_path, fo_dataset_name):
+    import fiftyone as fo
+
+    pred = write_prediction_input(review_sources, tmp_path / "pred" / "train.json", split="train", seed=1)
+    push_predictions(fo_dataset_name, review_sources / "images", tmp_path / "pred" / "train.json", "v0001",
+                     gt_file=pred["gt_file"], heatmaps_dir=pred["heatmaps_dir"], progress=False)
+    return fo.load_dataset(fo_dataset_name)
+
+
+def _run(uri, ds, sample_id=None, params=None, **ctx):
+    import fiftyone.operators as foo
+
+    result = foo.execute_operator(uri, dataset=ds.name, current_sample=sample_id, params=params or {}, **ctx)
+    assert result.error is None, result.error  # no stack trace: errors are the operator's own message
+    requests = [r.to_json() for r in result.executor._requests]
+    return result.result, requests
+
+
+def _fresh(ds, sample_id):
+    """The sample as the operators left it (they ran on their own view of the dataset)."""
+    ds.reload()
+    return ds[sample_id]
+
+
+def _notes(requests, variant=None):
+    return [r["params"]["message"] for r in requests
+            if r["operator_uri"] == "notify" and variant in (None, r["params"]["variant"])]
+
+
+def test_the_plugin_is_found_where_the_app_looks(plugin):
+    from fiftyone.operators.registry import OperatorRegistry
+
+    registry = OperatorRegistry()
+    assert all(registry.operator_exists(uri) for uri in (ASK, AGAIN, ACCEPT))
+
+
+def test_ask_lumen_writes_prompted_labels_and_its_heatmap(plugin, dataset):
+    from lumen_model.ask import load_asker
+
+    sample = dataset.first()
+    out, requests = _run(ASK, dataset, sample.id, {"instruction": "every square", "what": "instance_segmentation"})
+    assert out["model_version"] == "v0007" and out["samples"] == 1  # the registry's model in use
+    assert _notes(requests, "success") and any(r["operator_uri"] == "reload_samples" for r in requests)
+    sample = _fresh(dataset, sample.id)
+    dets = sample.prompted.detections
+    want = load_asker(plugin["checkpoint"]).ask(sample.filepath, "every square", "instance_segmentation")
+    assert len(dets) == len(want.boxes) > 0
+    w, h = sample.metadata.width, sample.metadata.height
+    for d, box, score in zip(dets, want.boxes, want.scores):
+        assert d.label == "square" and d.instruction == "every square" and d.model_version == "v0007"
+        assert d.task == "instance_segmentation" and d.category_id == 3 and d.tags == []
+        assert np.allclose(d.bounding_box, [box[0] / w, box[1] / h, box[2] / w, box[3] / h])
+        assert d.confidence == pytest.approx(float(score)) and d.mask is not None and d.mask.ndim == 2
+    heat = sample.prompted_heatmap
+    assert heat.instruction == "every square" and heat.map.dtype == np.uint8
+    assert max(heat.map.shape) <= 128 and heat.map.shape[1] / heat.map.shape[0] == pytest.approx(w / h, rel=0.05)
+    # the App shows them when it opens the dataset, and the form starts from this instruction next time
+    assert {"prompted", "prompted_heatmap"} <= set(dataset.app_config.active_fields.paths)
+    assert dataset.get_field("prompted.detections.instruction") is not None  # filterable in the sidebar
+    from fiftyone.operators.store import ExecutionStore
+
+    assert ExecutionStore.create("lumen_ask", dataset._doc.id).get("last")["instruction"] == "every square"
+
+
+def test_asking_again_refines_keeps_what_was_tagged_and_works_with_one_click(plugin, dataset):
+    first, second = dataset.limit(2).values("id")
+    _run(ASK, dataset, first, {"instruction": "the star", "what": "grounding"})
+    _run(ASK, dataset, first, {"instruction": "the star", "what": "grounding"})
+    sample = _fresh(dataset, first)
+    assert len(sample.prompted.detections) == 1  # the same question again replaces its untouched answer
+    sample.prompted.detections[0].tags = ["accept"]
+    sample.save()
+    _run(ASK, dataset, first, {"instruction": "every circle", "what": "detection"})
+    _run(ASK, dataset, first, {"instruction": "the star", "what": "grounding"})
+    by = [(d.instruction, d.tags) for d in _fresh(dataset, first).prompted.detections]
+    assert by.count(("the star", ["accept"])) == 1 and by.count(("the star", [])) == 1  # tagged one kept
+    assert ("every circle", []) in by
+    out, _ = _run(AGAIN, dataset, second)  # no form: the last instruction, on the next image
+    assert out["answers"][0]["typed"] == "the star"
+    assert [d.instruction for d in _fresh(dataset, second).prompted.detections] == ["the star"]
+
+
+def test_an_answer_is_a_notification_and_a_label(plugin, dataset):
+    sample = dataset.first()
+    out, requests = _run(ASK, dataset, sample.id, {"instruction": "how many squares are there?"})
+    sample = _fresh(dataset, sample.id)
+    assert out["answers"][0]["task"] == "vqa"
+    assert sample.prompted_answer.label == out["answers"][0]["answer"]
+    assert sample.prompted_answer.instruction == "how many squares are there?"
+    assert any(sample.prompted_answer.label in m for m in _notes(requests, "success"))
+
+
+def test_accepted_prompted_labels_and_only_those_are_pulled_with_their_provenance(plugin, dataset, tmp_path):
+    sample = dataset.first()
+    _run(ASK, dataset, sample.id, {"instruction": "every circle", "what": "detection"})
+    _run(ASK, dataset, sample.id, {"instruction": "the star left of the circle", "what": "grounding"})
+    sample = _fresh(dataset, sample.id)
+    circles = [d for d in sample.prompted.detections if d.instruction == "every circle"]
+    star = next(d for d in sample.prompted.detections if d.task == "grounding")
+    assert star.label == "star" and len(circles) >= 2
+    picked = {"label_id": circles[0].id, "sample_id": sample.id, "field": "prompted"}
+    out, requests = _run(ACCEPT, dataset, sample.id, selected_labels=[picked])
+    assert out == {"accepted": 1} and _notes(requests, "success")
+    _run(ACCEPT, dataset, sample.id, selected_labels=[{"label_id": star.id, "sample_id": sample.id,
+                                                        "field": "prompted"}])
+    pulled = pull_corrections(dataset.name, tmp_path / "corrections", progress=False)
+    assert pulled["prompted"] == 2
+    version = tmp_path / "corrections" / pulled["version"]
+    prov = [p for p in json.loads((version / "provenance.json").read_text()) if p["source"] == "prompted"]
+    assert sorted(p["label_id"] for p in prov) == sorted([circles[0].id, star.id])
+    assert {p["instruction"] for p in prov} == {"every circle", "the star left of the circle"}
+    assert {p["model_version"] for p in prov} == {"v0007"} and {p["action"] for p in prov} == {"accept"}
+    anns = {a["id"]: a for a in json.loads((version / "instances_train.json").read_text())["annotations"]}
+    star_ann = anns[next(p["annotation_id"] for p in prov if p["label_id"] == star.id)]
+    assert star_ann["category_id"] == 5 and star_ann["instruction"] == "the star left of the circle"
+    w, h = sample.metadata.width, sample.metadata.height
+    assert star_ann["bbox"] == pytest.approx([v * s for v, s in zip(star.bounding_box, (w, h, w, h))], abs=0.01)
+    # nothing the labeler did not accept: the other circles are neither training data nor rejections
+    rejected = json.loads((version / "rejections.json").read_text())
+    assert not any(r["field"] == "prompted" for r in rejected)
+
+
+def test_every_problem_is_one_message_and_no_label_is_written(plugin, dataset, tmp_path, monkeypatch):
+    import fiftyone as fo
+
+    sample = dataset.first()
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    bad = fo.Sample(filepath=str(broken))
+    dataset.add_sample(bad)
+    cases = [
+        (sample.id, {"instruction": "every square", "checkpoint": str(tmp_path / "gone")}, "checkpoint folder not found"),
+        (sample.id, {"instruction": "    "}, "instruction is empty"),
+        (sample.id, {"instruction": "x" * 400}, "characters long"),
+        (bad.id, {"instruction": "every square"}, "image not readable"),
+        (None, {"instruction": "every square"}, "open a sample"),
+    ]
+    for sid, params, words in cases:
+        out, requests = _run(ASK, dataset, sid, params)
+        errors = _notes(requests, "error")
+        assert len(errors) == 1 and words in errors[0] and words in out["error"], (params, errors)
+        assert "Traceback" not in errors[0]
+    assert "prompted" not in dataset.get_field_schema() and "prompted_heatmap" not in dataset.get_field_schema()
+    out, requests = _run(AGAIN, dataset, sample.id)
+    assert "use Ask Lumen first" in out["error"]
+    out, _ = _run(ACCEPT, dataset, sample.id)
+    assert "no prompted label to accept" in out["error"]
+    # a class the dataset does not have cannot become training data: refused, nothing tagged
+    _run(ASK, dataset, sample.id, {"instruction": "the star", "what": "grounding", "label": "boat"})
+    assert [d.label for d in _fresh(dataset, sample.id).prompted.detections] == ["boat"]
+    out, _ = _run(ACCEPT, dataset, sample.id)
+    sample = _fresh(dataset, sample.id)
+    assert "'boat' is not one of the dataset's classes" in out["error"] and sample.prompted.detections[0].tags == []
+    # no model in use and none chosen
+    plugin["registry"].unlink()
+    out, _ = _run(ASK, dataset, sample.id, {"instruction": "every square"})
+    assert "no model is in use" in out["error"]
