@@ -192,7 +192,7 @@ def points_to_keypoints(points, width: int, height: int, visibility=None) -> tup
     """Relative points (NaN = absent) -> COCO [x, y, v] * 17 and num_keypoints."""
     out, n = [], 0
     for i, (x, y) in enumerate(points):
-        if x is None or y is None or math.isnan(x) or math.isnan(y):
+        if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):  # NaN: not labeled
             out += [0.0, 0.0, 0]
             continue
         v = int(visibility[i]) if visibility is not None and i < len(visibility) and visibility[i] in (1, 2) else 2
@@ -204,7 +204,7 @@ def points_to_keypoints(points, width: int, height: int, visibility=None) -> tup
 def box_of_points(points, width: int, height: int) -> list[float] | None:
     """The tight pixel box of the present points (for a keypoint label that carries no box)."""
     xy = np.array([[x * width, y * height] for x, y in points
-                   if x is not None and y is not None and not (math.isnan(x) or math.isnan(y))])
+                   if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)])
     if len(xy) == 0:
         return None
     (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
@@ -215,6 +215,24 @@ def box_of_points(points, width: int, height: int) -> list[float] | None:
 def stable_key(*parts) -> str:
     """A short key that is the same for the same label on every push (dedupe on re-push)."""
     return hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()[:16]
+
+
+def bad_label_box(rel) -> str | None:
+    """Why a stored FiftyOne box (relative [x, y, w, h]) cannot become a COCO box; None when it can.
+    An annotation tool or a script can store any numbers: NaN, infinite, negative or zero sizes."""
+    if not isinstance(rel, (list, tuple)) or len(rel) != 4:
+        return f"box {rel!r} is not 4 numbers [x, y, w, h]"
+    try:
+        x, y, w, h = (float(v) for v in rel)
+    except (TypeError, ValueError):
+        return f"box {list(rel)!r} holds non-numbers"
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return f"box {[x, y, w, h]} holds NaN or infinite values"
+    if w <= 0 or h <= 0:
+        return f"box {[x, y, w, h]} has no area (width or height <= 0)"
+    if x >= 1 or y >= 1 or x + w <= 0 or y + h <= 0:
+        return f"box {[x, y, w, h]} lies outside the image"
+    return None
 
 
 def bad_result_box(bbox) -> str | None:

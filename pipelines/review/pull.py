@@ -39,11 +39,11 @@ from pycocotools import mask as mask_utils
 
 from pipelines.review import fields as F
 from pipelines.review.fo_adapter import label_list_name
-from pipelines.review.fo_env import fiftyone, load_dataset
-from pipelines.review.labels import absolute_box, box_of_points, crop_to_rle, points_to_keypoints
+from pipelines.review.fo_env import database_errors, fiftyone, load_dataset
+from pipelines.review.labels import absolute_box, bad_label_box, box_of_points, crop_to_rle, points_to_keypoints
 from pipelines.review.prompted import PROMPTED_SOURCE, is_prompted_field
 from pipelines.review.reviewed import CONFLICT, CORRECT, PULLED_ATTR, action_of, scan
-from pipelines.tempdirs import pid_alive
+from pipelines.tempdirs import pid_alive, writing
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,14 @@ COCO_KEYPOINT_NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear",
                        "right_knee", "left_ankle", "right_ankle"]
 
 
+@database_errors("pull")  # mongod gone mid-way: one line; the version is written whole or not at all
 def pull_corrections(dataset_name, out_dir, *, progress=True) -> dict:
     """Write the review state as a new version under out_dir (or return the latest, if unchanged)."""
     fiftyone()
-    dataset = load_dataset(dataset_name)
+    dataset = load_dataset(dataset_name)  # as it is now, not as this process loaded it earlier
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with writing(out_dir):  # a full or read-only disk: one line naming the folder
+        out_dir.mkdir(parents=True, exist_ok=True)
     with pull_lock(out_dir):  # two pulls at once: one writes the version, the other finds no new work
         _remove_partial(out_dir)
         return _pull_locked(dataset, dataset_name, out_dir)
@@ -74,7 +76,9 @@ def pull_lock(out_dir: Path, wait_s: float = LOCK_WAIT_S):
     import fcntl
 
     path = out_dir / LOCK_FILE
-    with open(path, "a+") as f:
+    with writing(path):
+        f = open(path, "a+")
+    with f:
         deadline = time.monotonic() + wait_s
         waited = False
         while True:
@@ -92,10 +96,13 @@ def pull_lock(out_dir: Path, wait_s: float = LOCK_WAIT_S):
                     raise InputError(f"another pull holds {path} for more than {wait_s:.0f} s; try again later") from None
                 time.sleep(0.2)
         try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()}\n")
-            f.flush()
+            try:  # who holds it, for a waiting pull's log line; a full disk only loses the note
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()}\n")
+                f.flush()
+            except OSError:
+                pass
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
@@ -154,12 +161,17 @@ def _content_hash(content: dict) -> str:
 
 def _write_version(out_dir: Path, content: dict, digest: str, dataset_name: str, counts: dict) -> Path:
     tmp = out_dir / f".partial-{os.getpid()}-{digest[:8]}"
-    tmp.mkdir()
-    for name, data in content.items():
-        (tmp / name).write_text(json.dumps(data, indent=None if name.endswith("train.json") else 1))
-    manifest = {"dataset": dataset_name, "content_hash": digest, "pulled_at": datetime.now(timezone.utc).isoformat(),
-                "files": sorted(content), "counts": counts}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    try:
+        with writing(tmp):  # a full disk: one line naming the folder, and the temp folder goes
+            tmp.mkdir()
+            for name, data in content.items():
+                (tmp / name).write_text(json.dumps(data, indent=None if name.endswith("train.json") else 1))
+            manifest = {"dataset": dataset_name, "content_hash": digest,
+                        "pulled_at": datetime.now(timezone.utc).isoformat(), "files": sorted(content), "counts": counts}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     while True:  # the next free number; a concurrent pull that took it makes the rename fail
         latest = _latest_version(out_dir)
         target = out_dir / f"v{(int(latest.name[1:]) + 1) if latest else 1:04d}"
@@ -274,6 +286,10 @@ def _reviewed_label(sample, name: str, lab, action: str, plan: _PullPlan, pulled
     if action == CONFLICT:
         pulled.skipped.append({**where, "reason": "tagged both accept and reject"})
         return None
+    problem = _box_problem(lab)
+    if problem:  # NaN, infinite, no area, outside the image: not COCO; the rest of the pull goes on
+        pulled.skipped.append({**where, "reason": problem})
+        return None
     cid = _category_id(lab, plan.cat_ids, plan.cat_by_name)
     if cid is None:
         pulled.skipped.append({**where, "reason": f"unknown class {lab.label!r}"})
@@ -292,6 +308,14 @@ def _reviewed_label(sample, name: str, lab, action: str, plan: _PullPlan, pulled
     if "instruction" in where:
         ann["instruction"] = where["instruction"]
     return ann, where, action
+
+
+def _box_problem(lab) -> str | None:
+    """Why a label's stored box cannot be a COCO box (a keypoint label's box is optional)."""
+    if hasattr(lab, "points"):
+        box = lab.get_field("box") if lab.has_field("box") else None
+        return bad_label_box(box) if box is not None else None
+    return bad_label_box(lab.bounding_box)
 
 
 def _number_annotations(pulled: _Pulled, det_out: list, kp_out: list) -> None:
