@@ -5,18 +5,27 @@
 Runs the `main` job over every source partition in one run with DAGSTER_HOME inside the project
 (default `var/dagster_home`), so the run is there when the UI is opened afterwards; ends by
 printing the evaluation metrics and the commands that open the Dagster UI and the FiftyOne App.
+
+Ctrl-C or SIGTERM stops it with two lines (interrupted, how to resume) and exit code 130 / 143:
+the running step fails, its temp folders go, the run is marked failed (`assets_defs.interrupts`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import signal
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from assets_defs.instance import prepare_dagster_home
-from assets_defs.recovery import BlockedByRunError, owner_tags, recover_dead_runs
-from assets_defs.resources import REPO_ROOT, FiftyOneSettings, LumenPaths
+# only what the first process needs: it starts the command again as a child (`run_as_child`), which
+# imports Dagster and the rest
+from assets_defs.interrupts import STOP_SIGNALS, InterruptWatch, exit_code, run_as_child
+
+if TYPE_CHECKING:
+    from assets_defs.resources import FiftyOneSettings
 
 
 def build_run_config(args) -> dict:
@@ -36,6 +45,10 @@ def run_main(*, data_root: str, dagster_home: str | None, images: int, run_confi
     The run is created against the code location of `workspace.yaml`, as the UI launches it, so it
     shows under Overview and Jobs -> main; its data root, demo size and FiftyOne dataset are the
     run's resource config (visible in the UI)."""
+    from assets_defs.instance import prepare_dagster_home
+    from assets_defs.recovery import owner_tags, recover_dead_runs
+    from assets_defs.resources import FiftyOneSettings, LumenPaths
+
     home = prepare_dagster_home(dagster_home)
     import warnings
 
@@ -60,6 +73,13 @@ def run_main(*, data_root: str, dagster_home: str | None, images: int, run_confi
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    rc = run_as_child("assets_defs.main", argv)  # Ctrl-C reaches the child alone, not its helpers
+    if rc is not None:
+        return rc
+    from assets_defs.recovery import BlockedByRunError
+    from assets_defs.resources import LumenPaths
+
     ap = argparse.ArgumentParser(prog="python -m assets_defs.main", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=str(LumenPaths().base), help="project data root (default: %(default)s)")
@@ -71,13 +91,40 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     t0 = time.time()
-    try:
-        result, instance = run_main(data_root=args.data_root, dagster_home=args.dagster_home, images=args.images,
-                                    run_config=build_run_config(args))
-    except BlockedByRunError as exc:
-        print(f"[main] {exc}", file=sys.stderr)
-        return 2
+    result = instance = None
+    with InterruptWatch() as watch:
+        try:
+            result, instance = run_main(data_root=args.data_root, dagster_home=args.dagster_home,
+                                        images=args.images, run_config=build_run_config(args))
+        except BlockedByRunError as exc:
+            print(f"[main] {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # outside the run's steps (Dagster turns those into a failed step)
+            pass
+    signum = watch.received()
+    if result is None or (signum is not None and not result.success):
+        return _interrupted(signum or int(signal.SIGINT), result, instance, t0, argv)
+    return _report(result, instance, t0)
+
+
+def _interrupted(signum: int, result, instance, t0: float, argv: list[str]) -> int:
+    """Two lines: what was stopped and where its record is, and the command that starts it again."""
+    minutes = (time.time() - t0) / 60
+    where = ""
+    if result is not None:
+        failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        run = instance.get_run_by_id(result.run_id)
+        where = (f" in step(s) {', '.join(failed) or '-'}; run {result.run_id} is marked "
+                 f"{run.status.value if run else 'FAILURE'} (its events are in the Dagster UI)")
+    print(f"[main] interrupted by {STOP_SIGNALS.get(signum, signum)} after {minutes:.1f} min{where}.", file=sys.stderr)
+    print("[main] nothing half-written was published (temp folders removed); to resume, run the same command "
+          f"again: bash scripts/main.sh {shlex.join(argv)}".rstrip(), file=sys.stderr)
+    return exit_code(signum)
+
+
+def _report(result, instance, t0: float) -> int:
     from assets_defs.metadata import latest_metadata
+    from assets_defs.resources import REPO_ROOT, FiftyOneSettings
 
     minutes = (time.time() - t0) / 60
     if not result.success:

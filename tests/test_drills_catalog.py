@@ -168,3 +168,66 @@ def test_catalog_counts_only_the_listed_parts_and_checks_them(split_shards, tmp_
         build_catalog(db, split_shards)
     msg = str(err.value)
     assert "partition train:" in msg and str(part) in msg and "bytes" in msg and "\n" not in msg
+
+
+# --- 13. SIGTERM / Ctrl-C on the main command: two lines, exit 143 / 130, nothing half-published ---------
+
+def _leftovers(root) -> list[str]:
+    from pipelines.tempdirs import is_leftover
+
+    return [str(p) for p in root.rglob("*") if is_leftover(p) or ".tmp-" in p.name]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_main_command_interrupted_mid_training_says_so_in_two_lines(tmp_path, dagster_home, signame, code):
+    """SIGTERM goes to the main process (as `kill` or a supervisor sends it); SIGINT to its whole process
+    group, DataLoader workers included, as Ctrl-C in a terminal does."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from assets_defs.instance import create_storage
+    from tests.test_faults import _gpu_holders
+
+    data = tmp_path / "data"
+    create_storage(dagster_home)
+    cmd = [sys.executable, "-m", "assets_defs.main", "--data-root", str(data), "--dagster-home", str(dagster_home),
+           "--images", "16", "--stage1-steps", "5000", "--stage2-steps", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(DAGSTER_HOME=str(dagster_home)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 300
+        while not any(" stage 1: " in x for x in lines) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)  # a progress line: inside the training steps
+        assert any(" stage 1: " in x for x in lines), "".join(lines[-30:])
+        time.sleep(1)
+        before = len(lines)
+        if signame == "SIGINT":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    reader.join(30)
+    after = lines[before:]
+    out = "".join(after)
+    assert rc == code, out[-3000:]
+    assert len(after) <= 4 and "Traceback" not in out and "Stack Trace" not in out, out[-3000:]
+    said = [x for x in after if x.startswith("[main] ")]
+    assert len(said) == 2 and f"interrupted by {signame}" in said[0] and "models" in said[0], said
+    assert "to resume, run the same command again: bash scripts/main.sh --data-root" in said[1], said
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        (run,) = instance.get_runs()
+        assert run.run_id in said[0]
+        assert run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+    assert _gpu_holders(dagster_home) == set()  # the next run does not wait for the slot
+    assert _leftovers(data) == []
