@@ -149,9 +149,14 @@ def review_sources(tmp_path_factory):
 
 @pytest.fixture
 def fo_dataset_name(request):
-    """A unique dataset name per test, deleted afterwards."""
+    """A unique dataset name per test, deleted afterwards. Connects through the project first: a test
+    that then uses fiftyone directly is on this session's database, not on one that runs elsewhere."""
     import re
     import uuid
+
+    from pipelines.review.fo_env import fiftyone
+
+    fiftyone()
 
     name = f"test-{re.sub(r'[^a-z0-9]+', '-', request.node.name.lower())[:40]}-{uuid.uuid4().hex[:6]}"
     yield name
