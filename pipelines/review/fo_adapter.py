@@ -1,4 +1,5 @@
-"""The only module that touches FiftyOne internals; each use has a public-API fallback.
+"""The module that touches FiftyOne's data internals; each use has a public-API fallback (how the
+embedded database is found and started is fo_service's, the other place FiftyOne internals are used).
 
 Bulk pushes are fast because they skip FiftyOne's per-object document layer: new samples go in as
 raw documents with one `insert_many`, updates as one `bulk_write`, labels are built as plain dicts
