@@ -60,7 +60,7 @@ def _open_error(db: Path, exc: Exception) -> str:
         who = f"process {holder[2]} ({holder[1]})" if holder else "another process"
         return (f"catalog {db} is in use by {who}; close it (or wait for it to finish), then re-run "
                 "(DuckDB lets one process write a file, or several read it)")
-    return f"cannot open catalog {db}: {text.splitlines()[0] if text else type(exc).__name__}"
+    return f"cannot open catalog {db}: {_first_line(exc)}"
 
 
 def _samples_sql(name: str, d: str) -> str:
@@ -98,6 +98,9 @@ def build_catalog(db_path: str | Path, shard_dirs, checksums: bool = False) -> l
             check_parts(d, checksums=checksums)
         except InputError as exc:
             raise InputError(f"partition {name}: {exc}") from None
+        fs, path = fsspec.core.url_to_fs(d)
+        if not fs.exists(f"{path}/{QUARANTINE}"):
+            raise InputError(f"partition {name}: {d}/{QUARANTINE} is missing (re-run the conversion)")
         if shard_files(d):
             sample_parts.append(_samples_sql(name, d))
         quarantine_parts.append(f"SELECT {_sql_str(name)} AS partition, * FROM read_parquet({_sql_str(d + '/' + QUARANTINE)})")
@@ -113,9 +116,27 @@ def build_catalog(db_path: str | Path, shard_dirs, checksums: bool = False) -> l
         else:
             con.execute("CREATE OR REPLACE VIEW manifests AS SELECT NULL::VARCHAR AS source WHERE false")
         con.execute("COMMIT")
+    except duckdb.Error as exc:  # e.g. a part file replaced by one of another schema
+        raise InputError(f"cannot build the catalog {db_path}: {_first_line(exc)}") from None
     finally:
         con.close()
     return summary(db_path)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def _query(db_path, sql: str) -> list[tuple]:
+    """Rows of a read-only query; a part file DuckDB cannot read is one line."""
+    con = connect(db_path, read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    except duckdb.Error as exc:
+        raise InputError(f"reading the catalog {db_path} failed: {_first_line(exc)} (a part file changed since the "
+                         "catalog was built? `lumen catalog DIR ... --verify-checksums` names a damaged one)") from None
+    finally:
+        con.close()
 
 
 _EMPTY_SAMPLES = ("SELECT NULL::VARCHAR AS partition, NULL::VARCHAR AS sample_id, NULL::VARCHAR AS source, "
@@ -126,21 +147,13 @@ _EMPTY_QUARANTINE = ("SELECT NULL::VARCHAR AS partition, NULL::VARCHAR AS source
 
 def summary(db_path: str | Path) -> list[dict]:
     """Samples per source, split and task."""
-    con = connect(db_path, read_only=True)
-    try:
-        rows = con.execute("SELECT source, split, task, count(*) AS samples FROM samples "
-                           "GROUP BY ALL ORDER BY source, split, task").fetchall()
-    finally:
-        con.close()
+    rows = _query(db_path, "SELECT source, split, task, count(*) AS samples FROM samples "
+                           "GROUP BY ALL ORDER BY source, split, task")
     return [{"source": s, "split": sp, "task": t, "samples": n} for s, sp, t, n in rows]
 
 
 def quarantine_summary(db_path: str | Path) -> list[dict]:
-    con = connect(db_path, read_only=True)
-    try:
-        rows = con.execute("SELECT partition, reason, count(*) FROM quarantine GROUP BY ALL ORDER BY 3 DESC").fetchall()
-    finally:
-        con.close()
+    rows = _query(db_path, "SELECT partition, reason, count(*) FROM quarantine GROUP BY ALL ORDER BY 3 DESC")
     return [{"partition": p, "reason": r, "records": n} for p, r, n in rows]
 
 

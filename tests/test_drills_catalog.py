@@ -139,6 +139,16 @@ def test_catalog_names_the_partition_and_file_of_a_deleted_part(split_shards, tm
     line = _one_line_error(capsys)
     assert rc == 2 and "partition train:" in line and str(train / "part-00001.parquet") in line, line
     assert "missing" in line
+    from pipelines.dataset import ShardDataset
+    from pipelines.errors import InputError
+
+    with pytest.raises(InputError) as err:  # the training reader: the same file, its folder names the partition
+        ShardDataset([str(train)])
+    assert str(train / "part-00001.parquet") in str(err.value) and "missing" in str(err.value)
+    (val / "quarantine.parquet").unlink()
+    rc = lumen(["catalog", str(val), "--db", str(tmp_path / "catalog.duckdb")])
+    line = _one_line_error(capsys)
+    assert rc == 2 and str(val / "quarantine.parquet") in line and "missing" in line, line
 
 
 def test_catalog_counts_only_the_listed_parts_and_checks_them(split_shards, tmp_path):
