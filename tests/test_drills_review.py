@@ -62,10 +62,23 @@ paths = [d["filepath"] for d in db[doc["sample_collection_name"]].find({}, {"fil
 print(json.dumps({"documents": len(paths), "images": len(set(paths))}))
 """
 
-# `lumen`, with the database's mongod SIGKILLed right after the push's 2nd batch of new samples
-KILL_DB_MID_PUSH = """
+# SIGKILL the database's mongod: DRILL_KILL is its pid, or the --dbpath of the one to kill
+KILL_MONGOD = """
 import os, sys, time
 import psutil
+def kill_mongod():
+    victim = os.environ["DRILL_KILL"]
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        own = cmd and os.path.basename(cmd[0]).startswith("mongod") and "--dbpath" in cmd and \\
+            os.path.realpath(cmd[cmd.index("--dbpath") + 1]) == os.path.realpath(victim)
+        if str(p.pid) == victim or own:
+            p.kill()
+            print(f"drill: killed mongod {p.pid} at {time.time()}", file=sys.stderr, flush=True)
+"""
+
+# `lumen`, with the database's mongod killed right after the push's 2nd batch of new samples
+KILL_DB_MID_PUSH = KILL_MONGOD + """
 from pipelines.review import fo_adapter
 insert, batches = fo_adapter.insert_sample_docs, []
 def insert_then_kill_db(dataset, docs):
@@ -73,18 +86,28 @@ def insert_then_kill_db(dataset, docs):
     batches.append(len(docs))
     if len(batches) == 2:
         time.sleep(0.5)  # MongoDB flushes its journal every 100 ms: the samples so far are durable
-        victim = os.environ["DRILL_KILL"]  # a pid, or the --dbpath of the mongod to kill
-        for p in psutil.process_iter(["cmdline"]):
-            cmd = p.info["cmdline"] or []
-            own = cmd and os.path.basename(cmd[0]).startswith("mongod") and "--dbpath" in cmd and \\
-                os.path.realpath(cmd[cmd.index("--dbpath") + 1]) == os.path.realpath(victim)
-            if str(p.pid) == victim or own:
-                p.kill()
-                print(f"drill: killed mongod {p.pid} at {time.time()}", file=sys.stderr, flush=True)
+        kill_mongod()
 fo_adapter.insert_sample_docs = insert_then_kill_db
 from lumen_cli import main
 sys.exit(main(sys.argv[1:]))
 """
+
+# `lumen`, with the database's mongod killed as the pull starts reading the review
+KILL_DB_MID_PULL = KILL_MONGOD + """
+from pipelines.review import pull
+scan = pull.scan
+def kill_db_then_scan(*args, **kwargs):
+    kill_mongod()
+    return scan(*args, **kwargs)
+pull.scan = kill_db_then_scan
+from lumen_cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _killed_at(stderr: str) -> float:
+    assert "drill: killed mongod" in stderr, stderr[-3000:]
+    return float(stderr.split("drill: killed mongod")[1].split(" at ")[1].split()[0])
 
 
 def _counts(name: str, env: dict) -> dict:
@@ -222,8 +245,9 @@ def test_push_rerun_after_the_database_died_mid_push_has_one_sample_per_image(re
 # --- 10. the embedded database dying mid-push, and two cold starts at once --------------------------------
 
 @pytest.mark.slow
-def test_embedded_database_killed_mid_push_is_one_line_in_seconds_and_rerun_converges(review_sources, train_pred,
-                                                                                      tmp_path):
+def test_embedded_database_killed_mid_push_or_pull_is_one_line_in_seconds(review_sources, train_pred, tmp_path):
+    """mongod SIGKILLed under a push, then under a pull: one line naming the database soon after the
+    kill (it was 68-104 s and a 74-154-line traceback); the re-run push converges."""
     pred, _ = train_pred
     own = tmp_path / "own-db"
     env = _env(own)
@@ -232,8 +256,7 @@ def test_embedded_database_killed_mid_push_is_one_line_in_seconds_and_rerun_conv
     first = subprocess.run([sys.executable, "-c", KILL_DB_MID_PUSH, *cmd[3:]], cwd=ROOT, capture_output=True,
                            text=True, timeout=300, env={**env, "DRILL_KILL": str(own)})
     ended = time.time()  # FiftyOne's database service holds the output open until it has stopped: an upper bound
-    assert "drill: killed mongod" in first.stderr, first.stderr[-3000:]
-    killed_at = float(first.stderr.split("drill: killed mongod")[1].split(" at ")[1].split()[0])
+    killed_at = _killed_at(first.stderr)
     line = _error_line(first.stderr)
     assert first.returncode == 2 and "lost the FiftyOne database" in line and os.path.realpath(own) in line, line
     assert ended - killed_at < 25, f"{ended - killed_at:.0f} s from the kill to the one line (was 68-104 s)"
@@ -241,6 +264,17 @@ def test_embedded_database_killed_mid_push_is_one_line_in_seconds_and_rerun_conv
     assert again.returncode == 0, again.stderr[-3000:]
     out = json.loads(again.stdout)
     assert _counts(name, env) == {"documents": out["images"], "images": out["images"]}
+    # and mid-pull: one line, no version and no temp folder
+    corr = tmp_path / "corr"
+    pulled = subprocess.run([sys.executable, "-c", KILL_DB_MID_PULL, "review", "pull", "--dataset", name, "--out",
+                             str(corr)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**env, "DRILL_KILL": str(own)})
+    ended = time.time()
+    killed_at = _killed_at(pulled.stderr)
+    line = _error_line(pulled.stderr)
+    assert pulled.returncode == 2 and "lost the FiftyOne database" in line and "pull" in line, line
+    assert ended - killed_at < 25, f"{ended - killed_at:.0f} s from the kill to the one line"
+    assert [p.name for p in corr.iterdir() if p.name != ".pull.lock"] == []
 
 
 @pytest.mark.slow
