@@ -124,7 +124,9 @@ def _has_mask(det) -> bool:
 def label(dataset_name, truth_file, order: list[str], *, budget: int | None, mode: str = "review",
           iou: float = 0.5) -> LabelerCounts:
     """Work through `order` (sample ids) until `budget` images are done; returns what was done."""
-    import fiftyone as fo
+    from pipelines.review.fo_env import fiftyone
+
+    fo = fiftyone()  # the configured database, never whichever embedded one happens to run
 
     if mode not in MODES:
         raise InputError(f"simulated labeler: unknown mode {mode!r}; expected one of {', '.join(MODES)}")
