@@ -77,6 +77,14 @@ def main(argv=None) -> int:
     rc = run_as_child("assets_defs.main", argv)  # Ctrl-C reaches the child alone, not its helpers
     if rc is not None:
         return rc
+    t0 = time.time()
+    try:
+        return _main(argv, t0)
+    except KeyboardInterrupt:  # outside the watch: while importing, or printing the report
+        return _interrupted(int(signal.SIGINT), None, None, t0, argv)
+
+
+def _main(argv: list[str], t0: float) -> int:
     from assets_defs.recovery import BlockedByRunError
     from assets_defs.resources import LumenPaths
 
@@ -90,7 +98,6 @@ def main(argv=None) -> int:
     ap.add_argument("--stage2-steps", type=int, default=None, help="stage-2 steps (default: the retrain config's)")
     args = ap.parse_args(argv)
 
-    t0 = time.time()
     result = instance = None
     with InterruptWatch() as watch:
         try:
