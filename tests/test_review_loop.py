@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 
 from pipelines.review.pull import pull_corrections
 from pipelines.review.push import push_predictions
-from pipelines.review.queue import VIEWS, build_review_queue, count_review_work
+from pipelines.review.queue import SESSION_VIEW, VIEWS, build_review_queue, count_review_work
 from tests.fixtures_review import write_prediction_input
 
 
@@ -51,7 +51,8 @@ def test_queue_evaluates_where_gt_exists_and_prioritizes_the_rest(pushed):
                   if d.review_eval == "fn"}
     assert {f"gt:{i}" for i in train["dropped"]} <= missed_ids
 
-    assert q["views"] == list(VIEWS) and set(ds.list_saved_views()) >= set(VIEWS)
+    assert q["views"] == [*VIEWS, SESSION_VIEW] and set(ds.list_saved_views()) >= set(q["views"])
+    assert ds.load_saved_view(SESSION_VIEW).values("id") == ds.load_saved_view("review/likely-wrong").values("id")[:40]
     order = {"review/likely-wrong": "review_priority", "review/possible-missed": "review_possible_missed",
              "review/low-confidence": "review_uncertain"}
     for name in VIEWS:

@@ -19,7 +19,7 @@ from assets_defs.partitions import corrections_partition, source_partitions
 from assets_defs.resources import Compute, FiftyOneSettings, LumenPaths
 from assets_defs.train_knobs import CheckedConfig
 from pipelines.layout import pool_file
-from pipelines.review.queue import VIEWS as REVIEW_VIEWS
+from pipelines.review.queue import SESSION_VIEW, VIEWS
 from pipelines.sources.common import load_json
 
 
@@ -105,7 +105,8 @@ def review_dataset(context: dg.AssetExecutionContext, fiftyone: FiftyOneSettings
     queue = build_review_queue(fiftyone.dataset)
     counts = queue.get("view_counts", {})
     context.log.info("review queue: %s", counts)
-    links = "\n".join(f"- [{v}]({fiftyone.app_url(to_slug(v))}): {counts.get(v, '?')} images" for v in REVIEW_VIEWS)
+    views = (SESSION_VIEW, *VIEWS)  # a working session first, then the whole lists
+    links = "\n".join(f"- [{v}]({fiftyone.app_url(to_slug(v))}): {counts.get(v, '?')} images" for v in views)
     return dg.MaterializeResult(metadata={
         "dataset": fiftyone.dataset,
         "model_version": labels.model_version,
@@ -115,7 +116,7 @@ def review_dataset(context: dg.AssetExecutionContext, fiftyone: FiftyOneSettings
             f"Start the App: `.venv/bin/lumen review app --dataset {fiftyone.dataset} --port {fiftyone.app_port}`, "
             f"then open a view:\n\n{links}"),
         "push": table([{"what": k, "value": v} for k, v in _plain(pushed).items()]),
-        "queue": table([{"view": v, "images": counts.get(v)} for v in REVIEW_VIEWS]),
+        "queue": table([{"view": v, "images": counts.get(v)} for v in views]),
     })
 
 

@@ -86,12 +86,12 @@ def launch_app(dataset_name=None, port=5151, address="127.0.0.1", *, view_name: 
 def launch_labeler_apps(dataset_name: str, labelers: int, first_port=5151, address="127.0.0.1") -> list[str]:
     """One App server per labeler on consecutive ports, each opened on that labeler's share of the queue
     (`review/labeler-i`, or `review/next` for one labeler); returns their URLs in labeler order."""
-    from pipelines.review.queue import labeler_view_name
+    from pipelines.review.queue import SESSION_VIEW, labeler_view_name
 
     if not isinstance(labelers, int) or labelers < 1:
         raise InputError(f"labelers must be a whole number >= 1, got {labelers!r}")
     dataset = load_dataset(dataset_name)
-    names = ["review/next"] if labelers == 1 else [labeler_view_name(i) for i in range(1, labelers + 1)]
+    names = [SESSION_VIEW] if labelers == 1 else [labeler_view_name(i) for i in range(1, labelers + 1)]
     missing = [n for n in names if not dataset.has_saved_view(n)]
     if missing:
         raise InputError(f"dataset {dataset_name!r} has no view {missing[0]!r}: run "

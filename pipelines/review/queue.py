@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 EVAL_KEY = "review_eval"
 VIEWS = ("review/likely-wrong", "review/possible-missed", "review/low-confidence")
+SESSION_VIEW = "review/next"  # one working session of likely-wrong (see the module doc)
 MIN_EXPECTED = 0.5  # without ground truth: an image joins a view from half an expected error
 SESSION_SIZE = F.SESSION_SIZE
 SHARE_FIELD = "review_share"
@@ -226,9 +227,9 @@ def _save_sessions(dataset, likely_wrong, labelers: int, session_size: int) -> d
 
     counts = {}
     view = likely_wrong.limit(session_size)
-    dataset.save_view("review/next", view, overwrite=True,
+    dataset.save_view(SESSION_VIEW, view, overwrite=True,
                       description=f"the next {session_size} images of review/likely-wrong: one working session")
-    counts["review/next"] = len(view)
+    counts[SESSION_VIEW] = len(view)
     stale = [n for n in dataset.list_saved_views() if n.startswith("review/labeler-")]
     for name in stale:  # a queue for fewer labelers than before must not leave old shares behind
         dataset.delete_saved_view(name)
