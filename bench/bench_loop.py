@@ -532,8 +532,10 @@ def main() -> int:
         budgets = [None] if arm == "E" else args.budgets
         if group in labels and all(_budget_key(k) in labels[group]["budgets"] for k in budgets):
             continue
-        # a new budget relabels the group from its start (the labeler is deterministic: the budgets done
-        # before come out the same)
+        # a new budget relabels the group from its start, the budgets done before included (the labeler
+        # is deterministic: they come out the same)
+        if arm != "E" and group in labels:
+            budgets = sorted(set(budgets) | {int(k) for k in labels[group]["budgets"]})
         t = time.perf_counter()
         b_order = labels["B"]["order"] if arm == "D" else None
         labels[group] = loop.label_group(group, arm, seed, pred, thresholds, budgets, costs, b_order)
