@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipelines.review.fields import SESSION_SIZE
+from pipelines.review.fields import QUEUE_ORDERS, SESSION_SIZE
 
 DB_NOTE = ("Database: the embedded MongoDB (files in $FIFTYONE_DATABASE_DIR, default ~/.fiftyone), or an external "
            "one with FIFTYONE_DATABASE_URI=mongodb://HOST:PORT.")
@@ -106,6 +106,9 @@ def _register_queue(sub) -> None:
                    help="deal likely-wrong out to N labelers: views review/labeler-1..N, disjoint (default: 1)")
     p.add_argument("--session-size", type=int, default=SESSION_SIZE, metavar="K",
                    help=f"images in review/next and in each labeler's view: one sitting (default: {SESSION_SIZE})")
+    p.add_argument("--order", choices=tuple(QUEUE_ORDERS), default="errors",
+                   help="how likely-wrong (and review/next, the labelers' shares) is sorted: most errors first, or "
+                        "most expected errors per expected second of review (pipelines/review/effort.py; default: errors)")
     p.add_argument("--count-since-pull", action="store_true",
                    help="only print how many labels were reviewed since the last pull")
     p.set_defaults(func=_queue)
@@ -118,7 +121,8 @@ def _queue(args) -> int:
         print(json.dumps({"dataset": args.dataset, "reviewed_since_last_pull": count_review_work(args.dataset)}))
         return 0
     print(json.dumps(build_review_queue(args.dataset, model_version=args.model_version, low=args.low,
-                                        high=args.high, labelers=args.labelers, session_size=args.session_size),
+                                        high=args.high, labelers=args.labelers, session_size=args.session_size,
+                                        order=args.order),
                      indent=2))
     return 0
 

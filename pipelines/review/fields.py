@@ -25,6 +25,8 @@ CORRECTIONS = "corrections"
 HEATMAP = "heatmap"
 HEATMAP_UNEXPLAINED = "heatmap_unexplained"  # the heatmap's blobs no shown box holds (on in the App)
 PEAKS = "heatmap_peaks"
+# how the queue can sort likely-wrong -> the sample field it sorts by (most first)
+QUEUE_ORDERS = {"errors": "review_priority", "gain_per_s": "review_gain_per_s"}
 SESSION_SIZE = 40  # images in one working session of the queue (`review/next`, each labeler's view)
 ACCEPT, REJECT = "accept", "reject"
 REVIEWED_SAMPLE_TAG = "reviewed"  # an image the labeler has finished (also one with no label at all)

@@ -56,7 +56,7 @@ MIN_EXPECTED = 0.5  # without ground truth: an image joins a view from half an e
 SESSION_SIZE = F.SESSION_SIZE
 SHARE_FIELD = "review_share"
 # the orders of review/likely-wrong: name -> the per-sample field sorted on, most first
-ORDERS = {"errors": "review_priority", "gain_per_s": "review_gain_per_s"}
+ORDERS = F.QUEUE_ORDERS
 
 
 def order_field(order: str) -> str:
