@@ -142,7 +142,7 @@ def step_batches(dirs: list[str], n_batches: int, batch_size: int, num_workers: 
     ds = ShardDataset(dirs, input_size=preset.input_size, tasks=T.STAGE_TASKS[1])
     n_texts = min(len(ds), 20_000)  # the tokenizer is the model's business, not loading's: a sample
     texts = [t for i in range(n_texts) for t in (ds.row(i)["instruction"], ds.row(i)["answer"])]
-    tok = train_tokenizer(texts + ["user : assistant :"], vocab_size=preset.text["vocab_size"])
+    tok = train_tokenizer(texts + ["user : assistant :"], vocab_size=preset.text.vocab_size)
     collate = Collator(tok, preset.num_image_tokens, preset.max_text_tokens, preset.heatmap_size, preset.input_size)
     t0 = time.perf_counter()
     keep, groups = T.train_rows(ds)

@@ -112,7 +112,7 @@ def located_answers(p, task: str, chunk: list[tuple], flip_tta: bool = False) ->
     model_ms = round((time.perf_counter() - t0) * 1000 / max(len(chunk), 1), 2)  # the batch's share
     single = task in SINGLE_OBJECT_TASKS
     # a referring expression's box: the best of the highest peaks by what the glimpse sees there (`pick_named`)
-    k = (p.cfg.vqa_glimpse_candidates if p.grounds else 1) if single else p.cfg.top_k
+    k = (p.cfg.glimpse_candidates if p.grounds else 1) if single else p.cfg.top_k
     answers = []
     for i, (im, instruction, meta) in enumerate(chunk):
         t1 = time.perf_counter()

@@ -7,6 +7,9 @@ Every file of a checkpoint has its sha256 in checksums.json, checked when it is 
 are one line naming the file, not a model that loads and predicts garbage. A checkpoint saved
 before checksums loads unverified (a log line says so). A run that diverged from its checkpoint's
 weights leaves diverged.json beside them: loading refuses it, since it would predict nothing.
+
+A checkpoint saved before a part or setting was renamed loads as it was saved: its weights' keys are
+mapped (RENAMED_WEIGHTS), and its settings' names (lumen_model.config.RENAMED).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from lumen_model.config import LumenConfig, get_preset
+from lumen_model.config import LumenConfig
 from lumen_model.model import LumenModel
 from lumen_model.tokenizer import load_tokenizer
 from pipelines.errors import InputError
@@ -34,6 +37,8 @@ DIVERGED = "diverged.json"
 # files of the training state (read by --resume only); the rest is the model that load_model reads
 _TRAIN_STATE = re.compile(r"^(optimizer\.pt|scheduler\.pt|trainer_state\.json|loss_curve\.png|rng_state_\d+\.json)$")
 _IDS = ("vocab_size", "image_token_id", "pad_token_id")
+# weights of parts renamed since checkpoints were saved: old key prefix -> new (as transformers maps renamed keys)
+RENAMED_WEIGHTS = {"vqa_glimpse.": "glimpse."}
 _unverified_said: set[str] = set()
 
 
@@ -207,7 +212,7 @@ def load_model(folder, device: str = "cpu") -> tuple[LumenModel, object]:
     except (InputError, TypeError, ValueError, KeyError, AttributeError) as exc:  # a setting of another type
         raise InputError(f"checkpoint config {folder / CONFIG}: no model can be built from its settings "
                          f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
-    state = _read_weights(folder / WEIGHTS)
+    state = renamed_weights(_read_weights(folder / WEIGHTS))
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # tensors of other shapes (another version of a part): torch lists every one
@@ -219,6 +224,17 @@ def load_model(folder, device: str = "cpu") -> tuple[LumenModel, object]:
                          f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}), {len(unexpected)} unexpected "
                          f"({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})")
     return model.to(device).eval(), tokenizer
+
+
+def renamed_weights(state: dict) -> dict:
+    """A saved state dict with its keys under this version's names (RENAMED_WEIGHTS); the tensors are the same."""
+    def new_name(key: str) -> str:
+        for old, new in RENAMED_WEIGHTS.items():
+            if key.startswith(old):
+                return new + key[len(old):]
+        return key
+
+    return {new_name(k): v for k, v in state.items()}
 
 
 def load_pretrained_parts(model: LumenModel, weights_dir=None) -> dict:
@@ -262,9 +278,3 @@ def load_pretrained_parts(model: LumenModel, weights_dir=None) -> dict:
         raise InputError(f"no llava/ or sam/ model folder (config.json + safetensors) in {weights_dir}")
     return loaded
 
-
-def meta_model(preset: str = "lumen-7b") -> LumenModel:
-    """The full-size architecture on the meta device: shapes and parameter counts, no memory."""
-    cfg = get_preset(preset)
-    with torch.device("meta"):
-        return LumenModel(cfg, vocab_size=cfg.text["vocab_size"], image_token_id=32000, pad_token_id=0)

@@ -14,7 +14,8 @@ from pipelines.errors import InputError
 
 
 class InvalidLumenConfig(InputError, ValueError):
-    """A model setting this version does not know, or a value outside its choices (one line)."""
+    """A model setting this version does not know, a value outside its choices or of another type, or a setting
+    that another one turns off (one line)."""
 
 
 # settings that pick a code path: any other value would silently fall back to one of these
@@ -24,16 +25,135 @@ CHOICES = {
 }
 
 
+def _check_types(owner: str, values: dict, fields: dict) -> None:
+    """One line naming the first value whose type is not its field's (bool is not an int here)."""
+    for name, value in values.items():
+        want = fields[name]
+        if not isinstance(value, want) or (isinstance(value, bool) and bool not in want):
+            raise InvalidLumenConfig(f"invalid model setting {owner}.{name}={value!r}: expected "
+                                     f"{' or '.join(t.__name__ for t in want)}")
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """Keyword arguments of one transformers config class, typed: a key it would silently keep (and no part of
+    the model read) is refused, a value of another type is refused, and an optional field left None is not
+    passed (transformers' own default applies)."""
+
+    @classmethod
+    def build(cls, owner: str, value) -> "_Settings":
+        """A dict (a preset, a saved config.json) or one of these -> one of these; one line for a bad key or value."""
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise InvalidLumenConfig(f"invalid model setting {owner}: expected an object of settings, "
+                                     f"found {type(value).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise InvalidLumenConfig(f"unknown model setting(s) {', '.join(f'{owner}.{k}' for k in unknown)} (of "
+                                     f"{owner}: {', '.join(fields)})")
+        missing = [k for k, f in fields.items() if k not in value and f.default is dataclasses.MISSING]
+        if missing:
+            raise InvalidLumenConfig(f"model setting(s) {', '.join(f'{owner}.{k}' for k in missing)} missing")
+        value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+        _check_types(owner, value, {k: _TYPES[f.type] for k, f in fields.items()})
+        return cls(**value)
+
+    def kwargs(self) -> dict:
+        """What the transformers config class is given: the set fields (tuples as the lists a preset wrote)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+# the annotation strings of the settings' fields -> the types their values may have
+_TYPES = {"int": (int,), "float": (float, int), "int | None": (int, type(None)),
+          "float | None": (float, int, type(None)), "tuple": (tuple,)}
+
+
+@dataclass(frozen=True)
+class VisionSettings(_Settings):
+    """transformers.CLIPVisionConfig: the ViT of LLaVA."""
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    image_size: int
+    patch_size: int
+    projection_dim: int | None = None
+
+
+@dataclass(frozen=True)
+class TextSettings(_Settings):
+    """transformers.LlamaConfig: the LLM of LLaVA (vocab_size: the tokenizer's size replaces it when built)."""
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int
+    vocab_size: int
+    rms_norm_eps: float | None = None
+    initializer_range: float | None = None
+
+
+@dataclass(frozen=True)
+class SamVisionSettings(_Settings):
+    """transformers.SamVisionConfig: SAM's own image encoder, run on the original image (mask_decoder "sam")."""
+    hidden_size: int
+    output_channels: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    image_size: int
+    patch_size: int
+    num_pos_feats: int
+    mlp_dim: int
+    global_attn_indexes: tuple
+
+
+@dataclass(frozen=True)
+class SamPromptSettings(_Settings):
+    """transformers.SamPromptEncoderConfig."""
+    hidden_size: int
+    image_size: int
+    patch_size: int
+    image_embedding_size: int
+
+
+@dataclass(frozen=True)
+class SamMaskDecoderSettings(_Settings):
+    """transformers.SamMaskDecoderConfig."""
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    mlp_dim: int
+    iou_head_hidden_dim: int
+
+
+SUB_SETTINGS = {"vision": VisionSettings, "text": TextSettings, "sam_vision": SamVisionSettings,
+                "sam_prompt": SamPromptSettings, "sam_mask_decoder": SamMaskDecoderSettings}
+
+# setting -> the on/off setting of the part it belongs to. Away from its default while that part is off, the
+# setting would be silently ignored: refused instead
+DEPENDS_ON = {
+    "glimpse_candidates": "glimpse",
+    "glimpse_checks_boxes": "glimpse",
+    "glimpse_grounds": "glimpse",
+}
+
+# settings renamed since checkpoints were saved: old name -> new name (LumenConfig.from_dict reads either)
+RENAMED = {"vqa_glimpse": "glimpse", "vqa_glimpse_candidates": "glimpse_candidates"}
+
+
 @dataclass
 class LumenConfig:
     preset: str
     input_size: int  # S
     heatmap_size: int  # M = S / 4
-    vision: dict  # transformers CLIPVisionConfig kwargs
-    text: dict  # transformers LlamaConfig kwargs
-    sam_vision: dict  # SamVisionConfig kwargs (SAM's own image encoder, run on the original image; mask_decoder "sam")
-    sam_prompt: dict
-    sam_mask_decoder: dict
+    vision: VisionSettings
+    text: TextSettings
+    sam_vision: SamVisionSettings  # read only with mask_decoder "sam"
+    sam_prompt: SamPromptSettings
+    sam_mask_decoder: SamMaskDecoderSettings
     aligner_dim: int = 128
     aligner_layers: int = 2
     aligner_heads: int = 4
@@ -77,15 +197,18 @@ class LumenConfig:
     # VQA: the question drives the aligner as [LOC] does, and what its heatmap points at (pixel features, colour,
     # peak, peak counts) is added to the LLM's answer positions (lumen_model/vqa_readout.py)
     vqa_readout: bool = False
-    # VQA, stage 2: a look at the object under the question heatmap's peak, through fixed windows around it,
-    # added to the readout (lumen_model/vqa_readout.py `ObjectGlimpse`); needs `vqa_readout`
-    vqa_glimpse: bool = False
-    # how many of the question heatmap's highest peaks the glimpse looks at, to read the one the question names
-    vqa_glimpse_candidates: int = 3
+    # a second look at an object, through fixed windows around a point (lumen_model/glimpse.py `ObjectGlimpse`),
+    # trained in stage 2 to name the object of every ground-truth box. It serves three tasks: VQA (with
+    # `vqa_readout`: what the question heatmap's peak holds, added to the answer), detection and segmentation
+    # (`glimpse_checks_boxes`) and grounding (`glimpse_grounds`). Before it had a setting of its own, it was
+    # `vqa_glimpse` and existed only with `vqa_readout` (RENAMED, `from_dict`)
+    glimpse: bool = False
+    # how many of a heatmap's highest peaks the glimpse looks at, to read the one the question or expression names
+    glimpse_candidates: int = 3
     # detection and instance segmentation: each box's score times the probability that the glimpse names it the
     # category asked for (a second look that the heatmap's peaks alone cannot give: a square in "all circles")
     glimpse_checks_boxes: bool = True
-    # grounding and referring segmentation: of the expression heatmap's `vqa_glimpse_candidates` highest peaks,
+    # grounding and referring segmentation: of the expression heatmap's `glimpse_candidates` highest peaks,
     # the one whose logit + a stage-2-fit scale x (how much the glimpse's name and description say the
     # expression's words) is highest ("the red square": the peak on the blue one loses)
     glimpse_grounds: bool = True
@@ -103,10 +226,27 @@ class LumenConfig:
             if getattr(self, name) not in allowed:
                 raise InvalidLumenConfig(f"invalid model setting {name}={getattr(self, name)!r}: expected one of "
                                          f"{', '.join(allowed)}")
+        for name, cls in SUB_SETTINGS.items():
+            setattr(self, name, cls.build(name, getattr(self, name)))
+        self._check_dependencies()
+
+    def _check_dependencies(self) -> None:
+        """One line naming a setting that would be silently ignored, or a value no part can use."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, needs in DEPENDS_ON.items():
+            if not getattr(self, needs) and getattr(self, name) != defaults[name]:
+                raise InvalidLumenConfig(f"model setting {name}={getattr(self, name)!r} has no effect with {needs} "
+                                         f"off: turn {needs} on, or leave {name} at {defaults[name]!r}")
+        if self.llm_pixel_tokens and self.pixel_encoder != "cnn":
+            raise InvalidLumenConfig(f"model setting llm_pixel_tokens=True has no effect with pixel_encoder="
+                                     f"{self.pixel_encoder!r}: only the cnn encoder has tokens to give the LLM")
+        if type(self.glimpse_candidates) is not int or self.glimpse_candidates < 1:
+            raise InvalidLumenConfig(f"invalid model setting glimpse_candidates={self.glimpse_candidates!r}: "
+                                     "expected a positive integer")
 
     @property
     def patch_grid(self) -> int:
-        return self.vision["image_size"] // self.vision["patch_size"]
+        return self.vision.image_size // self.vision.patch_size
 
     @property
     def num_image_tokens(self) -> int:
@@ -114,15 +254,25 @@ class LumenConfig:
         return (self.patch_grid // self.llm_image_pool) ** 2
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        for name in SUB_SETTINGS:  # an optional transformers setting left unset is not written
+            d[name] = getattr(self, name).kwargs()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "LumenConfig":
-        """A saved config back; a key this version does not know is refused (it would be ignored)."""
+        """A saved config back; a key this version does not know is refused (it would be ignored). A checkpoint
+        saved before a setting was renamed (RENAMED) loads as it did: its `vqa_glimpse` built a glimpse only with
+        `vqa_readout` on."""
         names = {f.name for f in dataclasses.fields(cls)}
         d = dict(d)
         if d.get("extra") == {}:  # an always-empty field of checkpoints saved before it was removed
             del d["extra"]
+        if "vqa_glimpse" in d and "glimpse" not in d:
+            d["vqa_glimpse"] = bool(d["vqa_glimpse"] and d.get("vqa_readout", False))
+        for old, new in RENAMED.items():
+            if old in d and new not in d:
+                d[new] = d.pop(old)
         unknown = sorted(set(d) - names)
         if unknown:
             raise InvalidLumenConfig(f"unknown model setting(s) {', '.join(unknown)} in the config (of this version: "
@@ -160,8 +310,9 @@ def _tiny() -> LumenConfig:
         # and have the question's state name the question's own words (as [LOC] does) so that heatmap finds them
         vqa_readout=True, vqa_concept_weight=1.0,
         # ...and the softmax-pooled features under a diffuse heatmap blur the one object a colour or shape question
-        # is about: stage 2 also looks at that object, cropped at the heatmap's peak
-        vqa_glimpse=True,
+        # is about: stage 2 also looks at that object, cropped at the heatmap's peak (and it checks detection's
+        # boxes and picks grounding's peak with that look)
+        glimpse=True,
         # ...and the heatmap followed the shape word but not the colour word ("the yellow square" found either square)
         aligner_colour_match=16,
     )

@@ -49,20 +49,10 @@ def dice_per_mask(logits, target) -> torch.Tensor:
     return 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
 
 
-def dice_loss(logits, target) -> torch.Tensor:
-    return dice_per_mask(logits, target).mean()
-
-
 def mask_loss_sum(logits, target) -> tuple[torch.Tensor, torch.Tensor]:
     """BCE (mean over each mask's pixels) + dice, as (sum over the masks, number of masks)."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
     return (bce + dice_per_mask(logits, target)).sum(), logits.new_tensor(float(len(logits)))
-
-
-def mask_loss(logits, target) -> torch.Tensor:
-    """BCE + dice averaged over the masks (every mask the same size, so BCE's mean is the pixels' mean)."""
-    total, n = mask_loss_sum(logits, target)
-    return total / n
 
 
 def mean_over_ranks(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,9 @@ holding [LOC] and a task token; the [LOC] hidden state drives the aligner's heat
 Stage 2 (task-specific): boxes from peaks + sizes, masks from SAM prompted with boxes (or the
 tiny preset's box-aligned mask head), keypoints from a top-down head. VQA answers come from the LLM's generation
 (with `vqa_readout`, what the question's heatmap points at is added to it; stage 2 trains that readout again, on
-the frozen stage-1 features it reads, and with `vqa_glimpse` a look at the object under the heatmap's peak).
+the frozen stage-1 features it reads). With `glimpse`, stage 2 also trains a second look at the object at a point
+(lumen_model/glimpse.py): it checks detection's boxes, picks grounding's peak and, with the readout, adds what the
+question's peak holds to the answer.
 """
 
 from __future__ import annotations
@@ -21,16 +23,17 @@ from lumen_model.decoders.masks import SamBoxPrompts
 from lumen_model.decoders.pose import PoseHead, keypoint_loss_sum, keypoint_targets
 from lumen_model.decoders.roi_masks import RoiMaskHead
 from lumen_model.losses import gather_at, gaussian_focal_loss, mean_over_ranks, per_sample_l1
-from lumen_model.vqa_readout import ObjectGlimpse, VqaReadout, answer_positions, peak_candidates
+from lumen_model.glimpse import ObjectGlimpse, peak_candidates
+from lumen_model.vqa_readout import VqaReadout, answer_positions
 
 STAGE1_PARTS = ("llava", "aligner", "concept_head", "llm_pixels", "llm_image_norm", "vqa_readout")
-STAGE2_PARTS = ("masks", "pose", "vqa_readout", "vqa_glimpse")  # the readout (+ glimpse): the tiny preset's answer decoder
+STAGE2_PARTS = ("masks", "pose", "vqa_readout", "glimpse")  # readout + glimpse: the tiny preset's answer decoder
 
 
 def build_llava(cfg: LumenConfig, vocab_size: int, image_token_id: int, pad_token_id: int) -> LlavaForConditionalGeneration:
-    text = dict(cfg.text, vocab_size=vocab_size, pad_token_id=pad_token_id)
+    text = dict(cfg.text.kwargs(), vocab_size=vocab_size, pad_token_id=pad_token_id)
     return LlavaForConditionalGeneration(LlavaConfig(
-        vision_config=CLIPVisionConfig(**cfg.vision).to_dict(), text_config=LlamaConfig(**text).to_dict(),
+        vision_config=CLIPVisionConfig(**cfg.vision.kwargs()).to_dict(), text_config=LlamaConfig(**text).to_dict(),
         image_token_id=image_token_id, vision_feature_layer=-2 if cfg.preset != "tiny" else -1,
         vision_feature_select_strategy="default", image_seq_length=cfg.num_image_tokens,
         projector_hidden_act="gelu"))
@@ -56,26 +59,27 @@ class LumenModel(nn.Module):
         self.cfg = cfg
         self.vocab_size, self.image_token_id, self.pad_token_id = vocab_size, image_token_id, pad_token_id
         self.llava = build_llava(cfg, vocab_size, image_token_id, pad_token_id)
-        text_dim = cfg.text["hidden_size"]
+        text_dim = cfg.text.hidden_size
         self.aligner = DenseAligner(text_dim, text_dim, cfg.aligner_dim, cfg.aligner_layers, cfg.aligner_heads,
                                     cfg.heatmap_size, cfg.pixel_encoder,
                                     cfg.aligner_image_self_attn, cfg.patch_grid, cfg.aligner_colour_match)
         self.masks = RoiMaskHead(cfg.aligner_dim, cfg.input_size) if cfg.mask_decoder == "roi" else SamBoxPrompts(cfg)
         # vocabulary-sized: only built where used (tiny), never for the 7B's 32k x 4096
         self.concept_head = nn.Linear(text_dim, vocab_size) if cfg.concept_weight > 0 or cfg.vqa_concept_weight > 0 else None
-        use_pixels = cfg.llm_pixel_tokens and cfg.pixel_encoder == "cnn"
-        self.llm_pixels = nn.Linear(cfg.aligner_dim, text_dim) if use_pixels else None
-        self.llm_image_norm = image_token_norm(text_dim, cfg.text.get("initializer_range", 0.02)) if cfg.llm_image_norm else None
+        # (LumenConfig refuses llm_pixel_tokens without the cnn pixel encoder)
+        self.llm_pixels = nn.Linear(cfg.aligner_dim, text_dim) if cfg.llm_pixel_tokens else None
+        init_std = cfg.text.initializer_range if cfg.text.initializer_range is not None else 0.02  # LlamaConfig's
+        self.llm_image_norm = image_token_norm(text_dim, init_std) if cfg.llm_image_norm else None
         self.vqa_readout = VqaReadout(cfg.aligner_dim, text_dim) if cfg.vqa_readout else None
         self.pose = PoseHead(cfg.aligner_dim, cfg.pose_dim, cfg.num_keypoints, cfg.pose_crop, cfg.input_size)
         self.register_buffer("pixel_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
         # built last and on a forked RNG: every other part's weights, and the random draws of training after
         # this, stay what they were without it (a stage 1 is the same with and without a glimpse)
-        self.vqa_glimpse = None
-        if cfg.vqa_glimpse and cfg.vqa_readout:
+        self.glimpse = None
+        if cfg.glimpse:
             with torch.random.fork_rng(devices=[]):
-                self.vqa_glimpse = ObjectGlimpse(cfg.input_size, text_dim, candidates=cfg.vqa_glimpse_candidates)
+                self.glimpse = ObjectGlimpse(cfg.input_size, text_dim, candidates=cfg.glimpse_candidates)
 
     # ---- stage 1 -------------------------------------------------------------------------------
     def normalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -161,14 +165,14 @@ class LumenModel(nn.Module):
         return self.vqa_readout(heat_logits, pixel_feats[0], pixels)
 
     def answer_glimpse(self, batch: dict, heads: dict, question: torch.Tensor, question_words: list) -> tuple:
-        """`vqa_glimpse` (trained in stage 2): the object under the question heatmap's peak that the question names
+        """The glimpse (trained in stage 2) at the object under the question heatmap's peak that the question names
         -> (for every answer position, for the first one only); (0, 0) without one. heads: the aligner's heatmap
         and offset maps of the question rows; question: their states before the answer's first word;
         question_words: their questions' own word ids (`Collator.concept_ids`)."""
-        if self.vqa_glimpse is None:
+        if self.glimpse is None:
             return 0.0, 0.0
         pixels = self.per_image(batch, self.normalize)
-        return self.vqa_glimpse(heads["heatmap_logits"], heads["offsets"], pixels, question, question_words,
+        return self.glimpse(heads["heatmap_logits"], heads["offsets"], pixels, question, question_words,
                                 self.lm_logits)
 
     def answer_hidden(self, out: dict, batch: dict) -> torch.Tensor:
@@ -264,7 +268,7 @@ class LumenModel(nn.Module):
         if self.vqa_readout is not None and "answer_index" in batch:
             vqa_l = mean_over_ranks(*self.readout_loss_sum(out, batch))
             losses.update(loss=losses["loss"] + vqa_l, vqa=vqa_l.detach())
-        if self.vqa_glimpse is not None and "category_word_ids" in batch:
+        if self.glimpse is not None and "category_word_ids" in batch:
             # each averaged over its own boxes: the few referring boxes' descriptions, summed in with every box's
             # name, had a tenth of the names' weight (and colour answers swung by 0.3 between two seeds)
             named, described = self.glimpse_loss_sums(out, batch)
@@ -281,7 +285,7 @@ class LumenModel(nn.Module):
         highest peaks; the target is the best-ranked one inside the referred box, where some other is not ->
         (sum of the cross-entropies of heat logit + ground_scale x word mass, their count). The names and
         descriptions are not trained by it (a distractor of the same category must still be named so)."""
-        g = self.vqa_glimpse
+        g = self.glimpse
         rows = [i for i, t in enumerate(batch["task"]) if t == "referring_segmentation"
                 and len(batch["boxes_input"][i]) and len(batch["concept_ids"][i])]
         zero = out["hidden"].sum() * 0 + g.ground_scale * 0
@@ -314,7 +318,7 @@ class LumenModel(nn.Module):
             return (zero, zero), (zero, zero)
         owner = torch.cat([torch.full((len(batch["boxes_input"][i]),), i, dtype=torch.long) for i in rows])[:max_boxes]
         boxes = torch.cat([batch["boxes_input"][i] for i in rows])[:max_boxes].to(out["pixels"].device)
-        names, descriptions = self.vqa_glimpse.name_states(out["pixels"][owner.to(out["pixels"].device)], boxes)
+        names, descriptions = self.glimpse.name_states(out["pixels"][owner.to(out["pixels"].device)], boxes)
         named = self._words_loss(names, [batch["category_word_ids"][i] for i in owner.tolist()])
         described = [(k, words) for k, i in enumerate(owner.tolist()) if batch["task"][i] == "referring_segmentation"
                      and len(words := self._description_words(batch, i))]
@@ -347,9 +351,9 @@ class LumenModel(nn.Module):
             return zero, zero
         readout = self.vqa_readout(out["heatmap_logits"][rows], out["answer_features"][rows], out["pixels"][rows])
         hidden = out["hidden"][rows]
-        if self.vqa_glimpse is not None:
+        if self.glimpse is not None:
             question = hidden[torch.arange(len(rows)), batch["answer_index"][rows]]
-            every, first_word = self.vqa_glimpse(out["heatmap_logits"][rows], out["offsets"][rows], out["pixels"][rows],
+            every, first_word = self.glimpse(out["heatmap_logits"][rows], out["offsets"][rows], out["pixels"][rows],
                                                  question, [batch["question_ids"][i] for i in rows.tolist()],
                                                  self.lm_logits)
             readout = readout + every

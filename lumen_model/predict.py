@@ -181,7 +181,7 @@ class Predictor:
     @property
     def grounds(self) -> bool:
         """Whether grounding picks among the heatmap's peaks by what the glimpse sees there (`glimpse_grounds`)."""
-        return self.model.vqa_glimpse is not None and self.cfg.glimpse_grounds
+        return self.model.glimpse is not None and self.cfg.glimpse_grounds
 
     @torch.no_grad()
     def pick_named(self, out: dict, row: int, boxes_xywh: np.ndarray, scores: np.ndarray, geo: SquarePad,
@@ -189,7 +189,7 @@ class Predictor:
         """Of a referring expression's candidate boxes (the heatmap's highest peaks), the index of the one whose
         logit + `ground_scale` x (how much the glimpse's name and description say the expression's words) is
         highest."""
-        g = self.model.vqa_glimpse
+        g = self.model.glimpse
         b = np.asarray(boxes_xywh, dtype=np.float64)
         centres = torch.tensor(geo.to_input(b[:, :2] + b[:, 2:] / 2), dtype=out["pixels"].dtype,
                                device=out["pixels"].device).unsqueeze(0)
@@ -203,14 +203,14 @@ class Predictor:
         """Per box, the probability that the glimpse names its object `category` (`glimpse_checks_boxes`; 1.0
         without a glimpse or a known category word): the second look that detection's scores are multiplied by."""
         ids = [t for t in self.tok(category or "", add_special_tokens=False)["input_ids"] if t != self.tok.unk_token_id]
-        if self.model.vqa_glimpse is None or not self.cfg.glimpse_checks_boxes or not ids or not len(boxes_xywh):
+        if self.model.glimpse is None or not self.cfg.glimpse_checks_boxes or not ids or not len(boxes_xywh):
             return np.ones(len(boxes_xywh))  # (a word the model never learned cannot be checked)
         words = torch.tensor(ids, dtype=torch.long)
         b = np.asarray(boxes_xywh, dtype=np.float64)
         xyxy = torch.tensor(np.concatenate([geo.to_input(b[:, :2]), geo.to_input(b[:, :2] + b[:, 2:])], 1),
                             dtype=out["pixels"].dtype, device=out["pixels"].device)
         pixels = out["pixels"][row:row + 1].expand(len(b), -1, -1, -1)
-        return self.model.vqa_glimpse.names_at(pixels, xyxy, words, self.model.lm_logits).cpu().numpy()
+        return self.model.glimpse.names_at(pixels, xyxy, words, self.model.lm_logits).cpu().numpy()
 
     def geometry(self, path: str) -> SquarePad:
         h, w = self._image(path).shape[:2]

@@ -534,7 +534,7 @@ def _start_model(cfg: TrainConfig, plan: TrainingPlan):
     texts = [t for pair in zip(plan.dataset.column("instruction").to_pylist(), plan.dataset.column("answer").to_pylist())
              for t in pair]
     texts += ["user : assistant :", SHORT_ANSWER]
-    tokenizer = train_tokenizer(texts, vocab_size=plan.preset.text["vocab_size"])
+    tokenizer = train_tokenizer(texts, vocab_size=plan.preset.text.vocab_size)
     _set_seed(cfg.seed)
     model = build_model(plan.preset, tokenizer).to(plan.device)
     if cfg.weights:
@@ -562,7 +562,7 @@ def param_groups(model, cfg: TrainConfig) -> list[dict]:
     to 0.77. In stage 1 it stays at the base rate: at 5x, detection AP fell from 0.692 to 0.655 (seed 0)."""
     readout = getattr(model, "vqa_readout", None)
     scale = cfg.readout_lr_scale if cfg.stage == 2 and readout is not None else 1.0
-    answer_parts = [m for m in (readout, getattr(model, "vqa_glimpse", None)) if m is not None]
+    answer_parts = [m for m in (readout, getattr(model, "glimpse", None)) if m is not None]
     fast = {id(p) for m in answer_parts for p in m.parameters()} if scale != 1.0 else set()
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = ({"params": [p for p in trainable if id(p) not in fast]},

@@ -23,6 +23,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from pipelines.gc_pause import gc_paused
+from pipelines.sample_table import drafts_to_table
 from pipelines.sources.common import SourcePlan
 from pipelines.worker_tuning import tune_worker
 
@@ -52,8 +53,6 @@ def usable_workers(workers: int) -> int:
 @gc_paused
 def unit_table(build, source: str, split: str, input_size: int, heatmap_size: int, unit) -> tuple[pa.Table, list]:
     """One unit -> (its samples as an Arrow table, its quarantine rows)."""
-    from pipelines.convert import drafts_to_table
-
     drafts, quarantine = build(unit)
     return drafts_to_table(drafts, source, split, input_size, heatmap_size, progress=False), quarantine
 

@@ -85,13 +85,6 @@ def render_heatmap(centers: np.ndarray, radii: np.ndarray, size: int) -> np.ndar
     return heat
 
 
-def render_from_boxes(boxes_hm_wh: np.ndarray, centers: np.ndarray, size: int, min_overlap: float = 0.7) -> np.ndarray:
-    """Heatmap for instances whose (w, h) are given in heatmap pixels."""
-    wh = np.asarray(boxes_hm_wh, dtype=np.float64).reshape(-1, 2)
-    radii = gaussian_radius(np.ceil(wh[:, 1]), np.ceil(wh[:, 0]), min_overlap)
-    return render_heatmap(centers, radii, size)
-
-
 def to_uint8(heat: np.ndarray) -> np.ndarray:
     """[0, 1] floats -> uint8, rounding half up (1.0 -> 255 exactly)."""
     out = np.multiply(heat, 255.0, dtype=np.float32)

@@ -68,7 +68,7 @@ def write_prediction_input(coco_dir, out_file, *, split="val", seed=0, drop=0.2,
     mistakes than of its hits (default: `score_range`). `low_score_tail`: per image, that many more
     boxes at scores in [0.01, 0.15), like the long low-score tail a detector writes for COCO AP."""
     from pipelines.geometry import SquarePad
-    from pipelines.heatmaps import encode_png, render_from_boxes
+    from pipelines.heatmaps import encode_png, gaussian_radius, render_heatmap
     from pipelines.sources.coco import to_rles
 
     rng = np.random.default_rng(seed)
@@ -121,7 +121,8 @@ def write_prediction_input(coco_dir, out_file, *, split="val", seed=0, drop=0.2,
             for cid in cat_ids:
                 boxes = np.array([a["bbox"] for a in anns if a["category_id"] == cid], dtype=float).reshape(-1, 4)
                 centers = geo.center_pixels(boxes)
-                heat = render_from_boxes(boxes[:, 2:] * geo.scale / geo.heatmap_stride, centers, HEATMAP_SIZE)
+                wh = boxes[:, 2:] * geo.scale / geo.heatmap_stride  # in heatmap pixels
+                heat = render_heatmap(centers, gaussian_radius(np.ceil(wh[:, 1]), np.ceil(wh[:, 0])), HEATMAP_SIZE)
                 # a model's map never reaches zero: its background sits at 1-2 % of the peak
                 heat = np.maximum(heat, rng.uniform(0.01, 0.02, heat.shape))
                 fname = f"{image_id}_{cid}.png"

@@ -7,7 +7,8 @@ import pytest
 
 import pipelines.sources.coco as coco
 import pipelines.sources.common as common
-from pipelines.convert import convert_source, drafts_to_table, read_source
+from pipelines.convert import convert_source, read_source
+from pipelines.sample_table import drafts_to_table
 from pipelines.schema import QUARANTINE_SCHEMA
 from pipelines.shards import write_partition
 

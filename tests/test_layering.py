@@ -73,3 +73,40 @@ def test_cli_help_does_not_load_torch():
         assert proc.returncode == 0 and "usage: lumen" in proc.stdout, proc.stderr
         assert proc.stderr.strip().splitlines()[-1] == "False", (argv, proc.stderr)
     assert "--weight-decay" in proc.stdout  # the train flags came from lumen_model.train_config
+
+
+def _module_imports(packages) -> dict[str, set[str]]:
+    """{module: the modules of `packages` it imports (lazy imports included)}."""
+    paths = {}
+    for package in packages:
+        for p in (ROOT / package).rglob("*.py"):
+            name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
+            paths[name.removesuffix(".__init__")] = p
+    graph = {}
+    for name, p in paths.items():
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text(), filename=str(p))):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        graph[name] = (deps & paths.keys()) - {name}
+    return graph
+
+
+def test_no_modules_import_each_other():
+    """No import cycle among the project's modules (pipelines.convert and convert_parallel once imported each
+    other, one of them lazily inside a function): a module depends on others, never on itself through them."""
+    graph = _module_imports(["pipelines", "lumen_model", "assets_defs", "lumen_cli"])
+    cycles = []
+    for start in graph:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            m = todo.pop()
+            if m == start:
+                cycles.append(start)
+                break
+            if m not in seen:
+                seen.add(m)
+                todo.extend(graph[m])
+    assert not cycles, f"modules on an import cycle: {', '.join(sorted(cycles))}"

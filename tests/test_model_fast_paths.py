@@ -5,7 +5,7 @@ import torch
 from lumen_model.aligner import Attention, DenseAligner
 from lumen_model.decoders.pose import crop_features
 from lumen_model.decoders.roi_masks import RoiMaskHead, enlarge
-from lumen_model.losses import mask_loss
+from lumen_model.losses import mask_loss_sum
 
 HEADS = ("heatmap_logits", "sizes", "offsets")
 
@@ -101,4 +101,5 @@ def test_mask_targets_cropped_at_once_equal_the_per_mask_crops():
     logits = head.box_logits(dense, heat, pixels, rois)
     target = torch.cat([_crop_per_box(m.float()[None, None], [r[None]], 128, head.out_size)
                         for ms, rs in zip(masks, rois) for m, r in zip(ms, rs)])
-    assert torch.allclose(head.loss(dense, heat, pixels, boxes, masks), mask_loss(logits, target[:, 0]), atol=1e-6)
+    assert torch.allclose(torch.div(*head.loss_sum(dense, heat, pixels, boxes, masks)),
+                          torch.div(*mask_loss_sum(logits, target[:, 0])), atol=1e-6)

@@ -57,7 +57,8 @@ def test_roi_mask_head_learns_shapes_it_has_not_seen():
     head.train()
     first = None
     for _ in range(120):
-        loss = head.loss(dense.expand(len(train), -1, -1, -1), heat.expand(len(train), -1, -1), pixels, boxes, masks)
+        loss = torch.div(*head.loss_sum(dense.expand(len(train), -1, -1, -1), heat.expand(len(train), -1, -1), pixels,
+                                        boxes, masks))
         first = first if first is not None else float(loss.detach())
         opt.zero_grad()
         loss.backward()
@@ -94,18 +95,18 @@ def test_presets_choose_their_mask_decoder(preset, kind):
 
 
 def test_mask_loss_is_bce_plus_dice_and_its_sum_form_adds_up():
-    """The mean form (what a 1-process run optimises) and the (sum, count) form DDP averages over ranks."""
+    """The (sum, count) form that DDP averages over ranks: its mean over any split of the masks is BCE + dice."""
     import torch
     import torch.nn.functional as F
 
-    from lumen_model.losses import mask_loss, mask_loss_sum
+    from lumen_model.losses import mask_loss_sum
 
     torch.manual_seed(0)
     logits, target = torch.randn(5, 8, 8), (torch.rand(5, 8, 8) > 0.6).float()
     p = torch.sigmoid(logits)
     dice = [1 - (2 * (p[i] * target[i]).sum() + 1) / (p[i].sum() + target[i].sum() + 1) for i in range(5)]
     expected = F.binary_cross_entropy_with_logits(logits, target) + torch.stack(dice).mean()
-    assert torch.allclose(mask_loss(logits, target), expected, atol=1e-6)
+    assert torch.allclose(torch.div(*mask_loss_sum(logits, target)), expected, atol=1e-6)
     total, n = mask_loss_sum(logits[:3], target[:3])
     total2, n2 = mask_loss_sum(logits[3:], target[3:])
     assert n + n2 == 5 and torch.allclose((total + total2) / (n + n2), expected, atol=1e-6)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lumen_model.checkpoint import load_model, meta_model, save_checkpoint
+from lumen_model.checkpoint import load_model, save_checkpoint
 from lumen_model.config import get_preset
+from lumen_model.model import LumenModel
 from lumen_model.train import TrainConfig, train
 from lumen_model.tokenizer import ALL_SPECIALS
 
@@ -15,7 +16,9 @@ LLAVA_15_7B_PARAMS = 7_063_427_072  # llava-1.5-7b-hf: CLIP ViT-L/14-336 + Vicun
 
 
 def test_lumen_7b_has_llava_15_7b_shapes_on_meta_device():
-    model = meta_model("lumen-7b")
+    cfg = get_preset("lumen-7b")
+    with torch.device("meta"):  # shapes and parameter counts, no memory
+        model = LumenModel(cfg, vocab_size=cfg.text.vocab_size, image_token_id=32000, pad_token_id=0)
     n = sum(p.numel() for p in model.llava.parameters())
     # the vision tower runs at 448 (interpolated position embeddings: 32x32+1 instead of 24x24+1 rows of 1024)
     assert n == LLAVA_15_7B_PARAMS + (32 * 32 - 24 * 24) * 1024

@@ -19,7 +19,7 @@ def _vqa_batch(shard_dirs, preset, n=16):
     ds = ShardDataset(shard_dirs, input_size=preset.input_size, tasks=["vqa"])
     items = [ds[i] for i in range(n)]
     tok = train_tokenizer([t for it in items for t in (it["instruction"], it["answer"])] + ["user : assistant :", SHORT_ANSWER],
-                          vocab_size=preset.text["vocab_size"])
+                          vocab_size=preset.text.vocab_size)
     collate = Collator(tok, preset.num_image_tokens, preset.max_text_tokens, preset.heatmap_size, preset.input_size)
     return tok, collate(items)
 
@@ -169,7 +169,7 @@ def test_the_readout_learns_faster_in_stage2_only(model_shard_dirs, tmp_path):
     tok, _ = _vqa_batch(model_shard_dirs, preset, n=2)
     model = build_model(preset, tok)
     # the answer decoder: the readout and (tiny preset) the glimpse, both trained alone in stage 2
-    readout = {id(p) for part in (model.vqa_readout, model.vqa_glimpse) for p in part.parameters()}
+    readout = {id(p) for part in (model.vqa_readout, model.glimpse) for p in part.parameters()}
     for stage, want in ((1, [None]), (2, [None, 5 * 1e-3])):
         model.set_stage(stage)
         cfg = TrainConfig(stage=stage, shards=model_shard_dirs, out=str(tmp_path), lr=1e-3, readout_lr_scale=5.0)

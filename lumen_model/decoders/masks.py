@@ -16,9 +16,9 @@ from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEnc
 
 
 def build_sam(cfg) -> SamModel:
-    return SamModel(SamConfig(vision_config=SamVisionConfig(**cfg.sam_vision).to_dict(),
-                              prompt_encoder_config=SamPromptEncoderConfig(**cfg.sam_prompt).to_dict(),
-                              mask_decoder_config=SamMaskDecoderConfig(**cfg.sam_mask_decoder).to_dict()))
+    return SamModel(SamConfig(vision_config=SamVisionConfig(**cfg.sam_vision.kwargs()).to_dict(),
+                              prompt_encoder_config=SamPromptEncoderConfig(**cfg.sam_prompt.kwargs()).to_dict(),
+                              mask_decoder_config=SamMaskDecoderConfig(**cfg.sam_mask_decoder.kwargs()).to_dict()))
 
 
 def sam_image_processor(sam: SamModel):

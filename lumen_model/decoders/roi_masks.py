@@ -59,14 +59,10 @@ class RoiMaskHead(nn.Module):
         f = F.interpolate(f, size=p.shape[-2:], mode="bilinear", align_corners=False)
         return self.body(torch.cat([f, p], 1))[:, 0]
 
-    def loss(self, dense, heat_logits, pixels, boxes: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
-        """BCE + dice between the head's masks and the true masks (n_i, S, S) cropped to the same rois."""
-        total, count = self.loss_sum(dense, heat_logits, pixels, boxes, masks)
-        return total / count
-
     def loss_sum(self, dense, heat_logits, pixels, boxes: list[torch.Tensor],
                  masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """`loss` as (sum over the masks, number of masks), for a mean over every DDP rank's masks."""
+        """BCE + dice between the head's masks and the true masks (n_i, S, S) cropped to the same rois, as (sum
+        over the masks, number of masks): the mean is taken over every DDP rank's masks (`mean_over_ranks`)."""
         rois = [enlarge(jitter(b, self.box_jitter) if self.training else b, self.context) for b in boxes]
         logits = self.box_logits(dense, heat_logits, pixels, rois)
         # each true mask cropped to its own roi, all in one grid_sample
