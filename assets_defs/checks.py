@@ -29,8 +29,22 @@ def _check_metadata(rows: list[dict]) -> dict:
     failed = [f"{r['partition']}/{r['folder']}" for r in rows if not r["passed"]]
     totals = {k: sum(r[k] for r in rows) for k in rows[0] if k not in ("partition", "folder", "passed")} if rows else {}
     return {"folders_checked": len(rows), "folders_failed": len(failed), **totals,
-            "failed_folders": dg.MetadataValue.md(", ".join(failed) or "none"),
+            "failed_folders": dg.MetadataValue.text(", ".join(failed) or "none"),
             "per_folder": table(rows)}
+
+
+def _checked_materialization(instance: dg.DagsterInstance, partition: str):
+    """The partition's latest `shards` materialization (this run's): the UI counts a partition's check
+    result as current only against it."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData)
+
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=shards.key, asset_partitions=[partition]),
+                                              limit=1).records
+    if not records:
+        return None
+    r = records[0]
+    return AssetCheckEvaluationTargetMaterializationData(storage_id=r.storage_id, run_id=r.run_id, timestamp=r.timestamp)
 
 
 def _run(check, context: dg.AssetCheckExecutionContext, paths: LumenPaths) -> dg.AssetCheckResult:
@@ -42,7 +56,8 @@ def _run(check, context: dg.AssetCheckExecutionContext, paths: LumenPaths) -> dg
         for source, rs in by_partition.items():
             context.instance.report_runless_asset_event(dg.AssetCheckEvaluation(
                 asset_key=shards.key, check_name=check_name, passed=all(r["passed"] for r in rs),
-                metadata={**_check_metadata(rs), "run_id": op.run_id}, partition=source))
+                metadata={**_check_metadata(rs), "run_id": op.run_id}, partition=source,
+                target_materialization_data=_checked_materialization(context.instance, source)))
     return dg.AssetCheckResult(passed=all(r["passed"] for r in rows), metadata=_check_metadata(rows))
 
 

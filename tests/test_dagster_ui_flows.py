@@ -149,3 +149,25 @@ def test_sensor_tick_after_a_source_file_changed(ui, page, artifacts_dir):
     assert "refcoco" in request, request
     for other in ("coco-keypoints", "vqav2", "llava"):
         assert other not in request, f"the run request names {other}, which did not change:\n{request}"
+
+
+def test_round_two_pages_registry_history_metric_plots_and_checks_per_partition(ui, page, artifacts_dir):
+    """Issue 35: model_in_use lists every version with its verdict and the registry's history; evaluation's
+    metrics are numbers the Plots tab draws; the shard checks are recorded per partition."""
+    text = _open(page, f"{ui['url']}/assets/model_in_use", wait_for="model_version")
+    page.screenshot(path=str(artifacts_dir / "ui_model_in_use_history.png"), full_page=True)
+    for key in ("versions", "history", "verdict", "metrics_by_version"):
+        assert key in text, f"model_in_use does not show {key}"
+    _open(page, f"{ui['url']}/assets/evaluation", wait_for="verdict")
+    page.get_by_role("button", name="Plots").first.click()  # the metadata's Table | Plots switch
+    page.get_by_text("bbox/AP50").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(artifacts_dir / "ui_evaluation_plots.png"), full_page=True)
+    text = _open(page, f"{ui['url']}/assets/shards?view=checks", wait_for="records_accounted")
+    page.screenshot(path=str(artifacts_dir / "ui_shards_checks.png"), full_page=True)
+    assert "heatmap_peaks_at_centers" in text and "folders_checked" in text
+    page.get_by_role("tab", name="Partitions").last.click()  # the check's own result per partition
+    page.get_by_text("refcoco").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(artifacts_dir / "ui_shards_checks_partitions.png"), full_page=True)
+    assert "Missing (0)" in page.inner_text("body")  # the main run's one result is recorded for each partition
