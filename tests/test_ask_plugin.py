@@ -4,6 +4,7 @@ database: Ask Lumen writes prompted labels and a heatmap, Accept prompted feeds 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ def test_ask_lumen_writes_prompted_labels_and_its_heatmap(plugin, dataset):
     sample = dataset.first()
     out, requests = _run(ASK, dataset, sample.id, {"instruction": "every square", "what": "instance_segmentation"})
     assert out["model_version"] == "v0007" and out["samples"] == 1  # the registry's model in use
-    assert _notes(requests, "success") and any(r["operator_uri"] == "reload_samples" for r in requests)
+    assert _notes(requests, "success") and any(r["operator_uri"] == "reload_dataset" for r in requests)  # new fields
     sample = _fresh(dataset, sample.id)
     dets = sample.prompted.detections
     want = load_asker(plugin["checkpoint"]).ask(sample.filepath, "every square", "instance_segmentation")
@@ -166,7 +167,8 @@ def test_every_problem_is_one_message_and_no_label_is_written(plugin, dataset, t
     bad = fo.Sample(filepath=str(broken))
     dataset.add_sample(bad)
     cases = [
-        (sample.id, {"instruction": "every square", "checkpoint": str(tmp_path / "gone")}, "checkpoint folder not found"),
+        (sample.id, {"instruction": "every square", "checkpoint": str(tmp_path / "gone")},
+         "checkpoint folder not found"),
         (sample.id, {"instruction": "    "}, "instruction is empty"),
         (sample.id, {"instruction": "x" * 400}, "characters long"),
         (bad.id, {"instruction": "every square"}, "image not readable"),
@@ -192,3 +194,56 @@ def test_every_problem_is_one_message_and_no_label_is_written(plugin, dataset, t
     plugin["registry"].unlink()
     out, _ = _run(ASK, dataset, sample.id, {"instruction": "every square"})
     assert "no model is in use" in out["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_ask_lumen_from_the_operator_browser_in_chromium(plugin, dataset, monkeypatch):
+    """The labeler's path in a real Chromium: open a sample, ` (the operator browser), Ask Lumen, type an
+    instruction, Execute; the prompted box, its mask and the heatmap are saved, and drawn on the sample.
+    The screenshot is kept in docs/screenshots/ask_lumen_prompted.png."""
+    from playwright.sync_api import sync_playwright
+
+    from pipelines.review.app import close_app, launch_app
+    from tests.test_review_app import CHROMIUM_ARGS, _chromium, _free_port
+
+    chromium = _chromium()
+    monkeypatch.setenv("LUMEN_ASK_CHECKPOINT", plugin["checkpoint"])  # the App server (a child) inherits it
+    monkeypatch.setenv("LUMEN_MODEL_REGISTRY", str(plugin["registry"].with_name("none.json")))
+    port = _free_port()
+    url = launch_app(dataset.name, port=port, address="127.0.0.1")
+    shot = Path(__file__).resolve().parents[1] / "docs" / "screenshots" / "ask_lumen_prompted.png"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+            page.get_by_text("predictions", exact=True).first.wait_for(timeout=120_000)
+            page.wait_for_function("document.querySelectorAll('canvas').length >= 1", timeout=60_000)
+            dismiss = page.get_by_text("Dismiss", exact=True)
+            if dismiss.count():
+                dismiss.first.click()
+            page.locator("canvas").first.click()  # open the first sample
+            page.get_by_text("Ask Lumen again", exact=True).first.wait_for(timeout=60_000)  # the plugin's buttons
+            page.keyboard.press("Backquote")  # the operator browser
+            page.keyboard.type("Ask Lumen")
+            page.keyboard.press("Enter")
+            field = page.locator('input[id^=":r"]:not([type=radio])').first  # the form's first field: Instruction
+            field.click()
+            field.press_sequentially("the square", delay=20)
+            page.get_by_text("One object (a mask)", exact=True).click()
+            page.get_by_role("button", name="Execute").click()
+            page.get_by_text("1 mask for 'the square'").first.wait_for(timeout=120_000)  # the notification
+            page.wait_for_timeout(1000)
+            # the opened sample's canvas draws labels added while it is open only once it is loaded again (F5)
+            page.reload(wait_until="domcontentloaded")
+            page.get_by_text("prompted_heatmap", exact=True).first.wait_for(timeout=120_000)
+            page.wait_for_timeout(4000)
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot))
+            browser.close()
+    finally:
+        close_app(port)
+    sample = _fresh(dataset, dataset.exists("prompted_heatmap").first().id)
+    assert [d.instruction for d in sample.prompted.detections] == ["the square"]
+    assert sample.prompted.detections[0].mask is not None and sample.prompted_heatmap.map.max() > 0

@@ -133,9 +133,14 @@ def run_ask(ctx, params: dict) -> dict:
     ids = target_ids(ctx)
     checkpoint, version = resolve_model(params)
     t = time.perf_counter()
+    if os.environ.get("LUMEN_ASK_THREADS"):  # torch threads of the App server (1 beat 2 on a busy 2-core machine)
+        import torch
+
+        torch.set_num_threads(int(os.environ["LUMEN_ASK_THREADS"]))
     asker = load_asker(checkpoint)
     dataset = ctx.dataset
     categories = F.review_info(dataset).get("categories") or None
+    had = set(dataset.get_field_schema())
     view = dataset.select(ids, ordered=True)
     samples = list(view)
     answers = [asker.ask(s.filepath, params.get("instruction"), params.get("what") or "auto",
@@ -146,7 +151,10 @@ def run_ask(ctx, params: dict) -> dict:
     ctx.store(STORE).set("last", {k: params.get(k) for k in ("instruction", "what", "model", "checkpoint", "label")})
     seconds = time.perf_counter() - t
     ctx.ops.notify(_summary(answers, version, seconds), variant="success")
-    ctx.ops.reload_samples()
+    if set(shown) - had:  # new fields: the App learns the schema again (a sample reload would not show them)
+        ctx.ops.reload_dataset()
+    else:
+        ctx.ops.reload_samples()
     if ctx.active_fields:  # the App's sidebar: switch the prompted fields on where the labeler looks
         ctx.ops.set_active_fields(fields=sorted(set(ctx.active_fields) | set(shown)))
     return {"model_version": version, "samples": len(samples), "labels": sum(w["labels"] for w in written),
@@ -278,7 +286,29 @@ def _accept_ids(ctx) -> list[str]:
     raise InputError("no prompted label to accept: ask Lumen first, or click one of its boxes")
 
 
+class DeclarePromptedFields(foo.Operator):
+    """When the App opens a Lumen review dataset: its prompted fields exist (empty) and are switched on, so the
+    first answer shows in the opened sample at once (the App reads a dataset's fields when it opens it)."""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="declare_prompted_fields", label="Lumen: declare prompted fields",
+                                  unlisted=True, on_dataset_open=True)
+
+    def execute(self, ctx):
+        from pipelines.review.prompted import declare_prompted_schema
+
+        try:
+            added = declare_prompted_schema(ctx.dataset)
+        except Exception as exc:
+            return _fail(ctx, exc)
+        if added:
+            ctx.ops.reload_dataset()
+        return {"added": added}
+
+
 def register(p):
+    p.register(DeclarePromptedFields)
     p.register(AskLumen)
     p.register(AskLumenAgain)
     p.register(AcceptPrompted)

@@ -175,3 +175,23 @@ def prompted_label_ids(sample, untagged_only: bool = True) -> list[str]:
             if not (untagged_only and lab.tags):
                 ids.append(lab.id)
     return ids
+
+
+def declare_prompted_schema(dataset) -> list[str]:
+    """Declare the (empty) prompted fields of a Lumen review dataset, switched on in its App config: the App
+    learns a dataset's fields when it opens it, so fields that appear later would not show in an opened
+    sample until it is opened again. Returns the fields added (none when they exist, or for a dataset that
+    `lumen review push` did not make)."""
+    fo = fiftyone()
+    if F.INFO_KEY not in dataset.info:
+        return []
+    schema = dataset.get_field_schema()
+    added = []
+    for field, cls in ((PROMPTED, fo.Detections), (PROMPTED_KEYPOINTS, fo.Keypoints),
+                       (PROMPTED_HEATMAP, fo.Heatmap), (PROMPTED_ANSWER, fo.Classification)):
+        if field not in schema:
+            dataset.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=cls)
+            added.append(field)
+    if added:
+        declare_prompted_fields(dataset)
+    return added
