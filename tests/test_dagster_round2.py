@@ -265,6 +265,12 @@ def test_shard_checks_per_partition_with_numbers_and_logs_without_repeats(tmp_pa
              if not r.is_dagster_event and r.step_key == "shards"]
     assert lines and len(lines) == len(set(lines)), lines
     assert sum("vqav2/train" in line for line in lines) == 1  # each folder once
+    again = ingest.execute_in_process(  # the same run again (the main command re-run): no duplicate-key error
+        tags={"dagster/asset_partition_range_start": "vqav2", "dagster/asset_partition_range_end": "llava"},
+        instance=dagster_instance, resources={"paths": paths})
+    assert again.success
+    assert {("records_accounted", "vqav2")} <= {(c.check_name, c.partition)
+                                                for c in _check_evaluations(dagster_instance, again.run_id)}
 
 
 def test_progress_lines_say_how_long_is_left(caplog):
