@@ -91,7 +91,8 @@ def test_ask_answers_exactly_what_predict_writes(tiny_stage2, sample_data_dir, v
     for e in json.loads((root / "expr.json").read_text()):
         a = asker.ask(str(images / e["file_name"]), e["expression"], "referring_segmentation")
         r = want[e["sent_id"]]
-        assert (a.to_json()["boxes"], a.to_json()["scores"], a.masks) == ([r["bbox"]], [r["score"]], [r["segmentation"]])
+        j = a.to_json()
+        assert (j["boxes"], j["scores"], a.masks) == ([r["bbox"]], [r["score"]], [r["segmentation"]])
     predict(tiny_stage2[0], "vqa", images, tmp_path / "vqa.json", questions=root / "q.json", progress=False)
     answers = {r["question_id"]: r["answer"] for r in json.loads((tmp_path / "vqa.json").read_text())}
     for q in json.loads((root / "q.json").read_text())["questions"]:
@@ -141,17 +142,19 @@ def test_lumen_ask_prints_json_and_saves_the_heatmap(tiny_stage2, sample_data_di
     assert cv2.imread(str(tmp_path / "h.png"), cv2.IMREAD_UNCHANGED).shape == (im["height"], im["width"])
 
 
+@pytest.mark.slow  # five CLI processes, each importing torch: ~45 s on the loaded machine
 def test_lumen_ask_says_what_is_wrong_in_one_line(tiny_stage2, sample_data_dir, val_jobs, tmp_path):
     root, data = val_jobs
     image = sample_data_dir / "coco/images" / data["images"][0]["file_name"]
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
-    cases = [(("--checkpoint", tmp_path / "nope", "--image", image, "--instruction", "x"), "checkpoint folder not found"),
-             (("--checkpoint", tiny_stage2[0], "--image", tmp_path / "no.jpg", "--instruction", "x"), "image not found"),
-             (("--checkpoint", tiny_stage2[0], "--image", tmp_path / "broken.jpg", "--instruction", "x"), "not readable"),
-             (("--checkpoint", tiny_stage2[0], "--image", image, "--instruction", "   "), "instruction is empty"),
-             (("--checkpoint", tiny_stage2[0], "--image", image, "--instruction", "x" * 400), "characters long")]
-    for args, words in cases:
-        proc = _lumen(*args)
+    ck = tiny_stage2[0]
+    cases = [((tmp_path / "nope", image, "x"), "checkpoint folder not found"),
+             ((ck, tmp_path / "no.jpg", "x"), "image not found"),
+             ((ck, tmp_path / "broken.jpg", "x"), "not readable"),
+             ((ck, image, "   "), "instruction is empty"),
+             ((ck, image, "x" * 400), "characters long")]
+    for (checkpoint, img, text), words in cases:
+        proc = _lumen("--checkpoint", checkpoint, "--image", img, "--instruction", text)
         errors = [line for line in proc.stderr.splitlines() if "error" in line]
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(errors) == 1 and words in errors[0] and errors[0].startswith("lumen ask: error: ask: "), errors
