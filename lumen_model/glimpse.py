@@ -44,8 +44,8 @@ class ObjectGlimpse(nn.Module):
     """A look at the object at a point: its name and description (the box check, the grounding pick, training),
     and for a question's rows (`forward`: heatmap logits, offset map, pixels, question state) vectors for the answer.
 
-    Why windows at the peak, for VQA: the readout pools the pixels under a softmax of the whole heatmap. A colour or shape question's heatmap is
-    diffuse (peaks of 0.1-0.4 on the demo), so that pool mixes the object with its background, and the stride-4
+    Why windows at the peak, for VQA: the readout pools the pixels under a softmax of the whole heatmap. A colour
+    or shape question's heatmap is diffuse (peaks of 0.1-0.4 on the demo), so that pool mixes the object with its background, and the stride-4
     features at the object's centre say little about its outline: with the heatmap's peak on the right object
     for ~75% of the val questions, only about half of those were answered right. The glimpse looks at the
     pixels around the peak through `windows` square windows of fixed sides (input pixels), each resampled to

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The test command: set-up (idempotent) with the `scale` extra, the browser the UI tests drive, the
 # services the deployment test starts (PostgreSQL, Redis), then the whole suite.
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
+# Extra arguments go to pytest. The quick tier, a few minutes:
+#   bash scripts/test.sh -m "not slow"
+# leaves out the tests marked `slow` (pyproject.toml): those that train for more than a few seconds, or start
+# servers (Dagster, the FiftyOne App, Celery), a browser, torchrun or the main command.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

@@ -62,7 +62,7 @@ def test_same_input_gives_byte_identical_shards(sample_data_dir, tmp_path):
     convert_source("coco", src, tmp_path / "a", input_size=128, progress=False)
     convert_source("coco", src, tmp_path / "b", input_size=128, progress=False)
     fa, fb = shard_files(tmp_path / "a"), shard_files(tmp_path / "b")
-    assert [open(f, "rb").read() for f in fa] == [open(f, "rb").read() for f in fb]
+    assert [Path(f).read_bytes() for f in fa] == [Path(f).read_bytes() for f in fb]
     assert read_manifest(tmp_path / "a")["content_hash"] == read_manifest(tmp_path / "b")["content_hash"]
 
 
@@ -237,6 +237,7 @@ def test_refcoco_without_split_converts_every_split(sample_data_dir, tmp_path):
     assert m_all["split"] == "all" and m_all["counts"]["records_read"] == sum(per_split) > 0
 
 
+@pytest.mark.slow  # the conversion benchmark in a process of its own
 def test_benchmark_script_runs_small():
     """The benchmark keeps working (tiny sizes; it asserts no speed, that is the script's job)."""
     root = Path(__file__).resolve().parents[1]

@@ -211,6 +211,7 @@ def test_a_checkpoint_with_tensors_of_another_shape_is_one_line(small_checkpoint
     assert "does not fit this model" in message and name in message and "\n" not in message
 
 
+@pytest.mark.slow  # a training process of its own, then a resumed run
 def test_kill_during_a_save_keeps_the_previous_checkpoint_whole(model_shard_dirs, tmp_path):
     from lumen_model.train import TrainConfig, train
 

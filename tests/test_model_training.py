@@ -53,6 +53,7 @@ def test_checkpoint_round_trip_through_the_hf_layout(stage1_checkpoint, tmp_path
     assert tok2.convert_tokens_to_ids("[LOC]") == tok.convert_tokens_to_ids("[LOC]") != tok.unk_token_id
 
 
+@pytest.mark.slow  # three training runs
 def test_resume_continues_exactly(stage1_checkpoint, tmp_path):
     """6 steps in one go == a run stopped after 3 steps, then --resume: same weights, same losses."""
     _, _, shards = stage1_checkpoint
@@ -116,6 +117,7 @@ def test_train_cli_bad_input_is_one_line(tmp_path):
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow  # three training runs, two with loader processes
 def test_resume_is_exact_with_dataloader_workers(stage1_checkpoint, tmp_path):
     """Batches loaded by 2 DataLoader workers, stopped after 3 steps and resumed == 6 steps loaded
     in the training process: the data (and mirror coins) depend on the step alone."""

@@ -19,6 +19,7 @@ def test_the_ranks_progress_reaches_the_callers_stderr(model_shard_dirs, tmp_pat
     assert "stage 1: 2/2 step" in err  # rank 0's last progress line, passed on as the children wrote it
 
 
+@pytest.mark.slow  # torchrun and two rank processes
 def test_a_failed_run_says_why_in_one_line(tmp_path, capfd):
     cfg = TrainConfig(stage=1, preset="tiny", shards=[str(tmp_path / "no-such-shards")], out=str(tmp_path / "m"),
                       max_steps=2, batch_size=4, progress=False, num_workers=0)

@@ -39,7 +39,7 @@ queue also deals its order out in working sessions:
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timezone
 
 from pipelines.review import fields as F
 from pipelines.review.effort import ActionCosts, gain_per_second
@@ -211,7 +211,8 @@ def build_review_queue(dataset_name, *, model_version=None, low=0.3, high=0.7, l
         counts[name] = len(view)
     counts.update(_save_sessions(dataset, dataset.load_saved_view("review/likely-wrong"), labelers, session_size))
     info = F.review_info(dataset)
-    info["queue"] = {"field": field, "built_at": datetime.utcnow().isoformat(), "low": low, "high": high,
+    built_at = datetime.now(timezone.utc).replace(tzinfo=None)  # naive UTC text, as datetime.utcnow() gave
+    info["queue"] = {"field": field, "built_at": built_at.isoformat(), "low": low, "high": high,
                      "labelers": labelers, "session_size": session_size, "order": order,
                      "costs": (costs or ActionCosts()).as_dict(), "draw_masks": draw_masks}
     F.save_review_info(dataset, info)
