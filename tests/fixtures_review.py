@@ -123,8 +123,10 @@ def write_prediction_input(coco_dir, out_file, *, split="val", seed=0, drop=0.2,
                 centers = geo.center_pixels(boxes)
                 wh = boxes[:, 2:] * geo.scale / geo.heatmap_stride  # in heatmap pixels
                 heat = render_heatmap(centers, gaussian_radius(np.ceil(wh[:, 1]), np.ceil(wh[:, 0])), HEATMAP_SIZE)
-                # a model's map never reaches zero: its background sits at 1-2 % of the peak
-                heat = np.maximum(heat, rng.uniform(0.01, 0.02, heat.shape))
+                # a model's map never reaches zero: its background sits at 1-2 % of the peak (its own
+                # generator: the perturbations above stay what they were)
+                floor = np.random.default_rng([image_id, cid]).uniform(0.01, 0.02, heat.shape)
+                heat = np.maximum(heat, floor)
                 fname = f"{image_id}_{cid}.png"
                 (heat_dir / fname).write_bytes(encode_png(heat))
                 index.append({"image_id": image_id, "task": "pose" if keypoints else "instance_segmentation",

@@ -111,7 +111,7 @@ def test_train_cli_bad_input_is_one_line(tmp_path):
     import subprocess
 
     for extra, needle in ((["--shards", str(tmp_path / "nope")], "shard folder not found"),
-                          (["--shards", str(tmp_path), "--preset", "huge"], "unknown preset")):
+                          (["--shards", str(tmp_path), "--preset", "huge"], "invalid choice: 'huge'")):
         proc = subprocess.run([".venv/bin/lumen", "train", "--stage", "1", "--out", str(tmp_path / "o"), *extra],
                               capture_output=True, text=True)
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

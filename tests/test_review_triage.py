@@ -94,13 +94,14 @@ def test_push_with_thresholds_shows_only_confident_predictions(triage_sources, f
         assert conf >= cats[cid]
     recorded = ds.info["lumen_review"]["thresholds"]["v0001"]
     assert {k: v["threshold"] for k, v in recorded["classes"].items()} == {str(k): v for k, v in cats.items()}
-    # the App opens on predictions + heatmap; ground truth and the hidden predictions stay off
+    # the App opens on predictions + the heatmap no box explains; ground truth, the whole heatmap and
+    # the hidden predictions stay off
     active = ds.app_config.active_fields.paths
-    assert "predictions" in active and "heatmap" in active
+    assert "predictions" in active and "heatmap_unexplained" in active and "heatmap" not in active
     assert "ground_truth" not in active and "predictions_below_threshold" not in active
     scheme = ds.app_config.color_scheme
     assert scheme.color_by == "value" and 0 < scheme.opacity < 1
-    assert scheme.colorscales[0]["path"] == "heatmap"
+    assert [c["path"] for c in scheme.colorscales] == ["heatmap", "heatmap_unexplained"]
 
     # a new version archives the hidden field along with the shown one, labeler tags included
     ds.select_labels(ids=[ds.first().predictions_below_threshold.detections[0].id]).tag_labels("accept")
