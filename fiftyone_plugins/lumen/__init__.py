@@ -271,6 +271,44 @@ class AcceptPrompted(foo.Operator):
             return _fail(ctx, exc)
 
 
+class _TagSelected(foo.Operator):
+    """Accept or reject the selected boxes only: never the heatmap, its peaks or ground truth (the App's
+    own tag button offers those too, and tags every field when nothing is selected)."""
+
+    tag = ""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name=f"{self.tag}_selected", label=f"{self.tag.capitalize()} selected labels",
+                                  description=f"Tag the selected predictions, prompted labels or corrections "
+                                              f"{self.tag!r}, nothing else",
+                                  allow_immediate_execution=True, allow_delegated_execution=False)
+
+    def resolve_placement(self, ctx):
+        return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS, types.Button(label=self.tag.capitalize()))
+
+    def execute(self, ctx):
+        from pipelines.review.tagging import tag_selected
+
+        try:
+            out = tag_selected(ctx.dataset, list(ctx.selected_labels or []), self.tag)
+        except Exception as exc:
+            return _fail(ctx, exc)
+        note = f" ({out['left_out']} heatmap or ground-truth labels left as they are)" if out["left_out"] else ""
+        ctx.ops.notify(f"{self.tag}ed {out['tagged']} label{'s' * (out['tagged'] != 1)}{note}", variant="success")
+        ctx.ops.clear_selected_labels()
+        ctx.ops.reload_samples()
+        return out
+
+
+class AcceptSelected(_TagSelected):
+    tag = "accept"
+
+
+class RejectSelected(_TagSelected):
+    tag = "reject"
+
+
 def _accept_ids(ctx) -> list[str]:
     """The selected prompted labels, else every untagged prompted label of the opened sample."""
     from pipelines.errors import InputError
@@ -312,3 +350,5 @@ def register(p):
     p.register(AskLumen)
     p.register(AskLumenAgain)
     p.register(AcceptPrompted)
+    p.register(AcceptSelected)
+    p.register(RejectSelected)
