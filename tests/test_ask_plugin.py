@@ -92,6 +92,8 @@ def test_ask_lumen_writes_prompted_labels_and_its_heatmap(plugin, dataset):
     heat = sample.prompted_heatmap
     assert heat.instruction == "every square" and heat.map.dtype == np.uint8
     assert max(heat.map.shape) <= 128 and heat.map.shape[1] / heat.map.shape[0] == pytest.approx(w / h, rel=0.05)
+    # the image shows through: below a fifth of its own peak the map is zero (transparent in the App)
+    assert heat.map.max() > 0 and (heat.map == 0).mean() > 0.3, (heat.map == 0).mean()
     # the App shows them when it opens the dataset, and the form starts from this instruction next time
     assert {"prompted", "prompted_heatmap"} <= set(dataset.app_config.active_fields.paths)
     assert dataset.get_field("prompted.detections.instruction") is not None  # filterable in the sidebar

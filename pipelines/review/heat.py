@@ -19,9 +19,10 @@ from pipelines.heatmaps import decode_png, find_peaks
 
 STORED_MAX_SIDE = 128  # the map is a low-resolution signal; the App stretches it over the image
 # The App paints every non-zero heatmap pixel and leaves only exact zeros transparent. A model's map
-# never reaches zero (its background sits at 1-2 % of the peak), so without a cut the whole image is
-# tinted. Below this share of the image's own peak a pixel is set to zero: the image shows through
-# everywhere but where the model looked. (A fixed value would hide a weak map completely.)
+# never reaches zero (a trained model's background sits at 1-2 % of the peak, a barely trained one's at
+# a quarter), so without a cut the whole image is tinted. A pixel less than this share of the way from
+# the map's median (its background) to its peak is set to zero: the image shows through everywhere
+# but where the model looked. (A fixed value would hide a weak map completely.)
 VISIBLE_SHARE = 0.2
 
 
@@ -100,7 +101,9 @@ def unexplained_heat(heat: np.ndarray, boxes, sx: float, sy: float) -> np.ndarra
 
 
 def visible_heat(top: np.ndarray) -> np.ndarray:
-    """[0, 1] map -> uint8 for the App, zero (transparent) below `VISIBLE_SHARE` of its own peak."""
+    """[0, 1] map -> uint8 for the App, zero (transparent) below `VISIBLE_SHARE` of the way from its
+    median to its peak."""
     out = np.clip(np.round(top * 255), 0, 255).astype(np.uint8)
-    out[top < VISIBLE_SHARE * float(top.max())] = 0
+    floor = float(np.median(top))
+    out[top < floor + VISIBLE_SHARE * (float(top.max()) - floor)] = 0
     return out

@@ -24,7 +24,7 @@ from pipelines.errors import InputError
 from pipelines.geometry import SquarePad
 from pipelines.review import fields as F
 from pipelines.review.fo_env import fiftyone
-from pipelines.review.heat import STORED_MAX_SIDE
+from pipelines.review.heat import STORED_MAX_SIDE, visible_heat
 from pipelines.review.labels import keypoints_to_points, mask_crops, relative_box, stable_key
 
 PROMPTED = "prompted"
@@ -97,7 +97,7 @@ def _stored_heat(answer) -> np.ndarray:
     small_w, small_h = max(1, round(answer.width * f)), max(1, round(answer.height * f))
     small = SquarePad(small_w, small_h, answer.input_size, answer.heatmap_size).heatmap_to_image(
         np.asarray(answer.grid, dtype=np.float32))
-    return np.clip(np.round(small * 255), 0, 255).astype(np.uint8)
+    return visible_heat(small)  # transparent below a share of its own peak, as the pushed heatmaps
 
 
 def write_answer(sample, answer, model_version: str, label: str | None = None) -> dict:
