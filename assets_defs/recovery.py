@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from pipelines.errors import LumenError
+from pipelines.tempdirs import pid_alive
 
 PID_TAG = "lumen/pid"
 HOST_TAG = "lumen/host"
@@ -53,12 +54,8 @@ def owner_state(tags) -> str:
     pid, host = tags.get(PID_TAG), tags.get(HOST_TAG)
     if not pid or host != socket.gethostname():
         return "unknown"
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+    if not pid_alive(int(pid)):  # gone, or a zombie nobody reaps
         return "dead"
-    except PermissionError:  # exists, owned by someone else
-        pass
     start = tags.get(START_TAG)
     return "dead" if start and _process_start(int(pid)) not in ("", start) else "alive"
 

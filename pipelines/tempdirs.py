@@ -42,13 +42,20 @@ def is_leftover(path: Path) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs. A zombie does not: a process killed with its parent is reparented to
+    PID 1, and where PID 1 does not reap (containers, sandboxes) it stays a zombie that `kill(pid, 0)`
+    still finds; a dead run must not keep its slot or its temp folder for that."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def clean_stale(out: Path) -> list[Path]:

@@ -445,3 +445,29 @@ def test_full_disk_during_training_is_one_line_and_leaves_no_temp_folder(model_s
     line = _one_line_error(capsys)
     assert rc != 0 and "No space left on device" in line and str(tiny_disk) in line, line
     assert list(tiny_disk.iterdir()) == []
+
+
+def test_a_zombie_is_not_alive():
+    """A main command killed with its parent is reparented to PID 1; where PID 1 does not reap (containers,
+    this sandbox) it stays a zombie, which `kill(pid, 0)` still finds. Its run must count as dead, or the
+    next run waits for its `gpu` slot until it times out."""
+    from assets_defs.recovery import PID_TAG, HOST_TAG, owner_state
+    from pipelines.tempdirs import pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:  # exited, not yet reaped: a zombie
+            state = open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0]
+            if state == "Z":
+                break
+            time.sleep(0.05)
+        assert state == "Z"
+        os.kill(child.pid, 0)  # what the old check asked: it still finds the process
+        assert not pid_alive(child.pid)
+        import socket
+
+        assert owner_state({PID_TAG: str(child.pid), HOST_TAG: socket.gethostname()}) == "dead"
+    finally:
+        child.wait()
+    assert pid_alive(os.getpid())
