@@ -235,9 +235,9 @@ def test_watched_folder_sensor_leaves_corrections_to_the_loop_and_says_why_it_sk
 # Data engineers ------------------------------------------------------------------------------------------------
 
 def _check_evaluations(instance, run_id=None) -> list:
-    records = instance.get_event_records(dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION))
-    return [r.event_log_entry.dagster_event.asset_check_evaluation_data for r in records
-            if run_id is None or r.event_log_entry.run_id == run_id]
+    runs = [run_id] if run_id else [r.run_id for r in instance.get_runs()]
+    return [e.dagster_event.asset_check_evaluation_data for rid in runs
+            for e in instance.all_logs(rid, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)]
 
 
 def test_shard_checks_per_partition_with_numbers_and_logs_without_repeats(tmp_path, dagster_instance):

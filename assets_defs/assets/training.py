@@ -397,7 +397,7 @@ def _who(context, step: str) -> str:
     import getpass
 
     user = context.run.tags.get("user") or getpass.getuser()
-    return f"{step} (run {context.run_id[:8]}, {user})"
+    return f"{step} (run {context.run.run_id[:8]}, {user})"
 
 
 def _registry_metadata(registry: ModelRegistry) -> dict:
