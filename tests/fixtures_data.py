@@ -28,3 +28,16 @@ def sample_shards_dir(sample_data_dir, tmp_path_factory):
             convert_source(spec.fmt, spec.input_path, root / f"{source}-{spec.split}", source_name=source,
                            input_size=TINY_INPUT_SIZE, progress=False, **spec.options)
     return root
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A full disk to write onto: a 16 KiB tmpfs (needs root; skipped elsewhere), unmounted afterwards."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)

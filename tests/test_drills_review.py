@@ -371,14 +371,7 @@ def test_bad_correction_boxes_are_skipped_with_why_and_the_pull_goes_on(review_s
 
 # --- 12. a pull onto a full disk: one line, nothing left behind -------------------------------------------
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+# `tiny_disk` (a 16 KiB tmpfs): tests/fixtures_data.py
 
 
 def test_pull_onto_a_full_disk_is_one_line_and_leaves_no_partial_folder(review_sources, train_pred, tiny_disk,

@@ -415,14 +415,7 @@ def test_over_long_texts_are_counted_in_the_manifest(sample_data_dir, tmp_path, 
 
 # --- 8. a full disk: one line naming the file, no temp folder left ---------------------------------------
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+# `tiny_disk` (a 16 KiB tmpfs): tests/fixtures_data.py
 
 
 def test_full_disk_during_convert_is_one_line_and_leaves_no_temp_folder(sample_data_dir, tiny_disk, capsys):
