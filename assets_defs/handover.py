@@ -133,4 +133,4 @@ HANDED_OVER: dict[tuple[str, str], str] = {}
 
 
 def origin_of(context: dg.AssetExecutionContext, asset: str) -> str:
-    return HANDED_OVER.get((context.run_id, asset), "this run")
+    return HANDED_OVER.get((context.run.run_id, asset), "this run")
