@@ -14,7 +14,7 @@ import pytest
 
 from lumen_cli import main as lumen
 from tests.conftest import ROOT
-from tests.test_faults import _env, _one_line_error, tiny_disk  # noqa: F401  (tiny_disk: the full-disk fixture)
+from tests.test_faults import _env, _one_line_error  # the full-disk fixture `tiny_disk`: tests/fixtures_data.py
 
 
 # --- 3. every corrections version trained: the newest, a cumulative snapshot, supersedes the rest --------
@@ -75,7 +75,7 @@ def test_retrain_trains_each_reviewed_image_once_with_its_latest_labels(sample_d
 
 # --- 12. the Arrow cache on a full disk: one line, no temp file left -----------------------------------
 
-def test_full_arrow_cache_disk_is_one_line_and_leaves_no_temp_file(model_shard_dirs, tiny_disk, tmp_path,  # noqa: F811
+def test_full_arrow_cache_disk_is_one_line_and_leaves_no_temp_file(model_shard_dirs, tiny_disk, tmp_path,
                                                                    monkeypatch, capsys):
     cache = tiny_disk / "arrow"
     monkeypatch.setenv("LUMEN_ARROW_CACHE", str(cache))
