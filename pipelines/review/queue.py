@@ -261,8 +261,18 @@ def count_review_work(dataset_name, since=None) -> int:
         return 0
     dataset = load_dataset(dataset_name)  # reloaded: a long-lived process (the sensor's) may hold a stale one
     states = scan(dataset, since=since)
+    marked_before = F.review_info(dataset).get("last_pull", {}).get("marked", 0)
+    all_states = (states if since is None else scan(dataset)) if marked_before else None
+    return review_work_count(dataset, states, all_states)
+
+
+def review_work_count(dataset, states, all_states=None) -> int:
+    """`count_review_work` from review states already scanned: `states` (changed since the last pull?) and,
+    after a pull that marked labels, `all_states` (every label, to count the deleted corrections)."""
     changed = sum(1 for s in states if s.signature != s.pulled)
     # corrections deleted after a pull leave no label behind to compare: count them by number
     marked_before = F.review_info(dataset).get("last_pull", {}).get("marked", 0)
-    marked_now = sum(1 for s in scan(dataset) if s.pulled is not None) if marked_before else 0
+    if not marked_before:
+        return changed
+    marked_now = sum(1 for s in all_states if s.pulled is not None)
     return changed + max(0, marked_before - marked_now)

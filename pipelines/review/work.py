@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pipelines.review import fields as F
 from pipelines.review.fo_env import fiftyone
-from pipelines.review.queue import count_review_work
+from pipelines.review.queue import review_work_count
 from pipelines.review.reviewed import scan
 
 
@@ -35,8 +35,9 @@ def review_work(dataset_name: str) -> ReviewWork:
         return ReviewWork(0, "no-dataset", "")
     dataset = fo.load_dataset(dataset_name)
     dataset.reload()  # this process may hold the object from an earlier look: what it cached is stale
-    reviewed = count_review_work(dataset_name)  # loads the same (now fresh) object
-    unpulled = sorted(f"{s.label_id}:{s.signature}" for s in scan(dataset) if s.signature != s.pulled)
+    states = scan(dataset)  # one scan for the count and the key
+    reviewed = review_work_count(dataset, states, states)
+    unpulled = sorted(f"{s.label_id}:{s.signature}" for s in states if s.signature != s.pulled)
     last_pull = F.review_info(dataset).get("last_pull", {})
     digest = hashlib.sha1("\n".join([last_pull.get("content_hash", ""), *unpulled]).encode()).hexdigest()[:12]
     return ReviewWork(reviewed, digest, last_pull.get("version_dir", ""))
