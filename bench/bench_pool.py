@@ -1,0 +1,161 @@
+"""The unlabeled pool at COCO size (issue 33): planning it into partitions, and pseudo-labels per worker.
+
+    .venv/bin/python bench/bench_pool.py [--plan-images 123403] [--images 32] [--checkpoint DIR]
+                                         [--threads 2] [--partition-size 1000] [--skip-throughput]
+
+1. Planning: a synthetic pool file of `--plan-images` COCO image_info records (COCO's unlabeled set is
+   123,403 images; the records carry the same keys as COCO's), planned into partitions by
+   `pipelines.pool_partitions.plan_pool` in a child process: wall seconds and that process's peak RSS
+   (goals: <= 10 s, <= 1 GB). A second plan of the same file (nothing new) is timed too.
+2. Throughput of one worker: `lumen_model.predict.predict` (instance segmentation, what `pool_pseudo_labels`
+   runs) on `--images` demo pool images with `--threads` torch threads, one view (flip_tta off) and two
+   (flip_tta on, the default). The fixed cost (model load, files) is measured with a one-image run and
+   taken off: images/s = (N - 1) / (t(N) - t(1)). Without --checkpoint a tiny model is made first
+   (bench_ask's recipe, about a minute): speed depends on the preset, not the training.
+3. The projection for 123,403 images on 1, 8 and 64 workers: each worker labels whole partitions, so
+   hours = (images / images_per_s + partitions * fixed_s) / workers, assuming workers do not slow each
+   other (one GPU each, or their own cores) and the review push keeps up; the real stack's two-worker
+   speed-up is measured by the Celery drill in tests/test_pool_partitions.py, not here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+COCO_UNLABELED = 123_403
+PLAN_CHILD = """
+import json, resource, sys, time
+t0 = time.perf_counter()
+from pipelines.pool_partitions import plan_pool
+t1 = time.perf_counter()
+plan = plan_pool([sys.argv[1]], sys.argv[2], max_size=int(sys.argv[3]))
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "plan_s": t2 - t1, "partitions": len(plan.partitions),
+                  "new_partitions": len(plan.new_partitions), "images_new": plan.images_new,
+                  "quarantined": plan.quarantined,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def write_synthetic_pool(path: Path, n: int) -> None:
+    """n image records shaped like COCO's image_info_unlabeled2017.json (plus its 80 categories' shape)."""
+    with open(path, "w") as f:
+        f.write('{"info": {"description": "synthetic pool"}, "licenses": [], "images": [')
+        for i in range(n):
+            im = {"license": 1 + i % 8, "file_name": f"{i + 1:012d}.jpg", "coco_url": f"http://x/{i + 1:012d}.jpg",
+                  "height": 480, "width": 640, "date_captured": "2013-11-14 11:18:45", "id": i + 1}
+            f.write(("," if i else "") + json.dumps(im))
+        cats = [{"supercategory": "shape", "id": k + 1, "name": f"class{k + 1}"} for k in range(80)]
+        f.write('], "categories": ' + json.dumps(cats) + "}")
+
+
+def bench_planning(n: int, partition_size: int, work: Path) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    pool = work / "image_info_unlabeled.json"
+    t0 = time.perf_counter()
+    write_synthetic_pool(pool, n)
+    written_s = time.perf_counter() - t0
+    out = {"images": n, "pool_file_mb": round(pool.stat().st_size / 2**20, 1),
+           "write_file_s": round(written_s, 1)}
+    for name in ("first", "again"):
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, "-c", PLAN_CHILD, str(pool), str(work / "plan"), str(partition_size)],
+                             capture_output=True, text=True, cwd=str(Path(__file__).resolve().parents[1]))
+        wall = time.perf_counter() - t0
+        if res.returncode:
+            raise SystemExit(f"planning failed: {res.stderr.strip().splitlines()[-1:]}")
+        child = json.loads(res.stdout.strip().splitlines()[-1])
+        out[name] = {"process_wall_s": round(wall, 2), "plan_s": round(child["plan_s"], 2),
+                     "peak_rss_mb": round(child["peak_rss_mb"]), "partitions": child["partitions"],
+                     "new_partitions": child["new_partitions"], "quarantined": child["quarantined"]}
+    return out
+
+
+def bench_throughput(checkpoint: Path, n: int, threads: int, work: Path) -> dict:
+    import torch
+
+    from lumen_model.predict import predict
+    from pipelines.layout import IMAGES_DIR, pool_file
+    from pipelines.sample_data import write_sample_data
+
+    torch.set_num_threads(threads)
+    sources = work / "sources"
+    write_sample_data(sources, n_images=20, seed=0, pool=max(n, 2))
+    info = json.loads(pool_file(sources).read_text())
+    one = work / "one.json"
+    one.write_text(json.dumps({**info, "images": info["images"][:1]}))
+    out = {}
+    for views, tta in ((1, False), (2, True)):
+        times = {}
+        for name, ann in (("one", one), ("all", pool_file(sources))):
+            t0 = time.perf_counter()
+            predict(checkpoint, "instance_segmentation", sources / IMAGES_DIR, work / f"p{views}_{name}" / "segm.json",
+                    annotations=ann, progress=False, flip_tta=tta)
+            times[name] = time.perf_counter() - t0
+        per_image = max(times["all"] - times["one"], 1e-9) / max(n - 1, 1)
+        out[f"{views}_view{'s' if views > 1 else ''}"] = {
+            "images": n, "images_per_s": round(1 / per_image, 2), "fixed_s": round(max(times["one"] - per_image, 0), 2),
+            "wall_s": round(times["all"], 2)}
+    return out
+
+
+def projection(rate: dict, partition_size: int, images: int = COCO_UNLABELED) -> list[dict]:
+    partitions = -(-images // partition_size)
+    rows = []
+    for workers in (1, 8, 64):
+        busy = min(workers, partitions)
+        hours = (images / rate["images_per_s"] + partitions * rate["fixed_s"]) / busy / 3600
+        rows.append({"workers": workers, "hours": round(hours, 2)})
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plan-images", type=int, default=COCO_UNLABELED)
+    ap.add_argument("--partition-size", type=int, default=1000)
+    ap.add_argument("--images", type=int, default=32, help="pool images per throughput run (default %(default)s)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--checkpoint", default=None, help="a stage-2 checkpoint (default: a tiny one made first)")
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--out", default=None, help="work folder (default: a temp folder, removed)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    with tempfile.TemporaryDirectory(prefix="bench_pool_") as tmp:
+        work = Path(args.out or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        plan = bench_planning(args.plan_images, args.partition_size, work / "planning")
+        first = plan["first"]
+        print(f"[plan] {plan['images']} images ({plan['pool_file_mb']} MB json) -> {first['partitions']} partitions "
+              f"of <= {args.partition_size}: {first['plan_s']} s planning ({first['process_wall_s']} s with the "
+              f"process start), peak RSS {first['peak_rss_mb']} MB (goals <= 10 s, <= 1024 MB); "
+              f"again (nothing new): {plan['again']['plan_s']} s, {plan['again']['new_partitions']} new partitions")
+        result = {"planning": plan}
+        if not args.skip_throughput:
+            from bench.bench_ask import make_tiny_model
+
+            ckpt = Path(args.checkpoint) if args.checkpoint else make_tiny_model(work / "model")
+            rates = bench_throughput(ckpt, args.images, args.threads, work / "throughput")
+            result["throughput"] = rates
+            result["projection"] = {}
+            for name, r in rates.items():
+                rows = projection(r, args.partition_size)
+                result["projection"][name] = rows
+                print(f"[worker] {name.replace('_', ' ')}: {r['images_per_s']} images/s ({args.threads} threads, "
+                      f"{r['images']} images, fixed {r['fixed_s']} s a partition); 123,403 images: "
+                      + ", ".join(f"{row['hours']} h on {row['workers']} worker(s)" for row in rows))
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
