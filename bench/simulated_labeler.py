@@ -7,20 +7,26 @@ Per image, in the order it is given and within a budget of images:
 - `review`: a prediction that matches a true object (same class, IoU >= 0.5; predictions by
   confidence, each true object matched once) is tagged `accept`, every other prediction `reject`,
   and each true object no prediction matched is drawn into `corrections` (box + mask);
+- `prompted`: as `review`, but a missed object is first asked for, as a person does in the App's
+  "Ask Lumen": the labeler types a referring expression for it, built from the truth the way the
+  demo builds RefCOCO's (`PoolExpressions`, never from a prediction), asks the model through the
+  App's in-memory call (`lumen_model.ask.load_asker(...).ask`, one object with its mask), writes
+  the answer as the App does (`prompted` field, pipelines/review/prompted.py's `write_answer`) and
+  accepts it as the App's Accept does (`accept_prompted`: the pull takes it with provenance
+  "prompted") when it matches the object (same class, IoU >= 0.5); else it draws the object. An
+  object that no expression singles out (two alike red squares in the middle) is drawn at once;
 - `scratch`: every true object is drawn into `corrections`, the predictions are left alone
   (labeling from scratch);
 - `accept_all`: every prediction is tagged `accept` (self-training: no person involved, so no
   action is counted).
 The image is then tagged `reviewed`. Crowd regions are not objects to draw or match.
-Counts: images, accepts, rejects, boxes drawn (every object drawn) and, of those, masks drawn;
-actions = accepts + rejects + boxes drawn. `by_kind()` gives the counts per action kind of
-pipelines/review/effort.py (accept, reject, draw_box: an object drawn without a mask, draw_mask: one
-drawn with its mask, image: an image a person opened, prompt: an instruction typed and its answer
-accepted), which `ActionCosts.seconds` turns into a person's seconds.
-
-TODO(arm F, prompted corrections): a `prompted` mode that types an instruction per image (the App's
-ask feature) and accepts the answer where it matches the truth counts `prompts` (and draws what the
-answer missed); its seconds need `ActionCosts.prompt_s`, which no study gives yet.
+Counts: images, accepts, rejects, boxes drawn (every object drawn) and, of those, masks drawn,
+prompts (instructions typed and answers checked) and, of those, the accepted ones;
+actions = accepts + rejects + boxes drawn + prompts. `by_kind()` gives the counts per action kind
+of pipelines/review/effort.py (accept, reject, draw_box: an object drawn without a mask, draw_mask:
+one drawn with its mask, image: an image a person opened, prompt: an instruction typed and its
+answer checked), which `ActionCosts.seconds` turns into a person's seconds: a wrong answer costs
+its prompt and then the drawing.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ from pipelines.review.queue import order_field
 from pipelines.sources.coco import to_rles
 from pipelines.sources.common import load_json
 
-MODES = ("review", "scratch", "accept_all")
+MODES = ("review", "scratch", "accept_all", "prompted")
+ASK_TASK = "referring_segmentation"  # the App's "One object (a mask)": a drawn object has its mask too
 
 
 @dataclass
@@ -49,7 +56,8 @@ class LabelerCounts:
     rejects: int = 0
     boxes_drawn: int = 0  # objects drawn, with or without a mask
     masks_drawn: int = 0  # of those, drawn with their mask
-    prompts: int = 0  # instructions typed and answers accepted (arm F, not built yet)
+    prompts: int = 0  # instructions typed in Ask Lumen and answers checked (mode `prompted`)
+    prompts_accepted: int = 0  # of those, answers that matched the object and were accepted
 
     @property
     def actions(self) -> int:
@@ -91,6 +99,69 @@ def _truth_by_image(truth_file) -> tuple[dict, dict]:
     return by_image, {c["id"]: c["name"] for c in data.get("categories", [])}
 
 
+class PoolExpressions:
+    """What a person would type for a true object of the demo's unlabeled pool: the demo's own referring
+    expressions (pipelines.sample_data.language, "the [big|small] [colour] category [on the left|right]"),
+    built from the object's scene as `lumen sample-data` builds RefCOCO's (same generator, same random
+    stream per image, the first expression of the object). The pool's scenes are made again from the
+    demo's seed (pool image k depends only on (seed, k)): the colours and sizes the expressions use are
+    not in COCO's json. A scene that does not give the oracle's boxes is refused in one line."""
+
+    def __init__(self, truth_file, seed: int = 0):
+        data = load_json(Path(truth_file), dict, "simulated labeler")
+        self.seed = seed
+        self.index = {im["id"]: (k, im) for k, im in enumerate(data.get("images", []))}  # pool order: k
+        self._by_image: dict[int, dict] = {}
+
+    def _scene(self, image_id: int):
+        import numpy as np
+
+        from pipelines.sample_data import MAX_SIDE, MIN_SIDE, POOL_STREAM
+        from pipelines.sample_data.scene import make_scene
+
+        if image_id not in self.index:
+            raise InputError(f"simulated labeler: image {image_id} is not in the pool's truth file")
+        k, im = self.index[image_id]
+        rng = np.random.default_rng([self.seed, POOL_STREAM, k])  # as write_sample_data draws pool image k
+        w, h = int(rng.integers(MIN_SIDE, MAX_SIDE + 1)), int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
+        scene = make_scene(rng, w, h)
+        if (w, h) != (im["width"], im["height"]):
+            raise InputError(f"simulated labeler: pool image {image_id} is not the demo's scene {k} of seed "
+                             f"{self.seed} (its size differs): pass the seed `lumen sample-data` used")
+        return scene
+
+    def _image(self, image_id: int) -> tuple[dict, set]:
+        """({rounded true box: the first expression that singles its object out}, every rounded box)."""
+        if image_id not in self._by_image:
+            import numpy as np
+
+            from pipelines.sample_data.language import referring_expressions
+
+            scene = self._scene(image_id)
+            rng = np.random.default_rng([self.seed, image_id, 1])  # _write_refcoco's stream for an image
+            said = {}
+            for i, obj in enumerate(scene.objects):  # every object in turn: the stream advances as there
+                sents = referring_expressions(scene, i, rng)
+                if sents:
+                    said[_box_key(obj.bbox)] = sents[0]
+            self._by_image[image_id] = (said, {_box_key(o.bbox) for o in scene.objects})
+        return self._by_image[image_id]
+
+    def for_object(self, image_id: int, truth: dict) -> str | None:
+        """The expression for one true object (a COCO annotation of the oracle), None when none singles
+        it out; an object the scene does not have is refused in one line."""
+        said, boxes = self._image(image_id)
+        key = _box_key(truth["bbox"])
+        if key not in boxes:
+            raise InputError(f"simulated labeler: object {truth.get('id')} of pool image {image_id} is not in the "
+                             f"demo's scene of seed {self.seed}: pass the seed `lumen sample-data` used")
+        return said.get(key)
+
+
+def _box_key(bbox) -> tuple:
+    return tuple(round(float(v), 2) for v in bbox)
+
+
 def _match(preds, truths, iou: float) -> tuple[set[int], set[int]]:
     """Greedy by confidence: (indices of matched predictions, indices of matched true objects)."""
     order = sorted(range(len(preds)), key=lambda i: -(preds[i][2] or 0.0))
@@ -121,17 +192,65 @@ def _has_mask(det) -> bool:
     return det.mask is not None and bool(det.mask.any())
 
 
+def answer_matches(answer, truth: dict, iou: float = 0.5) -> bool:
+    """Is the model's answer the object? Its box (the one a grounding answer has) of the object's class,
+    at IoU >= `iou` with the true box."""
+    if len(answer.boxes) == 0 or answer.meta.get("category_id") != truth["category_id"]:
+        return False
+    return box_iou([float(v) for v in answer.boxes[0]], truth["bbox"]) >= iou
+
+
+@dataclass
+class Prompting:
+    """What mode `prompted` needs: the App's model (`lumen_model.ask.load_asker(checkpoint)`), its version
+    (the prompted labels' `model_version`), the expressions of the pool's objects, and the IoU at which
+    an answer is the object."""
+
+    asker: object
+    model_version: str
+    expressions: PoolExpressions
+    iou: float = 0.5
+
+
+def _ask_for_missed(sample, missed: list[dict], prompting: Prompting, categories, counts: LabelerCounts):
+    """Ask for each missed object; returns (objects still to draw, ids of the prompted labels to accept)."""
+    from pipelines.review.prompted import PROMPTED, write_answer
+
+    to_draw, accept = [], []
+    for t in missed:
+        text = prompting.expressions.for_object(sample["image_id"], t)
+        if text is None:  # nothing singles it out in words: a person draws it
+            to_draw.append(t)
+            continue
+        answer = prompting.asker.ask(sample.filepath, text, ASK_TASK, categories=categories)
+        write_answer(sample, answer, prompting.model_version)  # the App writes every answer, right or not
+        counts.prompts += 1
+        if answer_matches(answer, t, prompting.iou):
+            counts.prompts_accepted += 1
+            accept += [d.id for d in sample[PROMPTED].detections
+                       if not d.tags and d.get_field("instruction") == text]
+        else:  # a wrong answer stays untagged (never pulled); the object is drawn
+            to_draw.append(t)
+    return to_draw, accept
+
+
 def label(dataset_name, truth_file, order: list[str], *, budget: int | None, mode: str = "review",
-          iou: float = 0.5) -> LabelerCounts:
-    """Work through `order` (sample ids) until `budget` images are done; returns what was done."""
+          iou: float = 0.5, prompting: Prompting | None = None) -> LabelerCounts:
+    """Work through `order` (sample ids) until `budget` images are done; returns what was done. Mode
+    `prompted` needs `prompting`."""
     from pipelines.review.fo_env import fiftyone
 
     fo = fiftyone()  # the configured database, never whichever embedded one happens to run
 
     if mode not in MODES:
         raise InputError(f"simulated labeler: unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    if mode == "prompted" and prompting is None:
+        raise InputError("simulated labeler: mode 'prompted' needs the model to ask (Prompting)")
     dataset = fo.load_dataset(dataset_name)
-    field = F.review_info(dataset).get("field", "predictions")
+    info = F.review_info(dataset)
+    field = info.get("field", "predictions")
+    categories = info.get("categories") or None  # the classes the App names answers from
+    known = {c["name"] for c in categories or []} or None
     truth, names = _truth_by_image(truth_file)
     counts = LabelerCounts()
     todo = order if budget is None else order[:budget]
@@ -139,7 +258,7 @@ def label(dataset_name, truth_file, order: list[str], *, budget: int | None, mod
         w, h = sample.metadata.width, sample.metadata.height
         dets = sample[field].detections if sample[field] is not None else []
         true = truth.get(sample["image_id"], [])
-        drawn = []
+        drawn, accept = [], []
         if mode == "accept_all":
             for d in dets:
                 d.tags.append(F.ACCEPT)
@@ -153,6 +272,8 @@ def label(dataset_name, truth_file, order: list[str], *, budget: int | None, mod
             counts.accepts += len(hit_p)
             counts.rejects += len(dets) - len(hit_p)
             drawn = [t for j, t in enumerate(true) if j not in hit_t]
+            if mode == "prompted" and drawn:
+                drawn, accept = _ask_for_missed(sample, drawn, prompting, categories, counts)
         if drawn:
             objects = [_drawn(fo, t, names.get(t["category_id"], str(t["category_id"])), w, h) for t in drawn]
             sample[F.CORRECTIONS] = fo.Detections(detections=objects)
@@ -160,6 +281,10 @@ def label(dataset_name, truth_file, order: list[str], *, budget: int | None, mod
             counts.masks_drawn += sum(_has_mask(d) for d in objects)
         sample.tags.append(F.REVIEWED_SAMPLE_TAG)
         sample.save()
+        if accept:  # the App's Accept, after the sample's own save (it tags the stored labels)
+            from pipelines.review.prompted import accept_prompted
+
+            accept_prompted(dataset, accept, known_classes=known)
         counts.images += 1
         counts.images_opened += mode != "accept_all"  # self-training: no person looks
     return counts

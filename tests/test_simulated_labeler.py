@@ -121,3 +121,151 @@ def test_scratch_draws_every_object_and_random_order_is_seeded(review_sources, t
     rest = label(fo_dataset_name, truth, order[3:], budget=None, mode="accept_all")
     assert rest.images == len(order) - 3 and rest.accepts == 0
     assert ActionCosts().seconds(rest.by_kind())["total"] == 0.0
+
+
+# ---- arm F: prompted corrections ---------------------------------------------------------------------
+POOL_SEED = 5
+
+
+@pytest.fixture(scope="module")
+def pool_sources(tmp_path_factory):
+    """A demo set whose unlabeled pool (8 images) and its oracle truth the labeler works on."""
+    from pipelines.sample_data import write_sample_data
+
+    root = tmp_path_factory.mktemp("pool-sources")
+    write_sample_data(root, n_images=2, seed=POOL_SEED, val_fraction=0.5, pool=8)
+    return root
+
+
+def _pool_predictions(gt: dict) -> tuple[list[dict], dict]:
+    """Per image: true objects 0, 2, 4 found; 1, 3, 5 missed, each under a prediction of the wrong class
+    on its box (so an instruction made from the prediction would name the wrong class)."""
+    cats = sorted(c["id"] for c in gt["categories"])
+    results, missed = [], {}
+    for im in gt["images"]:
+        anns = [a for a in gt["annotations"] if a["image_id"] == im["id"] and not a["iscrowd"]]
+        missed[im["id"]] = [a for k, a in enumerate(anns) if k % 2]
+        for k, a in enumerate(anns):
+            cid = a["category_id"] if k % 2 == 0 else next(c for c in cats if c != a["category_id"])
+            results.append({"image_id": im["id"], "category_id": cid, "bbox": a["bbox"], "score": 0.9})
+    return results, missed
+
+
+def _colour_under(image_file, ann: dict) -> str:
+    """The demo colour nearest to the object's mean pixel colour (what a person sees)."""
+    import cv2
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from pipelines.sample_data import COLORS
+
+    rgb = cv2.cvtColor(cv2.imread(str(image_file)), cv2.COLOR_BGR2RGB)
+    h, w = rgb.shape[:2]
+    m = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], h, w))).astype(bool)
+    mean = rgb[m].mean(axis=0)
+    return min(COLORS, key=lambda c: float(np.sum((np.asarray(COLORS[c]) - mean) ** 2)))
+
+
+def test_prompted_corrections_ask_for_missed_objects_in_words_from_the_truth(pool_sources, tiny_stage2, tmp_path,
+                                                                             fo_dataset_name):
+    """Mode `prompted` (arm F): per missed object an instruction made from the truth, asked through the App's
+    in-memory call; a matching answer lands as an accepted prompted label and is pulled with provenance
+    "prompted", a wrong one is left untagged and the object drawn; every prompt and draw counted and timed."""
+    import fiftyone as fo
+
+    from bench.simulated_labeler import PoolExpressions, Prompting
+    from lumen_model.ask import load_asker
+    from pipelines.layout import pool_file
+    from pipelines.sample_data import COLORS, ORACLE_FILE
+
+    truth = pool_sources / ORACLE_FILE
+    gt = json.loads(truth.read_text())
+    results, missed = _pool_predictions(gt)
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps(results))
+    images = pool_sources / "coco" / "images"
+    push_predictions(fo_dataset_name, images, pred, "start", categories_file=pool_file(pool_sources), progress=False)
+    build_review_queue(fo_dataset_name)
+    ds = fo.load_dataset(fo_dataset_name)
+    order = queue_order(ds)
+    image_of = dict(zip(*ds.values(["id", "image_id"])))
+    asker = load_asker(tiny_stage2[0])
+    expressions = PoolExpressions(truth, seed=POOL_SEED)
+    # the first half: any answer of the object's class is taken as right (IoU >= 0); the second half:
+    # none is (IoU >= 1.01): the object is drawn after its prompt. The same code path decides both.
+    half = len(order) // 2
+    right = label(fo_dataset_name, truth, order[:half], budget=None, mode="prompted",
+                  prompting=Prompting(asker, "start", expressions, iou=0.0))
+    wrong = label(fo_dataset_name, truth, order[half:], budget=None, mode="prompted",
+                  prompting=Prompting(asker, "start", expressions, iou=1.01))
+
+    def split(ids):
+        anns = [a for i in ids for a in missed[image_of[i]]]
+        said = [a for a in anns if expressions.for_object(a["image_id"], a) is not None]
+        return anns, said
+
+    anns_r, said_r = split(order[:half])
+    anns_w, said_w = split(order[half:])
+    assert said_r and said_w, "the toy pool must have missed objects that words single out"
+
+    def n_found(ids):  # true objects 0, 2, 4 of each image: found by a prediction, accepted
+        return sum((len([a for a in gt["annotations"] if a["image_id"] == image_of[i] and not a["iscrowd"]]) + 1) // 2
+                   for i in ids)
+
+    assert (right.prompts, right.prompts_accepted, right.boxes_drawn) == (len(said_r), len(said_r),
+                                                                          len(anns_r) - len(said_r))
+    assert (wrong.prompts, wrong.prompts_accepted, wrong.boxes_drawn) == (len(said_w), 0, len(anns_w))
+    assert (right.accepts, right.rejects) == (n_found(order[:half]), len(anns_r))  # the wrong-class predictions rejected
+    assert wrong.actions == wrong.accepts + wrong.rejects + len(said_w) + len(anns_w)
+    # the instruction comes from the truth: the true class (not the prediction's), the object's own colour
+    ds.reload()
+    prompted = [d for s in ds.select(order) if s["prompted"] is not None for d in s["prompted"].detections]
+    by_text = {d["instruction"]: d for d in prompted}
+    assert len(prompted) == len(said_r) + len(said_w)
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    files = {im["id"]: images / im["file_name"] for im in gt["images"]}
+    for a in said_r + said_w:
+        text = expressions.for_object(a["image_id"], a)
+        words = text.split()
+        assert text.startswith("the ") and names[a["category_id"]] in words and text in by_text
+        colours = [w for w in words if w in COLORS]
+        if colours:
+            assert colours == [_colour_under(files[a["image_id"]], a)]
+    accepted = [d for d in prompted if "accept" in d.tags]
+    ids = {d.id for d in accepted}
+    assert len(accepted) == len(said_r) and all(not d.tags for d in prompted if d.id not in ids)
+    assert all(d["model_version"] == "start" and d.mask is not None for d in accepted)
+
+    pulled = pull_corrections(fo_dataset_name, tmp_path / "corrections", progress=False)
+    assert (pulled["prompted"], pulled["corrections"]) == (len(said_r), right.boxes_drawn + wrong.boxes_drawn)
+    version = tmp_path / "corrections" / pulled["version"]
+    prov = json.loads((version / "provenance.json").read_text())
+    from_asks = [p for p in prov if p["source"] == "prompted"]
+    assert sorted(p["instruction"] for p in from_asks) == sorted(expressions.for_object(a["image_id"], a)
+                                                                 for a in said_r)
+    assert all(p["action"] == "accept" and p["field"] == "prompted" for p in from_asks)
+    coco = json.loads((version / "instances_train.json").read_text())
+    assert all(a.get("segmentation") for a in coco["annotations"] if a.get("instruction"))
+
+    # seconds: a prompt each, then a draw for every object not taken from an answer
+    both = right.add(wrong)
+    assert both.by_kind()["prompt"] == len(said_r) + len(said_w)
+    s = ActionCosts(prompt_s=5.0).seconds(both.by_kind())
+    assert s["prompt"] == 5.0 * both.prompts
+    assert s["total"] == pytest.approx(2.0 * (both.accepts + both.rejects) + 5.0 * both.prompts
+                                       + 79.2 * both.masks_drawn + 7.0 * (both.boxes_drawn - both.masks_drawn))
+    with pytest.raises(InputError, match="prompt_s"):  # no study gives the seconds of a prompt: say them
+        ActionCosts().seconds(both.by_kind())
+
+
+def test_prompted_mode_refuses_without_a_model_and_a_foreign_scene_in_one_line(pool_sources, fo_dataset_name):
+    from bench.simulated_labeler import PoolExpressions
+    from pipelines.sample_data import ORACLE_FILE
+
+    truth = pool_sources / ORACLE_FILE
+    gt = json.loads(truth.read_text())
+    with pytest.raises(InputError, match="needs the model"):
+        label(fo_dataset_name, truth, [], budget=None, mode="prompted")
+    a = next(a for a in gt["annotations"] if not a["iscrowd"])
+    with pytest.raises(InputError, match="seed"):  # not the scenes this truth was written from
+        PoolExpressions(truth, seed=POOL_SEED + 1).for_object(a["image_id"], a)

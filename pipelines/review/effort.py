@@ -16,8 +16,8 @@ from pipelines.errors import InputError
 
 # accept: a shown label verified as right; reject: verified as wrong; draw_box: an object drawn as a
 # box only; draw_mask: an object drawn as a mask (its box comes with it); image: an image opened and
-# looked over; prompt: an instruction typed and its answer accepted (the App's ask feature; hook, see
-# ActionCosts.prompt_s)
+# looked over; prompt: an instruction typed into the App's Ask Lumen and its answer checked against the
+# object (accepting a right answer included; a wrong one is then drawn, a draw of its own)
 KINDS = ("accept", "reject", "draw_box", "draw_mask", "image", "prompt")
 
 
@@ -44,8 +44,12 @@ class ActionCosts:
     image_s = 0.0: opening an image and looking it over for missed objects. No study we cite gives
         a number for this step on its own (the numbers above include looking at the object); 0 keeps
         the seconds to the cited per-action numbers.
-    prompt_s = None: typing an instruction and accepting its answer (the App's ask feature, not
-        measured yet; no study gives a number). Counting prompts without setting it is an error.
+    prompt_s = None: typing an instruction for one object into the App's Ask Lumen ("the red star
+        on the left") and checking the model's answer against the object, accepting it when right. No
+        published study we know gives a time for this step, and we have not measured people doing it:
+        there is no default, and counting prompts without setting it is an error. The loop bench
+        (`--ask-s`, `--ask-range`) shows its results over a range of this cost (3, 5, 10 s by default:
+        typing a few words, about as long as one to a few verifications, well under a drawn mask).
     """
 
     accept_s: float = 2.0
