@@ -27,10 +27,19 @@ label = dg.define_asset_job(
     "label", selection=dg.AssetSelection.assets("model_in_use", "pseudo_labels", "review_dataset"),
     description="Pseudo-label the unlabeled pool with the model in use and refresh the FiftyOne review dataset.")
 
+# the pool's partitioned assets run per pool partition (label_pool), never in a run over the source partitions
+POOL_ASSETS = dg.AssetSelection.assets("pool_pseudo_labels", "pool_review")
+
+label_pool = dg.define_asset_job(
+    "label_pool", selection=POOL_ASSETS,
+    description="Pseudo-label one pool partition with the model in use and push it into the review dataset; the "
+                "new_pool_images sensor launches one run per new partition (a backfill: one per partition, spread "
+                "over every gpu worker).")
+
 main = dg.define_asset_job(
-    "main", selection=dg.AssetSelection.all(),
+    "main", selection=dg.AssetSelection.all() - POOL_ASSETS,
     description="The whole loop: sources -> shards -> catalog -> stage 1 -> stage 2 -> evaluation -> "
                 "model in use -> pseudo-labels -> review dataset -> corrections. Launch it over all source partitions "
                 "(one run; `python -m assets_defs.main` does that).")
 
-JOBS = [ingest, retrain, promote_model, pull_corrections_job, label, main]
+JOBS = [ingest, retrain, promote_model, pull_corrections_job, label, label_pool, main]

@@ -39,3 +39,24 @@ def all_partitions_tags(instance: dg.DagsterInstance) -> dict[str, str]:
     """Run tags that make one run cover every source partition (single-run backfill policy)."""
     keys = instance.get_dynamic_partitions(source_partitions.name)
     return {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+
+
+# The unlabeled pool, in partitions of a bounded size (`pipelines.pool_partitions`): pool-0000, pool-0001, ...
+# added by the `new_pool_images` sensor as the pool grows; pseudo-labels and their push run per partition.
+pool_partitions = dg.DynamicPartitionsDefinition(name="pool")
+
+
+def pool_plan_dir(base) -> "Path":
+    """Where the pool's plan lives under a data root (`LumenPaths.base`)."""
+    from pathlib import Path
+
+    return Path(base) / "pool_plan"
+
+
+def ensure_pool_partitions(instance: dg.DagsterInstance, keys) -> list[str]:
+    """Add the planned pool partitions the instance does not have yet; returns those added."""
+    have = set(instance.get_dynamic_partitions(pool_partitions.name))
+    missing = [k for k in keys if k not in have]
+    if missing:
+        instance.add_dynamic_partitions(pool_partitions.name, missing)
+    return missing

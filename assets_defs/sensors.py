@@ -11,13 +11,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets_defs.jobs import ingest, pull_corrections_job, retrain
+from assets_defs.jobs import ingest, label_pool, pull_corrections_job, retrain
 from assets_defs.layout import fingerprint, partition_files
 from assets_defs.metadata import latest_metadata
-from assets_defs.partitions import corrections_partition, source_partitions
+from assets_defs.partitions import corrections_partition, pool_partitions, pool_plan_dir, source_partitions
 from assets_defs.resources import FiftyOneSettings, LoopRetrain, LumenPaths
 from assets_defs.versions import versions
-from pipelines.layout import SOURCES
+from pipelines.layout import SOURCES, pool_file
 from pipelines.model_registry import ModelRegistry
 from pipelines.training_partitions import training_partitions
 
@@ -138,4 +138,39 @@ def corrections_loop(context: dg.SensorEvaluationContext, paths: LumenPaths, fif
         skip_reason=None if requests or new_partitions else dg.SkipReason(summary))
 
 
-SENSORS = [new_source_files, corrections_loop]
+@dg.sensor(job=label_pool, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Watches the unlabeled pool (coco/annotations/image_info_unlabeled.json and every json "
+                       "dropped into <sources>/pool/): plans new images into new pool partitions, adds them, and "
+                       "asks one label_pool run per partition the model in use has not labelled.")
+def new_pool_images(context: dg.SensorEvaluationContext, paths: LumenPaths):
+    from pipelines.errors import InputError
+    from pipelines.pool_partitions import labels_done, plan_pool, pool_files, read_plan
+
+    files = pool_files(paths.sources)
+    plan_dir = pool_plan_dir(paths.base)
+    if not files:
+        return dg.SkipReason(f"no pool file yet: {pool_file(paths.sources)} or {paths.sources}/pool/*.json")
+    stamp = fingerprint(files)
+    if stamp != context.cursor:  # planning is idempotent; skipped only to spare the read of an unchanged pool
+        try:
+            plan = plan_pool(files, plan_dir)
+        except InputError as exc:
+            return dg.SkipReason(f"the pool cannot be planned: {exc}")
+        context.log.info("pool plan: %s", plan.as_dict())
+        context.update_cursor(stamp)
+    planned = sorted(read_plan(plan_dir).get("partitions", {}))
+    have = set(context.instance.get_dynamic_partitions(pool_partitions.name))
+    add = [k for k in planned if k not in have]
+    in_use = ModelRegistry(paths.model_registry).in_use()
+    version = (in_use or {}).get("version")
+    runs = [] if not version else [  # run keys name the partition and the version: each is asked once
+        dg.RunRequest(run_key=f"{k}@{version}", partition_key=k, tags={"lumen/model_version": version})
+        for k in planned if not labels_done(paths.predictions, version, k)]
+    why = (f"{len(planned)} pool partitions planned, "
+           + (f"every one labelled by model {version}" if version else "no model in use yet to label them"))
+    return dg.SensorResult(run_requests=runs,
+                           dynamic_partitions_requests=[pool_partitions.build_add_request(add)] if add else [],
+                           skip_reason=None if runs or add else dg.SkipReason(why))
+
+
+SENSORS = [new_source_files, corrections_loop, new_pool_images]

@@ -255,3 +255,43 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+# -- the pool's files and a partition's labels ------------------------------------------------------------------
+
+POOL_DROP_DIR = "pool"  # <sources>/pool/*.json: more image_info files, each one more batch of the pool
+DONE = "done.json"
+
+
+def pool_files(sources) -> list[Path]:
+    """The pool's image_info files: the demo's/COCO's unlabeled json, then every json dropped into <sources>/pool/."""
+    from pipelines.layout import pool_file
+
+    first = pool_file(sources)
+    dropped = sorted(p for p in (Path(sources) / POOL_DROP_DIR).glob("*.json") if p.is_file())
+    return ([first] if first.is_file() else []) + dropped
+
+
+def labels_dir(predictions_root, model_version: str, key: str) -> Path:
+    """Where one model version's pseudo-labels of one partition go."""
+    return Path(predictions_root) / "pool" / model_version / key
+
+
+def labels_done(predictions_root, model_version: str, key: str) -> dict | None:
+    """The record of a finished labelling of this partition by this version (None: not finished)."""
+    p = labels_dir(predictions_root, model_version, key) / DONE
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def write_images_to_label(info: dict, skip_files: set[str], out: Path) -> list[dict]:
+    """The partition's image_info json without the images in `skip_files` (reviewed ones), written to `out`."""
+    todo = [im for im in info["images"] if im["file_name"] not in skip_files]
+    _write_atomic(out, json.dumps({"images": todo, "categories": info["categories"]}))
+    return todo
+
+
+def mark_labels_done(predictions_root, model_version: str, key: str, record: dict) -> dict:
+    """Written last, by rename: a partition is labeled by a version once this file exists, never before."""
+    record = {"model_version": model_version, "partition": key, **record}
+    _write_atomic(labels_dir(predictions_root, model_version, key) / DONE, json.dumps(record, indent=1))
+    return record

@@ -80,3 +80,233 @@ def test_a_bad_pool_file_is_one_line(tmp_path):
         plan_pool([tmp_path / "broken.json"], tmp_path / "plan")
     with pytest.raises(InputError, match="no categories"):
         plan_pool([pool_json(tmp_path / "nocats.json", images(0, 3), categories=[])], tmp_path / "plan2")
+
+
+# -- Dagster: the sensor, per-partition labels ------------------------------------------------------------------
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import dagster as dg  # noqa: E402
+
+from pipelines.pool_partitions import labels_done, labels_dir, mark_labels_done  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pool_sources(tmp_path_factory):
+    """Demo sources with a pool of 12 images (their files in coco/images), in a data root's sources/."""
+    from pipelines.sample_data import write_sample_data
+
+    root = tmp_path_factory.mktemp("pool-data-src")
+    write_sample_data(root / "sources", n_images=8, seed=5, pool=12)
+    return root / "sources"
+
+
+def data_root(tmp_path, pool_sources, max_size):
+    """A data root whose sources are the module's (linked) and whose pool plan starts with `max_size`."""
+    from assets_defs.partitions import pool_plan_dir
+    from assets_defs.resources import LumenPaths
+    from pipelines.pool_partitions import plan_pool, pool_files
+
+    paths = LumenPaths(root=str(tmp_path / "data"))
+    paths.base.mkdir(parents=True)
+    os.symlink(pool_sources, paths.sources)
+    plan_pool(pool_files(paths.sources), pool_plan_dir(paths.base), max_size=max_size)
+    return paths
+
+
+def evaluate_sensor(instance, paths, cursor=None):
+    from assets_defs.sensors import new_pool_images
+
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"paths": paths})
+    result = new_pool_images(ctx)
+    for req in getattr(result, "dynamic_partitions_requests", None) or []:  # what the daemon applies
+        instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+    return result, ctx.cursor
+
+
+def put_in_use(paths, version, checkpoint):
+    from pipelines.model_registry import ModelRegistry
+
+    ModelRegistry(paths.model_registry).decide({"version": version, "checkpoint_dir": str(checkpoint), "metrics": {}},
+                                               passed=True, reason=f"test: {version}")
+
+
+def test_sensor_adds_pool_partitions_and_asks_each_once(tmp_path, pool_sources, dagster_instance):
+    from assets_defs.partitions import pool_partitions
+
+    paths = data_root(tmp_path, pool_sources, max_size=5)
+    result, cursor = evaluate_sensor(dagster_instance, paths)
+    assert dagster_instance.get_dynamic_partitions(pool_partitions.name) == ["pool-0000", "pool-0001", "pool-0002"]
+    assert not result.run_requests  # partitions only: no model to label them
+    result, cursor = evaluate_sensor(dagster_instance, paths, cursor)
+    assert not result.dynamic_partitions_requests and "no model in use" in result.skip_reason.skip_message
+
+    put_in_use(paths, "v0001", tmp_path / "ckpt")
+    result, cursor = evaluate_sensor(dagster_instance, paths, cursor)
+    assert [(r.partition_key, r.run_key) for r in result.run_requests] == [
+        (f"pool-000{i}", f"pool-000{i}@v0001") for i in range(3)]  # stable keys: the daemon asks each once
+    assert not result.dynamic_partitions_requests
+
+    # the pool grows: a second image_info json dropped into sources/pool/
+    info = json.loads((pool_sources / "coco/annotations/image_info_unlabeled.json").read_text())
+    extra = [dict(im, id=900_000 + k, file_name=f"extra_{k}.jpg") for k, im in enumerate(info["images"][:4])]
+    drop = tmp_path / "pool-drop"
+    drop.mkdir()
+    pool_json(drop / "week2.json", extra, info["categories"])
+    os.unlink(paths.sources)  # the sources folder becomes a real one holding the demo files and the drop
+    paths.sources.mkdir()
+    for name in os.listdir(pool_sources):
+        os.symlink(pool_sources / name, paths.sources / name)
+    os.symlink(drop, paths.sources / "pool")
+    for k in range(3):  # the first three were labelled meanwhile
+        mark_labels_done(paths.predictions, "v0001", f"pool-000{k}", {"images": 5, "labelled": 5, "kept_reviewed": 0})
+    result, cursor = evaluate_sensor(dagster_instance, paths, cursor)
+    assert dagster_instance.get_dynamic_partitions(pool_partitions.name)[-1] == "pool-0003"
+    assert [r.run_key for r in result.run_requests] == ["pool-0003@v0001"]  # only the new partition
+
+    mark_labels_done(paths.predictions, "v0001", "pool-0003", {"images": 4, "labelled": 4, "kept_reviewed": 0})
+    result, cursor = evaluate_sensor(dagster_instance, paths, cursor)
+    assert not result.run_requests and "every one labelled by model v0001" in result.skip_reason.skip_message
+    put_in_use(paths, "v0002", tmp_path / "ckpt")  # a new model version: each partition once more
+    result, _ = evaluate_sensor(dagster_instance, paths, cursor)
+    assert [r.run_key for r in result.run_requests] == [f"pool-000{i}@v0002" for i in range(4)]
+
+
+def pool_resources(paths, dataset):
+    from assets_defs.handover import handover_io_manager
+    from assets_defs.resources import Compute, FiftyOneSettings
+
+    return {"paths": paths, "compute": Compute(device="cpu"), "io_manager": handover_io_manager,
+            "fiftyone": FiftyOneSettings(dataset=dataset, database_dir=os.environ.get("FIFTYONE_DATABASE_DIR", ""),
+                                         database_uri=os.environ.get("FIFTYONE_DATABASE_URI", ""))}
+
+
+SMALL_RUN = {"ops": {"pool_pseudo_labels": {"config": {"flip_tta": False, "batch_size": 8}}}}
+
+
+def materialize(instance, paths, dataset, selection, partition_key=None):
+    from assets_defs.assets.review import pool_pseudo_labels, pool_review
+    from assets_defs.assets.training import model_in_use
+
+    config = SMALL_RUN if "pool_pseudo_labels" in selection else {}
+    result = dg.materialize([model_in_use, pool_pseudo_labels, pool_review], selection=selection,
+                            partition_key=partition_key, instance=instance, resources=pool_resources(paths, dataset),
+                            run_config=config)
+    assert result.success
+    return result
+
+
+def label_partition(instance, paths, dataset, key):
+    materialize(instance, paths, dataset, ["pool_pseudo_labels", "pool_review"], key)
+
+
+@pytest.mark.slow
+def test_a_new_model_version_relabels_only_unreviewed_images(tmp_path, pool_sources, tiny_stage2, dagster_instance,
+                                                             fo_dataset_name):
+    import fiftyone as fo
+
+    from pipelines.review import fields as F
+
+    paths = data_root(tmp_path, pool_sources, max_size=6)
+    evaluate_sensor(dagster_instance, paths)
+    put_in_use(paths, "v0001", tiny_stage2[0])
+    materialize(dagster_instance, paths, fo_dataset_name, ["model_in_use"])
+    label_partition(dagster_instance, paths, fo_dataset_name, "pool-0000")
+    ds = fo.load_dataset(fo_dataset_name)
+    assert len(ds) == 6 and set(ds.distinct("predictions.detections.model_version")) == {"v0001"}
+    # a labeler finishes one image, accepts a box on another
+    samples = list(ds.sort_by("filepath"))
+    samples[0].tags.append(F.REVIEWED_SAMPLE_TAG)
+    samples[0].save()
+    with_box = next(s for s in samples[1:] if s.predictions and s.predictions.detections)
+    with_box.predictions.detections[0].tags.append(F.ACCEPT)
+    with_box.save()
+    kept = {samples[0].filepath: [d.id for d in (samples[0].predictions.detections if samples[0].predictions else [])],
+            with_box.filepath: [d.id for d in with_box.predictions.detections]}
+
+    put_in_use(paths, "v0002", tiny_stage2[0])  # a new version: the same weights, another name
+    materialize(dagster_instance, paths, fo_dataset_name, ["model_in_use"])
+    label_partition(dagster_instance, paths, fo_dataset_name, "pool-0000")
+    done = labels_done(paths.predictions, "v0002", "pool-0000")
+    assert done["kept_reviewed"] == 2 and done["labelled"] == 4
+    assert {im["file_name"] for im in json.loads(Path(done["images_file"]).read_text())["images"]}.isdisjoint(
+        {Path(p).name for p in kept})
+    ds.reload()
+    for s in ds.sort_by("filepath"):
+        versions = {d.model_version for d in (s.predictions.detections if s.predictions else [])}
+        if s.filepath in kept:  # reviewed: its labels, ids and tags as they were
+            assert [d.id for d in (s.predictions.detections if s.predictions else [])] == kept[s.filepath]
+            assert versions <= {"v0001"}
+        else:
+            assert versions <= {"v0002"}
+    assert F.REVIEWED_SAMPLE_TAG in ds[samples[0].filepath].tags
+    assert F.ACCEPT in ds[with_box.filepath].predictions.detections[0].tags
+    assert ds.count("review_priority") == 6  # the queue scored the new labels (and kept the others' numbers)
+
+    # the same version again: nothing is labelled twice
+    before = Path(done["images_file"]).stat().st_mtime_ns
+    materialize(dagster_instance, paths, fo_dataset_name, ["pool_pseudo_labels"], "pool-0000")
+    assert Path(done["images_file"]).stat().st_mtime_ns == before
+
+
+KILLED_CHILD = """
+import os, sys
+import dagster as dg
+sys.path.insert(0, {root!r})
+from tests.test_pool_partitions import materialize
+from assets_defs.resources import LumenPaths
+with dg.DagsterInstance.from_config({home!r}) as instance:
+    materialize(instance, LumenPaths(root={data!r}), {dataset!r}, ["pool_pseudo_labels"], {key!r})
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_partition_is_relabelled_alone_and_every_image_once(tmp_path, pool_sources, tiny_stage2,
+                                                                      dagster_home, dagster_instance, fo_dataset_name):
+    paths = data_root(tmp_path, pool_sources, max_size=6)
+    result, cursor = evaluate_sensor(dagster_instance, paths)
+    put_in_use(paths, "v0001", tiny_stage2[0])
+    materialize(dagster_instance, paths, fo_dataset_name, ["model_in_use"])
+    label_partition(dagster_instance, paths, fo_dataset_name, "pool-0000")
+
+    # a worker labelling pool-0001 is killed (kill -9) mid-partition: after its first heatmaps, before the end
+    heat = labels_dir(paths.predictions, "v0001", "pool-0001") / "instance_segmentation_heatmaps"
+    code = KILLED_CHILD.format(root=str(ROOT), home=str(dagster_home), data=str(paths.base), dataset=fo_dataset_name,
+                               key="pool-0001")
+    child = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (heat.is_dir() and any(heat.glob("*.png"))) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert child.poll() is None, "the labelling ended before it could be killed"
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert labels_done(paths.predictions, "v0001", "pool-0001") is None  # not counted as labelled
+
+    # what is missing is asked again, and only that
+    result, cursor = evaluate_sensor(dagster_instance, paths, cursor)
+    assert [r.run_key for r in result.run_requests] == ["pool-0001@v0001"]
+    label_partition(dagster_instance, paths, fo_dataset_name, "pool-0001")
+    result, _ = evaluate_sensor(dagster_instance, paths, cursor)
+    assert not result.run_requests
+
+    # every pool image labelled exactly once, in exactly one partition
+    labelled = []
+    for key in ("pool-0000", "pool-0001"):
+        done = labels_done(paths.predictions, "v0001", key)
+        ids = [im["id"] for im in json.loads(Path(done["images_file"]).read_text())["images"]]
+        index = json.loads((Path(done["heatmaps_dir"]) / "index.json").read_text())
+        assert {e["image_id"] for e in index} == set(ids)
+        labelled += ids
+    pool = json.loads((pool_sources / "coco/annotations/image_info_unlabeled.json").read_text())["images"]
+    assert sorted(labelled) == sorted(im["id"] for im in pool) and len(set(labelled)) == len(labelled)
+    import fiftyone as fo
+
+    assert len(fo.load_dataset(fo_dataset_name)) == len(pool)

@@ -15,7 +15,7 @@ from pydantic import Field
 from assets_defs.executors import GPU_OP_TAGS
 from assets_defs.handover import ModelInUse, Predictions, origin_of
 from assets_defs.metadata import number, table
-from assets_defs.partitions import corrections_partition, source_partitions
+from assets_defs.partitions import corrections_partition, pool_partitions, pool_plan_dir, source_partitions
 from assets_defs.resources import Compute, FiftyOneSettings, LumenPaths
 from assets_defs.train_knobs import CheckedConfig
 from pipelines.layout import pool_file
@@ -172,3 +172,108 @@ def corrections(context: dg.AssetExecutionContext, config: CorrectionsConfig, pa
     context.log.info("pulled %d reviewed labels -> %s (partition %s)", reviewed, result["version_dir"], partition)
     yield dg.MaterializeResult(asset_key="corrections", metadata={
         **corrections_metadata(Path(result["version_dir"]), pulled_by="dagster"), "reviewed_labels": reviewed})
+
+
+# -- the unlabeled pool, partition by partition (issue 33) ------------------------------------------------------
+
+class PoolLabelConfig(dg.Config):
+    task: str = Field(default="instance_segmentation", description="prediction task: detection or instance_segmentation")
+    batch_size: int = Field(default=16, ge=1, description="instructions per forward pass")
+    flip_tta: bool = Field(default=True, description="fuse each image's predictions with its mirror image's, as "
+                                                     "pseudo_labels does (the review thresholds are chosen that way)")
+
+
+@dg.asset(group_name="review", partitions_def=pool_partitions, pool="gpu", op_tags=GPU_OP_TAGS,
+          description="Pseudo-labels of one pool partition by the model in use. Images a labeler reviewed keep "
+                      "their labels (not labelled again); a partition a version finished is not labelled again by "
+                      "it (a re-run after a crash labels only the partitions without their done.json).")
+def pool_pseudo_labels(context: dg.AssetExecutionContext, config: PoolLabelConfig, paths: LumenPaths,
+                       compute: Compute, fiftyone: FiftyOneSettings, model_in_use: ModelInUse) -> dg.MaterializeResult:
+    import os
+
+    from lumen_model.predict import predict
+    from pipelines.errors import InputError
+    from pipelines.pool_partitions import (labels_dir, labels_done, mark_labels_done, partition_images,
+                                           write_images_to_label)
+
+    if config.task not in ("detection", "instance_segmentation"):
+        raise dg.Failure(f"pool_pseudo_labels: task must be detection or instance_segmentation, not {config.task!r}")
+    key, model = context.partition_key, model_in_use.model
+    done = labels_done(paths.predictions, model.version, key)
+    if done:
+        context.log.info("partition %s was labelled by model %s already: nothing to do", key, model.version)
+        return dg.MaterializeResult(metadata=_pool_label_metadata(done, "already labelled"))
+    try:
+        info = partition_images(pool_plan_dir(paths.base), key)
+    except InputError as exc:
+        raise dg.Failure(str(exc)) from None
+    images = paths.images
+    folder = str(images.resolve())
+    fiftyone.apply()
+    from pipelines.review.push import reviewed_images
+
+    by_path = {os.path.join(folder, im["file_name"]): im["file_name"] for im in info["images"]}
+    kept = {by_path[p] for p in reviewed_images(fiftyone.dataset, list(by_path))}
+    out = labels_dir(paths.predictions, model.version, key)
+    todo = write_images_to_label(info, kept, out / "images.json")
+    pred_file = out / f"{config.task}.json"
+    context.log.info("partition %s: %d images, %d reviewed ones keep their labels, %d to label with model %s",
+                     key, len(info["images"]), len(kept), len(todo), model.version)
+    summary = {}
+    if todo:
+        summary = predict(model.checkpoint_dir, config.task, images, str(pred_file), annotations=str(out / "images.json"),
+                          progress=False, batch_size=config.batch_size, device=compute.resolved(),
+                          flip_tta=config.flip_tta) or {}
+    record = mark_labels_done(paths.predictions, model.version, key, {
+        "images": len(info["images"]), "labelled": len(todo), "kept_reviewed": len(kept), "task": config.task,
+        "flip_tta": config.flip_tta, "images_dir": str(images), "images_file": str(out / "images.json"),
+        "predictions_file": str(pred_file) if todo else "",
+        "heatmaps_dir": str(pred_file.with_name(pred_file.stem + "_heatmaps")) if todo else "",
+        "review_thresholds": model_in_use.review_thresholds, "run_id": context.run.run_id,
+        "results": summary.get("results", 0) if isinstance(summary, dict) else 0})
+    return dg.MaterializeResult(metadata=_pool_label_metadata(record, "labelled in this run"))
+
+
+def _pool_label_metadata(record: dict, what: str) -> dict:
+    return {"model_version": record["model_version"], "what": what, "images": record["images"],
+            "labelled": record["labelled"], "kept_reviewed": record["kept_reviewed"],
+            "labelled_in_run": record.get("run_id", ""),
+            "images_file": dg.MetadataValue.path(record["images_file"])}
+
+
+@dg.asset(group_name="review", partitions_def=pool_partitions, deps=["pool_pseudo_labels"],
+          description="One pool partition's pseudo-labels pushed into the review dataset (idempotent; tags kept) "
+                      "and only its images scored in the review queue: labelers start on the first partitions "
+                      "while the others are labelled.")
+def pool_review(context: dg.AssetExecutionContext, paths: LumenPaths, fiftyone: FiftyOneSettings,
+                model_in_use: ModelInUse) -> dg.MaterializeResult:
+    import os
+
+    from pipelines.pool_partitions import labels_done
+
+    key, version = context.partition_key, model_in_use.model.version
+    done = labels_done(paths.predictions, version, key)
+    if not done:
+        raise dg.Failure(f"pool partition {key} has no pseudo-labels of model {version} yet: materialize "
+                         f"pool_pseudo_labels for {key} first")
+    if not done["labelled"]:
+        context.log.info("partition %s: every image was reviewed, nothing new to push", key)
+        return dg.MaterializeResult(metadata={"model_version": version, "pushed_images": 0})
+    fiftyone.apply()
+    from pipelines.review.push import push_predictions
+    from pipelines.review.queue import build_review_queue
+
+    pushed = push_predictions(fiftyone.dataset, done["images_dir"], done["predictions_file"], version,
+                              categories_file=done["images_file"], heatmaps_dir=done["heatmaps_dir"] or None,
+                              thresholds=done["review_thresholds"] or None, progress=False, mixed_versions=True)
+    folder = str(Path(done["images_dir"]).resolve())
+    labelled = [os.path.join(folder, im["file_name"])
+                for im in load_json(done["images_file"], dict, "pool partition images")["images"]]
+    queue = build_review_queue(fiftyone.dataset, images=labelled)
+    counts = queue.get("view_counts", {})
+    return dg.MaterializeResult(metadata={
+        "dataset": fiftyone.dataset, "model_version": version, "pushed_images": len(labelled),
+        "push": table([{"what": k, "value": v} for k, v in _plain(pushed).items()]),
+        "queue": table([{"view": v, "images": counts.get(v)} for v in (SESSION_VIEW, *VIEWS)]),
+        "queue_scored": number(queue["samples_prioritized"]),
+        "app": dg.MetadataValue.url(fiftyone.app_url())})

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 @gc_paused  # a few objects per label (records, documents) that all live until written
 def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_file=None, heatmaps_dir=None,
                      field="predictions", batch_size=500, categories_file=None, peak_threshold=0.5,
-                     thresholds=None, progress=True) -> dict:
+                     thresholds=None, progress=True, mixed_versions=False) -> dict:
     """Create or update the review dataset; returns counts of everything read, written and skipped.
 
     `thresholds` (a dict from `pipelines.review.thresholds.compute_thresholds`, or the path of its
@@ -57,6 +57,11 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
     `<field>_below_threshold`, which the App does not show by default and the queue reads as
     "possible misses". Keypoint predictions are not thresholded. The thresholds are recorded in
     the dataset's info under the model version.
+
+    `mixed_versions` (a pool pushed partition by partition, `pool_review`): the field holds each
+    image's newest labels whatever their version, so a new version's partition does not move the
+    other partitions' labels into an archive field; only the images of this push change (their
+    untouched labels replaced, touched ones kept, as in any re-push).
     """
     fo = fiftyone()
     images_dir = Path(images_dir)
@@ -71,7 +76,7 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
     dataset = load_dataset(dataset_name) if fo.dataset_exists(dataset_name) else fo.Dataset(dataset_name,
                                                                                              persistent=True)
     plan = _plan_push(dataset, det_field, images, gt, results, heat_index, th, categories_file)
-    archived = _move_older_versions(dataset, plan, model_version)
+    archived = [] if mixed_versions else _move_older_versions(dataset, plan, model_version)
     _record_push_in_info(dataset, plan, model_version, images_dir)
     undeclared = _fields_never_declared(dataset, plan)
     written = _WrittenLabels()
@@ -86,6 +91,27 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
              out["predictions_pushed"] + out["keypoint_predictions_pushed"], out["results_skipped"],
              out["skip_reasons"] or "")
     return out
+
+
+@database_errors("push")
+def reviewed_images(dataset_name: str, filepaths, field: str = "predictions") -> set[str]:
+    """The images among `filepaths` a labeler has reviewed: tagged `reviewed`, a prediction tagged (accept,
+    reject), or a correction drawn. A new model version must not re-label them (`pool_pseudo_labels`)."""
+    from fiftyone import ViewField as FF
+
+    fo = fiftyone()
+    if not fo.dataset_exists(dataset_name):
+        return set()
+    view = load_dataset(dataset_name).select_by("filepath", [str(p) for p in filepaths])
+    schema = view.get_field_schema()
+    done = set(view.match_tags(F.REVIEWED_SAMPLE_TAG).values("filepath"))
+    if field in schema:
+        tagged = FF(f"{field}.detections").filter(FF("tags").length() > 0).length() > 0
+        done |= set(view.match(tagged).values("filepath"))
+    detections = [n for n, f in schema.items() if getattr(getattr(f, "document_type", None), "__name__", "") == "Detections"]
+    for name in (n for n in detections if n.startswith(F.CORRECTIONS)):
+        done |= set(view.match(FF(f"{name}.detections").length() > 0).values("filepath"))
+    return done
 
 
 @dataclass

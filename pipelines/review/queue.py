@@ -110,10 +110,12 @@ def _evaluate(dataset, field: str) -> tuple[int, int, int]:
 
 
 def score_samples(dataset, field: str, *, low: float, high: float, has_eval: bool, costs: ActionCosts | None = None,
-                  draw_masks: bool = True) -> dict[str, dict]:
-    """Per-sample queue numbers (column name -> {sample id: value}) from plain column reads."""
+                  draw_masks: bool = True, view=None) -> dict[str, dict]:
+    """Per-sample queue numbers (column name -> {sample id: value}) from plain column reads; of `view`'s
+    samples only when given (the images a pool partition just added)."""
     costs = costs or ActionCosts()
     info = F.review_info(dataset)
+    dataset = dataset if view is None else view  # the info is the dataset's; the columns are the view's
     versions = dataset.distinct(f"{field}.detections.model_version") if field in dataset.get_field_schema() else []
     thresholds = (info.get("thresholds") or {}).get(versions[0]) if len(versions) == 1 else None
     below = F.below_threshold_field(field)
@@ -166,10 +168,14 @@ def score_samples(dataset, field: str, *, low: float, high: float, has_eval: boo
 @database_errors("queue")  # mongod gone mid-way: one line
 def build_review_queue(dataset_name, *, model_version=None, low=0.3, high=0.7, labelers: int = 1,
                        session_size: int = SESSION_SIZE, order: str = "errors", costs: ActionCosts | None = None,
-                       draw_masks: bool = True) -> dict:
+                       draw_masks: bool = True, images=None) -> dict:
     """Evaluate, prioritize and save the labelers' views; returns the counts per view. `order`: how
     likely-wrong (and so review/next and the labelers' shares) is sorted, one of `ORDERS`; `costs`,
-    `draw_masks`: the seconds behind `review_gain_per_s`."""
+    `draw_masks`: the seconds behind `review_gain_per_s`.
+
+    `images` (file paths; a pool partition just pushed): only those samples are scored, the others keep
+    their numbers, and the saved views (queries, not lists) take the new images in at once. Images with
+    ground truth need the whole evaluation: with them the whole dataset is scored as without `images`."""
     from pipelines.errors import InputError
 
     wrong_order = order_field(order)
@@ -186,9 +192,13 @@ def build_review_queue(dataset_name, *, model_version=None, low=0.3, high=0.7, l
         from pipelines.errors import InputError
 
         raise InputError(f"dataset {dataset_name!r} has no field {field!r}: push predictions first")
-    tp, fp, fn = _evaluate(dataset, field)
+    subset = _new_images_view(dataset, images)
+    if subset is None:
+        tp, fp, fn = _evaluate(dataset, field)
+    else:  # pool images: no ground truth, nothing to evaluate; the stored evaluation of the others stays
+        tp = fp = fn = 0
     scores = score_samples(dataset, field, low=low, high=high, has_eval=tp + fp + fn > 0, costs=costs,
-                           draw_masks=draw_masks)
+                           draw_masks=draw_masks, view=subset)
     for name, vals in scores.items():
         if vals:
             dataset.set_values(name, vals, key_field="id", progress=False)
@@ -204,8 +214,9 @@ def build_review_queue(dataset_name, *, model_version=None, low=0.3, high=0.7, l
                                   f"predictions whose estimated precision is in [{low}, {high}]"),
     }
     counts = {}
+    scored = bool(scores["review_priority"]) or (subset is not None and dataset.has_sample_field("review_priority"))
     for name, (member, sort_field, why) in views.items():
-        view = (open_work.match(FF(member) > 0).sort_by(sort_field, reverse=True) if scores["review_priority"]
+        view = (open_work.match(FF(member) > 0).sort_by(sort_field, reverse=True) if scored
                 else open_work.limit(0))
         dataset.save_view(name, view, description=f"{why}; sorted by {sort_field}", overwrite=True)
         counts[name] = len(view)
@@ -219,7 +230,18 @@ def build_review_queue(dataset_name, *, model_version=None, low=0.3, high=0.7, l
     log.info("review queue of %s (%s): tp %d, fp %d, fn %d; %s", dataset_name, field, tp, fp, fn, counts)
     return {"dataset": dataset_name, "field": field, "eval_key": EVAL_KEY if tp + fp + fn else None,
             "tp": tp, "fp": fp, "fn": fn, "views": list(counts), "view_counts": counts,
-            "samples_prioritized": len(scores["review_priority"])}
+            "samples_prioritized": len(scores["review_priority"]), "incremental": subset is not None}
+
+
+def _new_images_view(dataset, images):
+    """The view of `images` to score alone, or None when the whole dataset must be scored (no `images`,
+    or some of them have ground truth, whose evaluation is over the whole dataset)."""
+    if images is None:
+        return None
+    view = dataset.select_by("filepath", [str(p) for p in images])
+    if F.GROUND_TRUTH in dataset.get_field_schema() and len(view.exists(F.GROUND_TRUTH)):
+        return None
+    return view
 
 
 def _save_sessions(dataset, likely_wrong, labelers: int, session_size: int) -> dict[str, int]:
