@@ -2,8 +2,9 @@
 -> pull -> convert -> retrain, at one or several labeling budgets.
 
     .venv/bin/python bench/bench_loop.py [--images 320] [--val-fraction 0.625] [--pool 240] [--budgets 60]
-        [--curve] [--arms ABCDEG] [--seeds 2] [--start-steps 1000] [--stage1-steps 300] [--stage2-steps 150]
-        [--accept-s 2] [--reject-s 2] [--box-s 7] [--mask-s 79.2] [--image-s 0] [--out DIR]
+        [--curve] [--arms ABCDEFG] [--seeds 2] [--start-steps 1000] [--stage1-steps 300] [--stage2-steps 150]
+        [--accept-s 2] [--reject-s 2] [--box-s 7] [--mask-s 79.2] [--image-s 0] [--ask-s 5] [--ask-range 3,5,10]
+        [--out DIR]
 
 One starting model (stage 1 `--start-steps` + stage 2 `--stage2-steps` on the demo's labeled COCO
 train split) pseudo-labels the unlabeled pool (`lumen sample-data`'s image_info_unlabeled.json; each
@@ -22,27 +23,38 @@ stage 2 `--stage2-steps`), once per seed:
     C  + K pool images reviewed in random order (a new order per seed)
     D  + B's K images labeled from scratch (every true object drawn)
     E  + every pool image's shown pseudo-labels (at or above the thresholds), unreviewed (self-training)
+    F  + B's K images reviewed as in B, but each missed object first asked for in words, as a person
+       does in the App's Ask Lumen: the labeler types the demo's referring expression for it (built
+       from the truth as `lumen sample-data` builds RefCOCO's, never from a prediction), the starting
+       model answers through the App's in-memory call (lumen_model.ask.load_asker), and the answer is
+       accepted as a prompted label (pulled with provenance "prompted") when it is the object (same
+       class, IoU >= 0.5), else the object is drawn (simulated_labeler.py, mode `prompted`)
     G  + K pool images reviewed in the queue's gain-per-second order (`review_gain_per_s`: expected
        errors per expected review second, from the cost flags below)
-    (F, prompted corrections through the App's ask feature: not built yet, see simulated_labeler.py)
 
 A person's time: the labeler counts its actions per kind (accept, reject, an object drawn as a box,
-one drawn with its mask, an image opened) and pipelines/review/effort.py's `ActionCosts` turns them
-into seconds (`--accept-s`, `--reject-s`, `--box-s`, `--mask-s`, `--image-s`; the defaults and their
-sources are in effort.py). Per arm and budget: val detection AP / AP50 and instance-segmentation AP
-(mean and range over the seeds), the labeler's actions, boxes and masks drawn, labeler seconds (per
-kind and total) and AP gained over A per labeler hour, wall time. Writes loop.json and loop.png (val
-detection and mask AP against labeler hours, one line per arm through the budgets, bands: the range
-over seeds) into --out. The seeds vary the retraining (data order, flips) and C's order; the starting
+one drawn with its mask, an image opened, an instruction typed and its answer checked) and
+pipelines/review/effort.py's `ActionCosts` turns them into seconds (`--accept-s`, `--reject-s`,
+`--box-s`, `--mask-s`, `--image-s`, `--ask-s`; the defaults and their sources are in effort.py). No
+published study gives the seconds of typing an instruction and checking its answer, and it is not
+measured here: `--ask-s` (5) is an assumption, and arm F's labeler seconds are also reported for
+each cost of `--ask-range` (3, 5 and 10 s by default) from the same run (the AP does not depend on
+the cost; the seconds do: the plot draws F's range as a bar). Per arm and budget: val detection AP /
+AP50 and instance-segmentation AP (mean and range over the seeds), the labeler's actions, boxes and
+masks drawn, instructions asked, labeler seconds (per kind and total) and AP gained over A per
+labeler hour, wall time. Writes loop.json and loop.png (val detection and mask AP against labeler
+hours, one line per arm through the budgets, bands: the range over seeds) into --out. The seeds vary the retraining (data order, flips) and C's order; the starting
 model and the pool's pseudo-labels are shared by every arm and budget.
 
-`--curve`: budgets 30, 60 and 120 (about 2 h on 2 idle cores). The default (one budget, 60) is sized
-for about 45 minutes on 2 idle cores (arm G added two retrainings to the 40 of before; `--arms ABCDE`
-is the old run); wall times on a shared machine are longer (the CPU seconds and load average are
-printed). Training runs in `--procs` DDP processes of 1 thread each, as bench_quality.py trains. Every
+`--curve`: budgets 30, 60 and 120 (about 2 h on 2 idle cores before arm F). The default (one budget,
+60) was sized for about 45 minutes on 2 idle cores with arms A-E and G (G added two retrainings to the
+40 of before; arm F adds two more and its asks, not timed yet; `--arms ABCDE` is the old run); wall
+times on a shared machine are longer (the CPU seconds and load average are printed). Training runs in `--procs` DDP processes of 1 thread each, as bench_quality.py trains. Every
 review round runs before the retraining, so FiftyOne's database is needed for minutes, not the hour.
 A run that is killed keeps what it finished in `<out>/loop_state.json`: the same command with the same
---out goes on from there; more budgets, seeds or arms on the same --out reuse what is done.
+--out goes on from there; more budgets, seeds or arms on the same --out reuse what is done (F added to
+a run without it: `--arms F` labels and retrains F only; the default arms then show every arm, reusing
+the rest). The table shows the arms asked for.
 """
 
 from __future__ import annotations
@@ -66,13 +78,15 @@ ARMS = {
     "C": "K reviewed, random order",
     "D": "K labeled from scratch",
     "E": "all pseudo-labels, unreviewed",
+    "F": "K reviewed, missed ones asked for",
     "G": "K reviewed, gain-per-second order",
-    # TODO(arm F): "K reviewed with prompted corrections" once the App's ask feature lands; it needs the
-    # labeler's `prompted` mode (bench/simulated_labeler.py) and ActionCosts.prompt_s
 }
-BUDGET_ARMS = ("B", "C", "D", "G")  # the arms that spend --budgets; A and E have no budget
+BUDGET_ARMS = ("B", "C", "D", "F", "G")  # the arms that spend --budgets; A and E have no budget
+ON_B_IMAGES = ("D", "F")  # the arms that work on B's images in B's order (B's round runs first)
 QUEUE_ORDER = {"B": "errors", "G": "gain_per_s"}  # pipelines.review.queue.ORDERS
 CURVE_BUDGETS = (30, 60, 120)
+ASK_RANGE = (3.0, 5.0, 10.0)  # seconds per prompt arm F is reported at: no study gives the number
+SAMPLE_SEED = 0  # the demo's seed: arm F's labeler makes the pool's scenes again from it
 INPUT_SIZE = 128  # the tiny preset's S
 
 
@@ -101,7 +115,7 @@ class Loop:
         from pipelines.sample_data import write_sample_data
 
         counts = write_sample_data(self.sources, n_images=self.args.images, val_fraction=self.args.val_fraction,
-                                   pool=self.args.pool)
+                                   pool=self.args.pool, seed=SAMPLE_SEED)
         convert_partition("coco", self.sources, self.shards, input_size=INPUT_SIZE)
         return counts
 
@@ -142,8 +156,17 @@ class Loop:
         return save_thresholds(compute_thresholds(self.val_json, pred, model_version="start"),
                                self.root / "start" / "review_thresholds.json")
 
+    def prompting(self, start: Path):
+        """What arm F's labeler asks with: the starting model (the one whose pseudo-labels are reviewed)
+        loaded as the App loads it, and the pool's objects in the demo's words."""
+        from bench.simulated_labeler import PoolExpressions, Prompting
+        from lumen_model.ask import load_asker
+        from pipelines.sample_data import ORACLE_FILE
+
+        return Prompting(load_asker(start), "start", PoolExpressions(self.sources / ORACLE_FILE, seed=SAMPLE_SEED))
+
     def label_group(self, group: str, arm: str, seed: int, pred: Path, thresholds: Path, budgets: list,
-                    costs, b_order: list | None) -> dict:
+                    costs, b_order: list | None, start: Path | None = None) -> dict:
         """One arm's review rounds (per seed for C) in its own FiftyOne dataset: the labeler works
         through the arm's order up to each budget in turn (the budgets nest), and after each one its
         work is pulled and converted. Returns per budget the shard folder, the labeler's counts (so
@@ -167,19 +190,21 @@ class Loop:
         ds = fo.load_dataset(name)
         by_image = dict(zip(*ds.values(["image_id", "id"])))
         image_of = {v: k for k, v in by_image.items()}
-        mode = {"D": "scratch", "E": "accept_all"}.get(arm, "review")
+        mode = {"D": "scratch", "E": "accept_all", "F": "prompted"}.get(arm, "review")
+        prompting = self.prompting(start) if arm == "F" else None
         if arm in QUEUE_ORDER:
             order = queue_order(ds, QUEUE_ORDER[arm])
         elif arm == "C":
             order = random_order(ds, seed)
-        elif arm == "D":  # the same images as B, in B's order
+        elif arm in ON_B_IMAGES:  # the same images as B, in B's order (the queue's errors-first order)
             order = [by_image[i] for i in b_order]
         else:
             order = ds.values("id")
         out, counts, done = {}, LabelerCounts(), 0
         for budget in budgets:
             end = len(order) if budget is None else budget
-            counts = counts.add(label(name, self.sources / ORACLE_FILE, order[done:end], budget=None, mode=mode))
+            counts = counts.add(label(name, self.sources / ORACLE_FILE, order[done:end], budget=None, mode=mode,
+                                      prompting=prompting))
             done = end
             pulled = pull_corrections(name, self.root / "corrections" / group, progress=False)
             tag = "all" if budget is None else f"k{budget}"
@@ -188,7 +213,7 @@ class Loop:
                            images_dir=self.images, split="train", source_name=f"corrections-{arm}",
                            input_size=INPUT_SIZE, progress=False)
             pull_counts = {k: pulled.get(k) for k in ("images", "annotations", "accepted", "corrections",
-                                                      "rejections")}
+                                                      "prompted", "rejections")}
             out[_budget_key(budget)] = {"shard": str(shard_dir), "counts": {**counts.as_dict(), "pull": pull_counts},
                                         "reviewed": [image_of[i] for i in order[:end]]}
         fo.delete_dataset(name)
@@ -262,9 +287,9 @@ def run_key(arm: str, budget: int | None) -> str:
 
 
 def label_groups(arms: str, seeds: int) -> list[tuple[str, str, int]]:
-    """The review rounds the arms need, in the order they run: (group, arm, seed). D works on B's
-    images, so B's round runs whenever D does."""
-    groups = [(a, a, 0) for a in "BGDE" if a in arms or (a == "B" and "D" in arms)]
+    """The review rounds the arms need, in the order they run: (group, arm, seed). D and F work on B's
+    images, so B's round runs whenever one of them does."""
+    groups = [(a, a, 0) for a in "BGDFE" if a in arms or (a == "B" and any(x in arms for x in ON_B_IMAGES))]
     return groups + [(f"C-s{seed}", "C", seed) for seed in range(seeds) if "C" in arms]
 
 
@@ -289,12 +314,22 @@ def _stats(values: list[float]) -> dict:
             "spread": round(max(values) - min(values), 4), "per_seed": [round(v, 4) for v in values]}
 
 
-COUNT_KEYS = ("images", "images_opened", "accepts", "rejects", "boxes_drawn", "masks_drawn", "prompts", "actions")
+COUNT_KEYS = ("images", "images_opened", "accepts", "rejects", "boxes_drawn", "masks_drawn", "prompts",
+              "prompts_accepted", "actions")
 
 
-def aggregate(runs: dict, labels: dict, todo: list, costs) -> dict:
+def at_ask_s(costs, ask_s: float):
+    """The same costs with another number of seconds per prompt."""
+    from pipelines.review.effort import ActionCosts
+
+    return ActionCosts(**{**costs.as_dict(), "prompt_s": ask_s})
+
+
+def aggregate(runs: dict, labels: dict, todo: list, costs, ask_range=ASK_RANGE) -> dict:
     """Per retraining key: AP statistics over the seeds, the labeler's counts and seconds (per kind
-    and total; C: the mean over its seeds' orders) and the AP gained over A per labeler hour."""
+    and total; C: the mean over its seeds' orders) and the AP gained over A per labeler hour; for an
+    arm that typed prompts (F) also its labeler hours at each seconds-per-prompt of `ask_range` (no
+    study gives that number: the same counts, other costs)."""
     arms = {}
     for key, arm, budget, _ in todo:
         if key in arms:
@@ -318,6 +353,10 @@ def aggregate(runs: dict, labels: dict, todo: list, costs) -> dict:
                      "wall_s": round(statistics.fmean(r.get("label_s", 0.0) + r["train_s"] + r["eval_s"] for r in rs),
                                      1)}
         arms[key]["labeler_h"] = round(arms[key]["labeler_s"]["total"] / 3600, 3)
+        if arms[key]["prompts"]:
+            arms[key]["labeler_h_by_ask_s"] = {
+                f"{x:g}": round(mean([at_ask_s(costs, x).seconds(c["by_kind"])["total"] for c in counts]) / 3600, 3)
+                for x in ask_range}
     base = arms.get("A")
     for r in arms.values():  # what a labeler hour bought: AP over A per hour (None: no person, or no A)
         h = r["labeler_s"]["total"] / 3600
@@ -353,6 +392,17 @@ def _goals_at(arms: dict, budget: int) -> dict:
         goals["B reaches >= 90% of D's gain with <= half of D's labeler time"] = {
             "share_of_D_gain": None if share is None else round(share, 3), "labeler_h_B": b["labeler_h"],
             "labeler_h_D": d["labeler_h"], "met": ok and b["labeler_h"] <= 0.5 * d["labeler_h"]}
+    f = arms.get(run_key("F", budget))
+    if b and f:  # arm F: at most 70% of B's labeler time for the same AP (within the seeds' spread)
+        spread = max(b["det_AP"]["spread"], f["det_AP"]["spread"])
+        same_ap = f["det_AP"]["mean"] >= b["det_AP"]["mean"] - spread
+        shares = {s: round(h / b["labeler_h"], 3) if b["labeler_h"] else None
+                  for s, h in f.get("labeler_h_by_ask_s", {}).items()}
+        share = round(f["labeler_h"] / b["labeler_h"], 3) if b["labeler_h"] else None
+        goals["F needs <= 70% of B's labeler time for the same det AP"] = {
+            "F": f["det_AP"]["mean"], "B": b["det_AP"]["mean"], "spread": round(spread, 4),
+            "time_share_of_B": share, "time_share_of_B_by_ask_s": shares,
+            "met": same_ap and share is not None and share <= 0.7}
     per_h = {x: r["det_AP_gain_per_h"] for x, r in (("B", b), ("C", c), ("G", g)) if r}
     for first, second in (("B", "C"), ("G", "B")):  # is the errors-first order worth a labeler's hour? G's?
         if per_h.get(first) is not None and per_h.get(second) is not None:
@@ -374,8 +424,10 @@ def plot_curve(arms: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    colours = {"A": "grey", "B": "tab:blue", "C": "tab:orange", "D": "tab:green", "E": "tab:purple", "G": "tab:red"}
-    xmax = max([r["labeler_h"] for r in arms.values()] + [0.1])
+    colours = {"A": "grey", "B": "tab:blue", "C": "tab:orange", "D": "tab:green", "E": "tab:purple", "F": "tab:brown",
+               "G": "tab:red"}
+    xmax = max([r["labeler_h"] for r in arms.values()] + [h for r in arms.values()
+                                                          for h in r.get("labeler_h_by_ask_s", {}).values()] + [0.1])
     for ax, metric, name in ((axes[0], "det_AP", "detection AP"), (axes[1], "segm_AP", "mask AP")):
         for arm in ARMS:
             rows = sorted((r for r in arms.values() if r["arm"] == arm), key=lambda r: r["budget"] or 0)
@@ -395,10 +447,17 @@ def plot_curve(arms: dict, path: Path, title: str) -> None:
                 ax.errorbar(x, mean, yerr=[[m - lo_ for m, lo_ in zip(mean, lo)], [h - m for m, h in zip(mean, hi)]],
                             fmt="none", ecolor=colours[arm], capsize=4)
             for r, xi, yi in zip(rows, x, mean):
+                by_ask = r.get("labeler_h_by_ask_s")
+                if by_ask:  # F's seconds at each cost of a prompt (no study gives it): same AP, a bar of hours
+                    lo_h, hi_h = min(by_ask.values()), max(by_ask.values())
+                    ax.errorbar([xi], [yi], xerr=[[max(xi - lo_h, 0)], [max(hi_h - xi, 0)]], fmt="none",
+                                ecolor=colours[arm], elinewidth=1, capsize=3, alpha=0.7)
+                    ax.annotate(f"{min(by_ask, key=by_ask.get)}-{max(by_ask, key=by_ask.get)} s/ask", (hi_h, yi),
+                                textcoords="offset points", xytext=(3, -9), fontsize=6, color=colours[arm])
                 if r["budget"] is not None:
                     ax.annotate(f"K={r['budget']}", (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=7)
         ax.set_xlim(-0.03 * xmax, xmax * 1.08)
-        ax.set_xlabel("labeler hours (ActionCosts: seconds per accept, reject, box, mask, image)")
+        ax.set_xlabel("labeler hours (ActionCosts: seconds per accept, reject, box, mask, image, ask)")
         ax.set_ylabel(f"val {name} (mean; band: range over seeds)")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="lower right")
@@ -418,19 +477,34 @@ def _budgets(text: str) -> list[int]:
     return values
 
 
+def _seconds_list(text: str) -> list[float]:
+    try:
+        values = sorted({float(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds separated by commas, got {text!r}") from None
+    if not values or values[0] < 0 or values[-1] == float("inf") or any(v != v for v in values):
+        raise argparse.ArgumentTypeError(f"seconds must be numbers >= 0, got {text!r}")
+    return values
+
+
 def _arms(text: str) -> str:
     arms = "".join(a for a in ARMS if a in text.upper())
     unknown = sorted(set(text.upper()) - set(ARMS) - set(", "))
     if unknown or not arms:
-        raise argparse.ArgumentTypeError(f"arms are letters of {''.join(ARMS)} (F is not built yet), got {text!r}")
+        raise argparse.ArgumentTypeError(f"arms are letters of {''.join(ARMS)}, got {text!r}")
     return arms
 
 
+ORDER_COSTS = ("accept_s", "reject_s", "draw_box_s", "draw_mask_s", "image_s")  # what G's order is built from
+
+
 def _check_g_costs(labels: dict, costs) -> None:
-    """Arm G's order was built from the cost flags: resuming with other costs would mix two orders."""
+    """Arm G's order was built from the cost flags: resuming with other costs would mix two orders (the
+    seconds of a prompt are not among them: no order uses them)."""
     done = labels.get("G", {}).get("costs")
-    if done is not None and done != costs.as_dict():
-        changed = {k: (done.get(k), v) for k, v in costs.as_dict().items() if done.get(k) != v}
+    now = costs.as_dict()
+    changed = {k: (done.get(k), now[k]) for k in ORDER_COSTS if done is not None and done.get(k) != now[k]}
+    if changed:
         raise SystemExit(f"bench_loop: arm G's order in this --out was built with other labeler costs {changed} "
                          "(old, new): use the same cost flags or another --out")
 
@@ -444,7 +518,7 @@ def main() -> int:
                     help="share of --images in val (default: 0.625: 120 train, 200 val)")
     ap.add_argument("--pool", type=int, default=240, help="unlabeled pool images (default: 240)")
     ap.add_argument("--budgets", "--budget", dest="budgets", type=_budgets, default=[60], metavar="K[,K...]",
-                    help="K: pool images a labeler works through in B, C, D and G; several (30,60,120) give a "
+                    help="K: pool images a labeler works through in B, C, D, F and G; several (30,60,120) give a "
                          "learning curve, the budgets nesting (default: 60)")
     ap.add_argument("--curve", action="store_true",
                     help=f"the learning curve: --budgets {','.join(map(str, CURVE_BUDGETS))} (about 2 h on 2 idle "
@@ -472,6 +546,13 @@ def main() -> int:
                            "2014, over 22 worker hours per 1,000 segmentations)")
     cost.add_argument("--image-s", type=float, default=default.image_s,
                       help=f"open an image and look it over (default: {default.image_s}; no study gives a number)")
+    cost.add_argument("--ask-s", type=float, default=5.0,
+                      help="arm F: type an instruction for a missed object in Ask Lumen and check the model's answer "
+                           "(default: 5; no published study gives this number and it is not measured here: an "
+                           "assumption; see --ask-range)")
+    cost.add_argument("--ask-range", type=_seconds_list, default=list(ASK_RANGE), metavar="S[,S...]",
+                      help="arm F's labeler seconds are also reported at each of these seconds per ask, from the same "
+                           f"run (the AP does not depend on them) (default: {','.join(f'{x:g}' for x in ASK_RANGE)})")
     ap.add_argument("--no-flip-tta", dest="flip_tta", action="store_false",
                     help="pseudo-label the pool with one view per image (default: image + mirror image fused, as the "
                          "pseudo_labels asset does)")
@@ -493,7 +574,7 @@ def main() -> int:
 
     try:
         costs = ActionCosts(accept_s=args.accept_s, reject_s=args.reject_s, draw_box_s=args.box_s,
-                            draw_mask_s=args.mask_s, image_s=args.image_s)
+                            draw_mask_s=args.mask_s, image_s=args.image_s, prompt_s=args.ask_s)
     except InputError as e:
         ap.error(str(e))
 
@@ -537,8 +618,8 @@ def main() -> int:
         if arm != "E" and group in labels:
             budgets = sorted(set(budgets) | {int(k) for k in labels[group]["budgets"]})
         t = time.perf_counter()
-        b_order = labels["B"]["order"] if arm == "D" else None
-        labels[group] = loop.label_group(group, arm, seed, pred, thresholds, budgets, costs, b_order)
+        b_order = labels["B"]["order"] if arm in ON_B_IMAGES else None
+        labels[group] = loop.label_group(group, arm, seed, pred, thresholds, budgets, costs, b_order, start)
         if arm == "G":
             labels[group]["costs"] = costs.as_dict()
         label_s[group] = round(time.perf_counter() - t, 1)
@@ -546,7 +627,8 @@ def main() -> int:
         for k, entry in labels[group]["budgets"].items():
             c = entry["counts"]
             print(f"[{time.strftime('%H:%M:%S')}] labeled {group} K={k}: {c['images']} images, {c['accepts']} accepts, "
-                  f"{c['rejects']} rejects, {c['boxes_drawn']} drawn ({c['masks_drawn']} masks): "
+                  f"{c['rejects']} rejects, {c['boxes_drawn']} drawn ({c['masks_drawn']} masks), "
+                  f"{c.get('prompts', 0)} asked ({c.get('prompts_accepted', 0)} answers accepted): "
                   f"{costs.seconds(c['by_kind'])['total']:.0f} labeler s", flush=True)
         print(f"[{time.strftime('%H:%M:%S')}] labeled {group}: {label_s[group]} s", flush=True)
     runs = state.data["runs"]
@@ -567,7 +649,7 @@ def main() -> int:
     wanted = {}
     for key, _, _, seed in todo:
         wanted.setdefault(key, {})[str(seed)] = runs[key][str(seed)]
-    arms = aggregate(wanted, labels, todo, costs)
+    arms = aggregate(wanted, labels, todo, costs, args.ask_range)
 
     total = time.perf_counter() - t_all + state.earlier_s
     summary = {
@@ -581,7 +663,7 @@ def main() -> int:
     title = (f"{args.images} labeled images ({counts['images_train']} train), pool {args.pool}, "
              f"K={','.join(map(str, args.budgets))}, {args.seeds} seeds, {args.stage1_steps}+{args.stage2_steps} "
              f"retrain steps; labeler s: accept {costs.accept_s}, reject {costs.reject_s}, box {costs.draw_box_s}, "
-             f"mask {costs.draw_mask_s}, image {costs.image_s}")
+             f"mask {costs.draw_mask_s}, image {costs.image_s}, ask {costs.prompt_s:g} (assumed)")
     plot_curve(arms, root / "loop.png", title)
 
     print(f"\n{title}")
@@ -593,6 +675,10 @@ def main() -> int:
         print(f"{key:7}{r['what']:34}{d['mean']:>7.3f} [{d['min']:.3f}-{d['max']:.3f}]"
               f"{r['det_AP50']['mean']:>7.3f}{r['segm_AP']['mean']:>8.3f}{r['actions']:>8g}{r['boxes_drawn']:>6g}"
               f"{r['masks_drawn']:>6g}{r['labeler_s']['total']:>10.0f}{per_h:>8}{r['wall_s']:>8}")
+    for key, r in arms.items():  # no study gives the seconds of an ask: the same run at other costs
+        if r.get("labeler_h_by_ask_s"):
+            at = ", ".join(f"{s} s/ask: {h * 3600:.0f} s" for s, h in r["labeler_h_by_ask_s"].items())
+            print(f"{key}: {r['prompts']:g} asked, {r['prompts_accepted']:g} answers accepted; labeler s at {at}")
     print("\ngoals:")
     for budget, gs in summary["goals"].items():
         for goal, v in gs.items():

@@ -25,29 +25,39 @@ TOY = ["--images", "20", "--pool", "12", "--budget", "3", "--seeds", "2", "--sta
        "--stage1-steps", "2", "--stage2-steps", "2", "--batch-size", "4", "--threads", "1", "--procs", "1"]
 
 
-def _counts(accepts=0, rejects=0, boxes=0, masks=0, images=0, opened=None) -> dict:
+def _counts(accepts=0, rejects=0, boxes=0, masks=0, images=0, opened=None, prompts=0, prompts_accepted=0) -> dict:
     opened = images if opened is None else opened
     return {"images": images, "images_opened": opened, "accepts": accepts, "rejects": rejects, "boxes_drawn": boxes,
-            "masks_drawn": masks, "prompts": 0, "actions": accepts + rejects + boxes,
+            "masks_drawn": masks, "prompts": prompts, "prompts_accepted": prompts_accepted,
+            "actions": accepts + rejects + boxes + prompts,
             "by_kind": {"accept": accepts, "reject": rejects, "draw_box": boxes - masks, "draw_mask": masks,
-                        "image": opened, "prompt": 0}, "pull": {}}
+                        "image": opened, "prompt": prompts}, "pull": {}}
 
 
 def test_arms_budgets_and_seeds_plan_the_review_rounds_and_retrainings():
-    todo = bl.runs_to_do("ABCDEG", [30, 60], 2)
+    todo = bl.runs_to_do("ABCDEFG", [30, 60], 2)
     keys = [k for k, _, _, seed in todo if seed == 0]
-    assert keys == ["A", "B-k30", "C-k30", "D-k30", "G-k30", "B-k60", "C-k60", "D-k60", "G-k60", "E"]
-    assert [seed for *_, seed in todo] == [0] * 10 + [1] * 10  # whole seeds first: a cut-short run is usable
-    assert bl.label_groups("ABCDEG", 2) == [("B", "B", 0), ("G", "G", 0), ("D", "D", 0), ("E", "E", 0),
-                                            ("C-s0", "C", 0), ("C-s1", "C", 1)]
+    assert keys == ["A", "B-k30", "C-k30", "D-k30", "F-k30", "G-k30", "B-k60", "C-k60", "D-k60", "F-k60", "G-k60",
+                    "E"]
+    assert [seed for *_, seed in todo] == [0] * 12 + [1] * 12  # whole seeds first: a cut-short run is usable
+    # the runs of before keep their names: a state file without F is read as it was written
+    assert [k for k, _, _, _ in bl.runs_to_do("ABCDEG", [30], 1)] == ["A", "B-k30", "C-k30", "D-k30", "G-k30", "E"]
+    assert bl.label_groups("ABCDEFG", 2) == [("B", "B", 0), ("G", "G", 0), ("D", "D", 0), ("F", "F", 0),
+                                             ("E", "E", 0), ("C-s0", "C", 0), ("C-s1", "C", 1)]
     assert bl.label_groups("AD", 1) == [("B", "B", 0), ("D", "D", 0)]  # D labels B's images: B's round runs
+    assert bl.label_groups("F", 1) == [("B", "B", 0), ("F", "F", 0)]  # and F, in B's order
+    assert [k for k, *_ in bl.runs_to_do("F", [30, 60], 1)] == ["F-k30", "F-k60"]  # F alone: no other retraining
     assert bl._budgets("120,30,60,60") == [30, 60, 120]
     for bad in ("0,30", "30,x", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             bl._budgets(bad)
-    assert bl._arms("a,b,g") == "ABG"
-    with pytest.raises(argparse.ArgumentTypeError, match="F is not built yet"):
-        bl._arms("ABF")
+    assert bl._arms("a,b,g") == "ABG" and bl._arms("gf") == "FG"
+    with pytest.raises(argparse.ArgumentTypeError, match="letters of ABCDEFG"):
+        bl._arms("ABH")
+    assert bl._seconds_list("10,3,5") == [3.0, 5.0, 10.0]
+    for bad in ("-1,3", "x", "", "inf"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bl._seconds_list(bad)
 
 
 def test_labeler_seconds_and_ap_per_labeler_hour_per_arm(tmp_path):
@@ -101,6 +111,49 @@ def test_labeler_seconds_and_ap_per_labeler_hour_per_arm(tmp_path):
     assert png.stat().st_size > 10_000
 
 
+def test_arm_f_is_timed_over_a_range_of_ask_costs_and_checked_against_b(tmp_path):
+    """F asks for missed objects: its seconds at each cost of an ask (no study gives it) from the same counts,
+    its goal against B at each; a state written before F (no `prompts_accepted`, G's costs without an ask cost
+    that decides nothing) is still read."""
+    costs = ActionCosts(prompt_s=5.0)
+    old_b = _counts(accepts=100, rejects=80, boxes=90, masks=88, images=60)
+    del old_b["prompts_accepted"]  # as a state file of before arm F has it
+    labels = {
+        "B": {"budgets": {"60": {"counts": old_b}}},
+        # of B's 90 missed objects: 60 asked for (30 no words single out), 45 answers right, so 45 drawn
+        "F": {"budgets": {"60": {"counts": _counts(accepts=100, rejects=80, boxes=45, masks=44, images=60,
+                                                   prompts=60, prompts_accepted=45)}}},
+    }
+    ap = {"A": (0.10, 0.12), "B-k60": (0.14, 0.15), "F-k60": (0.145, 0.15)}
+    runs = {k: {str(s): {"det_AP": v[s], "det_AP50": v[s] * 2, "segm_AP": v[s] / 2, "train_s": 10.0, "eval_s": 1.0,
+                         "label_s": 5.0} for s in (0, 1)} for k, v in ap.items()}
+    todo = bl.runs_to_do("ABF", [60], 2)
+    arms = bl.aggregate(runs, labels, todo, costs, [3.0, 5.0, 10.0])
+    f, b = arms["F-k60"], arms["B-k60"]
+    want_b = 2.0 * 180 + 7.0 * 2 + 79.2 * 88
+    f_at = {x: 2.0 * 180 + x * 60 + 7.0 * 1 + 79.2 * 44 for x in (3, 5, 10)}
+    assert f["labeler_s"]["prompt"] == pytest.approx(5.0 * 60) and f["labeler_s"]["total"] == pytest.approx(f_at[5])
+    assert f["labeler_h_by_ask_s"] == {k: pytest.approx(f_at[x] / 3600, abs=1e-3) for k, x in (("3", 3), ("5", 5),
+                                                                                               ("10", 10))}
+    assert (f["prompts"], f["prompts_accepted"], f["actions"]) == (60, 45, 180 + 45 + 60)
+    assert (b["prompts"], b["prompts_accepted"]) == (0, 0) and "labeler_h_by_ask_s" not in b
+    goal = bl.goals(arms, [60])["60"]["F needs <= 70% of B's labeler time for the same det AP"]
+    assert goal["met"] and goal["time_share_of_B"] == pytest.approx(f_at[5] / want_b, abs=1e-3)
+    assert goal["time_share_of_B_by_ask_s"]["10"] == pytest.approx(f_at[10] / want_b, abs=1e-3)
+    worse = dict(runs, **{"F-k60": {str(s): dict(runs["F-k60"][str(s)], det_AP=0.10) for s in (0, 1)}})
+    assert not bl.goals(bl.aggregate(worse, labels, todo, costs), [60])["60"][
+        "F needs <= 70% of B's labeler time for the same det AP"]["met"]  # less time, but not the same AP
+    png = tmp_path / "loop.png"
+    bl.plot_curve(arms, png, "made-up results with F")
+    assert png.stat().st_size > 10_000
+
+    # G's order was made from the costs of verifying and drawing: an ask cost (new, or another) changes nothing
+    before_f = {"G": {"costs": {**ActionCosts().as_dict(), "prompt_s": None}}}
+    bl._check_g_costs(before_f, ActionCosts(prompt_s=10.0))
+    with pytest.raises(SystemExit, match="arm G's order"):
+        bl._check_g_costs(before_f, ActionCosts(draw_mask_s=30.0, prompt_s=10.0))
+
+
 def _env() -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", MPLBACKEND="Agg",
                OMP_NUM_THREADS="1")
@@ -126,8 +179,12 @@ def test_a_killed_loop_bench_goes_on_where_it_stopped(tmp_path):
         proc.wait()
     state = json.loads((out / "loop_state.json").read_text())
     assert state["runs"]["A"] == {"0": state["runs"]["A"]["0"]}  # A seed 0 was recorded before the kill
-    assert set(state["labels"]) == {"B", "G", "D", "E", "C-s0", "C-s1"}  # every review round came first
-    assert state["labels"]["G"]["costs"] == ActionCosts().as_dict()  # G's order came from these costs
+    assert set(state["labels"]) == {"B", "G", "D", "F", "E", "C-s0", "C-s1"}  # every review round came first
+    assert state["labels"]["G"]["costs"] == ActionCosts(prompt_s=5.0).as_dict()  # G's order came from these costs
+    f_counts = state["labels"]["F"]["budgets"]["3"]["counts"]
+    assert state["labels"]["F"]["budgets"]["3"]["reviewed"] == state["labels"]["B"]["budgets"]["3"]["reviewed"]
+    assert f_counts["pull"]["prompted"] == f_counts["prompts_accepted"] <= f_counts["prompts"]
+    assert f_counts["by_kind"]["prompt"] == f_counts["prompts"]
     assert not (out / "loop.json").exists()
 
     second = subprocess.run(_bench(out), capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=1800)
@@ -139,7 +196,7 @@ def test_a_killed_loop_bench_goes_on_where_it_stopped(tmp_path):
     summary = json.loads((out / "loop.json").read_text())
     assert summary["resumed"] == 1
     assert summary["total_cpu_s"] > state["cpu_s"] > 0  # the first sitting's CPU time counts too
-    keys = {"A", "B-k3", "C-k3", "D-k3", "G-k3", "E"}
+    keys = {"A", "B-k3", "C-k3", "D-k3", "F-k3", "G-k3", "E"}
     assert set(summary["arms"]) == keys and all(len(summary["runs"][k]) == 2 for k in keys)
     assert summary["runs"]["A"][0] == state["runs"]["A"]["0"]  # the result from before the kill, kept
     b = summary["arms"]["B-k3"]
@@ -148,6 +205,17 @@ def test_a_killed_loop_bench_goes_on_where_it_stopped(tmp_path):
         state["labels"]["B"]["budgets"]["3"]["counts"]["by_kind"])["total"], abs=0.1)
     assert "labeler s" in second.stdout and (out / "loop.png").stat().st_size > 0
     assert "Traceback" not in second.stderr
+    f = summary["arms"]["F-k3"]
+    assert set(f["labeler_h_by_ask_s"]) == {"3", "5", "10"} and "s/ask" in second.stdout
+
+    # another cost per ask: the seconds change, nothing is labeled or retrained again
+    dearer = subprocess.run(_bench(out, "--ask-s", "10"), capture_output=True, text=True, env=_env(), cwd=ROOT,
+                            timeout=600)
+    assert dearer.returncode == 0, dearer.stdout[-3000:] + dearer.stderr[-3000:]
+    assert "] labeled " not in dearer.stdout and " seed 0:" not in dearer.stdout
+    f10 = json.loads((out / "loop.json").read_text())["arms"]["F-k3"]
+    assert f10["det_AP"] == f["det_AP"]
+    assert f10["labeler_s"]["total"] == pytest.approx(f["labeler_s"]["total"] + 5.0 * f["prompts"], abs=0.1)
 
     # a second budget on the same --out: the rounds are relabeled (the same for K=3), nothing retrained twice
     curve = subprocess.run(_bench(out, "--budgets", "2,3", "--seeds", "1", "--arms", "ABG"), capture_output=True,
