@@ -7,7 +7,9 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from lumen_model.predict_config import PredictSettings
     from lumen_model.train_config import build_arg_parser
+    from pipelines.settings import add_arguments
 
     p = sub.add_parser("train", help="train stage 1 (heatmaps) or stage 2 (decoders) on shard folders",
                        description="Stage-wise Lumen training. Multi-process: torchrun --nproc_per_node N -m lumen_model.train ...")
@@ -27,11 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                    "checkpoint's own categories)")
     p.add_argument("--expressions", help="grounding/refseg: JSON list of {sent_id, image_id, file_name, expression}")
     p.add_argument("--questions", help="vqa: VQAv2 questions json")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--score-threshold", type=float, help="drop detections below this score (default: the preset's)")
-    p.add_argument("--flip-tta", action="store_true",
-                   help="detection / instance segmentation: also predict on each image's mirror image and fuse the two "
-                        "(tighter boxes, fewer false positives; twice the passes). The pseudo_labels asset uses it")
+    add_arguments(p, PredictSettings)  # --batch-size, --score-threshold, --flip-tta/--no-flip-tta
     p.add_argument("--out", required=True, help="results json (heatmaps go to <out stem>_heatmaps/)")
     p.set_defaults(func=_predict)
 
@@ -47,9 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default="auto", choices=("auto", "detection", "instance_segmentation", "pose",
                                                      "grounding", "referring_segmentation", "vqa"),
                    help="auto (default): a question is answered, 'every X' finds every X, anything else one object")
-    p.add_argument("--score-threshold", type=float, help="drop detections below this score (default: the preset's)")
-    p.add_argument("--flip-tta", action="store_true", help="detection / instance segmentation: also look at the "
-                                                           "mirror image and fuse the two views")
+    add_arguments(p, PredictSettings, ("score_threshold", "flip_tta"))
     p.add_argument("--heatmap", metavar="PNG", help="also save the heatmap at image size as a grayscale PNG")
     p.add_argument("--no-masks", action="store_true", help="leave the (long) RLE masks out of the JSON")
     p.set_defaults(func=_ask)
@@ -74,18 +70,17 @@ def _train(args) -> int:
 def _predict(args) -> int:
     from lumen_model.checkpoint import read_config
     from lumen_model.predict import predict
-    from pipelines.errors import InputError
+    from lumen_model.predict_config import PredictSettings
+    from pipelines.settings import values_from_args
     from pipelines.tempdirs import check_output_file
 
     # what would otherwise fail after the model load, or after all the work (the results file is written last)
-    if args.batch_size < 1:
-        raise InputError(f"predict: --batch-size must be at least 1, got {args.batch_size}")
+    settings = PredictSettings(**values_from_args(args, PredictSettings))
     check_output_file(args.out)
     read_config(args.checkpoint)  # a missing folder or a broken config.json: one line naming it
     res = predict(args.checkpoint, args.task, args.images, args.out, annotations=args.annotations,
                   categories=args.categories, expressions=args.expressions, questions=args.questions,
-                  batch_size=args.batch_size, score_threshold=args.score_threshold,
-                  flip_tta=args.flip_tta)
+                  **settings.model_dump())
     print(json.dumps(res, indent=2))
     return 0
 
@@ -107,10 +102,12 @@ def _ask(args) -> int:
     from pathlib import Path
 
     from lumen_model.ask import load_asker
+    from lumen_model.predict_config import PredictSettings
     from pipelines.heatmaps import encode_png
 
-    answer = load_asker(args.checkpoint, score_threshold=args.score_threshold).ask(
-        args.image, args.instruction, args.task, flip_tta=args.flip_tta)
+    settings = PredictSettings(score_threshold=args.score_threshold, flip_tta=args.flip_tta)
+    answer = load_asker(args.checkpoint, score_threshold=settings.score_threshold).ask(
+        args.image, args.instruction, args.task, flip_tta=settings.flip_tta)
     out = answer.to_json(masks=not args.no_masks)
     if args.heatmap and answer.grid is not None:
         Path(args.heatmap).parent.mkdir(parents=True, exist_ok=True)

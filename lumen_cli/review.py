@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipelines.review.fields import QUEUE_ORDERS, SESSION_SIZE
+from pipelines.review.settings import ReviewPushSettings, ReviewQueueSettings
+from pipelines.settings import add_arguments, values_from_args
 
 DB_NOTE = ("Database: the embedded MongoDB (files in $FIFTYONE_DATABASE_DIR, default ~/.fiftyone), or an external "
            "one with FIFTYONE_DATABASE_URI=mongodb://HOST:PORT.")
@@ -40,8 +41,7 @@ def _register_push(sub) -> None:
                                                      "next to --pred, when it exists)")
     p.add_argument("--model-version", required=True, metavar="V", help="version of the model that predicted")
     p.add_argument("--categories", metavar="COCO_JSON", help="category names when there is no --gt")
-    p.add_argument("--field", default="predictions", help="prediction field (default: predictions)")
-    p.add_argument("--batch-size", type=int, default=500, metavar="N", help="samples per database write (default: 500)")
+    add_arguments(p, ReviewPushSettings)  # --field, --batch-size
     p.add_argument("--thresholds", metavar="JSON", help="review thresholds (`lumen review thresholds`): only "
                    "detections at or above their class's threshold go to the prediction field, the rest to "
                    "<field>_below_threshold")
@@ -50,6 +50,7 @@ def _register_push(sub) -> None:
 
 
 def _push(args) -> int:
+    settings = ReviewPushSettings(**values_from_args(args, ReviewPushSettings))  # checked before the database
     from pathlib import Path
 
     from pipelines.review.push import push_predictions
@@ -60,8 +61,8 @@ def _push(args) -> int:
         guess = Path(args.pred).with_name(Path(args.pred).stem + "_heatmaps")
         heatmaps = str(guess) if (guess / "index.json").is_file() else None
     out = push_predictions(args.dataset, args.images, args.pred, args.model_version, gt_file=args.gt,
-                           heatmaps_dir=heatmaps, field=args.field, batch_size=args.batch_size,
-                           categories_file=args.categories, thresholds=args.thresholds)
+                           heatmaps_dir=heatmaps, categories_file=args.categories, thresholds=args.thresholds,
+                           **settings.model_dump())
     if not args.no_queue:
         out["queue"] = build_review_queue(args.dataset)
     print(json.dumps(out, indent=2))
@@ -100,29 +101,20 @@ def _register_queue(sub) -> None:
                                    "review/low-confidence sorted by priority. " + DB_NOTE)
     p.add_argument("--dataset", required=True, metavar="NAME")
     p.add_argument("--model-version", metavar="V", help="evaluate this version's field (default: the latest)")
-    p.add_argument("--low", type=float, default=0.3, help="confidence below this is weak (default: 0.3)")
-    p.add_argument("--high", type=float, default=0.7, help="confidence in [low, high] is ambiguous (default: 0.7)")
-    p.add_argument("--labelers", type=int, default=1, metavar="N",
-                   help="deal likely-wrong out to N labelers: views review/labeler-1..N, disjoint (default: 1)")
-    p.add_argument("--session-size", type=int, default=SESSION_SIZE, metavar="K",
-                   help=f"images in review/next and in each labeler's view: one sitting (default: {SESSION_SIZE})")
-    p.add_argument("--order", choices=tuple(QUEUE_ORDERS), default="errors",
-                   help="how likely-wrong (and review/next, the labelers' shares) is sorted: most errors first, or "
-                        "most expected errors per expected second of review (pipelines/review/effort.py; default: errors)")
+    add_arguments(p, ReviewQueueSettings)  # --low, --high, --labelers, --session-size, --order
     p.add_argument("--count-since-pull", action="store_true",
                    help="only print how many labels were reviewed since the last pull")
     p.set_defaults(func=_queue)
 
 
 def _queue(args) -> int:
+    settings = ReviewQueueSettings(**values_from_args(args, ReviewQueueSettings))  # checked before the database
     from pipelines.review.queue import build_review_queue, count_review_work
 
     if args.count_since_pull:
         print(json.dumps({"dataset": args.dataset, "reviewed_since_last_pull": count_review_work(args.dataset)}))
         return 0
-    print(json.dumps(build_review_queue(args.dataset, model_version=args.model_version, low=args.low,
-                                        high=args.high, labelers=args.labelers, session_size=args.session_size,
-                                        order=args.order),
+    print(json.dumps(build_review_queue(args.dataset, model_version=args.model_version, **settings.model_dump()),
                      indent=2))
     return 0
 

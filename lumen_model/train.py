@@ -21,7 +21,7 @@ import re
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -770,7 +770,7 @@ def write_checkpoint(t: Trainer, out: Path, step: int, cfg: TrainConfig, rank: i
         for name, obj in (("optimizer.pt", t.optimizer), ("scheduler.pt", t.scheduler)):
             with writing(tmp / name):
                 torch.save(obj.state_dict(), tmp / name)
-        state = {"step": step, "history": t.history, "config": {k: v for k, v in asdict(cfg).items() if k != "categories"}}
+        state = {"step": step, "history": t.history, "config": cfg.model_dump(exclude={"categories"})}
         with writing(tmp / "trainer_state.json"):
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
         if t.history:

@@ -33,7 +33,8 @@ def test_bad_settings_are_refused_in_the_launchpad_or_in_one_line():
     from dagster._core.execution.validate_run_config import validate_run_config
 
     from assets_defs.assets.training import RetrainConfig
-    from lumen_model.train_config import TrainConfig, knob_bounds
+    from lumen_model.train_config import TrainConfig
+    from pipelines.settings import field_bounds
 
     retrain = defs.resolve_job_def("retrain")
     for bad in ({"stage": "3"}, {"preset": "huge"}):  # enums: the Launchpad itself refuses to launch
@@ -42,15 +43,14 @@ def test_bad_settings_are_refused_in_the_launchpad_or_in_one_line():
     # ranges: the config fails as the step builds it, in one line naming every bad setting
     with pytest.raises(dg.Failure) as err:
         RetrainConfig(lr=-1, hflip=1.5, stage1_steps=0)
-    assert err.value.description == ("retrain config: lr=-1: must be > 0; hflip=1.5: must be <= 1; "
+    assert err.value.description == ("retrain config: lr=-1.0: must be > 0.0; hflip=1.5: must be within [0.0, 1.0]; "
                                      "stage1_steps=0: must be >= 1")
     with pytest.raises(dg.Failure, match=r"^evaluation config: tasks=\['box'\]: unknown task\(s\) \['box'\]"):
         __import__("assets_defs.assets.training", fromlist=["EvaluationConfig"]).EvaluationConfig(tasks=["box"])
     with pytest.raises(DagsterInvalidConfigError, match="not in enum type"):
         validate_run_config(defs.resolve_job_def("label"), {"ops": {"pseudo_labels": {"config": {"task": "pose"}}}})
     # the range is train_config's, not a copy
-    hflip = next(f for f in __import__("dataclasses").fields(TrainConfig) if f.name == "hflip")
-    assert knob_bounds(hflip) == {"ge": 0.0, "le": 1.0}
+    assert field_bounds(TrainConfig, "hflip") == {"ge": 0.0, "le": 1.0}
     assert repr(RetrainConfig.model_fields["hflip"].metadata) == "[Ge(ge=0.0), Le(le=1.0)]"
 
 

@@ -1,12 +1,11 @@
 """The one training configuration: CLI flags, torchrun argv and the Dagster retrain config come from it."""
 
-import dataclasses
 import subprocess
 import sys
 
 import pytest
 
-from lumen_model.train_config import (STAGE_STEPS, InvalidTrainConfig, TrainConfig, build_arg_parser,
+from lumen_model.train_config import (STAGE_STEPS, InvalidTrainConfig, TrainConfig, build_arg_parser, cli_fields,
                                       config_from_args, shared_fields)
 
 BASE = dict(stage=1, shards=["s"], out="o")
@@ -45,8 +44,8 @@ def test_every_field_round_trips_through_the_torchrun_argv():
                       question_share=0.25)
     back = config_from_args(build_arg_parser().parse_args(cfg.to_argv()))
     assert back == cfg
-    changed = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(TrainConfig(**BASE), f.name)}
-    assert changed >= {f.name for f in dataclasses.fields(cfg) if f.metadata["cli"]}  # the test sets every flag
+    changed = {n for n in TrainConfig.model_fields if getattr(cfg, n) != getattr(TrainConfig(**BASE), n)}
+    assert changed >= set(cli_fields())  # the test sets every flag
 
 
 def test_cli_refuses_a_bad_value_in_one_line(tmp_path):
@@ -60,14 +59,15 @@ def test_cli_refuses_a_bad_value_in_one_line(tmp_path):
 
 def test_retrain_config_has_every_shared_knob_with_the_same_default():
     from assets_defs.assets.training import RetrainConfig
-    from assets_defs.train_knobs import knob_values
+    from assets_defs.settings import settings_values
 
     cfg = RetrainConfig()
-    for f in shared_fields():
-        assert f.name in RetrainConfig.model_fields, f.name
-        assert getattr(cfg, f.name) == ("" if f.default is None else f.default), f.name
-        assert RetrainConfig.model_fields[f.name].description == f.metadata["help"]
-    assert knob_values(cfg)["weights"] is None and knob_values(RetrainConfig(weights="w"))["weights"] == "w"
+    for name in shared_fields():
+        f = TrainConfig.model_fields[name]
+        assert name in RetrainConfig.model_fields, name
+        assert getattr(cfg, name) == ("" if f.default is None else f.default), name
+        assert RetrainConfig.model_fields[name].description == f.description
+    assert settings_values(cfg)["weights"] is None and settings_values(RetrainConfig(weights="w"))["weights"] == "w"
     assert RetrainConfig().stage1_steps == STAGE_STEPS[1] or "LUMEN_STAGE1_STEPS" in __import__("os").environ
 
 

@@ -7,7 +7,6 @@ asset upstream of it in the same run (`assets_defs/handover.py`), and says where
 
 
 from pathlib import Path
-from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -17,24 +16,15 @@ from assets_defs.handover import ModelInUse, Predictions, origin_of
 from assets_defs.metadata import number, table
 from assets_defs.partitions import corrections_partition, pool_partitions, pool_plan_dir, source_partitions
 from assets_defs.resources import Compute, FiftyOneSettings, LumenPaths
-from assets_defs.train_knobs import CheckedConfig
+from assets_defs.settings import dagster_config
 from pipelines.layout import pool_file
 from pipelines.review.queue import SESSION_VIEW, VIEWS
+from pipelines.review.settings import PseudoLabelSettings
 from pipelines.sources.common import load_json
 
 
-class PseudoLabelConfig(CheckedConfig):
-    task: Literal["detection", "instance_segmentation"] = Field(
-        default="instance_segmentation", description="prediction task: detection or instance_segmentation")
-    images_dir: str = Field(default="", description="images to label; empty = the sources' coco/images")
-    annotations: str = Field(default="", description=(
-        "json naming the images to label and the categories (COCO image_info layout, no labels needed); "
-        "empty = the sources' unlabeled pool, coco/annotations/image_info_unlabeled.json. Never an evaluation split."))
-    batch_size: int = Field(default=16, ge=1, description="instructions per forward pass")
-    flip_tta: bool = Field(default=True, description=(
-        "fuse each image's predictions with its mirror image's (detection, instance_segmentation): tighter boxes and "
-        "masks for labelers to accept, for twice the model passes. The review thresholds are chosen the same way "
-        "(evaluation's review_flip_tta)"))
+PseudoLabelConfig = dagster_config("PseudoLabelConfig", PseudoLabelSettings, label="pseudo_labels config",
+                                   module=__name__, doc="pseudo_labels' settings (pipelines.review.settings).")
 
 
 @dg.asset(group_name="review", pool="gpu", op_tags=GPU_OP_TAGS, dagster_type=Predictions,

@@ -11,14 +11,12 @@ which version does and why, and the `promote_model` job puts a version into use 
 """
 
 
-import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Literal
 
 import dagster as dg
-import pydantic
 from pydantic import Field
 
 from assets_defs.assets.sources import catalog
@@ -29,17 +27,21 @@ from assets_defs.metadata import (NOT_APPLICABLE, image_file_markdown, loss_over
 from assets_defs.partitions import source_partitions
 from assets_defs.regression import find_regressions, flatten_metrics
 from assets_defs.resources import Compute, LumenPaths
-from assets_defs.train_knobs import CheckedConfig, TrainingKnobs, knob_values
+from assets_defs.settings import dagster_config, settings_values
 from assets_defs.versions import next_version, versions
-from lumen_model.train_config import STAGE_STEPS, TrainConfig, knob_bounds
+from lumen_model.train_config import STAGE_STEPS, TrainConfig, shared_fields
 from pipelines.checks import check_accounting, check_heatmap_peaks
 from pipelines.errors import InputError
-from pipelines.layout import EVAL_TASKS, eval_ground_truth
+from pipelines.evaluation_settings import EvaluationSettings
+from pipelines.layout import eval_ground_truth
 from pipelines.model_registry import ModelRegistry
+from pipelines.settings import field_bounds
 from pipelines.training_partitions import corrections_number, training_partitions
 
 STAGES = ("1+2", "1", "2")
-STEPS_RANGE = knob_bounds(next(f for f in dataclasses.fields(TrainConfig) if f.name == "max_steps"))
+STEPS_RANGE = field_bounds(TrainConfig, "max_steps")
+TrainingKnobs = dagster_config("TrainingKnobs", TrainConfig, shared_fields(), label="retrain config", module=__name__,
+                               doc="The shared training settings (lumen_model.train_config.TrainConfig).")
 
 
 class RetrainConfig(TrainingKnobs):
@@ -119,7 +121,7 @@ def _train_config(stage: int, cfg: RetrainConfig, out: Path, device: str, shard_
                            init=str(init) if init else None, device=device,
                            max_steps=cfg.stage1_steps if stage == 1 else cfg.stage2_steps,
                            progress=True,  # a bar on a terminal, a line every few seconds in the UI's logs
-                           **knob_values(cfg))
+                           **settings_values(cfg))
     except InputError as e:
         raise dg.Failure(f"retrain config: {e}") from None
 
@@ -216,21 +218,8 @@ def models(context: dg.AssetExecutionContext, config: RetrainConfig, paths: Lume
         yield dg.Output(stage2, output_name="stage2_model", metadata=_model_metadata(stage2, result, config, device))
 
 
-class EvaluationConfig(CheckedConfig):
-    tolerance: float = Field(default=0.05, description="largest allowed drop of any metric vs the model in use")
-    tasks: list[str] = Field(default=list(EVAL_TASKS), min_length=1, description=f"evaluation tasks, of {list(EVAL_TASKS)}")
-    batch_size: int = Field(default=16, ge=1, description="instructions per forward pass")
-
-    @pydantic.field_validator("tasks")
-    @classmethod
-    def _known_tasks(cls, tasks: list[str]) -> list[str]:  # the Launchpad has no list-of-enum: checked here
-        unknown = [t for t in tasks if t not in EVAL_TASKS]
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; expected some of {list(EVAL_TASKS)}")
-        return tasks
-    review_flip_tta: bool = Field(default=True, description=(
-        "choose the review thresholds on val detections made as pseudo_labels makes them by default: each image and "
-        "its mirror image fused (flip TTA). Set it as pseudo_labels' flip_tta is set"))
+EvaluationConfig = dagster_config("EvaluationConfig", EvaluationSettings, label="evaluation config", module=__name__,
+                                 doc="The evaluation's settings (pipelines.evaluation_settings.EvaluationSettings).")
 
 
 @dg.asset(group_name="model", pool="gpu", op_tags=GPU_OP_TAGS, dagster_type=Evaluation,
