@@ -16,6 +16,7 @@ from pydantic import Field
 
 from assets_defs.layout import PartitionSpec, partition_specs
 from lumen_model.train_config import STAGE_STEPS
+from pipelines.review.settings import ReviewAppSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,8 +97,9 @@ class FiftyOneSettings(dg.ConfigurableResource):
     dataset: str = os.environ.get("LUMEN_REVIEW_DATASET", "lumen-review")
     database_uri: str = os.environ.get("FIFTYONE_DATABASE_URI", "")
     database_dir: str = os.environ.get("FIFTYONE_DATABASE_DIR", "")
-    app_address: str = "127.0.0.1"
-    app_port: int = 5151
+    # the App's defaults are `lumen review app`'s (pipelines/review/settings.py)
+    app_address: str = ReviewAppSettings.model_fields["address"].default
+    app_port: int = ReviewAppSettings.model_fields["port"].default
     # the corrections sensor requests a pull + retrain once this many labels were reviewed
     min_reviewed_labels: int = int(os.environ.get("LUMEN_MIN_REVIEWED_LABELS", "20"))
 

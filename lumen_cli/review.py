@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipelines.review.settings import ReviewPushSettings, ReviewQueueSettings
+from pipelines.review.settings import (ReviewAppSettings, ReviewPushSettings, ReviewQueueSettings,
+                                      ReviewThresholdSettings)
 from pipelines.settings import add_arguments, values_from_args
 
 DB_NOTE = ("Database: the embedded MongoDB (files in $FIFTYONE_DATABASE_DIR, default ~/.fiftyone), or an external "
@@ -78,14 +79,15 @@ def _register_thresholds(sub) -> None:
     p.add_argument("--pred", required=True, metavar="COCO_RESULTS", help="the model version's results on it")
     p.add_argument("--out", required=True, metavar="JSON", help="where to write the thresholds")
     p.add_argument("--model-version", metavar="V", help="recorded in the file")
-    p.add_argument("--iou", type=float, default=0.5, help="IoU for a match (default: 0.5)")
+    add_arguments(p, ReviewThresholdSettings)  # --iou
     p.set_defaults(func=_thresholds)
 
 
 def _thresholds(args) -> int:
     from pipelines.review.thresholds import compute_thresholds, save_thresholds
 
-    th = compute_thresholds(args.gt, args.pred, iou=args.iou, model_version=args.model_version)
+    settings = ReviewThresholdSettings(**values_from_args(args, ReviewThresholdSettings))
+    th = compute_thresholds(args.gt, args.pred, model_version=args.model_version, **settings.model_dump())
     path = save_thresholds(th, args.out)
     print(json.dumps({"thresholds_file": str(path), "default": th["default"]["threshold"],
                       "classes": {v["name"]: {"threshold": v["threshold"], "f1": v["f1"], "source": v["source"]}
@@ -124,8 +126,7 @@ def _register_app(sub) -> None:
                        description="Serve the FiftyOne App on 127.0.0.1 (use --address 0.0.0.0 to let other machines "
                                    "in, e.g. labelers on the network) and print the URL; runs until Ctrl-C. " + DB_NOTE)
     p.add_argument("--dataset", metavar="NAME", help="dataset to open (default: the App's dataset picker)")
-    p.add_argument("--port", type=int, default=5151, help="port (default: 5151)")
-    p.add_argument("--address", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    add_arguments(p, ReviewAppSettings)  # --port, --address
     p.add_argument("--labelers", type=int, metavar="N",
                    help="one App per labeler on ports PORT..PORT+N-1, each on its own share of the queue "
                         "(review/labeler-i; review/next for N=1; needs --dataset and `lumen review queue --labelers N`)")
@@ -133,18 +134,19 @@ def _register_app(sub) -> None:
 
 
 def _app(args) -> int:
+    app = ReviewAppSettings(**values_from_args(args, ReviewAppSettings))
     from pipelines.review.app import launch_app, launch_labeler_apps, wait_app
 
     if args.labelers is not None:
         if not args.dataset:
             raise SystemExit("lumen review app: --labelers needs --dataset")
-        for i, url in enumerate(launch_labeler_apps(args.dataset, args.labelers, args.port, args.address), 1):
+        for i, url in enumerate(launch_labeler_apps(args.dataset, args.labelers, app.port, app.address), 1):
             print(f"labeler {i}: {url}", flush=True)
         wait_app()
         return 0
-    url = launch_app(args.dataset, port=args.port, address=args.address)
+    url = launch_app(args.dataset, port=app.port, address=app.address)
     print(url, flush=True)
-    wait_app(args.port)
+    wait_app(app.port)
     return 0
 
 

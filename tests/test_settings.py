@@ -20,7 +20,8 @@ from lumen_cli import build_parser, main
 from lumen_model.predict_config import PredictSettings
 from lumen_model.train_config import TrainConfig, shared_fields
 from pipelines.evaluation_settings import EvaluationSettings
-from pipelines.review.settings import PseudoLabelSettings, ReviewPushSettings, ReviewQueueSettings
+from pipelines.review.settings import (PseudoLabelSettings, ReviewAppSettings, ReviewPushSettings,
+                                      ReviewQueueSettings, ReviewThresholdSettings)
 from pipelines.settings import defaults
 
 # the least each command needs; every other flag keeps its default
@@ -29,6 +30,7 @@ PREDICT = ["predict", "--checkpoint", "c", "--task", "detection", "--images", "i
 ASK = ["ask", "--checkpoint", "c", "--image", "i.png", "--instruction", "every square"]
 QUEUE = ["review", "queue", "--dataset", "d"]
 PUSH = ["review", "push", "--dataset", "d", "--images", "i", "--pred", "p.json", "--model-version", "v1"]
+THRESHOLDS = ["review", "thresholds", "--gt", "g.json", "--pred", "p.json", "--out", "t.json"]
 
 
 def _cli(argv: list[str]) -> dict:
@@ -51,6 +53,8 @@ def test_training_settings_have_one_default_on_every_front():
     (PredictSettings, PREDICT, "lumen_model.predict:predict"),
     (ReviewQueueSettings, QUEUE, "pipelines.review.queue:build_review_queue"),
     (ReviewPushSettings, PUSH, "pipelines.review.push:push_predictions"),
+    (ReviewThresholdSettings, THRESHOLDS, "pipelines.review.thresholds:compute_thresholds"),
+    (ReviewAppSettings, ["review", "app"], "pipelines.review.app:launch_app"),
 ])
 def test_cli_flags_and_the_library_function_share_the_model_defaults(settings, argv, function):
     module, name = function.split(":")
@@ -69,6 +73,17 @@ def test_dagster_configs_are_their_settings_model(settings, config):
     for name, f in settings.model_fields.items():
         assert config.model_fields[name].description == f.description
         assert config.model_fields[name].metadata == f.metadata, name  # the same ranges
+
+
+def test_dagster_resources_share_the_cli_defaults():
+    from assets_defs.resources import FiftyOneSettings, LoopRetrain
+
+    app = FiftyOneSettings()
+    assert (app.app_port, app.app_address) == (ReviewAppSettings().port, ReviewAppSettings().address)
+    if not any(k.startswith(("LUMEN_LOOP_", "LUMEN_STAGE")) for k in __import__("os").environ):
+        loop, retrain = LoopRetrain(), RetrainConfig()  # the loop's retrain is the retrain job's, unless set apart
+        assert (loop.stage, loop.stage1_steps, loop.stage2_steps) == (retrain.stage, retrain.stage1_steps,
+                                                                      retrain.stage2_steps)
 
 
 def test_flip_tta_is_one_setting_with_a_default_per_purpose():

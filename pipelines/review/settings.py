@@ -1,5 +1,5 @@
-"""The review front's settings: pseudo-labels, the push and the queue. The `lumen review` flags and the
-Dagster `pseudo_labels` config are generated from these (`pipelines/settings.py`); the library functions'
+"""The review front's settings: pseudo-labels, the thresholds, the push, the queue and the App. The `lumen review`
+flags, the Dagster `pseudo_labels` config and the `fiftyone` resource's App defaults come from these (`pipelines/settings.py`); the library functions'
 own defaults are the same numbers (tests/test_settings.py holds them equal)."""
 
 from typing import Literal
@@ -43,3 +43,16 @@ class ReviewQueueSettings(Settings):
     order: Literal[tuple(QUEUE_ORDERS)] = Field("errors", description=(
         "how likely-wrong (and review/next, the labelers' shares) is sorted: most errors first, or most expected "
         "errors per expected second of review (pipelines/review/effort.py)"))
+
+
+class ReviewThresholdSettings(Settings):
+    label = "review thresholds setting"
+
+    iou: float = Field(0.5, description="IoU for a match")
+
+
+class ReviewAppSettings(Settings):
+    label = "review app setting"
+
+    port: int = Field(5151, description="port")
+    address: str = Field("127.0.0.1", description="address to listen on (127.0.0.1: this machine only)")
