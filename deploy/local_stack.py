@@ -106,6 +106,7 @@ class LocalStack:
     ports: dict[str, int] = field(default_factory=dict)
     pg_dir: Path | None = None
     startup_seconds: dict[str, float] = field(default_factory=dict)
+    gpu_workers: int = 1  # workers on the `gpu` queue (one per GPU): worker-gpu, worker-gpu-2, ...
 
     # ---- layout -------------------------------------------------------------------------------
     @property
@@ -177,6 +178,7 @@ class LocalStack:
             self._timed("mongod", self.start_mongod)
             self.write_instance()
             self._timed("schema", self.create_schema)
+            self.set_gpu_slots()
             self._timed("workers", self.start_workers)
             self._timed("daemon", self.start_daemon)
             self._timed("webserver", self.start_webserver)
@@ -265,16 +267,31 @@ class LocalStack:
         if done.returncode != 0:
             raise RuntimeError(f"dagster instance migrate failed: {(done.stdout + done.stderr)[-2000:]}")
 
+    def set_gpu_slots(self):
+        """The `gpu` pool runs as many steps at once as there are GPU workers (deploy/dagster.yaml's default is 1)."""
+        if self.gpu_workers > 1:
+            bin_dir = Path(self.python).parent
+            done = subprocess.run([str(bin_dir / "dagster"), "instance", "concurrency", "set", "gpu",
+                                   str(self.gpu_workers)], env=self.env(), cwd=REPO_ROOT, capture_output=True,
+                                  text=True, timeout=120)
+            if done.returncode != 0:
+                raise RuntimeError(f"dagster instance concurrency set failed: {(done.stdout + done.stderr)[-2000:]}")
+
     def start_workers(self):
         cfg = str(self.workdir / "celery_run_config.yaml")
         bin_dir = Path(self.python).parent
-        for name, queue, concurrency in (("worker-gpu", GPU_QUEUE, 1), ("worker-cpu", DEFAULT_QUEUE, 2)):
+        workers = [(name, GPU_QUEUE, 1) for name in self.gpu_worker_names] + [("worker-cpu", DEFAULT_QUEUE, 2)]
+        for name, queue, concurrency in workers:
             self._spawn(name, [str(bin_dir / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
                                "-q", queue, "-y", cfg, "-n", name, "--",
                                "--concurrency", str(concurrency)], env=self.env())
-        for name in ("worker-gpu", "worker-cpu"):
+        for name, _, _ in workers:
             svc = self.services[name]
             wait_for(lambda: "ready." in svc.log.read_text(errors="replace"), 120, name, svc.proc, svc.log)
+
+    @property
+    def gpu_worker_names(self) -> list[str]:
+        return ["worker-gpu"] + [f"worker-gpu-{i}" for i in range(2, self.gpu_workers + 1)]
 
     def start_daemon(self):
         bin_dir = Path(self.python).parent

@@ -191,14 +191,14 @@ def pool_resources(paths, dataset):
 SMALL_RUN = {"ops": {"pool_pseudo_labels": {"config": {"flip_tta": False, "batch_size": 8}}}}
 
 
-def materialize(instance, paths, dataset, selection, partition_key=None):
+def materialize(instance, paths, dataset, selection, partition_key=None, tags=None):
     from assets_defs.assets.review import pool_pseudo_labels, pool_review
     from assets_defs.assets.training import model_in_use
 
     config = SMALL_RUN if "pool_pseudo_labels" in selection else {}
     result = dg.materialize([model_in_use, pool_pseudo_labels, pool_review], selection=selection,
                             partition_key=partition_key, instance=instance, resources=pool_resources(paths, dataset),
-                            run_config=config)
+                            run_config=config, tags=tags)
     assert result.success
     return result
 
@@ -261,9 +261,10 @@ import os, sys
 import dagster as dg
 sys.path.insert(0, {root!r})
 from tests.test_pool_partitions import materialize
+from assets_defs.recovery import owner_tags
 from assets_defs.resources import LumenPaths
-with dg.DagsterInstance.from_config({home!r}) as instance:
-    materialize(instance, LumenPaths(root={data!r}), {dataset!r}, ["pool_pseudo_labels"], {key!r})
+with dg.DagsterInstance.from_config({home!r}) as instance:  # tagged with its pid, as the main command's runs
+    materialize(instance, LumenPaths(root={data!r}), {dataset!r}, ["pool_pseudo_labels"], {key!r}, tags=owner_tags())
 """
 
 
@@ -289,6 +290,10 @@ def test_a_killed_partition_is_relabelled_alone_and_every_image_once(tmp_path, p
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
     assert labels_done(paths.predictions, "v0001", "pool-0001") is None  # not counted as labelled
+    # the dead run still holds the gpu slot; recovery (the main command's, run monitoring under the daemon) frees it
+    from assets_defs.recovery import recover_dead_runs
+
+    assert len(recover_dead_runs(dagster_instance, log=lambda line: None)) == 1
 
     # what is missing is asked again, and only that
     result, cursor = evaluate_sensor(dagster_instance, paths, cursor)
@@ -310,3 +315,137 @@ def test_a_killed_partition_is_relabelled_alone_and_every_image_once(tmp_path, p
     import fiftyone as fo
 
     assert len(fo.load_dataset(fo_dataset_name)) == len(pool)
+
+
+# -- the real local stack: PostgreSQL + Redis + Celery, two gpu workers (tests/test_deploy_celery.py's stack) ------
+
+POOL_IMAGES, POOL_PART = 1000, 200  # 5 partitions
+
+
+@pytest.fixture(scope="module")
+def pool_stack(tmp_path_factory, tiny_stage2):
+    from tests.test_deploy_celery import _missing_parts
+
+    reason = _missing_parts()
+    if reason:
+        pytest.skip(reason)
+    from deploy.local_stack import LocalStack
+    from pipelines.model_registry import ModelRegistry
+    from pipelines.pool_partitions import plan_pool, pool_files
+    from pipelines.sample_data import write_sample_data
+
+    s = LocalStack(tmp_path_factory.mktemp("pool-stack"), images=20, gpu_workers=2)
+    s.data_root.mkdir(parents=True)
+    write_sample_data(s.data_root / "sources", n_images=20, seed=7, pool=POOL_IMAGES)
+    plan_pool(pool_files(s.data_root / "sources"), s.data_root / "pool_plan", max_size=POOL_PART)
+    ModelRegistry(s.data_root / "models" / "registry.json").decide(
+        {"version": "v0001", "checkpoint_dir": str(tiny_stage2[0]), "metrics": {}}, passed=True, reason="pool drill")
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _gpu_worker_of(stack, run_id) -> str | None:
+    from tests.test_deploy_celery import step_events
+
+    for e in step_events(stack, run_id):
+        if e["type"] == "ENGINE_EVENT" and e["step"] == "pool_pseudo_labels" and "celery worker" in e["message"]:
+            names = [w for w in stack.gpu_worker_names if f"{w}@" in e["raw"]]
+            return names[0] if len(names) == 1 else None
+    return None
+
+
+def _label_runs(stack, keys) -> tuple[float, list[str]]:
+    """Launch one label_pool run per partition at once; wall seconds until all succeeded."""
+    from tests.test_deploy_celery import _failures, launch, wait_run
+
+    ops = {"pool_pseudo_labels": {"config": {"flip_tta": False, "batch_size": 16}}}
+    t0 = time.monotonic()
+    runs = [launch(stack, "label_pool", ops, {"dagster/partition": k}) for k in keys]
+    for r in runs:
+        assert wait_run(stack, r, timeout=1800) == "SUCCESS", _failures(stack, r)
+    return time.monotonic() - t0, runs
+
+
+@pytest.mark.slow
+def test_pool_on_celery_two_gpu_workers_each_image_once_and_a_killed_worker_costs_one_partition(pool_stack):
+    from assets_defs.partitions import pool_partitions
+    from tests.test_deploy_celery import _failures, _location, launch, step_error, step_events, wait_run
+
+    stack = pool_stack
+    keys = sorted(json.loads((stack.data_root / "pool_plan" / "manifest.json").read_text())["partitions"])
+    assert len(keys) == POOL_IMAGES // POOL_PART
+    loc, repo = _location(stack)
+    for k in keys:
+        out = stack.graphql(
+            "mutation($sel: RepositorySelector!, $key: String!, $def: String!) { addDynamicPartition("
+            "repositorySelector: $sel, partitionsDefName: $def, partitionKey: $key) { __typename } }",
+            {"sel": {"repositoryLocationName": loc, "repositoryName": repo}, "key": k, "def": pool_partitions.name})
+        assert out["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", out
+    promote = launch(stack, "promote_model", {})
+    assert wait_run(stack, promote) == "SUCCESS", _failures(stack, promote)
+
+    # one gpu slot, then two: the same partition size, for the speed-up
+    _set_gpu_slots(stack, 1)
+    one_s, one_runs = _label_runs(stack, keys[0:2])
+    _set_gpu_slots(stack, 2)
+    two_s, two_runs = _label_runs(stack, keys[2:4])
+    workers = {_gpu_worker_of(stack, r) for r in two_runs}
+    speedup = one_s / two_s
+    print(f"\n[pool] 2 x {POOL_PART} images: one gpu worker {one_s:.0f}s ({2 * POOL_PART / one_s:.2f} images/s), "
+          f"two {two_s:.0f}s ({2 * POOL_PART / two_s:.2f} images/s): x{speedup:.2f}; workers {sorted(workers)}")
+    assert workers == {"worker-gpu", "worker-gpu-2"}  # the two partitions went to both gpu workers
+
+    # a gpu worker killed mid-partition: that run fails, nothing is marked labelled, a new run of that partition
+    # alone finishes it; the other partitions' labels stay as they were
+    from pipelines.pool_partitions import labels_dir, labels_done
+
+    before = {k: (labels_dir(stack.data_root / "predictions", "v0001", k) / "done.json").stat().st_mtime_ns
+              for k in keys[:4]}
+    last = keys[4]
+    run_id = launch(stack, "label_pool", {"pool_pseudo_labels": {"config": {"flip_tta": False}}},
+                    {"dagster/partition": last})
+    heat = labels_dir(stack.data_root / "predictions", "v0001", last) / "instance_segmentation_heatmaps"
+    deadline, pid = time.monotonic() + 600, None
+    while time.monotonic() < deadline and not (pid and heat.is_dir() and any(heat.glob("*.png"))):
+        pid = pid or next((e["pid"] for e in step_events(stack, run_id)
+                           if e["type"] == "STEP_START" and e["step"] == "pool_pseudo_labels"), None)
+        time.sleep(0.2)
+    assert pid and labels_done(stack.data_root / "predictions", "v0001", last) is None
+    os.kill(pid, signal.SIGKILL)
+    assert wait_run(stack, run_id, timeout=300) == "FAILURE"
+    assert "pool_pseudo_labels" in step_error(stack, run_id)
+    assert labels_done(stack.data_root / "predictions", "v0001", last) is None
+    _, retry = _label_runs(stack, [last])
+    done = {e["step"] for e in step_events(stack, retry[0]) if e["type"] == "STEP_SUCCESS"}
+    assert done == {"pool_pseudo_labels", "pool_review"}
+    assert {k: (labels_dir(stack.data_root / "predictions", "v0001", k) / "done.json").stat().st_mtime_ns
+            for k in keys[:4]} == before  # no other partition was labelled again
+
+    # every image labelled exactly once, each partition by exactly one successful step
+    labelled = []
+    for k in keys:
+        rec = labels_done(stack.data_root / "predictions", "v0001", k)
+        ids = [im["id"] for im in json.loads(Path(rec["images_file"]).read_text())["images"]]
+        index = json.loads((Path(rec["heatmaps_dir"]) / "index.json").read_text())
+        assert {e["image_id"] for e in index} == set(ids)
+        labelled += ids
+    assert len(labelled) == len(set(labelled)) == POOL_IMAGES
+    successes = stack.sql("select count(*) from event_logs where dagster_event_type = 'STEP_SUCCESS' "
+                          "and step_key = 'pool_pseudo_labels'")[0][0]
+    assert successes == len(keys)
+    import pymongo
+
+    db = pymongo.MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=5000)["fiftyone"]
+    coll = db["datasets"].find_one({"name": "lumen-review"})["sample_collection_name"]
+    assert db[coll].count_documents({}) == POOL_IMAGES
+    (stack.workdir / "pool_speedup.json").write_text(json.dumps({"one_worker_s": one_s, "two_workers_s": two_s,
+                                                                 "speedup": speedup}))
+
+
+def _set_gpu_slots(stack, n: int) -> None:
+    """How many gpu steps may run at once (one per GPU worker in use)."""
+    subprocess.run([str(Path(stack.python).parent / "dagster"), "instance", "concurrency", "set", "gpu", str(n)],
+                   env=stack.env(), cwd=ROOT, check=True, capture_output=True, timeout=120)
