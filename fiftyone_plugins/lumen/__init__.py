@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STORE = "lumen_ask"  # dataset-scoped execution store: the form's last values
+SHOW_SCORES = "@lumen/review/show_scores"  # the JavaScript operator in show_scores.js
 MAX_SAMPLES = 25  # one immediate App action; a whole pool is `pseudo_labels`' job
 WHAT = [("auto", "Lumen decides: a question is answered, 'every X' finds every X, else one object"),
         ("grounding", "One object (a box)"),
@@ -326,7 +327,8 @@ def _accept_ids(ctx) -> list[str]:
 
 class DeclarePromptedFields(foo.Operator):
     """When the App opens a Lumen review dataset: its prompted fields exist (empty) and are switched on, so the
-    first answer shows in the opened sample at once (the App reads a dataset's fields when it opens it)."""
+    first answer shows in the opened sample at once (the App reads a dataset's fields when it opens it); and the
+    boxes' texts show their scores (the JavaScript operator show_scores)."""
 
     @property
     def config(self):
@@ -334,15 +336,19 @@ class DeclarePromptedFields(foo.Operator):
                                   unlisted=True, on_dataset_open=True)
 
     def execute(self, ctx):
+        from pipelines.review.app_config import score_fields
         from pipelines.review.prompted import declare_prompted_schema
 
         try:
             added = declare_prompted_schema(ctx.dataset)
+            scored = score_fields(ctx.dataset)
         except Exception as exc:
             return _fail(ctx, exc)
         if added:
             ctx.ops.reload_dataset()
-        return {"added": added}
+        if scored:  # the box texts show the score (show_scores.js: a per-browser setting FiftyOne gives no default for)
+            ctx.trigger(SHOW_SCORES, params={"dataset_id": str(ctx.dataset._doc.id), "paths": scored})
+        return {"added": added, "scored": scored}
 
 
 def register(p):

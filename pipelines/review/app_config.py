@@ -22,6 +22,7 @@ see tests/test_review_app.py; documented in the README):
 from __future__ import annotations
 
 from pipelines.review import fields as F
+from pipelines.review import prompted as P
 from pipelines.review.fo_env import fiftyone
 
 # Distinct, saturated colours that read on photos; classes take them in order of category id.
@@ -37,12 +38,82 @@ HEATMAP_COLORS = [{"value": 0.0, "color": "rgb(200, 0, 0)"}, {"value": 0.5, "col
                   {"value": 0.8, "color": "rgb(255, 225, 0)"}, {"value": 1.0, "color": "rgb(255, 255, 255)"}]
 
 
+PROMPTED_FIELDS = (P.PROMPTED, P.PROMPTED_KEYPOINTS, P.PROMPTED_HEATMAP, P.PROMPTED_ANSWER)
+HEATMAP_FIELDS = (F.HEATMAP, F.HEATMAP_UNEXPLAINED, P.PROMPTED_HEATMAP)
+
+
+def heatmap_colorscale(path: str | None = None) -> dict:
+    """Our heatmap colour scale as the dataset's App config stores it, with the sampled `rgb` table.
+
+    Why `rgb`: the App paints a heatmap with `colorscales[path].rgb`, else `default_colorscale.rgb`,
+    else the App-wide scale (viridis). Only FiftyOne's GraphQL answer computes `rgb` from `list`; the
+    state a session (`fo.launch_app`, `lumen review app`) sends to the browser carries the stored dict
+    as it is, so without a stored `rgb` every heatmap was drawn in viridis, not in this scale.
+    """
+    from fiftyone.core.plots.plotly import get_colormap
+
+    scale = {"name": None, "list": HEATMAP_COLORS,
+             "rgb": [list(c) for c in get_colormap([[s["value"], s["color"]] for s in HEATMAP_COLORS])]}
+    return {"path": path, **scale} if path else scale
+
+
 def shown_fields(dataset) -> list[str]:
     """The fields switched on when the App opens."""
     info = F.review_info(dataset)
     schema = dataset.get_field_schema()
-    wanted = [*info.get("current_fields", []), F.HEATMAP_UNEXPLAINED, F.PEAKS]
+    # the prompted fields stay on once they exist (a later push rewrites this config)
+    wanted = [*info.get("current_fields", []), F.HEATMAP_UNEXPLAINED, F.PEAKS, PEAK_RINGS, *PROMPTED_FIELDS]
     return [f for f in wanted if f in schema]
+
+
+PEAK_RINGS = "heatmap_peak_rings"  # a ring around each unexplained heatmap peak (Polylines: never reviewed or pulled)
+PEAK_COLOR = "#00ffff"  # likely misses (peaks and their rings), unlike any class colour
+PEAK_RING_RADIUS = 0.08  # of the image's shorter side: a peak's dot alone is a few screen pixels
+PEAK_RING_MIN_PX = 4
+PEAK_RING_POINTS = 20
+
+
+def peak_ring(x: float, y: float, width: int, height: int) -> list[list[float]]:
+    """A closed circle around the image point (x, y) (relative coordinates), in relative coordinates."""
+    import math
+
+    r = max(PEAK_RING_RADIUS * min(width, height), PEAK_RING_MIN_PX)
+    return [[(x * width + r * math.cos(t)) / width, (y * height + r * math.sin(t)) / height]
+            for t in (2 * math.pi * k / PEAK_RING_POINTS for k in range(PEAK_RING_POINTS))]
+
+
+def draw_peak_rings(dataset) -> int:
+    """`heatmap_peak_rings` from `heatmap_peaks`: the App draws a keypoint as a dot of a few screen pixels
+    (its radius is an App constant, not a dataset setting), so a likely miss was easy to overlook. A
+    ring (cyan, named by its class), 8 % of the image's shorter side, around each peak is seen at a glance.
+    Derived again at every push (the peaks change only there); returns the number of rings."""
+    fo = fiftyone()
+    if F.PEAKS not in dataset.get_field_schema():
+        return 0
+    ids, peaks, widths, heights = dataset.values(["id", f"{F.PEAKS}.keypoints", "metadata.width", "metadata.height"])
+    rings, n = {}, 0
+    for sid, kps, w, h in zip(ids, peaks, widths, heights):
+        w, h = w or 1, h or 1  # no metadata: a ring of the same relative size
+        lines = [fo.Polyline(label=k.label, points=[peak_ring(*k.points[0], w, h)], closed=True, filled=False,
+                             heat=k.get_field("heat") if k.has_field("heat") else None)
+                 for k in kps or [] if k.points]
+        rings[sid] = fo.Polylines(polylines=lines) if lines else None
+        n += len(lines)
+    if PEAK_RINGS not in dataset.get_field_schema():
+        dataset.add_sample_field(PEAK_RINGS, fo.EmbeddedDocumentField, embedded_doc_type=fo.Polylines)
+    dataset.set_values(PEAK_RINGS, rings, key_field="id")
+    return n
+
+
+def score_fields(dataset) -> list[str]:
+    """The box fields whose text should show the score: the reviewed Detections fields (predictions of every
+    version, below-threshold ones, prompted) of a Lumen review dataset; none for another dataset."""
+    fo = fiftyone()
+    if F.INFO_KEY not in dataset.info:
+        return []
+    schema = dataset.get_field_schema()
+    return sorted(n for n in F.prediction_fields(dataset)
+                  if getattr(schema[n], "document_type", None) is fo.Detections)
 
 
 def apply_app_config(dataset) -> dict:
@@ -56,16 +127,21 @@ def apply_app_config(dataset) -> dict:
     label_fields = [n for n in F.label_list_fields(dataset) if n != F.PEAKS]
     fields = [{"path": n, "colorByAttribute": "label", "valueColors": value_colors} for n in label_fields]
     if F.PEAKS in schema:
-        fields.append({"path": F.PEAKS, "fieldColor": "#00ffff", "colorByAttribute": "label",
-                       "valueColors": value_colors})
-    active = shown_fields(dataset)
+        draw_peak_rings(dataset)
+        # every class in one marker colour: a ring must stand out from the object under it, which has
+        # the class's colour; the ring's text names the class
+        marker_colors = [{"value": v["value"], "color": PEAK_COLOR} for v in value_colors]
+        for path in (F.PEAKS, PEAK_RINGS):
+            fields.append({"path": path, "fieldColor": PEAK_COLOR, "colorByAttribute": "label",
+                           "valueColors": marker_colors})
+    active = shown_fields(dataset)  # after the rings exist
     scheme = fo.ColorScheme(
         color_by="value",
         color_pool=CLASS_COLORS,
         fields=fields,
         opacity=MASK_OPACITY,
-        colorscales=[{"path": f, "name": None, "list": HEATMAP_COLORS} for f in (F.HEATMAP, F.HEATMAP_UNEXPLAINED)],
-        default_colorscale={"name": None, "list": HEATMAP_COLORS},
+        colorscales=[heatmap_colorscale(path=f) for f in HEATMAP_FIELDS],
+        default_colorscale=heatmap_colorscale(),
         label_tags={"fieldColor": "#ffffff",
                     "valueColors": [{"value": k, "color": v} for k, v in TAG_COLORS.items()]},
         multicolor_keypoints=False,
