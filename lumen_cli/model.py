@@ -10,6 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from lumen_model.predict_config import PredictSettings
     from lumen_model.train_config import build_arg_parser
     from pipelines.settings import add_arguments
+    from pipelines.tasks import EVAL_NAMES, NAMES  # the task registry: each front's --task choices
 
     p = sub.add_parser("train", help="train stage 1 (heatmaps) or stage 2 (decoders) on shard folders",
                        description="Stage-wise Lumen training. Multi-process: torchrun --nproc_per_node N -m lumen_model.train ...")
@@ -19,8 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="run a checkpoint over images; COCO results json + heatmap PNGs",
                        description="Predict boxes / masks / keypoints / grounding boxes / VQA answers.")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder (stage 2 for masks and keypoints)")
-    p.add_argument("--task", required=True, choices=("detection", "instance_segmentation", "pose", "grounding",
-                                                      "referring_segmentation", "vqa"))
+    p.add_argument("--task", required=True, choices=NAMES)
     p.add_argument("--images", required=True, help="image folder (without --annotations: every image in it)")
     p.add_argument("--annotations", help="COCO json naming the images (ids) and categories to predict: an instances "
                                          "json, or an image_info json (images without labels, e.g. the unlabeled pool "
@@ -42,8 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--instruction", required=True,
                    help="what to find or ask: 'every square', 'the star left of the person', 'what colour is the "
                         "triangle?'")
-    p.add_argument("--task", default="auto", choices=("auto", "detection", "instance_segmentation", "pose",
-                                                     "grounding", "referring_segmentation", "vqa"),
+    p.add_argument("--task", default="auto", choices=("auto", *NAMES),
                    help="auto (default): a question is answered, 'every X' finds every X, anything else one object")
     add_arguments(p, PredictSettings, ("score_threshold", "flip_tta"))
     p.add_argument("--heatmap", metavar="PNG", help="also save the heatmap at image size as a grayscale PNG")
@@ -53,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="metrics JSON for predictions against ground truth",
                        description="bbox/segm/keypoints: COCO AP via pycocotools; grounding: acc@0.5; "
                                    "refseg: cIoU and gIoU; vqa: VQAv2 accuracy.")
-    p.add_argument("--task", required=True, choices=("bbox", "segm", "keypoints", "grounding", "refseg", "vqa"))
+    p.add_argument("--task", required=True, choices=EVAL_NAMES)
     p.add_argument("--gt", required=True, help="ground truth (COCO json, expressions json, or VQAv2 annotations json)")
     p.add_argument("--pred", required=True, help="predictions json")
     p.add_argument("--out", help="also write the metrics here")

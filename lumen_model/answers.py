@@ -16,14 +16,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lumen_model.decoders import MASK_TASKS, POSE_TASKS
 from lumen_model.decoders.boxes import decode_boxes, fuse_views, unflip_boxes
 from pipelines.geometry import SquarePad
 from pipelines.heatmaps import find_peaks
 from pipelines.instructions import TASK_TOKENS
+from pipelines.tasks import EXPRESSION, task_names
 
-FLIP_TTA_TASKS = ("detection", "instance_segmentation")  # pose would need left and right keypoints swapped
-SINGLE_OBJECT_TASKS = ("grounding", "referring_segmentation")
-MASK_TASKS = ("instance_segmentation", "referring_segmentation")
+# from the task registry (pipelines/tasks.py)
+FLIP_TTA_TASKS = task_names(flip_tta=True)  # ("detection", "instance_segmentation")
+SINGLE_OBJECT_TASKS = task_names(names=EXPRESSION)  # ("grounding", "referring_segmentation")
 PEAK_THRESHOLD = 0.5  # as the review push marks unexplained peaks
 
 
@@ -137,7 +139,7 @@ def located_answers(p, task: str, chunk: list[tuple], flip_tta: bool = False) ->
                    task_token=out["task_token"][i])
         if task in MASK_TASKS:
             a.masks = p.masks_for(out, i, boxes, geo, im["path"], flipped=mirror)
-        if task == "pose":
+        if task in POSE_TASKS:
             kps = p.keypoints_for(out["dense"][i], boxes, geo)
             a.keypoints = [k_ for k_, _ in kps]
             a.scores = np.asarray([float(s) * ks for s, (_, ks) in zip(scores, kps)], dtype=np.float64)

@@ -21,11 +21,12 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from lumen_model.answers import Answer, located_answers, text_answers
+from lumen_model.answers import FLIP_TTA_TASKS, Answer, located_answers, text_answers
 from lumen_model.data import short_answer_question
 from lumen_model.predict import TASKS, Predictor, checkpoint_categories
 from pipelines.errors import InputError
 from pipelines.instructions import instruction_for
+from pipelines.tasks import CATEGORY, EXPRESSION, task_named
 
 ASK_TASKS = ("auto", *TASKS)
 MAX_INSTRUCTION_CHARS = 300  # a sentence, not a document: the model reads a few dozen tokens
@@ -107,14 +108,15 @@ class Asker:
         """The (image, model instruction, meta) job `lumen predict` would make for this request."""
         cats = categories if categories is not None else self.categories
         im = {"id": 0, "path": image}
-        if task in ("detection", "instance_segmentation"):
+        t = task_named(task)
+        if t.names == CATEGORY and not t.category:  # every object of a kind: the kind the labeler typed
             c = category_named(text, cats)
             name = c["name"] if c else _QUANTIFIERS.sub("", text.lower().rstrip(".!?")).strip() or text
             return im, instruction_for(task, category=name), {"category": name, "category_id": c and c["id"]}
-        if task == "pose":
-            c = next((c for c in cats if c["name"] == "person"), None)
-            return im, instruction_for("pose"), {"category": "person", "category_id": c["id"] if c else 1}
-        if task in ("grounding", "referring_segmentation"):
+        if t.names == CATEGORY:  # the task's own category (pose: person)
+            c = next((c for c in cats if c["name"] == t.category), None)
+            return im, instruction_for(task), {"category": t.category, "category_id": c["id"] if c else 1}
+        if t.names == EXPRESSION:
             expression = text.rstrip(".")
             c = category_mentioned(expression, cats)
             return im, instruction_for(task, expression=expression), {
@@ -128,8 +130,8 @@ class Asker:
         labels are named from (default: the checkpoint's)."""
         text = clean_instruction(instruction)
         task = resolve_task(text, task)
-        if flip_tta and task not in ("detection", "instance_segmentation"):
-            flip_tta = False  # only those two fuse views; elsewhere the second look would be wasted
+        if flip_tta and task not in FLIP_TTA_TASKS:
+            flip_tta = False  # only the flip-TTA tasks fuse views; elsewhere the second look would be wasted
         path = Path(image)
         if not path.is_file():
             raise InputError(f"ask: image not found: {path}")
@@ -137,7 +139,7 @@ class Asker:
         t = time.perf_counter()
         with self._lock:
             try:
-                if task == "vqa":
+                if task_named(task).decoder == "text":
                     a = text_answers(self.predictor, [job])[0]
                 else:
                     a = located_answers(self.predictor, task, [job], flip_tta=flip_tta)[0]

@@ -19,6 +19,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 
 from lumen_model.aligner import DenseAligner
 from lumen_model.config import LumenConfig
+from lumen_model.decoders import MASK_TASKS, POSE_TASKS
 from lumen_model.decoders.masks import SamBoxPrompts
 from lumen_model.decoders.pose import PoseHead, keypoint_loss_sum, keypoint_targets
 from lumen_model.decoders.roi_masks import RoiMaskHead
@@ -241,8 +242,7 @@ class LumenModel(nn.Module):
         dense = out["dense"].detach()  # stage-1 features are frozen in stage 2
         tasks = batch["task"]
         zero = dense.sum() * 0
-        seg_idx = [i for i, t in enumerate(tasks) if t in ("instance_segmentation", "referring_segmentation")
-                   and len(batch["masks_input"][i])]
+        seg_idx = [i for i, t in enumerate(tasks) if t in MASK_TASKS and len(batch["masks_input"][i])]
         # each loss is a sum and a count, averaged over every DDP rank's masks / keypoints (mean_over_ranks)
         mask_l = mask_n = zero
         if seg_idx and self.cfg.mask_decoder == "roi":  # a pretrained SAM stays frozen: nothing to learn
@@ -250,7 +250,7 @@ class LumenModel(nn.Module):
                                                  out["pixels"][seg_idx], [batch["boxes_input"][i] for i in seg_idx],
                                                  [batch["masks_input"][i] for i in seg_idx])
         mask_l = mean_over_ranks(mask_l, mask_n)
-        pose_idx = [i for i, t in enumerate(tasks) if t == "pose" and len(batch["keypoints_input"][i])]
+        pose_idx = [i for i, t in enumerate(tasks) if t in POSE_TASKS and len(batch["keypoints_input"][i])]
         pose_l = pose_n = zero
         if pose_idx:
             boxes = [batch["boxes_input"][i] for i in pose_idx]
@@ -311,7 +311,7 @@ class LumenModel(nn.Module):
         expression's other words (the colour words are there) -> ((sum of the naming cross-entropies, their
         count), (the same of the descriptions)). At most `max_boxes` per batch (the first ones), to bound the
         step's cost."""
-        rows = [i for i, t in enumerate(batch["task"]) if t in ("instance_segmentation", "referring_segmentation", "pose")
+        rows = [i for i, t in enumerate(batch["task"]) if t in MASK_TASKS + POSE_TASKS
                 and len(batch["boxes_input"][i]) and len(batch["category_word_ids"][i])]
         zero = out["hidden"].sum() * 0
         if not rows:

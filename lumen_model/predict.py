@@ -19,7 +19,7 @@ from pycocotools import mask as mask_utils
 
 from lumen_model.checkpoint import check_finite, load_model
 from lumen_model.data import Collator, short_answer_question
-from lumen_model.answers import FLIP_TTA_TASKS, Answer, located_answers, text_answers
+from lumen_model.answers import FLIP_TTA_TASKS, SINGLE_OBJECT_TASKS, Answer, located_answers, text_answers
 from lumen_model.decoders.boxes import unflip_boxes
 from lumen_model.decoders.pose import decode_keypoints
 from lumen_model.streaming import ImageInstructionJobs, JsonArrayWriter
@@ -29,11 +29,12 @@ from pipelines.geometry import SquarePad, pad_image
 from pipelines.images import check_pixels
 from pipelines.heatmaps import encode_png
 from pipelines.instructions import TASK_TOKENS, instruction_for
+from pipelines.tasks import CATEGORY, EXPRESSION, NAMES, task_named
 from pipelines.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 TASK_TOKENS_ORDER = list(TASK_TOKENS.values())
-TASKS = ("detection", "instance_segmentation", "pose", "grounding", "referring_segmentation", "vqa")
+TASKS = NAMES  # the task registry's (pipelines/tasks.py)
 LOC_PREFIX = "Sure, the location is [LOC]."  # forced answer; the next token is the generated task token
 
 
@@ -301,7 +302,7 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
     bar = progress_bar(total=len(jobs), desc=f"predict {task}", unit="instr", enabled=progress)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
-        if task == "vqa":
+        if task_named(task).decoder == "text":
             write_answers(p, chunk, files)
         else:
             write_located(p, task, chunk, files, flip_tta=flip_tta)
@@ -313,22 +314,25 @@ def predict(checkpoint, task: str, images_dir, out_file, *, annotations=None, ca
 def plan_jobs(checkpoint, task: str, images_dir, *, annotations=None, categories=None, expressions=None,
               questions=None, max_images: int | None = None):
     """The task's (image, instruction, meta) jobs, its input files checked before the slow model load."""
-    if task in ("detection", "instance_segmentation", "pose"):
+    names = task_named(task).names
+    if names == CATEGORY:
         images = list_images(images_dir, annotations)[:max_images]
         cats = _task_categories(checkpoint, task, annotations, categories)
         return ImageInstructionJobs(images, [(instruction_for(task, category=c["name"]),
                                               {"category_id": c["id"], "category": c["name"]}) for c in cats])
-    if task in ("grounding", "referring_segmentation"):
+    if names == EXPRESSION:
         return _expression_jobs(task, images_dir, expressions)
     return _question_jobs(images_dir, questions)
 
 
 def _task_categories(checkpoint, task: str, annotations, categories) -> list[dict]:
-    """The categories to ask for: pose's person, else the annotations', the given names', or the checkpoint's."""
-    if task == "pose":
-        cats = [{"id": 1, "name": "person"}]
+    """The categories to ask for: the task's own (pose's person), else the annotations', the given names', or the
+    checkpoint's."""
+    only = task_named(task).category
+    if only:
+        cats = [{"id": 1, "name": only}]
         if annotations:
-            cats = [c for c in _read_json(annotations).get("categories", []) if c["name"] == "person"] or cats
+            cats = [c for c in _read_json(annotations).get("categories", []) if c["name"] == only] or cats
         return cats
     if annotations and _read_json(annotations).get("categories"):
         return _read_json(annotations)["categories"]  # instances or image_info json (images without labels)
@@ -419,7 +423,7 @@ def result_rows(a: Answer, image_id) -> list[dict]:
     rows = []
     for j, (b, s) in enumerate(zip(a.boxes, a.scores)):
         r = {"image_id": image_id, "bbox": [round(float(v), 2) for v in b], "score": round(float(s), 5)}
-        if a.task in ("grounding", "referring_segmentation"):
+        if a.task in SINGLE_OBJECT_TASKS:
             r.update(sent_id=a.meta["sent_id"], ref_id=a.meta.get("ref_id"), category_id=1)
         else:
             r["category_id"] = a.meta["category_id"]

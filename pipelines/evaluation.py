@@ -18,9 +18,12 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from pipelines.errors import InputError
+from pipelines.tasks import EVAL_NAMES, task_named
+from pipelines.tasks import TASKS as REGISTRY
 
-COCO_TASKS = {"bbox": "bbox", "segm": "segm", "keypoints": "keypoints"}
-TASKS = ("bbox", "segm", "keypoints", "grounding", "refseg", "vqa")
+# from the task registry (pipelines/tasks.py): the evaluation's names, and pycocotools' iouType of each COCO one
+TASKS = EVAL_NAMES
+COCO_TASKS = {t.eval_name: t.eval_name for t in REGISTRY if t.metric == "coco_metrics"}
 
 
 def _load(x):
@@ -175,16 +178,20 @@ def shuffled_questions(questions, seed: int = 0) -> dict:
     return dict(data, questions=moved) if isinstance(data, dict) else moved
 
 
+# Each task's `metric` (pipelines/tasks.py) -> its function of (evaluation name, gt, pred).
+METRICS = {
+    "coco_metrics": coco_metrics,
+    "grounding_accuracy": lambda task, gt, pred: grounding_accuracy(gt, pred),
+    "refseg_iou": lambda task, gt, pred: refseg_iou(gt, pred),
+    "vqa_accuracy": lambda task, gt, pred: vqa_accuracy(gt, pred),
+}
+
+
 def evaluate(task: str, gt, pred) -> dict:
-    if task in COCO_TASKS:
-        return coco_metrics(task, gt, pred)
-    if task == "grounding":
-        return grounding_accuracy(gt, pred)
-    if task == "refseg":
-        return refseg_iou(gt, pred)
-    if task == "vqa":
-        return vqa_accuracy(gt, pred)
-    raise InputError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    """The metrics of one evaluation task ("bbox", ..., "vqa")."""
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    return METRICS[task_named(task).metric](task, gt, pred)
 
 
 def refcoco_expressions(folder, split: str = "val", split_by: str = "unc") -> list[dict]:

@@ -10,39 +10,14 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 
-TASK_TOKENS = {
-    "detection": "[DET]",
-    "instance_segmentation": "[SEG]",
-    "pose": "[POSE]",
-    "grounding": "[GRD]",
-    "referring_segmentation": "[RSEG]",
-}
+from pipelines.tasks import TASKS
+
+# from the task registry (pipelines/tasks.py), in its order: the tokenizer's special tokens keep their ids
+TASK_TOKENS = {t.name: t.token for t in TASKS if t.token is not None}
 LOC_TOKEN = "[LOC]"
 SPECIAL_TOKENS = (LOC_TOKEN, *TASK_TOKENS.values())
 
-TEMPLATES = {
-    "detection": (
-        "Please find the location of all {category} in the image. Respond with boxes.",
-        "Where are all the {category} in this image? Respond with boxes.",
-        "Locate every {category} in the picture. Respond with boxes.",
-    ),
-    "instance_segmentation": (
-        "Please find the location of all {category} in the image. Respond with masks.",
-        "Segment every {category} in this image. Respond with masks.",
-    ),
-    "pose": (
-        "Please find the location of all person in the image. Respond with keypoints.",
-        "Where are the people in this image? Respond with keypoints.",
-    ),
-    "grounding": (
-        "Please find the location of {expression}. Respond with a box.",
-        "Where is {expression} in the image? Respond with a box.",
-    ),
-    "referring_segmentation": (
-        "Please find the location of {expression}. Respond with a mask.",
-        "Segment {expression} in the image. Respond with a mask.",
-    ),
-}
+TEMPLATES = {t.name: t.templates for t in TASKS if t.templates}
 
 
 def instruction_for(task: str, *, category: str | None = None, expression: str | None = None,

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.tasks import EVAL_NAMES, task_named
+
 SOURCES = ("coco", "coco-keypoints", "refcoco", "vqav2", "llava")
 SPLITS = ("train", "val")
 POOL_FILE = "coco/annotations/image_info_unlabeled.json"  # relative to a sources folder
@@ -68,12 +70,18 @@ def source_specs(source: str, root) -> list[ConvertSpec]:
 
 
 def eval_ground_truth(task: str, root, work_dir) -> tuple[str, dict, Path]:
-    """(predict task, predict's keyword arguments, ground-truth file) of one evaluation task on the val split.
+    """(predict task, predict's keyword arguments, ground-truth file) of one evaluation task on the val split
+    of its source partition (the task registry's `eval_source`).
 
     RefCOCO's expressions are written once into `work_dir` (the evaluation's own folder)."""
+    if task not in EVAL_TASKS:
+        from pipelines.errors import InputError
+
+        raise InputError(f"unknown evaluation task {task!r}; expected one of {', '.join(EVAL_TASKS)}")
+    t = task_named(task)
     root, work_dir = Path(root), Path(work_dir)
     ann, vqa = root / "coco" / "annotations", root / "vqa"
-    if task in ("grounding", "refseg"):
+    if t.eval_source == "refcoco":
         from pipelines.evaluation import refcoco_expressions
 
         gt = work_dir / "refcoco_val_expressions.json"
@@ -81,21 +89,14 @@ def eval_ground_truth(task: str, root, work_dir) -> tuple[str, dict, Path]:
             import json
 
             gt.write_text(json.dumps(refcoco_expressions(root / "refcoco", "val")))
-        return ("grounding" if task == "grounding" else "referring_segmentation"), {"expressions": str(gt)}, gt
-    if task == "vqa":
-        return "vqa", {"questions": str(vqa / "v2_OpenEnded_mscoco_val_questions.json")}, vqa / "v2_mscoco_val_annotations.json"
-    coco = {"bbox": ("detection", ann / "instances_val.json"),
-            "segm": ("instance_segmentation", ann / "instances_val.json"),
-            "keypoints": ("pose", ann / "person_keypoints_val.json")}
-    if task not in coco:
-        from pipelines.errors import InputError
-
-        raise InputError(f"unknown evaluation task {task!r}; expected one of {', '.join(EVAL_TASKS)}")
-    predict_task, gt = coco[task]
-    return predict_task, {"annotations": str(gt)}, gt
+        return t.name, {"expressions": str(gt)}, gt
+    if t.eval_source == "vqav2":
+        return t.name, {"questions": str(vqa / "v2_OpenEnded_mscoco_val_questions.json")}, vqa / "v2_mscoco_val_annotations.json"
+    gt = {"coco": ann / "instances_val.json", "coco-keypoints": ann / "person_keypoints_val.json"}[t.eval_source]
+    return t.name, {"annotations": str(gt)}, gt
 
 
-EVAL_TASKS = ("bbox", "segm", "keypoints", "grounding", "refseg", "vqa")
+EVAL_TASKS = EVAL_NAMES  # the task registry's evaluation names (pipelines/tasks.py)
 
 
 def convert_partition(source: str, sources_root, shards_root, *, input_size: int, progress: bool = False) -> list[dict]:

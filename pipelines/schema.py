@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from pipelines.tasks import NAMES
+from pipelines.tasks import TASKS as REGISTRY
+
 SCHEMA_VERSION = 1
 
-TASKS = (
-    "detection",
-    "instance_segmentation",
-    "pose",
-    "grounding",
-    "referring_segmentation",
-    "vqa",
-)
+TASKS = NAMES  # the task registry's names (pipelines/tasks.py)
 
-# Tasks whose sample carries a heatmap (VQA has none).
-HEATMAP_TASKS = frozenset(TASKS) - {"vqa"}
+# Tasks whose sample carries a heatmap (VQA has none): those answered with a task token.
+HEATMAP_TASKS = frozenset(t.name for t in REGISTRY if t.token is not None)
 
 # COCO RLE with a compressed `counts` string, as pycocotools' mask.encode returns it.
 RLE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
