@@ -28,7 +28,7 @@ import dagster as dg
 import pydantic
 from pydantic import BaseModel, Field
 
-from pipelines.settings import InvalidSettings, _plain_type, describe_errors
+from pipelines.settings import InvalidSettings, describe_errors, plain_type
 
 
 class CheckedConfig(dg.Config):
@@ -56,7 +56,7 @@ class CheckedConfig(dg.Config):
 
 def _launchpad_field(f) -> tuple[object, object]:
     """A settings field as a Launchpad field: the same type, default, description and range."""
-    ann, plain = f.annotation, _plain_type(f.annotation)
+    ann, plain = f.annotation, plain_type(f.annotation)
     default = ... if f.is_required() else f.get_default(call_default_factory=True)  # a literal list: no factory
     if plain is not ann and default is None:
         if plain is not str:

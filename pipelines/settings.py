@@ -98,7 +98,7 @@ def _describe(model: type[BaseModel], name: str, err: dict, data: Mapping) -> st
             value = float(value)  # the setting holds a float: compare in its type
         problem = _range_text(bounds)
     elif kind == "literal_error":
-        problem = "expected one of " + ", ".join(map(str, get_args(_plain_type(field.annotation))))
+        problem = "expected one of " + ", ".join(map(str, get_args(plain_type(field.annotation))))
     elif kind == "too_short":
         problem = f"must hold at least {err['ctx']['min_length']}"
     elif kind.endswith("_type") or kind.endswith("_parsing"):
@@ -111,7 +111,7 @@ def _describe(model: type[BaseModel], name: str, err: dict, data: Mapping) -> st
 def _range_text(b: dict) -> str:
     if "ge" in b and "le" in b:
         return f"must be within [{b['ge']}, {b['le']}]"
-    return "; ".join(f"must be {op} {b[k]}" for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+    return " and ".join(f"must be {op} {b[k]}" for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
                      if k in b)
 
 
@@ -125,7 +125,7 @@ def field_bounds(model: type[BaseModel], name: str) -> dict:
     return out
 
 
-def _plain_type(annotation):
+def plain_type(annotation):
     """`X | None` -> X."""
     if get_origin(annotation) in (Union, types.UnionType):
         args = [a for a in get_args(annotation) if a is not type(None)]
@@ -134,7 +134,7 @@ def _plain_type(annotation):
 
 
 def _type_name(annotation) -> str:
-    t = _plain_type(annotation)
+    t = plain_type(annotation)
     if get_origin(t) is list:
         return "a list of strings" if get_args(t) == (str,) else "a list"
     return getattr(t, "__name__", str(t))
@@ -151,7 +151,7 @@ def add_arguments(parser: argparse.ArgumentParser, model: type[BaseModel], names
     model has no default; a bool is `--x/--no-x`. Values are checked when the model is built from them."""
     for name in names or model.model_fields:
         f = model.model_fields[name]
-        t = _plain_type(f.annotation)
+        t = plain_type(f.annotation)
         default = None if f.is_required() else f.get_default(call_default_factory=True)
         kw: dict[str, Any] = dict(dest=name, help=f.description or "")
         if default is not None:
