@@ -39,6 +39,7 @@ from lumen_model.tokenizer import train_tokenizer
 from lumen_model.train_config import STAGE_TASKS, TrainConfig, build_arg_parser, config_from_args  # noqa: F401 (public here too)
 from pipelines.errors import InputError, LumenError
 from pipelines.progress import progress
+from pipelines.tasks import CATEGORY, task_names
 from pipelines.tempdirs import check_replaceable, clean_stale, publish_dir, staged, writing
 
 log = logging.getLogger(__name__)
@@ -656,12 +657,15 @@ def _train_step(cfg: TrainConfig, plan: TrainingPlan, t: Trainer, net, batch: di
     return rec
 
 
+CATEGORY_TASKS = list(task_names(names=CATEGORY, category=None))  # every object of any kind: detection, segmentation
+
+
 def _categories(dataset, previous) -> list[dict]:
     """The detection categories the model learns (kept in config.json: `lumen predict` on a plain
     folder of images needs them); a stage that trains none keeps its starting checkpoint's.
     Read from the Arrow columns: no Python object per row."""
     t = pa.table({c: dataset.column(c) for c in ("task", "category_id", "category")})
-    t = t.filter(pc.and_(pc.is_in(t["task"], value_set=pa.array(["detection", "instance_segmentation"])),
+    t = t.filter(pc.and_(pc.is_in(t["task"], value_set=pa.array(CATEGORY_TASKS)),
                          pc.and_(pc.is_valid(t["category_id"]), pc.fill_null(pc.not_equal(t["category"], ""), False))))
     by_id = dict(zip(t["category_id"].to_pylist(), t["category"].to_pylist()))
     if not by_id and previous and (Path(previous) / "config.json").is_file():

@@ -40,6 +40,7 @@ def test_every_front_lists_the_registrys_tasks():
     from lumen_model.answers import FLIP_TTA_TASKS, SINGLE_OBJECT_TASKS
     from lumen_model.ask import ASK_TASKS
     from lumen_model.predict import TASKS as PREDICT_TASKS
+    from lumen_model.train import CATEGORY_TASKS  # the tasks whose categories a checkpoint keeps
     from lumen_model.train_config import STAGE_TASKS
     from pipelines import evaluation, layout, schema
 
@@ -51,6 +52,7 @@ def test_every_front_lists_the_registrys_tasks():
     assert set(evaluation.METRICS) == {t.metric for t in TASKS}
     assert FLIP_TTA_TASKS == registry.task_names(flip_tta=True)
     assert SINGLE_OBJECT_TASKS == ("grounding", "referring_segmentation")
+    assert CATEGORY_TASKS == ["detection", "instance_segmentation"]
     assert all(t.eval_source in layout.SOURCES for t in TASKS)
 
 
