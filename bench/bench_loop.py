@@ -43,14 +43,16 @@ the cost; the seconds do: the plot draws F's range as a bar). Per arm and budget
 AP50 and instance-segmentation AP (mean and range over the seeds), the labeler's actions, boxes and
 masks drawn, instructions asked, labeler seconds (per kind and total) and AP gained over A per
 labeler hour, wall time. Writes loop.json and loop.png (val detection and mask AP against labeler
-hours, one line per arm through the budgets, bands: the range over seeds) into --out. The seeds vary the retraining (data order, flips) and C's order; the starting
-model and the pool's pseudo-labels are shared by every arm and budget.
+hours, one line per arm through the budgets, bands: the range over seeds) into --out. The seeds vary
+the retraining (data order, flips) and C's order; the starting model and the pool's pseudo-labels are
+shared by every arm and budget.
 
 `--curve`: budgets 30, 60 and 120 (about 2 h on 2 idle cores before arm F). The default (one budget,
 60) was sized for about 45 minutes on 2 idle cores with arms A-E and G (G added two retrainings to the
 40 of before; arm F adds two more and its asks, not timed yet; `--arms ABCDE` is the old run); wall
-times on a shared machine are longer (the CPU seconds and load average are printed). Training runs in `--procs` DDP processes of 1 thread each, as bench_quality.py trains. Every
-review round runs before the retraining, so FiftyOne's database is needed for minutes, not the hour.
+times on a shared machine are longer (the CPU seconds and load average are printed). Training runs in
+`--procs` DDP processes of 1 thread each, as bench_quality.py trains. Every review round runs before
+the retraining, so FiftyOne's database is needed for minutes, not the hour.
 A run that is killed keeps what it finished in `<out>/loop_state.json`: the same command with the same
 --out goes on from there; more budgets, seeds or arms on the same --out reuse what is done (F added to
 a run without it: `--arms F` labels and retrains F only; the default arms then show every arm, reusing

@@ -215,7 +215,8 @@ def test_prompted_corrections_ask_for_missed_objects_in_words_from_the_truth(poo
     assert (right.prompts, right.prompts_accepted, right.boxes_drawn) == (len(said_r), len(said_r),
                                                                           len(anns_r) - len(said_r))
     assert (wrong.prompts, wrong.prompts_accepted, wrong.boxes_drawn) == (len(said_w), 0, len(anns_w))
-    assert (right.accepts, right.rejects) == (n_found(order[:half]), len(anns_r))  # the wrong-class predictions rejected
+    # the wrong-class predictions on the missed objects are rejected
+    assert (right.accepts, right.rejects) == (n_found(order[:half]), len(anns_r))
     assert wrong.actions == wrong.accepts + wrong.rejects + len(said_w) + len(anns_w)
     # the instruction comes from the truth: the true class (not the prediction's), the object's own colour
     ds.reload()
