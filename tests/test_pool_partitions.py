@@ -231,6 +231,9 @@ def test_a_new_model_version_relabels_only_unreviewed_images(tmp_path, pool_sour
     kept = {samples[0].filepath: [d.id for d in (samples[0].predictions.detections if samples[0].predictions else [])],
             with_box.filepath: [d.id for d in with_box.predictions.detections]}
 
+    from pipelines.review.queue import build_review_queue
+
+    build_review_queue(fo_dataset_name, labelers=2, session_size=3)  # two labelers' shares, as a lead set them
     put_in_use(paths, "v0002", tiny_stage2[0])  # a new version: the same weights, another name
     materialize(dagster_instance, paths, fo_dataset_name, ["model_in_use"])
     label_partition(dagster_instance, paths, fo_dataset_name, "pool-0000")
@@ -249,6 +252,8 @@ def test_a_new_model_version_relabels_only_unreviewed_images(tmp_path, pool_sour
     assert F.REVIEWED_SAMPLE_TAG in ds[samples[0].filepath].tags
     assert F.ACCEPT in ds[with_box.filepath].predictions.detections[0].tags
     assert ds.count("review_priority") == 6  # the queue scored the new labels (and kept the others' numbers)
+    assert {"review/labeler-1", "review/labeler-2"} <= set(ds.list_saved_views())  # the shares stay
+    assert F.review_info(ds)["queue"]["labelers"] == 2
 
     # the same version again: nothing is labelled twice
     before = Path(done["images_file"]).stat().st_mtime_ns

@@ -251,7 +251,7 @@ def pool_review(context: dg.AssetExecutionContext, paths: LumenPaths, fiftyone: 
         return dg.MaterializeResult(metadata={"model_version": version, "pushed_images": 0})
     fiftyone.apply()
     from pipelines.review.push import push_predictions
-    from pipelines.review.queue import build_review_queue
+    from pipelines.review.queue import refresh_review_queue
 
     pushed = push_predictions(fiftyone.dataset, done["images_dir"], done["predictions_file"], version,
                               categories_file=done["images_file"], heatmaps_dir=done["heatmaps_dir"] or None,
@@ -259,7 +259,7 @@ def pool_review(context: dg.AssetExecutionContext, paths: LumenPaths, fiftyone: 
     folder = str(Path(done["images_dir"]).resolve())
     labelled = [os.path.join(folder, im["file_name"])
                 for im in load_json(done["images_file"], dict, "pool partition images")["images"]]
-    queue = build_review_queue(fiftyone.dataset, images=labelled)
+    queue = refresh_review_queue(fiftyone.dataset, labelled)  # the queue's labelers and order, as last built
     counts = queue.get("view_counts", {})
     return dg.MaterializeResult(metadata={
         "dataset": fiftyone.dataset, "model_version": version, "pushed_images": len(labelled),

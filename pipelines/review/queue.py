@@ -298,3 +298,16 @@ def review_work_count(dataset, states, all_states=None) -> int:
         return changed
     marked_now = sum(1 for s in all_states if s.pulled is not None)
     return changed + max(0, marked_before - marked_now)
+
+
+def refresh_review_queue(dataset_name, images) -> dict:
+    """Score `images` (just pushed) into the queue as it was last built: the same labelers, session size,
+    order and uncertainty band (a pool partition's push must not drop the labelers' shares)."""
+    fiftyone()
+    settings = F.review_info(load_dataset(dataset_name)).get("queue") or {}
+    try:
+        costs = ActionCosts(**settings["costs"]) if isinstance(settings.get("costs"), dict) else None
+    except TypeError:  # recorded by another version of ActionCosts: the default seconds
+        costs = None
+    keep = {k: settings[k] for k in ("low", "high", "labelers", "session_size", "order", "draw_masks") if k in settings}
+    return build_review_queue(dataset_name, images=images, costs=costs, **keep)
