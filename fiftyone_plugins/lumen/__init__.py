@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STORE = "lumen_ask"  # dataset-scoped execution store: the form's last values
-SHOW_SCORES = "@lumen/review/show_scores"  # the JavaScript operator in show_scores.js
+SHOW_SCORES = "@lumen/review/show_scores"  # the JavaScript operators in show_scores.js
+SHOW_SAMPLE = "@lumen/review/show_sample"
 MAX_SAMPLES = 25  # one immediate App action; a whole pool is `pseudo_labels`' job
 WHAT = [("auto", "Lumen decides: a question is answered, 'every X' finds every X, else one object"),
         ("grounding", "One object (a box)"),
@@ -156,10 +157,22 @@ def run_ask(ctx, params: dict) -> dict:
         ctx.ops.reload_dataset()
     else:
         ctx.ops.reload_samples()
+    if ctx.current_sample:  # the opened sample's canvas draws the new labels (reload_samples does not reach it)
+        show_opened_sample(ctx)
     if ctx.active_fields:  # the App's sidebar: switch the prompted fields on where the labeler looks
         ctx.ops.set_active_fields(fields=sorted(set(ctx.active_fields) | set(shown)))
     return {"model_version": version, "samples": len(samples), "labels": sum(w["labels"] for w in written),
             "answers": [a.to_json(masks=False) for a in answers]}
+
+
+def show_opened_sample(ctx) -> None:
+    """Send the opened sample, as the App's server serialises it (the App's view applied), to the JavaScript
+    operator show_sample, which hands it to the App's own sample update (what its tag button uses)."""
+    from fiftyone.core.json import stringify
+
+    docs = list(ctx.view.select(ctx.current_sample)._aggregate())
+    if docs:
+        ctx.trigger(SHOW_SAMPLE, params={"id": ctx.current_sample, "sample": stringify(docs[0])})
 
 
 def _summary(answers, version: str, seconds: float) -> str:

@@ -1,4 +1,5 @@
-// Lumen's one JavaScript operator: show each box's score in its text by default.
+// Lumen's JavaScript operators: show each box's score in its text by default (show_scores), and draw an
+// opened sample again after Ask Lumen wrote to it (show_sample, further down).
 //
 // Why JavaScript: which label attributes a box's text shows is the App's per-browser setting (the sidebar's
 // label-attribute picker, kept in localStorage `shownLabelAttributes-<dataset id>`); FiftyOne 1.22 has no
@@ -56,5 +57,28 @@
     }
   }
 
+  // The opened sample, drawn again from the labels Python just wrote. Why: FiftyOne's `reload_samples`
+  // refreshes the grid and the sidebar's counts, but the opened sample's canvas keeps the sample it loaded
+  // (its query is cached by sample id and view); only the App's own tagging path replaces it, through
+  // useUpdateSamples, which is what this operator calls with the sample Python sends (as the App's server
+  // serialises it).
+  class ShowSample extends foo.Operator {
+    get config() {
+      return new foo.OperatorConfig({ name: "show_sample", label: "Lumen: draw the opened sample again", unlisted: true });
+    }
+
+    useHooks() {
+      return { update: fos.useUpdateSamples() };
+    }
+
+    async execute(ctx) {
+      var params = ctx.params || {};
+      if (!params.id || !params.sample) return { shown: false };
+      ctx.hooks.update([[params.id, params.sample]]);
+      return { shown: true };
+    }
+  }
+
   foo.registerOperator(ShowScores, "@lumen/review");
+  if (fos.useUpdateSamples) foo.registerOperator(ShowSample, "@lumen/review");
 })();
