@@ -8,6 +8,7 @@ import socket
 import subprocess
 import urllib.request
 
+import numpy as np
 import pytest
 
 from pipelines.review.app import close_app, launch_app
@@ -31,6 +32,49 @@ def _chromium() -> str:
     if not shutil.which(CHROMIUM):
         pytest.skip("Debian's chromium is not installed and could not be installed (needs root and apt)")
     return CHROMIUM
+
+
+def test_what_the_session_sends_the_browser_carries_our_heatmap_scale_rings_and_score_fields(
+        review_sources, tmp_path, fo_dataset_name):
+    """The App paints heatmaps with the state's `colorscales[path].rgb` (else `default_colorscale.rgb`, else
+    viridis); a session sends the dataset's stored colour scheme as it is, so the `rgb` table must be stored.
+    Each unexplained peak gets a ring; the box fields whose text shows the score are named."""
+    import fiftyone as fo
+    from fiftyone.core.state import StateDescription, build_color_scheme
+
+    from pipelines.review.app_config import HEATMAP_FIELDS, PEAK_RINGS, score_fields
+
+    info = write_prediction_input(review_sources, tmp_path / "pred" / "seg.json", split="train", seed=1)
+    push_predictions(fo_dataset_name, review_sources / "images", tmp_path / "pred" / "seg.json", "v0001",
+                     gt_file=info["gt_file"], heatmaps_dir=info["heatmaps_dir"], progress=False)
+    ds = fo.load_dataset(fo_dataset_name)
+    sent = StateDescription(dataset=ds, color_scheme=build_color_scheme(None, ds)).serialize()["color_scheme"]
+    scales = {c["path"]: c for c in sent["colorscales"]}
+    assert set(HEATMAP_FIELDS) <= set(scales)
+    for scale in [*scales.values(), sent["default_colorscale"]]:
+        assert len(scale["rgb"]) == 256 and scale["rgb"][0] == [200, 0, 0] and scale["rgb"][-1] == [255, 255, 255]
+    # a ring around every peak, closed, centred on it, in the same sample
+    peaks = ds.values("heatmap_peaks.keypoints", unwind=True)
+    rings = ds.values(f"{PEAK_RINGS}.polylines", unwind=True)
+    assert len(peaks) == len(rings) > 0
+    ring, peak = rings[0], peaks[0]
+    assert ring.closed and not ring.filled and ring.label == peak.label and len(ring.points[0]) == 20
+    assert np.allclose(np.mean(ring.points[0], axis=0), peak.points[0], atol=1e-6)
+    assert PEAK_RINGS in ds.app_config.active_fields.paths
+    assert score_fields(ds) == ["predictions"]
+
+
+def test_each_labelers_link_opens_their_own_app():
+    from pipelines.errors import InputError
+    from pipelines.review.app import labeler_links
+
+    links = labeler_links("lumen-review", 3, first_port=5151, address="0.0.0.0")
+    assert [(x["labeler"], x["view"], x["port"]) for x in links] == [
+        (1, "review/labeler-1", 5151), (2, "review/labeler-2", 5152), (3, "review/labeler-3", 5153)]
+    assert links[1]["url"] == "http://127.0.0.1:5152/datasets/lumen-review?view=review-labeler-2"
+    assert labeler_links("lumen-review", 1)[0]["url"] == "http://127.0.0.1:5151/datasets/lumen-review?view=review-next"
+    with pytest.raises(InputError, match="labelers"):
+        labeler_links("lumen-review", 0)
 
 
 @pytest.mark.slow

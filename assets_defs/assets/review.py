@@ -77,8 +77,7 @@ def _warn_if_thresholds_differ(context, thresholds_file: str, flip_tta: bool) ->
           description="Persistent FiftyOne dataset with predictions, heatmaps and the review queue's saved views.")
 def review_dataset(context: dg.AssetExecutionContext, fiftyone: FiftyOneSettings, pseudo_labels: Predictions):
     fiftyone.apply()
-    from fiftyone.core.utils import to_slug  # the App addresses a saved view by its slug
-
+    from pipelines.review.app import labeler_links
     from pipelines.review.push import push_predictions
     from pipelines.review.queue import build_review_queue
 
@@ -92,22 +91,39 @@ def review_dataset(context: dg.AssetExecutionContext, fiftyone: FiftyOneSettings
                               categories_file=labels.annotations if labels.annotations and not has_labels else None,
                               heatmaps_dir=labels.heatmaps_dir if Path(labels.heatmaps_dir).is_dir() else None,
                               thresholds=labels.review_thresholds or None, progress=False)
-    queue = build_review_queue(fiftyone.dataset)
+    labelers = _queued_labelers(fiftyone.dataset)  # a rebuilt queue keeps the labelers' shares
+    queue = build_review_queue(fiftyone.dataset, labelers=labelers)
     counts = queue.get("view_counts", {})
     context.log.info("review queue: %s", counts)
     views = (SESSION_VIEW, *VIEWS)  # a working session first, then the whole lists
-    links = "\n".join(f"- [{v}]({fiftyone.app_url(to_slug(v))}): {counts.get(v, '?')} images" for v in views)
+    # one App per labeler (its own port and session): each link opens that labeler's App on their share
+    apps = labeler_links(fiftyone.dataset, labelers, fiftyone.app_port, fiftyone.app_address)
+    links = "\n".join(f"- labeler {x['labeler']}: [{x['view']}]({x['url']}), {counts.get(x['view'], '?')} images"
+                      for x in apps)
+    whole = ", ".join(f"`{v}` ({counts.get(v, '?')})" for v in VIEWS)
     return dg.MaterializeResult(metadata={
         "dataset": fiftyone.dataset,
         "model_version": labels.model_version,
         "pseudo_labels_from": origin_of(context, "pseudo_labels"),
-        "app": dg.MetadataValue.url(fiftyone.app_url()),
+        "app": dg.MetadataValue.url(apps[0]["url"]),
         "review_views": dg.MetadataValue.md(
-            f"Start the App: `.venv/bin/lumen review app --dataset {fiftyone.dataset} --port {fiftyone.app_port}`, "
-            f"then open a view:\n\n{links}"),
+            f"Start the Apps: `.venv/bin/lumen review app --dataset {fiftyone.dataset} --port {fiftyone.app_port}"
+            f"{f' --labelers {labelers}' if labelers > 1 else ''}`, then each labeler opens their own:\n\n{links}"
+            f"\n\nThe whole lists are in each App's view menu: {whole}."),
+        "labelers": table([{"labeler": x["labeler"], "view": x["view"], "images": counts.get(x["view"]),
+                            "url": x["url"]} for x in apps]),
         "push": table([{"what": k, "value": v} for k, v in _plain(pushed).items()]),
         "queue": table([{"view": v, "images": counts.get(v)} for v in views]),
     })
+
+
+def _queued_labelers(dataset_name: str) -> int:
+    """How many labelers the dataset's queue was last built for (`lumen review queue --labelers N`), 1 if never."""
+    from pipelines.review import fields as F
+    from pipelines.review.fo_env import load_dataset
+
+    n = F.review_info(load_dataset(dataset_name)).get("queue", {}).get("labelers", 1)  # called after the push
+    return n if isinstance(n, int) and n >= 1 else 1
 
 
 def _plain(d) -> dict:

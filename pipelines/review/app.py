@@ -62,11 +62,7 @@ def launch_app(dataset_name=None, port=5151, address="127.0.0.1", *, view_name: 
     serve_lumen_plugins()  # before the server process starts: it reads the folder from its environment
     session = fo.launch_app(dataset, view=view, port=port, address=address, remote=True)
     _sessions[port] = session
-    url = app_url(address, port, dataset_name)
-    if view_name:
-        from fiftyone.core.utils import to_slug
-
-        url += f"?view={to_slug(view_name)}"
+    url = view_url(address, port, dataset_name, view_name) if view_name else app_url(address, port, dataset_name)
     deadline = time.monotonic() + wait_ready_s
     while True:
         try:
@@ -83,23 +79,40 @@ def launch_app(dataset_name=None, port=5151, address="127.0.0.1", *, view_name: 
     return url
 
 
-def launch_labeler_apps(dataset_name: str, labelers: int, first_port=5151, address="127.0.0.1") -> list[str]:
-    """One App server per labeler on consecutive ports, each opened on that labeler's share of the queue
-    (`review/labeler-i`, or `review/next` for one labeler); returns their URLs in labeler order."""
+def view_url(address: str, port: int, dataset_name: str, view_name: str) -> str:
+    """The App's address of a saved view (the App names a saved view by its slug)."""
+    from fiftyone.core.utils import to_slug
+
+    return f"{app_url(address, port, dataset_name)}?view={to_slug(view_name)}"
+
+
+def labeler_links(dataset_name: str, labelers: int, first_port=5151, address="127.0.0.1") -> list[dict]:
+    """Each labeler's App as `launch_labeler_apps` serves it: {labeler, view, port, url}, in labeler order.
+    Labeler i has their own App server on port first_port + i - 1, opened on their share of the queue
+    (`review/labeler-i`; `review/next` for one labeler): a link to another port's App would open the
+    session another labeler is working in."""
     from pipelines.review.queue import SESSION_VIEW, labeler_view_name
 
     if not isinstance(labelers, int) or labelers < 1:
         raise InputError(f"labelers must be a whole number >= 1, got {labelers!r}")
-    dataset = load_dataset(dataset_name)
     names = [SESSION_VIEW] if labelers == 1 else [labeler_view_name(i) for i in range(1, labelers + 1)]
-    missing = [n for n in names if not dataset.has_saved_view(n)]
+    return [{"labeler": i, "view": name, "port": first_port + i - 1,
+             "url": view_url(address, first_port + i - 1, dataset_name, name)} for i, name in enumerate(names, 1)]
+
+
+def launch_labeler_apps(dataset_name: str, labelers: int, first_port=5151, address="127.0.0.1") -> list[str]:
+    """One App server per labeler on consecutive ports, each opened on that labeler's share of the queue
+    (`review/labeler-i`, or `review/next` for one labeler); returns their URLs in labeler order."""
+    links = labeler_links(dataset_name, labelers, first_port, address)
+    dataset = load_dataset(dataset_name)
+    missing = [x["view"] for x in links if not dataset.has_saved_view(x["view"])]
     if missing:
         raise InputError(f"dataset {dataset_name!r} has no view {missing[0]!r}: run "
                          f"`lumen review queue --dataset {dataset_name} --labelers {labelers}` first")
     urls = []
     try:
-        for i, name in enumerate(names):
-            urls.append(launch_app(dataset_name, port=first_port + i, address=address, view_name=name))
+        for x in links:
+            urls.append(launch_app(dataset_name, port=x["port"], address=address, view_name=x["view"]))
     except BaseException:
         close_app()
         raise
