@@ -71,8 +71,8 @@ def test_each_labelers_link_opens_their_own_app():
     links = labeler_links("lumen-review", 3, first_port=5151, address="0.0.0.0")
     assert [(x["labeler"], x["view"], x["port"]) for x in links] == [
         (1, "review/labeler-1", 5151), (2, "review/labeler-2", 5152), (3, "review/labeler-3", 5153)]
-    assert links[1]["url"] == "http://127.0.0.1:5152/datasets/lumen-review?view=review-labeler-2"
-    assert labeler_links("lumen-review", 1)[0]["url"] == "http://127.0.0.1:5151/datasets/lumen-review?view=review-next"
+    assert links[1]["url"] == "http://127.0.0.1:5152/datasets/lumen-review?view=reviewlabeler-2"  # FiftyOne's slug
+    assert labeler_links("lumen-review", 1)[0]["url"] == "http://127.0.0.1:5151/datasets/lumen-review?view=reviewnext"
     with pytest.raises(InputError, match="labelers"):
         labeler_links("lumen-review", 0)
 
