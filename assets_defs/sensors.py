@@ -163,14 +163,37 @@ def new_pool_images(context: dg.SensorEvaluationContext, paths: LumenPaths):
     add = [k for k in planned if k not in have]
     in_use = ModelRegistry(paths.model_registry).in_use()
     version = (in_use or {}).get("version")
-    runs = [] if not version else [  # run keys name the partition and the version: each is asked once
-        dg.RunRequest(run_key=f"{k}@{version}", partition_key=k, tags={"lumen/model_version": version})
-        for k in planned if not labels_done(paths.predictions, version, k)]
+    runs = []
+    if version:
+        todo = [k for k in planned if not labels_done(paths.predictions, version, k)]
+        tried = _label_runs_by_partition(context.instance, version) if todo else {}
+        for k in todo:
+            runs_of_k = tried.get(k, [])
+            if any(not r.is_finished for r in runs_of_k):
+                continue  # being labelled now
+            # run keys name the partition and the version, so each is asked once; a failed (killed) run's
+            # partition is asked again under a new key, since the daemon never repeats a key
+            failed = sum(r.status != dg.DagsterRunStatus.SUCCESS for r in runs_of_k)
+            runs.append(dg.RunRequest(run_key=f"{k}@{version}" + (f"-retry{failed}" if failed else ""),
+                                      partition_key=k, tags={MODEL_VERSION_TAG: version}))
     why = (f"{len(planned)} pool partitions planned, "
            + (f"every one labelled by model {version}" if version else "no model in use yet to label them"))
     return dg.SensorResult(run_requests=runs,
                            dynamic_partitions_requests=[pool_partitions.build_add_request(add)] if add else [],
                            skip_reason=None if runs or add else dg.SkipReason(why))
+
+
+MODEL_VERSION_TAG = "lumen/model_version"
+
+
+def _label_runs_by_partition(instance: dg.DagsterInstance, version: str) -> dict[str, list]:
+    """partition -> the runs that labelled (or tried to label) it with this model version."""
+    out: dict[str, list] = {}
+    for run in instance.get_runs(filters=dg.RunsFilter(tags={MODEL_VERSION_TAG: version})):
+        key = run.tags.get("dagster/partition")
+        if key:
+            out.setdefault(key, []).append(run)
+    return out
 
 
 SENSORS = [new_source_files, corrections_loop, new_pool_images]
