@@ -461,3 +461,28 @@ def _set_gpu_slots(stack, n: int) -> None:
     """How many gpu steps may run at once (one per GPU worker in use)."""
     subprocess.run([str(Path(stack.python).parent / "dagster"), "instance", "concurrency", "set", "gpu", str(n)],
                    env=stack.env(), cwd=ROOT, check=True, capture_output=True, timeout=120)
+
+
+def test_reviewed_images_are_the_ones_a_labeler_touched(review_sources, fo_dataset_name, tmp_path):
+    """What a new model version must not label again: tagged reviewed, a judged prediction, a correction."""
+    import fiftyone as fo
+
+    from pipelines.review import fields as F
+    from pipelines.review.push import push_predictions, reviewed_images
+    from tests.fixtures_review import write_prediction_input
+
+    inp = write_prediction_input(review_sources, tmp_path / "pred" / "seg.json", split="train")
+    push_predictions(fo_dataset_name, review_sources / "images", tmp_path / "pred" / "seg.json", "v0001",
+                     gt_file=inp["gt_file"], progress=False)
+    ds = fo.load_dataset(fo_dataset_name)
+    samples = [s for s in ds.sort_by("filepath") if s.predictions and s.predictions.detections]
+    a, b, c, untouched = samples[:4]
+    a.tags.append(F.REVIEWED_SAMPLE_TAG)
+    a.save()
+    b.predictions.detections[0].tags.append(F.REJECT)
+    b.save()
+    c[F.CORRECTIONS] = fo.Detections(detections=[fo.Detection(label="star", bounding_box=[0.1, 0.1, 0.2, 0.2])])
+    c.save()
+    assert reviewed_images(fo_dataset_name, [s.filepath for s in samples]) == {a.filepath, b.filepath, c.filepath}
+    assert reviewed_images(fo_dataset_name, [untouched.filepath]) == set()
+    assert reviewed_images("no-such-dataset-" + fo_dataset_name, [a.filepath]) == set()

@@ -105,9 +105,10 @@ def reviewed_images(dataset_name: str, filepaths, field: str = "predictions") ->
     view = load_dataset(dataset_name).select_by("filepath", [str(p) for p in filepaths])
     schema = view.get_field_schema()
     done = set(view.match_tags(F.REVIEWED_SAMPLE_TAG).values("filepath"))
-    if field in schema:
-        tagged = FF(f"{field}.detections").filter(FF("tags").length() > 0).length() > 0
-        done |= set(view.match(tagged).values("filepath"))
+    for name in (field, F.below_threshold_field(field)):  # a hidden prediction a labeler judged counts too
+        if name in schema:
+            tagged = FF(f"{name}.detections").filter(FF("tags").length() > 0).length() > 0
+            done |= set(view.match(tagged).values("filepath"))
     detections = [n for n, f in schema.items() if getattr(getattr(f, "document_type", None), "__name__", "") == "Detections"]
     for name in (n for n in detections if n.startswith(F.CORRECTIONS)):
         done |= set(view.match(FF(f"{name}.detections").length() > 0).values("filepath"))
