@@ -78,7 +78,11 @@ def test_ask_lumen_writes_prompted_labels_and_its_heatmap(plugin, dataset):
     sample = dataset.first()
     out, requests = _run(ASK, dataset, sample.id, {"instruction": "every square", "what": "instance_segmentation"})
     assert out["model_version"] == "v0007" and out["samples"] == 1  # the registry's model in use
-    assert _notes(requests, "success") and any(r["operator_uri"] == "reload_dataset" for r in requests)  # new fields
+    assert _notes(requests, "success") and any(r["operator_uri"] == "reload_samples" for r in requests)
+    # the opened sample is handed to the App again (show_sample.js): its canvas draws the answer without F5
+    shown = [r["params"] for r in requests if r["operator_uri"] == "@lumen/review/show_sample"]
+    assert len(shown) == 1 and shown[0]["id"] == sample.id
+    assert len(shown[0]["sample"]["prompted"]["detections"]) == len(out["answers"][0]["boxes"]) > 0
     sample = _fresh(dataset, sample.id)
     dets = sample.prompted.detections
     want = load_asker(plugin["checkpoint"]).ask(sample.filepath, "every square", "instance_segmentation")
@@ -100,6 +104,19 @@ def test_ask_lumen_writes_prompted_labels_and_its_heatmap(plugin, dataset):
     from fiftyone.operators.store import ExecutionStore
 
     assert ExecutionStore.create("lumen_ask", dataset._doc.id).get("last")["instruction"] == "every square"
+
+
+def test_opening_a_review_dataset_declares_prompted_fields_and_shows_scores(plugin, dataset):
+    """The on-open operator: the prompted fields exist (so the first answer shows at once) and the box
+    fields' texts show their scores (the JavaScript operator show_scores, a per-browser setting)."""
+    for field in ("prompted", "prompted_keypoints", "prompted_heatmap", "prompted_answer"):  # as an older push left it
+        dataset.delete_sample_field(field)
+    out, requests = _run("@lumen/review/declare_prompted_fields", dataset)
+    assert "prompted" in out["added"] and out["scored"] == ["predictions", "prompted"]
+    shown = [r["params"] for r in requests if r["operator_uri"] == "@lumen/review/show_scores"]
+    assert shown == [{"dataset_id": str(dataset._doc.id), "paths": ["predictions", "prompted"]}]
+    js = (PLUGINS_DIR / "lumen" / "show_scores.js").read_text()
+    assert 'name: "show_scores"' in js and 'name: "show_sample"' in js  # the App loads this file (fiftyone.yml)
 
 
 def test_asking_again_refines_keeps_what_was_tagged_and_works_with_one_click(plugin, dataset):
@@ -181,7 +198,7 @@ def test_every_problem_is_one_message_and_no_label_is_written(plugin, dataset, t
         errors = _notes(requests, "error")
         assert len(errors) == 1 and words in errors[0] and words in out["error"], (params, errors)
         assert "Traceback" not in errors[0]
-    assert "prompted" not in dataset.get_field_schema() and "prompted_heatmap" not in dataset.get_field_schema()
+    assert dataset.count("prompted.detections") == 0 and dataset.count("prompted_heatmap") == 0
     out, requests = _run(AGAIN, dataset, sample.id)
     assert "use Ask Lumen first" in out["error"]
     out, _ = _run(ACCEPT, dataset, sample.id)
@@ -202,7 +219,8 @@ def test_every_problem_is_one_message_and_no_label_is_written(plugin, dataset, t
 @pytest.mark.browser
 def test_ask_lumen_from_the_operator_browser_in_chromium(plugin, dataset, monkeypatch):
     """The labeler's path in a real Chromium: open a sample, ` (the operator browser), Ask Lumen, type an
-    instruction, Execute; the prompted box, its mask and the heatmap are saved, and drawn on the sample.
+    instruction, Execute; the prompted box, its mask and the heatmap are saved, and drawn on the opened
+    sample without a page reload.
     The screenshot is kept in docs/screenshots/ask_lumen_prompted.png."""
     from playwright.sync_api import sync_playwright
 
@@ -227,6 +245,8 @@ def test_ask_lumen_from_the_operator_browser_in_chromium(plugin, dataset, monkey
                 dismiss.first.click()
             page.locator("canvas").first.click()  # open the first sample
             page.get_by_text("Ask Lumen again", exact=True).first.wait_for(timeout=60_000)  # the plugin's buttons
+            page.wait_for_timeout(3000)
+            before = page.screenshot()
             page.keyboard.press("Backquote")  # the operator browser
             page.keyboard.type("Ask Lumen")
             page.keyboard.press("Enter")
@@ -236,16 +256,24 @@ def test_ask_lumen_from_the_operator_browser_in_chromium(plugin, dataset, monkey
             page.get_by_text("One object (a mask)", exact=True).click()
             page.get_by_role("button", name="Execute").click()
             page.get_by_text("1 mask for 'the square'").first.wait_for(timeout=120_000)  # the notification
-            page.wait_for_timeout(1000)
-            # the opened sample's canvas draws labels added while it is open only once it is loaded again (F5)
-            page.reload(wait_until="domcontentloaded")
-            page.get_by_text("prompted_heatmap", exact=True).first.wait_for(timeout=120_000)
-            page.wait_for_timeout(4000)
+            page.wait_for_timeout(4000)  # no reload: the opened sample draws the answer by itself
+            assert page.get_by_text("Explore", exact=True).first.is_visible()  # still the opened sample
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot))
             browser.close()
     finally:
         close_app(port)
+    # the canvas changed where the prompted box, its mask and heatmap are (before the fix only the sidebar's
+    # counts did, until F5)
+    import io
+
+    from PIL import Image
+
+    a, b = (np.asarray(Image.open(io.BytesIO(x) if isinstance(x, bytes) else x).convert("RGB"), dtype=np.int16)
+            for x in (before, str(shot)))
+    canvas = (slice(80, 840), slice(40, 1060))  # the sample's image area, left of the sidebar
+    changed = (np.abs(a[canvas] - b[canvas]).max(axis=2) > 40).mean()
+    assert changed > 0.005, f"the opened sample did not draw the answer ({changed:.4f} of its pixels changed)"
     sample = _fresh(dataset, dataset.exists("prompted_heatmap").first().id)
     assert [d.instruction for d in sample.prompted.detections] == ["the square"]
     assert sample.prompted.detections[0].mask is not None and sample.prompted_heatmap.map.max() > 0

@@ -61,7 +61,7 @@ def test_what_the_session_sends_the_browser_carries_our_heatmap_scale_rings_and_
     assert ring.closed and not ring.filled and ring.label == peak.label and len(ring.points[0]) == 20
     assert np.allclose(np.mean(ring.points[0], axis=0), peak.points[0], atol=1e-6)
     assert PEAK_RINGS in ds.app_config.active_fields.paths
-    assert score_fields(ds) == ["predictions"]
+    assert score_fields(ds) == ["predictions", "prompted"]  # prompted: declared (empty) at push
 
 
 def test_each_labelers_link_opens_their_own_app():

@@ -280,6 +280,8 @@ class AcceptPrompted(foo.Operator):
             ctx.ops.notify(f"accepted {out['accepted']} prompted label{'s' * (out['accepted'] != 1)}: "
                            "the next pull trains on them", variant="success")
             ctx.ops.reload_samples()
+            if ctx.current_sample:  # the opened sample shows the new tags
+                show_opened_sample(ctx)
             return out
         except Exception as exc:
             return _fail(ctx, exc)
@@ -312,6 +314,8 @@ class _TagSelected(foo.Operator):
         ctx.ops.notify(f"{self.tag}ed {out['tagged']} label{'s' * (out['tagged'] != 1)}{note}", variant="success")
         ctx.ops.clear_selected_labels()
         ctx.ops.reload_samples()
+        if ctx.current_sample:  # the opened sample shows the new tags
+            show_opened_sample(ctx)
         return out
 
 

@@ -119,6 +119,10 @@ def score_fields(dataset) -> list[str]:
 def apply_app_config(dataset) -> dict:
     """Write the review defaults into `dataset.app_config`; returns what was set (for logs/tests)."""
     fo = fiftyone()
+    # the prompted fields exist (empty) before any App opens the dataset: the App learns a dataset's fields
+    # when it opens it, and an opened sample does not draw a field declared after that (seen in Chromium:
+    # the plugin's on-open declaration plus reload_dataset left the sidebar and canvas without them)
+    P.declare_prompted_schema(dataset)
     info = F.review_info(dataset)
     categories = info.get("categories", [])
     value_colors = [{"value": c["name"], "color": CLASS_COLORS[i % len(CLASS_COLORS)]}
