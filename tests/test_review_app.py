@@ -138,7 +138,7 @@ def test_app_opens_the_review_view_readable(review_sources, tmp_path, fo_dataset
     import fiftyone as fo
 
     ds = fo.load_dataset(fo_dataset_name)
-    ds_id, show_confidence = ds._doc.id, True
+    ds_id = ds._doc.id
     top = ds.load_saved_view("review/likely-wrong").first()
     dets = top.predictions.detections
     ds.select_labels(ids=[dets[0].id]).tag_labels("accept")  # a labeler's first decisions
@@ -151,9 +151,6 @@ def test_app_opens_the_review_view_readable(review_sources, tmp_path, fo_dataset
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            if show_confidence:  # what the sidebar's label-attribute picker stores, per browser
-                page.add_init_script(f"localStorage.setItem('shownLabelAttributes-{ds_id}', "
-                                     "JSON.stringify({predictions: ['label', 'confidence']}))")
             page.goto(f"{url}?view={to_slug('review/likely-wrong')}", wait_until="domcontentloaded", timeout=120_000)
             page.get_by_text("predictions", exact=True).first.wait_for(timeout=120_000)
             page.get_by_text(f"{n_wrong} samples").first.wait_for(timeout=60_000)  # the view, not the dataset
@@ -166,6 +163,10 @@ def test_app_opens_the_review_view_readable(review_sources, tmp_path, fo_dataset
             page.locator("canvas").first.click()  # open the first (most errors) sample
             page.wait_for_timeout(4000)
             page.screenshot(path=str(artifacts_dir / "review_app_sample.png"))
+            # a fresh browser shows the scores in the box texts: the plugin's show_scores set the sidebar's
+            # label-attribute choice (FiftyOne has no dataset default for it)
+            shown = json.loads(page.evaluate(f"localStorage.getItem('shownLabelAttributes-{ds_id}')") or "{}")
+            assert shown.get("predictions") == ["label", "confidence"], shown
             # switch the (unexplained) heatmap off in the sample's sidebar: the picture must change where it was
             page.locator("[data-cy='checkbox-heatmap_unexplained']").last.click()
             page.wait_for_timeout(2500)
@@ -173,7 +174,6 @@ def test_app_opens_the_review_view_readable(review_sources, tmp_path, fo_dataset
             browser.close()
     finally:
         close_app(port)
-    import numpy as np
     from PIL import Image
 
     with_heat, without = (np.asarray(Image.open(artifacts_dir / n).convert("RGB"), dtype=np.int16)
@@ -183,6 +183,10 @@ def test_app_opens_the_review_view_readable(review_sources, tmp_path, fo_dataset
     # and it lets the image show: only where the model looked, not a tint over the whole image (the
     # fixture's maps carry a model's 1-2 % floor; before the cut every image pixel changed)
     assert changed.mean() < 0.15, f"the heatmap tints the image ({changed.mean():.3f} of the pixels differ)"
+    # in our scale (red -> orange -> yellow -> white), not FiftyOne's default viridis (purple -> teal -> yellow),
+    # which the App used while the stored colour scheme had no `rgb` table
+    r, b = with_heat[..., 0][changed], with_heat[..., 2][changed]
+    assert np.median(r - b) > 60 and (b > r).mean() < 0.1, (np.median(r - b), (b > r).mean())
 
 
 @pytest.mark.slow
