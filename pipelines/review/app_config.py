@@ -3,20 +3,25 @@
 FiftyOne keeps per-dataset App defaults in `dataset.app_config` (public API, FiftyOne >= 0.21):
 - `active_fields`: which fields are switched on when the App opens: the current predictions, the
   heatmap's blobs no shown box explains (`heatmap_unexplained`; the whole map, `heatmap`, is one click
-  away) and its unexplained peaks; ground truth, older versions and the below-threshold
-  predictions stay off (one click in the sidebar turns them on);
+  away), its unexplained peaks with a cyan ring around each (`heatmap_peak_rings`: the App draws a
+  keypoint as a dot of a few pixels) and the prompted fields; ground truth, older versions and the
+  below-threshold predictions stay off (one click in the sidebar turns them on);
 - `color_scheme`: one colour per class (`color_by="value"`, the same class keeps its colour in
-  every field), translucent masks (`opacity`), the heatmap in a bright "hot" colour scale, and
-  label-tag colours: `accept` green, `reject` red.
+  every field), translucent masks (`opacity`), the heatmaps in a red -> white scale stored with its
+  sampled `rgb` table (the App draws with that table only), and label-tag colours: `accept` green,
+  `reject` red.
 
 What FiftyOne 1.22 does not offer as a dataset setting (checked in its App code and in a browser,
-see tests/test_review_app.py; documented in the README):
-- the confidence in the box text: which label attributes a box shows is a per-browser choice in
-  the App's sidebar (stored in the browser's local storage under `shownLabelAttributes-<dataset
-  id>`); the default is the class name only. The labeler switches `confidence` on once per browser;
+see tests/test_review_app.py; documented in docs/labeling.md):
+- the score in the box text: which label attributes a box shows is a per-browser choice in the App's
+  sidebar (localStorage `shownLabelAttributes-<dataset id>`; default: the class only). The Lumen plugin
+  sets it when the dataset opens (fiftyone_plugins/lumen/show_scores.js), for the fields `score_fields`
+  names, unless the labeler already chose;
 - tagged labels in their tag's colour: the App colours a label by its tag only while that tag is
   selected under "label tags" in the grid's sidebar; `active_fields` does not switch that on, and
-  the sample view has no such checkbox. The tag colours below apply once it is selected.
+  the sample view has no such checkbox. The tag colours below apply once it is selected;
+- where a box's text goes: always the box's top-left corner; crowded labels overlap (FiftyOne's own
+  sample options have "Only show hovered label").
 """
 
 from __future__ import annotations
