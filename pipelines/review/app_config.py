@@ -106,6 +106,8 @@ def draw_peak_rings(dataset) -> int:
         n += len(lines)
     if PEAK_RINGS not in dataset.get_field_schema():
         dataset.add_sample_field(PEAK_RINGS, fo.EmbeddedDocumentField, embedded_doc_type=fo.Polylines)
+    if f"{PEAK_RINGS}.polylines.heat" not in dataset.get_field_schema(flat=True):  # declared, not left dynamic
+        dataset.add_sample_field(f"{PEAK_RINGS}.polylines.heat", fo.FloatField)
     dataset.set_values(PEAK_RINGS, rings, key_field="id")
     return n
 
