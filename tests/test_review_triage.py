@@ -101,7 +101,7 @@ def test_push_with_thresholds_shows_only_confident_predictions(triage_sources, f
     assert "ground_truth" not in active and "predictions_below_threshold" not in active
     scheme = ds.app_config.color_scheme
     assert scheme.color_by == "value" and 0 < scheme.opacity < 1
-    assert [c["path"] for c in scheme.colorscales] == ["heatmap", "heatmap_unexplained"]
+    assert [c["path"] for c in scheme.colorscales] == ["heatmap", "heatmap_unexplained", "prompted_heatmap"]
 
     # a new version archives the hidden field along with the shown one, labeler tags included
     ds.select_labels(ids=[ds.first().predictions_below_threshold.detections[0].id]).tag_labels("accept")
