@@ -398,6 +398,11 @@ def test_pool_on_celery_two_gpu_workers_each_image_once_and_a_killed_worker_cost
     # one gpu slot, then two: the same partition size, for the speed-up
     _set_gpu_slots(stack, 1)
     one_s, one_runs = _label_runs(stack, keys[0:2])
+    # the first partitions are in the review dataset (labelers can start) while the others are not labelled yet
+    from pipelines.pool_partitions import labels_dir, labels_done
+
+    assert _review_samples(stack) == 2 * POOL_PART
+    assert all(labels_done(stack.data_root / "predictions", "v0001", k) is None for k in keys[2:])
     _set_gpu_slots(stack, 2)
     two_s, two_runs = _label_runs(stack, keys[2:4])
     workers = {_gpu_worker_of(stack, r) for r in two_runs}
@@ -408,8 +413,6 @@ def test_pool_on_celery_two_gpu_workers_each_image_once_and_a_killed_worker_cost
 
     # a gpu worker killed mid-partition: that run fails, nothing is marked labelled, a new run of that partition
     # alone finishes it; the other partitions' labels stay as they were
-    from pipelines.pool_partitions import labels_dir, labels_done
-
     before = {k: (labels_dir(stack.data_root / "predictions", "v0001", k) / "done.json").stat().st_mtime_ns
               for k in keys[:4]}
     last = keys[4]
@@ -444,17 +447,22 @@ def test_pool_on_celery_two_gpu_workers_each_image_once_and_a_killed_worker_cost
     successes = stack.sql("select count(*) from event_logs where dagster_event_type = 'STEP_SUCCESS' "
                           "and step_key = 'pool_pseudo_labels'")[0][0]
     assert successes == len(keys)
-    import pymongo
-
-    db = pymongo.MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=5000)["fiftyone"]
-    coll = db["datasets"].find_one({"name": "lumen-review"})["sample_collection_name"]
-    assert db[coll].count_documents({}) == POOL_IMAGES
+    assert _review_samples(stack) == POOL_IMAGES
     # kept for the README's numbers (pytest's temp folders do not last)
     (artifacts_dir / "pool_celery_speedup.json").write_text(json.dumps({
         "images_per_phase": 2 * POOL_PART, "one_gpu_worker_s": round(one_s, 1), "two_gpu_workers_s": round(two_s, 1),
         "one_worker_images_per_s": round(2 * POOL_PART / one_s, 3),
         "two_workers_images_per_s": round(2 * POOL_PART / two_s, 3), "speedup": round(speedup, 2),
         "load_average": os.getloadavg(), "flip_tta": False, "cpu_cores": os.cpu_count()}, indent=1))
+
+
+def _review_samples(stack) -> int:
+    """Samples in the stack's review dataset, counted in its MongoDB."""
+    import pymongo
+
+    db = pymongo.MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=5000)["fiftyone"]
+    coll = db["datasets"].find_one({"name": "lumen-review"})["sample_collection_name"]
+    return db[coll].count_documents({})
 
 
 def _set_gpu_slots(stack, n: int) -> None:
