@@ -16,6 +16,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # the training Dataset's decoded-shard cache (content-addressed): one per user, not in ~/.cache
 os.environ.setdefault("LUMEN_ARROW_CACHE", os.path.join(tempfile.gettempdir(), f"lumen-arrow-tests-{os.getuid()}"))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` on 2 cores: one torch thread per worker (two workers of two threads each spin-wait on each other)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts" / "tests"  # screenshots and plots kept for people to look at
 

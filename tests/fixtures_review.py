@@ -50,7 +50,15 @@ if not os.environ.get("FIFTYONE_DATABASE_URI"):
     import atexit
 
     _remove_stale_databases()
-    os.environ["FIFTYONE_DATABASE_DIR"] = tempfile.mkdtemp(prefix=_DB_PREFIX)
+    if os.environ.get("PYTEST_XDIST_TESTRUNUID"):
+        # `pytest -n 2` (the quick tier): FiftyOne attaches every process of the machine to the embedded database
+        # that runs already, so the workers of one run share one database folder on purpose (their datasets
+        # have unique names) rather than the second one refusing the first one's database
+        folder = Path(tempfile.gettempdir()) / f"{_DB_PREFIX}xdist-{os.environ['PYTEST_XDIST_TESTRUNUID']}"
+        folder.mkdir(exist_ok=True)
+        os.environ["FIFTYONE_DATABASE_DIR"] = str(folder)
+    else:
+        os.environ["FIFTYONE_DATABASE_DIR"] = tempfile.mkdtemp(prefix=_DB_PREFIX)
     atexit.register(_remove_if_unused, os.environ["FIFTYONE_DATABASE_DIR"])
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
