@@ -15,6 +15,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets_defs.layout import PartitionSpec, partition_specs
+from assets_defs.settings import RETRAIN_STAGES, RETRAIN_STEPS_RANGE
 from lumen_model.train_config import STAGE_STEPS
 from pipelines.review.settings import ReviewAppSettings
 
@@ -124,12 +125,14 @@ class LoopRetrain(dg.ConfigurableResource):
     rejected by no_regression. Set them smaller on a slow machine to see the loop turn, larger for a
     bigger model, here or through the environment variables named below."""
 
-    stage: Literal["1+2", "1", "2"] = Field(default=os.environ.get("LUMEN_LOOP_STAGE", "1+2"),
-                                            description="stages the loop's retrain trains")
-    stage1_steps: int = Field(default=int(os.environ.get("LUMEN_LOOP_STAGE1_STEPS", STAGE_STEPS[1])), ge=1,
-                              description="stage-1 steps of the loop's retrain (env LUMEN_LOOP_STAGE1_STEPS)")
-    stage2_steps: int = Field(default=int(os.environ.get("LUMEN_LOOP_STAGE2_STEPS", STAGE_STEPS[2])), ge=1,
-                              description="stage-2 steps of the loop's retrain (env LUMEN_LOOP_STAGE2_STEPS)")
+    stage: Literal[RETRAIN_STAGES] = Field(default=os.environ.get("LUMEN_LOOP_STAGE", "1+2"),
+                                           description="stages the loop's retrain trains (env LUMEN_LOOP_STAGE)")
+    stage1_steps: int = Field(default=int(os.environ.get("LUMEN_LOOP_STAGE1_STEPS", STAGE_STEPS[1])),
+                              description="stage-1 steps of the loop's retrain (env LUMEN_LOOP_STAGE1_STEPS)",
+                              **RETRAIN_STEPS_RANGE)
+    stage2_steps: int = Field(default=int(os.environ.get("LUMEN_LOOP_STAGE2_STEPS", STAGE_STEPS[2])),
+                              description="stage-2 steps of the loop's retrain (env LUMEN_LOOP_STAGE2_STEPS)",
+                              **RETRAIN_STEPS_RANGE)
 
     def run_config(self) -> dict:
         """The retrain job's run config of this size (checked by the job's own config, as the Launchpad is)."""

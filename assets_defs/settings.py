@@ -28,7 +28,12 @@ import dagster as dg
 import pydantic
 from pydantic import BaseModel, Field
 
-from pipelines.settings import InvalidSettings, describe_errors, plain_type
+from lumen_model.train_config import TrainConfig
+from pipelines.settings import InvalidSettings, describe_errors, field_bounds, plain_type
+
+# the retrain's size, as the `retrain` job's config and the corrections loop's `LoopRetrain` resource both take it
+RETRAIN_STAGES = ("1+2", "1", "2")
+RETRAIN_STEPS_RANGE = field_bounds(TrainConfig, "max_steps")
 
 
 class CheckedConfig(dg.Config):

@@ -32,6 +32,8 @@ class Task:
     metric: str  # pipelines.evaluation.METRICS key: the function that scores it
     eval_source: str  # the source partition whose val split is its ground truth (pipelines.layout)
     category: str | None = None  # the one category it asks about (pose: person); None: any
+    ask_label: str = ""  # the App's Ask Lumen menu: what a labeler gets by picking it
+    counted_as: str = ""  # what the App's answer line counts ("3 boxes for 'every square'"); "" for answers in words
 
 
 # The order is part of the checkpoint format: the task tokens are added to the tokenizer in this order.
@@ -40,26 +42,32 @@ TASKS: tuple[Task, ...] = (
         "Please find the location of all {category} in the image. Respond with boxes.",
         "Where are all the {category} in this image? Respond with boxes.",
         "Locate every {category} in the picture. Respond with boxes.",
-    ), CATEGORY, "boxes", (1,), True, "coco_metrics", "coco"),
+    ), CATEGORY, "boxes", (1,), True, "coco_metrics", "coco",
+        ask_label="Every object of a kind (boxes)", counted_as="boxes"),
     Task("instance_segmentation", "segm", "[SEG]", (
         "Please find the location of all {category} in the image. Respond with masks.",
         "Segment every {category} in this image. Respond with masks.",
-    ), CATEGORY, "masks", (1, 2), True, "coco_metrics", "coco"),
+    ), CATEGORY, "masks", (1, 2), True, "coco_metrics", "coco",
+        ask_label="Every object of a kind (masks)", counted_as="masks"),
     Task("pose", "keypoints", "[POSE]", (
         "Please find the location of all person in the image. Respond with keypoints.",
         "Where are the people in this image? Respond with keypoints.",
-    ), CATEGORY, "pose", (1, 2), False, "coco_metrics", "coco-keypoints", category="person"),
+    ), CATEGORY, "pose", (1, 2), False, "coco_metrics", "coco-keypoints", category="person",
+        ask_label="People's keypoints", counted_as="people"),
     Task("grounding", "grounding", "[GRD]", (
         "Please find the location of {expression}. Respond with a box.",
         "Where is {expression} in the image? Respond with a box.",
-    ), EXPRESSION, "boxes", (1,), False, "grounding_accuracy", "refcoco"),
+    ), EXPRESSION, "boxes", (1,), False, "grounding_accuracy", "refcoco",
+        ask_label="One object (a box)", counted_as="box"),
     Task("referring_segmentation", "refseg", "[RSEG]", (
         "Please find the location of {expression}. Respond with a mask.",
         "Segment {expression} in the image. Respond with a mask.",
-    ), EXPRESSION, "masks", (1, 2), False, "refseg_iou", "refcoco"),
+    ), EXPRESSION, "masks", (1, 2), False, "refseg_iou", "refcoco",
+        ask_label="One object (a mask)", counted_as="mask"),
     # stage 2: the VQA readout (lumen_model/vqa_readout.py) is the tiny preset's answer decoder; without one
     # training drops the questions
-    Task("vqa", "vqa", None, (), QUESTION, "text", (1, 2), False, "vqa_accuracy", "vqav2"),
+    Task("vqa", "vqa", None, (), QUESTION, "text", (1, 2), False, "vqa_accuracy", "vqav2",
+         ask_label="An answer to a question"),
 )
 
 _BY_NAME = {t.name: t for t in TASKS} | {t.eval_name: t for t in TASKS}

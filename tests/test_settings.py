@@ -11,7 +11,7 @@ import pytest
 from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.execution.validate_run_config import validate_run_config
 
-from assets_defs.assets.review import PseudoLabelConfig
+from assets_defs.assets.review import PseudoLabelConfig, ReviewQueueConfig
 from assets_defs.assets.training import EvaluationConfig, RetrainConfig
 from assets_defs.definitions import defs
 from assets_defs.resources import LumenPaths
@@ -65,12 +65,17 @@ def test_cli_flags_and_the_library_function_share_the_model_defaults(settings, a
         assert fn_defaults[field] == default, field  # what the Dagster assets get: they call the function
 
 
-@pytest.mark.parametrize("settings, config", [(PseudoLabelSettings, PseudoLabelConfig),
-                                              (EvaluationSettings, EvaluationConfig)])
-def test_dagster_configs_are_their_settings_model(settings, config):
-    assert list(config.model_fields) == list(settings.model_fields)
-    assert settings_values(config()) == defaults(settings)
+@pytest.mark.parametrize("settings, config, left_out", [(PseudoLabelSettings, PseudoLabelConfig, ()),
+                                                        (EvaluationSettings, EvaluationConfig, ()),
+                                                        (ReviewQueueSettings, ReviewQueueConfig, ("labelers",))])
+def test_dagster_configs_are_their_settings_model(settings, config, left_out):
+    """Each Dagster config holds its settings model's fields (review_dataset leaves the labelers' count to the
+    queue it rebuilds) with the same defaults, descriptions and ranges."""
+    assert list(config.model_fields) == [n for n in settings.model_fields if n not in left_out]
+    assert settings_values(config()) == {k: v for k, v in defaults(settings).items() if k not in left_out}
     for name, f in settings.model_fields.items():
+        if name in left_out:
+            continue
         assert config.model_fields[name].description == f.description
         assert config.model_fields[name].metadata == f.metadata, name  # the same ranges
 
@@ -84,6 +89,9 @@ def test_dagster_resources_share_the_cli_defaults():
         loop, retrain = LoopRetrain(), RetrainConfig()  # the loop's retrain is the retrain job's, unless set apart
         assert (loop.stage, loop.stage1_steps, loop.stage2_steps) == (retrain.stage, retrain.stage1_steps,
                                                                       retrain.stage2_steps)
+    for name in ("stage", "stage1_steps", "stage2_steps"):  # the same choices and ranges as the retrain job's
+        mine, theirs = LoopRetrain.model_fields[name], RetrainConfig.model_fields[name]
+        assert (mine.annotation, mine.metadata) == (theirs.annotation, theirs.metadata), name
 
 
 def test_flip_tta_is_one_setting_with_a_default_per_purpose():

@@ -56,6 +56,21 @@ def test_every_front_lists_the_registrys_tasks():
     assert all(t.eval_source in layout.SOURCES for t in TASKS)
 
 
+def test_the_apps_ask_menu_is_the_registrys():
+    """The plugin's "What to get" menu and its answer line come from the registry (the plugin's own list was
+    the last hand-written one)."""
+    import importlib.util
+
+    from pipelines.review.app import PLUGINS_DIR
+
+    spec = importlib.util.spec_from_file_location("lumen_plugin_under_test", PLUGINS_DIR / "lumen" / "__init__.py")
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    assert [v for v, _ in plugin.WHAT] == ["auto", *NAMES]
+    assert all(label for _, label in plugin.WHAT) and len({label for _, label in plugin.WHAT}) == len(plugin.WHAT)
+    assert all(t.counted_as for t in TASKS if t.token)  # every task answered with located objects counts them
+
+
 def _task_choices(parser: argparse.ArgumentParser, command: str) -> tuple:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return tuple(next(a for a in sub.choices[command]._actions if a.dest == "task").choices)

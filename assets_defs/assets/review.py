@@ -16,15 +16,21 @@ from assets_defs.handover import ModelInUse, Predictions, origin_of
 from assets_defs.metadata import number, table
 from assets_defs.partitions import corrections_partition, pool_partitions, pool_plan_dir, source_partitions
 from assets_defs.resources import Compute, FiftyOneSettings, LumenPaths
-from assets_defs.settings import dagster_config
+from assets_defs.settings import dagster_config, settings_values
 from pipelines.layout import pool_file
 from pipelines.review.queue import SESSION_VIEW, VIEWS
-from pipelines.review.settings import PseudoLabelSettings
+from pipelines.review.settings import PseudoLabelSettings, ReviewQueueSettings
 from pipelines.sources.common import load_json
 
 
 PseudoLabelConfig = dagster_config("PseudoLabelConfig", PseudoLabelSettings, label="pseudo_labels config",
                                    module=__name__, doc="pseudo_labels' settings (pipelines.review.settings).")
+# the labelers' count is not one: a rebuilt queue keeps the shares `lumen review queue --labelers N` dealt
+ReviewQueueConfig = dagster_config("ReviewQueueConfig", ReviewQueueSettings,
+                                   [n for n in ReviewQueueSettings.model_fields if n != "labelers"],
+                                   label="review_dataset config", module=__name__,
+                                   doc="review_dataset's queue settings (pipelines.review.settings), as "
+                                       "`lumen review queue` takes them.")
 
 
 @dg.asset(group_name="review", pool="gpu", op_tags=GPU_OP_TAGS, dagster_type=Predictions,
@@ -75,7 +81,8 @@ def _warn_if_thresholds_differ(context, thresholds_file: str, flip_tta: bool) ->
 
 @dg.asset(group_name="review",
           description="Persistent FiftyOne dataset with predictions, heatmaps and the review queue's saved views.")
-def review_dataset(context: dg.AssetExecutionContext, fiftyone: FiftyOneSettings, pseudo_labels: Predictions):
+def review_dataset(context: dg.AssetExecutionContext, config: ReviewQueueConfig, fiftyone: FiftyOneSettings,
+                   pseudo_labels: Predictions):
     fiftyone.apply()
     from pipelines.review.app import labeler_links
     from pipelines.review.push import push_predictions
@@ -92,7 +99,7 @@ def review_dataset(context: dg.AssetExecutionContext, fiftyone: FiftyOneSettings
                               heatmaps_dir=labels.heatmaps_dir if Path(labels.heatmaps_dir).is_dir() else None,
                               thresholds=labels.review_thresholds or None, progress=False)
     labelers = _queued_labelers(fiftyone.dataset)  # a rebuilt queue keeps the labelers' shares
-    queue = build_review_queue(fiftyone.dataset, labelers=labelers)
+    queue = build_review_queue(fiftyone.dataset, labelers=labelers, **settings_values(config))
     counts = queue.get("view_counts", {})
     context.log.info("review queue: %s", counts)
     views = (SESSION_VIEW, *VIEWS)  # a working session first, then the whole lists

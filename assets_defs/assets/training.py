@@ -27,7 +27,7 @@ from assets_defs.metadata import (NOT_APPLICABLE, image_file_markdown, loss_over
 from assets_defs.partitions import source_partitions
 from assets_defs.regression import find_regressions, flatten_metrics
 from assets_defs.resources import Compute, LumenPaths
-from assets_defs.settings import dagster_config, settings_values
+from assets_defs.settings import RETRAIN_STAGES, RETRAIN_STEPS_RANGE, dagster_config, settings_values
 from assets_defs.versions import next_version, versions
 from lumen_model.train_config import STAGE_STEPS, TrainConfig, shared_fields
 from pipelines.checks import check_accounting, check_heatmap_peaks
@@ -35,11 +35,9 @@ from pipelines.errors import InputError
 from pipelines.evaluation_settings import EvaluationSettings
 from pipelines.layout import eval_ground_truth
 from pipelines.model_registry import ModelRegistry
-from pipelines.settings import field_bounds
 from pipelines.training_partitions import corrections_number, training_partitions
 
-STAGES = ("1+2", "1", "2")
-STEPS_RANGE = field_bounds(TrainConfig, "max_steps")
+STAGES, STEPS_RANGE = RETRAIN_STAGES, RETRAIN_STEPS_RANGE
 TrainingKnobs = dagster_config("TrainingKnobs", TrainConfig, shared_fields(), label="retrain config", module=__name__,
                                doc="The shared training settings (lumen_model.train_config.TrainConfig).")
 

@@ -31,6 +31,8 @@ from pathlib import Path
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from pipelines.tasks import TASKS, task_named
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,13 +40,9 @@ STORE = "lumen_ask"  # dataset-scoped execution store: the form's last values
 SHOW_SCORES = "@lumen/review/show_scores"  # the JavaScript operators in show_scores.js
 SHOW_SAMPLE = "@lumen/review/show_sample"
 MAX_SAMPLES = 25  # one immediate App action; a whole pool is `pseudo_labels`' job
+# the "What to get" menu: auto, then every task of the registry (pipelines/tasks.py) under its ask_label
 WHAT = [("auto", "Lumen decides: a question is answered, 'every X' finds every X, else one object"),
-        ("grounding", "One object (a box)"),
-        ("referring_segmentation", "One object (a mask)"),
-        ("detection", "Every object of a kind (boxes)"),
-        ("instance_segmentation", "Every object of a kind (masks)"),
-        ("pose", "People's keypoints"),
-        ("vqa", "An answer to a question")]
+        *((t.name, t.ask_label) for t in TASKS)]
 
 
 # ---- which model -----------------------------------------------------------------------------
@@ -181,9 +179,7 @@ def _summary(answers, version: str, seconds: float) -> str:
         text = "; ".join(f"{x.text or '(no answer)'}" for x in answers)
         return f"Lumen {version}: {a.meta.get('typed')!r} -> {text}"
     n = sum(len(x.boxes) for x in answers)
-    what = {"detection": "boxes", "instance_segmentation": "masks", "pose": "people",
-            "grounding": "box", "referring_segmentation": "mask"}[a.task]
-    return f"Lumen {version}: {n} {what} for {a.meta.get('typed')!r} ({seconds:.2f} s)"
+    return f"Lumen {version}: {n} {task_named(a.task).counted_as} for {a.meta.get('typed')!r} ({seconds:.2f} s)"
 
 
 class AskLumen(foo.Operator):
