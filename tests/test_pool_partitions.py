@@ -407,8 +407,11 @@ def test_pool_on_celery_two_gpu_workers_each_image_once_and_a_killed_worker_cost
     two_s, two_runs = _label_runs(stack, keys[2:4])
     workers = {_gpu_worker_of(stack, r) for r in two_runs}
     speedup = one_s / two_s
+    one_label_s, two_label_s = _labelling_span(stack, one_runs), _labelling_span(stack, two_runs)
     print(f"\n[pool] 2 x {POOL_PART} images: one gpu worker {one_s:.0f}s ({2 * POOL_PART / one_s:.2f} images/s), "
-          f"two {two_s:.0f}s ({2 * POOL_PART / two_s:.2f} images/s): x{speedup:.2f}; workers {sorted(workers)}")
+          f"two {two_s:.0f}s ({2 * POOL_PART / two_s:.2f} images/s): x{speedup:.2f}; the labelling steps alone "
+          f"(first start to last success) {one_label_s:.0f}s and {two_label_s:.0f}s: x{one_label_s / two_label_s:.2f}; "
+          f"workers {sorted(workers)}")
     assert workers == {"worker-gpu", "worker-gpu-2"}  # the two partitions went to both gpu workers
 
     # a gpu worker killed mid-partition: that run fails, nothing is marked labelled, a new run of that partition
@@ -453,7 +456,21 @@ def test_pool_on_celery_two_gpu_workers_each_image_once_and_a_killed_worker_cost
         "images_per_phase": 2 * POOL_PART, "one_gpu_worker_s": round(one_s, 1), "two_gpu_workers_s": round(two_s, 1),
         "one_worker_images_per_s": round(2 * POOL_PART / one_s, 3),
         "two_workers_images_per_s": round(2 * POOL_PART / two_s, 3), "speedup": round(speedup, 2),
+        "labelling_steps_s": {"one_gpu_worker": round(one_label_s, 1), "two_gpu_workers": round(two_label_s, 1)},
+        "labelling_speedup": round(one_label_s / two_label_s, 2),
         "load_average": os.getloadavg(), "flip_tta": False, "cpu_cores": os.cpu_count()}, indent=1))
+
+
+def _labelling_span(stack, runs) -> float:
+    """Seconds from the first pool_pseudo_labels step's start to the last one's success over these runs: the
+    labelling alone, without the run launches and the pushes (the runs' wall time has both)."""
+    from tests.test_deploy_celery import step_events
+
+    events = [e for r in runs for e in step_events(stack, r) if e["step"] == "pool_pseudo_labels"]
+    starts = [e["ts"] for e in events if e["type"] == "STEP_START"]
+    ends = [e["ts"] for e in events if e["type"] == "STEP_SUCCESS"]
+    assert len(starts) == len(ends) == len(runs)
+    return max(ends) - min(starts)
 
 
 def _review_samples(stack) -> int:

@@ -11,7 +11,7 @@ import pytest
 from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.execution.validate_run_config import validate_run_config
 
-from assets_defs.assets.review import PseudoLabelConfig, ReviewQueueConfig
+from assets_defs.assets.review import PoolLabelConfig, PseudoLabelConfig, ReviewQueueConfig
 from assets_defs.assets.training import EvaluationConfig, RetrainConfig
 from assets_defs.definitions import defs
 from assets_defs.resources import LumenPaths
@@ -67,7 +67,9 @@ def test_cli_flags_and_the_library_function_share_the_model_defaults(settings, a
 
 @pytest.mark.parametrize("settings, config, left_out", [(PseudoLabelSettings, PseudoLabelConfig, ()),
                                                         (EvaluationSettings, EvaluationConfig, ()),
-                                                        (ReviewQueueSettings, ReviewQueueConfig, ("labelers",))])
+                                                        (ReviewQueueSettings, ReviewQueueConfig, ("labelers",)),
+                                                        (PseudoLabelSettings, PoolLabelConfig,
+                                                         ("images_dir", "annotations"))])
 def test_dagster_configs_are_their_settings_model(settings, config, left_out):
     """Each Dagster config holds its settings model's fields (review_dataset leaves the labelers' count to the
     queue it rebuilds) with the same defaults, descriptions and ranges."""

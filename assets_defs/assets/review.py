@@ -189,11 +189,11 @@ def corrections(context: dg.AssetExecutionContext, config: CorrectionsConfig, pa
 
 # -- the unlabeled pool, partition by partition (issue 33) ------------------------------------------------------
 
-class PoolLabelConfig(dg.Config):
-    task: str = Field(default="instance_segmentation", description="prediction task: detection or instance_segmentation")
-    batch_size: int = Field(default=16, ge=1, description="instructions per forward pass")
-    flip_tta: bool = Field(default=True, description="fuse each image's predictions with its mirror image's, as "
-                                                     "pseudo_labels does (the review thresholds are chosen that way)")
+# the pool's images come from its partition plan, not from a folder and a json
+PoolLabelConfig = dagster_config("PoolLabelConfig", PseudoLabelSettings, ["task", "batch_size", "flip_tta"],
+                                 label="pool_pseudo_labels config", module=__name__,
+                                 doc="pool_pseudo_labels' settings: pseudo_labels' (pipelines.review.settings), "
+                                     "but the images.")
 
 
 @dg.asset(group_name="review", partitions_def=pool_partitions, pool="gpu", op_tags=GPU_OP_TAGS,
@@ -209,8 +209,6 @@ def pool_pseudo_labels(context: dg.AssetExecutionContext, config: PoolLabelConfi
     from pipelines.pool_partitions import (labels_dir, labels_done, mark_labels_done, partition_images,
                                            write_images_to_label)
 
-    if config.task not in ("detection", "instance_segmentation"):
-        raise dg.Failure(f"pool_pseudo_labels: task must be detection or instance_segmentation, not {config.task!r}")
     key, model = context.partition_key, model_in_use.model
     done = labels_done(paths.predictions, model.version, key)
     if done:
