@@ -413,8 +413,87 @@ def _goals_at(arms: dict, budget: int) -> dict:
     return goals
 
 
+def curve_points(arms: dict, arm: str, budgets: list[int], metric: str = "det_AP") -> list[tuple[float, float, float]]:
+    """(labeler s, mean AP, seed spread) of one arm through the budgets, starting at A's model: no labeler time
+    spent, A's AP (every arm retrains from the same starting model)."""
+    points = [(0.0, arms["A"][metric]["mean"], arms["A"][metric]["spread"])] if "A" in arms else []
+    for k in budgets:
+        r = arms.get(run_key(arm, k))
+        if r:
+            points.append((r["labeler_s"]["total"], r[metric]["mean"], r[metric]["spread"]))
+    return sorted(points)
+
+
+def ap_at_time(points: list[tuple[float, float, float]], t: float) -> tuple[float, float] | None:
+    """The arm's AP at `t` labeler seconds on its curve (linear between measured budgets) and the larger seed spread
+    of the two points around it; None past its last point (no extrapolation)."""
+    for (t0, ap0, s0), (t1, ap1, s1) in zip(points, points[1:]):
+        if t0 <= t <= t1:
+            w = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
+            return ap0 + w * (ap1 - ap0), max(s0, s1)
+    return None
+
+
+def time_to_reach(points: list[tuple[float, float, float]], ap: float) -> float | None:
+    """The first labeler time at which the arm's curve reaches `ap` (linear between budgets); None: it does not."""
+    for (t0, ap0, _), (t1, ap1, _) in zip(points, points[1:]):
+        if ap0 >= ap:
+            return t0
+        if ap1 >= ap:
+            return t0 + (ap - ap0) / (ap1 - ap0) * (t1 - t0)
+    return points[-1][0] if points and points[-1][1] >= ap else None
+
+
+def curve_goals(arms: dict, budgets: list[int]) -> dict:
+    """Issue 31's goals over the learning curve. (1) At equal labeler time, the best queue order (B errors first,
+    G gain per second) beats random order (C, read off its curve at the same seconds) by more than the seeds'
+    spread, at two of three budgets. (2) Review (B, F or G) reaches D's box AP, and D's mask AP, at D's largest
+    budget with at most a third of D's labeler time."""
+    out = {}
+    if len(budgets) < 2 or "A" not in arms:
+        return out
+    c_curve = {m: curve_points(arms, "C", budgets, m) for m in ("det_AP", "segm_AP")}
+    wins, compared = {}, 0
+    for k in budgets:
+        best = None
+        for arm in ("B", "G"):
+            r = arms.get(run_key(arm, k))
+            at = r and ap_at_time(c_curve["det_AP"], r["labeler_s"]["total"])
+            if not at:
+                continue
+            margin, spread = r["det_AP"]["mean"] - at[0], max(r["det_AP"]["spread"], at[1])
+            if best is None or margin > best["margin"]:
+                best = {"arm": arm, "labeler_s": r["labeler_s"]["total"], "AP": r["det_AP"]["mean"],
+                        "C_at_same_s": round(at[0], 4), "margin": round(margin, 4), "spread": round(spread, 4)}
+        if best:
+            compared += 1
+            best["beats"] = best["margin"] > best["spread"]
+        wins[str(k)] = best  # None: no order's labeler time falls inside C's curve at this budget
+    need = 2 if len(budgets) >= 3 else len(budgets)
+    out["best order beats random at equal labeler time by more than the seed spread, at 2 of 3 budgets"] = {
+        "per_budget": wins, "budgets_compared": compared,
+        "met": sum(bool(w and w["beats"]) for w in wins.values()) >= need}
+    top = max(budgets)
+    d = arms.get(run_key("D", top))
+    if d:
+        for metric, what in (("det_AP", "box"), ("segm_AP", "mask")):
+            target, limit = d[metric]["mean"], d["labeler_s"]["total"] / 3
+            reach = {arm: time_to_reach(curve_points(arms, arm, budgets, metric), target) for arm in ("B", "F", "G")
+                     if run_key(arm, top) in arms}
+            fastest = min((t for t in reach.values() if t is not None), default=None)
+            out[f"review reaches D's {what} AP at K={top} with <= 1/3 of D's labeler time"] = {
+                "D_AP": round(target, 4), "D_labeler_s": round(d["labeler_s"]["total"]), "limit_s": round(limit),
+                "labeler_s_to_reach": {a: None if t is None else round(t) for a, t in reach.items()},
+                "met": fastest is not None and fastest <= limit}
+    return out
+
+
 def goals(arms: dict, budgets: list[int]) -> dict:
-    return {str(k): _goals_at(arms, k) for k in budgets}
+    out = {str(k): _goals_at(arms, k) for k in budgets}
+    curve = curve_goals(arms, budgets)
+    if curve:
+        out["curve"] = curve
+    return out
 
 
 def plot_curve(arms: dict, path: Path, title: str) -> None:
@@ -684,7 +763,8 @@ def main() -> int:
     print("\ngoals:")
     for budget, gs in summary["goals"].items():
         for goal, v in gs.items():
-            print(f"  K={budget} {'MET    ' if v['met'] else 'NOT MET'} {goal}: "
+            where = "curve" if budget == "curve" else f"K={budget}"
+            print(f"  {where} {'MET    ' if v['met'] else 'NOT MET'} {goal}: "
                   f"{({k: x for k, x in v.items() if k != 'met'})}")
     print(f"\nphases (s): {times}; total {summary['total_s']} s wall, {summary['total_cpu_s']} s CPU, "
           f"load average at the end {summary['load_average_1min_at_end']}; everything in {root}")

@@ -154,6 +154,43 @@ def test_arm_f_is_timed_over_a_range_of_ask_costs_and_checked_against_b(tmp_path
         bl._check_g_costs(before_f, ActionCosts(draw_mask_s=30.0, prompt_s=10.0))
 
 
+def _arm(ap: float, spread: float, seconds: float, segm: float | None = None) -> dict:
+    """An aggregated arm as `aggregate` makes it, with only what the curve goals read."""
+    return {"det_AP": {"mean": ap, "spread": spread}, "segm_AP": {"mean": ap if segm is None else segm,
+                                                                  "spread": spread},
+            "labeler_s": {"total": seconds}}
+
+
+def test_curve_goals_compare_orders_at_equal_labeler_time_and_against_a_third_of_ds_time():
+    """Random order is read off its own curve at the better order's seconds (linear between budgets, from A's model
+    at 0 s; never extrapolated); review must reach D's AP at D's largest budget within a third of D's seconds."""
+    arms = {"A": _arm(0.60, 0.01, 0),
+            "C-k30": _arm(0.61, 0.01, 2000), "C-k60": _arm(0.62, 0.01, 4000), "C-k120": _arm(0.64, 0.01, 8000),
+            # G at 3000 s: C's curve there is 0.615, G 0.64: +0.025 over a spread of 0.01
+            "G-k30": _arm(0.64, 0.01, 3000), "G-k60": _arm(0.65, 0.01, 6000), "G-k120": _arm(0.66, 0.01, 12000),
+            # B spends more seconds per image: at K=60 (7000 s) C reads 0.635; at K=120 (14000 s) past C's curve
+            "B-k30": _arm(0.62, 0.01, 3500), "B-k60": _arm(0.64, 0.01, 7000), "B-k120": _arm(0.65, 0.01, 14000),
+            "D-k30": _arm(0.63, 0.01, 12000), "D-k60": _arm(0.645, 0.01, 24000),
+            "D-k120": _arm(0.655, 0.01, 45000, segm=0.70)}
+    g = bl.curve_goals(arms, [30, 60, 120])
+    order = g["best order beats random at equal labeler time by more than the seed spread, at 2 of 3 budgets"]
+    assert order["per_budget"]["30"]["arm"] == "G" and order["per_budget"]["30"]["C_at_same_s"] == pytest.approx(0.615)
+    assert order["per_budget"]["60"]["margin"] == pytest.approx(0.65 - 0.63)  # G at 6000 s against C's 0.63
+    assert order["per_budget"]["120"] is None  # G's 12000 s and B's 14000 s lie past C's 8000 s: not compared
+    assert order["budgets_compared"] == 2 and order["met"]  # two budgets compared, both won by more than the spread
+    box = g["review reaches D's box AP at K=120 with <= 1/3 of D's labeler time"]
+    # G reaches 0.655 halfway between 6000 s (0.65) and 12000 s (0.66): 9000 s <= 45000 / 3
+    assert box["labeler_s_to_reach"]["G"] == 9000 and box["met"]
+    mask = g["review reaches D's mask AP at K=120 with <= 1/3 of D's labeler time"]
+    assert mask["labeler_s_to_reach"] == {"B": None, "G": None} and not mask["met"]  # nobody reaches 0.70
+
+    close = dict(arms, **{"G-k30": _arm(0.62, 0.01, 3000), "G-k60": _arm(0.632, 0.01, 6000)})
+    assert not bl.curve_goals(close, [30, 60, 120])[
+        "best order beats random at equal labeler time by more than the seed spread, at 2 of 3 budgets"]["met"]
+    assert bl.ap_at_time([(0, 0.6, 0.0), (100, 0.7, 0.02)], 150) is None
+    assert bl.time_to_reach([(0, 0.6, 0.0), (100, 0.7, 0.0)], 0.65) == pytest.approx(50)
+
+
 def _env() -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", MPLBACKEND="Agg",
                OMP_NUM_THREADS="1")
