@@ -1,7 +1,7 @@
 """The unlabeled pool at COCO size (issue 33): planning it into partitions, and pseudo-labels per worker.
 
     .venv/bin/python bench/bench_pool.py [--plan-images 123403] [--images 32] [--checkpoint DIR]
-                                         [--threads 2] [--partition-size 1000] [--skip-throughput]
+                                         [--threads 2] [--partition-size 1000] [--skip-throughput] [--pair]
 
 1. Planning: a synthetic pool file of `--plan-images` COCO image_info records (COCO's unlabeled set is
    123,403 images; the records carry the same keys as COCO's), planned into partitions by
@@ -12,7 +12,11 @@
    (flip_tta on, the default). The fixed cost (model load, files) is measured with a one-image run and
    taken off: images/s = (N - 1) / (t(N) - t(1)). Without --checkpoint a tiny model is made first
    (bench_ask's recipe, about a minute): speed depends on the preset, not the training.
-3. The projection for 123,403 images on 1, 8 and 64 workers: each worker labels whole partitions, so
+3. `--pair`: what one host's cores allow two workers, without any stack: the same labelling (one view, one torch
+   thread, `--images` images) in one process alone, then in two processes at once; the ratio of images/s is the
+   ceiling of the Celery drill's two-worker speed-up on this host (cores that share caches or memory bandwidth
+   give less than x2 to two busy processes).
+4. The projection for 123,403 images on 1, 8 and 64 workers: each worker labels whole partitions, so
    hours = (images / images_per_s + partitions * fixed_s) / workers, assuming workers do not slow each
    other (one GPU each, or their own cores) and the review push keeps up; the real stack's two-worker
    speed-up is measured by the Celery drill in tests/test_pool_partitions.py, not here.
@@ -109,6 +113,48 @@ def bench_throughput(checkpoint: Path, n: int, threads: int, work: Path) -> dict
     return out
 
 
+PAIR_CHILD = """
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+from lumen_model.predict import predict
+t = time.perf_counter()
+predict(sys.argv[1], "instance_segmentation", sys.argv[2], sys.argv[3], annotations=sys.argv[4], progress=False,
+        flip_tta=False)
+print(json.dumps({"s": time.perf_counter() - t}))
+"""
+
+
+def bench_pair(checkpoint: Path, n: int, work: Path) -> dict:
+    """One 1-thread labelling process alone, then two at once on the same images: images/s of each."""
+    from pipelines.layout import IMAGES_DIR, pool_file
+    from pipelines.sample_data import write_sample_data
+
+    sources = work / "sources"
+    write_sample_data(sources, n_images=20, seed=0, pool=max(n, 2))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+
+    def start(tag: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", PAIR_CHILD, str(checkpoint), str(sources / IMAGES_DIR),
+                                 str(work / f"{tag}.json"), str(pool_file(sources))], env=env, stdout=subprocess.PIPE,
+                                text=True)
+
+    def seconds(proc: subprocess.Popen) -> float:
+        out, _ = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"bench_pool --pair: a labelling process failed (exit {proc.returncode})")
+        return json.loads(out.strip().splitlines()[-1])["s"]
+
+    start("warm").communicate()  # the first run reads the files and fills the caches; not timed
+    alone = seconds(start("alone"))
+    pair = [start("a"), start("b")]
+    both = [seconds(p) for p in pair]
+    one_rate, two_rate = n / alone, 2 * n / max(both)
+    return {"images": n, "alone_s": round(alone, 2), "pair_s": [round(x, 2) for x in both],
+            "one_images_per_s": round(one_rate, 2), "two_images_per_s": round(two_rate, 2),
+            "ceiling": round(two_rate / one_rate, 2)}
+
+
 def projection(rate: dict, partition_size: int, images: int = COCO_UNLABELED) -> list[dict]:
     partitions = -(-images // partition_size)
     rows = []
@@ -127,6 +173,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--checkpoint", default=None, help="a stage-2 checkpoint (default: a tiny one made first)")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--pair", action="store_true", help="also: one 1-thread labelling process alone, then two at "
+                                                        "once: the host's ceiling for two workers")
     ap.add_argument("--out", default=None, help="work folder (default: a temp folder, removed)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -140,10 +188,17 @@ def main(argv=None) -> int:
               f"process start), peak RSS {first['peak_rss_mb']} MB (goals <= 10 s, <= 1024 MB); "
               f"again (nothing new): {plan['again']['plan_s']} s, {plan['again']['new_partitions']} new partitions")
         result = {"planning": plan}
-        if not args.skip_throughput:
+        if not args.skip_throughput or args.pair:
             from bench.bench_ask import make_tiny_model
 
             ckpt = Path(args.checkpoint) if args.checkpoint else make_tiny_model(work / "model")
+        if args.pair:
+            pair = bench_pair(ckpt, args.images, work / "pair")
+            result["pair"] = pair
+            print(f"[pair] {pair['images']} images, 1 thread, one view: one process alone {pair['alone_s']} s "
+                  f"({pair['one_images_per_s']} images/s); two at once {pair['pair_s']} s ({pair['two_images_per_s']} "
+                  f"images/s together): this host gives two workers x{pair['ceiling']} of one")
+        if not args.skip_throughput:
             rates = bench_throughput(ckpt, args.images, args.threads, work / "throughput")
             result["throughput"] = rates
             result["projection"] = {}

@@ -369,11 +369,26 @@ def _label_runs(stack, keys) -> tuple[float, list[str]]:
     from tests.test_deploy_celery import _failures, launch, wait_run
 
     ops = {"pool_pseudo_labels": {"config": {"flip_tta": False, "batch_size": 16}}}
-    t0 = time.monotonic()
+    t0, epoch = time.monotonic(), time.time()
     runs = [launch(stack, "label_pool", ops, {"dagster/partition": k}) for k in keys]
     for r in runs:
         assert wait_run(stack, r, timeout=1800) == "SUCCESS", _failures(stack, r)
+    _print_timeline(stack, runs, epoch)
     return time.monotonic() - t0, runs
+
+
+def _print_timeline(stack, runs, epoch: float) -> None:
+    """Where a run's seconds go (-s shows it): each step's events and logs, seconds after the launch."""
+    from tests.test_deploy_celery import step_events
+
+    for r in runs:
+        line = []
+        for e in step_events(stack, r):
+            what = (e["type"].lower().replace("step_", "") if e["type"] in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE")
+                    else repr(e["message"][:48]) if e["type"] is None else None)
+            if what:
+                line.append(f"{e['step']} {what} @{e['ts'] - epoch:.1f}s")
+        print(f"[pool] run {r[:8]}: " + "; ".join(line))
 
 
 @pytest.mark.slow
