@@ -496,6 +496,23 @@ def goals(arms: dict, budgets: list[int]) -> dict:
     return out
 
 
+def markdown_table(arms: dict, costs: ActionCosts) -> str:
+    """The arms as a Markdown table (written to loop.md; the README's table is this one)."""
+    rows = ["| arm | budget K | box AP [seed range] | mask AP [seed range] | labeler s | verified | drawn (masks) "
+            "| asked (accepted) |", "|---|---|---|---|---|---|---|---|"]
+    for key, r in arms.items():
+        arm, _, k = key.partition("-k")
+        d, m = r["det_AP"], r["segm_AP"]
+        rows.append(f"| {arm} {r['what']} | {k or '-'} | {d['mean']:.3f} [{d['min']:.3f}-{d['max']:.3f}] | "
+                    f"{m['mean']:.3f} [{m['min']:.3f}-{m['max']:.3f}] | {r['labeler_s']['total']:,.0f} | "
+                    f"{r['accepts'] + r['rejects']:g} | {r['boxes_drawn']:g} ({r['masks_drawn']:g}) | "
+                    f"{r['prompts']:g} ({r['prompts_accepted']:g}) |")
+    rows.append(f"\nLabeler seconds: verify {costs.accept_s:g} s (accept) / {costs.reject_s:g} s (reject), draw a box "
+                f"{costs.draw_box_s:g} s, a mask {costs.draw_mask_s:g} s, open an image {costs.image_s:g} s, ask "
+                f"{costs.prompt_s:g} s (assumed); sources in pipelines/review/effort.py.")
+    return "\n".join(rows) + "\n"
+
+
 def plot_curve(arms: dict, path: Path, title: str) -> None:
     """Val detection and mask AP against labeler hours: a line per budget arm through its budgets
     (band: the range over seeds), A as a level (no new data), E at zero hours (no person)."""
@@ -746,6 +763,7 @@ def main() -> int:
              f"retrain steps; labeler s: accept {costs.accept_s}, reject {costs.reject_s}, box {costs.draw_box_s}, "
              f"mask {costs.draw_mask_s}, image {costs.image_s}, ask {costs.prompt_s:g} (assumed)")
     plot_curve(arms, root / "loop.png", title)
+    (root / "loop.md").write_text(f"{title}\n\n" + markdown_table(arms, costs))
 
     print(f"\n{title}")
     print(f"{'arm':7}{'what':34}{'det AP [range]':>22}{'AP50':>7}{'segm AP':>8}{'actions':>8}{'boxes':>6}{'masks':>6}"

@@ -143,6 +143,9 @@ def test_arm_f_is_timed_over_a_range_of_ask_costs_and_checked_against_b(tmp_path
     worse = dict(runs, **{"F-k60": {str(s): dict(runs["F-k60"][str(s)], det_AP=0.10) for s in (0, 1)}})
     assert not bl.goals(bl.aggregate(worse, labels, todo, costs), [60])["60"][
         "F needs <= 70% of B's labeler time for the same det AP"]["met"]  # less time, but not the same AP
+    table = bl.markdown_table(arms, costs).splitlines()
+    assert len([r for r in table if r.startswith("| F ")]) == 1 and "| 60 |" in table[3]
+    assert f"| {f_at[5]:,.0f} | 180 | 45 (44) | 60 (45) |" in next(r for r in table if r.startswith("| F "))
     png = tmp_path / "loop.png"
     bl.plot_curve(arms, png, "made-up results with F")
     assert png.stat().st_size > 10_000
