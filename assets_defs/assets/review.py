@@ -25,7 +25,7 @@ from pipelines.sources.common import load_json
 
 PseudoLabelConfig = dagster_config("PseudoLabelConfig", PseudoLabelSettings, label="pseudo_labels config",
                                    module=__name__, doc="pseudo_labels' settings (pipelines.review.settings).")
-# the labelers' count is not one: a rebuilt queue keeps the shares `lumen review queue --labelers N` dealt
+# every queue setting but the labelers: a rebuilt queue keeps the shares `lumen review queue --labelers N` dealt
 ReviewQueueConfig = dagster_config("ReviewQueueConfig", ReviewQueueSettings,
                                    [n for n in ReviewQueueSettings.model_fields if n != "labelers"],
                                    label="review_dataset config", module=__name__,

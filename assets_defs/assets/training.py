@@ -37,7 +37,6 @@ from pipelines.layout import eval_ground_truth
 from pipelines.model_registry import ModelRegistry
 from pipelines.training_partitions import corrections_number, training_partitions
 
-STAGES, STEPS_RANGE = RETRAIN_STAGES, RETRAIN_STEPS_RANGE
 TrainingKnobs = dagster_config("TrainingKnobs", TrainConfig, shared_fields(), label="retrain config", module=__name__,
                                doc="The shared training settings (lumen_model.train_config.TrainConfig).")
 
@@ -46,12 +45,12 @@ class RetrainConfig(TrainingKnobs):
     """What an ML engineer edits in the Launchpad of the `retrain` job: the shared training knobs
     (`lumen_model/train_config.py`: learning rate, batch size, weight decay, ...) and these."""
 
-    stage: Literal[STAGES] = Field(default="1+2", description="stages to train: '1+2', '1', or '2' (decoders "
+    stage: Literal[RETRAIN_STAGES] = Field(default="1+2", description="stages to train: '1+2', '1', or '2' (decoders "
                                                              "only, from the stage-1 checkpoint of the model in use)")
     stage1_steps: int = Field(default=int(os.environ.get("LUMEN_STAGE1_STEPS", STAGE_STEPS[1])),
-                              description="stage-1 optimizer steps", **STEPS_RANGE)
+                              description="stage-1 optimizer steps", **RETRAIN_STEPS_RANGE)
     stage2_steps: int = Field(default=int(os.environ.get("LUMEN_STAGE2_STEPS", STAGE_STEPS[2])),
-                              description="stage-2 optimizer steps", **STEPS_RANGE)
+                              description="stage-2 optimizer steps", **RETRAIN_STEPS_RANGE)
     partitions: list[str] = Field(default=[], description=(
         "source partitions to train on, e.g. ['coco', 'refcoco', 'corrections-v0001']; "
         "empty = every partition that has shards, corrections included. Of several corrections versions only "
@@ -194,8 +193,8 @@ def _stage1_for_stage2(paths: LumenPaths) -> str:
     can_subset=True, pool="gpu", op_tags=GPU_OP_TAGS,
     description="Pool `gpu` (limit 1): one training or inference step at a time.")
 def models(context: dg.AssetExecutionContext, config: RetrainConfig, paths: LumenPaths, compute: Compute):
-    if config.stage not in STAGES:
-        raise dg.Failure(f"stage must be one of {STAGES}, got {config.stage!r}")
+    if config.stage not in RETRAIN_STAGES:
+        raise dg.Failure(f"stage must be one of {RETRAIN_STAGES}, got {config.stage!r}")
     selected = {k.to_user_string() for k in context.selected_asset_keys}
     partitions, dirs = train_shard_dirs(context, paths, list(config.partitions))
     device = compute.resolved()
