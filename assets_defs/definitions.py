@@ -12,6 +12,7 @@ from assets_defs.jobs import JOBS
 from assets_defs.resources import Compute, FiftyOneSettings, LoopRetrain, LumenPaths
 from assets_defs.schedules import SCHEDULES
 from assets_defs.sensors import SENSORS
+from assets_defs.slot_polling import cap_slot_recheck_interval
 
 
 def build_defs(paths: LumenPaths | None = None, compute: Compute | None = None,
@@ -30,4 +31,6 @@ def build_defs(paths: LumenPaths | None = None, compute: Compute | None = None,
     )
 
 
+# every run process loads this module: its waiting gpu steps re-check for a free slot every 2 s
+cap_slot_recheck_interval()
 defs = build_defs()

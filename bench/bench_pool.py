@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_pool.py [--plan-images 123403] [--images 32] [--checkpoint DIR]
                                          [--threads 2] [--partition-size 1000] [--skip-throughput] [--pair]
+                                         [--stack [--per-phase 4] [--stack-partition-size 200]]
 
 1. Planning: a synthetic pool file of `--plan-images` COCO image_info records (COCO's unlabeled set is
    123,403 images; the records carry the same keys as COCO's), planned into partitions by
@@ -16,10 +17,19 @@
    thread, `--images` images) in one process alone, then in two processes at once; the ratio of images/s is the
    ceiling of the Celery drill's two-worker speed-up on this host (cores that share caches or memory bandwidth
    give less than x2 to two busy processes).
-4. The projection for 123,403 images on 1, 8 and 64 workers: each worker labels whole partitions, so
+4. `--stack`: the real local stack (deploy/local_stack.py: PostgreSQL, Redis, Celery, two gpu workers with one
+   torch thread each, dagster-daemon, the webserver, mongod). `--per-phase` partitions (default 4) of
+   `--stack-partition-size` images (default 200) labelled by one gpu worker (the `gpu` pool at one slot), then
+   as many others by two; one label_pool run per partition, all launched at once, as the sensor asks them.
+   Printed: images/s of each phase end to end (first launch to last run's success: launches, labelling,
+   pushes), the labelling steps' span, each partition's labelling seconds alone and beside the other worker
+   (what the host's two cores give two busy processes), and a gpu slot's idle seconds between two partitions
+   (a step's end to the next waiting step's start). The pool drill in tests/test_pool_partitions.py checks the same flow with two partitions a
+   phase; this is its measurement, long enough that a phase's first launch and last push weigh less.
+5. The projection for 123,403 images on 1, 8 and 64 workers: each worker labels whole partitions, so
    hours = (images / images_per_s + partitions * fixed_s) / workers, assuming workers do not slow each
    other (one GPU each, or their own cores) and the review push keeps up; the real stack's two-worker
-   speed-up is measured by the Celery drill in tests/test_pool_partitions.py, not here.
+   speed-up is what `--stack` measures.
 """
 
 from __future__ import annotations
@@ -155,6 +165,74 @@ def bench_pair(checkpoint: Path, n: int, work: Path) -> dict:
             "ceiling": round(two_rate / one_rate, 2)}
 
 
+def bench_stack(checkpoint: Path, per_phase: int, partition_size: int, work: Path) -> dict:
+    """One gpu worker, then two, on the local stack: see the module's docstring (4.)."""
+    from deploy.local_stack import LocalStack
+    from deploy.stack_runs import add_dynamic_partition, launch, step_error, step_events, step_span, timeline, wait_run
+    from pipelines.model_registry import ModelRegistry
+    from pipelines.pool_partitions import plan_pool, pool_files
+    from pipelines.sample_data import write_sample_data
+
+    step = "pool_pseudo_labels"
+    stack = LocalStack(work / "stack", images=20, gpu_workers=2)
+    stack.data_root.mkdir(parents=True)
+    write_sample_data(stack.data_root / "sources", n_images=20, seed=7, pool=2 * per_phase * partition_size)
+    plan = plan_pool(pool_files(stack.data_root / "sources"), stack.data_root / "pool_plan", max_size=partition_size)
+    keys = sorted(plan.partitions)
+    ModelRegistry(stack.data_root / "models" / "registry.json").decide(
+        {"version": "v0001", "checkpoint_dir": str(checkpoint), "metrics": {}}, passed=True, reason="pool bench")
+    print(f"[stack] starting PostgreSQL, Redis, mongod, 3 Celery workers, the daemon and the webserver in {work}")
+    stack.start()
+    try:
+        from assets_defs.partitions import pool_partitions
+
+        for k in keys:
+            add_dynamic_partition(stack, pool_partitions.name, k)
+        promote = launch(stack, "promote_model", {})
+        if wait_run(stack, promote) != "SUCCESS":
+            raise SystemExit(f"bench_pool --stack: promote_model failed: {step_error(stack, promote)[-2000:]}")
+
+        def phase(slots: int, part_keys: list[str]) -> dict:
+            stack.set_gpu_slots(slots)
+            ops = {step: {"config": {"flip_tta": False, "batch_size": 16}}}
+            t0, epoch = time.monotonic(), time.time()
+            runs = [launch(stack, "label_pool", ops, {"dagster/partition": k}) for k in part_keys]
+            for r in runs:
+                if wait_run(stack, r, timeout=3600) != "SUCCESS":
+                    raise SystemExit(f"bench_pool --stack: run {r} failed: {step_error(stack, r)[-2000:]}")
+            wall = time.monotonic() - t0
+            for r in runs:
+                print(f"[stack]   {timeline(stack, r, epoch)}")
+            images = len(part_keys) * partition_size
+            # a gpu slot's idle seconds while a partition waited: a step's success to the start of the step that
+            # took its slot next (the first `slots` starts took free slots)
+            events = sorted((e["ts"], e["type"]) for r in runs for e in step_events(stack, r)
+                            if e["step"] == step and e["type"] in ("STEP_START", "STEP_SUCCESS"))
+            freed, starts, idle = [], 0, []
+            for ts, kind in events:
+                if kind == "STEP_SUCCESS":
+                    freed.append(ts)
+                else:
+                    starts += 1
+                    if starts > slots:
+                        idle.append(ts - freed.pop(0))
+            labelling = step_span(stack, runs, step)
+            return {"workers": slots, "partitions": len(part_keys), "images": images, "wall_s": round(wall, 1),
+                    "images_per_s": round(images / wall, 3), "labelling_span_s": round(labelling, 1),
+                    "labelling_images_per_s": round(images / labelling, 3),
+                    "partition_labelling_s": [round(step_span(stack, [r], step), 1) for r in runs],
+                    "idle_between_partitions_s": [round(x, 1) for x in idle]}
+
+        one = phase(1, keys[:per_phase])
+        two = phase(2, keys[per_phase:2 * per_phase])
+    finally:
+        stack.stop()
+    return {"partition_size": partition_size, "one_worker": one, "two_workers": two,
+            "speedup": round(two["images_per_s"] / one["images_per_s"], 2),
+            "labelling_speedup": round(two["labelling_images_per_s"] / one["labelling_images_per_s"], 2),
+            "load_average_at_end": os.getloadavg(), "cpu_cores": os.cpu_count()}
+
+
 def projection(rate: dict, partition_size: int, images: int = COCO_UNLABELED) -> list[dict]:
     partitions = -(-images // partition_size)
     rows = []
@@ -175,6 +253,10 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--pair", action="store_true", help="also: one 1-thread labelling process alone, then two at "
                                                         "once: the host's ceiling for two workers")
+    ap.add_argument("--stack", action="store_true", help="also: one gpu worker, then two, on the real local stack "
+                                                         "(PostgreSQL + Celery): the end-to-end speed-up")
+    ap.add_argument("--per-phase", type=int, default=4, help="partitions per --stack phase (default %(default)s)")
+    ap.add_argument("--stack-partition-size", type=int, default=200)
     ap.add_argument("--out", default=None, help="work folder (default: a temp folder, removed)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -188,7 +270,7 @@ def main(argv=None) -> int:
               f"process start), peak RSS {first['peak_rss_mb']} MB (goals <= 10 s, <= 1024 MB); "
               f"again (nothing new): {plan['again']['plan_s']} s, {plan['again']['new_partitions']} new partitions")
         result = {"planning": plan}
-        if not args.skip_throughput or args.pair:
+        if not args.skip_throughput or args.pair or args.stack:
             from bench.bench_ask import make_tiny_model
 
             ckpt = Path(args.checkpoint) if args.checkpoint else make_tiny_model(work / "model")
@@ -198,6 +280,17 @@ def main(argv=None) -> int:
             print(f"[pair] {pair['images']} images, 1 thread, one view: one process alone {pair['alone_s']} s "
                   f"({pair['one_images_per_s']} images/s); two at once {pair['pair_s']} s ({pair['two_images_per_s']} "
                   f"images/s together): this host gives two workers x{pair['ceiling']} of one")
+        if args.stack:
+            st = bench_stack(ckpt, args.per_phase, args.stack_partition_size, work / "stack")
+            result["stack"] = st
+            for name in ("one_worker", "two_workers"):
+                ph = st[name]
+                print(f"[stack] {ph['workers']} gpu worker(s), {ph['partitions']} x {st['partition_size']} images: "
+                      f"{ph['wall_s']} s end to end ({ph['images_per_s']} images/s), labelling steps "
+                      f"{ph['labelling_span_s']} s ({ph['labelling_images_per_s']} images/s); a partition's "
+                      f"labelling {ph['partition_labelling_s']} s; a slot idle between partitions {ph['idle_between_partitions_s']} s")
+            print(f"[stack] two workers / one: x{st['speedup']} end to end, x{st['labelling_speedup']} the labelling "
+                  f"steps (goal 1.7)")
         if not args.skip_throughput:
             rates = bench_throughput(ckpt, args.images, args.threads, work / "throughput")
             result["throughput"] = rates

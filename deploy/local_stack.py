@@ -34,6 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = REPO_ROOT / "deploy"
 PG_USER, PG_PASSWORD, PG_DB = "dagster", "lumen-local", "dagster"
 GPU_QUEUE, DEFAULT_QUEUE = "gpu", "dagster"  # dagster-celery's default queue is `dagster`
+GPU_WORKER_PRELOAD = "deploy.gpu_worker_preload"  # torch, the model, FiftyOne: imported once, before Celery forks
 
 
 class ServiceMissing(RuntimeError):
@@ -267,15 +268,17 @@ class LocalStack:
         if done.returncode != 0:
             raise RuntimeError(f"dagster instance migrate failed: {(done.stdout + done.stderr)[-2000:]}")
 
-    def set_gpu_slots(self):
-        """The `gpu` pool runs as many steps at once as there are GPU workers (deploy/dagster.yaml's default is 1)."""
-        if self.gpu_workers > 1:
-            bin_dir = Path(self.python).parent
-            done = subprocess.run([str(bin_dir / "dagster"), "instance", "concurrency", "set", "gpu",
-                                   str(self.gpu_workers)], env=self.env(), cwd=REPO_ROOT, capture_output=True,
-                                  text=True, timeout=120)
-            if done.returncode != 0:
-                raise RuntimeError(f"dagster instance concurrency set failed: {(done.stdout + done.stderr)[-2000:]}")
+    def set_gpu_slots(self, slots: int | None = None):
+        """The `gpu` pool runs as many steps at once as there are GPU workers (deploy/dagster.yaml's default is 1);
+        `slots` fewer leaves the other workers idle (the pool drill's one-worker phase)."""
+        if slots is None and self.gpu_workers == 1:
+            return  # the default limit
+        slots = self.gpu_workers if slots is None else slots
+        bin_dir = Path(self.python).parent
+        done = subprocess.run([str(bin_dir / "dagster"), "instance", "concurrency", "set", "gpu", str(slots)],
+                              env=self.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"dagster instance concurrency set failed: {(done.stdout + done.stderr)[-2000:]}")
 
     def start_workers(self):
         cfg = str(self.workdir / "celery_run_config.yaml")
@@ -290,8 +293,9 @@ class LocalStack:
                 env["OMP_NUM_THREADS"] = gpu_threads
             # --disable-prefetch: a worker takes a task only when a process slot is free. Without it a busy gpu
             # worker reserves the next step too (Celery acks on receipt), and a second gpu worker sits idle.
+            preload = ["-i", GPU_WORKER_PRELOAD] if queue == GPU_QUEUE else []
             self._spawn(name, [str(bin_dir / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
-                               "-q", queue, "-y", cfg, "-n", name, "--",
+                               "-q", queue, "-y", cfg, "-n", name, *preload, "--",
                                "--concurrency", str(concurrency), "--disable-prefetch"], env=env)
         for name, _, _ in workers:
             svc = self.services[name]

@@ -163,3 +163,15 @@ def test_celery_run_config_fits_the_celery_executor(monkeypatch):
     assert resolved["celery"]["include"] == ["assets_defs.definitions"], resolved
     with pytest.raises(dg.DagsterInvalidConfigError):
         dg.validate_run_config(job, {"execution": {"config": {"brokr": "redis://x"}}})
+
+
+def test_a_step_waiting_for_a_gpu_slot_asks_again_within_two_seconds():
+    """Loading the definitions caps Dagster's slot re-check back-off (else up to 15 s of an idle GPU worker
+    between two queued partitions): the interval Dagster's own claim code computes, at every retry count."""
+    from dagster._core.execution.plan.instance_concurrency_context import _calculate_timeout_interval
+
+    from assets_defs.slot_polling import SLOT_RECHECK_MAX_S
+
+    assert defs is not None  # imported above: the module that applies the cap
+    waits = [_calculate_timeout_interval(None, n) for n in range(60)]
+    assert max(waits) == SLOT_RECHECK_MAX_S and waits[0] == 1  # first re-check still after 1 s

@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+from deploy.stack_runs import (add_dynamic_partition, launch, reexecute_from_failure, run_status, step_error,
+                               step_events, wait_run)
 from tests.processes import alive, live_pids
 
 pytestmark = pytest.mark.slow
@@ -25,7 +27,6 @@ EVAL_FAST = {"tolerance": 1.0, "tasks": ["bbox", "grounding", "vqa"]}  # a few s
 SMALL = {"models": {"config": {"stage1_steps": 4, "stage2_steps": 2, "batch_size": 8}},
          "evaluation": {"config": EVAL_FAST},
          "pseudo_labels": {"config": {"batch_size": 8}}}
-TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
 def _missing_parts() -> str | None:
@@ -82,78 +83,13 @@ def _pgid(pid: int) -> int | None:
 
 # ---- GraphQL ------------------------------------------------------------------------------------
 
-def _location(stack) -> tuple[str, str]:
-    data = stack.graphql("{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }")
-    node = data["repositoriesOrError"]["nodes"][0]
-    return node["location"]["name"], node["name"]
-
-
 def _add_partitions(stack):
+    from assets_defs.partitions import source_partitions
     from pipelines.layout import SOURCES
 
-    loc, repo = _location(stack)
     for key in SOURCES:
-        out = stack.graphql(
-            "mutation($sel: RepositorySelector!, $key: String!) { addDynamicPartition(repositorySelector: $sel, "
-            "partitionsDefName: \"sources\", partitionKey: $key) { __typename ... on PythonError { message } } }",
-            {"sel": {"repositoryLocationName": loc, "repositoryName": repo}, "key": key})
-        assert out["addDynamicPartition"]["__typename"] in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"), out
+        add_dynamic_partition(stack, source_partitions.name, key)
     return list(SOURCES)
-
-
-def launch(stack, job: str, ops: dict, tags: dict | None = None) -> str:
-    loc, repo = _location(stack)
-    run_config = {**stack.celery_run_config(), "ops": ops}
-    out = stack.graphql(
-        "mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename "
-        "... on LaunchRunSuccess { run { runId } } ... on PythonError { message } "
-        "... on RunConfigValidationInvalid { errors { message } } } }",
-        {"p": {"selector": {"repositoryLocationName": loc, "repositoryName": repo, "jobName": job},
-               "runConfigData": run_config,
-               "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}}})["launchRun"]
-    assert out["__typename"] == "LaunchRunSuccess", out
-    return out["run"]["runId"]
-
-
-def reexecute_from_failure(stack, run_id: str) -> str:
-    out = stack.graphql(
-        "mutation($p: ReexecutionParams!) { launchRunReexecution(reexecutionParams: $p) { __typename "
-        "... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }",
-        {"p": {"parentRunId": run_id, "strategy": "FROM_FAILURE"}})["launchRunReexecution"]
-    assert out["__typename"] == "LaunchRunSuccess", out
-    return out["run"]["runId"]
-
-
-def run_status(stack, run_id: str) -> str:
-    out = stack.graphql("query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }",
-                        {"id": run_id})["runOrError"]
-    assert out["__typename"] == "Run", out
-    return out["status"]
-
-
-def wait_run(stack, run_id: str, timeout: float = 900) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = run_status(stack, run_id)
-        if status in TERMINAL:
-            return status
-        time.sleep(2)
-    raise AssertionError(f"run {run_id} not finished after {timeout}s; logs in {stack.logs}")
-
-
-# ---- PostgreSQL ---------------------------------------------------------------------------------
-
-def step_events(stack, run_id: str) -> list[dict]:
-    """Step events of a run as recorded in PostgreSQL: type, step, timestamp, the emitting process' pid."""
-    rows = stack.sql(f"select dagster_event_type, step_key, event from event_logs where run_id = '{run_id}' "
-                     "and step_key is not null order by id")
-    out = []
-    for event_type, step_key, body in rows:
-        entry = json.loads(body)
-        event = entry.get("dagster_event") or {}
-        out.append({"type": event_type, "step": step_key, "ts": entry["timestamp"], "pid": event.get("pid"),
-                    "message": event.get("message") or entry.get("user_message") or "", "raw": body})
-    return out
 
 
 def worker_of_steps(stack, run_id: str) -> dict[str, str]:
@@ -166,16 +102,6 @@ def worker_of_steps(stack, run_id: str) -> dict[str, str]:
             assert len(names) == 1, e["raw"][:2000]
             out[e["step"]] = names[0]
     return out
-
-
-def step_error(stack, run_id: str) -> str:
-    rows = stack.sql(f"select event from event_logs where run_id = '{run_id}' and dagster_event_type in "
-                     "('STEP_FAILURE', 'PIPELINE_FAILURE', 'ENGINE_EVENT') order by id")  # RUN_FAILURE's stored name
-    out = []
-    for (body,) in rows:
-        event = json.loads(body).get("dagster_event") or {}
-        out.append(f"{event.get('message')} {json.dumps(event.get('event_specific_data'))}")
-    return "\n".join(out)
 
 
 def _failures(stack, run_id) -> str:

@@ -355,7 +355,7 @@ def pool_stack(tmp_path_factory, tiny_stage2):
 
 
 def _gpu_worker_of(stack, run_id) -> str | None:
-    from tests.test_deploy_celery import step_events
+    from deploy.stack_runs import step_events
 
     for e in step_events(stack, run_id):
         if e["type"] == "ENGINE_EVENT" and e["step"] == "pool_pseudo_labels" and "celery worker" in e["message"]:
@@ -366,63 +366,48 @@ def _gpu_worker_of(stack, run_id) -> str | None:
 
 def _label_runs(stack, keys) -> tuple[float, list[str]]:
     """Launch one label_pool run per partition at once; wall seconds until all succeeded."""
-    from tests.test_deploy_celery import _failures, launch, wait_run
+    from deploy.stack_runs import launch, timeline, wait_run
+    from tests.test_deploy_celery import _failures
 
     ops = {"pool_pseudo_labels": {"config": {"flip_tta": False, "batch_size": 16}}}
     t0, epoch = time.monotonic(), time.time()
     runs = [launch(stack, "label_pool", ops, {"dagster/partition": k}) for k in keys]
     for r in runs:
         assert wait_run(stack, r, timeout=1800) == "SUCCESS", _failures(stack, r)
-    _print_timeline(stack, runs, epoch)
-    return time.monotonic() - t0, runs
-
-
-def _print_timeline(stack, runs, epoch: float) -> None:
-    """Where a run's seconds go (-s shows it): each step's events and logs, seconds after the launch."""
-    from tests.test_deploy_celery import step_events
-
     for r in runs:
-        line = []
-        for e in step_events(stack, r):
-            what = (e["type"].lower().replace("step_", "") if e["type"] in ("STEP_START", "STEP_SUCCESS", "STEP_FAILURE")
-                    else repr(e["message"][:48]) if e["type"] is None else None)
-            if what:
-                line.append(f"{e['step']} {what} @{e['ts'] - epoch:.1f}s")
-        print(f"[pool] run {r[:8]}: " + "; ".join(line))
+        print(f"[pool] {timeline(stack, r, epoch)}")  # -s shows where the seconds go
+    return time.monotonic() - t0, runs
 
 
 @pytest.mark.slow
 def test_pool_on_celery_two_gpu_workers_each_image_once_and_a_killed_worker_costs_one_partition(pool_stack,
                                                                                                  artifacts_dir):
     from assets_defs.partitions import pool_partitions
-    from tests.test_deploy_celery import _failures, _location, launch, step_error, step_events, wait_run
+    from deploy.stack_runs import add_dynamic_partition, launch, step_error, step_events, step_span, wait_run
+    from tests.test_deploy_celery import _failures
 
     stack = pool_stack
     keys = sorted(json.loads((stack.data_root / "pool_plan" / "manifest.json").read_text())["partitions"])
     assert len(keys) == POOL_IMAGES // POOL_PART
-    loc, repo = _location(stack)
     for k in keys:
-        out = stack.graphql(
-            "mutation($sel: RepositorySelector!, $key: String!, $def: String!) { addDynamicPartition("
-            "repositorySelector: $sel, partitionsDefName: $def, partitionKey: $key) { __typename } }",
-            {"sel": {"repositoryLocationName": loc, "repositoryName": repo}, "key": k, "def": pool_partitions.name})
-        assert out["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", out
+        add_dynamic_partition(stack, pool_partitions.name, k)
     promote = launch(stack, "promote_model", {})
     assert wait_run(stack, promote) == "SUCCESS", _failures(stack, promote)
 
     # one gpu slot, then two: the same partition size, for the speed-up
-    _set_gpu_slots(stack, 1)
+    stack.set_gpu_slots(1)
     one_s, one_runs = _label_runs(stack, keys[0:2])
     # the first partitions are in the review dataset (labelers can start) while the others are not labelled yet
     from pipelines.pool_partitions import labels_dir, labels_done
 
     assert _review_samples(stack) == 2 * POOL_PART
     assert all(labels_done(stack.data_root / "predictions", "v0001", k) is None for k in keys[2:])
-    _set_gpu_slots(stack, 2)
+    stack.set_gpu_slots(2)
     two_s, two_runs = _label_runs(stack, keys[2:4])
     workers = {_gpu_worker_of(stack, r) for r in two_runs}
     speedup = one_s / two_s
-    one_label_s, two_label_s = _labelling_span(stack, one_runs), _labelling_span(stack, two_runs)
+    one_label_s, two_label_s = (step_span(stack, one_runs, "pool_pseudo_labels"),
+                                 step_span(stack, two_runs, "pool_pseudo_labels"))
     print(f"\n[pool] 2 x {POOL_PART} images: one gpu worker {one_s:.0f}s ({2 * POOL_PART / one_s:.2f} images/s), "
           f"two {two_s:.0f}s ({2 * POOL_PART / two_s:.2f} images/s): x{speedup:.2f}; the labelling steps alone "
           f"(first start to last success) {one_label_s:.0f}s and {two_label_s:.0f}s: x{one_label_s / two_label_s:.2f}; "
@@ -476,18 +461,6 @@ def test_pool_on_celery_two_gpu_workers_each_image_once_and_a_killed_worker_cost
         "load_average": os.getloadavg(), "flip_tta": False, "cpu_cores": os.cpu_count()}, indent=1))
 
 
-def _labelling_span(stack, runs) -> float:
-    """Seconds from the first pool_pseudo_labels step's start to the last one's success over these runs: the
-    labelling alone, without the run launches and the pushes (the runs' wall time has both)."""
-    from tests.test_deploy_celery import step_events
-
-    events = [e for r in runs for e in step_events(stack, r) if e["step"] == "pool_pseudo_labels"]
-    starts = [e["ts"] for e in events if e["type"] == "STEP_START"]
-    ends = [e["ts"] for e in events if e["type"] == "STEP_SUCCESS"]
-    assert len(starts) == len(ends) == len(runs)
-    return max(ends) - min(starts)
-
-
 def _review_samples(stack) -> int:
     """Samples in the stack's review dataset, counted in its MongoDB."""
     import pymongo
@@ -495,12 +468,6 @@ def _review_samples(stack) -> int:
     db = pymongo.MongoClient(stack.mongo_uri, serverSelectionTimeoutMS=5000)["fiftyone"]
     coll = db["datasets"].find_one({"name": "lumen-review"})["sample_collection_name"]
     return db[coll].count_documents({})
-
-
-def _set_gpu_slots(stack, n: int) -> None:
-    """How many gpu steps may run at once (one per GPU worker in use)."""
-    subprocess.run([str(Path(stack.python).parent / "dagster"), "instance", "concurrency", "set", "gpu", str(n)],
-                   env=stack.env(), cwd=ROOT, check=True, capture_output=True, timeout=120)
 
 
 def test_reviewed_images_are_the_ones_a_labeler_touched(review_sources, fo_dataset_name, tmp_path):
