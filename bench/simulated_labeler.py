@@ -10,8 +10,9 @@ Per image, in the order it is given and within a budget of images:
 - `prompted`: as `review`, but a missed object is first asked for, as a person does in the App's
   "Ask Lumen": the labeler types a referring expression for it, built from the truth the way the
   demo builds RefCOCO's (`PoolExpressions`, never from a prediction), asks the model through the
-  App's in-memory call (`lumen_model.ask.load_asker(...).ask`, one object with its mask), writes
-  the answer as the App does (`prompted` field, pipelines/review/prompted.py's `write_answer`) and
+  App's in-memory call (`lumen_model.ask.load_asker(...).ask`, one object with its mask, stepping
+  over the objects already labeled: the accepted predictions and answers, as the App does by
+  default, `labeled_boxes`), writes the answer as the App does (`prompted` field, pipelines/review/prompted.py's `write_answer`) and
   accepts it as the App's Accept does (`accept_prompted`: the pull takes it with provenance
   "prompted") when it matches the object (same class, IoU >= 0.5); else it draws the object. An
   object that no expression singles out (two alike red squares in the middle) is drawn at once;
@@ -210,25 +211,30 @@ class Prompting:
     model_version: str
     expressions: PoolExpressions
     iou: float = 0.5
+    skip_labeled: bool = True  # the App's default: step over the objects already labeled
 
 
-def _ask_for_missed(sample, missed: list[dict], prompting: Prompting, categories, counts: LabelerCounts):
+def _ask_for_missed(sample, field: str, missed: list[dict], prompting: Prompting, categories,
+                    counts: LabelerCounts):
     """Ask for each missed object; returns (objects still to draw, ids of the prompted labels to accept)."""
-    from pipelines.review.prompted import PROMPTED, write_answer
+    from pipelines.review.prompted import PROMPTED, labeled_boxes, write_answer
 
     to_draw, accept = [], []
+    taken = labeled_boxes(sample, field)  # as the App's Ask Lumen steps over them: the accepted predictions
     for t in missed:
         text = prompting.expressions.for_object(sample["image_id"], t)
         if text is None:  # nothing singles it out in words: a person draws it
             to_draw.append(t)
             continue
-        answer = prompting.asker.ask(sample.filepath, text, ASK_TASK, categories=categories)
+        answer = prompting.asker.ask(sample.filepath, text, ASK_TASK, categories=categories,
+                                     skip_boxes=taken if prompting.skip_labeled else None)
         write_answer(sample, answer, prompting.model_version)  # the App writes every answer, right or not
         counts.prompts += 1
         if answer_matches(answer, t, prompting.iou):
             counts.prompts_accepted += 1
             accept += [d.id for d in sample[PROMPTED].detections
                        if not d.tags and d.get_field("instruction") == text]
+            taken = taken + [[float(v) for v in answer.boxes[0]]]  # accepted (tagged after the save): labeled now
         else:  # a wrong answer stays untagged (never pulled); the object is drawn
             to_draw.append(t)
     return to_draw, accept
@@ -273,7 +279,7 @@ def label(dataset_name, truth_file, order: list[str], *, budget: int | None, mod
             counts.rejects += len(dets) - len(hit_p)
             drawn = [t for j, t in enumerate(true) if j not in hit_t]
             if mode == "prompted" and drawn:
-                drawn, accept = _ask_for_missed(sample, drawn, prompting, categories, counts)
+                drawn, accept = _ask_for_missed(sample, field, drawn, prompting, categories, counts)
         if drawn:
             objects = [_drawn(fo, t, names.get(t["category_id"], str(t["category_id"])), w, h) for t in drawn]
             sample[F.CORRECTIONS] = fo.Detections(detections=objects)

@@ -26,6 +26,7 @@ from pipelines.tasks import EXPRESSION, task_names
 # from the task registry (pipelines/tasks.py)
 FLIP_TTA_TASKS = task_names(flip_tta=True)  # ("detection", "instance_segmentation")
 SINGLE_OBJECT_TASKS = task_names(names=EXPRESSION)  # ("grounding", "referring_segmentation")
+SKIP_IOU = 0.5  # a candidate this close to an object already labeled is that object (COCO's match IoU)
 PEAK_THRESHOLD = 0.5  # as the review push marks unexplained peaks
 
 
@@ -102,9 +103,13 @@ class Answer:
         return out
 
 
-def located_answers(p, task: str, chunk: list[tuple], flip_tta: bool = False) -> list[Answer]:
+def located_answers(p, task: str, chunk: list[tuple], flip_tta: bool = False,
+                    skip: list | None = None) -> list[Answer]:
     """Heatmap tasks: locate a batch of (image, instruction, meta) jobs on `p` (a `Predictor`) and decode
-    each into an `Answer`. With `flip_tta`, each image's mirror image is looked at too and the views fused."""
+    each into an `Answer`. With `flip_tta`, each image's mirror image is looked at too and the views fused.
+    `skip` (per job, None or pixel boxes [x, y, w, h]): objects already labeled on the image; a one-object
+    answer is the best candidate not on one of them (`off_boxes`), as a labeler asking for a missed object
+    wants, and no box when every candidate is."""
     t0 = time.perf_counter()
     paths, instructions = [j[0]["path"] for j in chunk], [j[1] for j in chunk]
     out = p.locate(paths, instructions)
@@ -119,7 +124,13 @@ def located_answers(p, task: str, chunk: list[tuple], flip_tta: bool = False) ->
     for i, (im, instruction, meta) in enumerate(chunk):
         t1 = time.perf_counter()
         geo = p.geometry(im["path"])
-        boxes, scores = decode_boxes(heat[i], sizes[i], offsets[i], geo, k=k, threshold=0.0 if single else p.threshold)
+        taken = (skip[i] if skip is not None else None) if single else None
+        more = len(taken) if taken else 0  # as many more peaks as there are labeled objects to step over
+        boxes, scores = decode_boxes(heat[i], sizes[i], offsets[i], geo, k=k + more,
+                                     threshold=0.0 if single else p.threshold)
+        if taken:
+            free = off_boxes(boxes, taken)
+            boxes, scores = boxes[free][:k], scores[free][:k]
         if single and len(boxes) > 1:
             best = p.pick_named(out, i, boxes, scores, geo, meta["expression"])
             boxes, scores = boxes[best:best + 1], scores[best:best + 1]
@@ -146,6 +157,22 @@ def located_answers(p, task: str, chunk: list[tuple], flip_tta: bool = False) ->
         a.timings.update(model_ms=model_ms, decode_ms=round((time.perf_counter() - t1) * 1000, 2))
         answers.append(a)
     return answers
+
+
+def off_boxes(boxes: np.ndarray, taken, iou: float = SKIP_IOU) -> np.ndarray:
+    """Indices of `boxes` (xywh) that overlap none of `taken` (xywh) at IoU >= `iou`."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    t = np.asarray(taken, dtype=np.float64).reshape(-1, 4)
+    if not len(b) or not len(t):
+        return np.arange(len(b))
+    x0 = np.maximum(b[:, None, 0], t[None, :, 0])
+    y0 = np.maximum(b[:, None, 1], t[None, :, 1])
+    x1 = np.minimum(b[:, None, 0] + b[:, None, 2], t[None, :, 0] + t[None, :, 2])
+    y1 = np.minimum(b[:, None, 1] + b[:, None, 3], t[None, :, 1] + t[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    union = b[:, None, 2] * b[:, None, 3] + t[None, :, 2] * t[None, :, 3] - inter
+    overlap = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    return np.flatnonzero((overlap < iou).all(axis=1))
 
 
 def text_answers(p, chunk: list[tuple]) -> list[Answer]:

@@ -125,9 +125,12 @@ class Asker:
         return im, short_answer_question(text), {"question": text}
 
     def ask(self, image, instruction, task: str = "auto", *, categories: list[dict] | None = None,
-            flip_tta: bool = False) -> Answer:
+            flip_tta: bool = False, skip_boxes=None) -> Answer:
         """Answer `instruction` about `image` (a file). `categories` ([{id, name}]): the classes the answer's
-        labels are named from (default: the checkpoint's)."""
+        labels are named from (default: the checkpoint's). `skip_boxes` (pixel boxes [x, y, w, h]): objects
+        already labeled on the image; asked for one object, the answer is the best candidate that is none of
+        them (a labeler asks for what is missing, and the model's favourite is often an object already
+        there). The other tasks ignore it."""
         text = clean_instruction(instruction)
         task = resolve_task(text, task)
         if flip_tta and task not in FLIP_TTA_TASKS:
@@ -142,7 +145,8 @@ class Asker:
                 if task_named(task).decoder == "text":
                     a = text_answers(self.predictor, [job])[0]
                 else:
-                    a = located_answers(self.predictor, task, [job], flip_tta=flip_tta)[0]
+                    skip = [list(skip_boxes)] if skip_boxes is not None and len(skip_boxes) else None
+                    a = located_answers(self.predictor, task, [job], flip_tta=flip_tta, skip=skip)[0]
                     a.heatmap()  # part of the answer the App shows: in the measured time
             except InputError as exc:  # the image checks are predict's: say which command failed
                 raise InputError(re.sub(r"^predict: ", "ask: ", str(exc))) from None

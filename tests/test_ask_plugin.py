@@ -137,6 +137,39 @@ def test_asking_again_refines_keeps_what_was_tagged_and_works_with_one_click(plu
     assert [d.instruction for d in _fresh(dataset, second).prompted.detections] == ["the star"]
 
 
+def test_asked_for_one_object_the_app_answers_with_one_that_has_no_label_yet(plugin, dataset):
+    """Ask Lumen steps over the objects the sample already has labels for (shown predictions not rejected,
+    corrections, accepted answers), as `labeled_boxes` lists them; the form's switch turns it off."""
+    import fiftyone as fo
+
+    from lumen_model.ask import load_asker
+    from pipelines.review.labels import absolute_box
+    from pipelines.review.prompted import labeled_boxes
+
+    sample = dataset.first()
+    w, h = sample.metadata.width, sample.metadata.height
+    preds = sample.predictions.detections
+    assert len(preds) >= 2
+    preds[0].tags = ["reject"]
+    sample["corrections"] = fo.Detections(detections=[fo.Detection(label="star", bounding_box=[0.05, 0.05, 0.2, 0.2])])
+    sample.save()
+    shown = [absolute_box(d.bounding_box, w, h) for d in preds[1:]]
+    drawn = absolute_box([0.05, 0.05, 0.2, 0.2], w, h)
+    assert labeled_boxes(sample) == shown + [drawn]  # the rejected prediction is not a label
+    asker = load_asker(plugin["checkpoint"])
+    out, _ = _run(ASK, dataset, sample.id, {"instruction": "the star", "what": "grounding"})
+    want = asker.ask(sample.filepath, "the star", "grounding", skip_boxes=shown + [drawn])
+    assert out["answers"][0]["boxes"] == want.to_json()["boxes"]
+    plain = asker.ask(sample.filepath, "the star", "grounding")
+    off, _ = _run(ASK, dataset, sample.id, {"instruction": "the star", "what": "grounding", "skip_labeled": False})
+    assert off["answers"][0]["boxes"] == plain.to_json()["boxes"]
+    # an accepted answer is a label too; an untouched one is not
+    sample = _fresh(dataset, sample.id)
+    assert labeled_boxes(sample) == shown + [drawn]
+    sample.prompted.detections[0].tags = ["accept"]
+    assert labeled_boxes(sample) == shown + [drawn, absolute_box(sample.prompted.detections[0].bounding_box, w, h)]
+
+
 def test_an_answer_is_a_notification_and_a_label(plugin, dataset):
     sample = dataset.first()
     out, requests = _run(ASK, dataset, sample.id, {"instruction": "how many squares are there?"})

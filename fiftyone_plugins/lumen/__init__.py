@@ -4,8 +4,10 @@ Operators (the App's operator browser, key `, or the buttons over an opened samp
 - Ask Lumen (`ask_lumen`): type an instruction ("every square", "the star left of the person",
   "what colour is the triangle?") and pick what to get; the model runs on the opened sample (or the
   selected ones) and its boxes / masks / keypoints land in `prompted*` fields, the heatmap in
-  `prompted_heatmap`, an answer in `prompted_answer` and a notification. The form keeps the last
-  instruction, model and choice as its defaults (per dataset).
+  `prompted_heatmap`, an answer in `prompted_answer` and a notification. Asked for one object, it
+  answers with one that has no label yet (a shown prediction not rejected, a correction or an accepted
+  answer is stepped over; the form's "Find one that has no label yet" turns this off). The form keeps
+  the last instruction, model and choices as its defaults (per dataset).
 - Ask Lumen again (`ask_lumen_again`): the last instruction on the opened sample, no form: one click
   per image.
 - Accept prompted labels (`accept_prompted`): the selected prompted labels (else every untagged one
@@ -128,7 +130,7 @@ def run_ask(ctx, params: dict) -> dict:
     """Ask about every target sample, then write each (answers first: a model or image error writes nothing)."""
     from lumen_model.ask import load_asker
     from pipelines.review import fields as F
-    from pipelines.review.prompted import declare_prompted_fields, write_answer
+    from pipelines.review.prompted import declare_prompted_fields, labeled_boxes, write_answer
 
     ids = target_ids(ctx)
     checkpoint, version = resolve_model(params)
@@ -139,16 +141,20 @@ def run_ask(ctx, params: dict) -> dict:
         torch.set_num_threads(int(os.environ["LUMEN_ASK_THREADS"]))
     asker = load_asker(checkpoint)
     dataset = ctx.dataset
-    categories = F.review_info(dataset).get("categories") or None
+    info = F.review_info(dataset)
+    categories = info.get("categories") or None
     had = set(dataset.get_field_schema())
     view = dataset.select(ids, ordered=True)
     samples = list(view)
+    skip = params.get("skip_labeled", True) is not False  # asked for one object: one that has no label yet
     answers = [asker.ask(s.filepath, params.get("instruction"), params.get("what") or "auto",
-                         categories=categories) for s in samples]
+                         categories=categories, skip_boxes=labeled_boxes(s, info.get("field", "predictions"))
+                         if skip else None) for s in samples]
     label = (params.get("label") or "").strip() or None
     written = [write_answer(s, a, version, label) for s, a in zip(samples, answers)]
     shown = declare_prompted_fields(dataset)
-    ctx.store(STORE).set("last", {k: params.get(k) for k in ("instruction", "what", "model", "checkpoint", "label")})
+    ctx.store(STORE).set("last", {k: params.get(k) for k in ("instruction", "what", "model", "checkpoint", "label",
+                                                               "skip_labeled")})
     seconds = time.perf_counter() - t
     ctx.ops.notify(_summary(answers, version, seconds), variant="success")
     if set(shown) - had:  # new fields: the App learns the schema again (a sample reload would not show them)
@@ -213,6 +219,10 @@ class AskLumen(foo.Operator):
                    description="overrides the model version (optional)")
         inputs.str("label", label="Class of the new labels", default=last.get("label"),
                    description="optional; default: the class the instruction names")
+        inputs.bool("skip_labeled", label="Find one that has no label yet", default=last.get("skip_labeled", True),
+                    description="asked for one object, Lumen steps over the objects already labeled (shown "
+                                "predictions not rejected, corrections, accepted answers): reject a wrong label "
+                                "first to ask for its object")
         return types.Property(inputs, view=types.View(label="Ask Lumen"))
 
     def execute(self, ctx):

@@ -25,7 +25,7 @@ from pipelines.geometry import SquarePad
 from pipelines.review import fields as F
 from pipelines.review.fo_env import fiftyone
 from pipelines.review.heat import STORED_MAX_SIDE, visible_heat
-from pipelines.review.labels import keypoints_to_points, mask_crops, relative_box, stable_key
+from pipelines.review.labels import absolute_box, keypoints_to_points, mask_crops, relative_box, stable_key
 
 PROMPTED = "prompted"
 PROMPTED_KEYPOINTS = "prompted_keypoints"
@@ -164,6 +164,26 @@ def accept_prompted(dataset, label_ids: list[str], known_classes: set[str] | Non
     view.untag_labels(F.REJECT, label_fields=fields)
     view.tag_labels(F.ACCEPT, label_fields=fields)
     return {"accepted": len(found)}
+
+
+def labeled_boxes(sample, field: str = "predictions") -> list[list[float]]:
+    """Pixel boxes [x, y, w, h] of the objects a sample already has a label for, as the labeler sees it:
+    the shown predictions of `field` not tagged `reject`, every drawn correction, and the accepted
+    prompted labels. Ask Lumen steps over them when asked for one object (`lumen_model.ask`'s
+    `skip_boxes`): a labeler asks for a missed object, and the model's favourite is often one already
+    there. Reads the sample as it is in memory (tags set but not saved yet count)."""
+    if sample.metadata is None or not sample.metadata.width or not sample.metadata.height:
+        return []  # a sample without its size (not pushed by Lumen): nothing to place the boxes in
+    w, h = sample.metadata.width, sample.metadata.height
+    out = []
+    for name, keep in ((field, lambda d: F.REJECT not in d.tags),
+                       *((c, lambda d: True) for c in sample.field_names if c.startswith(F.CORRECTIONS)),
+                       (PROMPTED, lambda d: F.ACCEPT in d.tags)):
+        container = sample[name] if sample.has_field(name) else None
+        for d in getattr(container, "detections", None) or []:
+            if keep(d) and d.bounding_box is not None:
+                out.append(absolute_box(d.bounding_box, w, h))
+    return out
 
 
 def prompted_label_ids(sample, untagged_only: bool = True) -> list[str]:
