@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default="auto", choices=("auto", *NAMES),
                    help="auto (default): a question is answered, 'every X' finds every X, anything else one object")
     add_arguments(p, PredictSettings, ("score_threshold", "flip_tta"))
+    p.add_argument("--skip-box", action="append", type=_pixel_box, metavar="X,Y,W,H", dest="skip_boxes",
+                   help="an object already labeled on the image (pixels): asked for one object, the answer is the best "
+                        "candidate that is none of these (repeat for each; the App passes the sample's labels)")
     p.add_argument("--heatmap", metavar="PNG", help="also save the heatmap at image size as a grayscale PNG")
     p.add_argument("--no-masks", action="store_true", help="leave the (long) RLE masks out of the JSON")
     p.set_defaults(func=_ask)
@@ -57,6 +60,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pred", required=True, help="predictions json")
     p.add_argument("--out", help="also write the metrics here")
     p.set_defaults(func=_evaluate)
+
+
+def _pixel_box(text: str) -> list[float]:
+    try:
+        box = [float(v) for v in text.split(",")]
+    except ValueError:
+        box = []
+    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+        raise argparse.ArgumentTypeError(f"expected X,Y,W,H in pixels with W, H > 0, got {text!r}")
+    return box
 
 
 def _train(args) -> int:
@@ -106,7 +119,7 @@ def _ask(args) -> int:
 
     settings = PredictSettings(score_threshold=args.score_threshold, flip_tta=args.flip_tta)
     answer = load_asker(args.checkpoint, score_threshold=settings.score_threshold).ask(
-        args.image, args.instruction, args.task, flip_tta=settings.flip_tta)
+        args.image, args.instruction, args.task, flip_tta=settings.flip_tta, skip_boxes=args.skip_boxes)
     out = answer.to_json(masks=not args.no_masks)
     if args.heatmap and answer.grid is not None:
         Path(args.heatmap).parent.mkdir(parents=True, exist_ok=True)

@@ -143,6 +143,14 @@ def test_lumen_ask_prints_json_and_saves_the_heatmap(tiny_stage2, sample_data_di
     assert len(out["boxes"]) == len(out["scores"]) == len(out["masks"])
     assert out["heatmap"]["file"] == str(tmp_path / "h.png")
     assert cv2.imread(str(tmp_path / "h.png"), cv2.IMREAD_UNCHANGED).shape == (im["height"], im["width"])
+    # --skip-box: an object already labeled; asked for one object, the answer is another one (or none)
+    path = sample_data_dir / "coco/images" / im["file_name"]
+    first = [float(v) for v in load_asker(tiny_stage2[0]).ask(str(path), "the star", "grounding").boxes[0]]
+    proc = _lumen("--checkpoint", tiny_stage2[0], "--image", path, "--instruction", "the star", "--task", "grounding",
+                  "--skip-box", ",".join(map(str, first)), "--skip-box", "0,0,1,1")
+    assert proc.returncode == 0, proc.stderr
+    want = load_asker(tiny_stage2[0]).ask(str(path), "the star", "grounding", skip_boxes=[first, [0, 0, 1, 1]])
+    assert json.loads(proc.stdout)["boxes"] == want.to_json()["boxes"]
 
 
 @pytest.mark.slow  # five CLI processes, each importing torch: ~45 s on the loaded machine
@@ -161,6 +169,9 @@ def test_lumen_ask_says_what_is_wrong_in_one_line(tiny_stage2, sample_data_dir, 
         errors = [line for line in proc.stderr.splitlines() if "error" in line]
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(errors) == 1 and words in errors[0] and errors[0].startswith("lumen ask: error: ask: "), errors
+    proc = _lumen("--checkpoint", ck, "--image", image, "--instruction", "the star", "--skip-box", "1,2,3")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "argument --skip-box: expected X,Y,W,H" in proc.stderr.strip().splitlines()[-1], proc.stderr
 
 
 def test_off_boxes_keeps_the_candidates_on_no_labeled_object():
