@@ -287,6 +287,11 @@ def test_ask_lumen_from_the_operator_browser_in_chromium(plugin, dataset, monkey
             field.click()
             field.press_sequentially("the square", delay=20)
             page.get_by_text("One object (a mask)", exact=True).click()
+            switch = page.get_by_text("Find one that has no label yet", exact=True).first
+            switch.scroll_into_view_if_needed()
+            assert switch.is_visible()  # on by default: the answer steps over the labeled objects
+            page.wait_for_timeout(1000)  # the form validates the typed instruction (else "Required property")
+            page.screenshot(path=str(shot.with_name("ask_lumen_form.png")))
             page.get_by_role("button", name="Execute").click()
             page.get_by_text("1 mask for 'the square'").first.wait_for(timeout=120_000)  # the notification
             page.wait_for_timeout(4000)  # no reload: the opened sample draws the answer by itself
