@@ -26,7 +26,8 @@ stage 2 `--stage2-steps`), once per seed:
     F  + B's K images reviewed as in B, but each missed object first asked for in words, as a person
        does in the App's Ask Lumen: the labeler types the demo's referring expression for it (built
        from the truth as `lumen sample-data` builds RefCOCO's, never from a prediction), the starting
-       model answers through the App's in-memory call (lumen_model.ask.load_asker), and the answer is
+       model answers through the App's in-memory call (lumen_model.ask.load_asker; stepping over the
+       objects already labeled, the App's default), and the answer is
        accepted as a prompted label (pulled with provenance "prompted") when it is the object (same
        class, IoU >= 0.5), else the object is drawn (simulated_labeler.py, mode `prompted`)
     G  + K pool images reviewed in the queue's gain-per-second order (`review_gain_per_s`: expected
