@@ -5,6 +5,7 @@
         [--curve] [--arms ABCDEFG] [--seeds 2] [--start-steps 1000] [--stage1-steps 300] [--stage2-steps 150]
         [--accept-s 2] [--reject-s 2] [--box-s 7] [--mask-s 79.2] [--image-s 0] [--ask-s 5] [--ask-range 3,5,10]
         [--out DIR]
+    .venv/bin/python bench/bench_loop.py --report --out DIR   # every finished run of DIR in one table
 
 One starting model (stage 1 `--start-steps` + stage 2 `--stage2-steps` on the demo's labeled COCO
 train split) pseudo-labels the unlabeled pool (`lumen sample-data`'s image_info_unlabeled.json; each
@@ -608,6 +609,36 @@ def _check_g_costs(labels: dict, costs) -> None:
                          "(old, new): use the same cost flags or another --out")
 
 
+def finished_runs(runs: dict) -> list[tuple[str, str, int | None, int]]:
+    """Every retraining a --out holds, as `runs_to_do` names them, in the table's order (arm, budget, seed)."""
+    out = []
+    for key, seeds in runs.items():
+        arm, _, budget = key.partition("-k")
+        out += [(key, arm, int(budget) if budget else None, int(s)) for s in seeds]
+    return sorted(out, key=lambda t: ("ABCDFGE".index(t[1]), t[2] or 0, t[3]))
+
+
+def report(root: Path, costs, ask_range) -> int:
+    """One table, plot and goals over everything a --out holds (`--report`)."""
+    state = json.loads((root / "loop_state.json").read_text())
+    todo = finished_runs(state["runs"])
+    if not todo:
+        raise SystemExit(f"bench_loop: {root} holds no finished retraining yet")
+    arms = aggregate(state["runs"], state["labels"], todo, costs, ask_range)
+    budgets = sorted({b for _, _, b, _ in todo if b is not None})
+    seeds = sorted({s for *_, s in todo})
+    title = (f"{root.name}: every finished run, seeds {','.join(map(str, seeds))}; labeler s: accept {costs.accept_s}, "
+             f"reject {costs.reject_s}, box {costs.draw_box_s}, mask {costs.draw_mask_s}, image {costs.image_s}, "
+             f"ask {costs.prompt_s:g} (assumed)")
+    table = markdown_table(arms, costs)
+    (root / "report.json").write_text(json.dumps({"arms": arms, "goals": goals(arms, budgets),
+                                                  "settings": state["settings"]}, indent=2))
+    (root / "report.md").write_text(f"{title}\n\n{table}")
+    plot_curve(arms, root / "report.png", title)
+    print(f"{title}\n\n{table}\nreport.md, report.png, report.json in {root}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # 120 train + 200 val: the arms differ by a few AP points, and on 80 val images (the earlier default) the
@@ -664,6 +695,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads of this process (prediction; training "
                                                            "with --procs 1) (default: 2)")
     ap.add_argument("--out", default=None, help="keep everything here (default: a temp folder)")
+    ap.add_argument("--report", action="store_true",
+                    help="train nothing: every arm, budget and seed finished in --out (run in parts with other "
+                         "--arms / --budgets) in one table, plot and goals: report.md, report.png, report.json")
     args = ap.parse_args()
     if args.curve:
         args.budgets = list(CURVE_BUDGETS)
@@ -677,6 +711,10 @@ def main() -> int:
     except InputError as e:
         ap.error(str(e))
 
+    if args.report:
+        if not args.out or not (Path(args.out) / "loop_state.json").is_file():
+            ap.error("--report needs the --out of a run (its loop_state.json)")
+        return report(Path(args.out), costs, args.ask_range)
     root = Path(args.out or tempfile.mkdtemp(prefix="lumen-loop-"))
     root.mkdir(parents=True, exist_ok=True)
     _use_own_fiftyone_db(root)

@@ -157,6 +157,31 @@ def test_arm_f_is_timed_over_a_range_of_ask_costs_and_checked_against_b(tmp_path
         bl._check_g_costs(before_f, ActionCosts(draw_mask_s=30.0, prompt_s=10.0))
 
 
+def test_report_puts_every_finished_run_of_an_out_in_one_table(tmp_path):
+    """A run made in parts (other --arms / --budgets on the same --out): --report trains nothing and shows every
+    finished arm, budget and seed; without a run's --out it says so in one line."""
+    counts = {"B": _counts(accepts=10, rejects=5, boxes=4, masks=4, images=6),
+              "F": _counts(accepts=10, rejects=5, boxes=1, masks=1, images=6, prompts=3, prompts_accepted=3)}
+    labels = {g: {"budgets": {k: {"counts": c} for k in ("30", "240")}} for g, c in counts.items()}
+    runs = {k: {str(s): {"det_AP": 0.5 + 0.01 * s, "det_AP50": 0.8, "segm_AP": 0.4, "train_s": 1.0, "eval_s": 1.0}
+                for s in (1, 0)} for k in ("F-k240", "B-k30", "A", "F-k30")}
+    assert [k for k, *_ in bl.finished_runs(runs)] == ["A", "A", "B-k30", "B-k30", "F-k30", "F-k30", "F-k240",
+                                                       "F-k240"]
+    (tmp_path / "loop_state.json").write_text(json.dumps({"settings": {}, "labels": labels, "runs": runs}))
+    proc = subprocess.run([sys.executable, "bench/bench_loop.py", "--report", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [r for r in (tmp_path / "report.md").read_text().splitlines() if r.startswith("| ") and "AP" not in r]
+    assert [r.split(" | ")[0:2] for r in rows] == [["| A no new data", "-"], ["| B K reviewed, errors-first order", "30"],
+                                                   ["| F K reviewed, missed ones asked for", "30"],
+                                                   ["| F K reviewed, missed ones asked for", "240"]]
+    assert json.loads((tmp_path / "report.json").read_text())["arms"]["F-k240"]["prompts_accepted"] == 3
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+    bad = subprocess.run([sys.executable, "bench/bench_loop.py", "--report", "--out", str(tmp_path / "none")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith("(its loop_state.json)")
+
+
 def _arm(ap: float, spread: float, seconds: float, segm: float | None = None) -> dict:
     """An aggregated arm as `aggregate` makes it, with only what the curve goals read."""
     return {"det_AP": {"mean": ap, "spread": spread}, "segm_AP": {"mean": ap if segm is None else segm,
