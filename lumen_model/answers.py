@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from lumen_model.decoders import MASK_TASKS, POSE_TASKS
 from lumen_model.decoders.boxes import decode_boxes, fuse_views, unflip_boxes
@@ -124,7 +125,7 @@ def located_answers(p, task: str, chunk: list[tuple], flip_tta: bool = False,
     for i, (im, instruction, meta) in enumerate(chunk):
         t1 = time.perf_counter()
         geo = p.geometry(im["path"])
-        taken = (skip[i] if skip is not None else None) if single else None
+        taken = skip[i] if single and skip is not None else None
         more = len(taken) if taken else 0  # as many more peaks as there are labeled objects to step over
         boxes, scores = decode_boxes(heat[i], sizes[i], offsets[i], geo, k=k + more,
                                      threshold=0.0 if single else p.threshold)
@@ -165,13 +166,7 @@ def off_boxes(boxes: np.ndarray, taken, iou: float = SKIP_IOU) -> np.ndarray:
     t = np.asarray(taken, dtype=np.float64).reshape(-1, 4)
     if not len(b) or not len(t):
         return np.arange(len(b))
-    x0 = np.maximum(b[:, None, 0], t[None, :, 0])
-    y0 = np.maximum(b[:, None, 1], t[None, :, 1])
-    x1 = np.minimum(b[:, None, 0] + b[:, None, 2], t[None, :, 0] + t[None, :, 2])
-    y1 = np.minimum(b[:, None, 1] + b[:, None, 3], t[None, :, 1] + t[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    union = b[:, None, 2] * b[:, None, 3] + t[None, :, 2] * t[None, :, 3] - inter
-    overlap = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    overlap = mask_utils.iou(b, t, np.zeros(len(t), np.uint8))  # xywh box IoU, as COCO's (and fuse_views')
     return np.flatnonzero((overlap < iou).all(axis=1))
 
 
