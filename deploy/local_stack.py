@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from deploy.stack_reaper import STATE_FILE, write_state
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = REPO_ROOT / "deploy"
 PG_USER, PG_PASSWORD, PG_DB = "dagster", "lumen-local", "dagster"
@@ -108,6 +110,7 @@ class LocalStack:
     pg_dir: Path | None = None
     startup_seconds: dict[str, float] = field(default_factory=dict)
     gpu_workers: int = 1  # workers on the `gpu` queue (one per GPU): worker-gpu, worker-gpu-2, ...
+    reaper: subprocess.Popen | None = None  # stops the stack if this process dies without stop() (stack_reaper.py)
 
     # ---- layout -------------------------------------------------------------------------------
     @property
@@ -121,6 +124,11 @@ class LocalStack:
     @property
     def logs(self) -> Path:
         return self.workdir / "logs"
+
+    @property
+    def state_path(self) -> Path:
+        """What the reaper stops if this process dies: each service's process group, PostgreSQL's folder."""
+        return self.workdir / STATE_FILE
 
     @property
     def broker_url(self) -> str:
@@ -174,6 +182,7 @@ class LocalStack:
         for name in ("postgres", "redis", "mongod", "webserver"):
             self.ports[name] = free_port()
         try:
+            self.start_reaper()
             self._timed("postgres", self.start_postgres)
             self._timed("redis", self.start_redis)
             self._timed("mongod", self.start_mongod)
@@ -193,6 +202,25 @@ class LocalStack:
         fn()
         self.startup_seconds[name] = round(time.monotonic() - t0, 1)
 
+    def start_reaper(self):
+        """A watcher that stops every service recorded in `state_path` once this process is gone, however it went
+        (kill -9 included): the services run in sessions of their own and PostgreSQL is a daemon, so nothing
+        else ends them (deploy/stack_reaper.py)."""
+        self._record()
+        log = open(self.logs / "reaper.log", "ab")
+        self.reaper = subprocess.Popen([self.python, "-m", "deploy.stack_reaper", "--parent", str(os.getpid()),
+                                        "--state", str(self.state_path)], stdout=log, stderr=subprocess.STDOUT,
+                                       cwd=REPO_ROOT, start_new_session=True)
+        log.close()
+
+    def _record(self):
+        postgres = None
+        if self.pg_dir:
+            postgres = {"dir": str(self.pg_dir), "data": str(self.pg_dir / "data"),
+                        "pg_ctl": str(pg_bin_dir() / "pg_ctl"), "as_user": self._as_pg([])}
+        write_state(self.state_path, {"starter": os.getpid(), "postgres": postgres,
+                                      "services": {name: svc.proc.pid for name, svc in self.services.items()}})
+
     def _spawn(self, name: str, cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> Service:
         log = self.logs / f"{name}.log"
         fh = open(log, "ab")
@@ -203,6 +231,7 @@ class LocalStack:
         fh.close()
         svc = Service(name, proc, log)
         self.services[name] = svc
+        self._record()  # its group id is its pid (a session of its own)
         return svc
 
     def _as_pg(self, cmd: list[str]) -> list[str]:
@@ -213,6 +242,7 @@ class LocalStack:
         # under /tmp (not pytest's 0700 root-owned folders) so the postgres user can reach it
         self.pg_dir = Path(tempfile.mkdtemp(prefix="lumen-pg-"))
         (self.workdir / "pg_dir").write_text(str(self.pg_dir))
+        self._record()  # from here on the reaper removes the folder (and stops the server once it runs)
         pwfile = self.pg_dir / "pw"
         pwfile.write_text(PG_PASSWORD + "\n")
         data = self.pg_dir / "data"
@@ -385,6 +415,7 @@ class LocalStack:
         svc = self.services.pop(name, None)
         if svc is None or svc.proc.poll() is not None:
             return
+        self._record()
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
             try:
                 os.killpg(svc.proc.pid, sig)
@@ -413,6 +444,11 @@ class LocalStack:
                 shutil.copyfile(self.pg_dir / "postgres.log", self.logs / "postgres.log")
             shutil.rmtree(self.pg_dir, ignore_errors=True)
             self.pg_dir = None
+        if self.reaper is not None:  # everything is stopped: the watcher has nothing left to do
+            self.reaper.terminate()
+            self.reaper.wait(10)
+            self.reaper = None
+        self.state_path.unlink(missing_ok=True)
 
     def postgres_pid(self) -> int | None:
         pidfile = self.pg_dir / "data" / "postmaster.pid" if self.pg_dir else None
