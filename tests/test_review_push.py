@@ -139,6 +139,35 @@ def test_a_new_model_version_keeps_the_old_labels_in_their_own_field(review_sour
     assert ds.count_label_tags("predictions") == {"reject": 1}
 
 
+def test_a_new_version_for_other_images_leaves_the_partitions_labels_in_view(review_sources, fo_dataset_name,
+                                                                              tmp_path):
+    """A dataset filled partition by partition (the pool, `mixed_versions`), then a push of a new version for
+    other images (the main job's review_dataset): archiving the field took every partition's labels out of the
+    labeler's view. Only the images of the push change now."""
+    import fiftyone as fo
+
+    part = write_prediction_input(review_sources, tmp_path / "part" / "seg.json", split="train", seed=1)
+    push_predictions(fo_dataset_name, review_sources / "images", tmp_path / "part" / "seg.json", "v0001",
+                     gt_file=part["gt_file"], progress=False, mixed_versions=True)
+    ds = fo.load_dataset(fo_dataset_name)
+    train_paths = set(ds.values("filepath"))
+    n_part = ds.count("predictions.detections")
+    assert n_part > 0
+
+    main = write_prediction_input(review_sources, tmp_path / "main" / "seg.json", split="val", seed=2)
+    out = push_predictions(fo_dataset_name, review_sources / "images", tmp_path / "main" / "seg.json", "v0002",
+                           gt_file=main["gt_file"], progress=False)
+    ds.reload()
+    assert out["archived_fields"] == [] and out["other_images_with_labels"] == len(train_paths)
+    assert "predictions_v0001" not in ds.get_field_schema()
+    part_view = ds.select_by("filepath", sorted(train_paths))
+    assert part_view.count("predictions.detections") == n_part  # still shown, as they were
+    assert set(part_view.distinct("predictions.detections.model_version")) == {"v0001"}
+    main_view = ds.exclude_by("filepath", sorted(train_paths))
+    assert set(main_view.distinct("predictions.detections.model_version")) == {"v0002"}
+    assert main_view.count("predictions.detections") == main["results"]
+
+
 def test_bad_prediction_records_are_skipped_with_reasons_and_counted(review_sources, seg_input, fo_dataset_name,
                                                                       tmp_path):
     pred = tmp_path / "pred" / "seg.json"

@@ -61,7 +61,10 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
     `mixed_versions` (a pool pushed partition by partition, `pool_review`): the field holds each
     image's newest labels whatever their version, so a new version's partition does not move the
     other partitions' labels into an archive field; only the images of this push change (their
-    untouched labels replaced, touched ones kept, as in any re-push).
+    untouched labels replaced, touched ones kept, as in any re-push). A push of a new version that does
+    not speak for every image holding labels in the fields it writes goes the same way (with a log line):
+    archiving the field would take the labels of the images it does not speak for out of the labeler's
+    view (the main job's push into a dataset that pool partitions filled did so).
     """
     fo = fiftyone()
     images_dir = Path(images_dir)
@@ -76,7 +79,11 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
     dataset = load_dataset(dataset_name) if fo.dataset_exists(dataset_name) else fo.Dataset(dataset_name,
                                                                                              persistent=True)
     plan = _plan_push(dataset, det_field, images, gt, results, heat_index, th, categories_file)
-    archived = [] if mixed_versions else _move_older_versions(dataset, plan, model_version)
+    elsewhere = 0 if mixed_versions else _labeled_elsewhere(dataset, plan)
+    if elsewhere:
+        log.info("%d image(s) this push does not speak for hold labels in its fields: only its own images change, "
+                 "nothing is archived", elsewhere)
+    archived = [] if mixed_versions or elsewhere else _move_older_versions(dataset, plan, model_version)
     _record_push_in_info(dataset, plan, model_version, images_dir)
     undeclared = _fields_never_declared(dataset, plan)
     written = _WrittenLabels()
@@ -85,7 +92,7 @@ def push_predictions(dataset_name, images_dir, pred_file, model_version, *, gt_f
                                                      enabled=progress))
     _declare_label_attributes(dataset, written, undeclared)
     apply_app_config(dataset)  # predictions shown, GT hidden, heatmap visible, one colour per class
-    out = _summary(dataset, plan, counts, model_version, archived)
+    out = _summary(dataset, plan, counts, model_version, archived, elsewhere)
     log.info("pushed %s to %s (%s): %d samples added, %d updated, %d predictions, %d skipped %s",
              model_version, dataset_name, out["database"], out["samples_added"], out["samples_updated"],
              out["predictions_pushed"] + out["keypoint_predictions_pushed"], out["results_skipped"],
@@ -206,6 +213,23 @@ def _plan_push(dataset, det_field: str, images: dict, gt, results: list, heat_in
     below = _split_below_threshold(dets, th) if th is not None and write_det else None
     return _PushPlan(images, gt, len(results), heat_index, th, categories, cat_by_id, skipped, dets, kps, below,
                      det_field, write_det, bool(kps))
+
+
+def _labeled_elsewhere(dataset, plan: _PushPlan) -> int:
+    """Samples outside this push's images that hold labels in a field it writes."""
+    from fiftyone import ViewField as FF
+
+    schema = dataset.get_field_schema()
+    fields = [f"{f}.{kind}" for f, kind, on in ((plan.det_field, "detections", plan.write_det),
+                                                 (plan.below_field, "detections", plan.write_det),
+                                                 (plan.kp_field, "keypoints", plan.write_kp)) if on and f in schema]
+    if not fields:
+        return 0
+    others = dataset.exclude_by("filepath", [row.path for row in plan.images.values()])
+    has = FF(fields[0]).length() > 0
+    for f in fields[1:]:
+        has = has | (FF(f).length() > 0)
+    return others.match(has).count()
 
 
 def _move_older_versions(dataset, plan: _PushPlan, version: str) -> list[str]:
@@ -367,7 +391,7 @@ def _merge_touched_labels(dataset, to_merge: dict, counts: Counter) -> None:
         dataset.set_values(k, values, key_field="id", progress=False)
 
 
-def _summary(dataset, plan: _PushPlan, counts: Counter, version: str, archived: list[str]) -> dict:
+def _summary(dataset, plan: _PushPlan, counts: Counter, version: str, archived: list[str], elsewhere: int = 0) -> dict:
     n_det = sum(len(v) for v in plan.dets.values()) if plan.write_det else 0
     n_below = sum(len(v) for v in plan.below.values()) if plan.below is not None else 0
     n_kp = sum(len(v) for v in plan.kps.values())
@@ -395,6 +419,7 @@ def _summary(dataset, plan: _PushPlan, counts: Counter, version: str, archived: 
         "fields": [f for f, on in ((plan.det_field, plan.write_det), (plan.below_field, plan.below is not None),
                                    (plan.kp_field, plan.write_kp)) if on],
         "archived_fields": archived,
+        "other_images_with_labels": elsewhere,  # > 0: pushed per image, nothing archived
     }
     assert n_det + n_below + n_kp + out["results_skipped"] == plan.results_read
     return out
