@@ -498,6 +498,35 @@ def goals(arms: dict, budgets: list[int]) -> dict:
     return out
 
 
+def retraining_noise(arms: dict) -> dict:
+    """How much the retraining seeds alone move an arm's AP: per metric, the pooled standard deviation over
+    every arm and budget with two or more seeds (within one, the data is the same and only the retraining's seed
+    differs; C is left out: its seeds also draw its images), and the mean of their seed ranges (what the goals
+    call the spread). Orders or arms that differ by less than about the spread cannot be told apart by this run."""
+    out = {}
+    for metric in ("det_AP", "segm_AP"):
+        groups = [r[metric]["per_seed"] for r in arms.values() if len(r[metric]["per_seed"]) >= 2 and r["arm"] != "C"]
+        if not groups:
+            continue
+        variances = [statistics.variance(g) for g in groups]  # n - 1 each
+        dof = [len(g) - 1 for g in groups]
+        pooled = (sum(v * d for v, d in zip(variances, dof)) / sum(dof)) ** 0.5
+        out[metric] = {"pooled_sd": round(pooled, 4), "mean_spread": round(statistics.fmean(max(g) - min(g)
+                                                                                             for g in groups), 4),
+                       "arms": len(groups)}
+    return out
+
+
+def noise_line(noise: dict) -> str:
+    if not noise:
+        return "Retraining noise: one seed per arm, not measured."
+    parts = [f"{'box' if m == 'det_AP' else 'mask'} AP sd {v['pooled_sd']:.3f}, mean seed range {v['mean_spread']:.3f}"
+             for m, v in noise.items()]
+    n = next(iter(noise.values()))["arms"]
+    return (f"Retraining noise (the seeds alone, pooled over {n} arm/budget runs): {'; '.join(parts)}. Differences "
+            "under about the seed range are not resolved by this run.")
+
+
 def markdown_table(arms: dict, costs: ActionCosts) -> str:
     """The arms as a Markdown table (written to loop.md; the README's table is this one)."""
     rows = ["| arm | budget K | box AP [seed range] | mask AP [seed range] | labeler s | verified | drawn (masks) "
@@ -630,8 +659,9 @@ def report(root: Path, costs, ask_range) -> int:
     title = (f"{root.name}: every finished run, seeds {','.join(map(str, seeds))}; labeler s: accept {costs.accept_s}, "
              f"reject {costs.reject_s}, box {costs.draw_box_s}, mask {costs.draw_mask_s}, image {costs.image_s}, "
              f"ask {costs.prompt_s:g} (assumed)")
-    table = markdown_table(arms, costs)
-    (root / "report.json").write_text(json.dumps({"arms": arms, "goals": goals(arms, budgets),
+    noise = retraining_noise(arms)
+    table = markdown_table(arms, costs) + f"\n{noise_line(noise)}\n"
+    (root / "report.json").write_text(json.dumps({"arms": arms, "goals": goals(arms, budgets), "noise": noise,
                                                   "settings": state["settings"]}, indent=2))
     (root / "report.md").write_text(f"{title}\n\n{table}")
     plot_curve(arms, root / "report.png", title)
@@ -790,7 +820,8 @@ def main() -> int:
 
     total = time.perf_counter() - t_all + state.earlier_s
     summary = {
-        "arms": arms, "goals": goals(arms, args.budgets), "labeler_costs_s": costs.as_dict(),
+        "arms": arms, "goals": goals(arms, args.budgets), "noise": retraining_noise(arms),
+        "labeler_costs_s": costs.as_dict(),
         "runs": {k: [v[str(s)] for s in range(args.seeds)] for k, v in wanted.items()}, "phases_s": times,
         "total_s": round(total, 1), "resumed": state.data["resumed"],
         "total_cpu_s": round(state.earlier_cpu_s + _cpu_seconds(), 1),
@@ -802,7 +833,7 @@ def main() -> int:
              f"retrain steps; labeler s: accept {costs.accept_s}, reject {costs.reject_s}, box {costs.draw_box_s}, "
              f"mask {costs.draw_mask_s}, image {costs.image_s}, ask {costs.prompt_s:g} (assumed)")
     plot_curve(arms, root / "loop.png", title)
-    (root / "loop.md").write_text(f"{title}\n\n" + markdown_table(arms, costs))
+    (root / "loop.md").write_text(f"{title}\n\n" + markdown_table(arms, costs) + f"\n{noise_line(summary['noise'])}\n")
 
     print(f"\n{title}")
     print(f"{'arm':7}{'what':34}{'det AP [range]':>22}{'AP50':>7}{'segm AP':>8}{'actions':>8}{'boxes':>6}{'masks':>6}"
@@ -817,6 +848,7 @@ def main() -> int:
         if r.get("labeler_h_by_ask_s"):
             at = ", ".join(f"{s} s/ask: {h * 3600:.0f} s" for s, h in r["labeler_h_by_ask_s"].items())
             print(f"{key}: {r['prompts']:g} asked, {r['prompts_accepted']:g} answers accepted; labeler s at {at}")
+    print(f"\n{noise_line(summary['noise'])}")
     print("\ngoals:")
     for budget, gs in summary["goals"].items():
         for goal, v in gs.items():

@@ -175,11 +175,30 @@ def test_report_puts_every_finished_run_of_an_out_in_one_table(tmp_path):
     assert [r.split(" | ")[0:2] for r in rows] == [["| A no new data", "-"], ["| B K reviewed, errors-first order", "30"],
                                                    ["| F K reviewed, missed ones asked for", "30"],
                                                    ["| F K reviewed, missed ones asked for", "240"]]
-    assert json.loads((tmp_path / "report.json").read_text())["arms"]["F-k240"]["prompts_accepted"] == 3
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["arms"]["F-k240"]["prompts_accepted"] == 3
+    # every arm's two seeds are 0.50 and 0.51 box AP, its mask AP the same for both
+    assert report["noise"]["det_AP"] == {"pooled_sd": 0.0071, "mean_spread": 0.01, "arms": 4}
+    assert report["noise"]["segm_AP"]["pooled_sd"] == 0.0
+    assert "box AP sd 0.007, mean seed range 0.010" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "report.png").stat().st_size > 10_000
     bad = subprocess.run([sys.executable, "bench/bench_loop.py", "--report", "--out", str(tmp_path / "none")],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith("(its loop_state.json)")
+
+
+def test_retraining_noise_pools_the_seeds_of_each_arm_but_not_random_orders():
+    def arm(name, box, mask):
+        return {"arm": name, "det_AP": bl._stats(box), "segm_AP": bl._stats(mask)}
+
+    arms = {"A": arm("A", [0.60, 0.62], [0.5, 0.5]), "B-k30": arm("B", [0.60, 0.61, 0.65], [0.5, 0.52, 0.54]),
+            "C-k30": arm("C", [0.5, 0.7], [0.4, 0.6]), "G-k30": arm("G", [0.63], [0.55])}
+    noise = bl.retraining_noise(arms)
+    # A: variance 0.0002 (1 dof); B: variance 0.0007 (2 dof): pooled (0.0002 + 0.0014) / 3; C and one-seed G left out
+    assert noise["det_AP"] == {"pooled_sd": round((0.0016 / 3) ** 0.5, 4), "mean_spread": 0.035, "arms": 2}
+    assert noise["segm_AP"]["mean_spread"] == 0.02
+    assert bl.retraining_noise({"G-k30": arm("G", [0.63], [0.55])}) == {}
+    assert "not measured" in bl.noise_line({})
 
 
 def _arm(ap: float, spread: float, seconds: float, segm: float | None = None) -> dict:
