@@ -475,13 +475,14 @@ def curve_goals(arms: dict, budgets: list[int]) -> dict:
     out["best order beats random at equal labeler time by more than the seed spread, at 2 of 3 budgets"] = {
         "per_budget": wins, "budgets_compared": compared,
         "met": sum(bool(w and w["beats"]) for w in wins.values()) >= need}
-    top = max(budgets)
-    d = arms.get(run_key("D", top))
-    if d:
+    d_budgets = [k for k in budgets if run_key("D", k) in arms]  # D's largest budget, not the run's: a run made
+    if d_budgets:  # in parts may review the whole pool (F at 240) with D at 120 only
+        top = max(d_budgets)
+        d = arms[run_key("D", top)]
         for metric, what in (("det_AP", "box"), ("segm_AP", "mask")):
             target, limit = d[metric]["mean"], d["labeler_s"]["total"] / 3
             reach = {arm: time_to_reach(curve_points(arms, arm, budgets, metric), target) for arm in ("B", "F", "G")
-                     if run_key(arm, top) in arms}
+                     if any(run_key(arm, k) in arms for k in budgets)}
             fastest = min((t for t in reach.values() if t is not None), default=None)
             out[f"review reaches D's {what} AP at K={top} with <= 1/3 of D's labeler time"] = {
                 "D_AP": round(target, 4), "D_labeler_s": round(d["labeler_s"]["total"]), "limit_s": round(limit),

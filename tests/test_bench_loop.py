@@ -231,6 +231,12 @@ def test_curve_goals_compare_orders_at_equal_labeler_time_and_against_a_third_of
     mask = g["review reaches D's mask AP at K=120 with <= 1/3 of D's labeler time"]
     assert mask["labeler_s_to_reach"] == {"B": None, "G": None} and not mask["met"]  # nobody reaches 0.70
 
+    # a run made in parts: F over the whole pool (K = 240) and D at 120 only; D's largest budget is the target
+    parts = {"A": arms["A"], "D-k120": arms["D-k120"], "F-k120": _arm(0.64, 0.01, 6000),
+             "F-k240": _arm(0.66, 0.01, 9000, segm=0.6)}
+    box = bl.curve_goals(parts, [120, 240])["review reaches D's box AP at K=120 with <= 1/3 of D's labeler time"]
+    assert box["labeler_s_to_reach"] == {"F": 8250} and box["met"]  # 0.655: 3/4 of the way from 6000 s to 9000 s
+
     close = dict(arms, **{"G-k30": _arm(0.62, 0.01, 3000), "G-k60": _arm(0.632, 0.01, 6000)})
     assert not bl.curve_goals(close, [30, 60, 120])[
         "best order beats random at equal labeler time by more than the seed spread, at 2 of 3 budgets"]["met"]
