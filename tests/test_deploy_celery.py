@@ -8,7 +8,6 @@ process it started is left."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -19,6 +18,7 @@ import pytest
 from deploy.stack_runs import (add_dynamic_partition, launch, reexecute_from_failure, run_status, step_error,
                                step_events, wait_run)
 from tests.processes import alive, live_pids
+from tests.services import missing_services
 
 pytestmark = pytest.mark.slow
 
@@ -29,29 +29,9 @@ SMALL = {"models": {"config": {"stage1_steps": 4, "stage2_steps": 2, "batch_size
          "pseudo_labels": {"config": {"batch_size": 8}}}
 
 
-def _missing_parts() -> str | None:
-    from deploy.local_stack import ServiceMissing, mongod_binary, pg_bin_dir
-
-    for module in ("dagster_celery", "dagster_postgres", "psycopg2", "redis"):
-        if not importlib.util.find_spec(module):
-            return f"{module} is not installed: the `scale` extra (bash scripts/setup.sh with LUMEN_EXTRAS=dev,scale)"
-    try:
-        pg_bin_dir()
-        mongod_binary()
-    except ServiceMissing as e:
-        return str(e)
-    import shutil
-
-    if not shutil.which("redis-server"):
-        return "redis-server is not installed (scripts/install_services.sh needs root and apt)"
-    if os.geteuid() == 0 and not shutil.which("runuser"):
-        return "running as root without `runuser`: PostgreSQL cannot be started as another user"
-    return None
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    reason = _missing_parts()
+    reason = missing_services()
     if reason:
         pytest.skip(reason)
     from deploy.local_stack import LocalStack

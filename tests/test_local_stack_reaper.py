@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,24 +16,11 @@ from pathlib import Path
 import pytest
 
 from tests.processes import alive
+from tests.services import missing_services
 
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc: Linux")
-
-
-def _services_missing() -> str | None:
-    from deploy.local_stack import ServiceMissing, pg_bin_dir
-
-    try:
-        pg_bin_dir()
-    except ServiceMissing as e:
-        return str(e)
-    if not shutil.which("redis-server"):
-        return "redis-server is not installed (scripts/install_services.sh needs root and apt)"
-    if os.geteuid() == 0 and not shutil.which("runuser"):
-        return "running as root without `runuser`: PostgreSQL cannot be started as another user"
-    return None
 
 
 def _wait(predicate, timeout: float) -> bool:
@@ -65,6 +51,10 @@ STARTER = textwrap.dedent("""
 
 
 def _start(workdir: Path, then: str) -> tuple[subprocess.Popen, dict]:
+    """The starter, up to its services being up (PostgreSQL and Redis; skipped where they are not installed)."""
+    reason = missing_services(stack=False)
+    if reason:
+        pytest.skip(reason)
     proc = subprocess.Popen([sys.executable, "-c", STARTER.format(root=str(ROOT), workdir=str(workdir), then=then)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
@@ -75,9 +65,6 @@ def _start(workdir: Path, then: str) -> tuple[subprocess.Popen, dict]:
 
 
 def test_a_killed_starter_leaves_no_service_running(tmp_path):
-    reason = _services_missing()
-    if reason:
-        pytest.skip(reason)
     workdir = tmp_path / "stack"
     proc, up = _start(workdir, "time.sleep(600)")
     assert alive(up["postgres"]) and alive(up["redis"]) and alive(up["reaper"])
@@ -96,9 +83,6 @@ def test_a_killed_starter_leaves_no_service_running(tmp_path):
 
 
 def test_a_stack_stopped_by_its_starter_ends_its_reaper(tmp_path):
-    reason = _services_missing()
-    if reason:
-        pytest.skip(reason)
     workdir = tmp_path / "stack"
     proc, up = _start(workdir, "stack.stop(); print('stopped', flush=True); time.sleep(600)")
     try:

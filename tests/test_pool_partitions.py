@@ -331,9 +331,9 @@ POOL_IMAGES, POOL_PART = 1000, 200  # 5 partitions
 
 @pytest.fixture(scope="module")
 def pool_stack(tmp_path_factory, tiny_stage2):
-    from tests.test_deploy_celery import _missing_parts
+    from tests.services import missing_services
 
-    reason = _missing_parts()
+    reason = missing_services()
     if reason:
         pytest.skip(reason)
     from deploy.local_stack import LocalStack
