@@ -225,11 +225,13 @@ def _labeled_elsewhere(dataset, plan: _PushPlan) -> int:
                                                  (plan.kp_field, "keypoints", plan.write_kp)) if on and f in schema]
     if not fields:
         return 0
-    others = dataset.exclude_by("filepath", [row.path for row in plan.images.values()])
     has = FF(fields[0]).length() > 0
     for f in fields[1:]:
         has = has | (FF(f).length() > 0)
-    return others.match(has).count()
+    # the difference taken here, not in the query: a query naming every pushed path outgrows MongoDB's 16 MB
+    # limit at a few hundred thousand images
+    labeled = set(dataset.match(has).values("filepath"))
+    return len(labeled - {row.path for row in plan.images.values()})
 
 
 def _move_older_versions(dataset, plan: _PushPlan, version: str) -> list[str]:
