@@ -445,7 +445,7 @@ class LocalStack:
             shutil.rmtree(self.pg_dir, ignore_errors=True)
             self.pg_dir = None
         if self.reaper is not None:  # everything is stopped: the watcher has nothing left to do
-            self.reaper.terminate()
+            self.reaper.kill()  # SIGKILL: a SIGTERM was ignored where the starter's own parent ignores it (CI)
             self.reaper.wait(10)
             self.reaper = None
         self.state_path.unlink(missing_ok=True)

@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL (default: 10)")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C meant for the starter: the starter stops the stack
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # an ignored SIGTERM can be inherited: the reaper must die of one
     while os.getppid() == args.parent:  # re-parented once the starter has gone, however it went
         time.sleep(0.5)
     print(f"[stack-reaper] starter {args.parent} is gone: stopping what it started", flush=True)
