@@ -33,6 +33,13 @@ stage 2 `--stage2-steps`), once per seed:
        class, IoU >= 0.5), else the object is drawn (simulated_labeler.py, mode `prompted`)
     G  + K pool images reviewed in the queue's gain-per-second order (`review_gain_per_s`: expected
        errors per expected review second, from the cost flags below)
+    H  + B's K images reviewed as in B, but each object to draw is drawn as a box only and the starting
+       model draws its mask inside it, as the App's "Mask drawn boxes" does (pipelines/review/box_masks.py;
+       a box the model leaves empty gets its mask drawn by hand); not in the default arms
+    I  as H, with a stricter labeler: a prediction is accepted only when it is close to the object (same
+       class, box IoU >= `--strict-iou`, 0.8), a looser one is rejected and the object drawn as in H; not in
+       the default arms. No study we cite says how close a box must be for a person to accept it on sight:
+       0.8 is an assumption (the usual match is 0.5)
 
 A person's time: the labeler counts its actions per kind (accept, reject, an object drawn as a box,
 one drawn with its mask, an image opened, an instruction typed and its answer checked) and
@@ -84,9 +91,13 @@ ARMS = {
     "E": "all pseudo-labels, unreviewed",
     "F": "K reviewed, missed ones asked for",
     "G": "K reviewed, gain-per-second order",
+    "H": "K reviewed, drawn as boxes, model masks",
+    "I": "as H, accepting only close labels",
 }
-BUDGET_ARMS = ("B", "C", "D", "F", "G")  # the arms that spend --budgets; A and E have no budget
-ON_B_IMAGES = ("D", "F")  # the arms that work on B's images in B's order (B's round runs first)
+DEFAULT_ARMS = "ABCDEFG"  # H and I on request (`--arms HI`): two more retrainings per budget and seed
+BUDGET_ARMS = ("B", "C", "D", "F", "G", "H", "I")  # the arms that spend --budgets; A and E have no budget
+ON_B_IMAGES = ("D", "F", "H", "I")  # the arms that work on B's images in B's order (B's round runs first)
+BOX_MASK_ARMS = ("H", "I")  # a missed object is drawn as a box and the model draws its mask (the App's button)
 QUEUE_ORDER = {"B": "errors", "G": "gain_per_s"}  # pipelines.review.queue.ORDERS
 CURVE_BUDGETS = (30, 60, 120)
 ASK_RANGE = (3.0, 5.0, 10.0)  # seconds per prompt arm F is reported at: no study gives the number
@@ -169,6 +180,13 @@ class Loop:
 
         return Prompting(load_asker(start), "start", PoolExpressions(self.sources / ORACLE_FILE, seed=SAMPLE_SEED))
 
+    def box_masking(self, start: Path):
+        """What arms H and I draw masks with: the starting model loaded as the App loads it."""
+        from bench.simulated_labeler import BoxMasking
+        from lumen_model.ask import load_asker
+
+        return BoxMasking(load_asker(start).masks_in_boxes, "start")
+
     def label_group(self, group: str, arm: str, seed: int, pred: Path, thresholds: Path, budgets: list,
                     costs, b_order: list | None, start: Path | None = None) -> dict:
         """One arm's review rounds (per seed for C) in its own FiftyOne dataset: the labeler works
@@ -196,6 +214,8 @@ class Loop:
         image_of = {v: k for k, v in by_image.items()}
         mode = {"D": "scratch", "E": "accept_all", "F": "prompted"}.get(arm, "review")
         prompting = self.prompting(start) if arm == "F" else None
+        box_masks = self.box_masking(start) if arm in BOX_MASK_ARMS else None
+        iou = self.args.strict_iou if arm == "I" else 0.5
         if arm in QUEUE_ORDER:
             order = queue_order(ds, QUEUE_ORDER[arm])
         elif arm == "C":
@@ -208,7 +228,7 @@ class Loop:
         for budget in budgets:
             end = len(order) if budget is None else budget
             counts = counts.add(label(name, self.sources / ORACLE_FILE, order[done:end], budget=None, mode=mode,
-                                      prompting=prompting))
+                                      iou=iou, prompting=prompting, box_masks=box_masks))
             done = end
             pulled = pull_corrections(name, self.root / "corrections" / group, progress=False)
             tag = "all" if budget is None else f"k{budget}"
@@ -293,7 +313,7 @@ def run_key(arm: str, budget: int | None) -> str:
 def label_groups(arms: str, seeds: int) -> list[tuple[str, str, int]]:
     """The review rounds the arms need, in the order they run: (group, arm, seed). D and F work on B's
     images, so B's round runs whenever one of them does."""
-    groups = [(a, a, 0) for a in "BGDFE" if a in arms or (a == "B" and any(x in arms for x in ON_B_IMAGES))]
+    groups = [(a, a, 0) for a in "BGDFHIE" if a in arms or (a == "B" and any(x in arms for x in ON_B_IMAGES))]
     return groups + [(f"C-s{seed}", "C", seed) for seed in range(seeds) if "C" in arms]
 
 
@@ -481,7 +501,7 @@ def curve_goals(arms: dict, budgets: list[int]) -> dict:
         d = arms[run_key("D", top)]
         for metric, what in (("det_AP", "box"), ("segm_AP", "mask")):
             target, limit = d[metric]["mean"], d["labeler_s"]["total"] / 3
-            reach = {arm: time_to_reach(curve_points(arms, arm, budgets, metric), target) for arm in ("B", "F", "G")
+            reach = {arm: time_to_reach(curve_points(arms, arm, budgets, metric), target) for arm in ("B", "F", "G", "H", "I")
                      if any(run_key(arm, k) in arms for k in budgets)}
             fastest = min((t for t in reach.values() if t is not None), default=None)
             out[f"review reaches D's {what} AP at K={top} with <= 1/3 of D's labeler time"] = {
@@ -555,7 +575,7 @@ def plot_curve(arms: dict, path: Path, title: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     colours = {"A": "grey", "B": "tab:blue", "C": "tab:orange", "D": "tab:green", "E": "tab:purple", "F": "tab:brown",
-               "G": "tab:red"}
+               "G": "tab:red", "H": "tab:pink", "I": "tab:olive"}
     xmax = max([r["labeler_h"] for r in arms.values()] + [h for r in arms.values()
                                                           for h in r.get("labeler_h_by_ask_s", {}).values()] + [0.1])
     for ax, metric, name in ((axes[0], "det_AP", "detection AP"), (axes[1], "segm_AP", "mask AP")):
@@ -645,7 +665,7 @@ def finished_runs(runs: dict) -> list[tuple[str, str, int | None, int]]:
     for key, seeds in runs.items():
         arm, _, budget = key.partition("-k")
         out += [(key, arm, int(budget) if budget else None, int(s)) for s in seeds]
-    return sorted(out, key=lambda t: ("ABCDFGE".index(t[1]), t[2] or 0, t[3]))
+    return sorted(out, key=lambda t: ("ABCDFGHIE".index(t[1]), t[2] or 0, t[3]))
 
 
 def report(root: Path, costs, ask_range) -> int:
@@ -684,7 +704,11 @@ def main() -> int:
     ap.add_argument("--curve", action="store_true",
                     help=f"the learning curve: --budgets {','.join(map(str, CURVE_BUDGETS))} (about 2 h on 2 idle "
                          "cores)")
-    ap.add_argument("--arms", type=_arms, default="".join(ARMS), help=f"which arms (default: {''.join(ARMS)})")
+    ap.add_argument("--arms", type=_arms, default=DEFAULT_ARMS,
+                    help=f"which arms, letters of {''.join(ARMS)} (default: {DEFAULT_ARMS})")
+    ap.add_argument("--strict-iou", type=float, default=0.8,
+                    help="arm I: the box IoU with the object at which its labeler accepts a prediction (default: 0.8, "
+                         "an assumption; arms B-H accept at 0.5)")
     ap.add_argument("--seeds", type=int, default=2, help="retraining seeds per arm (default: 2)")
     ap.add_argument("--start-steps", type=int, default=1000, help="stage-1 steps of the starting model (default: 1000)")
     ap.add_argument("--stage1-steps", type=int, default=300, help="stage-1 steps of every arm's retraining (default: 300)")
@@ -742,6 +766,8 @@ def main() -> int:
     except InputError as e:
         ap.error(str(e))
 
+    if not 0.5 <= args.strict_iou <= 1.0:
+        ap.error(f"--strict-iou must be between 0.5 (the usual match) and 1, got {args.strict_iou}")
     if args.report:
         if not args.out or not (Path(args.out) / "loop_state.json").is_file():
             ap.error("--report needs the --out of a run (its loop_state.json)")
@@ -777,6 +803,9 @@ def main() -> int:
     labels, label_s = state.data["labels"], state.data["label_s"]
     if "G" in args.arms:
         _check_g_costs(labels, costs)
+    if "I" in args.arms and labels.get("I", {}).get("strict_iou", args.strict_iou) != args.strict_iou:
+        raise SystemExit(f"bench_loop: arm I in this --out was labeled with --strict-iou {labels['I']['strict_iou']}: "
+                         "use the same value or another --out")
     for group, arm, seed in label_groups(args.arms, args.seeds):
         budgets = [None] if arm == "E" else args.budgets
         if group in labels and all(_budget_key(k) in labels[group]["budgets"] for k in budgets):
@@ -790,6 +819,8 @@ def main() -> int:
         labels[group] = loop.label_group(group, arm, seed, pred, thresholds, budgets, costs, b_order, start)
         if arm == "G":
             labels[group]["costs"] = costs.as_dict()
+        if arm == "I":
+            labels[group]["strict_iou"] = args.strict_iou
         label_s[group] = round(time.perf_counter() - t, 1)
         state.save()
         for k, entry in labels[group]["budgets"].items():

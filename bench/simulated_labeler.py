@@ -240,10 +240,42 @@ def _ask_for_missed(sample, field: str, missed: list[dict], prompting: Prompting
     return to_draw, accept
 
 
+@dataclass
+class BoxMasking:
+    """The App's "Mask drawn boxes" (pipelines/review/box_masks.py): a person draws a missed object's box
+    only, the model (`segment`, `lumen_model.ask.Asker.masks_in_boxes`) draws its mask inside it."""
+
+    segment: object
+    model_version: str
+
+
+def _draw_boxes_then_masks(fo, sample, objects: list, masking: BoxMasking, counts: LabelerCounts) -> None:
+    """Draw `objects` as boxes, let the model mask them (the App's "Mask drawn boxes"), and draw by hand the
+    mask of any box the model left empty. Counted: every object a box drawn; the hand-drawn masks as masks."""
+    from pipelines.review.box_masks import mask_drawn_boxes
+
+    masks = [d.mask for d in objects]
+    for d in objects:
+        d.mask = None
+    sample[F.CORRECTIONS] = fo.Detections(detections=objects)
+    sample.save()
+    mask_drawn_boxes(sample, masking.segment, masking.model_version)
+    by_hand = 0
+    for d, truth_mask in zip(sample[F.CORRECTIONS].detections, masks):
+        if d.mask is None and truth_mask is not None:  # the model found nothing in the box: drawn by hand
+            d.mask = truth_mask
+            by_hand += 1
+    counts.boxes_drawn += len(objects)
+    counts.masks_drawn += by_hand
+
+
 def label(dataset_name, truth_file, order: list[str], *, budget: int | None, mode: str = "review",
-          iou: float = 0.5, prompting: Prompting | None = None) -> LabelerCounts:
+          iou: float = 0.5, prompting: Prompting | None = None, box_masks: BoxMasking | None = None) -> LabelerCounts:
     """Work through `order` (sample ids) until `budget` images are done; returns what was done. Mode
-    `prompted` needs `prompting`."""
+    `prompted` needs `prompting`. `iou`: how close a prediction must be to a true object to be accepted
+    (0.5: the usual match; higher: a stricter labeler, who rejects loose labels and draws them again).
+    `box_masks`: every object the labeler draws is drawn as a box, and the model draws its mask
+    (`BoxMasking`); without it, an object is drawn with its mask by hand."""
     from pipelines.review.fo_env import fiftyone
 
     fo = fiftyone()  # the configured database, never whichever embedded one happens to run
@@ -282,9 +314,12 @@ def label(dataset_name, truth_file, order: list[str], *, budget: int | None, mod
                 drawn, accept = _ask_for_missed(sample, field, drawn, prompting, categories, counts)
         if drawn:
             objects = [_drawn(fo, t, names.get(t["category_id"], str(t["category_id"])), w, h) for t in drawn]
-            sample[F.CORRECTIONS] = fo.Detections(detections=objects)
-            counts.boxes_drawn += len(objects)
-            counts.masks_drawn += sum(_has_mask(d) for d in objects)
+            if box_masks is not None and mode != "accept_all":
+                _draw_boxes_then_masks(fo, sample, objects, box_masks, counts)
+            else:
+                sample[F.CORRECTIONS] = fo.Detections(detections=objects)
+                counts.boxes_drawn += len(objects)
+                counts.masks_drawn += sum(_has_mask(d) for d in objects)
         sample.tags.append(F.REVIEWED_SAMPLE_TAG)
         sample.save()
         if accept:  # the App's Accept, after the sample's own save (it tags the stored labels)

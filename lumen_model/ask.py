@@ -154,6 +154,37 @@ class Asker:
         a.timings["total_ms"] = round((time.perf_counter() - t) * 1000, 2)
         return a
 
+    def masks_in_boxes(self, image, boxes_xywh, category: str, *, flip_tta: bool = True) -> list[dict]:
+        """The model's mask of the object inside each box a person drew (pixel [x, y, w, h]), as COCO RLEs in
+        the image's pixels: the mask decoder prompted with the person's box instead of the model's own, after
+        the model looked for every `category` on the image (the instance-segmentation instruction: the
+        decoder reads that heatmap). `flip_tta`: the mean of the image's and its mirror image's masks, as the
+        pool's pseudo-labels are made. Drawing a box takes seconds; drawing its mask, over a minute."""
+        import numpy as np
+
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"mask boxes: image not found: {path}")
+        boxes = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
+        if not len(boxes):
+            return []
+        if not (np.isfinite(boxes).all() and (boxes[:, 2:] > 0).all()):
+            raise InputError(f"mask boxes: every box needs a finite position and a width and height > 0, got "
+                             f"{boxes.tolist()[:3]}")
+        name = (category or "").strip()
+        if not name:
+            raise InputError("mask boxes: each box needs its class (the model looks for that kind of object)")
+        instruction = instruction_for("instance_segmentation", category=name)
+        with self._lock:
+            try:
+                p = self.predictor
+                geo = p.geometry(str(path))
+                out = p.locate([str(path)], [instruction])
+                mirror = p.locate([str(path)], [instruction], flip=True) if flip_tta else None
+                return p.masks_for(out, 0, boxes, geo, str(path), flipped=mirror)
+            except InputError as exc:  # the image checks are predict's: say which command failed
+                raise InputError(re.sub(r"^predict: ", "mask boxes: ", str(exc))) from None
+
 
 _CACHE: OrderedDict = OrderedDict()  # (folder, weights mtime, device, threshold) -> Asker
 _CACHE_SIZE = 2  # the model in use and one the labeler compares it with

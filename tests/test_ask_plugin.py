@@ -16,6 +16,7 @@ from pipelines.review.push import push_predictions
 from tests.fixtures_review import write_prediction_input
 
 ASK, AGAIN, ACCEPT = "@lumen/review/ask_lumen", "@lumen/review/ask_lumen_again", "@lumen/review/accept_prompted"
+MASK_BOXES = "@lumen/review/mask_drawn_boxes"
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_the_plugin_is_found_where_the_app_looks(plugin):
     from fiftyone.operators.registry import OperatorRegistry
 
     registry = OperatorRegistry()
-    assert all(registry.operator_exists(uri) for uri in (ASK, AGAIN, ACCEPT))
+    assert all(registry.operator_exists(uri) for uri in (ASK, AGAIN, ACCEPT, MASK_BOXES))
 
 
 def test_ask_lumen_writes_prompted_labels_and_its_heatmap(plugin, dataset):
@@ -208,6 +209,53 @@ def test_accepted_prompted_labels_and_only_those_are_pulled_with_their_provenanc
     # nothing the labeler did not accept: the other circles are neither training data nor rejections
     rejected = json.loads((version / "rejections.json").read_text())
     assert not any(r["field"] == "prompted" for r in rejected)
+
+
+def test_mask_drawn_boxes_fills_the_drawn_boxes_with_the_models_masks(plugin, dataset, tmp_path):
+    """A labeler draws the boxes of two objects (class and box only) and clicks "Mask drawn boxes": the model in use
+    draws each mask inside the person's box, exactly what `Asker.masks_in_boxes` gives for those boxes; the masks
+    overlap the true objects; the pull trains on the person's boxes with the model's masks, naming the model."""
+    import fiftyone as fo
+
+    from lumen_model.ask import load_asker
+    from pipelines.review import fields as F
+    from pipelines.review.box_masks import MASK_MODEL_VERSION
+    from pipelines.review.labels import absolute_box, mask_crop
+
+    sample = dataset.first()
+    w, h = sample.metadata.width, sample.metadata.height
+    truths = [d for d in sample.ground_truth.detections if d.mask is not None][:2]
+    assert len(truths) == 2
+    sample[F.CORRECTIONS] = fo.Detections(detections=[fo.Detection(label=t.label, bounding_box=t.bounding_box)
+                                                      for t in truths])
+    sample.save()
+    out, requests = _run(MASK_BOXES, dataset, sample.id)
+    assert out["model_version"] == "v0007" and out["filled"] + out["empty"] == 2 and out["filled"] >= 1
+    assert len(_notes(requests)) == 1 and "masked" in _notes(requests)[0]
+    asker = load_asker(plugin["checkpoint"])
+    for t, d in zip(truths, _fresh(dataset, sample.id)[F.CORRECTIONS].detections):
+        assert d.bounding_box == pytest.approx(t.bounding_box) and d.label == t.label
+        if d.mask is None:
+            continue
+        box = absolute_box(t.bounding_box, w, h)
+        want = mask_crop(asker.masks_in_boxes(sample.filepath, [box], t.label)[0], box, w, h)
+        assert d[MASK_MODEL_VERSION] == "v0007" and np.array_equal(d.mask, want)
+        true_crop = t.mask.astype(bool)
+        if true_crop.shape == d.mask.shape:  # the push's crop of the truth: the same window
+            assert (d.mask & true_crop).sum() > 0.3 * (d.mask | true_crop).sum()
+    out, requests = _run(MASK_BOXES, dataset, sample.id)  # again: nothing left to fill, one line says so
+    assert out["filled"] == 0 and "no drawn box without a mask" in _notes(requests, "info")[0]
+
+    tagged = _fresh(dataset, sample.id)
+    tagged.tags.append(F.REVIEWED_SAMPLE_TAG)
+    tagged.save()
+    pulled = pull_corrections(dataset.name, tmp_path / "corrections", progress=False)
+    version = tmp_path / "corrections" / pulled["version"]
+    prov = json.loads((version / "provenance.json").read_text())
+    masked = [p for p in prov if p.get(MASK_MODEL_VERSION) == "v0007"]
+    assert len(masked) == sum(d.mask is not None for d in tagged[F.CORRECTIONS].detections) >= 1
+    anns = {a["id"]: a for a in json.loads((version / "instances_train.json").read_text())["annotations"]}
+    assert all(anns[p["annotation_id"]].get("segmentation") for p in masked)
 
 
 def test_every_problem_is_one_message_and_no_label_is_written(plugin, dataset, tmp_path, monkeypatch):

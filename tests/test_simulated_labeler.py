@@ -10,6 +10,7 @@ import pytest
 
 from bench.simulated_labeler import label, queue_order, random_order
 from pipelines.errors import InputError
+from pipelines.review import fields as F
 from pipelines.review.effort import ActionCosts
 from pipelines.review.pull import pull_corrections
 from pipelines.review.push import push_predictions
@@ -257,6 +258,55 @@ def test_prompted_corrections_ask_for_missed_objects_in_words_from_the_truth(poo
                                        + 79.2 * both.masks_drawn + 7.0 * (both.boxes_drawn - both.masks_drawn))
     with pytest.raises(InputError, match="prompt_s"):  # no study gives the seconds of a prompt: say them
         ActionCosts().seconds(both.by_kind())
+
+
+def test_box_masks_draw_boxes_the_model_masks_and_a_strict_labeler_redraws_loose_labels(pool_sources, tiny_stage2,
+                                                                                      tmp_path, fo_dataset_name):
+    """Arms H and I: an object to draw is drawn as its true box, the model masks it (the App's "Mask drawn boxes");
+    a box it leaves empty gets the true mask by hand. Counted as boxes (7 s), the hand-drawn masks as masks. A
+    stricter labeler (IoU 1.01: nothing is close enough) rejects every prediction and draws every object."""
+    import fiftyone as fo
+
+    from bench.simulated_labeler import BoxMasking
+    from lumen_model.ask import load_asker
+    from pipelines.layout import pool_file
+    from pipelines.review.box_masks import MASK_MODEL_VERSION
+    from pipelines.sample_data import ORACLE_FILE
+
+    truth = pool_sources / ORACLE_FILE
+    gt = json.loads(truth.read_text())
+    results, missed = _pool_predictions(gt)
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps(results))
+    push_predictions(fo_dataset_name, pool_sources / "coco" / "images", pred, "start",
+                     categories_file=pool_file(pool_sources), progress=False)
+    build_review_queue(fo_dataset_name)
+    ds = fo.load_dataset(fo_dataset_name)
+    order = queue_order(ds)
+    image_of = dict(zip(*ds.values(["id", "image_id"])))
+    masking = BoxMasking(load_asker(tiny_stage2[0]).masks_in_boxes, "start")
+    half = len(order) // 2
+    usual = label(fo_dataset_name, truth, order[:half], budget=None, box_masks=masking)
+    strict = label(fo_dataset_name, truth, order[half:], budget=None, iou=1.01, box_masks=masking)
+
+    def objects(ids):
+        return [a for i in ids for a in gt["annotations"] if a["image_id"] == image_of[i] and not a["iscrowd"]]
+
+    n_missed = sum(len(missed[image_of[i]]) for i in order[:half])
+    assert (usual.accepts, usual.rejects, usual.boxes_drawn) == (len(objects(order[:half])) - n_missed, n_missed,
+                                                                 n_missed)
+    assert (strict.accepts, strict.rejects, strict.boxes_drawn) == (0, len(objects(order[half:])),
+                                                                    len(objects(order[half:])))
+    ds.reload()
+    drawn = [d for s in ds.select(order) if s[F.CORRECTIONS] is not None for d in s[F.CORRECTIONS].detections]
+    by_model = [d for d in drawn if d.has_field(MASK_MODEL_VERSION)]
+    assert len(drawn) == usual.boxes_drawn + strict.boxes_drawn and by_model
+    assert all(d[MASK_MODEL_VERSION] == "start" and d.mask.any() for d in by_model)
+    # every drawn object has a mask: the model's, else the person's (counted as a drawn mask)
+    assert all(d.mask is not None and d.mask.any() for d in drawn)
+    assert usual.masks_drawn + strict.masks_drawn == len(drawn) - len(by_model)
+    kinds = usual.add(strict).by_kind()
+    assert kinds["draw_box"] == len(by_model) and kinds["draw_mask"] == len(drawn) - len(by_model)
 
 
 def test_prompted_mode_refuses_without_a_model_and_a_foreign_scene_in_one_line(pool_sources, fo_dataset_name):

@@ -12,6 +12,10 @@ Operators (the App's operator browser, key `, or the buttons over an opened samp
   per image.
 - Accept prompted labels (`accept_prompted`): the selected prompted labels (else every untagged one
   of the opened sample) are tagged `accept`; the next pull takes them into the training data.
+- Mask drawn boxes (`mask_drawn_boxes`): every box in `corrections` of the opened sample (or the
+  selected ones) that has a class and no mask gets the model's mask inside it (a box takes seconds to
+  draw, a mask over a minute); the label keeps the person's box and class and records the model
+  (`mask_model_version`, carried into the pull's provenance). Masks already there are left alone.
 
 Why here: this folder is glue above both `lumen_model` (the model) and `pipelines.review` (FiftyOne
 storage), as `lumen_cli` is; FiftyOne loads it by path from FIFTYONE_PLUGINS_DIR, which
@@ -293,6 +297,65 @@ class AcceptPrompted(foo.Operator):
             return _fail(ctx, exc)
 
 
+def run_mask_boxes(ctx, params: dict) -> dict:
+    """The model's mask inside every maskless drawn box of the target samples; a model or image error writes nothing
+    more than the samples done before it (each sample is saved on its own, so a re-run goes on)."""
+    from lumen_model.ask import load_asker
+    from pipelines.review.box_masks import mask_drawn_boxes
+
+    ids = target_ids(ctx)
+    checkpoint, version = resolve_model(params)
+    t = time.perf_counter()
+    asker = load_asker(checkpoint)
+    totals = {"filled": 0, "empty": 0}
+    for sample in ctx.dataset.select(ids, ordered=True):
+        for k, v in mask_drawn_boxes(sample, asker.masks_in_boxes, version).items():
+            totals[k] += v
+    seconds = time.perf_counter() - t
+    empty = f"; {totals['empty']} left without one (the model found no object in the box: draw its mask)" \
+        if totals["empty"] else ""
+    if totals["filled"] or totals["empty"]:
+        ctx.ops.notify(f"Lumen {version}: masked {totals['filled']} drawn box{'es' * (totals['filled'] != 1)} "
+                       f"({seconds:.2f} s){empty}", variant="success" if not totals["empty"] else "warning")
+    else:
+        ctx.ops.notify("no drawn box without a mask here: draw a box in `corrections` first (with its class)",
+                       variant="info")
+    ctx.ops.reload_samples()
+    if ctx.current_sample:  # the opened sample's canvas draws the new masks
+        show_opened_sample(ctx)
+    return {"model_version": version, "samples": len(ids), **totals}
+
+
+class MaskDrawnBoxes(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="mask_drawn_boxes", label="Mask drawn boxes",
+                                  description="Lumen draws the mask inside each box you drew in corrections (the "
+                                              "opened sample, else the selected ones)",
+                                  dynamic=True, allow_immediate_execution=True, allow_delegated_execution=False)
+
+    def resolve_placement(self, ctx):
+        return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS, types.Button(label="Mask drawn boxes"))
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        versions = _registry_versions()
+        if versions:
+            choices = types.Dropdown()
+            for v, e in versions:
+                choices.add_choice(v, label=f"{v} ({e.get('status')})")
+            inputs.enum("model", choices.values(), label="Model version", view=choices,
+                        description="default: the model in use")
+        inputs.str("checkpoint", label="Or a checkpoint folder")
+        return types.Property(inputs, view=types.View(label="Mask drawn boxes"))
+
+    def execute(self, ctx):
+        try:
+            return run_mask_boxes(ctx, ctx.params)
+        except Exception as exc:
+            return _fail(ctx, exc)
+
+
 class _TagSelected(foo.Operator):
     """Accept or reject the selected boxes only: never the heatmap, its peaks or ground truth (the App's
     own tag button offers those too, and tags every field when nothing is selected)."""
@@ -379,5 +442,6 @@ def register(p):
     p.register(AskLumen)
     p.register(AskLumenAgain)
     p.register(AcceptPrompted)
+    p.register(MaskDrawnBoxes)
     p.register(AcceptSelected)
     p.register(RejectSelected)

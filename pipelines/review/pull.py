@@ -9,7 +9,8 @@
 - `provenance.json`: per annotation its origin (model version or correction) and the labeler's
   action; the same two facts also sit on each annotation (`model_version`, `review_action`); a label
   the labeler asked for in the App and accepted (`prompted*` fields, see prompted.py) has source
-  "prompted" and carries the typed `instruction` too;
+  "prompted" and carries the typed `instruction` too; a drawn box whose mask the model filled in
+  ("Mask drawn boxes", box_masks.py) carries `mask_model_version`;
 - `skipped.json`: reviewed labels that could not become COCO (e.g. an unknown class), with why;
 - `manifest.json`: counts and a hash of the content.
 Both json files are valid inputs of `lumen convert coco` / `coco-keypoints` (split `train`).
@@ -38,6 +39,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from pipelines.review import fields as F
+from pipelines.review.box_masks import MASK_MODEL_VERSION
 from pipelines.review.fo_adapter import label_list_name
 from pipelines.review.fo_env import database_errors, fiftyone, load_dataset
 from pipelines.review.labels import absolute_box, bad_label_box, box_of_points, crop_to_rle, points_to_keypoints
@@ -281,6 +283,8 @@ def _reviewed_label(sample, name: str, lab, action: str, plan: _PullPlan, pulled
     where = {"image_id": sample.image_id, "file_name": sample.file_name, "field": name,
              "label_id": lab.id, "label": lab.label,
              "model_version": lab.get_field("model_version") if lab.has_field("model_version") else None}
+    if lab.has_field(MASK_MODEL_VERSION):  # a person's box whose mask the model drew (box_masks.py)
+        where[MASK_MODEL_VERSION] = lab.get_field(MASK_MODEL_VERSION)
     if is_prompted_field(name):  # asked for in the App ("Ask Lumen"): what the labeler typed travels with it
         where["instruction"] = lab.get_field("instruction") if lab.has_field("instruction") else None
     if action == CONFLICT:
