@@ -363,3 +363,64 @@ def test_ask_lumen_from_the_operator_browser_in_chromium(plugin, dataset, monkey
     sample = _fresh(dataset, dataset.exists("prompted_heatmap").first().id)
     assert [d.instruction for d in sample.prompted.detections] == ["the square"]
     assert sample.prompted.detections[0].mask is not None and sample.prompted_heatmap.map.max() > 0
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_mask_drawn_boxes_from_the_button_over_an_opened_sample_in_chromium(plugin, dataset, monkeypatch):
+    """The labeler's path in a real Chromium: boxes drawn into `corrections` (class and box, no mask), open the
+    sample, press "Mask drawn boxes" over it; the notification says how many, the masks are saved and drawn on
+    the opened sample without a reload. The screenshot is kept in docs/screenshots/mask_drawn_boxes.png."""
+    import io
+
+    import fiftyone as fo
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    from pipelines.review import fields as F
+    from pipelines.review.app import close_app, launch_app
+    from tests.test_review_app import CHROMIUM_ARGS, _chromium, _free_port
+
+    chromium = _chromium()
+    monkeypatch.setenv("LUMEN_ASK_CHECKPOINT", plugin["checkpoint"])  # the App server (a child) inherits it
+    monkeypatch.setenv("LUMEN_MODEL_REGISTRY", str(plugin["registry"].with_name("none.json")))
+    first = dataset.first()
+    big = sorted((d for d in first.ground_truth.detections if d.mask is not None),
+                 key=lambda d: -d.bounding_box[2] * d.bounding_box[3])[:2]
+    first[F.CORRECTIONS] = fo.Detections(detections=[fo.Detection(label=d.label, bounding_box=d.bounding_box)
+                                                     for d in big])
+    first.save()
+    port = _free_port()
+    url = launch_app(dataset.name, port=port, address="127.0.0.1")
+    shot = Path(__file__).resolve().parents[1] / "docs" / "screenshots" / "mask_drawn_boxes.png"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+            page.get_by_text("predictions", exact=True).first.wait_for(timeout=120_000)
+            page.wait_for_function("document.querySelectorAll('canvas').length >= 1", timeout=60_000)
+            dismiss = page.get_by_text("Dismiss", exact=True)
+            if dismiss.count():
+                dismiss.first.click()
+            page.locator("canvas").first.click()  # open the first sample
+            button = page.get_by_text("Mask drawn boxes", exact=True).first
+            button.wait_for(timeout=60_000)  # the plugin's button over the opened sample
+            page.wait_for_timeout(3000)
+            before = page.screenshot()
+            button.click()
+            page.get_by_text("masked", exact=False).first.wait_for(timeout=120_000)  # the notification
+            page.wait_for_timeout(4000)  # no reload: the opened sample draws the masks by itself
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot))
+            browser.close()
+    finally:
+        close_app(port)
+    sample = _fresh(dataset, first.id)
+    masked = [d for d in sample[F.CORRECTIONS].detections if d.mask is not None]
+    assert masked and all(d.mask_model_version == Path(plugin["checkpoint"]).name for d in masked)
+    a, b = (np.asarray(Image.open(io.BytesIO(x) if isinstance(x, bytes) else x).convert("RGB"), dtype=np.int16)
+            for x in (before, str(shot)))
+    canvas = (slice(80, 840), slice(40, 1060))  # the sample's image area, left of the sidebar
+    changed = (np.abs(a[canvas] - b[canvas]).max(axis=2) > 40).mean()
+    assert changed > 0.002, f"the opened sample did not draw the masks ({changed:.4f} of its pixels changed)"

@@ -4,7 +4,8 @@ FiftyOne keeps per-dataset App defaults in `dataset.app_config` (public API, Fif
 - `active_fields`: which fields are switched on when the App opens: the current predictions, the
   heatmap's blobs no shown box explains (`heatmap_unexplained`; the whole map, `heatmap`, is one click
   away), its unexplained peaks with a cyan ring around each (`heatmap_peak_rings`: the App draws a
-  keypoint as a dot of a few pixels) and the prompted fields; ground truth, older versions and the
+  keypoint as a dot of a few pixels), the prompted fields and the labelers' `corrections` (declared empty
+  at the push, so the App knows the field before the first one is drawn); ground truth, older versions and the
   below-threshold predictions stay off (one click in the sidebar turns them on);
 - `color_scheme`: one colour per class (`color_by="value"`, the same class keeps its colour in
   every field), translucent masks (`opacity`), the heatmaps in a red -> white scale stored with its
@@ -67,8 +68,19 @@ def shown_fields(dataset) -> list[str]:
     info = F.review_info(dataset)
     schema = dataset.get_field_schema()
     # the prompted fields stay on once they exist (a later push rewrites this config)
-    wanted = [*info.get("current_fields", []), F.HEATMAP_UNEXPLAINED, F.PEAKS, PEAK_RINGS, *PROMPTED_FIELDS]
+    wanted = [*info.get("current_fields", []), F.HEATMAP_UNEXPLAINED, F.PEAKS, PEAK_RINGS, *PROMPTED_FIELDS,
+              F.CORRECTIONS]
     return [f for f in wanted if f in schema]
+
+
+def declare_corrections_field(dataset) -> bool:
+    """The (empty) `corrections` field of a review dataset, so that the App shows it switched on: the labelers'
+    own labels, and the masks "Mask drawn boxes" draws into them. True when it was added."""
+    fo = fiftyone()
+    if F.CORRECTIONS in dataset.get_field_schema():
+        return False
+    dataset.add_sample_field(F.CORRECTIONS, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    return True
 
 
 PEAK_RINGS = "heatmap_peak_rings"  # a ring around each unexplained heatmap peak (Polylines: never reviewed or pulled)
@@ -130,6 +142,7 @@ def apply_app_config(dataset) -> dict:
     # when it opens it, and an opened sample does not draw a field declared after that (seen in Chromium:
     # the plugin's on-open declaration plus reload_dataset left the sidebar and canvas without them)
     P.declare_prompted_schema(dataset)
+    declare_corrections_field(dataset)  # the same for the labelers' own labels: shown from the first one drawn
     info = F.review_info(dataset)
     categories = info.get("categories", [])
     value_colors = [{"value": c["name"], "color": CLASS_COLORS[i % len(CLASS_COLORS)]}
