@@ -573,7 +573,7 @@ def plot_curve(arms: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6))
     colours = {"A": "grey", "B": "tab:blue", "C": "tab:orange", "D": "tab:green", "E": "tab:purple", "F": "tab:brown",
                "G": "tab:red", "H": "tab:pink", "I": "tab:olive"}
     xmax = max([r["labeler_h"] for r in arms.values()] + [h for r in arms.values()
@@ -606,13 +606,17 @@ def plot_curve(arms: dict, path: Path, title: str) -> None:
                                 textcoords="offset points", xytext=(3, -9), fontsize=6, color=colours[arm])
                 if r["budget"] is not None:
                     ax.annotate(f"K={r['budget']}", (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=7)
-        ax.set_xlim(-0.03 * xmax, xmax * 1.08)
-        ax.set_xlabel("labeler hours (ActionCosts: seconds per accept, reject, box, mask, image, ask)")
+        # labeler hours span two orders of magnitude (a review with boxes the model masks: minutes; labeling from
+        # scratch: hours): logarithmic above 0.1 h, linear below it, so that E's zero hours stay on the plot
+        ax.set_xscale("symlog", linthresh=0.1, linscale=0.3)
+        ax.set_xlim(0, xmax * 1.3)
+        ax.set_xlabel("labeler hours (log scale above 0.1 h)")
         ax.set_ylabel(f"val {name} (mean; band: range over seeds)")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4, frameon=False)  # below: the curves need the room
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
