@@ -40,6 +40,8 @@ stage 2 `--stage2-steps`), once per seed:
        class, box IoU >= `--strict-iou`, 0.8), a looser one is rejected and the object drawn as in H; not in
        the default arms. No study we cite says how close a box must be for a person to accept it on sight:
        0.8 is an assumption (the usual match is 0.5)
+    J  + B's K images labeled from scratch as in D, but every object drawn as a box only and masked by the
+       starting model as in H; not in the default arms
 
 A person's time: the labeler counts its actions per kind (accept, reject, an object drawn as a box,
 one drawn with its mask, an image opened, an instruction typed and its answer checked) and
@@ -93,11 +95,12 @@ ARMS = {
     "G": "K reviewed, gain-per-second order",
     "H": "K reviewed, drawn as boxes, model masks",
     "I": "as H, accepting only close labels",
+    "J": "K labeled from scratch, boxes, model masks",
 }
-DEFAULT_ARMS = "ABCDEFG"  # H and I on request (`--arms HI`): two more retrainings per budget and seed
-BUDGET_ARMS = ("B", "C", "D", "F", "G", "H", "I")  # the arms that spend --budgets; A and E have no budget
-ON_B_IMAGES = ("D", "F", "H", "I")  # the arms that work on B's images in B's order (B's round runs first)
-BOX_MASK_ARMS = ("H", "I")  # a missed object is drawn as a box and the model draws its mask (the App's button)
+DEFAULT_ARMS = "ABCDEFG"  # H, I and J on request (`--arms HIJ`): one more retraining each per budget and seed
+BUDGET_ARMS = ("B", "C", "D", "F", "G", "H", "I", "J")  # the arms that spend --budgets; A and E have no budget
+ON_B_IMAGES = ("D", "F", "H", "I", "J")  # the arms that work on B's images in B's order (B's round runs first)
+BOX_MASK_ARMS = ("H", "I", "J")  # an object to draw is drawn as a box and the model draws its mask (the App's button)
 QUEUE_ORDER = {"B": "errors", "G": "gain_per_s"}  # pipelines.review.queue.ORDERS
 CURVE_BUDGETS = (30, 60, 120)
 ASK_RANGE = (3.0, 5.0, 10.0)  # seconds per prompt arm F is reported at: no study gives the number
@@ -212,7 +215,7 @@ class Loop:
         ds = fo.load_dataset(name)
         by_image = dict(zip(*ds.values(["image_id", "id"])))
         image_of = {v: k for k, v in by_image.items()}
-        mode = {"D": "scratch", "E": "accept_all", "F": "prompted"}.get(arm, "review")
+        mode = {"D": "scratch", "E": "accept_all", "F": "prompted", "J": "scratch"}.get(arm, "review")
         prompting = self.prompting(start) if arm == "F" else None
         box_masks = self.box_masking(start) if arm in BOX_MASK_ARMS else None
         iou = self.args.strict_iou if arm == "I" else 0.5
@@ -313,7 +316,7 @@ def run_key(arm: str, budget: int | None) -> str:
 def label_groups(arms: str, seeds: int) -> list[tuple[str, str, int]]:
     """The review rounds the arms need, in the order they run: (group, arm, seed). D and F work on B's
     images, so B's round runs whenever one of them does."""
-    groups = [(a, a, 0) for a in "BGDFHIE" if a in arms or (a == "B" and any(x in arms for x in ON_B_IMAGES))]
+    groups = [(a, a, 0) for a in "BGDFHIJE" if a in arms or (a == "B" and any(x in arms for x in ON_B_IMAGES))]
     return groups + [(f"C-s{seed}", "C", seed) for seed in range(seeds) if "C" in arms]
 
 
@@ -575,7 +578,8 @@ def plot_curve(arms: dict, path: Path, title: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.6))
     colours = {"A": "grey", "B": "tab:blue", "C": "tab:orange", "D": "tab:green", "E": "tab:purple", "F": "tab:brown",
-               "G": "tab:red", "H": "tab:pink", "I": "tab:olive"}
+               "G": "tab:red", "H": "tab:pink", "I": "tab:olive",
+               "J": "tab:cyan"}
     xmax = max([r["labeler_h"] for r in arms.values()] + [h for r in arms.values()
                                                           for h in r.get("labeler_h_by_ask_s", {}).values()] + [0.1])
     for ax, metric, name in ((axes[0], "det_AP", "detection AP"), (axes[1], "segm_AP", "mask AP")):
@@ -669,7 +673,7 @@ def finished_runs(runs: dict) -> list[tuple[str, str, int | None, int]]:
     for key, seeds in runs.items():
         arm, _, budget = key.partition("-k")
         out += [(key, arm, int(budget) if budget else None, int(s)) for s in seeds]
-    return sorted(out, key=lambda t: ("ABCDFGHIE".index(t[1]), t[2] or 0, t[3]))
+    return sorted(out, key=lambda t: ("ABCDFGHIJE".index(t[1]), t[2] or 0, t[3]))
 
 
 def report(root: Path, costs, ask_range) -> int:

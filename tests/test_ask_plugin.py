@@ -296,6 +296,19 @@ def test_every_problem_is_one_message_and_no_label_is_written(plugin, dataset, t
     assert "no model is in use" in out["error"]
 
 
+def _open_first_sample(browser, url: str):
+    """A page on the App at `url` with its first sample opened (the plugin's buttons load over it)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+    page.get_by_text("predictions", exact=True).first.wait_for(timeout=120_000)
+    page.wait_for_function("document.querySelectorAll('canvas').length >= 1", timeout=60_000)
+    dismiss = page.get_by_text("Dismiss", exact=True)
+    if dismiss.count():
+        dismiss.first.click()
+    page.locator("canvas").first.click()
+    return page
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 def test_ask_lumen_from_the_operator_browser_in_chromium(plugin, dataset, monkeypatch):
@@ -317,14 +330,7 @@ def test_ask_lumen_from_the_operator_browser_in_chromium(plugin, dataset, monkey
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(url, wait_until="domcontentloaded", timeout=120_000)
-            page.get_by_text("predictions", exact=True).first.wait_for(timeout=120_000)
-            page.wait_for_function("document.querySelectorAll('canvas').length >= 1", timeout=60_000)
-            dismiss = page.get_by_text("Dismiss", exact=True)
-            if dismiss.count():
-                dismiss.first.click()
-            page.locator("canvas").first.click()  # open the first sample
+            page = _open_first_sample(browser, url)
             page.get_by_text("Ask Lumen again", exact=True).first.wait_for(timeout=60_000)  # the plugin's buttons
             page.wait_for_timeout(3000)
             before = page.screenshot()
@@ -396,14 +402,7 @@ def test_mask_drawn_boxes_from_the_button_over_an_opened_sample_in_chromium(plug
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(url, wait_until="domcontentloaded", timeout=120_000)
-            page.get_by_text("predictions", exact=True).first.wait_for(timeout=120_000)
-            page.wait_for_function("document.querySelectorAll('canvas').length >= 1", timeout=60_000)
-            dismiss = page.get_by_text("Dismiss", exact=True)
-            if dismiss.count():
-                dismiss.first.click()
-            page.locator("canvas").first.click()  # open the first sample
+            page = _open_first_sample(browser, url)
             button = page.get_by_text("Mask drawn boxes", exact=True).first
             button.wait_for(timeout=60_000)  # the plugin's button over the opened sample
             page.wait_for_timeout(3000)

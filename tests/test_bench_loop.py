@@ -52,11 +52,11 @@ def test_arms_budgets_and_seeds_plan_the_review_rounds_and_retrainings():
         with pytest.raises(argparse.ArgumentTypeError):
             bl._budgets(bad)
     assert bl._arms("a,b,g") == "ABG" and bl._arms("gf") == "FG"
-    with pytest.raises(argparse.ArgumentTypeError, match="letters of ABCDEFGHI"):
+    with pytest.raises(argparse.ArgumentTypeError, match="letters of ABCDEFGHIJ"):
         bl._arms("ABX")
-    # H and I (boxes the model masks; a strict labeler) work on B's images, on request only
+    # H, I and J (boxes the model masks; a strict labeler; from scratch) work on B's images, on request only
     assert bl.DEFAULT_ARMS == "ABCDEFG" and bl._arms("ih") == "HI"
-    assert bl.label_groups("HI", 1) == [("B", "B", 0), ("H", "H", 0), ("I", "I", 0)]
+    assert bl.label_groups("HIJ", 1) == [("B", "B", 0), ("H", "H", 0), ("I", "I", 0), ("J", "J", 0)]
     assert [k for k, *_ in bl.runs_to_do("HI", [30, 60], 1)] == ["H-k30", "I-k30", "H-k60", "I-k60"]
     assert [k for k, *_ in bl.finished_runs({"I-k30": {"0": {}}, "E": {"0": {}}, "H-k30": {"0": {}}, "A": {"0": {}}})] \
         == ["A", "H-k30", "I-k30", "E"]

@@ -192,16 +192,39 @@ def _summary(answers, version: str, seconds: float) -> str:
     return f"Lumen {version}: {n} {task_named(a.task).counted_as} for {a.meta.get('typed')!r} ({seconds:.2f} s)"
 
 
+# ---- the operators ---------------------------------------------------------------------------
+def _immediate(name: str, label: str, description: str, dynamic: bool = True):
+    """The config of an operator that runs at once in the App server (the model stays loaded there)."""
+    return foo.OperatorConfig(name=name, label=label, description=description, dynamic=dynamic,
+                              allow_immediate_execution=True, allow_delegated_execution=False)
+
+
+def _button_over_sample(label: str, prompt: bool = False):
+    """A button over the opened sample (with `prompt`: it opens the operator's form first)."""
+    return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS, types.Button(label=label, prompt=prompt))
+
+
+def _model_inputs(inputs, last: dict) -> None:
+    """The form's choice of model: a registry version (default: the last chosen, else the model in use) or a
+    checkpoint folder."""
+    versions = _registry_versions()
+    if versions:
+        choices = types.Dropdown()
+        for v, e in versions:
+            choices.add_choice(v, label=f"{v} ({e.get('status')})")
+        inputs.enum("model", choices.values(), label="Model version", view=choices,
+                    default=last.get("model") if last.get("model") in choices.values() else versions[0][0])
+    inputs.str("checkpoint", label="Or a checkpoint folder", default=last.get("checkpoint"),
+               description="overrides the model version (optional)")
+
+
 class AskLumen(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(name="ask_lumen", label="Ask Lumen", description="Ask the Lumen model about "
-                                  "the opened (or selected) images", dynamic=True,
-                                  allow_immediate_execution=True, allow_delegated_execution=False)
+        return _immediate("ask_lumen", "Ask Lumen", "Ask the Lumen model about the opened (or selected) images")
 
     def resolve_placement(self, ctx):
-        return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS,
-                               types.Button(label="Ask Lumen", prompt=True))
+        return _button_over_sample("Ask Lumen", prompt=True)
 
     def resolve_input(self, ctx):
         last = _last(ctx)
@@ -212,15 +235,7 @@ class AskLumen(foo.Operator):
         for value, label in WHAT:
             what.add_choice(value, label=label)
         inputs.enum("what", what.values(), label="What to get", default=last.get("what") or "auto", view=what)
-        versions = _registry_versions()
-        if versions:
-            choices = types.Dropdown()
-            for v, e in versions:
-                choices.add_choice(v, label=f"{v} ({e.get('status')})")
-            inputs.enum("model", choices.values(), label="Model version", view=choices,
-                        default=last.get("model") if last.get("model") in choices.values() else versions[0][0])
-        inputs.str("checkpoint", label="Or a checkpoint folder", default=last.get("checkpoint"),
-                   description="overrides the model version (optional)")
+        _model_inputs(inputs, last)
         inputs.str("label", label="Class of the new labels", default=last.get("label"),
                    description="optional; default: the class the instruction names")
         inputs.bool("skip_labeled", label="Find one that has no label yet", default=last.get("skip_labeled", True),
@@ -239,13 +254,11 @@ class AskLumen(foo.Operator):
 class AskLumenAgain(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(name="ask_lumen_again", label="Ask Lumen again",
-                                  description="The last instruction, on the opened sample (no form)",
-                                  allow_immediate_execution=True, allow_delegated_execution=False)
+        return _immediate("ask_lumen_again", "Ask Lumen again", "The last instruction, on the opened sample (no form)",
+                          dynamic=False)
 
     def resolve_placement(self, ctx):
-        return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS,
-                               types.Button(label="Ask Lumen again"))
+        return _button_over_sample("Ask Lumen again")
 
     def execute(self, ctx):
         try:
@@ -262,13 +275,11 @@ class AskLumenAgain(foo.Operator):
 class AcceptPrompted(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(name="accept_prompted", label="Accept prompted labels",
-                                  description="Tag the selected prompted labels (else the opened sample's untagged "
-                                              "ones) accept: the next pull trains on them",
-                                  dynamic=True, allow_immediate_execution=True, allow_delegated_execution=False)
+        return _immediate("accept_prompted", "Accept prompted labels", "Tag the selected prompted labels (else the "
+                          "opened sample's untagged ones) accept: the next pull trains on them")
 
     def resolve_placement(self, ctx):
-        return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS, types.Button(label="Accept prompted"))
+        return _button_over_sample("Accept prompted")
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -297,6 +308,7 @@ class AcceptPrompted(foo.Operator):
             return _fail(ctx, exc)
 
 
+# ---- masks for drawn boxes --------------------------------------------------------------------
 def run_mask_boxes(ctx, params: dict) -> dict:
     """The model's mask inside every maskless drawn box of the target samples; a model or image error writes nothing
     more than the samples done before it (each sample is saved on its own, so a re-run goes on)."""
@@ -324,7 +336,7 @@ def run_mask_boxes(ctx, params: dict) -> dict:
     ctx.ops.reload_samples()
     if ctx.current_sample:  # the opened sample's canvas draws the new masks
         show_opened_sample(ctx)
-    if ctx.active_fields is not None and F.CORRECTIONS not in ctx.active_fields:  # the App opens with corrections off
+    if ctx.active_fields is not None and F.CORRECTIONS not in ctx.active_fields:  # a dataset pushed before it was on
         ctx.ops.set_active_fields(fields=sorted(set(ctx.active_fields) | {F.CORRECTIONS}))
     return {"model_version": version, "samples": len(ids), **totals}
 
@@ -332,24 +344,15 @@ def run_mask_boxes(ctx, params: dict) -> dict:
 class MaskDrawnBoxes(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(name="mask_drawn_boxes", label="Mask drawn boxes",
-                                  description="Lumen draws the mask inside each box you drew in corrections (the "
-                                              "opened sample, else the selected ones)",
-                                  dynamic=True, allow_immediate_execution=True, allow_delegated_execution=False)
+        return _immediate("mask_drawn_boxes", "Mask drawn boxes", "Lumen draws the mask inside each box you drew in "
+                          "corrections (the opened sample, else the selected ones)")
 
     def resolve_placement(self, ctx):
-        return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS, types.Button(label="Mask drawn boxes"))
+        return _button_over_sample("Mask drawn boxes")
 
     def resolve_input(self, ctx):
         inputs = types.Object()
-        versions = _registry_versions()
-        if versions:
-            choices = types.Dropdown()
-            for v, e in versions:
-                choices.add_choice(v, label=f"{v} ({e.get('status')})")
-            inputs.enum("model", choices.values(), label="Model version", view=choices,
-                        description="default: the model in use")
-        inputs.str("checkpoint", label="Or a checkpoint folder")
+        _model_inputs(inputs, {})
         return types.Property(inputs, view=types.View(label="Mask drawn boxes"))
 
     def execute(self, ctx):
@@ -367,13 +370,12 @@ class _TagSelected(foo.Operator):
 
     @property
     def config(self):
-        return foo.OperatorConfig(name=f"{self.tag}_selected", label=f"{self.tag.capitalize()} selected labels",
-                                  description=f"Tag the selected predictions, prompted labels or corrections "
-                                              f"{self.tag!r}, nothing else",
-                                  allow_immediate_execution=True, allow_delegated_execution=False)
+        return _immediate(f"{self.tag}_selected", f"{self.tag.capitalize()} selected labels",
+                          f"Tag the selected predictions, prompted labels or corrections {self.tag!r}, nothing else",
+                          dynamic=False)
 
     def resolve_placement(self, ctx):
-        return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS, types.Button(label=self.tag.capitalize()))
+        return _button_over_sample(self.tag.capitalize())
 
     def execute(self, ctx):
         from pipelines.review.tagging import tag_selected
