@@ -257,8 +257,7 @@ def _draw_boxes_then_masks(fo, sample, objects: list, masking: BoxMasking, count
     masks = [d.mask for d in objects]
     for d in objects:
         d.mask = None
-    sample[F.CORRECTIONS] = fo.Detections(detections=objects)
-    sample.save()
+    sample[F.CORRECTIONS] = fo.Detections(detections=objects)  # saved with the rest of the image's review
     mask_drawn_boxes(sample, masking.segment, masking.model_version)
     by_hand = 0
     for d, truth_mask in zip(sample[F.CORRECTIONS].detections, masks):

@@ -148,8 +148,8 @@ class Asker:
                     skip = [list(skip_boxes)] if skip_boxes is not None and len(skip_boxes) else None
                     a = located_answers(self.predictor, task, [job], flip_tta=flip_tta, skip=skip)[0]
                     a.heatmap()  # part of the answer the App shows: in the measured time
-            except InputError as exc:  # the image checks are predict's: say which command failed
-                raise InputError(re.sub(r"^predict: ", "ask: ", str(exc))) from None
+            except InputError as exc:
+                raise _as_command(exc, "ask") from None
         a.meta["typed"] = text
         a.timings["total_ms"] = round((time.perf_counter() - t) * 1000, 2)
         return a
@@ -182,8 +182,13 @@ class Asker:
                 out = p.locate([str(path)], [instruction])
                 mirror = p.locate([str(path)], [instruction], flip=True) if flip_tta else None
                 return p.masks_for(out, 0, boxes, geo, str(path), flipped=mirror)
-            except InputError as exc:  # the image checks are predict's: say which command failed
-                raise InputError(re.sub(r"^predict: ", "mask boxes: ", str(exc))) from None
+            except InputError as exc:
+                raise _as_command(exc, "mask boxes") from None
+
+
+def _as_command(exc: InputError, command: str) -> InputError:
+    """The image checks are predict's: the same one line, naming the command the person ran."""
+    return InputError(re.sub(r"^predict: ", f"{command}: ", str(exc)))
 
 
 _CACHE: OrderedDict = OrderedDict()  # (folder, weights mtime, device, threshold) -> Asker

@@ -313,7 +313,6 @@ def run_mask_boxes(ctx, params: dict) -> dict:
     """The model's mask inside every maskless drawn box of the target samples; a model or image error writes nothing
     more than the samples done before it (each sample is saved on its own, so a re-run goes on)."""
     from lumen_model.ask import load_asker
-    from pipelines.review import fields as F
     from pipelines.review.box_masks import mask_drawn_boxes
 
     ids = target_ids(ctx)
@@ -336,8 +335,6 @@ def run_mask_boxes(ctx, params: dict) -> dict:
     ctx.ops.reload_samples()
     if ctx.current_sample:  # the opened sample's canvas draws the new masks
         show_opened_sample(ctx)
-    if ctx.active_fields is not None and F.CORRECTIONS not in ctx.active_fields:  # a dataset pushed before it was on
-        ctx.ops.set_active_fields(fields=sorted(set(ctx.active_fields) | {F.CORRECTIONS}))
     return {"model_version": version, "samples": len(ids), **totals}
 
 
