@@ -18,7 +18,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from lumen_model.decoders import MASK_TASKS, POSE_TASKS
-from lumen_model.decoders.boxes import decode_boxes, fuse_views, unflip_boxes
+from lumen_model.decoders.boxes import boxes_toward_masks, decode_boxes, fuse_views, unflip_boxes
 from pipelines.geometry import SquarePad
 from pipelines.heatmaps import find_peaks
 from pipelines.instructions import TASK_TOKENS
@@ -151,6 +151,7 @@ def located_answers(p, task: str, chunk: list[tuple], flip_tta: bool = False,
                    task_token=out["task_token"][i])
         if task in MASK_TASKS:
             a.masks = p.masks_for(out, i, boxes, geo, im["path"], flipped=mirror)
+            a.boxes = boxes_toward_masks(boxes, a.masks, p.cfg.mask_box_weight)
         if task in POSE_TASKS:
             kps = p.keypoints_for(out["dense"][i], boxes, geo)
             a.keypoints = [k_ for k_, _ in kps]

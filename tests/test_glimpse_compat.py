@@ -104,6 +104,8 @@ def test_typed_settings_give_transformers_what_the_preset_wrote():
     (dict(glimpse=False, glimpse_grounds=False), "glimpse_grounds=False has no effect with glimpse off"),
     (dict(glimpse=False, glimpse_checks_boxes=False), "glimpse_checks_boxes=False has no effect with glimpse off"),
     (dict(glimpse_candidates=0), "glimpse_candidates=0: expected a positive integer"),
+    (dict(mask_box_weight=1.5), "mask_box_weight=1.5: expected a number from 0"),
+    (dict(mask_box_weight="half"), "mask_box_weight='half': expected a number from 0"),
     (dict(pixel_encoder="stem"), "llm_pixel_tokens=True has no effect with pixel_encoder='stem'"),
     (dict(vision={"hidden_size": 96, "patch_sise": 8}), "unknown model setting(s) vision.patch_sise"),
     (dict(text={**get_preset("tiny").text.kwargs(), "hidden_size": "128"}), "text.hidden_size='128': expected int"),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from lumen_model.decoders.boxes import decode_boxes
+from lumen_model.decoders.boxes import boxes_toward_masks, decode_boxes
 from lumen_model.predict import list_images, predict
 from pipelines.evaluation import evaluate, refcoco_expressions
 from pipelines.geometry import SquarePad
@@ -32,6 +32,44 @@ def test_decode_boxes_maps_a_peak_back_to_original_pixels():
     boxes, scores = decode_boxes(heat, sizes, offsets, geo, k=10, threshold=0.1)
     assert scores.tolist() == pytest.approx([0.9])
     assert boxes[0] == pytest.approx(box, abs=1e-3)
+
+
+def _rle(mask: np.ndarray) -> dict:
+    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+
+
+def test_a_box_moves_toward_its_masks_extent_by_the_weight_and_an_empty_mask_leaves_it():
+    full = np.zeros((50, 60), np.uint8)
+    full[10:30, 20:50] = 1  # the mask's tight box: x 20, y 10, w 30, h 20
+    boxes = np.array([[10.0, 6.0, 44.0, 30.0], [1.0, 2.0, 3.0, 4.0]])
+    masks = [_rle(full), _rle(np.zeros((50, 60)))]
+    assert boxes_toward_masks(boxes, masks, 0.0) == pytest.approx(boxes)
+    assert boxes_toward_masks(boxes, masks, 1.0)[0] == pytest.approx([20, 10, 30, 20])
+    moved = boxes_toward_masks(boxes, masks, 0.5)
+    assert moved[0] == pytest.approx([15, 8, 37, 25]) and moved[1] == pytest.approx(boxes[1])
+    assert boxes_toward_masks(np.zeros((0, 4)), [], 0.5).shape == (0, 4)
+
+
+def test_the_model_s_boxes_are_the_mean_of_its_box_decoder_s_and_its_masks_extent(tiny_stage2, sample_data_dir):
+    """What `lumen predict` and `lumen ask` write for a mask task: each box half way from the box decoder's
+    box to its mask's tight box (the tiny preset's mask_box_weight); a box task keeps the decoder's own."""
+    from lumen_model.answers import located_answers
+    from lumen_model.predict import Predictor, plan_jobs
+
+    p = Predictor(tiny_stage2[0], score_threshold=0.0)
+    assert p.cfg.mask_box_weight == 0.5
+    ann = sample_data_dir / "coco/annotations/instances_val.json"
+    jobs = plan_jobs(tiny_stage2[0], "instance_segmentation", sample_data_dir / "coco/images", annotations=ann)
+    chunk = [jobs[0]]
+    refined = located_answers(p, "instance_segmentation", chunk)[0]
+    p.cfg.mask_box_weight = 0.0
+    own = located_answers(p, "instance_segmentation", chunk)[0]
+    assert len(own.boxes) == len(refined.boxes) > 0 and own.masks == refined.masks
+    tight = mask_utils.toBbox(own.masks)
+    drawn = tight[:, 2] > 0
+    assert drawn.any() and np.abs(own.boxes[drawn] - tight[drawn]).max() > 1  # the two estimates differ
+    assert refined.boxes[drawn] == pytest.approx((own.boxes[drawn] + tight[drawn]) / 2)
+    assert refined.boxes[~drawn] == pytest.approx(own.boxes[~drawn])
 
 
 def test_image_ids_come_from_file_names_when_there_are_no_annotations(tmp_path):
