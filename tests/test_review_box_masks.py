@@ -101,3 +101,26 @@ def test_an_empty_answer_leaves_the_box_to_draw_and_a_classless_box_is_one_line(
     with pytest.raises(InputError, match="no class"):
         mask_drawn_boxes(sample, _disc_segmenter([]), "v1")
     assert dataset[sample.id][F.CORRECTIONS].detections[0].mask is None
+
+
+def test_a_sample_without_metadata_is_measured_and_a_missing_image_is_one_line(dataset, tmp_path):
+    """A dataset made by hand has no metadata: the image's size is read then; an image that cannot be read is
+    one line naming it, and nothing is filled."""
+    import fiftyone as fo
+
+    sample = dataset.first()
+    w, h = sample.metadata.width, sample.metadata.height
+    sample.metadata = None
+    sample[F.CORRECTIONS] = fo.Detections(detections=[fo.Detection(label="square", bounding_box=[0.1, 0.1, 0.3, 0.3])])
+    sample.save()
+    calls = []
+    assert mask_drawn_boxes(sample, _disc_segmenter(calls), "v1") == {"filled": 1, "empty": 0}
+    assert calls[0][1] == [pytest.approx([0.1 * w, 0.1 * h, 0.3 * w, 0.3 * h])]
+
+    missing = fo.Sample(filepath=str(tmp_path / "gone.png"))
+    missing[F.CORRECTIONS] = fo.Detections(detections=[fo.Detection(label="square", bounding_box=[0.1, 0.1, 0.3, 0.3])])
+    dataset.add_sample(missing)
+    with pytest.raises(InputError, match="cannot read the size of .*gone.png") as err:
+        mask_drawn_boxes(missing, _disc_segmenter([]), "v1")
+    assert "\n" not in str(err.value)
+    assert dataset[missing.id][F.CORRECTIONS].detections[0].mask is None

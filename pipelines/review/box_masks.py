@@ -29,6 +29,16 @@ def needs_mask(det) -> bool:
     return not has_mask and not det.tags and bad_label_box(det.bounding_box) is None
 
 
+def _image_size(sample) -> tuple[int, int]:
+    """The sample's width and height in pixels: its metadata (a review push computes it), else read from the
+    image now (a dataset made by hand); one line when the image cannot be read."""
+    if sample.metadata is None or not sample.metadata.width or not sample.metadata.height:
+        sample.compute_metadata(overwrite=True, skip_failures=True)
+    if sample.metadata is None or not sample.metadata.width or not sample.metadata.height:
+        raise InputError(f"mask drawn boxes: cannot read the size of {sample.filepath} (missing or not an image)")
+    return int(sample.metadata.width), int(sample.metadata.height)
+
+
 def mask_drawn_boxes(sample, segment: Callable, model_version: str, field: str = F.CORRECTIONS) -> dict:
     """Fill the mask of each maskless box in `sample[field]` with the model's; returns {"filled": n, "empty": m}
     (empty: the model found no object pixels in that box; its label stays a box without a mask, to draw by
@@ -41,7 +51,7 @@ def mask_drawn_boxes(sample, segment: Callable, model_version: str, field: str =
     todo = [d for d in container.detections if needs_mask(d)]
     if not todo:
         return counts
-    w, h = sample.metadata.width, sample.metadata.height
+    w, h = _image_size(sample)
     by_class = defaultdict(list)
     for d in todo:
         if not d.label:
