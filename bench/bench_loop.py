@@ -98,7 +98,8 @@ ARMS = {
     "J": "K labeled from scratch, boxes, model masks",
 }
 DEFAULT_ARMS = "ABCDEFG"  # H, I and J on request (`--arms HIJ`): one more retraining each per budget and seed
-BUDGET_ARMS = ("B", "C", "D", "F", "G", "H", "I", "J")  # the arms that spend --budgets; A and E have no budget
+REPORT_ORDER = "ABCDFGHIJE"  # the tables' order: self-training (E), the arm without review, last
+BUDGET_ARMS = tuple(a for a in REPORT_ORDER if a not in "AE")  # the arms that spend --budgets; A and E have none
 ON_B_IMAGES = ("D", "F", "H", "I", "J")  # the arms that work on B's images in B's order (B's round runs first)
 BOX_MASK_ARMS = ("H", "I", "J")  # an object to draw is drawn as a box and the model draws its mask (the App's button)
 QUEUE_ORDER = {"B": "errors", "G": "gain_per_s"}  # pipelines.review.queue.ORDERS
@@ -316,7 +317,8 @@ def run_key(arm: str, budget: int | None) -> str:
 def label_groups(arms: str, seeds: int) -> list[tuple[str, str, int]]:
     """The review rounds the arms need, in the order they run: (group, arm, seed). D and F work on B's
     images, so B's round runs whenever one of them does."""
-    groups = [(a, a, 0) for a in "BGDFHIJE" if a in arms or (a == "B" and any(x in arms for x in ON_B_IMAGES))]
+    order = "BG" + "".join(a for a in REPORT_ORDER if a not in "ABCG")  # the queue's orders first, C per seed last
+    groups = [(a, a, 0) for a in order if a in arms or (a == "B" and any(x in arms for x in ON_B_IMAGES))]
     return groups + [(f"C-s{seed}", "C", seed) for seed in range(seeds) if "C" in arms]
 
 
@@ -673,7 +675,7 @@ def finished_runs(runs: dict) -> list[tuple[str, str, int | None, int]]:
     for key, seeds in runs.items():
         arm, _, budget = key.partition("-k")
         out += [(key, arm, int(budget) if budget else None, int(s)) for s in seeds]
-    return sorted(out, key=lambda t: ("ABCDFGHIJE".index(t[1]), t[2] or 0, t[3]))
+    return sorted(out, key=lambda t: (REPORT_ORDER.index(t[1]), t[2] or 0, t[3]))
 
 
 def report(root: Path, costs, ask_range) -> int:

@@ -36,7 +36,7 @@ def boxes_toward_masks(boxes_xywh: np.ndarray, masks: list[dict], weight: float)
     b = np.array(boxes_xywh, dtype=np.float64).reshape(-1, 4)
     if weight == 0 or not len(b):
         return b
-    tight = mask_utils.toBbox(masks).reshape(-1, 4) if masks else np.zeros((0, 4))
+    tight = mask_utils.toBbox(masks).reshape(-1, 4)  # one mask per box
     drawn = (tight[:, 2] > 0) & (tight[:, 3] > 0)
     b[drawn] = (1 - weight) * b[drawn] + weight * tight[drawn]
     return b

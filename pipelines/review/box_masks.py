@@ -32,11 +32,15 @@ def needs_mask(det) -> bool:
 def _image_size(sample) -> tuple[int, int]:
     """The sample's width and height in pixels: its metadata (a review push computes it), else read from the
     image now (a dataset made by hand); one line when the image cannot be read."""
-    if sample.metadata is None or not sample.metadata.width or not sample.metadata.height:
+    def size():
+        m = sample.metadata
+        return (int(m.width), int(m.height)) if m is not None and m.width and m.height else None
+
+    if size() is None:
         sample.compute_metadata(overwrite=True, skip_failures=True)
-    if sample.metadata is None or not sample.metadata.width or not sample.metadata.height:
+    if size() is None:
         raise InputError(f"mask drawn boxes: cannot read the size of {sample.filepath} (missing or not an image)")
-    return int(sample.metadata.width), int(sample.metadata.height)
+    return size()
 
 
 def mask_drawn_boxes(sample, segment: Callable, model_version: str, field: str = F.CORRECTIONS) -> dict:
