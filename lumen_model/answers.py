@@ -26,6 +26,7 @@ from pipelines.tasks import EXPRESSION, task_names
 
 # from the task registry (pipelines/tasks.py)
 FLIP_TTA_TASKS = task_names(flip_tta=True)  # ("detection", "instance_segmentation")
+MASK_TIGHTENED_TASKS = task_names(mask_tightens_boxes=True)  # every task answered with boxes but pose
 SINGLE_OBJECT_TASKS = task_names(names=EXPRESSION)  # ("grounding", "referring_segmentation")
 SKIP_IOU = 0.5  # a candidate this close to an object already labeled is that object (COCO's match IoU)
 PEAK_THRESHOLD = 0.5  # as the review push marks unexplained peaks
@@ -151,7 +152,10 @@ def located_answers(p, task: str, chunk: list[tuple], flip_tta: bool = False,
                    task_token=out["task_token"][i])
         if task in MASK_TASKS:
             a.masks = p.masks_for(out, i, boxes, geo, im["path"], flipped=mirror)
-            a.boxes = boxes_toward_masks(boxes, a.masks, p.cfg.mask_box_weight)
+        if task in MASK_TIGHTENED_TASKS and p.cfg.mask_box_weight > 0:
+            # a box task's masks are made for this only: the answer stays boxes
+            masks = a.masks if a.masks is not None else p.masks_for(out, i, boxes, geo, im["path"], flipped=mirror)
+            a.boxes = boxes_toward_masks(boxes, masks, p.cfg.mask_box_weight)
         if task in POSE_TASKS:
             kps = p.keypoints_for(out["dense"][i], boxes, geo)
             a.keypoints = [k_ for k_, _ in kps]

@@ -172,9 +172,10 @@ class LumenConfig:
     # decoding (spec: 3x3 max-pool peaks, top-K, configurable threshold)
     top_k: int = 100
     score_threshold: float = 0.05
-    # a mask task's box moves this far toward its mask's extent (0: the box decoder's own box, 1: the mask's
-    # tight box). The two are independent estimates of the object's edges and their mean is tighter than either:
-    # box AP 0.583 -> 0.630 on the demo's pool with the tiny preset (docs/measurements.md, session 22)
+    # a box moves this far toward its mask's extent (0: the box decoder's own box, 1: the mask's tight box), for the
+    # tasks the registry marks `mask_tightens_boxes` (all with boxes but pose). The two are independent estimates of
+    # the object's edges and their mean is tighter than either: box AP 0.583 -> 0.630 on the demo's pool, val
+    # detection 0.672 -> 0.705, with the tiny preset (docs/measurements.md, sessions 22-23)
     mask_box_weight: float = 0.5
     # losses (spec: Gaussian focal loss alpha 2, beta 4; L1 sizes; token CE)
     focal_alpha: float = 2.0

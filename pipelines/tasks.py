@@ -34,6 +34,9 @@ class Task:
     category: str | None = None  # the one category it asks about (pose: person); None: any
     ask_label: str = ""  # the App's Ask Lumen menu: what a labeler gets by picking it
     counted_as: str = ""  # what the App's answer line counts ("3 boxes for 'every square'"); "" for answers in words
+    # its boxes move toward the mask head's tight box of each (LumenConfig.mask_box_weight): a mask task's own masks,
+    # or masks made only for that and not answered (detection: val box AP 0.672 -> 0.705; docs/model.md)
+    mask_tightens_boxes: bool = False
 
 
 # The order is part of the checkpoint format: the task tokens are added to the tokenizer in this order.
@@ -43,12 +46,12 @@ TASKS: tuple[Task, ...] = (
         "Where are all the {category} in this image? Respond with boxes.",
         "Locate every {category} in the picture. Respond with boxes.",
     ), CATEGORY, "boxes", (1,), True, "coco_metrics", "coco",
-        ask_label="Every object of a kind (boxes)", counted_as="boxes"),
+        ask_label="Every object of a kind (boxes)", counted_as="boxes", mask_tightens_boxes=True),
     Task("instance_segmentation", "segm", "[SEG]", (
         "Please find the location of all {category} in the image. Respond with masks.",
         "Segment every {category} in this image. Respond with masks.",
     ), CATEGORY, "masks", (1, 2), True, "coco_metrics", "coco",
-        ask_label="Every object of a kind (masks)", counted_as="masks"),
+        ask_label="Every object of a kind (masks)", counted_as="masks", mask_tightens_boxes=True),
     Task("pose", "keypoints", "[POSE]", (
         "Please find the location of all person in the image. Respond with keypoints.",
         "Where are the people in this image? Respond with keypoints.",
@@ -58,12 +61,12 @@ TASKS: tuple[Task, ...] = (
         "Please find the location of {expression}. Respond with a box.",
         "Where is {expression} in the image? Respond with a box.",
     ), EXPRESSION, "boxes", (1,), False, "grounding_accuracy", "refcoco",
-        ask_label="One object (a box)", counted_as="box"),
+        ask_label="One object (a box)", counted_as="box", mask_tightens_boxes=True),
     Task("referring_segmentation", "refseg", "[RSEG]", (
         "Please find the location of {expression}. Respond with a mask.",
         "Segment {expression} in the image. Respond with a mask.",
     ), EXPRESSION, "masks", (1, 2), False, "refseg_iou", "refcoco",
-        ask_label="One object (a mask)", counted_as="mask"),
+        ask_label="One object (a mask)", counted_as="mask", mask_tightens_boxes=True),
     # stage 2: the VQA readout (lumen_model/vqa_readout.py) is the tiny preset's answer decoder; without one
     # training drops the questions
     Task("vqa", "vqa", None, (), QUESTION, "text", (1, 2), False, "vqa_accuracy", "vqav2",

@@ -50,22 +50,31 @@ def test_a_box_moves_toward_its_masks_extent_by_the_weight_and_an_empty_mask_lea
     assert boxes_toward_masks(np.zeros((0, 4)), [], 0.5).shape == (0, 4)
 
 
-def test_the_model_s_boxes_are_the_mean_of_its_box_decoder_s_and_its_masks_extent(tiny_stage2, sample_data_dir):
-    """What `lumen predict` and `lumen ask` write for a mask task: each box half way from the box decoder's
-    box to its mask's tight box (the tiny preset's mask_box_weight); a box task keeps the decoder's own."""
+@pytest.mark.parametrize("task", ["instance_segmentation", "detection"])
+def test_the_model_s_boxes_are_the_mean_of_its_box_decoder_s_and_its_masks_extent(task, tiny_stage2, sample_data_dir):
+    """What `lumen predict` and `lumen ask` write: each box half way from the box decoder's box to its mask's
+    tight box (the tiny preset's mask_box_weight). A mask task answers those masks; a box task (detection) has
+    the mask head's masks made for this only and still answers boxes alone."""
     from lumen_model.answers import located_answers
     from lumen_model.predict import Predictor, plan_jobs
 
     p = Predictor(tiny_stage2[0], score_threshold=0.0)
     assert p.cfg.mask_box_weight == 0.5
+    made = []  # the real masks_for, its masks kept to compare with (detection's answer carries none)
+    masks_for = p.masks_for
+    p.masks_for = lambda *a, **k: made.append(masks_for(*a, **k)) or made[-1]
     ann = sample_data_dir / "coco/annotations/instances_val.json"
-    jobs = plan_jobs(tiny_stage2[0], "instance_segmentation", sample_data_dir / "coco/images", annotations=ann)
+    jobs = plan_jobs(tiny_stage2[0], task, sample_data_dir / "coco/images", annotations=ann)
     chunk = [jobs[0]]
-    refined = located_answers(p, "instance_segmentation", chunk)[0]
+    refined = located_answers(p, task, chunk)[0]
     p.cfg.mask_box_weight = 0.0
-    own = located_answers(p, "instance_segmentation", chunk)[0]
-    assert len(own.boxes) == len(refined.boxes) > 0 and own.masks == refined.masks
-    tight = mask_utils.toBbox(own.masks)
+    own = located_answers(p, task, chunk)[0]
+    assert len(own.boxes) == len(refined.boxes) > 0 and made
+    if task == "detection":
+        assert refined.masks is None and own.masks is None and len(made) == 1  # no masks made at weight 0
+    else:
+        assert own.masks == refined.masks == made[0] == made[1]
+    tight = mask_utils.toBbox(made[0])
     drawn = tight[:, 2] > 0
     assert drawn.any() and np.abs(own.boxes[drawn] - tight[drawn]).max() > 1  # the two estimates differ
     assert refined.boxes[drawn] == pytest.approx((own.boxes[drawn] + tight[drawn]) / 2)
