@@ -42,6 +42,10 @@ stage 2 `--stage2-steps`), once per seed:
        0.8 is an assumption (the usual match is 0.5)
     J  + B's K images labeled from scratch as in D, but every object drawn as a box only and masked by the
        starting model as in H; not in the default arms
+    K  as I, strict about masks too: a prediction is accepted only when its mask is also close to the
+       object's (mask IoU >= `--strict-mask-iou`, 0.8), and a mask the model draws in a drawn box that far
+       off is drawn again by hand (a mask's cost); not in the default arms. Like I's, the threshold is an
+       assumption: no study we cite says how close a mask must look to be kept
 
 A person's time: the labeler counts its actions per kind (accept, reject, an object drawn as a box,
 one drawn with its mask, an image opened, an instruction typed and its answer checked) and
@@ -96,12 +100,15 @@ ARMS = {
     "H": "K reviewed, drawn as boxes, model masks",
     "I": "as H, accepting only close labels",
     "J": "K labeled from scratch, boxes, model masks",
+    "K": "as I, keeping only close masks",
 }
-DEFAULT_ARMS = "ABCDEFG"  # H, I and J on request (`--arms HIJ`): one more retraining each per budget and seed
-REPORT_ORDER = "ABCDFGHIJE"  # the tables' order: self-training (E), the arm without review, last
+DEFAULT_ARMS = "ABCDEFG"  # H to K on request (`--arms HIJK`): one more retraining each per budget and seed
+REPORT_ORDER = "ABCDFGHIJKE"  # the tables' order: self-training (E), the arm without review, last
 BUDGET_ARMS = tuple(a for a in REPORT_ORDER if a not in "AE")  # the arms that spend --budgets; A and E have none
-ON_B_IMAGES = ("D", "F", "H", "I", "J")  # the arms that work on B's images in B's order (B's round runs first)
-BOX_MASK_ARMS = ("H", "I", "J")  # an object to draw is drawn as a box and the model draws its mask (the App's button)
+ON_B_IMAGES = ("D", "F", "H", "I", "J", "K")  # the arms that work on B's images in B's order (B's round runs first)
+BOX_MASK_ARMS = ("H", "I", "J", "K")  # an object to draw is drawn as a box and the model draws its mask (the App's button)
+REVIEW_ARMS = ("B", "F", "G", "H", "I", "K")  # the queue's review arms, the goal "review reaches D" asks of
+STRICT_ARMS = ("I", "K")  # a prediction is accepted only within --strict-iou of the object (K: its mask too)
 QUEUE_ORDER = {"B": "errors", "G": "gain_per_s"}  # pipelines.review.queue.ORDERS
 CURVE_BUDGETS = (30, 60, 120)
 ASK_RANGE = (3.0, 5.0, 10.0)  # seconds per prompt arm F is reported at: no study gives the number
@@ -219,7 +226,8 @@ class Loop:
         mode = {"D": "scratch", "E": "accept_all", "F": "prompted", "J": "scratch"}.get(arm, "review")
         prompting = self.prompting(start) if arm == "F" else None
         box_masks = self.box_masking(start) if arm in BOX_MASK_ARMS else None
-        iou = self.args.strict_iou if arm == "I" else 0.5
+        iou = self.args.strict_iou if arm in STRICT_ARMS else 0.5
+        mask_iou_min = self.args.strict_mask_iou if arm == "K" else None
         if arm in QUEUE_ORDER:
             order = queue_order(ds, QUEUE_ORDER[arm])
         elif arm == "C":
@@ -232,7 +240,7 @@ class Loop:
         for budget in budgets:
             end = len(order) if budget is None else budget
             counts = counts.add(label(name, self.sources / ORACLE_FILE, order[done:end], budget=None, mode=mode,
-                                      iou=iou, prompting=prompting, box_masks=box_masks))
+                                      iou=iou, prompting=prompting, box_masks=box_masks, mask_iou_min=mask_iou_min))
             done = end
             pulled = pull_corrections(name, self.root / "corrections" / group, progress=False)
             tag = "all" if budget is None else f"k{budget}"
@@ -506,7 +514,7 @@ def curve_goals(arms: dict, budgets: list[int]) -> dict:
         d = arms[run_key("D", top)]
         for metric, what in (("det_AP", "box"), ("segm_AP", "mask")):
             target, limit = d[metric]["mean"], d["labeler_s"]["total"] / 3
-            reach = {arm: time_to_reach(curve_points(arms, arm, budgets, metric), target) for arm in ("B", "F", "G", "H", "I")
+            reach = {arm: time_to_reach(curve_points(arms, arm, budgets, metric), target) for arm in REVIEW_ARMS
                      if any(run_key(arm, k) in arms for k in budgets)}
             fastest = min((t for t in reach.values() if t is not None), default=None)
             out[f"review reaches D's {what} AP at K={top} with <= 1/3 of D's labeler time"] = {
@@ -581,7 +589,7 @@ def plot_curve(arms: dict, path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.6))
     colours = {"A": "grey", "B": "tab:blue", "C": "tab:orange", "D": "tab:green", "E": "tab:purple", "F": "tab:brown",
                "G": "tab:red", "H": "tab:pink", "I": "tab:olive",
-               "J": "tab:cyan"}
+               "J": "tab:cyan", "K": "black"}
     xmax = max([r["labeler_h"] for r in arms.values()] + [h for r in arms.values()
                                                           for h in r.get("labeler_h_by_ask_s", {}).values()] + [0.1])
     for ax, metric, name in ((axes[0], "det_AP", "detection AP"), (axes[1], "segm_AP", "mask AP")):
@@ -717,8 +725,11 @@ def main() -> int:
     ap.add_argument("--arms", type=_arms, default=DEFAULT_ARMS,
                     help=f"which arms, letters of {''.join(ARMS)} (default: {DEFAULT_ARMS})")
     ap.add_argument("--strict-iou", type=float, default=0.8,
-                    help="arm I: the box IoU with the object at which its labeler accepts a prediction (default: 0.8, "
-                         "an assumption; arms B-H accept at 0.5)")
+                    help="arms I and K: the box IoU with the object at which its labeler accepts a prediction "
+                         "(default: 0.8, an assumption; arms B-H accept at 0.5)")
+    ap.add_argument("--strict-mask-iou", type=float, default=0.8,
+                    help="arm K: the mask IoU with the object's at which its labeler keeps a mask the model drew, "
+                         "accepted or in a drawn box (default: 0.8, an assumption)")
     ap.add_argument("--seeds", type=int, default=2, help="retraining seeds per arm (default: 2)")
     ap.add_argument("--start-steps", type=int, default=1000, help="stage-1 steps of the starting model (default: 1000)")
     ap.add_argument("--stage1-steps", type=int, default=300, help="stage-1 steps of every arm's retraining (default: 300)")
@@ -776,8 +787,9 @@ def main() -> int:
     except InputError as e:
         ap.error(str(e))
 
-    if not 0.5 <= args.strict_iou <= 1.0:
-        ap.error(f"--strict-iou must be between 0.5 (the usual match) and 1, got {args.strict_iou}")
+    for flag, value in (("--strict-iou", args.strict_iou), ("--strict-mask-iou", args.strict_mask_iou)):
+        if not 0.5 <= value <= 1.0:
+            ap.error(f"{flag} must be between 0.5 (the usual match) and 1, got {value}")
     if args.report:
         if not args.out or not (Path(args.out) / "loop_state.json").is_file():
             ap.error("--report needs the --out of a run (its loop_state.json)")
@@ -813,9 +825,12 @@ def main() -> int:
     labels, label_s = state.data["labels"], state.data["label_s"]
     if "G" in args.arms:
         _check_g_costs(labels, costs)
-    if "I" in args.arms and labels.get("I", {}).get("strict_iou", args.strict_iou) != args.strict_iou:
-        raise SystemExit(f"bench_loop: arm I in this --out was labeled with --strict-iou {labels['I']['strict_iou']}: "
-                         "use the same value or another --out")
+    for arm, key in (("I", "strict_iou"), ("K", "strict_iou"), ("K", "strict_mask_iou")):
+        value = getattr(args, key)
+        if arm in args.arms and labels.get(arm, {}).get(key, value) != value:
+            flag = "--" + key.replace("_", "-")
+            raise SystemExit(f"bench_loop: arm {arm} in this --out was labeled with {flag} {labels[arm][key]}: "
+                             "use the same value or another --out")
     for group, arm, seed in label_groups(args.arms, args.seeds):
         budgets = [None] if arm == "E" else args.budgets
         if group in labels and all(_budget_key(k) in labels[group]["budgets"] for k in budgets):
@@ -829,8 +844,10 @@ def main() -> int:
         labels[group] = loop.label_group(group, arm, seed, pred, thresholds, budgets, costs, b_order, start)
         if arm == "G":
             labels[group]["costs"] = costs.as_dict()
-        if arm == "I":
+        if arm in STRICT_ARMS:
             labels[group]["strict_iou"] = args.strict_iou
+        if arm == "K":
+            labels[group]["strict_mask_iou"] = args.strict_mask_iou
         label_s[group] = round(time.perf_counter() - t, 1)
         state.save()
         for k, entry in labels[group]["budgets"].items():

@@ -37,10 +37,12 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pycocotools import mask as mask_utils
+
 from pipelines.errors import InputError
 from pipelines.evaluation import box_iou
 from pipelines.review import fields as F
-from pipelines.review.labels import absolute_box, mask_crop, relative_box
+from pipelines.review.labels import absolute_box, crop_to_rle, mask_crop, relative_box
 from pipelines.review.queue import order_field
 from pipelines.sources.coco import to_rles
 from pipelines.sources.common import load_json
@@ -163,10 +165,10 @@ def _box_key(bbox) -> tuple:
     return tuple(round(float(v), 2) for v in bbox)
 
 
-def _match(preds, truths, iou: float) -> tuple[set[int], set[int]]:
-    """Greedy by confidence: (indices of matched predictions, indices of matched true objects)."""
+def _match(preds, truths, iou: float) -> dict[int, int]:
+    """Greedy by confidence: {index of a matched prediction: index of its true object}."""
     order = sorted(range(len(preds)), key=lambda i: -(preds[i][2] or 0.0))
-    hit_p, hit_t = set(), set()
+    pairs, hit_t = {}, set()
     for i in order:
         cid, box, _ = preds[i]
         best, best_iou = None, iou
@@ -177,9 +179,24 @@ def _match(preds, truths, iou: float) -> tuple[set[int], set[int]]:
             if v >= best_iou:
                 best, best_iou = j, v
         if best is not None:
-            hit_p.add(i)
+            pairs[i] = best
             hit_t.add(best)
-    return hit_p, hit_t
+    return pairs
+
+
+def mask_iou(det, truth: dict, w: int, h: int) -> float:
+    """IoU of a label's mask (a crop in its box, as FiftyOne keeps it) with the true object's mask, in the
+    image's pixels; 0 for a label without a mask or an object without one."""
+    rle = to_rles([truth.get("segmentation")], h, w)[0]
+    if det.mask is None or rle is None:
+        return 0.0
+    mine = crop_to_rle(det.mask, absolute_box(det.bounding_box, w, h), w, h)
+    return float(mask_utils.iou([_coco_rle(mine)], [_coco_rle(rle)], [0])[0][0])
+
+
+def _coco_rle(rle: dict) -> dict:
+    counts = rle["counts"]
+    return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
 def _drawn(fo, truth: dict, name: str, w: int, h: int):
@@ -249,9 +266,12 @@ class BoxMasking:
     model_version: str
 
 
-def _draw_boxes_then_masks(fo, sample, objects: list, masking: BoxMasking, counts: LabelerCounts) -> None:
-    """Draw `objects` as boxes, let the model mask them (the App's "Mask drawn boxes"), and draw by hand the
-    mask of any box the model left empty. Counted: every object a box drawn; the hand-drawn masks as masks."""
+def _draw_boxes_then_masks(fo, sample, objects: list, truths: list[dict], masking: BoxMasking, counts: LabelerCounts,
+                           mask_iou_min: float | None = None) -> None:
+    """Draw `objects` (those of `truths`) as boxes, let the model mask them (the App's "Mask drawn boxes"), and
+    draw by hand the mask of any box the model left empty, and with `mask_iou_min` of any mask the model drew
+    further than that from the object's (mask IoU). Counted: every object a box drawn; the hand-drawn masks as
+    masks."""
     from pipelines.review.box_masks import mask_drawn_boxes
 
     masks = [d.mask for d in objects]
@@ -260,21 +280,32 @@ def _draw_boxes_then_masks(fo, sample, objects: list, masking: BoxMasking, count
     sample[F.CORRECTIONS] = fo.Detections(detections=objects)  # saved with the rest of the image's review
     mask_drawn_boxes(sample, masking.segment, masking.model_version)
     by_hand = 0
-    for d, truth_mask in zip(sample[F.CORRECTIONS].detections, masks):
-        if d.mask is None and truth_mask is not None:  # the model found nothing in the box: drawn by hand
+    w, h = sample.metadata.width, sample.metadata.height
+    kept = []
+    for d, truth_mask, t in zip(sample[F.CORRECTIONS].detections, masks, truths):
+        if truth_mask is not None and d.mask is None:  # the model found nothing in the box: drawn by hand
             d.mask = truth_mask
             by_hand += 1
+        elif truth_mask is not None and mask_iou_min is not None and mask_iou(d, t, w, h) < mask_iou_min:
+            # a strict labeler draws the model's loose mask again: a person's label, no model's mask on it
+            d = fo.Detection(label=d.label, bounding_box=d.bounding_box, mask=truth_mask)
+            by_hand += 1
+        kept.append(d)
+    sample[F.CORRECTIONS] = fo.Detections(detections=kept)
     counts.boxes_drawn += len(objects)
     counts.masks_drawn += by_hand
 
 
 def label(dataset_name, truth_file, order: list[str], *, budget: int | None, mode: str = "review",
-          iou: float = 0.5, prompting: Prompting | None = None, box_masks: BoxMasking | None = None) -> LabelerCounts:
+          iou: float = 0.5, prompting: Prompting | None = None, box_masks: BoxMasking | None = None,
+          mask_iou_min: float | None = None) -> LabelerCounts:
     """Work through `order` (sample ids) until `budget` images are done; returns what was done. Mode
     `prompted` needs `prompting`. `iou`: how close a prediction must be to a true object to be accepted
     (0.5: the usual match; higher: a stricter labeler, who rejects loose labels and draws them again).
     `box_masks`: every object the labeler draws is drawn as a box, and the model draws its mask
-    (`BoxMasking`); without it, an object is drawn with its mask by hand."""
+    (`BoxMasking`); without it, an object is drawn with its mask by hand. `mask_iou_min`: a labeler strict
+    about masks too: a prediction whose mask is further than that from the object's (mask IoU) is rejected and
+    the object drawn, and a mask the model draws in a drawn box that far off is drawn again by hand."""
     from pipelines.review.fo_env import fiftyone
 
     fo = fiftyone()  # the configured database, never whichever embedded one happens to run
@@ -303,7 +334,10 @@ def label(dataset_name, truth_file, order: list[str], *, budget: int | None, mod
             drawn = true
         else:
             preds = [(d.get_field("category_id"), absolute_box(d.bounding_box, w, h), d.confidence) for d in dets]
-            hit_p, hit_t = _match(preds, true, iou)
+            pairs = _match(preds, true, iou)
+            if mask_iou_min is not None:  # a close box with a loose mask: rejected, the object drawn
+                pairs = {i: j for i, j in pairs.items() if mask_iou(dets[i], true[j], w, h) >= mask_iou_min}
+            hit_p, hit_t = set(pairs), set(pairs.values())
             for i, d in enumerate(dets):
                 d.tags.append(F.ACCEPT if i in hit_p else F.REJECT)
             counts.accepts += len(hit_p)
@@ -314,7 +348,7 @@ def label(dataset_name, truth_file, order: list[str], *, budget: int | None, mod
         if drawn:
             objects = [_drawn(fo, t, names.get(t["category_id"], str(t["category_id"])), w, h) for t in drawn]
             if box_masks is not None and mode != "accept_all":
-                _draw_boxes_then_masks(fo, sample, objects, box_masks, counts)
+                _draw_boxes_then_masks(fo, sample, objects, drawn, box_masks, counts, mask_iou_min)
             else:
                 sample[F.CORRECTIONS] = fo.Detections(detections=objects)
                 counts.boxes_drawn += len(objects)

@@ -52,11 +52,13 @@ def test_arms_budgets_and_seeds_plan_the_review_rounds_and_retrainings():
         with pytest.raises(argparse.ArgumentTypeError):
             bl._budgets(bad)
     assert bl._arms("a,b,g") == "ABG" and bl._arms("gf") == "FG"
-    with pytest.raises(argparse.ArgumentTypeError, match="letters of ABCDEFGHIJ"):
+    with pytest.raises(argparse.ArgumentTypeError, match="letters of ABCDEFGHIJK"):
         bl._arms("ABX")
     # H, I and J (boxes the model masks; a strict labeler; from scratch) work on B's images, on request only
     assert bl.DEFAULT_ARMS == "ABCDEFG" and bl._arms("ih") == "HI"
     assert bl.label_groups("HIJ", 1) == [("B", "B", 0), ("H", "H", 0), ("I", "I", 0), ("J", "J", 0)]
+    # K (strict about masks too) works on B's images as well, and the goal "review reaches D" asks it too
+    assert bl.label_groups("K", 1) == [("B", "B", 0), ("K", "K", 0)] and "K" in bl.REVIEW_ARMS
     assert [k for k, *_ in bl.runs_to_do("HI", [30, 60], 1)] == ["H-k30", "I-k30", "H-k60", "I-k60"]
     assert [k for k, *_ in bl.finished_runs({"I-k30": {"0": {}}, "E": {"0": {}}, "H-k30": {"0": {}}, "A": {"0": {}}})] \
         == ["A", "H-k30", "I-k30", "E"]

@@ -320,3 +320,66 @@ def test_prompted_mode_refuses_without_a_model_and_a_foreign_scene_in_one_line(p
     a = next(a for a in gt["annotations"] if not a["iscrowd"])
     with pytest.raises(InputError, match="seed"):  # not the scenes this truth was written from
         PoolExpressions(truth, seed=POOL_SEED + 1).for_object(a["image_id"], a)
+
+
+def _half_mask(ann: dict, h: int, w: int, keep_all: bool) -> dict:
+    """The object's true mask (`keep_all`) or its left half only (mask IoU about 0.5): an RLE result field."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    m = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], h, w))).astype(np.uint8)
+    if not keep_all:
+        x, _, bw, _ = ann["bbox"]
+        m[:, int(x + bw / 2):] = 0
+    rle = mask_utils.encode(np.asfortranarray(m))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def test_a_labeler_strict_about_masks_rejects_a_close_box_with_a_loose_mask_and_redraws_the_model_s(
+        pool_sources, tiny_stage2, tmp_path, fo_dataset_name):
+    """Arm K: every prediction's box is the object's, half of them with the true mask and half with half of it.
+    At mask IoU 0.8 the true-masked ones are accepted, the half-masked ones rejected and their objects drawn;
+    a mask the model draws in a drawn box is kept only at mask IoU >= 0.8 with the object's, else drawn by hand."""
+    import fiftyone as fo
+
+    from bench.simulated_labeler import BoxMasking, mask_iou
+    from lumen_model.ask import load_asker
+    from pipelines.layout import pool_file
+    from pipelines.review.box_masks import MASK_MODEL_VERSION
+    from pipelines.sample_data import ORACLE_FILE
+
+    truth = pool_sources / ORACLE_FILE
+    gt = json.loads(truth.read_text())
+    size = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
+    results, exact, halved = [], 0, 0
+    for im in gt["images"][:6]:
+        for k, a in enumerate(x for x in gt["annotations"] if x["image_id"] == im["id"] and not x["iscrowd"]):
+            results.append({"image_id": im["id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9,
+                            "segmentation": _half_mask(a, *size[im["id"]], keep_all=k % 2 == 0)})
+            exact, halved = exact + (k % 2 == 0), halved + (k % 2 == 1)
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps(results))
+    push_predictions(fo_dataset_name, pool_sources / "coco" / "images", pred, "start",
+                     categories_file=pool_file(pool_sources), progress=False)
+    ds = fo.load_dataset(fo_dataset_name)
+    order = ds.values("id")
+    masking = BoxMasking(load_asker(tiny_stage2[0]).masks_in_boxes, "start")
+    counts = label(fo_dataset_name, truth, order, budget=None, box_masks=masking, mask_iou_min=0.8)
+    assert (counts.accepts, counts.rejects, counts.boxes_drawn) == (exact, halved, halved)
+
+    ds.reload()
+    true_of = {}
+    for a in gt["annotations"]:
+        true_of.setdefault(a["image_id"], []).append(a)
+    kept_by_model = by_hand = 0
+    for s in ds.select(order):
+        h, w = s.metadata.height, s.metadata.width
+        for d in s[F.CORRECTIONS].detections if s[F.CORRECTIONS] is not None else []:
+            best = max(mask_iou(d, t, w, h) for t in true_of[s["image_id"]])
+            if d.has_field(MASK_MODEL_VERSION):
+                kept_by_model += 1
+                assert best >= 0.8  # the model's mask was close enough to keep
+            else:
+                by_hand += 1
+                assert best == pytest.approx(1.0)  # drawn again: the object's own mask
+    assert kept_by_model + by_hand == halved and counts.masks_drawn == by_hand
