@@ -42,7 +42,7 @@ from pycocotools import mask as mask_utils
 from pipelines.errors import InputError
 from pipelines.evaluation import box_iou
 from pipelines.review import fields as F
-from pipelines.review.labels import absolute_box, crop_to_rle, mask_crop, relative_box
+from pipelines.review.labels import absolute_box, crop_to_rle, mask_crop, relative_box, rle_for_pycocotools
 from pipelines.review.queue import order_field
 from pipelines.sources.coco import to_rles
 from pipelines.sources.common import load_json
@@ -191,12 +191,7 @@ def mask_iou(det, truth: dict, w: int, h: int) -> float:
     if det.mask is None or rle is None:
         return 0.0
     mine = crop_to_rle(det.mask, absolute_box(det.bounding_box, w, h), w, h)
-    return float(mask_utils.iou([_coco_rle(mine)], [_coco_rle(rle)], [0])[0][0])
-
-
-def _coco_rle(rle: dict) -> dict:
-    counts = rle["counts"]
-    return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return float(mask_utils.iou([rle_for_pycocotools(mine)], [rle_for_pycocotools(rle)], [0])[0][0])
 
 
 def _drawn(fo, truth: dict, name: str, w: int, h: int):

@@ -51,7 +51,7 @@ def crop_windows(boxes, widths, heights) -> np.ndarray:
 
 def mask_crop(rle: dict, bbox, width: int, height: int) -> np.ndarray:
     """A compressed RLE (full image) -> the boolean crop under `bbox` FiftyOne stores."""
-    full = mask_utils.decode(_rle_for_pycocotools(rle))
+    full = mask_utils.decode(rle_for_pycocotools(rle))
     x0, y0, x1, y1 = crop_window(bbox, width, height)
     return full[y0:y1, x0:x1].astype(bool)
 
@@ -176,7 +176,8 @@ def crop_to_rle(crop: np.ndarray, bbox, width: int, height: int) -> dict:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def _rle_for_pycocotools(rle: dict) -> dict:
+def rle_for_pycocotools(rle: dict) -> dict:
+    """An RLE with a str or bytes `counts` in the form pycocotools takes (bytes)."""
     counts = rle["counts"]
     return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
