@@ -22,6 +22,7 @@ from lumen_model.data import Collator, short_answer_question
 from lumen_model.answers import FLIP_TTA_TASKS, SINGLE_OBJECT_TASKS, Answer, located_answers, text_answers
 from lumen_model.decoders.boxes import unflip_boxes
 from lumen_model.decoders.pose import decode_keypoints
+from lumen_model.decoders.roi_masks import paste
 from lumen_model.streaming import ImageInstructionJobs, JsonArrayWriter
 from pipelines.errors import InputError
 from pipelines.sources.common import load_json
@@ -251,10 +252,13 @@ class Predictor:
         xy1 = geo.to_input(boxes_xywh[:, :2] + boxes_xywh[:, 2:])
         bx = torch.tensor(np.concatenate([xy0, xy1], 1), dtype=torch.float32, device=out["dense"].device)
         r = slice(row, row + 1)
-        logits = self.model.masks(out["dense"][r], out["heatmap_logits"][r], out["pixels"][r], [bx])[0].cpu().numpy()
-        x0, y0, x1, y1 = geo.content_box_input()
-        return np.stack([cv2.resize(lg[y0:y1, x0:x1].astype(np.float32), (geo.width, geo.height),
-                                    interpolation=cv2.INTER_NEAREST) for lg in logits])
+        logits, rois = self.model.masks.roi_logits(out["dense"][r], out["heatmap_logits"][r], out["pixels"][r], [bx])
+        # pasted straight at the image's own pixels, from where pad_image put them on the input: pasting on the
+        # S x S input and resizing that (nearest neighbour) moved every mask about a pixel right and down
+        rois = rois.cpu().numpy().astype(np.float64)
+        in_pixels = np.concatenate([geo.content_to_image(rois[:, :2]), geo.content_to_image(rois[:, 2:])], 1)
+        return paste(logits.detach().float().cpu(), torch.tensor(in_pixels, dtype=torch.float32), geo.height,
+                     geo.width).numpy()
 
     @torch.no_grad()
     def keypoints_for(self, dense: torch.Tensor, boxes_xywh: np.ndarray, geo: SquarePad) -> list[tuple]:

@@ -73,6 +73,14 @@ class SquarePad:
         x0, y0 = int(round(ox)), int(round(oy))
         return x0, y0, x0 + int(round(self.width * s)), y0 + int(round(self.height * s))
 
+    def content_to_image(self, xy: np.ndarray) -> np.ndarray:
+        """Input pixels -> original pixels the way `pad_image` placed the image: on its rounded content box. What
+        the model drew on the input's pixels (a mask) goes back this way; `from_input` is the exact inverse of
+        `to_input`, which the box and point targets use, and differs from this by up to half an input pixel."""
+        x0, y0, x1, y1 = self.content_box_input()
+        xy = np.asarray(xy, dtype=np.float64)
+        return (xy - np.array([x0, y0])) * np.array([self.width / (x1 - x0), self.height / (y1 - y0)])
+
     def heatmap_to_image(self, heat: np.ndarray) -> np.ndarray:
         """Crop an M x M map to the image's region and resize it to (height, width)."""
         import cv2

@@ -71,23 +71,34 @@ class RoiMaskHead(nn.Module):
                                align_corners=False)
         return mask_loss_sum(logits, target[:, 0])
 
-    def forward(self, dense, heat_logits, pixels, boxes: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Mask logits on the input canvas (n_i, S, S) per sample; far below 0 outside the enlarged box."""
+    def roi_logits(self, dense, heat_logits, pixels, boxes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask logits (n, 2c, 2c), the enlarged xyxy input-pixel rois (n, 4) they cover) for every sample's boxes:
+        what a caller pastes at any resolution (`paste`; the predictor pastes at the original image's pixels)."""
         rois = [enlarge(b, self.context) for b in boxes]
         logits = self.box_logits(dense, heat_logits, pixels, rois)
-        return list(paste(logits, torch.cat(rois) if len(logits) else logits.new_zeros((0, 4)),
-                          self.input_size).split([len(b) for b in boxes]))
+        return logits, torch.cat(rois) if len(logits) else logits.new_zeros((0, 4))
+
+    def forward(self, dense, heat_logits, pixels, boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Mask logits on the input canvas (n_i, S, S) per sample; far below 0 outside the enlarged box."""
+        logits, rois = self.roi_logits(dense, heat_logits, pixels, boxes)
+        return list(paste(logits, rois, self.input_size).split([len(b) for b in boxes]))
 
 
-def paste(logits: torch.Tensor, rois: torch.Tensor, size: int, outside: float = -20.0) -> torch.Tensor:
-    """(n, h, w) logits inside xyxy rois -> (n, size, size) on the input canvas (bilinear)."""
+def paste(logits: torch.Tensor, rois: torch.Tensor, height: int, width: int | None = None,
+          outside: float = -20.0) -> torch.Tensor:
+    """(n, h, w) logits inside xyxy rois -> (n, height, width) (square when `width` is None), bilinear at each
+    pixel's centre. The rois are in that canvas's pixels: pasting at the original image's pixels rather than on the
+    S x S input and resizing that keeps the masks where the image is (see `Predictor._mask_logits`)."""
+    width = height if width is None else width
     if not len(logits):
-        return logits.new_zeros((0, size, size))
-    centres = torch.arange(size, dtype=logits.dtype, device=logits.device) + 0.5
+        return logits.new_zeros((0, height, width))
+    cx = torch.arange(width, dtype=logits.dtype, device=logits.device) + 0.5
+    cy = torch.arange(height, dtype=logits.dtype, device=logits.device) + 0.5
     x0, y0, x1, y1 = (rois[:, k, None] for k in range(4))
-    gx = ((centres[None] - x0) / (x1 - x0).clamp(min=1e-3)) * 2 - 1  # (n, size): -1..1 inside the roi
-    gy = ((centres[None] - y0) / (y1 - y0).clamp(min=1e-3)) * 2 - 1
-    grid = torch.stack([gx[:, None, :].expand(-1, size, -1), gy[:, :, None].expand(-1, -1, size)], -1)
+    gx = ((cx[None] - x0) / (x1 - x0).clamp(min=1e-3)) * 2 - 1  # (n, width): -1..1 inside the roi
+    gy = ((cy[None] - y0) / (y1 - y0).clamp(min=1e-3)) * 2 - 1
+    n = len(logits)
+    grid = torch.stack([gx[:, None, :].expand(n, height, width), gy[:, :, None].expand(n, height, width)], -1)
     out = F.grid_sample(logits[:, None], grid, align_corners=False, padding_mode="border")[:, 0]
     inside = (gx.abs() <= 1)[:, None, :] & (gy.abs() <= 1)[:, :, None]
     return torch.where(inside, out, torch.full_like(out, outside))
