@@ -46,6 +46,9 @@ stage 2 `--stage2-steps`), once per seed:
        object's (mask IoU >= `--strict-mask-iou`, 0.8), and a mask the model draws in a drawn box that far
        off is drawn again by hand (a mask's cost); not in the default arms. Like I's, the threshold is an
        assumption: no study we cite says how close a mask must look to be kept
+    L  as K, in random order (a new order per seed, the same images as C's with that seed)
+    M  as K, in the queue's gain-per-second order (G's): L and M put the orders side by side for a strict
+       reviewer, as C, B and G do for the usual one (`--arms KLM --curve`; not in the default arms)
 
 A person's time: the labeler counts its actions per kind (accept, reject, an object drawn as a box,
 one drawn with its mask, an image opened, an instruction typed and its answer checked) and
@@ -101,15 +104,21 @@ ARMS = {
     "I": "as H, accepting only close labels",
     "J": "K labeled from scratch, boxes, model masks",
     "K": "as I, keeping only close masks",
+    "L": "as K, random order",
+    "M": "as K, gain-per-second order",
 }
-DEFAULT_ARMS = "ABCDEFG"  # H to K on request (`--arms HIJK`): one more retraining each per budget and seed
-REPORT_ORDER = "ABCDFGHIJKE"  # the tables' order: self-training (E), the arm without review, last
+DEFAULT_ARMS = "ABCDEFG"  # H to M on request (`--arms HIJK`): one more retraining each per budget and seed
+REPORT_ORDER = "ABCDFGHIJKLME"  # the tables' order: self-training (E), the arm without review, last
 BUDGET_ARMS = tuple(a for a in REPORT_ORDER if a not in "AE")  # the arms that spend --budgets; A and E have none
 ON_B_IMAGES = ("D", "F", "H", "I", "J", "K")  # the arms that work on B's images in B's order (B's round runs first)
-BOX_MASK_ARMS = ("H", "I", "J", "K")  # an object to draw is drawn as a box, the model draws its mask (the App's button)
-REVIEW_ARMS = ("B", "F", "G", "H", "I", "K")  # the queue's review arms, the goal "review reaches D" asks of
-STRICT_ARMS = ("I", "K")  # a prediction is accepted only within --strict-iou of the object (K: its mask too)
-QUEUE_ORDER = {"B": "errors", "G": "gain_per_s"}  # pipelines.review.queue.ORDERS
+BOX_MASK_ARMS = ("H", "I", "J", "K", "L", "M")  # what to draw is drawn as a box, the model masks it (the App's button)
+REVIEW_ARMS = ("B", "F", "G", "H", "I", "K", "M")  # the queue's review arms, the goal "review reaches D" asks of
+STRICT_ARMS = ("I", "K", "L", "M")  # a prediction is accepted only within --strict-iou of the object (K: its mask too)
+MASK_STRICT_ARMS = ("K", "L", "M")  # ... and within --strict-mask-iou of its mask
+RANDOM_ARMS = ("C", "L")  # a new random order per seed: one review round per seed
+QUEUE_ORDER = {"B": "errors", "G": "gain_per_s", "M": "gain_per_s"}  # pipelines.review.queue.ORDERS
+# the goal "the best order beats random at equal labeler time", per way of reviewing: (random arm, ordered arms)
+ORDER_FAMILIES = {"": ("C", ("B", "G")), "strict": ("L", ("K", "M"))}
 CURVE_BUDGETS = (30, 60, 120)
 ASK_RANGE = (3.0, 5.0, 10.0)  # seconds per prompt arm F is reported at: no study gives the number
 SAMPLE_SEED = 0  # the demo's seed: arm F's labeler makes the pool's scenes again from it
@@ -227,10 +236,10 @@ class Loop:
         prompting = self.prompting(start) if arm == "F" else None
         box_masks = self.box_masking(start) if arm in BOX_MASK_ARMS else None
         iou = self.args.strict_iou if arm in STRICT_ARMS else 0.5
-        mask_iou_min = self.args.strict_mask_iou if arm == "K" else None
+        mask_iou_min = self.args.strict_mask_iou if arm in MASK_STRICT_ARMS else None
         if arm in QUEUE_ORDER:
             order = queue_order(ds, QUEUE_ORDER[arm])
-        elif arm == "C":
+        elif arm in RANDOM_ARMS:  # the same images for C and L with the same seed: only the reviewing differs
             order = random_order(ds, seed)
         elif arm in ON_B_IMAGES:  # the same images as B, in B's order (the queue's errors-first order)
             order = [by_image[i] for i in b_order]
@@ -325,9 +334,14 @@ def run_key(arm: str, budget: int | None) -> str:
 def label_groups(arms: str, seeds: int) -> list[tuple[str, str, int]]:
     """The review rounds the arms need, in the order they run: (group, arm, seed). D and F work on B's
     images, so B's round runs whenever one of them does."""
-    order = "BG" + "".join(a for a in REPORT_ORDER if a not in "ABCG")  # the queue's orders first, C per seed last
+    order = "BG" + "".join(a for a in REPORT_ORDER if a not in "ABG" + "".join(RANDOM_ARMS))  # the queue's first
     groups = [(a, a, 0) for a in order if a in arms or (a == "B" and any(x in arms for x in ON_B_IMAGES))]
-    return groups + [(f"C-s{seed}", "C", seed) for seed in range(seeds) if "C" in arms]
+    return groups + [(group_name(a, seed), a, seed) for a in RANDOM_ARMS if a in arms for seed in range(seeds)]
+
+
+def group_name(arm: str, seed: int) -> str:
+    """The review round behind an arm's retraining with `seed`: one per seed for a random order (C-s0), else one."""
+    return f"{arm}-s{seed}" if arm in RANDOM_ARMS else arm
 
 
 def runs_to_do(arms: str, budgets: list[int], seeds: int) -> list[tuple[str, str, int | None, int]]:
@@ -342,8 +356,7 @@ def _label_entry(labels: dict, arm: str, budget: int | None, seed: int) -> dict 
     """The review round behind a retraining (None for A)."""
     if arm == "A":
         return None
-    group = f"C-s{seed}" if arm == "C" else arm
-    return labels[group]["budgets"][_budget_key(budget)]
+    return labels[group_name(arm, seed)]["budgets"][_budget_key(budget)]
 
 
 def _stats(values: list[float]) -> dict:
@@ -373,7 +386,7 @@ def aggregate(runs: dict, labels: dict, todo: list, costs, ask_range=ASK_RANGE) 
             continue
         seeds = sorted(int(s) for s in runs[key])
         rs = [runs[key][str(s)] for s in seeds]
-        entries = [_label_entry(labels, arm, budget, s) for s in (seeds if arm == "C" else [0])]
+        entries = [_label_entry(labels, arm, budget, s) for s in (seeds if arm in RANDOM_ARMS else [0])]
         counts = [e["counts"] for e in entries if e is not None]
         seconds = [costs.seconds(c["by_kind"]) for c in counts]
 
@@ -479,35 +492,51 @@ def time_to_reach(points: list[tuple[float, float, float]], ap: float) -> float 
     return points[-1][0] if points and points[-1][1] >= ap else None
 
 
-def curve_goals(arms: dict, budgets: list[int]) -> dict:
-    """Issue 31's goals over the learning curve. (1) At equal labeler time, the best queue order (B errors first,
-    G gain per second) beats random order (C, read off its curve at the same seconds) by more than the seeds'
-    spread, at two of three budgets. (2) Review (B, F or G) reaches D's box AP, and D's mask AP, at D's largest
-    budget with at most a third of D's labeler time."""
-    out = {}
-    if len(budgets) < 2 or "A" not in arms:
-        return out
-    c_curve = {m: curve_points(arms, "C", budgets, m) for m in ("det_AP", "segm_AP")}
+ORDER_GOAL = "best order beats random at equal labeler time by more than the seed spread, at 2 of 3 budgets"
+
+
+def order_goal(arms: dict, budgets: list[int], random_arm: str, ordered: tuple[str, ...]) -> dict | None:
+    """Issue 31's first goal for one way of reviewing: at each budget the better of the ordered arms, against the
+    random order reviewed the same way (read off its curve at the same labeler seconds), by more than the larger
+    seed spread. None: the random arm has no curve here."""
+    curve = curve_points(arms, random_arm, budgets, "det_AP")
+    if len(curve) < 2:
+        return None
     wins, compared = {}, 0
     for k in budgets:
         best = None
-        for arm in ("B", "G"):
+        for arm in ordered:
             r = arms.get(run_key(arm, k))
-            at = r and ap_at_time(c_curve["det_AP"], r["labeler_s"]["total"])
+            at = r and ap_at_time(curve, r["labeler_s"]["total"])
             if not at:
                 continue
             margin, spread = r["det_AP"]["mean"] - at[0], max(r["det_AP"]["spread"], at[1])
             if best is None or margin > best["margin"]:
                 best = {"arm": arm, "labeler_s": r["labeler_s"]["total"], "AP": r["det_AP"]["mean"],
-                        "C_at_same_s": round(at[0], 4), "margin": round(margin, 4), "spread": round(spread, 4)}
+                        f"{random_arm}_at_same_s": round(at[0], 4), "margin": round(margin, 4),
+                        "spread": round(spread, 4)}
         if best:
             compared += 1
             best["beats"] = best["margin"] > best["spread"]
-        wins[str(k)] = best  # None: no order's labeler time falls inside C's curve at this budget
+        wins[str(k)] = best  # None: no order's labeler time falls inside the random curve at this budget
     need = 2 if len(budgets) >= 3 else len(budgets)
-    out["best order beats random at equal labeler time by more than the seed spread, at 2 of 3 budgets"] = {
-        "per_budget": wins, "budgets_compared": compared,
-        "met": sum(bool(w and w["beats"]) for w in wins.values()) >= need}
+    return {"random": random_arm, "orders": list(ordered), "per_budget": wins, "budgets_compared": compared,
+            "met": sum(bool(w and w["beats"]) for w in wins.values()) >= need}
+
+
+def curve_goals(arms: dict, budgets: list[int]) -> dict:
+    """Issue 31's goals over the learning curve. (1) At equal labeler time, the best queue order beats random order
+    by more than the seeds' spread, at two of three budgets: per way of reviewing (`ORDER_FAMILIES`: B errors
+    first and G gain per second against C; strict review, K and M against L), so that an order is only ever
+    compared with random order reviewed the same way. (2) Review (B, F, G, H, I, K or M) reaches D's box AP, and
+    D's mask AP, at D's largest budget with at most a third of D's labeler time."""
+    out = {}
+    if len(budgets) < 2 or "A" not in arms:
+        return out
+    for family, (random_arm, ordered) in ORDER_FAMILIES.items():
+        goal = order_goal(arms, budgets, random_arm, ordered)
+        if goal is not None:
+            out[f"{family + ': ' if family else ''}{ORDER_GOAL}"] = goal
     d_budgets = [k for k in budgets if run_key("D", k) in arms]  # D's largest budget, not the run's: a run made
     if d_budgets:  # in parts may review the whole pool (F at 240) with D at 120 only
         top = max(d_budgets)
@@ -535,11 +564,13 @@ def goals(arms: dict, budgets: list[int]) -> dict:
 def retraining_noise(arms: dict) -> dict:
     """How much the retraining seeds alone move an arm's AP: per metric, the pooled standard deviation over
     every arm and budget with two or more seeds (within one, the data is the same and only the retraining's seed
-    differs; C is left out: its seeds also draw its images), and the mean of their seed ranges (what the goals
-    call the spread). Orders or arms that differ by less than about the spread cannot be told apart by this run."""
+    differs; C and L are left out: their seeds also draw their images), and the mean of their seed ranges (what the
+    goals call the spread). Orders or arms that differ by less than about the spread cannot be told apart by this
+    run."""
     out = {}
     for metric in ("det_AP", "segm_AP"):
-        groups = [r[metric]["per_seed"] for r in arms.values() if len(r[metric]["per_seed"]) >= 2 and r["arm"] != "C"]
+        groups = [r[metric]["per_seed"] for r in arms.values()
+                  if len(r[metric]["per_seed"]) >= 2 and r["arm"] not in RANDOM_ARMS]
         if not groups:
             continue
         variances = [statistics.variance(g) for g in groups]  # n - 1 each
@@ -589,7 +620,7 @@ def plot_curve(arms: dict, path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.6))
     colours = {"A": "grey", "B": "tab:blue", "C": "tab:orange", "D": "tab:green", "E": "tab:purple", "F": "tab:brown",
                "G": "tab:red", "H": "tab:pink", "I": "tab:olive",
-               "J": "tab:cyan", "K": "black"}
+               "J": "tab:cyan", "K": "black", "L": "goldenrod", "M": "darkred"}
     xmax = max([r["labeler_h"] for r in arms.values()] + [h for r in arms.values()
                                                           for h in r.get("labeler_h_by_ask_s", {}).values()] + [0.1])
     for ax, metric, name in ((axes[0], "det_AP", "detection AP"), (axes[1], "segm_AP", "mask AP")):
@@ -666,14 +697,14 @@ def _arms(text: str) -> str:
 ORDER_COSTS = ("accept_s", "reject_s", "draw_box_s", "draw_mask_s", "image_s")  # what G's order is built from
 
 
-def _check_g_costs(labels: dict, costs) -> None:
-    """Arm G's order was built from the cost flags: resuming with other costs would mix two orders (the
+def _check_g_costs(labels: dict, costs, arm: str = "G") -> None:
+    """Arm G's (and M's) order was built from the cost flags: resuming with other costs would mix two orders (the
     seconds of a prompt are not among them: no order uses them)."""
-    done = labels.get("G", {}).get("costs")
+    done = labels.get(arm, {}).get("costs")
     now = costs.as_dict()
     changed = {k: (done.get(k), now[k]) for k in ORDER_COSTS if done is not None and done.get(k) != now[k]}
     if changed:
-        raise SystemExit(f"bench_loop: arm G's order in this --out was built with other labeler costs {changed} "
+        raise SystemExit(f"bench_loop: arm {arm}'s order in this --out was built with other labeler costs {changed} "
                          "(old, new): use the same cost flags or another --out")
 
 
@@ -823,14 +854,16 @@ def main() -> int:
 
     # every review round first: FiftyOne's database is needed only here, not during the hours of retraining
     labels, label_s = state.data["labels"], state.data["label_s"]
-    if "G" in args.arms:
-        _check_g_costs(labels, costs)
-    for arm, key in (("I", "strict_iou"), ("K", "strict_iou"), ("K", "strict_mask_iou")):
-        value = getattr(args, key)
-        if arm in args.arms and labels.get(arm, {}).get(key, value) != value:
-            flag = "--" + key.replace("_", "-")
-            raise SystemExit(f"bench_loop: arm {arm} in this --out was labeled with {flag} {labels[arm][key]}: "
-                             "use the same value or another --out")
+    for arm in args.arms:
+        if QUEUE_ORDER.get(arm) == "gain_per_s":
+            _check_g_costs(labels, costs, arm)
+    for group, arm, _ in label_groups(args.arms, args.seeds):
+        for key, which in (("strict_iou", STRICT_ARMS), ("strict_mask_iou", MASK_STRICT_ARMS)):
+            value = getattr(args, key)
+            if arm in which and labels.get(group, {}).get(key, value) != value:
+                flag = "--" + key.replace("_", "-")
+                raise SystemExit(f"bench_loop: arm {arm} in this --out was labeled with {flag} {labels[group][key]}: "
+                                 "use the same value or another --out")
     for group, arm, seed in label_groups(args.arms, args.seeds):
         budgets = [None] if arm == "E" else args.budgets
         if group in labels and all(_budget_key(k) in labels[group]["budgets"] for k in budgets):
@@ -842,11 +875,11 @@ def main() -> int:
         t = time.perf_counter()
         b_order = labels["B"]["order"] if arm in ON_B_IMAGES else None
         labels[group] = loop.label_group(group, arm, seed, pred, thresholds, budgets, costs, b_order, start)
-        if arm == "G":
+        if QUEUE_ORDER.get(arm) == "gain_per_s":
             labels[group]["costs"] = costs.as_dict()
         if arm in STRICT_ARMS:
             labels[group]["strict_iou"] = args.strict_iou
-        if arm == "K":
+        if arm in MASK_STRICT_ARMS:
             labels[group]["strict_mask_iou"] = args.strict_mask_iou
         label_s[group] = round(time.perf_counter() - t, 1)
         state.save()
@@ -865,7 +898,7 @@ def main() -> int:
             continue
         entry = _label_entry(labels, arm, budget, seed)
         r = loop.retrain_and_evaluate(key, [entry["shard"]] if entry else [], start, seed)
-        group = None if arm == "A" else (f"C-s{seed}" if arm == "C" else arm)
+        group = None if arm == "A" else group_name(arm, seed)
         r["label_s"] = label_s.get(group, 0.0) if group else 0.0
         done[str(seed)] = r
         state.save()  # a cut-short run keeps what it has; the same command finishes it

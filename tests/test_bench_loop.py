@@ -52,7 +52,7 @@ def test_arms_budgets_and_seeds_plan_the_review_rounds_and_retrainings():
         with pytest.raises(argparse.ArgumentTypeError):
             bl._budgets(bad)
     assert bl._arms("a,b,g") == "ABG" and bl._arms("gf") == "FG"
-    with pytest.raises(argparse.ArgumentTypeError, match="letters of ABCDEFGHIJK"):
+    with pytest.raises(argparse.ArgumentTypeError, match="letters of ABCDEFGHIJKLM"):
         bl._arms("ABX")
     # H, I and J (boxes the model masks; a strict labeler; from scratch) work on B's images, on request only
     assert bl.DEFAULT_ARMS == "ABCDEFG" and bl._arms("ih") == "HI"
@@ -60,6 +60,12 @@ def test_arms_budgets_and_seeds_plan_the_review_rounds_and_retrainings():
     # K (strict about masks too) works on B's images as well, and the goal "review reaches D" asks it too
     assert bl.label_groups("K", 1) == [("B", "B", 0), ("K", "K", 0)] and "K" in bl.REVIEW_ARMS
     assert [k for k, *_ in bl.runs_to_do("HI", [30, 60], 1)] == ["H-k30", "I-k30", "H-k60", "I-k60"]
+    # L and M: the strict reviewer of K in random order (a round per seed, C's images) and in G's order
+    assert bl.label_groups("CKLM", 2) == [("B", "B", 0), ("K", "K", 0), ("M", "M", 0), ("C-s0", "C", 0),
+                                          ("C-s1", "C", 1), ("L-s0", "L", 0), ("L-s1", "L", 1)]
+    assert bl._label_entry({"L-s1": {"budgets": {"30": "round"}}}, "L", 30, 1) == "round"
+    assert [k for k, *_ in bl.runs_to_do("KLM", [30], 1)] == ["K-k30", "L-k30", "M-k30"]
+    assert "M" in bl.REVIEW_ARMS and "L" not in bl.REVIEW_ARMS and bl.QUEUE_ORDER["M"] == bl.QUEUE_ORDER["G"]
     assert [k for k, *_ in bl.finished_runs({"I-k30": {"0": {}}, "E": {"0": {}}, "H-k30": {"0": {}}, "A": {"0": {}}})] \
         == ["A", "H-k30", "I-k30", "E"]
     assert bl._seconds_list("10,3,5") == [3.0, 5.0, 10.0]
@@ -200,9 +206,11 @@ def test_retraining_noise_pools_the_seeds_of_each_arm_but_not_random_orders():
         return {"arm": name, "det_AP": bl._stats(box), "segm_AP": bl._stats(mask)}
 
     arms = {"A": arm("A", [0.60, 0.62], [0.5, 0.5]), "B-k30": arm("B", [0.60, 0.61, 0.65], [0.5, 0.52, 0.54]),
-            "C-k30": arm("C", [0.5, 0.7], [0.4, 0.6]), "G-k30": arm("G", [0.63], [0.55])}
+            "C-k30": arm("C", [0.5, 0.7], [0.4, 0.6]), "G-k30": arm("G", [0.63], [0.55]),
+            "L-k30": arm("L", [0.4, 0.8], [0.4, 0.6])}
     noise = bl.retraining_noise(arms)
-    # A: variance 0.0002 (1 dof); B: variance 0.0007 (2 dof): pooled (0.0002 + 0.0014) / 3; C and one-seed G left out
+    # A: variance 0.0002 (1 dof); B: variance 0.0007 (2 dof): pooled (0.0002 + 0.0014) / 3; C, L (random orders)
+    # and one-seed G left out
     assert noise["det_AP"] == {"pooled_sd": round((0.0016 / 3) ** 0.5, 4), "mean_spread": 0.035, "arms": 2}
     assert noise["segm_AP"]["mean_spread"] == 0.02
     assert bl.retraining_noise({"G-k30": arm("G", [0.63], [0.55])}) == {}
@@ -248,6 +256,23 @@ def test_curve_goals_compare_orders_at_equal_labeler_time_and_against_a_third_of
     close = dict(arms, **{"G-k30": _arm(0.62, 0.01, 3000), "G-k60": _arm(0.632, 0.01, 6000)})
     assert not bl.curve_goals(close, [30, 60, 120])[
         "best order beats random at equal labeler time by more than the seed spread, at 2 of 3 budgets"]["met"]
+    # a strict reviewer's orders (K errors first, M gain per second) are compared with L, random order reviewed
+    # strictly, never with C: here M beats L at two budgets while B and G (the family above) do not beat C
+    strict = dict(close, **{"L-k30": _arm(0.65, 0.01, 3000), "L-k60": _arm(0.67, 0.01, 6000),
+                            "L-k120": _arm(0.68, 0.01, 12000), "K-k120": _arm(0.69, 0.01, 11000),
+                            "M-k30": _arm(0.68, 0.01, 2400), "M-k60": _arm(0.70, 0.01, 5000),
+                            "M-k120": _arm(0.685, 0.01, 10000)})
+    s = bl.curve_goals(strict, [30, 60, 120])
+    assert not s[bl.ORDER_GOAL]["met"]
+    strict_goal = s[f"strict: {bl.ORDER_GOAL}"]
+    assert strict_goal["random"] == "L" and strict_goal["orders"] == ["K", "M"]
+    # M at 2400 s: L's curve from A (0.60 at 0 s) to 0.65 at 3000 s reads 0.64: +0.04
+    assert strict_goal["per_budget"]["30"]["L_at_same_s"] == pytest.approx(0.64)
+    # at K = 120 the better of the two is K: +0.0117 over L's curve at 11000 s, M +0.0083 at 10000 s
+    assert strict_goal["per_budget"]["120"]["arm"] == "K"
+    assert strict_goal["per_budget"]["120"]["margin"] == pytest.approx(0.69 - (0.67 + 5 / 6 * 0.01), abs=1e-4)
+    assert strict_goal["budgets_compared"] == 3 and strict_goal["met"]
+    assert "strict: " + bl.ORDER_GOAL not in bl.curve_goals(arms, [30, 60, 120])  # no L: not reported
     assert bl.ap_at_time([(0, 0.6, 0.0), (100, 0.7, 0.02)], 150) is None
     assert bl.time_to_reach([(0, 0.6, 0.0), (100, 0.7, 0.0)], 0.65) == pytest.approx(50)
 
