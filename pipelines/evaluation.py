@@ -21,6 +21,12 @@ from pipelines.errors import InputError
 from pipelines.tasks import EVAL_NAMES, task_named
 from pipelines.tasks import TASKS as REGISTRY
 
+# What an evaluation's numbers mean, bumped whenever the same checkpoint would get other numbers: the regression
+# gate compares two versions only under the same protocol (it re-evaluates the model in use first when its numbers
+# are older; assets_defs/assets/training.py). 1: masks pasted through the S x S canvas, about a pixel right and
+# down; 2: masks pasted at the image's own pixels (8882369).
+PROTOCOL = 2
+
 # from the task registry (pipelines/tasks.py): the evaluation's names, and pycocotools' iouType of each COCO one
 TASKS = EVAL_NAMES
 COCO_TASKS = {t.eval_name: t.eval_name for t in REGISTRY if t.metric == "coco_metrics"}

@@ -7,6 +7,7 @@ promotes it on purpose. A version that failed is kept on disk for inspection, ma
     registry = ModelRegistry(models_dir / "registry.json")
     registry.decide(entry, passed=False, reason="bbox/AP50 dropped 0.12", by="evaluation")  # stays out of use
     registry.promote("v0003", reason="accepted the drop: new classes", by="ana")            # in use on purpose
+    registry.reevaluated("v0002", metrics, protocol=2)                                        # measured again
     registry.in_use()                                                                         # the entry pseudo-labels use
     registry.history("v0002")                                                                 # every status it had
 
@@ -65,11 +66,7 @@ class ModelRegistry:
         return in_use[0] if in_use else None
 
     def get(self, version: str) -> dict:
-        entries = self.entries()
-        if version not in entries:
-            raise InputError(f"model version {version!r} is not in {self.path}; evaluated versions: "
-                             f"{sorted(entries) or 'none'}")
-        return entries[version]
+        return self.get_from(self._read(), version)
 
     # deciding -------------------------------------------------------------------------------
     def decide(self, entry: dict, passed: bool, reason: str, by: str = "") -> dict:
@@ -96,6 +93,26 @@ class ModelRegistry:
             self._set_status(data, version, IN_USE, f"promoted: {reason}", by)
             warning = rejected_warning(version, models[version]) if was == REJECTED else ""
             return {**models[version], "warning": warning}
+
+    def reevaluated(self, version: str, metrics: dict, protocol: int, metrics_file: str = "") -> dict:
+        """A version's metrics measured again under another evaluation protocol (its status and verdict stay):
+        the new numbers replace those of the tasks measured again; what they replace is kept in `earlier_metrics`."""
+        with self._locked() as data:
+            entry = self.get_from(data, version)
+            earlier = {"protocol": entry.get("protocol", 1), "metrics": entry.get("metrics", {}),
+                       "metrics_file": entry.get("metrics_file", ""), "until": _now()}
+            entry.update(metrics={**entry.get("metrics", {}), **metrics}, protocol=protocol,
+                         earlier_metrics=[*entry.get("earlier_metrics", []), earlier])
+            if metrics_file:
+                entry["metrics_file"] = metrics_file
+            return entry
+
+    def get_from(self, data: dict, version: str) -> dict:
+        """`version`'s entry in the registry's data (one clear line when it is not there)."""
+        if version not in data["models"]:
+            raise InputError(f"model version {version!r} is not in {self.path}; evaluated versions: "
+                             f"{sorted(data['models']) or 'none'}")
+        return data["models"][version]
 
     @staticmethod
     def _set_status(data: dict, version: str, status: str, reason: str, by: str) -> None:

@@ -108,7 +108,18 @@ def _run_of(instance, job: str):
 
 def _gate_holds_while_a_label_run_goes_on(instance, defs, paths, fo, tmp):
     """A retrain whose model regresses (tolerance below zero: any model regresses) and a label run, started at
-    once in two processes: each uses its own inputs, and the regressed v0002 never pseudo-labels."""
+    once in two processes: each uses its own inputs, and the regressed v0002 never pseudo-labels. The model in use
+    was evaluated under an older protocol (as every version before the masks were pasted at the image's pixels):
+    the gate evaluates it again before comparing, and keeps the old numbers beside the new."""
+    from pipelines.evaluation import PROTOCOL
+
+    registry_file = Path(paths.model_registry)
+    data = json.loads(registry_file.read_text())
+    v1 = data["models"]["v0001"]
+    measured = v1["metrics"]["bbox"]["AP"]
+    del v1["protocol"]  # a registry written before the protocol was kept: protocol 1
+    v1["metrics"]["bbox"]["AP"] = -1.0  # what protocol 1 said (made up: the gate must not compare with it)
+    registry_file.write_text(json.dumps(data))
     procs = [_launch("retrain", {"ops": {"models": {"config": {"stage1_steps": 4, "stage2_steps": 2, "batch_size": 8}},
                                          "evaluation": {"config": {"tolerance": -1.0, "tasks": ["bbox"]}}}}, paths, fo, tmp),
              _launch("label", {"ops": {"pseudo_labels": {"config": {"batch_size": 8, "task": "detection"}}}}, paths, fo, tmp)]
@@ -129,6 +140,11 @@ def _gate_holds_while_a_label_run_goes_on(instance, defs, paths, fo, tmp):
     assert labelled["pseudo_labels"]["model_version"] == "v0001"
     registry = ModelRegistry(paths.model_registry)
     assert registry.in_use()["version"] == "v0001" and registry.get("v0002")["status"] == "rejected"
+    v1 = registry.get("v0001")
+    assert v1["protocol"] == PROTOCOL and v1["metrics"]["bbox"]["AP"] == pytest.approx(measured, abs=1e-6)
+    assert [(e["protocol"], e["metrics"]["bbox"]["AP"]) for e in v1["earlier_metrics"]] == [(1, -1.0)]
+    assert registry.get("v0002")["verdict"].endswith(f"(v0001 evaluated again under evaluation protocol {PROTOCOL})")
+    assert registry.get("v0002")["protocol"] == PROTOCOL
 
     # the next label run, after the failed retrain, stays on v0001 too
     again = defs.resolve_job_def("label").execute_in_process(

@@ -46,3 +46,20 @@ def test_concurrent_decisions_are_all_kept(tmp_path):
         t.join()
     assert len(reg.entries()) == 20
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_version_measured_again_keeps_its_status_verdict_and_old_numbers(tmp_path):
+    reg = ModelRegistry(tmp_path / "registry.json")
+    reg.decide({**_entry("v0001", 0.6), "metrics": {"bbox": {"AP50": 0.6}, "segm": {"AP": 0.5}}}, passed=True,
+               reason="first evaluated model")  # written before protocols were kept: protocol 1
+    history = reg.history()
+    again = reg.reevaluated("v0001", {"segm": {"AP": 0.7}}, protocol=2, metrics_file="/p/protocol-2/metrics.json")
+    assert again == reg.get("v0001") and again["protocol"] == 2 and again["status"] == IN_USE
+    # the task measured again takes its new numbers, the others keep theirs; the old ones are kept with their protocol
+    assert again["metrics"] == {"bbox": {"AP50": 0.6}, "segm": {"AP": 0.7}}
+    assert again["metrics_file"] == "/p/protocol-2/metrics.json" and again["verdict"] == "first evaluated model"
+    (earlier,) = again["earlier_metrics"]
+    assert earlier["protocol"] == 1 and earlier["metrics"]["segm"] == {"AP": 0.5}
+    assert reg.history() == history  # no status changed
+    with pytest.raises(InputError, match="not in"):
+        reg.reevaluated("v0009", {}, protocol=2)

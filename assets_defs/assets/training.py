@@ -230,39 +230,33 @@ EvaluationConfig = dagster_config("EvaluationConfig", EvaluationSettings, label=
                       "Each metric is also a number of its own (the Plots tab draws them across versions).")
 def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, paths: LumenPaths, compute: Compute,
                stage2_model: Checkpoint):
-    from lumen_model.predict import predict
-    from pipelines.evaluation import evaluate
+    from pipelines.evaluation import PROTOCOL
 
     model = stage2_model
     device = compute.resolved()
     out_dir = paths.predictions / "eval" / model.version
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = {}
-    for task in config.tasks:
-        try:
-            predict_task, kwargs, gt = eval_ground_truth(task, paths.sources, out_dir)
-        except InputError as e:
-            raise dg.Failure(str(e)) from None
-        pred = out_dir / f"{task}.json"
-        context.log.info("evaluating %s on the val split (%s) -> %s", task, predict_task, pred)
-        predict(model.checkpoint_dir, predict_task, str(paths.images), str(pred), batch_size=config.batch_size,
-                progress=False, device=device, **kwargs)
-        metrics[task] = evaluate(task, str(gt), str(pred))
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    metrics = _evaluate_checkpoint(context, model.checkpoint_dir, paths, out_dir, config, device)
     thresholds, review_metadata = _review_thresholds(context, paths, out_dir, model, config, device)
 
     registry = ModelRegistry(paths.model_registry)
     baseline = registry.in_use()
     if baseline and baseline["version"] == model.version:  # re-evaluating the model in use: compare with its record
         baseline = None
+    measured_again = ""
+    if baseline and baseline.get("protocol", 1) != PROTOCOL:  # its numbers were measured another way
+        baseline = _reevaluate(context, registry, baseline, paths, config, device)
+        if baseline.get("protocol") == PROTOCOL:
+            measured_again = f" ({baseline['version']} evaluated again under evaluation protocol {PROTOCOL})"
     regressions = find_regressions(metrics, baseline["metrics"] if baseline else None, config.tolerance)
     passed = not regressions
-    reason = (f"passed no_regression vs {baseline['version']} (tolerance {config.tolerance})" if passed and baseline
+    reason = (f"passed no_regression vs {baseline['version']} (tolerance {config.tolerance}){measured_again}"
+              if passed and baseline
               else "first evaluated model" if passed
               else "regressed vs {}: {}".format(baseline["version"], ", ".join(
-                  f"{r['metric']} {number(r['previous'])}->{number(r['new'])}" for r in regressions)))
+                  f"{r['metric']} {number(r['previous'])}->{number(r['new'])}" for r in regressions)) + measured_again)
     registry.decide({"version": model.version, "checkpoint_dir": model.checkpoint_dir, "init_dir": model.init_dir,
                      "partitions": model.partitions, "metrics": metrics, "metrics_file": str(out_dir / "metrics.json"),
+                     "protocol": PROTOCOL,
                      "review_thresholds": str(thresholds) if thresholds else ""}, passed=passed, reason=reason,
                     by=_who(context, "evaluation"))
     context.log.info("model %s: %s", model.version, reason)
@@ -275,6 +269,48 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, path
     yield dg.AssetCheckResult(check_name="no_regression", passed=passed, severity=dg.AssetCheckSeverity.WARN,
                               metadata={"tolerance": config.tolerance, "verdict": reason,
                                         "regressions": table(regressions) if regressions else dg.MetadataValue.md("none")})
+
+
+def _evaluate_checkpoint(context, checkpoint_dir: str, paths: LumenPaths, out_dir: Path, config: EvaluationConfig,
+                         device: str) -> dict:
+    """Each task of `config.tasks` predicted on the val split and scored; the metrics also go to out_dir/metrics.json."""
+    from lumen_model.predict import predict
+    from pipelines.evaluation import evaluate
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {}
+    for task in config.tasks:
+        try:
+            predict_task, kwargs, gt = eval_ground_truth(task, paths.sources, out_dir)
+        except InputError as e:
+            raise dg.Failure(str(e)) from None
+        pred = out_dir / f"{task}.json"
+        context.log.info("evaluating %s on the val split (%s) -> %s", task, predict_task, pred)
+        predict(checkpoint_dir, predict_task, str(paths.images), str(pred), batch_size=config.batch_size,
+                progress=False, device=device, **kwargs)
+        metrics[task] = evaluate(task, str(gt), str(pred))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _reevaluate(context, registry: ModelRegistry, baseline: dict, paths: LumenPaths, config: EvaluationConfig,
+                device: str) -> dict:
+    """The model in use measured again under today's evaluation protocol, so the gate compares like with like (a
+    version evaluated before the masks were pasted at the image's pixels scored lower for the paste alone). Its
+    registry entry takes the new numbers and keeps the old ones; without its checkpoint, the old numbers stay and
+    the log says so."""
+    from pipelines.evaluation import PROTOCOL
+
+    version, was = baseline["version"], baseline.get("protocol", 1)
+    if not (Path(baseline["checkpoint_dir"]) / "config.json").is_file():
+        context.log.warning("the model in use (%s) was evaluated under evaluation protocol %s and its checkpoint %s "
+                            "is gone: compared with those older numbers", version, was, baseline["checkpoint_dir"])
+        return baseline
+    context.log.info("the model in use (%s) was evaluated under evaluation protocol %s: evaluating it again under "
+                     "protocol %s before comparing", version, was, PROTOCOL)
+    out_dir = paths.predictions / "eval" / version / f"protocol-{PROTOCOL}"
+    metrics = _evaluate_checkpoint(context, baseline["checkpoint_dir"], paths, out_dir, config, device)
+    return registry.reevaluated(version, metrics, PROTOCOL, metrics_file=str(out_dir / "metrics.json"))
 
 
 def _review_thresholds(context, paths: LumenPaths, out_dir: Path, model: Checkpoint, config: EvaluationConfig,
