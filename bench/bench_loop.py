@@ -107,7 +107,7 @@ ARMS = {
     "L": "as K, random order",
     "M": "as K, gain-per-second order",
 }
-DEFAULT_ARMS = "ABCDEFG"  # H to M on request (`--arms HIJK`): one more retraining each per budget and seed
+DEFAULT_ARMS = "ABCDEFG"  # H to M on request (`--arms HIJKLM`): one more retraining each per budget and seed
 REPORT_ORDER = "ABCDFGHIJKLME"  # the tables' order: self-training (E), the arm without review, last
 BUDGET_ARMS = tuple(a for a in REPORT_ORDER if a not in "AE")  # the arms that spend --budgets; A and E have none
 ON_B_IMAGES = ("D", "F", "H", "I", "J", "K")  # the arms that work on B's images in B's order (B's round runs first)

@@ -66,7 +66,7 @@ class ModelRegistry:
         return in_use[0] if in_use else None
 
     def get(self, version: str) -> dict:
-        return self.get_from(self._read(), version)
+        return self._entry(self._read(), version)
 
     # deciding -------------------------------------------------------------------------------
     def decide(self, entry: dict, passed: bool, reason: str, by: str = "") -> dict:
@@ -98,7 +98,7 @@ class ModelRegistry:
         """A version's metrics measured again under another evaluation protocol (its status and verdict stay):
         the new numbers replace those of the tasks measured again; what they replace is kept in `earlier_metrics`."""
         with self._locked() as data:
-            entry = self.get_from(data, version)
+            entry = self._entry(data, version)
             earlier = {"protocol": entry.get("protocol", 1), "metrics": entry.get("metrics", {}),
                        "metrics_file": entry.get("metrics_file", ""), "until": _now()}
             entry.update(metrics={**entry.get("metrics", {}), **metrics}, protocol=protocol,
@@ -107,7 +107,7 @@ class ModelRegistry:
                 entry["metrics_file"] = metrics_file
             return entry
 
-    def get_from(self, data: dict, version: str) -> dict:
+    def _entry(self, data: dict, version: str) -> dict:
         """`version`'s entry in the registry's data (one clear line when it is not there)."""
         if version not in data["models"]:
             raise InputError(f"model version {version!r} is not in {self.path}; evaluated versions: "

@@ -245,15 +245,14 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, path
     measured_again = ""
     if baseline and baseline.get("protocol", 1) != PROTOCOL:  # its numbers were measured another way
         baseline = _reevaluate(context, registry, baseline, paths, config, device)
-        if baseline.get("protocol") == PROTOCOL:
+        if baseline.get("protocol") == PROTOCOL:  # not when its checkpoint is gone
             measured_again = f" ({baseline['version']} evaluated again under evaluation protocol {PROTOCOL})"
     regressions = find_regressions(metrics, baseline["metrics"] if baseline else None, config.tolerance)
     passed = not regressions
-    reason = (f"passed no_regression vs {baseline['version']} (tolerance {config.tolerance}){measured_again}"
-              if passed and baseline
+    reason = (f"passed no_regression vs {baseline['version']} (tolerance {config.tolerance})" if passed and baseline
               else "first evaluated model" if passed
               else "regressed vs {}: {}".format(baseline["version"], ", ".join(
-                  f"{r['metric']} {number(r['previous'])}->{number(r['new'])}" for r in regressions)) + measured_again)
+                  f"{r['metric']} {number(r['previous'])}->{number(r['new'])}" for r in regressions))) + measured_again
     registry.decide({"version": model.version, "checkpoint_dir": model.checkpoint_dir, "init_dir": model.init_dir,
                      "partitions": model.partitions, "metrics": metrics, "metrics_file": str(out_dir / "metrics.json"),
                      "protocol": PROTOCOL,
@@ -299,10 +298,11 @@ def _reevaluate(context, registry: ModelRegistry, baseline: dict, paths: LumenPa
     version evaluated before the masks were pasted at the image's pixels scored lower for the paste alone). Its
     registry entry takes the new numbers and keeps the old ones; without its checkpoint, the old numbers stay and
     the log says so."""
+    from lumen_model.checkpoint import CONFIG
     from pipelines.evaluation import PROTOCOL
 
     version, was = baseline["version"], baseline.get("protocol", 1)
-    if not (Path(baseline["checkpoint_dir"]) / "config.json").is_file():
+    if not (Path(baseline["checkpoint_dir"]) / CONFIG).is_file():
         context.log.warning("the model in use (%s) was evaluated under evaluation protocol %s and its checkpoint %s "
                             "is gone: compared with those older numbers", version, was, baseline["checkpoint_dir"])
         return baseline
